@@ -46,8 +46,8 @@ class DataConfig:
     root: str | None = None  # VOCdevkit root, flat images+XML folder, COCO JSON; None = synthetic
     format: str | None = None  # "voc" | "voc-flat" | "coco"; None = detect from ``root``
     years: tuple[str, ...] = ()  # VOC years; empty = every VOC20xx folder found
-    train_split: str = "train"
-    val_split: str = "val"
+    train_split: str = "train"  # VOC ImageSets/Main name; COCO: the split named in the JSON's file name
+    val_split: str = "val"  # as train_split; COCO: or a JSON path; flat layout: or a .txt list of val images
     classes: str | None = None  # class map JSON {"name": id}; None = discover from annotations
     val_fraction: float = 0.2  # flat layout: share of images held out for validation
     split_seed: int = 0  # flat layout: seed of the deterministic split
@@ -57,8 +57,8 @@ class DataConfig:
     hflip_prob: float = 0.5
     photometric: bool = False
     iou_crop: bool = False
-    aspect_grouping: bool = True
-    workers: int = 2
+    aspect_grouping: bool = True  # batch portrait (w/h < 1) and landscape images apart
+    workers: int = 2  # DataLoader processes
 
 
 @dataclass(frozen=True)

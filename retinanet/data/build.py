@@ -1,0 +1,209 @@
+"""``build_datasets`` and ``build_loader``: from a ``DataConfig`` to batches.
+
+Dataset kinds (``cfg.format``, detected from ``cfg.root`` when None):
+
+- ``None`` root: the embedded synthetic dataset in ``default_synthetic_root()``, written on first
+  use by ``ensure_synthetic``.
+- ``coco``: ``root`` is an ``instances_*.json`` file (see ``retinanet.data.coco``).
+- ``voc``: ``root`` is a VOCdevkit parent, a VOCdevkit folder, or a VOC20xx folder.
+- ``voc-flat``: any other folder: images + XML matched by stem (see ``retinanet.data.voc``).
+
+Checks at build time: every XML / JSON is parsed and validated (classes, boxes, split files) and
+every image file must exist; decoding is left to the workers (and ``retinanet check-data``, which
+decodes everything). All problems are reported together in one ``DataError``; with ``skip_bad``
+the bad items are left out instead, each reported as a warning.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from retinanet.config import DataConfig
+from retinanet.data.classes import ClassMap
+from retinanet.data.coco import coco_class_map, coco_records, read_coco_json, val_json_path
+from retinanet.data.collate import collate
+from retinanet.data.dataset import DetectionDataset
+from retinanet.data.records import Record
+from retinanet.data.sampler import GroupedBatchSampler, aspect_groups, dist_info
+from retinanet.data.synthetic import ensure_synthetic
+from retinanet.data.transforms import ItemTransform
+from retinanet.data.voc import (
+    flat_split, is_voc_standard, parse_all, to_record, unannotated_images, voc_flat_pairs, voc_standard_pairs,
+)
+from retinanet.errors import DataError, RetinaNetError
+
+
+@dataclass
+class Datasets:
+    """``build_datasets``'s result.
+
+    Attributes:
+        train, val: ``DetectionDataset`` (val may be empty for a flat export with val_fraction 0).
+        class_map: the ``ClassMap`` used (the trainer saves it next to the run's outputs).
+        root: the dataset root actually read; format: "voc" | "voc-flat" | "coco".
+        skipped: problems of the items left out (``skip_bad``); warnings: dropped boxes etc.
+    """
+
+    train: DetectionDataset
+    val: DetectionDataset
+    class_map: ClassMap
+    root: Path
+    format: str
+    skipped: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def detect_format(root: Path) -> str:
+    """"coco" for a .json file, "voc" for a standard layout, "voc-flat" for any other folder."""
+    if root.suffix.lower() == ".json":
+        return "coco"
+    if not root.exists():
+        raise DataError([f"{root}: dataset not found"])
+    return "voc" if is_voc_standard(root) else "voc-flat"
+
+
+def resolve_root(cfg: DataConfig) -> tuple[Path, str]:
+    """(dataset root, format); ``root=None`` writes/uses the synthetic dataset."""
+    if cfg.root is None:
+        return ensure_synthetic(), "voc"
+    root = Path(cfg.root).expanduser()
+    fmt = cfg.format or detect_format(root)
+    if fmt not in ("voc", "voc-flat", "coco"):
+        raise RetinaNetError(f"unknown dataset format {fmt!r} (voc, voc-flat or coco)")
+    if not root.exists():
+        raise DataError([f"{root}: dataset not found"])
+    return root, fmt
+
+
+def _class_map(cfg: DataConfig, names: list[str]) -> ClassMap:
+    if cfg.classes:
+        return ClassMap.load(cfg.classes)
+    if not names:
+        raise DataError(["no objects found in the annotations: cannot discover the classes (give --classes)"])
+    return ClassMap.discover(names)
+
+
+def _voc_records(cfg: DataConfig, root: Path, fmt: str, problems: list[str], warns: list[str]) -> tuple[dict[str, list[Record]], ClassMap]:
+    if fmt == "voc":
+        pairs = {s: voc_standard_pairs(root, cfg.years, name, problems) for s, name in (("train", cfg.train_split), ("val", cfg.val_split))}
+    else:
+        val_list = Path(cfg.val_split) if cfg.val_split.endswith(".txt") else None
+        split, split_problems, split_warnings = flat_split(root, cfg.val_fraction, cfg.split_seed, val_list=val_list)
+        problems += split_problems
+        warns += split_warnings
+        pairs = {s: voc_flat_pairs(root, split[s]) for s in ("train", "val")}
+        warns += unannotated_images(root)
+    parsed = {s: parse_all(p, problems) for s, p in pairs.items()}
+    class_map = _class_map(cfg, [n for anns in parsed.values() for a, _, _ in anns for n in a.names])
+    records = {}
+    for s, anns in parsed.items():
+        out = [to_record(a, img, xml, i, class_map, problems, warns) for i, (a, xml, img) in enumerate(anns)]
+        records[s] = [r for r in out if r is not None]
+    return records, class_map
+
+
+def _coco_records(cfg: DataConfig, root: Path, problems: list[str], warns: list[str]) -> tuple[dict[str, list[Record]], ClassMap]:
+    files = {"train": root, "val": val_json_path(root, cfg.train_split, cfg.val_split)}
+    data = {s: read_coco_json(p) for s, p in files.items()}
+    class_map = ClassMap.load(cfg.classes) if cfg.classes else coco_class_map(data["train"], root)
+    return {s: coco_records(files[s], data[s], class_map, problems, warns) for s in files}, class_map
+
+
+def read_records(cfg: DataConfig) -> tuple[dict[str, list[Record]], ClassMap, Path, str, list[str], list[str]]:
+    """Parse and validate the annotations of both splits.
+
+    Returns:
+        (records {"train", "val"}, class map, root, format, problems, warnings).
+    """
+    root, fmt = resolve_root(cfg)
+    problems: list[str] = []
+    warns: list[str] = []
+    if fmt == "coco":
+        records, class_map = _coco_records(cfg, root, problems, warns)
+    else:
+        records, class_map = _voc_records(cfg, root, fmt, problems, warns)
+    return records, class_map, root, fmt, problems, warns
+
+
+def build_datasets(cfg: DataConfig, *, min_size: int, max_size: int) -> Datasets:
+    """Read, validate and wrap the training and validation splits of ``cfg``.
+
+    Args:
+        cfg: the data options.
+        min_size, max_size: the model's input size; items come resized to it.
+
+    Returns:
+        ``Datasets(train, val, class_map, ...)``.
+
+    Raises:
+        DataError: every problem found (unless ``cfg.skip_bad``), or an empty training split.
+    """
+    records, class_map, root, fmt, problems, warns = read_records(cfg)
+    if problems and not cfg.skip_bad:
+        raise DataError(problems, summary=f"{len(problems)} problem(s) in the dataset {root} (fix them, or --skip-bad to leave those items out)")
+    for msg in problems:
+        warnings.warn(f"skipped: {msg}", stacklevel=2)
+    for msg in warns:
+        warnings.warn(msg, stacklevel=2)
+    if not records["train"]:
+        raise DataError([f"{root}: the training split {cfg.train_split!r} has no usable images"])
+    aug = {"train_sizes": cfg.train_sizes, "hflip_prob": cfg.hflip_prob, "photometric": cfg.photometric, "iou_crop": cfg.iou_crop}
+    train_tf = ItemTransform(min_size, max_size, train=True, **aug)
+    val_tf = ItemTransform(min_size, max_size, train=False)
+    return Datasets(
+        train=DetectionDataset(records["train"], train_tf, drop_ignore=not cfg.train_difficult, skip_bad=cfg.skip_bad),
+        val=DetectionDataset(records["val"], val_tf, drop_ignore=False, skip_bad=cfg.skip_bad),
+        class_map=class_map, root=root, format=fmt, skipped=problems, warnings=warns,
+    )
+
+
+class EpochSeededLoader(DataLoader):
+    """A DataLoader whose worker seeds are a function of (seed, epoch of its batch sampler).
+
+    Each iteration re-seeds the loader's generator from ``seed`` and the batch sampler's epoch, so
+    the workers' augmentation RNG (torch and ``random``, seeded by the DataLoader from it) repeats
+    for the same (seed, epoch), also after a resume. With ``workers=0`` augmentation uses the
+    main process's global RNG instead.
+    """
+
+    def __init__(self, *args, seed: int = 0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.seed = seed
+
+    def __iter__(self):
+        epoch = getattr(self.batch_sampler, "epoch", 0)
+        self.generator.manual_seed(self.seed * 1_000_003 + epoch)
+        return super().__iter__()
+
+
+def build_loader(dataset: DetectionDataset, *, batch_size: int, workers: int, train: bool, distributed: bool = False,
+                 seed: int = 0, aspect_grouping: bool = True) -> DataLoader:
+    """DataLoader yielding ``(images: list[Tensor [3, H, W] uint8], targets: list[dict])``.
+
+    Args:
+        dataset: from ``build_datasets``.
+        batch_size: images per batch and process.
+        workers: loader processes (0 = load in the main process).
+        train: shuffle ((seed, epoch)-deterministic; call ``loader.batch_sampler.set_epoch(e)``);
+            False = sequential.
+        distributed: shard across the ranks of the initialised process group (training: padded
+            to equal shards; evaluation: disjoint shards, no duplicates).
+        seed: shuffling and worker seed.
+        aspect_grouping: batch images of one aspect group (w/h < 1 vs >= 1) together.
+    """
+    rank, world = 0, 1
+    if distributed:
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            raise RetinaNetError("build_loader(distributed=True) needs an initialised torch.distributed process group")
+        rank, world = dist_info()
+    groups = aspect_groups(dataset.aspect_ratios()) if aspect_grouping else [0] * len(dataset)
+    sampler = GroupedBatchSampler(groups, batch_size, shuffle=train, seed=seed, rank=rank, world_size=world)
+    return EpochSeededLoader(
+        dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate, seed=seed,
+        generator=torch.Generator(), persistent_workers=False,
+    )

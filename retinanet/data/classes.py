@@ -1,0 +1,110 @@
+"""Class maps: ``{"name": id}`` with ids >= 1 (id 0 is never a real class).
+
+``num_classes`` is max id + 1: the number of classification outputs, indexed by class id.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+from retinanet.errors import DataError
+
+PASCAL_VOC_CLASSES = Path(__file__).with_name("pascal_voc_classes.json")
+
+
+class ClassMap:
+    """A validated mapping between class names and class ids.
+
+    Args:
+        mapping: ``{"name": id}``; ids are ints >= 1, names and ids unique.
+        source: where the mapping came from, named in error messages.
+
+    Raises:
+        DataError: naming ``source`` and every problem.
+    """
+
+    def __init__(self, mapping: dict[str, int], source: str = "class map"):
+        problems = []
+        if not isinstance(mapping, dict) or not mapping:
+            raise DataError([f"{source}: a class map must be a non-empty JSON object {{\"name\": id}}"])
+        seen: dict[int, str] = {}
+        for name, cid in mapping.items():
+            if not isinstance(name, str) or not name.strip():
+                problems.append(f"{source}: class name {name!r} is not a non-empty string")
+            if isinstance(cid, bool) or not isinstance(cid, int) or cid < 1:
+                problems.append(f"{source}: class {name!r} has id {cid!r}; ids must be integers >= 1 (0 is background)")
+            elif cid in seen:
+                problems.append(f"{source}: classes {seen[cid]!r} and {name!r} share id {cid}")
+            else:
+                seen[cid] = name
+        if problems:
+            raise DataError(problems, summary=f"invalid class map {source}")
+        self._ids = dict(sorted(mapping.items(), key=lambda kv: kv[1]))
+        self._names = {cid: name for name, cid in self._ids.items()}
+        self.source = source
+
+    @classmethod
+    def discover(cls, names: Iterable[str]) -> ClassMap:
+        """Class map from the names found in annotations: sorted names get ids 1..K."""
+        return cls({n: i + 1 for i, n in enumerate(sorted(set(names)))}, source="discovered from the annotations")
+
+    @classmethod
+    def load(cls, path: str | Path) -> ClassMap:
+        """Read a JSON ``{"name": id}`` file. Raises ``DataError`` naming ``path``."""
+        path = Path(path)
+        try:
+            mapping = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise DataError([f"{path}: class map file not found"]) from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise DataError([f"{path}: not a readable JSON class map ({err})"]) from None
+        return cls(mapping, source=str(path))
+
+    @classmethod
+    def pascal_voc(cls) -> ClassMap:
+        """The 20 Pascal VOC classes, ids 1..20 in the usual order (aeroplane .. tvmonitor)."""
+        return cls.load(PASCAL_VOC_CLASSES)
+
+    def save(self, path: str | Path) -> None:
+        """Write the map as JSON ``{"name": id}`` (ids ascending)."""
+        Path(path).write_text(json.dumps(self._ids, indent=1) + "\n", encoding="utf-8")
+
+    @property
+    def names(self) -> list[str]:
+        """Class names in ascending id order."""
+        return list(self._ids)
+
+    @property
+    def ids(self) -> list[int]:
+        """Class ids, ascending."""
+        return list(self._names)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classification outputs: max id + 1 (id 0 unused)."""
+        return max(self._names) + 1
+
+    def to_dict(self) -> dict[str, int]:
+        return dict(self._ids)
+
+    def name_of(self, cid: int) -> str:
+        """Name of class id ``cid`` (``KeyError`` if unknown)."""
+        return self._names[int(cid)]
+
+    def id_of(self, name: str) -> int | None:
+        """Id of class ``name``, or None when the map does not have it."""
+        return self._ids.get(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ClassMap) and other._ids == self._ids
+
+    def __repr__(self) -> str:
+        return f"ClassMap({self._ids})"

@@ -1,0 +1,103 @@
+"""``DetectionDataset``: records -> ``(image, target)`` items as the model and evaluator expect."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from retinanet.data.images import load_image
+from retinanet.data.records import Record, clip_boxes
+from retinanet.errors import DataError
+
+
+class BadImageError(DataError):
+    """An image that cannot be decoded, met while loading (``DataError`` with one problem).
+
+    Accepts a plain message too, because the DataLoader re-raises a worker's exception in the
+    main process as ``type(err)(text)``.
+    """
+
+    def __init__(self, problems: list[str] | str, summary: str | None = None):
+        super().__init__([problems] if isinstance(problems, str) else problems,
+                         summary or "a bad image was met while loading data (use --skip-bad to skip such images)")
+
+
+class DetectionDataset(Dataset):
+    """Items ``(image uint8 [3, H, W] resized for the model, target dict)``.
+
+    target: ``boxes`` [N, 4] float32 xyxy in the resized frame, ``labels`` [N] int64 (>= 1),
+    ``ignore`` [N] bool, ``image_id`` int, ``orig_size`` (H0, W0), ``size`` (H, W), ``file`` str.
+
+    Args:
+        records: the split's annotated images.
+        transform: ``ItemTransform`` (augmentation + resize).
+        drop_ignore: leave ignore objects out of the target (training without ``train_difficult``).
+        skip_bad: an image that cannot be decoded is replaced by the next good one, with a warning
+            naming the file (counted in ``self.bad``, per worker process); otherwise ``DataError``.
+    """
+
+    def __init__(self, records: list[Record], transform: Callable, *, drop_ignore: bool, skip_bad: bool = False):
+        self.records = records
+        self.transform = transform
+        self.drop_ignore = drop_ignore
+        self.skip_bad = skip_bad
+        self.bad: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def aspect_ratios(self) -> list[float]:
+        """Width / height of each image, from the annotation (or the file header when absent)."""
+        from PIL import Image
+
+        out = []
+        for r in self.records:
+            if r.size is not None:
+                out.append(r.size[1] / r.size[0])
+            else:
+                try:
+                    with Image.open(r.file) as im:
+                        out.append(im.width / im.height)
+                except OSError:
+                    out.append(1.0)
+        return out
+
+    def load(self, index: int) -> tuple[torch.Tensor, dict]:
+        """The item before augmentation and resize: original image and target."""
+        r = self.records[index]
+        image = load_image(r.file, r.size)
+        hw = (int(image.shape[1]), int(image.shape[2]))
+        if r.size is not None and hw != tuple(r.size):
+            warnings.warn(f"{r.source}: annotation says {r.size[1]}x{r.size[0]} (WxH) but {r.file} is {hw[1]}x{hw[0]}; "
+                          "boxes clipped to the image", stacklevel=2)
+        boxes, keep = clip_boxes(r.boxes, hw)  # no-op unless the image disagrees with the annotation
+        if self.drop_ignore:
+            keep &= ~r.ignore
+        target = {
+            "boxes": torch.from_numpy(np.ascontiguousarray(boxes[keep], np.float32)).reshape(-1, 4),
+            "labels": torch.from_numpy(r.labels[keep].astype(np.int64)),
+            "ignore": torch.from_numpy(r.ignore[keep].astype(bool)),
+            "image_id": int(r.image_id),
+            "orig_size": hw,
+            "file": r.file,
+        }
+        return image, target
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
+        for attempt in range(len(self.records)):
+            i = (index + attempt) % len(self.records)
+            try:
+                image, target = self.load(i)
+            except (OSError, ValueError, SyntaxError) as err:  # what PIL raises on corrupt files
+                msg = f"{self.records[i].file}: cannot decode image ({type(err).__name__}: {err})"
+                if not self.skip_bad:
+                    raise BadImageError([msg]) from None
+                self.bad.append(msg)
+                warnings.warn(f"skipped: {msg}", stacklevel=2)
+                continue
+            return self.transform(image, target)
+        raise DataError(self.bad, summary="no image of the dataset could be decoded")

@@ -1,0 +1,44 @@
+"""``Record``: one annotated image as read from disk, before loading and resizing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class Record:
+    """One image and its objects in the original pixel frame.
+
+    Attributes:
+        file: image path.
+        boxes: ``[N, 4]`` float32 xyxy, continuous pixels of the original image.
+        labels: ``[N]`` int64 class ids (>= 1).
+        ignore: ``[N]`` bool, VOC ``difficult`` / COCO ``iscrowd``.
+        image_id: int, unique within a split.
+        size: ``(height, width)`` stated by the annotation, or None when unknown.
+        source: annotation file (or "file#id" for COCO), named in messages.
+    """
+
+    file: str
+    boxes: np.ndarray
+    labels: np.ndarray
+    ignore: np.ndarray
+    image_id: int
+    size: tuple[int, int] | None
+    source: str
+
+
+def clip_boxes(boxes: np.ndarray, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Clip ``[N, 4]`` xyxy boxes to an ``(H, W)`` image.
+
+    Returns:
+        (clipped boxes ``[N, 4]``, keep ``[N]`` bool: boxes with positive width and height).
+    """
+    h, w = hw
+    out = boxes.copy()
+    out[:, 0::2] = out[:, 0::2].clip(0, w)
+    out[:, 1::2] = out[:, 1::2].clip(0, h)
+    keep = (out[:, 2] > out[:, 0]) & (out[:, 3] > out[:, 1])
+    return out, keep

@@ -1,0 +1,96 @@
+"""Batch samplers: aspect-ratio grouped, (seed, epoch)-deterministic, distributed-aware.
+
+``GroupedBatchSampler`` shuffles with ``torch.Generator().manual_seed(seed + epoch)`` (call
+``set_epoch`` each epoch), gives each rank its shard (the list padded by repetition to a multiple
+of the world size, as ``DistributedSampler`` does), and forms batches from images of one aspect
+group (width/height < 1 vs >= 1, as torchvision's references) so padding to a batch shape wastes
+little. Evaluation (``shuffle=False``): sequential, rank r takes items r, r+W, r+2W, ... with no
+padding, so no image is evaluated twice across ranks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch.utils.data import Sampler
+
+
+def dist_info() -> tuple[int, int]:
+    """(rank, world size) of the initialised process group, or (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def aspect_groups(aspect_ratios: Sequence[float]) -> list[int]:
+    """Group id per image: 0 for portrait (w/h < 1), 1 for landscape or square."""
+    return [int(a >= 1.0) for a in aspect_ratios]
+
+
+class GroupedBatchSampler(Sampler[list[int]]):
+    """Yields lists of dataset indices.
+
+    Args:
+        groups: group id per dataset item (``aspect_groups``); all zeros = no grouping.
+        batch_size: items per batch (per process).
+        shuffle: training order (seed, epoch)-deterministic; False = sequential.
+        seed: shuffling seed.
+        rank, world_size: this process's shard (defaults from ``torch.distributed``).
+        drop_last: drop an incomplete last batch (training only).
+    """
+
+    def __init__(self, groups: Sequence[int], batch_size: int, *, shuffle: bool, seed: int = 0,
+                 rank: int | None = None, world_size: int | None = None, drop_last: bool = False):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        r, w = dist_info()
+        self.groups = list(groups)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.rank = r if rank is None else rank
+        self.world_size = w if world_size is None else world_size
+        self.drop_last = drop_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next iteration's order a function of (seed, epoch)."""
+        self.epoch = int(epoch)
+
+    def shard(self) -> list[int]:
+        """This rank's dataset indices, in order of use."""
+        n = len(self.groups)
+        if not self.shuffle:
+            return list(range(self.rank, n, self.world_size))
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
+        if self.world_size > 1 and n:
+            total = -(-n // self.world_size) * self.world_size
+            order = (order * (total // n + 1))[:total]
+        return order[self.rank :: self.world_size]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        buckets: dict[int, list[int]] = {}
+        leftovers: list[int] = []
+        for idx in self.shard():
+            bucket = buckets.setdefault(self.groups[idx], [])
+            bucket.append(idx)
+            if len(bucket) == self.batch_size:
+                yield list(bucket)
+                bucket.clear()
+        for g in sorted(buckets):  # mixed-group remainder, in order
+            leftovers += buckets[g]
+        for i in range(0, len(leftovers), self.batch_size):
+            batch = leftovers[i : i + self.batch_size]
+            if len(batch) == self.batch_size or not self.drop_last:
+                yield batch
+
+    def __len__(self) -> int:
+        counts: dict[int, int] = {}
+        for idx in self.shard():
+            counts[self.groups[idx]] = counts.get(self.groups[idx], 0) + 1
+        full = sum(c // self.batch_size for c in counts.values())
+        rest = sum(c % self.batch_size for c in counts.values())
+        return full + rest // self.batch_size + (0 if self.drop_last or rest % self.batch_size == 0 else 1)

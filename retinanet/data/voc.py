@@ -1,0 +1,319 @@
+"""Pascal VOC annotations: XML parsing and the two folder layouts.
+
+Pixel convention: VOC's 1-based inclusive ``xmin..xmax`` become continuous ``x1 = xmin - 1,
+x2 = xmax`` (a box over pixel columns 0..9 is ``x1=0, x2=10``); float coordinates are accepted.
+
+Standard layout: ``ROOT/VOCdevkit/VOC2007|VOC2012/{Annotations,JPEGImages,ImageSets/Main/<split>.txt}``;
+ROOT may also be the VOCdevkit folder or one ``VOC20xx`` folder.
+
+Flat layout (LabelImg, CVAT, Roboflow exports): images and XML files in one folder, or in two
+folders (``images/`` + ``annotations/``, ``JPEGImages`` + ``Annotations``, ...), matched by stem,
+no split files. The validation images are those named in a list file (``--val-split
+path/to/val.txt``), else a seeded draw of ``val_fraction`` of the stems, written to
+``ROOT/splits/{train,val}.txt`` and reused when those files exist (delete them to redraw).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from xml.etree.ElementTree import Element
+
+import defusedxml.ElementTree as ET
+import numpy as np
+
+from retinanet.data.classes import ClassMap
+from retinanet.data.images import IMAGE_SUFFIXES
+from retinanet.data.records import Record, clip_boxes
+from retinanet.errors import DataError
+
+_XML_DIRS = ("Annotations", "annotations", "labels", "xml", "Labels")
+_IMAGE_DIRS = ("JPEGImages", "images", "Images", "imgs", "img")
+
+
+@dataclass
+class VocAnnotation:
+    """One parsed XML file (original pixel frame, not yet checked against a class map)."""
+
+    filename: str | None
+    size: tuple[int, int] | None  # (height, width) from <size>, None when absent or zero
+    names: list[str] = field(default_factory=list)
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))  # [N, 4] xyxy
+    difficult: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # [N]
+    truncated: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # [N]
+
+    def __getitem__(self, key: str):  # dict-style access: ann["boxes"]
+        return getattr(self, key)
+
+
+def _number(el: Element | None, tag: str, path: Path) -> float:
+    node = el.find(tag) if el is not None else None
+    if node is None or node.text is None or not node.text.strip():
+        raise ValueError(f"{path}: <{tag}> missing")
+    try:
+        return float(node.text.strip())
+    except ValueError:
+        raise ValueError(f"{path}: <{tag}> is {node.text.strip()!r}, not a number") from None
+
+
+def _flag(obj: Element, tag: str) -> bool:
+    node = obj.find(tag)
+    text = (node.text or "").strip().lower() if node is not None else ""
+    return text in ("1", "true", "yes")
+
+
+def parse_voc_xml(path: str | Path) -> VocAnnotation:
+    """Parse one VOC XML file (entity expansion disabled, via defusedxml).
+
+    Only each ``<object>``'s own ``<bndbox>`` counts: the ``<part>`` boxes inside VOC2012 person
+    objects are never objects. A missing ``<difficult>`` means 0.
+
+    Returns:
+        ``VocAnnotation`` with ``boxes`` ``[N, 4]`` float32 xyxy (continuous, not clipped).
+
+    Raises:
+        ValueError: malformed XML or a box without numeric coordinates; the message names ``path``.
+    """
+    path = Path(path)
+    try:
+        root = ET.parse(path).getroot()
+    except ET.ParseError as err:
+        raise ValueError(f"{path}: malformed XML ({err})") from None
+    except Exception as err:  # defusedxml refuses entities, DTDs, ...
+        raise ValueError(f"{path}: unreadable XML ({type(err).__name__}: {err})") from None
+    if root.tag != "annotation":
+        raise ValueError(f"{path}: root element is <{root.tag}>, expected <annotation>")
+    size = None
+    size_el = root.find("size")
+    if size_el is not None:
+        try:
+            h, w = int(_number(size_el, "height", path)), int(_number(size_el, "width", path))
+            size = (h, w) if h > 0 and w > 0 else None
+        except ValueError:
+            size = None
+    names, boxes, difficult, truncated = [], [], [], []
+    for obj in root.findall("object"):  # direct children only: <part> boxes are not objects
+        name_el = obj.find("name")
+        name = (name_el.text or "").strip() if name_el is not None else ""
+        if not name:
+            raise ValueError(f"{path}: an <object> has no <name>")
+        bb = obj.find("bndbox")
+        if bb is None:
+            raise ValueError(f"{path}: object {name!r} has no <bndbox>")
+        xmin, ymin = _number(bb, "xmin", path), _number(bb, "ymin", path)
+        xmax, ymax = _number(bb, "xmax", path), _number(bb, "ymax", path)
+        names.append(name)
+        boxes.append((xmin - 1, ymin - 1, xmax, ymax))
+        difficult.append(_flag(obj, "difficult"))
+        truncated.append(_flag(obj, "truncated"))
+    fn = root.find("filename")
+    return VocAnnotation(
+        filename=(fn.text or "").strip() or None if fn is not None else None,
+        size=size,
+        names=names,
+        boxes=np.asarray(boxes, np.float32).reshape(-1, 4),
+        difficult=np.asarray(difficult, bool),
+        truncated=np.asarray(truncated, bool),
+    )
+
+
+def to_record(
+    ann: VocAnnotation, image: Path, xml: Path, image_id: int, class_map: ClassMap, problems: list[str], warnings: list[str]
+) -> Record | None:
+    """Turn an annotation into a ``Record``: class ids, boxes clipped to the stated size.
+
+    Problems (unknown class, missing image) go to ``problems`` and give None; boxes with no area
+    after clipping are dropped with a message in ``warnings``.
+    """
+    if not image.is_file():
+        problems.append(f"{image}: image file missing (annotation {xml})")
+        return None
+    unknown = sorted({n for n in ann.names if n not in class_map})
+    if unknown:
+        problems.append(f"{xml}: class(es) not in the class map ({class_map.source}): {', '.join(unknown)}")
+        return None
+    boxes = ann.boxes
+    keep = np.ones(len(boxes), bool)
+    if ann.size is not None:
+        boxes, keep = clip_boxes(boxes, ann.size)
+        outside = keep & (boxes != ann.boxes).any(axis=1)
+        if outside.any():
+            warnings.append(f"{xml}: {int(outside.sum())} box(es) extend outside the {ann.size[1]}x{ann.size[0]} image; clipped")
+    else:
+        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    if not keep.all():
+        bad = [f"{ann.names[i]} {ann.boxes[i].tolist()}" for i in np.flatnonzero(~keep)]
+        warnings.append(f"{xml}: dropped {len(bad)} box(es) with no area inside the image: {'; '.join(bad)}")
+    labels = np.asarray([class_map.id_of(n) for n in ann.names], np.int64).reshape(-1)
+    return Record(str(image), boxes[keep], labels[keep], ann.difficult[keep], image_id, ann.size, str(xml))
+
+
+# --- standard layout -------------------------------------------------------------------------------
+
+
+def find_voc_years(root: Path, years: tuple[str, ...] = ()) -> list[Path]:
+    """The ``VOC20xx`` folders under ``root`` (ROOT, ROOT/VOCdevkit, or a VOC20xx folder itself).
+
+    Args:
+        years: e.g. ``("2007", "2012")`` or ``("VOC2007",)``; empty = every one found.
+    """
+    root = Path(root)
+    if (root / "Annotations").is_dir() and (root / "ImageSets").is_dir():
+        return [root]
+    base = root / "VOCdevkit" if (root / "VOCdevkit").is_dir() else root
+    found = sorted(p for p in base.glob("VOC*") if p.is_dir() and (p / "Annotations").is_dir())
+    if years:
+        wanted = {y if y.startswith("VOC") else f"VOC{y}" for y in years}
+        missing = sorted(wanted - {p.name for p in found})
+        if missing:
+            raise DataError([f"{base}: no {m} folder with Annotations/ (found: {', '.join(p.name for p in found) or 'none'})" for m in missing])
+        found = [p for p in found if p.name in wanted]
+    return found
+
+
+def is_voc_standard(root: Path) -> bool:
+    """Whether ``root`` looks like a VOC standard layout (VOCdevkit, VOC20xx or one year folder)."""
+    try:
+        return bool(find_voc_years(root))
+    except DataError:
+        return False
+
+
+def read_split_ids(year_dirs: list[Path], split: str) -> tuple[list[tuple[Path, str]], list[str]]:
+    """``(year_dir, image id)`` pairs listed in ``ImageSets/Main/<split>.txt`` of each year.
+
+    A year without that file is skipped (VOC2012 has no test.txt, so "07+12" trainval/test works);
+    no file at all, or an empty file, is a problem.
+
+    Returns:
+        (pairs, problems)
+    """
+    pairs, problems, looked = [], [], []
+    for ydir in year_dirs:
+        f = ydir / "ImageSets" / "Main" / f"{split}.txt"
+        looked.append(str(f))
+        if not f.is_file():
+            continue
+        ids = [line.split()[0] for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if not ids:
+            problems.append(f"{f}: split file is empty")
+        pairs += [(ydir, i) for i in ids]
+    if not pairs and not problems:
+        problems.append(f"split {split!r}: no split file found (looked for {', '.join(looked)})")
+    return pairs, problems
+
+
+def _image_for(folder: Path, stem: str) -> Path:
+    for suffix in (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG"):
+        p = folder / f"{stem}{suffix}"
+        if p.is_file():
+            return p
+    return folder / f"{stem}.jpg"
+
+
+def parse_all(pairs: list[tuple[Path, Path]], problems: list[str]) -> list[tuple[VocAnnotation, Path, Path]]:
+    """Parse every ``(xml, image)`` pair; unreadable XML goes to ``problems``."""
+    out = []
+    for xml, image in pairs:
+        if not xml.is_file():
+            problems.append(f"{xml}: annotation file missing")
+            continue
+        try:
+            out.append((parse_voc_xml(xml), xml, image))
+        except (ValueError, OSError) as err:
+            problems.append(str(err))
+    return out
+
+
+def voc_standard_pairs(root: Path, years: tuple[str, ...], split: str, problems: list[str]) -> list[tuple[Path, Path]]:
+    """``(xml, image)`` paths of one split of a standard-layout dataset."""
+    ids, split_problems = read_split_ids(find_voc_years(root, years), split)
+    problems += split_problems
+    return [(y / "Annotations" / f"{i}.xml", _image_for(y / "JPEGImages", i)) for y, i in ids]
+
+
+# --- flat layout -----------------------------------------------------------------------------------
+
+
+def flat_folders(root: Path) -> tuple[Path, Path]:
+    """``(image folder, XML folder)`` of a flat export: known sub-folder names, else ROOT itself."""
+    root = Path(root)
+    xml_dir = next((root / d for d in _XML_DIRS if (root / d).is_dir()), root)
+    img_dir = next((root / d for d in _IMAGE_DIRS if (root / d).is_dir()), root)
+    return img_dir, xml_dir
+
+
+def _read_list(f: Path) -> list[str]:
+    return [Path(ln.strip()).stem for ln in f.read_text(encoding="utf-8").splitlines() if ln.strip()]
+
+
+def flat_split(
+    root: Path, val_fraction: float, seed: int, *, val_list: Path | None = None, split_dir: Path | None = None
+) -> tuple[dict[str, list[str]], list[str], list[str]]:
+    """Train/val split of a flat export's stems: a list file, saved split files, or a seeded draw.
+
+    Args:
+        root: the export folder.
+        val_fraction: share of stems held out for validation (0..1), when drawing.
+        seed: seed of the draw.
+        val_list: a text file naming the validation images (stems or file names, one a line);
+            every other annotated image is training.
+        split_dir: where ``train.txt``/``val.txt`` are read from if both exist, else written
+            (default ``root/splits``).
+
+    Returns:
+        ({"train": stems, "val": stems}, problems, warnings)
+    """
+    split_dir = Path(split_dir or Path(root) / "splits")
+    _, xml_dir = flat_folders(root)
+    stems = sorted(p.stem for p in xml_dir.glob("*.xml"))
+    if not stems:
+        return {"train": [], "val": []}, [f"{xml_dir}: no .xml annotation files found"], []
+    files = {s: split_dir / f"{s}.txt" for s in ("train", "val")}
+    if val_list is not None:
+        if not val_list.is_file():
+            return {"train": [], "val": []}, [f"{val_list}: validation list file not found"], []
+        val = set(_read_list(val_list))
+        problems = [f"{val_list}: validation list is empty"] if not val else []
+        unknown = sorted(val - set(stems))
+        problems += [f"{val_list}: lists {len(unknown)} image(s) with no XML in {xml_dir}: {', '.join(unknown[:5])}"] if unknown else []
+        return {"train": [s for s in stems if s not in val], "val": sorted(val & set(stems))}, problems, []
+    if all(f.is_file() for f in files.values()):
+        split = {s: _read_list(f) for s, f in files.items()}
+        problems = [f"{files[n]}: split file is empty" for n in split if not split[n] and not (n == "val" and val_fraction == 0)]
+        listed = set(split["train"]) | set(split["val"])
+        new = [s for s in stems if s not in listed]
+        warns = [f"{split_dir}: {len(new)} annotated image(s) in no split file are not used (delete the split files to redraw)"] if new else []
+        return split, problems, warns
+    order = list(stems)
+    random.Random(seed).shuffle(order)
+    val = set(order[: int(round(val_fraction * len(order)))])
+    split = {"train": [s for s in stems if s not in val], "val": sorted(val)}
+    try:
+        split_dir.mkdir(parents=True, exist_ok=True)
+        for s, f in files.items():
+            f.write_text("".join(x + "\n" for x in split[s]), encoding="utf-8")
+    except OSError as err:  # read-only dataset: the split is still deterministic, just not saved
+        return split, [], [f"{split_dir}: cannot write the split files ({err})"]
+    return split, [], []
+
+
+def voc_flat_pairs(root: Path, stems: list[str]) -> list[tuple[Path, Path]]:
+    """``(xml, image)`` paths for ``stems`` of a flat export (image found by stem, any suffix)."""
+    img_dir, xml_dir = flat_folders(root)
+    by_stem = {}
+    for p in sorted(img_dir.iterdir()):
+        if p.suffix.lower() in IMAGE_SUFFIXES:
+            by_stem.setdefault(p.stem, p)
+    return [(xml_dir / f"{s}.xml", by_stem.get(s, img_dir / f"{s}.jpg")) for s in stems]
+
+
+def unannotated_images(root: Path) -> list[str]:
+    """A warning naming the images of a flat export that have no XML (left out, not negatives)."""
+    img_dir, xml_dir = flat_folders(root)
+    stems = {p.stem for p in xml_dir.glob("*.xml")}
+    lonely = sorted(p.name for p in img_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.stem not in stems)
+    if not lonely:
+        return []
+    return [f"{img_dir}: {len(lonely)} image(s) without an XML file are not used: {', '.join(lonely[:5])}{' ...' if len(lonely) > 5 else ''}"]

@@ -1,0 +1,87 @@
+"""DDP plumbing over ``torch.distributed``: set-up from torchrun's environment and small helpers.
+
+Every helper works unchanged in a single process (world size 1), so the engine has one code path.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+def is_dist() -> bool:
+    """True when a process group is initialised."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_dist() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_dist() else 1
+
+
+def is_main_process() -> bool:
+    return get_rank() == 0
+
+
+def launched_by_torchrun() -> bool:
+    """True when torchrun (or another launcher) set WORLD_SIZE > 1 in the environment."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init_distributed(device: torch.device, timeout_min: float = 30.0) -> bool:
+    """Join the process group described by torchrun's variables, if any.
+
+    NCCL on CUDA devices, gloo otherwise. Returns True when running distributed.
+    """
+    if not launched_by_torchrun() or is_dist():
+        return is_dist()
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend=backend, timeout=timedelta(minutes=timeout_min))
+    return True
+
+
+def local_device(requested: str = "auto") -> torch.device:
+    """The device this process should use: ``cuda:LOCAL_RANK`` under torchrun with GPUs."""
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(requested)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
+
+
+def barrier() -> None:
+    if is_dist():
+        dist.barrier()
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    """Gather a picklable object from every rank (a one-element list in a single process)."""
+    if not is_dist():
+        return [obj]
+    out: list[Any] = [None] * get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
+    """Mean of ``value`` over ranks (the value itself in a single process)."""
+    if not is_dist():
+        return value
+    value = value.detach().clone()
+    dist.all_reduce(value)
+    return value / get_world_size()
+
+
+def cleanup() -> None:
+    if is_dist():
+        dist.destroy_process_group()

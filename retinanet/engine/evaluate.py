@@ -1,0 +1,315 @@
+"""Evaluate a detector on a data loader: COCO metrics (pycocotools-exact), per-class AP, optional
+VOC AP, gathered across DDP ranks.
+
+``evaluate`` runs the model on every batch, maps the detections from the resized frame the model
+saw back to each image's original size, gathers detections and ground truth from every rank and
+computes the metrics on every rank from the same sorted records, so all ranks return the same
+``EvalResult``. The metric code itself lives in ``coco_eval`` and ``voc_eval`` (plain arrays, no
+model needed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from retinanet.engine.coco_eval import coco_results, evaluate_coco, per_class_table
+from retinanet.engine.distributed import all_gather_object, is_main_process
+from retinanet.engine.voc_eval import voc_metrics
+
+
+@dataclass
+class EvalResult:
+    """The outcome of one evaluation.
+
+    Attributes:
+        metrics: the 12 COCO numbers ``AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100, ARs, ARm,
+            ARl`` (floats in [0, 1], -1.0 where undefined, as pycocotools).
+        per_class: ``[{"class", "id", "AP", "AP50"}]`` in class id order.
+        summary_text: the 12 lines exactly as pycocotools prints them.
+        detections: all detections in the COCO results format (original image pixels).
+        voc: None, or ``{"mAP_07", "mAP", "per_class": [{"class", "id", "num_gt", "AP50_07",
+            "AP50"}]}`` (VOC protocol, see ``voc_eval``).
+        pr_curves: per-class precision at 101 recall points at IoU 0.5 (``CocoEvaluation.pr_curves``).
+        num_images: images evaluated (after removing DDP padding duplicates).
+    """
+
+    metrics: dict[str, float]
+    per_class: list[dict[str, Any]]
+    summary_text: str
+    detections: list[dict[str, Any]] = field(repr=False)
+    voc: dict[str, Any] | None = None
+    pr_curves: dict[str, Any] | None = field(default=None, repr=False)
+    num_images: int = 0
+
+    def table(self) -> str:
+        """Per-class AP table (percent), with VOC columns when the VOC protocol was run."""
+        return per_class_table(self.per_class, self.voc)
+
+    def to_dict(self, include_detections: bool = False) -> dict[str, Any]:
+        """Plain JSON-serialisable dict; detections only when asked (they can be large)."""
+        out = {
+            "num_images": self.num_images,
+            "num_detections": len(self.detections),
+            "metrics": self.metrics,
+            "summary_text": self.summary_text,
+            "per_class": self.per_class,
+            "voc": self.voc,
+            "pr_curves": self.pr_curves,
+        }
+        if include_detections:
+            out["detections"] = self.detections
+        return out
+
+    def to_json(self, include_detections: bool = False, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(include_detections), indent=indent)
+
+
+def class_map_dict(class_map: Any) -> dict[str, int] | None:
+    """``{"name": id}`` from a ``ClassMap`` (``to_dict()``), a dict, or None."""
+    if class_map is None:
+        return None
+    if hasattr(class_map, "to_dict"):
+        class_map = class_map.to_dict()
+    return {str(k): int(v) for k, v in dict(class_map).items()}
+
+
+def _to_original(boxes: torch.Tensor, size: tuple[int, int], orig_size: tuple[int, int]) -> np.ndarray:
+    """``[N, 4]`` xyxy boxes in an image of ``size`` (H, W) -> pixels of ``orig_size`` (H0, W0)."""
+    (h, w), (h0, w0) = size, orig_size
+    scale = np.array([w0 / w, h0 / h, w0 / w, h0 / h], dtype=np.float64)
+    return boxes.detach().cpu().to(torch.float64).numpy().reshape(-1, 4) * scale
+
+
+def _autocast(device: torch.device, amp: bool):
+    """bf16 autocast on CPU and on GPUs that support it, fp16 on older GPUs; a no-op if not amp."""
+    dtype = torch.bfloat16
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        dtype = torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype, enabled=amp)
+
+
+def _gt_record(target: dict[str, Any], image_hw: tuple[int, int]) -> dict[str, Any]:
+    """Ground truth of one dataset target in original pixels (``coco_eval`` format)."""
+    orig = tuple(int(v) for v in target["orig_size"])
+    size = tuple(int(v) for v in target.get("size", image_hw))  # the frame of target["boxes"]
+    labels = target["labels"].cpu().numpy().astype(np.int64)
+    ignore = target.get("ignore", torch.zeros(len(labels), dtype=torch.bool))
+    return {
+        "image_id": int(target["image_id"]),
+        "boxes": _to_original(target["boxes"], size, orig),
+        "labels": labels,
+        "ignore": ignore.cpu().numpy().astype(bool),
+        "height": orig[0],
+        "width": orig[1],
+    }
+
+
+def _det_record(out: dict[str, torch.Tensor], image_hw: tuple[int, int], gt: dict[str, Any]) -> dict[str, Any]:
+    """The model's detections of one image (in the frame of the image given) in original pixels."""
+    return {
+        "image_id": gt["image_id"],
+        "boxes": _to_original(out["boxes"], image_hw, (gt["height"], gt["width"])),
+        "scores": out["scores"].detach().float().cpu().numpy().astype(np.float64),
+        "labels": out["labels"].cpu().numpy().astype(np.int64),
+    }
+
+
+def collect_predictions(model, loader, device: torch.device, amp: bool = False, progress: bool = True):
+    """Run ``model`` over ``loader``: per-image ground truth and detections in original pixels.
+
+    Returns:
+        (gt, dets): lists of per-image dicts (``coco_eval`` formats; numpy arrays), this rank only.
+    """
+    from tqdm import tqdm
+
+    gt, dets = [], []
+    batches = tqdm(loader, desc="eval", unit="batch", file=sys.stderr, dynamic_ncols=True,
+                   disable=not (progress and is_main_process()))
+    for images, targets in batches:
+        with _autocast(device, amp):
+            outputs = model([img.to(device, non_blocking=True) for img in images])
+        for img, target, out in zip(images, targets, outputs):
+            image_hw = tuple(int(v) for v in img.shape[-2:])
+            gt.append(_gt_record(target, image_hw))
+            dets.append(_det_record(out, image_hw, gt[-1]))
+    return gt, dets
+
+
+def gather_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Records of every rank, one per ``image_id`` (DDP samplers pad with repeats), sorted."""
+    merged = {}
+    for part in all_gather_object(records):
+        for r in part:
+            merged.setdefault(int(r["image_id"]), r)
+    return [merged[k] for k in sorted(merged)]
+
+
+def compute_metrics(gt, dets, class_map: dict[str, int] | None, voc: bool = False, backend: str | None = None) -> EvalResult:
+    """``EvalResult`` of per-image ground truth and detections (no model involved).
+
+    Args:
+        class_map: ``{"name": id}`` of the evaluated classes; None = the ids found in ``gt``,
+            named "class N".
+    """
+    if class_map:
+        items = sorted(class_map.items(), key=lambda kv: kv[1])
+        ids, names = [i for _, i in items], [n for n, _ in items]
+    else:
+        ids = sorted({int(v) for g in gt for v in np.asarray(g["labels"]).ravel()})
+        names = [f"class {i}" for i in ids]
+    coco = evaluate_coco(gt, dets, ids, names, backend)
+    return EvalResult(
+        metrics=coco.metrics,
+        per_class=coco.per_class,
+        summary_text=coco.summary_text,
+        detections=coco_results(dets),
+        voc=voc_metrics(gt, dets, ids, names) if voc else None,
+        pr_curves=coco.pr_curves(0.5),
+        num_images=len(gt),
+    )
+
+
+@torch.inference_mode()
+def evaluate(model, loader, *, device, class_map, amp: bool = False, progress: bool = True, voc: bool = False,
+             backend: str | None = None) -> EvalResult:
+    """Evaluate ``model`` on every batch of ``loader`` (all ranks must call it).
+
+    Args:
+        model: a RetinaNet (or DDP-wrapped one); put in eval mode for the call, mode restored after.
+        loader: yields ``(images, targets)`` as ``retinanet.data.build_loader`` (targets with
+            ``boxes`` in the resized frame, ``labels``, ``ignore``, ``image_id``, ``orig_size``,
+            ``size``).
+        device: where the model runs.
+        class_map: ``ClassMap`` or ``{"name": id}`` of the dataset; None = ids found in the data.
+        amp: autocast (bf16, fp16 on GPUs without bf16).
+        progress: tqdm bar on stderr (main process only).
+        voc: also compute the VOC protocol AP50 (11-point and all-point).
+        backend: COCOeval implementation, see ``coco_eval.run_cocoeval`` (default pycocotools).
+    Returns:
+        The same ``EvalResult`` on every rank.
+    """
+    model = getattr(model, "module", model)  # DDP's forward would sync buffers for nothing
+    was_training = model.training
+    model.eval()
+    try:
+        gt, dets = collect_predictions(model, loader, torch.device(device), amp, progress)
+    finally:
+        model.train(was_training)
+    gt, dets = gather_records(gt), gather_records(dets)
+    return compute_metrics(gt, dets, class_map_dict(class_map), voc, backend)
+
+
+def write_eval_outputs(result: EvalResult, out_dir: str | os.PathLike) -> dict[str, Path]:
+    """Write ``eval.json`` (everything but the detections), ``detections.json`` (COCO results
+    format) and ``pr_curves.png`` (per-class precision-recall grid) into ``out_dir``.
+
+    Returns:
+        ``{"eval": path, "detections": path, "pr_curves": path}``.
+    """
+    from retinanet.engine.plots_eval import plot_pr_curves
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"eval": out / "eval.json", "detections": out / "detections.json", "pr_curves": out / "pr_curves.png"}
+    paths["eval"].write_text(result.to_json() + "\n")
+    paths["detections"].write_text(json.dumps(result.detections) + "\n")
+    ap50 = {r["class"]: r["AP50"] for r in result.per_class}
+    plot_pr_curves(result.pr_curves or {"iou": 0.5, "recall": [], "precision": {}}, paths["pr_curves"], ap50)
+    return paths
+
+
+def class_map_problems(model_map: dict[str, int] | None, data_map: dict[str, int], num_outputs: int) -> list[str]:
+    """Ways the model's class ids disagree with the dataset's (empty when they agree).
+
+    Args:
+        model_map: the checkpoint's ``{"name": id}`` (for an official torchvision file: COCO names
+            at COCO category ids); None when unknown.
+        data_map: the dataset's ``{"name": id}``.
+        num_outputs: the model's ``num_classes`` (ids it can predict are ``1..num_outputs-1``).
+    """
+    problems = []
+    too_big = sorted(n for n, i in data_map.items() if i >= num_outputs)
+    if too_big:
+        problems.append(f"the model predicts ids 1..{num_outputs - 1} but the dataset has classes with larger ids: {', '.join(too_big)}")
+    if model_map is not None:
+        missing = sorted(n for n in data_map if n not in model_map)
+        moved = sorted(n for n, i in data_map.items() if n in model_map and model_map[n] != i)
+        if missing:
+            problems.append(f"dataset classes unknown to the model: {', '.join(missing[:20])}{' ...' if len(missing) > 20 else ''}")
+        if moved:
+            problems.append(f"classes with different ids in model and dataset: {', '.join(moved[:20])}")
+    return problems
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """What ``run_eval`` needs besides the data config; ``model_overrides`` replace
+    ``ModelConfig`` fields of the checkpoint (``min_size``, ``max_size``, ``score_thresh``)."""
+
+    weights: str
+    out: str | None = None
+    voc: bool = False
+    batch_size: int = 2
+    workers: int = 2
+    device: str = "auto"
+    amp: bool = False
+    progress: bool = True
+    backend: str | None = None
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class EvalRun:
+    """``run_eval``'s outcome: the result, files written (main process) and class-map warnings."""
+
+    result: EvalResult
+    paths: dict[str, Path]
+    warnings: list[str]
+
+
+def run_eval(data_cfg, opts: EvalOptions) -> EvalRun:
+    """Evaluate a checkpoint (ours or an official torchvision file) on ``data_cfg``'s val split.
+
+    Joins torchrun's process group when launched by it (each rank evaluates its share); the
+    main process writes ``write_eval_outputs`` into ``opts.out`` when given. The dataset is read
+    with the checkpoint's class map (unless ``data_cfg.classes`` is given), so ids match the
+    model's; for an official torchvision file (labels = COCO category ids) the dataset's own map
+    is kept and mismatches are returned as warnings.
+    """
+    from retinanet.data import build_datasets, build_loader
+    from retinanet.engine.checkpoint import load_model
+    from retinanet.engine.distributed import barrier, init_distributed, is_dist, local_device
+    from retinanet.engine.predict import coco_category_names
+
+    device = local_device(opts.device)
+    init_distributed(device)
+    model, model_map = load_model(opts.weights, device, **opts.model_overrides)
+    cfg = model.config
+    with tempfile.TemporaryDirectory() as tmp:
+        if model_map and data_cfg.classes is None:
+            # our checkpoint knows its class ids: read the data with them, not rediscovered ones
+            path = Path(tmp) / f"class map of {Path(opts.weights).name}.json"  # named in data errors
+            path.write_text(json.dumps(model_map))
+            data_cfg = dataclasses.replace(data_cfg, classes=str(path))
+        datasets = build_datasets(data_cfg, min_size=cfg.min_size, max_size=cfg.max_size)
+    data_map = class_map_dict(datasets.class_map) or {}
+    if model_map is None and cfg.num_classes == 91:
+        model_map = {n: i for i, n in coco_category_names().items()}
+    warnings = class_map_problems(model_map, data_map, cfg.num_classes)
+    loader = build_loader(datasets.val, batch_size=opts.batch_size, workers=opts.workers, train=False,
+                          distributed=is_dist(), seed=0, aspect_grouping=False)
+    result = evaluate(model, loader, device=device, class_map=data_map, amp=opts.amp, progress=opts.progress,
+                      voc=opts.voc, backend=opts.backend)
+    paths = write_eval_outputs(result, opts.out) if opts.out and is_main_process() else {}
+    barrier()
+    return EvalRun(result, paths, warnings)

@@ -1,0 +1,123 @@
+"""The RetinaNet module and ``build_model``."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import Tensor, nn
+from torchvision.models.detection.retinanet import RetinaNetHead
+
+from retinanet.config import ModelConfig
+from retinanet.errors import RetinaNetError
+from retinanet.model.anchors import AnchorCache
+from retinanet.model.backbone import build_backbone, group_norm_32
+from retinanet.model.loss import retinanet_loss
+from retinanet.model.postprocess import decode_batch, unpad_detections
+from retinanet.model.transform import batch_images, resize_boxes
+
+ARCHS = {
+    "resnet18_fpn": ("resnet18", False), "resnet34_fpn": ("resnet34", False),
+    "resnet50_fpn": ("resnet50", False), "resnet101_fpn": ("resnet101", False),
+    "resnet18_fpn_v2": ("resnet18", True), "resnet34_fpn_v2": ("resnet34", True),
+    "resnet50_fpn_v2": ("resnet50", True), "resnet101_fpn_v2": ("resnet101", True),
+}
+NUM_ANCHORS = 9
+
+
+class RetinaNet(nn.Module):
+    """RetinaNet detector with torchvision's calling convention and state_dict keys.
+
+    Owns ``backbone`` and ``head``; anchors/transform are non-persistent helpers.
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        depth, v2 = ARCHS[config.arch]
+        self.config = config
+        self.v2 = v2
+        self.box_loss = config.box_loss or ("giou" if v2 else "l1")
+        self.backbone = build_backbone(depth, v2, config.norm, config.trainable_backbone_layers)
+        self.head = RetinaNetHead(256, NUM_ANCHORS, config.num_classes,
+                                  norm_layer=group_norm_32() if v2 else None)
+        self.anchor_cache = AnchorCache()
+
+    def forward_raw(self, batch: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        """Network computation only: backbone -> FPN -> heads.
+
+        Args:
+            batch: ``[B, 3, H, W]`` normalised, padded images.
+        Returns:
+            per FPN level: cls logits ``[B, H_l*W_l*9, C]`` and box deltas ``[B, H_l*W_l*9, 4]``.
+        """
+        return self._heads(list(self.backbone(batch).values()))
+
+    def forward(self, images: list[Tensor], targets: list[dict] | None = None):
+        """Train mode: dict of losses. Eval mode: one dict per image (original pixel frame)."""
+        if self.training and targets is None:
+            raise RetinaNetError("the model is in training mode: targets are required")
+        c = self.config
+        orig = [(int(i.shape[-2]), int(i.shape[-1])) for i in images]
+        batch, sizes = batch_images(images, c.min_size, c.max_size)
+        if self.training:
+            targets = [dict(t, boxes=resize_boxes(t["boxes"], o, s)) if o != s else t
+                       for t, o, s in zip(targets, orig, sizes)]
+        feats = list(self.backbone(batch).values())
+        feat_hws = [tuple(f.shape[-2:]) for f in feats]
+        cls_out, reg_out = self._heads(feats)
+        anchors = self.anchor_cache(feat_hws, tuple(batch.shape[-2:]), batch.device)
+        if self.training:
+            with torch.autocast(batch.device.type, enabled=False):
+                return retinanet_loss(torch.cat(cls_out, 1), torch.cat(reg_out, 1),
+                                      torch.cat(anchors, 0), targets, self.box_loss)
+        image_hw = torch.tensor(sizes, device=batch.device)
+        out = decode_batch(cls_out, reg_out, anchors, image_hw, c.score_thresh, c.nms_thresh,
+                           c.detections_per_img, c.topk_candidates)
+        dets = unpad_detections(*out)
+        for d, o, s in zip(dets, orig, sizes):
+            if o != s:
+                d["boxes"] = resize_boxes(d["boxes"], s, o)
+        return dets
+
+    def _heads(self, feats: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        ch, rh = self.head.classification_head, self.head.regression_head
+        cls_out, reg_out = [], []
+        for f in feats:
+            B, _, H, W = f.shape
+            c = ch.cls_logits(ch.conv(f))
+            r = rh.bbox_reg(rh.conv(f))
+            k = c.shape[1] // NUM_ANCHORS
+            cls_out.append(c.view(B, NUM_ANCHORS, k, H, W).permute(0, 3, 4, 1, 2).reshape(B, -1, k))
+            reg_out.append(r.view(B, NUM_ANCHORS, 4, H, W).permute(0, 3, 4, 1, 2).reshape(B, -1, 4))
+        return cls_out, reg_out
+
+
+def build_model(arch: str = "resnet50_fpn", num_classes: int = 91, **options) -> RetinaNet:
+    """Build a RetinaNet from ``ModelConfig`` fields.
+
+    Args:
+        arch: one of ``ARCHS``. num_classes: classification outputs (id 0 never a real class).
+        **options: other ``ModelConfig`` fields.
+    Returns:
+        RetinaNet with ``model.config`` set.
+    Raises:
+        RetinaNetError: unknown arch, option or option value.
+    """
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = sorted(set(options) - fields)
+    if unknown:
+        raise RetinaNetError(f"unknown model option(s): {', '.join(unknown)}; "
+                             f"known: {', '.join(sorted(fields))}")
+    if arch not in ARCHS:
+        raise RetinaNetError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
+    config = ModelConfig(arch=arch, num_classes=num_classes, **options)
+    if config.norm not in ("bn", "frozen_bn"):
+        raise RetinaNetError(f"unknown norm {config.norm!r}; choose 'bn' or 'frozen_bn'")
+    if config.box_loss not in (None, "l1", "giou"):
+        raise RetinaNetError(f"unknown box_loss {config.box_loss!r}; choose 'l1' or 'giou'")
+    if not 0 <= config.trainable_backbone_layers <= 5:
+        raise RetinaNetError("trainable_backbone_layers must be in 0..5, "
+                             f"got {config.trainable_backbone_layers}")
+    if config.num_classes < 1:
+        raise RetinaNetError(f"num_classes must be >= 1, got {config.num_classes}")
+    return RetinaNet(config)

@@ -1,0 +1,109 @@
+"""Input transform: normalise, resize (torchvision's arithmetic), pad to a multiple of 32.
+
+Pure geometry (``resized_size``, ``resize_image``, ``resize_boxes``) is shared with the data
+pipeline, which pre-resizes images in DataLoader workers; the model then skips resizing.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+IMAGE_MEAN = (0.485, 0.456, 0.406)
+IMAGE_STD = (0.229, 0.224, 0.225)
+SIZE_DIVISIBLE = 32
+
+
+def _torchvision_size(h: int, w: int, min_size: int, max_size: int) -> tuple[int, int]:
+    scale = min(min_size / min(h, w), max_size / max(h, w))
+    return int(math.floor(h * scale)), int(math.floor(w * scale))
+
+
+def resized_size(h: int, w: int, min_size: int, max_size: int) -> tuple[int, int]:
+    """Size the model resizes an ``h x w`` image to (torchvision's GeneralizedRCNNTransform rule).
+
+    Idempotent: a size that is already the result of resizing (within the 1-pixel floor rounding
+    of torchvision's arithmetic) is returned unchanged.
+
+    Args:
+        h, w: image height and width in pixels.
+        min_size: target short side. max_size: cap on the long side.
+    Returns:
+        (new_h, new_w).
+    """
+    nh, nw = _torchvision_size(h, w, min_size, max_size)
+    if abs(nh - h) <= 1 and abs(nw - w) <= 1:
+        return h, w
+    return nh, nw
+
+
+def resize_image(image: Tensor, min_size: int, max_size: int) -> Tensor:
+    """Bilinearly resize a ``[3, H, W]`` (or ``[B, 3, H, W]``) image to ``resized_size``.
+
+    uint8 input is resized in float and rounded back to uint8. Returns the image unchanged when
+    it already has the target size.
+    """
+    h, w = image.shape[-2:]
+    size = resized_size(int(h), int(w), min_size, max_size)
+    if size == (int(h), int(w)):
+        return image
+    batched = image.dim() == 4
+    x = image if batched else image[None]
+    out = F.interpolate(x.float() if not x.is_floating_point() else x, size=size, mode="bilinear",
+                        align_corners=False)
+    if not image.is_floating_point():
+        out = out.round_().clamp_(0, 255).to(image.dtype)
+    return out if batched else out[0]
+
+
+def resize_boxes(boxes: Tensor, old_hw: tuple[int, int], new_hw: tuple[int, int]) -> Tensor:
+    """Scale ``[N, 4]`` xyxy boxes from an ``old_hw`` image frame to ``new_hw`` (fp32 ratios)."""
+    rh = torch.tensor(new_hw[0], dtype=torch.float32) / torch.tensor(old_hw[0], dtype=torch.float32)
+    rw = torch.tensor(new_hw[1], dtype=torch.float32) / torch.tensor(old_hw[1], dtype=torch.float32)
+    scale = torch.stack([rw, rh, rw, rh]).to(boxes.device)
+    return boxes * scale
+
+
+def normalize(image: Tensor) -> Tensor:
+    """uint8 (0..255) or float (0..1) ``[3, H, W]`` -> float ImageNet-normalised image."""
+    if not image.is_floating_point():
+        image = image.float().div_(255.0)
+    mean = torch.as_tensor(IMAGE_MEAN, dtype=image.dtype, device=image.device)[:, None, None]
+    std = torch.as_tensor(IMAGE_STD, dtype=image.dtype, device=image.device)[:, None, None]
+    return (image - mean) / std
+
+
+def batch_images(images: list[Tensor], min_size: int, max_size: int,
+                 ) -> tuple[Tensor, list[tuple[int, int]]]:
+    """Normalise, resize (unless already resized) and zero-pad images into one batch.
+
+    Args:
+        images: list of ``[3, H_i, W_i]`` uint8 or float images.
+    Returns:
+        batch ``[B, 3, H, W]`` (H, W multiples of 32) and the resized (unpadded) size per image.
+    """
+    prepared = []
+    for img in images:
+        x = normalize(img)
+        h, w = x.shape[-2:]
+        size = resized_size(int(h), int(w), min_size, max_size)
+        if size != (int(h), int(w)):
+            x = F.interpolate(x[None], size=size, mode="bilinear", align_corners=False)[0]
+        prepared.append(x)
+    sizes = [(int(x.shape[-2]), int(x.shape[-1])) for x in prepared]
+    if torch.jit.is_tracing() and len(prepared) == 1:
+        x = prepared[0]
+        ph = (SIZE_DIVISIBLE - x.shape[-2] % SIZE_DIVISIBLE) % SIZE_DIVISIBLE
+        pw = (SIZE_DIVISIBLE - x.shape[-1] % SIZE_DIVISIBLE) % SIZE_DIVISIBLE
+        return F.pad(x, (0, pw, 0, ph))[None], sizes
+    H = max(s[0] for s in sizes)
+    W = max(s[1] for s in sizes)
+    H = int(math.ceil(H / SIZE_DIVISIBLE) * SIZE_DIVISIBLE)
+    W = int(math.ceil(W / SIZE_DIVISIBLE) * SIZE_DIVISIBLE)
+    batch = prepared[0].new_zeros((len(prepared), 3, H, W))
+    for i, x in enumerate(prepared):
+        batch[i, :, : x.shape[-2], : x.shape[-1]].copy_(x)
+    return batch, sizes

@@ -1,0 +1,13 @@
+"""Shared test set-up: CPU-sized, deterministic, and fair to the machine's few cores."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import torch  # noqa: E402
+
+# Under pytest-xdist each worker gets its share of the cores instead of all of them.
+_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, (os.cpu_count() or 1) // _workers))

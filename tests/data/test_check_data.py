@@ -1,0 +1,69 @@
+"""``check_dataset`` / ``retinanet check-data`` on datasets with planted problems."""
+
+from __future__ import annotations
+
+import shutil
+
+from voc_fixtures import make_voc, obj, write_image, xml_text
+
+from retinanet.cli import main
+from retinanet.config import DataConfig
+from retinanet.data import check_dataset
+
+
+def test_clean_synthetic_is_ok(synthetic, capsys):
+    report = check_dataset(DataConfig(root=str(synthetic)), progress=False)
+    assert report.ok and not report.errors and not report.warnings
+    assert report.splits["train"].images == 8 and report.splits["val"].images == 4
+    s = report.splits["train"]
+    assert sum(s.per_class.values()) == s.objects == sum(s.sizes.values()) > 0
+    assert main(["check-data", "--data", str(synthetic), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "train: 8 images" in out and "small" in out and "OK" in out
+
+
+def test_planted_problems(tmp_path, capsys):
+    voc = make_voc(tmp_path, {
+        "train": [("a", [obj("cat")]), ("dup", [obj("cat")]), ("both", [obj("dog")]), ("empty", []), ("wrongsize", [obj("cat")]),
+                  ("corrupt", [obj("cat")]), ("outside", [obj("cat", (50, 50, 120, 60))])],
+        "val": [("both", [obj("dog")]), ("v", [obj("cat", (1, 1, 40, 40)), obj("dog", (1, 1, 60, 64), difficult=1)])],
+    })
+    shutil.copy(voc / "JPEGImages" / "a.jpg", voc / "JPEGImages" / "dup.jpg")
+    write_image(voc / "JPEGImages" / "wrongsize.jpg", (50, 50))
+    (voc / "JPEGImages" / "corrupt.jpg").write_bytes(b"garbage")
+    report = check_dataset(DataConfig(root=str(tmp_path)), progress=False)
+    assert not report.ok
+    assert len(report.errors) == 1 and "corrupt.jpg: cannot decode image" in report.errors[0]
+    warnings = "\n".join(report.warnings)
+    assert "duplicate images (same content)" in warnings and "a.jpg" in warnings and "dup.jpg" in warnings
+    assert "the same image is in splits train and val" in warnings and "both.jpg" in warnings
+    assert "wrongsize.xml: <size> says 80x64 (WxH) but" in warnings and "is 50x50" in warnings
+    assert "outside.xml: 1 box(es) extend outside" in warnings
+    assert "train: 1 image(s) with no objects: empty.jpg" in warnings
+    train, val = report.splits["train"], report.splits["val"]
+    assert (train.images, train.objects, train.empty_images) == (7, 6, 1)
+    assert (val.objects, val.ignored, val.sizes["small"], val.sizes["medium"]) == (3, 1, 1, 2)
+    assert main(["check-data", "--data", str(tmp_path), "--quiet"]) == 1
+    out = capsys.readouterr().out
+    assert "NOT OK" in out and "corrupt.jpg" in out
+
+
+def test_unreadable_annotations_are_errors(tmp_path, capsys):
+    voc = make_voc(tmp_path, {"train": [("a", [obj("cat")]), ("b", [obj("cat")])], "val": [("c", [obj("cat")])]})
+    (voc / "Annotations" / "b.xml").write_text(xml_text("b.jpg", (64, 80), [obj("cat")])[:-5])
+    (voc / "JPEGImages" / "c.jpg").unlink()
+    report = check_dataset(DataConfig(root=str(tmp_path)), progress=False)
+    assert not report.ok and len(report.errors) == 2
+    assert any("b.xml: malformed XML" in e for e in report.errors) and any("c.jpg: image file missing" in e for e in report.errors)
+    assert main(["check-data", "--data", str(tmp_path / "nope"), "--quiet"]) == 1
+    assert "nope: dataset not found" in capsys.readouterr().out
+
+
+def test_data_options_to_config():
+    from retinanet.cli import build_parser, data_config_from_args
+
+    args = build_parser().parse_args(["check-data", "--data", "d", "--year", "2007", "--year", "2012", "--train-split", "trainval",
+                                      "--train-sizes", "224", "256", "--photometric", "--no-aspect-grouping", "--skip-bad"])
+    cfg = data_config_from_args(args, workers=0)
+    assert cfg == DataConfig(root="d", years=("2007", "2012"), train_split="trainval", train_sizes=(224, 256), photometric=True,
+                             aspect_grouping=False, skip_bad=True, workers=0)

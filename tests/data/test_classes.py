@@ -1,0 +1,49 @@
+"""ClassMap: loading, discovery, errors naming the file."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from retinanet.data import ClassMap
+from retinanet.errors import DataError
+
+
+def test_round_trip_and_accessors(tmp_path):
+    cm = ClassMap({"dog": 2, "cat": 1, "bird": 5})
+    assert cm.names == ["cat", "dog", "bird"] and cm.ids == [1, 2, 5]
+    assert cm.num_classes == 6 and cm.name_of(5) == "bird" and cm.id_of("dog") == 2 and cm.id_of("cow") is None
+    cm.save(tmp_path / "c.json")
+    assert ClassMap.load(tmp_path / "c.json") == cm
+    assert json.loads((tmp_path / "c.json").read_text()) == {"cat": 1, "dog": 2, "bird": 5}
+
+
+def test_discover_sorts_names():
+    assert ClassMap.discover(["z", "a", "m", "a"]).to_dict() == {"a": 1, "m": 2, "z": 3}
+
+
+def test_pascal_voc_classes():
+    cm = ClassMap.pascal_voc()
+    assert len(cm) == 20 and cm.name_of(1) == "aeroplane" and cm.name_of(20) == "tvmonitor"
+    assert cm.id_of("person") == 15 and cm.num_classes == 21
+
+
+@pytest.mark.parametrize(
+    "mapping, needle",
+    [({"a": 0}, "ids must be integers >= 1"), ({"a": 1, "b": 1}, "share id 1"), ({"a": "1"}, "ids must be"), ({}, "non-empty")],
+)
+def test_invalid_maps_name_the_file(tmp_path, mapping, needle):
+    path = tmp_path / "classes.json"
+    path.write_text(json.dumps(mapping))
+    with pytest.raises(DataError) as err:
+        ClassMap.load(path)
+    assert needle in str(err.value) and str(path) in str(err.value)
+
+
+def test_unreadable_files(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        ClassMap.load(tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text("{oops")
+    with pytest.raises(DataError, match="bad.json: not a readable JSON"):
+        ClassMap.load(tmp_path / "bad.json")

@@ -1,0 +1,60 @@
+"""Loaders: batches, (seed, epoch) determinism, aspect grouping, distributed shards."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from retinanet.config import DataConfig
+from retinanet.data import build_datasets, build_loader
+from retinanet.data.sampler import GroupedBatchSampler, aspect_groups
+
+
+@pytest.fixture(scope="module")
+def datasets(synthetic):
+    return build_datasets(DataConfig(root=str(synthetic), photometric=True), min_size=64, max_size=64)
+
+
+def _epoch(loader, epoch):
+    loader.batch_sampler.set_epoch(epoch)
+    return [(t["image_id"], t["boxes"], img) for images, targets in loader for img, t in zip(images, targets)]
+
+
+def test_train_batches_and_determinism(datasets):
+    make = lambda: build_loader(datasets.train, batch_size=3, workers=1, train=True, seed=5)  # noqa: E731
+    a, b = make(), make()
+    first = _epoch(a, 2)
+    assert len(first) == 8 and sorted(i for i, _, _ in first) == list(range(8))
+    for (ia, ba, xa), (ib, bb, xb) in zip(first, _epoch(b, 2)):
+        assert ia == ib and torch.equal(ba, bb) and torch.equal(xa, xb)  # same order, same augmentation
+    assert [i for i, _, _ in _epoch(a, 3)] != [i for i, _, _ in first]
+    images, targets = next(iter(a))
+    assert isinstance(images, list) and images[0].shape == (3, 64, 64) and images[0].dtype == torch.uint8
+    assert set(targets[0]) == {"boxes", "labels", "ignore", "image_id", "orig_size", "size", "file"}
+
+
+def test_eval_loader_is_sequential(datasets):
+    loader = build_loader(datasets.val, batch_size=3, workers=0, train=False)
+    ids = [t["image_id"] for _, targets in loader for t in targets]
+    assert ids == list(range(4)) and len(loader) == 2
+
+
+def test_grouped_batches_by_aspect_ratio():
+    ratios = [0.5, 1.5, 0.7, 1.0, 2.0, 0.6, 1.2, 0.9, 1.3]
+    groups = aspect_groups(ratios)
+    sampler = GroupedBatchSampler(groups, 2, shuffle=True, seed=0, rank=0, world_size=1)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) and sorted(i for b in batches for i in b) == list(range(9))
+    mixed = [b for b in batches if len({groups[i] for i in b}) > 1]
+    assert len(mixed) <= 1 and all(len(b) == 2 for b in batches[:-1])
+
+
+def test_distributed_shards():
+    groups = [0] * 10
+    train = [list(GroupedBatchSampler(groups, 2, shuffle=True, seed=1, rank=r, world_size=3)) for r in range(3)]
+    flat = [sorted(i for b in shard for i in b) for shard in train]
+    assert all(len(f) == 4 for f in flat) and set().union(*map(set, flat)) == set(range(10))  # padded to 12
+    evals = [[i for b in GroupedBatchSampler(groups, 2, shuffle=False, rank=r, world_size=3) for i in b] for r in range(3)]
+    assert sorted(i for e in evals for i in e) == list(range(10))  # disjoint, no duplicates
+    with pytest.raises(Exception, match="process group"):
+        build_loader([], batch_size=1, workers=0, train=True, distributed=True)

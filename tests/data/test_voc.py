@@ -1,0 +1,119 @@
+"""VOC XML parsing (real-world shapes) and the standard and flat layouts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from voc_fixtures import make_voc, obj, write_image, xml_text
+
+from retinanet.config import DataConfig
+from retinanet.data import build_datasets
+from retinanet.data.voc import parse_voc_xml
+
+SIZES = {"min_size": 64, "max_size": 80}  # the test images are 64x80: no resize
+
+
+def test_parts_floats_missing_difficult_truncated(tmp_path):
+    person = obj("person", (10.5, 20, 50.25, 60), truncated=1, parts=[("head", (12, 22, 20, 30)), ("hand", (40, 40, 45, 45))])
+    dog = obj("dog", (1, 1, 10, 10), difficult=1)
+    path = tmp_path / "a.xml"
+    path.write_text(xml_text("a.jpg", (64, 80), [person, dog]))
+    ann = parse_voc_xml(path)
+    assert ann.names == ["person", "dog"]  # <part> boxes are not objects
+    np.testing.assert_allclose(ann.boxes, [[9.5, 19, 50.25, 60], [0, 0, 10, 10]])  # x1 = xmin - 1, x2 = xmax
+    assert ann.difficult.tolist() == [False, True] and ann.truncated.tolist() == [True, False]
+    assert ann.size == (64, 80) and ann.filename == "a.jpg"
+
+
+def test_no_objects_and_no_size(tmp_path):
+    path = tmp_path / "e.xml"
+    path.write_text(xml_text("e.jpg", None, []))
+    ann = parse_voc_xml(path)
+    assert ann.boxes.shape == (0, 4) and ann.size is None and ann["boxes"].dtype == np.float32
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("<annotation><object>", "malformed XML"),
+        ("<annotation><object><name>a</name></object></annotation>", "has no <bndbox>"),
+        ("<annotation><object><name>a</name><bndbox><xmin>x</xmin></bndbox></object></annotation>", "not a number"),
+        ('<?xml version="1.0"?><!DOCTYPE a [<!ENTITY e "boom">]><annotation>&e;</annotation>', "unreadable XML"),
+        ("<foo/>", "expected <annotation>"),
+    ],
+)
+def test_malformed_xml_names_the_file(tmp_path, text, needle):
+    path = tmp_path / "bad.xml"
+    path.write_text(text)
+    with pytest.raises(ValueError) as err:
+        parse_voc_xml(path)
+    assert needle in str(err.value) and str(path) in str(err.value)
+
+
+def test_standard_layout_roots_and_difficult(tmp_path):
+    make_voc(tmp_path, {"train": [("a", [obj("cat"), obj("dog", difficult=1)]), ("b", [obj("dog")])], "val": [("c", [obj("dog", difficult=1), obj("cat")])]})
+    for root in (tmp_path, tmp_path / "VOCdevkit", tmp_path / "VOCdevkit" / "VOC2012"):
+        ds = build_datasets(DataConfig(root=str(root)), **SIZES)
+        assert ds.format == "voc" and ds.class_map.to_dict() == {"cat": 1, "dog": 2}
+        assert (len(ds.train), len(ds.val)) == (2, 1)
+    _, t = ds.train[0]
+    assert t["labels"].tolist() == [1] and not t["ignore"].any()  # difficult dropped for training
+    _, t = ds.val[0]
+    assert t["labels"].tolist() == [2, 1] and t["ignore"].tolist() == [True, False]  # kept as ignore for eval
+    assert t["boxes"].tolist()[1] == [4.0, 5.0, 30.0, 40.0] and t["orig_size"] == (64, 80) and t["size"] == (64, 80)
+    ds = build_datasets(DataConfig(root=str(tmp_path), train_difficult=True), **SIZES)
+    assert ds.train[0][1]["labels"].tolist() == [1, 2]
+
+
+def test_07_plus_12(tmp_path):
+    make_voc(tmp_path, {"trainval": [("a", [obj("cat")])], "test": [("t", [obj("cat")])]}, year="VOC2007")
+    make_voc(tmp_path, {"trainval": [("b", [obj("dog")]), ("c", [obj("dog")])]}, year="VOC2012")  # no test.txt
+    cfg = DataConfig(root=str(tmp_path), years=("2007", "2012"), train_split="trainval", val_split="test")
+    ds = build_datasets(cfg, **SIZES)
+    assert (len(ds.train), len(ds.val)) == (3, 1)
+    assert len(build_datasets(DataConfig(root=str(tmp_path), years=("2012",), train_split="trainval", val_split="trainval"), **SIZES).train) == 2
+
+
+def test_missing_year_is_reported(tmp_path):
+    make_voc(tmp_path, {"train": [("a", [obj()])]})
+    from retinanet.errors import DataError
+
+    with pytest.raises(DataError, match="no VOC2007 folder"):
+        build_datasets(DataConfig(root=str(tmp_path), years=("2007",)), **SIZES)
+
+
+def _flat(root, n=10, separate=False):
+    img_dir, xml_dir = (root / "images", root / "annotations") if separate else (root, root)
+    xml_dir.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        write_image(img_dir / f"im{i}.{'png' if i % 2 else 'jpg'}", seed=i)
+        (xml_dir / f"im{i}.xml").write_text(xml_text(f"im{i}.jpg", (64, 80), [obj("cat" if i % 3 else "dog")]))
+    return root
+
+
+@pytest.mark.parametrize("separate", [False, True])
+def test_flat_layout_split_is_seeded_written_and_reused(tmp_path, separate):
+    root = _flat(tmp_path / "flat", separate=separate)
+    cfg = DataConfig(root=str(root), val_fraction=0.3, split_seed=1)
+    ds = build_datasets(cfg, **SIZES)
+    assert ds.format == "voc-flat" and (len(ds.train), len(ds.val)) == (7, 3)
+    val = (root / "splits" / "val.txt").read_text().split()
+    assert sorted(val) == sorted(r.file.rsplit("/", 1)[1].split(".")[0] for r in ds.val.records)
+    other = _flat(tmp_path / "flat2", separate=separate)
+    build_datasets(DataConfig(root=str(other), val_fraction=0.3, split_seed=1), **SIZES)
+    assert (other / "splits" / "val.txt").read_text().split() == val  # same seed, same split
+    (root / "splits" / "val.txt").write_text("im0\n")
+    (root / "splits" / "train.txt").write_text("im1\nim2\n")
+    ds = build_datasets(cfg, **SIZES)  # existing split files win
+    assert (len(ds.train), len(ds.val)) == (2, 1)
+    assert any("in no split file" in w for w in ds.warnings)
+
+
+def test_flat_layout_val_list_file(tmp_path):
+    root = _flat(tmp_path / "flat")
+    (tmp_path / "v.txt").write_text("im1.png\nim4\n")
+    write_image(root / "lonely.jpg")
+    ds = build_datasets(DataConfig(root=str(root), val_split=str(tmp_path / "v.txt")), **SIZES)
+    assert (len(ds.train), len(ds.val)) == (8, 2)
+    assert any("1 image(s) without an XML file are not used: lonely.jpg" in w for w in ds.warnings)
+    assert not (root / "splits").exists()

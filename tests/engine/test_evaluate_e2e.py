@@ -1,0 +1,95 @@
+"""``evaluate`` and ``retinanet eval`` end to end: tiny model, synthetic data, CPU."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from retinanet.cli import main
+
+MIN_SIZE, MAX_SIZE = 64, 96
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory) -> Path:
+    from retinanet.data import make_synthetic
+
+    root = tmp_path_factory.mktemp("synthetic") / "data"
+    make_synthetic(root, num_train=2, num_val=4, image_size=128, seed=0)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, synthetic):
+    """An untrained resnet18 model over the synthetic classes, and its checkpoint file."""
+    from retinanet.config import DataConfig
+    from retinanet.data import build_datasets
+    from retinanet.engine.checkpoint import save_checkpoint
+    from retinanet.model import build_model
+
+    class_map = build_datasets(DataConfig(root=str(synthetic)), min_size=MIN_SIZE, max_size=MAX_SIZE).class_map.to_dict()
+    torch.manual_seed(0)
+    model = build_model("resnet18_fpn", num_classes=max(class_map.values()) + 1, min_size=MIN_SIZE, max_size=MAX_SIZE,
+                        norm="bn", score_thresh=0.0).eval()
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    save_checkpoint({"model": model.state_dict(), "config": {"model": asdict(model.config)}, "class_map": class_map}, path)
+    return model, path
+
+
+def test_evaluate_rescales_to_original_size(synthetic, tiny):
+    """Detections equal the model's own output on the original-size image (its own resize)."""
+    from PIL import Image
+
+    from retinanet.config import DataConfig
+    from retinanet.data import build_datasets, build_loader
+    from retinanet.engine.evaluate import evaluate
+
+    model, _ = tiny
+    ds = build_datasets(DataConfig(root=str(synthetic)), min_size=MIN_SIZE, max_size=MAX_SIZE)
+    loader = build_loader(ds.val, batch_size=2, workers=0, train=False, distributed=False, seed=0, aspect_grouping=False)
+    result = evaluate(model, loader, device="cpu", class_map=ds.class_map, progress=False, voc=True)
+    assert result.num_images == len(ds.val)
+    assert set(result.metrics) == {"AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"}
+    assert [r["id"] for r in result.per_class] == sorted(ds.class_map.to_dict().values())
+    assert result.voc is not None and -1 <= result.voc["mAP"] <= 1
+
+    _, target = ds.val[0]
+    assert tuple(target["orig_size"]) != tuple(target["size"])  # the case really rescales
+    image = torch.from_numpy(np.asarray(Image.open(target["file"]).convert("RGB")).copy()).permute(2, 0, 1)
+    with torch.inference_mode():
+        ref = model([image])[0]
+    mine = [d for d in result.detections if d["image_id"] == int(target["image_id"])]
+    assert len(mine) > 0 and abs(len(mine) - len(ref["scores"])) <= 0.05 * len(ref["scores"])
+    ref_xywh = torch.cat([ref["boxes"][:, :2], ref["boxes"][:, 2:] - ref["boxes"][:, :2]], dim=1).numpy()
+    # an untrained model's scores nearly tie, so compare as sets, not in rank order
+    n = min(len(mine), len(ref["scores"]))
+    np.testing.assert_allclose(np.sort([d["score"] for d in mine])[::-1][:n], np.sort(ref["scores"].numpy())[::-1][:n], atol=1e-3)
+    boxes = np.array([d["bbox"] for d in mine])  # [K, 4]
+    nearest = np.abs(boxes[:, None, :] - ref_xywh[None, :, :]).max(axis=2).min(axis=1)  # [K]
+    assert np.median(nearest) < 0.05 and np.quantile(nearest, 0.9) < 1.0  # a few may swap at the top-k cut
+    # the same boxes left in the resized frame would be far off (the frames differ by 2x)
+    scale = np.array(target["orig_size"], dtype=float) / np.array(target["size"], dtype=float)
+    assert np.abs(scale - 1).max() > 0.4
+
+
+def test_eval_cli_writes_outputs(tmp_path, synthetic, tiny, capsys):
+    _, ckpt = tiny
+    out = tmp_path / "eval"
+    code = main(["eval", "--weights", str(ckpt), "--data", str(synthetic), "--out", str(out), "--voc",
+                 "--workers", "0", "--device", "cpu", "--quiet"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    lines = printed.splitlines()
+    assert lines[0].startswith(" Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ] = ")
+    assert sum(line.startswith(" Average ") for line in lines) == 12
+    assert "VOC AP50" in printed and str(out) in printed
+    data = json.loads((out / "eval.json").read_text())
+    assert data["summary_text"] in printed
+    dets = json.loads((out / "detections.json").read_text())
+    assert len(dets) == data["num_detections"]
+    assert (out / "pr_curves.png").stat().st_size > 1000

@@ -1,0 +1,144 @@
+"""``retinanet predict``: inputs, a corrupt file in a folder, outputs, VOC XML round trip."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from retinanet.cli import main
+from retinanet.engine.predict import find_images, voc_xml
+from retinanet.errors import RetinaNetError
+
+CLASS_MAP = {"cat": 1, "dog": 2}
+
+
+def write_image(path: Path, size=(90, 120), seed=0) -> Path:
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A tiny untrained model saved as our checkpoint (resnet18, 64-96 px)."""
+    from retinanet.engine.checkpoint import save_checkpoint
+    from retinanet.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model("resnet18_fpn", num_classes=3, min_size=64, max_size=96, norm="bn")
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    save_checkpoint({"model": model.state_dict(), "config": {"model": asdict(model.config)}, "class_map": CLASS_MAP}, path)
+    return path
+
+
+def test_find_images(tmp_path):
+    a = write_image(tmp_path / "in" / "a.jpg")
+    write_image(tmp_path / "in" / "a.png")
+    write_image(tmp_path / "in" / "sub" / "b.png")
+    (tmp_path / "in" / "notes.txt").write_text("not an image")
+    names = [n for _, n in find_images([str(tmp_path / "in")])]
+    assert names == ["a.jpg", "a_1.png"]  # same stem: made unique (also for xml/<stem>.xml)
+    assert [n for _, n in find_images([str(tmp_path / "in")], recursive=True)] == ["a.jpg", "a_1.png", "sub/b.png"]
+    assert [n for _, n in find_images([str(tmp_path / "in" / "*.png"), str(a), str(a)])] == ["a.png", "a_1.jpg"]
+    with pytest.raises(RetinaNetError, match="no such file or folder"):
+        find_images([str(tmp_path / "missing.jpg")])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RetinaNetError, match="no images found"):
+        find_images([str(tmp_path / "empty")])
+
+
+def test_voc_xml_coordinates(tmp_path):
+    import defusedxml.ElementTree as DET
+
+    img = write_image(tmp_path / "x.jpg", size=(50, 80))
+    boxes = np.array([[0.2, 3.6, 10.4, 20.5], [70.0, 40.0, 80.0, 50.0], [-3.0, -2.0, 0.3, 0.2]])
+    root = DET.fromstring(voc_xml(img, (50, 80), boxes, ["cat", "dog", "cat"]))
+    assert root.findtext("filename") == "x.jpg" and root.findtext("size/width") == "80"
+    got = [[int(o.findtext(f"bndbox/{k}")) for k in ("xmin", "ymin", "xmax", "ymax")] for o in root.iter("object")]
+    # xmin = round(x1) + 1, xmax = round(x2), clamped to the image and xmax >= xmin
+    assert got == [[1, 5, 10, 20], [71, 41, 80, 50], [1, 1, 1, 1]]
+    assert [o.findtext("name") for o in root.iter("object")] == ["cat", "dog", "cat"]
+
+
+def test_predict_folder_with_corrupt_files(tmp_path, checkpoint, capsys):
+    folder = tmp_path / "images"
+    for i in range(3):
+        write_image(folder / f"img{i}.jpg", size=(90 + 10 * i, 120), seed=i)
+    (folder / "broken.jpg").write_bytes(b"this is not a JPEG")
+    good = (folder / "img0.jpg").read_bytes()
+    (folder / "truncated.jpg").write_bytes(good[: len(good) // 3])
+    out = tmp_path / "out"
+    code = main(["predict", str(folder), "--weights", str(checkpoint), "--out", str(out), "--score-thresh", "0",
+                 "--max-dets", "5", "--voc-xml", "--workers", "0", "--batch-size", "2", "--quiet"])
+    assert code == 0
+    captured = capsys.readouterr()
+    assert "3 image(s) processed" in captured.out and "2 failure(s)" in captured.out
+    assert "broken.jpg" in captured.err and "truncated.jpg" in captured.err
+
+    pred = json.loads((out / "predictions.json").read_text())
+    assert sorted(Path(r["file"]).name for r in pred["images"]) == ["img0.jpg", "img1.jpg", "img2.jpg"]
+    assert sorted(Path(f["file"]).name for f in pred["failures"]) == ["broken.jpg", "truncated.jpg"]
+    for record in pred["images"]:
+        h0 = Image.open(record["file"]).height
+        assert (record["height"], record["width"]) == (h0, 120)
+        assert 0 < len(record["detections"]) <= 5
+        for det in record["detections"]:
+            x1, y1, x2, y2 = det["box"]
+            assert 0 <= x1 <= x2 <= 120 and 0 <= y1 <= y2 <= h0  # original pixels
+            assert det["class"] == {0: "class 0", 1: "cat", 2: "dog"}[det["label"]]  # id 0: untrained head
+        drawn = Image.open(out / "images" / Path(record["file"]).name)
+        assert drawn.size == (120, h0)
+
+    from retinanet.data.voc import parse_voc_xml  # our reader reads the XML back
+
+    for record in pred["images"]:
+        xml = out / "xml" / (Path(record["file"]).stem + ".xml")
+        ann = parse_voc_xml(xml)
+        assert len(ann["boxes"]) == len(record["detections"])
+
+
+def test_predict_boxes_match_model_on_original_image(tmp_path, checkpoint):
+    """Resizing in the workers and mapping back gives what the model gives on the original."""
+    from retinanet.engine.checkpoint import load_model
+
+    img_path = write_image(tmp_path / "one.png", size=(150, 110), seed=5)
+    out = tmp_path / "out"
+    assert main(["predict", str(img_path), "--weights", str(checkpoint), "--out", str(out), "--score-thresh", "0",
+                 "--max-dets", "10", "--no-draw", "--workers", "1", "--quiet"]) == 0
+    dets = json.loads((out / "predictions.json").read_text())["images"][0]["detections"]
+    assert not (out / "images").exists()
+    model, _ = load_model(checkpoint, "cpu", score_thresh=0.0)
+    image = torch.from_numpy(np.asarray(Image.open(img_path).convert("RGB")).copy()).permute(2, 0, 1)
+    with torch.inference_mode():
+        ref = model([image])[0]
+    order = torch.argsort(ref["scores"], descending=True)[:10]
+    np.testing.assert_allclose([d["box"] for d in dets], ref["boxes"][order].numpy(), atol=0.05)
+    np.testing.assert_allclose([d["score"] for d in dets], ref["scores"][order].numpy(), atol=1e-4)
+
+
+def test_predict_user_errors(tmp_path, checkpoint, capsys):
+    img = write_image(tmp_path / "a.jpg")
+    assert main(["predict", str(img), "--weights", str(checkpoint), "--out", str(tmp_path / "o"),
+                 "--classes-filter", "cat,zebra", "--quiet", "--workers", "0"]) == 2
+    assert "zebra" in capsys.readouterr().err
+    assert main(["predict", str(tmp_path / "nothing"), "--weights", str(checkpoint)]) == 2
+    assert "no such file or folder" in capsys.readouterr().err
+    assert main(["predict", str(img), "--weights", str(tmp_path / "missing.pt")]) == 2
+    assert "missing.pt" in capsys.readouterr().err
+
+
+def test_cli_help(capsys):
+    for cmd in ("eval", "predict"):
+        with pytest.raises(SystemExit) as exc:
+            main([cmd, "--help"])
+        assert exc.value.code == 0
+        text = capsys.readouterr().out
+        assert "--weights" in text and "--min-size" in text and "--device" in text
+    assert "--voc-xml" in text and "--classes-filter" in text

@@ -1,0 +1,71 @@
+"""Model behaviour: batched equals single-image, uint8 input, training finds an object."""
+
+import torch
+from torchvision.ops import box_iou
+
+from retinanet.model import build_model
+
+
+def _model(**kw):
+    torch.manual_seed(0)
+    return build_model("resnet18_fpn", num_classes=3, min_size=96, max_size=128, norm="frozen_bn", **kw)
+
+
+def test_forward_raw_shapes():
+    m = _model().eval()
+    cls, reg = m.forward_raw(torch.zeros(2, 3, 128, 96))
+    hw = [(16, 12), (8, 6), (4, 3), (2, 2), (1, 1)]
+    assert [c.shape for c in cls] == [torch.Size([2, h * w * 9, 3]) for h, w in hw]
+    assert [r.shape for r in reg] == [torch.Size([2, h * w * 9, 4]) for h, w in hw]
+
+
+def test_batched_equals_single():
+    m = _model(score_thresh=0.01)
+    g = torch.Generator().manual_seed(1)
+    imgs = [torch.rand(3, 96, 128, generator=g), torch.rand(3, 96, 128, generator=g)]
+    tg = [{"boxes": torch.tensor([[10.0, 10, 50, 60]]), "labels": torch.tensor([1])},
+          {"boxes": torch.tensor([[0.0, 5, 90, 80], [60, 40, 120, 90]]), "labels": torch.tensor([2, 1])}]
+    both = m(imgs, tg)
+    singles = [m([i], [t]) for i, t in zip(imgs, tg)]
+    for k in both:
+        torch.testing.assert_close(both[k], (singles[0][k] + singles[1][k]) / 2)
+    m.eval()
+    with torch.no_grad():
+        dets = m(imgs)
+        for i, img in enumerate(imgs):
+            one = m([img])[0]
+            torch.testing.assert_close(dets[i]["scores"], one["scores"])
+            torch.testing.assert_close(dets[i]["boxes"], one["boxes"])
+            assert torch.equal(dets[i]["labels"], one["labels"])
+
+
+def test_empty_targets_and_uint8():
+    m = _model()
+    img = (torch.rand(3, 64, 80) * 255).to(torch.uint8)
+    out = m([img], [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}])
+    assert out["bbox_regression"].item() == 0.0 and out["classification"].item() > 0
+
+
+def test_training_finds_rectangle():
+    torch.manual_seed(0)
+    m = build_model("resnet18_fpn", num_classes=2, min_size=96, max_size=96, norm="bn",
+                    trainable_backbone_layers=5)
+    g = torch.Generator().manual_seed(0)
+    img = torch.rand(3, 96, 96, generator=g) * 0.3
+    img[:, 30:70, 20:60] = torch.tensor([0.9, 0.2, 0.1])[:, None, None]
+    box = torch.tensor([[20.0, 30, 60, 70]])
+    tg = [{"boxes": box, "labels": torch.tensor([1])}]
+    opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9)
+    losses = []
+    for _ in range(40):
+        loss = sum(m([img], tg).values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+    m.eval()
+    with torch.no_grad():
+        det = m([img])[0]
+    assert det["labels"][0].item() == 1
+    assert box_iou(det["boxes"][:1], box).item() > 0.5

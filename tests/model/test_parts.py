@@ -1,0 +1,81 @@
+"""Anchors, box coder, matcher, transform geometry and API errors."""
+
+import math
+
+import pytest
+import torch
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.image_list import ImageList
+
+from retinanet.errors import RetinaNetError
+from retinanet.model import boxes, build_model
+from retinanet.model.anchors import AnchorCache
+from retinanet.model.matcher import match
+from retinanet.model.transform import resize_image, resized_size
+
+
+def test_anchors_equal_torchvision():
+    sizes = tuple((x, int(x * 2 ** (1.0 / 3)), int(x * 2 ** (2.0 / 3))) for x in [32, 64, 128, 256, 512])
+    gen = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * 5)
+    hws = [(20, 24), (10, 12), (5, 6), (3, 3), (2, 2)]
+    feats = [torch.zeros(1, 1, *hw) for hw in hws]
+    ref = gen(ImageList(torch.zeros(1, 3, 160, 192), [(160, 192)]), feats)[0]
+    cache = AnchorCache()
+    ours = cache(hws, (160, 192), "cpu")
+    assert [len(a) for a in ours] == [h * w * 9 for h, w in hws]
+    assert torch.equal(torch.cat(ours), ref)
+    assert cache(hws, (160, 192), "cpu") is ours  # cached
+
+
+def test_box_coder_round_trip():
+    anchors = torch.tensor([[0.0, 0, 32, 32], [10, 20, 90, 60]])
+    gt = torch.tensor([[4.0, 2, 30, 40], [0, 0, 100, 100]])
+    torch.testing.assert_close(boxes.decode(boxes.encode(gt, anchors), anchors), gt)
+    big = boxes.decode(torch.tensor([[0.0, 0, 50, 50]]), anchors[:1])
+    assert (big[0, 2] - big[0, 0]).item() == pytest.approx(32 * 1000 / 16, rel=1e-4)
+
+
+def test_matcher_hand_cases():
+    # 1 image, 2 gts, 5 anchors
+    iou = torch.tensor([[[0.7, 0.45, 0.1, 0.3, 0.0],
+                         [0.2, 0.30, 0.35, 0.3, 0.0]]])
+    valid = torch.tensor([[True, True]])
+    m = match(iou, valid)
+    # anchor0 fg gt0; anchor1 ignored; anchor2 is gt1's best (low quality) -> gt1;
+    # anchor3 below 0.4 -> background; anchor4 background
+    assert m.tolist() == [[0, -2, 1, -1, -1]]
+    ties = torch.tensor([[[0.3, 0.3, 0.1]]])
+    assert match(ties, torch.tensor([[True]])).tolist() == [[0, 0, -1]]
+    padded = torch.full((1, 1, 3), -1.0)
+    assert match(padded, torch.tensor([[False]])).tolist() == [[-1, -1, -1]]
+
+
+def test_resized_size_idempotent_and_torchvision_like():
+    for h in range(50, 700, 37):
+        for w in range(40, 900, 53):
+            s = resized_size(h, w, 800, 1333)
+            assert resized_size(*s, 800, 1333) == s
+            assert min(s) <= 800 and max(s) <= 1333
+            scale = min(800 / min(h, w), 1333 / max(h, w))
+            assert s == (math.floor(h * scale), math.floor(w * scale))
+
+
+def test_pre_resized_input_gives_same_detections():
+    torch.manual_seed(0)
+    m = build_model("resnet18_fpn", num_classes=4, min_size=96, max_size=128, score_thresh=0.01).eval()
+    img = torch.rand(3, 60, 70)
+    pre = resize_image(img, 96, 128)
+    assert tuple(pre.shape[-2:]) == resized_size(60, 70, 96, 128) != (60, 70)
+    with torch.no_grad():
+        a = m([img])[0]
+        b = m([pre])[0]
+    scale = torch.tensor([70 / pre.shape[-1], 60 / pre.shape[-2]] * 2)
+    torch.testing.assert_close(a["scores"], b["scores"])
+    torch.testing.assert_close(a["boxes"], b["boxes"] * scale)
+
+
+def test_unknown_arch_and_option():
+    with pytest.raises(RetinaNetError, match="unknown arch"):
+        build_model("vgg16")
+    with pytest.raises(RetinaNetError, match="unknown model option.*bogus"):
+        build_model("resnet18_fpn", bogus=1)
