@@ -105,7 +105,7 @@ def train_step(model, optimizer, images, targets, cfg: TrainConfig, device, scal
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
     scaler.step(optimizer)
     scaler.update()
-    return {k: float(v) for k, v in losses.items()} | {"loss": float(loss)}
+    return {k: float(v.detach()) for k, v in losses.items()} | {"loss": float(loss.detach())}
 
 
 def peak_memory_mb(device) -> float:
@@ -235,7 +235,7 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, 
     summary = {"best_ap": best_ap, "best_epoch": best_epoch, "out": str(out), "stopped": reason, "history": history,
                "best": str(out / "best.pt"), "last": str(out / "last.pt")}
     if reason != "finished":
-        summary["resume"] = f"retinanet train --resume {out}"
+        summary["resume"] = f"retinanet train --resume {out / 'interrupted.pt'}"
     return summary
 
 
@@ -278,6 +278,7 @@ def _plot(out: Path, history: list[dict[str, Any]]) -> None:
     plt.close(fig)
 
 
+QUICK_RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "quick_synthetic.yaml"
 _MODEL_OPTS = ("arch", "min_size", "max_size", "trainable_backbone_layers", "norm")
 _TRAIN_OPTS = {"epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "seed": "seed", "clip_grad": "clip_grad_norm",
                "optimizer": "optimizer", "scheduler": "scheduler", "device": "device", "out": "out", "resume": "resume",
@@ -289,6 +290,8 @@ def configs_from(args, data_config_from_args) -> tuple[ModelConfig, DataConfig, 
     from retinanet.config import from_dict
 
     sections: dict[str, dict] = {"model": {}, "data": {}, "train": {}}
+    if not args.config and args.data is None and QUICK_RECIPE.is_file():
+        args.config = str(QUICK_RECIPE)  # no dataset option: the quick synthetic recipe
     if args.config:
         import yaml
 

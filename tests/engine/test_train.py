@@ -44,3 +44,31 @@ def test_resume_is_exact(data_root, tmp_path):
     b = torch.load(tmp_path / "b" / "last.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert full["history"][-1]["loss"] == resumed["history"][-1]["loss"]
+
+
+def test_sigterm_writes_checkpoint_and_resume_command(data_root, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    import retinanet.engine.train as T
+
+    real = T.train_step
+
+    def step_then_signal(*a, **k):
+        out = real(*a, **k)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    monkeypatch.setattr(T, "train_step", step_then_signal)
+    s = train(*_cfgs(data_root, tmp_path / "run", epochs=2), progress=False)
+    assert s["stopped"] == "SIGTERM" and s["resume"].endswith("interrupted.pt")
+    assert (tmp_path / "run" / "interrupted.pt").is_file()
+
+
+def test_non_finite_losses_stop_with_clear_error(data_root, tmp_path, monkeypatch):
+    import retinanet.engine.train as T
+    from retinanet.errors import RetinaNetError
+
+    monkeypatch.setattr(T.D, "all_reduce_mean", lambda v: v * float("nan"))
+    with pytest.raises(RetinaNetError, match="consecutive non-finite"):
+        train(*_cfgs(data_root, tmp_path / "run", epochs=3, max_bad_steps=2), progress=False)

@@ -63,6 +63,7 @@ def test_resized_size_idempotent_and_torchvision_like():
 def test_pre_resized_input_gives_same_detections():
     torch.manual_seed(0)
     m = build_model("resnet18_fpn", num_classes=4, min_size=96, max_size=128, score_thresh=0.01).eval()
+    torch.nn.init.normal_(m.head.classification_head.cls_logits.weight, std=0.3)  # distinct scores
     img = torch.rand(3, 60, 70)
     pre = resize_image(img, 96, 128)
     assert tuple(pre.shape[-2:]) == resized_size(60, 70, 96, 128) != (60, 70)
@@ -71,7 +72,10 @@ def test_pre_resized_input_gives_same_detections():
         b = m([pre])[0]
     scale = torch.tensor([70 / pre.shape[-1], 60 / pre.shape[-2]] * 2)
     torch.testing.assert_close(a["scores"], b["scores"])
-    torch.testing.assert_close(a["boxes"], b["boxes"] * scale)
+    b = dict(b, boxes=b["boxes"] * scale)
+    # random-init heads give bit-identical scores in flat regions, where NMS order is arbitrary:
+    # compare the top detections, whose scores are distinct
+    torch.testing.assert_close(a["boxes"][:50], b["boxes"][:50], atol=1e-3, rtol=1e-5)
 
 
 def test_unknown_arch_and_option():
