@@ -24,7 +24,7 @@ class _Parser(argparse.ArgumentParser):
 def add_data_options(p: argparse.ArgumentParser) -> None:
     """Dataset options shared by train, eval and check-data."""
     g = p.add_argument_group("dataset")
-    g.add_argument("--data", metavar="ROOT", help="VOCdevkit root, flat images+XML folder, or COCO annotation JSON (default: the embedded synthetic dataset, written once to ~/.cache/retinanet/synthetic or $RETINANET_CACHE/synthetic)")
+    g.add_argument("--data", metavar="ROOT", help="VOCdevkit root, flat images+XML folder, or COCO annotation JSON (default: the embedded synthetic dataset, written once under ~/.cache/retinanet/synthetic/ or $RETINANET_CACHE/synthetic/)")
     g.add_argument("--format", choices=["voc", "voc-flat", "coco"], help="force the dataset kind instead of detecting it")
     g.add_argument("--year", dest="years", action="append", metavar="YEAR", help="VOC year, repeatable (--year 2007 --year 2012); default: every VOC20xx folder found")
     g.add_argument("--train-split", default="train", help="training split (VOC ImageSets/Main name or COCO split) [train]")

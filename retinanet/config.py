@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 from retinanet.errors import RetinaNetError
@@ -37,6 +38,8 @@ class ModelConfig:
     norm: str = "frozen_bn"  # "frozen_bn" (pretrained start) or "bn" (from scratch)
     trainable_backbone_layers: int = 3  # 0..5 ResNet stages left trainable
     box_loss: str | None = None  # "l1" or "giou"; None = the arch's default (v1: l1, v2: giou)
+    fpn_channels: int = 256  # FPN and head width; 256 = torchvision's (needed for its weights)
+    head_convs: int = 4  # conv3x3 layers per head subnet before the output layer; 4 = torchvision's
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,9 @@ class DataConfig:
     iou_crop: bool = False
     aspect_grouping: bool = True  # batch portrait (w/h < 1) and landscape images apart
     workers: int = 2  # DataLoader processes
+    synthetic_train: int = 400  # root None: images of the embedded synthetic dataset's train split
+    synthetic_val: int = 100  # ... of its val split
+    synthetic_size: int = 256  # ... their side, pixels (square images)
 
 
 @dataclass(frozen=True)
@@ -109,3 +115,27 @@ def from_dict(cls: type[T], values: dict[str, Any], source: str = "config") -> T
             value = tuple(value)
         kwargs[key] = value
     return cls(**kwargs)  # type: ignore[call-arg]
+
+
+RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
+
+
+def recipe_names() -> list[str]:
+    """Names of the recipes shipped in ``retinanet/recipes`` (``--config NAME``)."""
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def find_config(name_or_path: str) -> Path:
+    """A config file path: an existing file, or the name of a shipped recipe (``quick_synthetic``).
+
+    Raises:
+        RetinaNetError: neither a file nor a recipe name.
+    """
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return path
+    shipped = RECIPES_DIR / f"{path.name.removesuffix('.yaml')}.yaml"
+    if path.parent == Path(".") and shipped.is_file():
+        return shipped
+    raise RetinaNetError(f"{name_or_path}: no such config file, nor a shipped recipe "
+                         f"({', '.join(recipe_names())})")

@@ -2,8 +2,8 @@
 
 Dataset kinds (``cfg.format``, detected from ``cfg.root`` when None):
 
-- ``None`` root: the embedded synthetic dataset in ``default_synthetic_root()``, written on first
-  use by ``ensure_synthetic``.
+- ``None`` root: the embedded synthetic dataset (``cfg.synthetic_*`` sizes) in
+  ``default_synthetic_root(...)``, written on first use by ``ensure_synthetic``.
 - ``coco``: ``root`` is an ``instances_*.json`` file (see ``retinanet.data.coco``).
 - ``voc``: ``root`` is a VOCdevkit parent, a VOCdevkit folder, or a VOC20xx folder.
 - ``voc-flat``: any other folder: images + XML matched by stem (see ``retinanet.data.voc``).
@@ -70,7 +70,7 @@ def detect_format(root: Path) -> str:
 def resolve_root(cfg: DataConfig) -> tuple[Path, str]:
     """(dataset root, format); ``root=None`` writes/uses the synthetic dataset."""
     if cfg.root is None:
-        return ensure_synthetic(), "voc"
+        return ensure_synthetic(num_train=cfg.synthetic_train, num_val=cfg.synthetic_val, image_size=cfg.synthetic_size), "voc"
     root = Path(cfg.root).expanduser()
     fmt = cfg.format or detect_format(root)
     if fmt not in ("voc", "voc-flat", "coco"):

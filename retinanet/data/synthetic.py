@@ -5,8 +5,8 @@ gives), several colours, sizes from small (< 32 px) to large, overlapping up to 
 object stays identifiable. Boxes are the exact extent of each drawn shape (occluded parts
 included, as in VOC). Deterministic: the same seed gives the same bytes.
 
-``default_synthetic_root()`` is ``$RETINANET_CACHE/synthetic`` (default
-``~/.cache/retinanet/synthetic``); ``ensure_synthetic(root)`` writes the default dataset there once.
+``default_synthetic_root(**options)`` is ``$RETINANET_CACHE/synthetic/<options>`` (default cache
+``~/.cache/retinanet``), one folder per (sizes, seed); ``ensure_synthetic(root)`` writes it there once.
 """
 
 from __future__ import annotations
@@ -30,10 +30,15 @@ DEFAULTS = {"num_train": 400, "num_val": 100, "image_size": 256, "seed": 0}
 _DONE = ".complete"
 
 
-def default_synthetic_root() -> Path:
-    """``$RETINANET_CACHE/synthetic`` (default ``~/.cache/retinanet/synthetic``)."""
+def default_synthetic_root(**options) -> Path:
+    """``$RETINANET_CACHE/synthetic/<train>+<val>-<size>px-seed<seed>`` (cache default ``~/.cache/retinanet``).
+
+    Args:
+        options: ``make_synthetic`` keyword arguments (defaults: ``DEFAULTS``).
+    """
+    o = {**DEFAULTS, **options}
     base = os.environ.get("RETINANET_CACHE") or Path.home() / ".cache" / "retinanet"
-    return Path(base) / "synthetic"
+    return Path(base) / "synthetic" / f"{o['num_train']}+{o['num_val']}-{o['image_size']}px-seed{o['seed']}"
 
 
 def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
@@ -168,7 +173,7 @@ def ensure_synthetic(root: str | Path | None = None, **options) -> Path:
     Returns:
         the root folder.
     """
-    root = Path(root) if root is not None else default_synthetic_root()
+    root = Path(root) if root is not None else default_synthetic_root(**options)
     if (root / _DONE).is_file():
         return root
     # Written beside, then renamed: concurrent processes (DDP ranks) never read a half-written set.

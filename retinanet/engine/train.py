@@ -278,7 +278,9 @@ def _plot(out: Path, history: list[dict[str, Any]]) -> None:
     plt.close(fig)
 
 
-QUICK_RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "quick_synthetic.yaml"
+from retinanet.config import RECIPES_DIR  # noqa: E402
+
+QUICK_RECIPE = RECIPES_DIR / "quick_synthetic.yaml"
 _MODEL_OPTS = ("arch", "min_size", "max_size", "trainable_backbone_layers", "norm")
 _TRAIN_OPTS = {"epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "seed": "seed", "clip_grad": "clip_grad_norm",
                "optimizer": "optimizer", "scheduler": "scheduler", "device": "device", "out": "out", "resume": "resume",
@@ -295,7 +297,9 @@ def configs_from(args, data_config_from_args) -> tuple[ModelConfig, DataConfig, 
     if args.config:
         import yaml
 
-        path = Path(args.config)
+        from retinanet.config import find_config
+
+        path = find_config(args.config)
         try:
             loaded = yaml.safe_load(path.read_text()) or {}
         except (OSError, yaml.YAMLError) as err:

@@ -37,9 +37,12 @@ class RetinaNet(nn.Module):
         self.config = config
         self.v2 = v2
         self.box_loss = config.box_loss or ("giou" if v2 else "l1")
-        self.backbone = build_backbone(depth, v2, config.norm, config.trainable_backbone_layers)
-        self.head = RetinaNetHead(256, NUM_ANCHORS, config.num_classes,
+        self.backbone = build_backbone(depth, v2, config.norm, config.trainable_backbone_layers,
+                                       config.fpn_channels)
+        self.head = RetinaNetHead(config.fpn_channels, NUM_ANCHORS, config.num_classes,
                                   norm_layer=group_norm_32() if v2 else None)
+        for subnet in (self.head.classification_head, self.head.regression_head):
+            subnet.conv = subnet.conv[:config.head_convs]  # torchvision builds 4
         self.anchor_cache = AnchorCache()
 
     def forward_raw(self, batch: Tensor) -> tuple[list[Tensor], list[Tensor]]:
@@ -118,6 +121,11 @@ def build_model(arch: str = "resnet50_fpn", num_classes: int = 91, **options) ->
     if not 0 <= config.trainable_backbone_layers <= 5:
         raise RetinaNetError("trainable_backbone_layers must be in 0..5, "
                              f"got {config.trainable_backbone_layers}")
+    if not 1 <= config.head_convs <= 4:
+        raise RetinaNetError(f"head_convs must be in 1..4, got {config.head_convs}")
+    if config.fpn_channels < 8 or (ARCHS[arch][1] and config.fpn_channels % 32):
+        raise RetinaNetError(f"fpn_channels must be >= 8 (a multiple of 32 for the v2 GroupNorm heads), "
+                             f"got {config.fpn_channels}")
     if config.num_classes < 1:
         raise RetinaNetError(f"num_classes must be >= 1, got {config.num_classes}")
     return RetinaNet(config)
