@@ -21,25 +21,43 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
-def add_data_options(p: argparse.ArgumentParser) -> None:
-    """Dataset options shared by train, eval and check-data."""
+def add_data_options(p: argparse.ArgumentParser, *, from_config: bool = False, augment: bool = False) -> None:
+    """Dataset options shared by train, eval and check-data (``augment``: the training augmentation too).
+
+    ``from_config`` (train): an option not given is absent from the parsed ``args`` (its value comes
+    from the config file, else ``DataConfig``'s default, shown in brackets) and each switch also has
+    a ``--no-`` form to turn off what a config file turned on.
+    """
+    from retinanet.config import DataConfig
+
+    d = DataConfig()
+
+    def default(value):
+        return argparse.SUPPRESS if from_config else value
+
+    switch = {"action": argparse.BooleanOptionalAction, "default": argparse.SUPPRESS} if from_config else {"action": "store_true"}
     g = p.add_argument_group("dataset")
-    g.add_argument("--data", metavar="ROOT", help="VOCdevkit root, flat images+XML folder, or COCO annotation JSON (default: the embedded synthetic dataset, written once under ~/.cache/retinanet/synthetic/ or $RETINANET_CACHE/synthetic/)")
-    g.add_argument("--format", choices=["voc", "voc-flat", "coco"], help="force the dataset kind instead of detecting it")
-    g.add_argument("--year", dest="years", action="append", metavar="YEAR", help="VOC year, repeatable (--year 2007 --year 2012); default: every VOC20xx folder found")
-    g.add_argument("--train-split", default="train", help="training split (VOC ImageSets/Main name or COCO split) [train]")
-    g.add_argument("--val-split", default="val", help="validation split [val]; COCO: or the val JSON; flat layout: or a .txt list of val images")
-    g.add_argument("--classes", metavar="JSON", help='class map JSON {"name": id, ...}; default: discovered from the annotations')
-    g.add_argument("--val-fraction", type=float, default=0.2, help="flat layout: share of images held out for validation [0.2]")
-    g.add_argument("--split-seed", type=int, default=0, help="flat layout: seed of the deterministic split [0]")
-    g.add_argument("--skip-bad", action="store_true", help="skip bad items (each reported) instead of stopping")
-    g.add_argument("--train-difficult", action="store_true", help="train on VOC 'difficult' / COCO crowd objects too (default: ignore regions)")
+    g.add_argument("--data", metavar="ROOT", default=default(None), help="VOCdevkit root, flat images+XML folder, or COCO annotation JSON (default: the embedded synthetic dataset, written once under ~/.cache/retinanet/synthetic/ or $RETINANET_CACHE/synthetic/)")
+    g.add_argument("--format", choices=["voc", "voc-flat", "coco"], default=default(None), help="force the dataset kind instead of detecting it")
+    g.add_argument("--year", dest="years", action="append", metavar="YEAR", default=default(None), help="VOC year, repeatable (--year 2007 --year 2012); default: every VOC20xx folder found")
+    g.add_argument("--train-split", default=default(d.train_split), help=f"training split (VOC ImageSets/Main name or COCO split) [{d.train_split}]")
+    g.add_argument("--val-split", default=default(d.val_split), help=f"validation split [{d.val_split}]; COCO: or the val JSON; flat layout: or a .txt list of val images")
+    g.add_argument("--classes", metavar="JSON", default=default(None), help='class map JSON {"name": id, ...}; default: discovered from the annotations')
+    g.add_argument("--val-fraction", type=float, default=default(d.val_fraction), help=f"flat layout: share of images held out for validation [{d.val_fraction}]")
+    g.add_argument("--split-seed", type=int, default=default(d.split_seed), help=f"flat layout: seed of the deterministic split [{d.split_seed}]")
+    g.add_argument("--skip-bad", **switch, help="skip bad items (each reported) instead of stopping")
+    g.add_argument("--train-difficult", **switch, help="train on VOC 'difficult' / COCO crowd objects too (default: ignore regions)")
+    if not augment:
+        return
     a = p.add_argument_group("augmentation (training only)")
-    a.add_argument("--train-sizes", type=int, nargs="+", metavar="PX", default=(), help="multi-scale training: random short side from these (default: the model's min size)")
-    a.add_argument("--hflip-prob", type=float, default=0.5, help="horizontal flip probability [0.5]")
-    a.add_argument("--photometric", action="store_true", help="random photometric distortion (brightness, contrast, saturation, hue)")
-    a.add_argument("--iou-crop", action="store_true", help="random IoU crop (SSD-style)")
-    a.add_argument("--no-aspect-grouping", dest="aspect_grouping", action="store_false", help="do not batch portrait and landscape images apart")
+    a.add_argument("--train-sizes", type=int, nargs="+", metavar="PX", default=default(()), help="multi-scale training: random short side from these (default: the model's min size)")
+    a.add_argument("--hflip-prob", type=float, default=default(d.hflip_prob), help=f"horizontal flip probability [{d.hflip_prob}]")
+    a.add_argument("--photometric", **switch, help="random photometric distortion (brightness, contrast, saturation, hue)")
+    a.add_argument("--iou-crop", **switch, help="random IoU crop (SSD-style)")
+    if from_config:
+        a.add_argument("--aspect-grouping", **switch, help="batch portrait and landscape images apart [on]")
+    else:
+        a.add_argument("--no-aspect-grouping", dest="aspect_grouping", action="store_false", help="do not batch portrait and landscape images apart")
 
 
 # --- make-synthetic / check-data (retinanet.data) -------------------------------------------------
@@ -79,60 +97,94 @@ def cmd_check_data(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-def data_config_from_args(args: argparse.Namespace, **overrides):
-    """``DataConfig`` from the options of ``add_data_options`` (``overrides`` win)."""
+_DATA_ARGS = {"root": "data", "format": "format", "years": "years", "train_split": "train_split", "val_split": "val_split",
+              "classes": "classes", "val_fraction": "val_fraction", "split_seed": "split_seed", "skip_bad": "skip_bad",
+              "train_difficult": "train_difficult", "train_sizes": "train_sizes", "hflip_prob": "hflip_prob",
+              "photometric": "photometric", "iou_crop": "iou_crop", "aspect_grouping": "aspect_grouping", "workers": "workers",
+              "synthetic_train": "synthetic_train", "synthetic_val": "synthetic_val", "synthetic_size": "synthetic_size"}
+
+
+def data_config_from_args(args: argparse.Namespace, base=None, **overrides):
+    """``base`` (default ``DataConfig()``) with the data options present in ``args`` (``overrides`` win)."""
+    import dataclasses
+
     from retinanet.config import DataConfig
 
-    values = dict(
-        root=args.data, format=args.format, years=tuple(args.years or ()), train_split=args.train_split,
-        val_split=args.val_split, classes=args.classes, val_fraction=args.val_fraction, split_seed=args.split_seed,
-        skip_bad=args.skip_bad, train_difficult=args.train_difficult, train_sizes=tuple(args.train_sizes),
-        hflip_prob=args.hflip_prob, photometric=args.photometric, iou_crop=args.iou_crop,
-        aspect_grouping=args.aspect_grouping,
-    )
-    return DataConfig(**{**values, **overrides})
+    given = vars(args)
+    values = {field: given[name] for field, name in _DATA_ARGS.items() if name in given}
+    for field in ("years", "train_sizes"):
+        if field in values:
+            values[field] = tuple(values[field] or ())
+    return dataclasses.replace(base if base is not None else DataConfig(), **{**values, **overrides})
 
 
 # --- train (retinanet.engine.train) ---------------------------------------------------------------
 
 
 def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train a detector (CPU, one GPU, or many with torchrun)")
-    add_data_options(p)
+    from retinanet.config import DataConfig, ModelConfig, TrainConfig, recipe_names
+
+    m0, d0, t0 = ModelConfig(), DataConfig(), TrainConfig()
+    p = sub.add_parser(
+        "train", help="train a detector (CPU, one GPU, or many with torchrun)",
+        description="Train a RetinaNet. Every option comes from, lowest first: the built-in default (in brackets), the "
+        f"config file (--config FILE or a shipped recipe: {', '.join(recipe_names())}; without --config and --data: "
+        "the quick_synthetic recipe; with --resume and no --config: the checkpoint's config), the options given here. "
+        "The resolved config is written to RUN_DIR/config.yaml (train again with --config RUN_DIR/config.yaml). "
+        "Run with 'torchrun --nproc_per_node=N -m retinanet train ...' for DDP (NCCL on GPUs, gloo on CPU).",
+    )
+    add_data_options(p, from_config=True, augment=True)
     S = argparse.SUPPRESS  # only options the user gives override --config
+    s = p.add_argument_group("embedded synthetic dataset (used when no --data is given)")
+    s.add_argument("--synthetic-train", type=int, default=S, metavar="N", help=f"training images [{d0.synthetic_train}]")
+    s.add_argument("--synthetic-val", type=int, default=S, metavar="N", help=f"validation images [{d0.synthetic_val}]")
+    s.add_argument("--synthetic-size", type=int, default=S, metavar="PX", help=f"side of the square images [{d0.synthetic_size}]")
     m = p.add_argument_group("model")
-    m.add_argument("--arch", default=S, help="resnet18_fpn, resnet50_fpn, resnet50_fpn_v2, ...")
-    m.add_argument("--min-size", type=int, default=S)
-    m.add_argument("--max-size", type=int, default=S)
-    m.add_argument("--trainable-backbone-layers", type=int, default=S)
-    m.add_argument("--norm", choices=["frozen_bn", "bn"], default=S)
+    m.add_argument("--arch", default=S, help=f"resnet18_fpn, resnet34_fpn, resnet50_fpn, resnet50_fpn_v2, ... [{m0.arch}]")
+    m.add_argument("--min-size", type=int, default=S, metavar="PX", help=f"short side of the network input [{m0.min_size}]")
+    m.add_argument("--max-size", type=int, default=S, metavar="PX", help=f"cap on the long side [{m0.max_size}]")
+    m.add_argument("--norm", choices=["frozen_bn", "bn"], default=S, help=f"backbone BatchNorm: frozen (pretrained start) or trained [{m0.norm}]")
+    m.add_argument("--trainable-backbone-layers", type=int, default=S, metavar="N", help=f"ResNet stages trained, 0..5 [{m0.trainable_backbone_layers}]")
+    m.add_argument("--fpn-channels", type=int, default=S, metavar="C", help=f"FPN and head width (256 to load torchvision weights) [{m0.fpn_channels}]")
+    m.add_argument("--head-convs", type=int, default=S, metavar="N", help=f"conv layers per head branch (4 to load torchvision weights) [{m0.head_convs}]")
     t = p.add_argument_group("training")
-    t.add_argument("--config", metavar="FILE", help="YAML/JSON with model:, data:, train: sections")
-    t.add_argument("--weights", default=S, metavar="FILE", help="pretrained weights (torchvision or ours)")
-    for name, typ in (("epochs", int), ("batch-size", int), ("lr", float), ("seed", int), ("clip-grad", float)):
-        t.add_argument(f"--{name}", type=typ, default=S)
-    t.add_argument("--workers", type=int, default=S)
-    t.add_argument("--optimizer", choices=["sgd", "adamw"], default=S)
-    t.add_argument("--scheduler", choices=["multistep", "cosine"], default=S)
-    t.add_argument("--device", default=S)
-    t.add_argument("--out", default=S, metavar="RUN_DIR")
-    t.add_argument("--resume", default=S, metavar="RUN_DIR_OR_CKPT")
-    for flag in ("amp", "ema", "sync-bn", "tensorboard"):
-        t.add_argument(f"--{flag}", action="store_true", default=S)
+    t.add_argument("--config", metavar="FILE", default=S, help="YAML/JSON with model:, data:, train: sections, or a shipped recipe name")
+    t.add_argument("--weights", default=S, metavar="FILE", help="start from these weights: a torchvision RetinaNet state_dict or our checkpoint (a different class count re-initialises the classification layer)")
+    t.add_argument("--resume", default=S, metavar="RUN_DIR_OR_CKPT", help="continue a run exactly from RUN_DIR/last.pt or a checkpoint")
+    t.add_argument("--out", default=S, metavar="RUN_DIR", help=f"run directory for checkpoints, logs and plots [{t0.out}]")
+    t.add_argument("--epochs", type=int, default=S, help=f"[{t0.epochs}]")
+    t.add_argument("--batch-size", type=int, default=S, help=f"images per step and process [{t0.batch_size}]")
+    t.add_argument("--workers", type=int, default=S, help=f"data loading processes per training process [{d0.workers}]")
+    t.add_argument("--optimizer", choices=["sgd", "adamw"], default=S, help=f"[{t0.optimizer}]")
+    t.add_argument("--lr", type=float, default=S, help=f"peak learning rate (for --batch-size x processes images) [{t0.lr}]")
+    t.add_argument("--momentum", type=float, default=S, help=f"SGD momentum [{t0.momentum}]")
+    t.add_argument("--weight-decay", type=float, default=S, help=f"[{t0.weight_decay}]")
+    t.add_argument("--scheduler", choices=["multistep", "cosine"], default=S, help=f"learning rate schedule after warmup [{t0.scheduler}]")
+    t.add_argument("--warmup-iters", type=int, default=S, metavar="N", help=f"linear warmup steps [{t0.warmup_iters}]")
+    t.add_argument("--lr-steps", type=int, nargs="+", default=S, metavar="EPOCH", help=f"multistep: epochs where the lr is multiplied by --lr-gamma [{' '.join(map(str, t0.lr_steps))}]")
+    t.add_argument("--lr-gamma", type=float, default=S, help=f"multistep factor [{t0.lr_gamma}]")
+    t.add_argument("--clip-grad", dest="clip_grad_norm", type=float, default=S, metavar="NORM", help="clip the gradient norm to this [off]")
+    t.add_argument("--amp", action=argparse.BooleanOptionalAction, default=S, help="mixed precision (fp16 + grad scaling on GPUs, bf16 on CPU) [off]")
+    t.add_argument("--ema", action=argparse.BooleanOptionalAction, default=S, help="keep an exponential moving average of the weights; it is evaluated and saved as 'ema' [off]")
+    t.add_argument("--ema-decay", type=float, default=S, help=f"EMA decay, ramped up over the first steps [{t0.ema_decay}]")
+    t.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=S, help="SyncBatchNorm across processes (DDP with --norm bn) [off]")
+    t.add_argument("--eval-every", type=int, default=S, metavar="N", help=f"evaluate every N epochs and after the last; best.pt only changes then [{t0.eval_every}]")
+    t.add_argument("--print-every", type=int, default=S, metavar="N", help=f"a progress line every N steps in train.log (on stdout when it is not a terminal) [{t0.print_every}]")
+    t.add_argument("--seed", type=int, default=S, help=f"[{t0.seed}]")
+    t.add_argument("--device", default=S, help=f"auto, cpu, cuda, cuda:1 ... [{t0.device}]")
+    t.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=S, help="also log to RUN_DIR/tensorboard (needs: pip install 'retinanet[tensorboard]') [off]")
+    t.add_argument("--quiet", action="store_true", help="no progress bars or lines on the terminal (train.log is still written)")
     p.set_defaults(func=cmd_train)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from retinanet.engine.train import configs_from, train
+    from retinanet.engine.train import configs_from, summary_text, train
 
     model_cfg, data_cfg, train_cfg = configs_from(args, data_config_from_args)
-    summary = train(model_cfg, data_cfg, train_cfg)
-    print(f"best AP {summary['best_ap']:.4f} at epoch {summary['best_epoch']}; outputs in {summary['out']}")
-    if "resume" in summary:
-        print(f"stopped by {summary['stopped']}; resume with: {summary['resume']}")
-    else:
-        print(f"evaluate: retinanet eval --weights {summary['best']}   predict: retinanet predict IMAGES --weights {summary['best']}")
-    return 0
+    summary = train(model_cfg, data_cfg, train_cfg, progress=not args.quiet)
+    if summary["rank"] == 0:  # the process group is gone by now: the rank is in the summary
+        print(summary_text(summary))
+    return {"finished": 0, "SIGINT": 130, "SIGTERM": 143}.get(summary["stopped"], 1)
 
 
 # --- eval / predict (retinanet.engine.evaluate, retinanet.engine.predict) -------------------------
@@ -143,7 +195,8 @@ def _add_eval(sub) -> None:
         "eval", help="COCO (and VOC) metrics of a checkpoint on a dataset",
         description="Evaluate a checkpoint (ours, or an official torchvision RetinaNet file, whose labels are COCO "
         "category ids) on the validation split: prints the 12 COCO metrics as pycocotools does and a per-class table; "
-        "writes eval.json, detections.json (COCO results format) and pr_curves.png. Runs under torchrun too.",
+        "writes eval.json, detections.json (COCO results format) and pr_curves.png. Only the evaluated split is read: "
+        "no training split is needed, and --data may be a COCO val JSON alone (instances_val2017.json). Runs under torchrun too.",
     )
     p.add_argument("--weights", required=True, metavar="CKPT", help="our checkpoint or a torchvision RetinaNet state_dict")
     add_data_options(p)
@@ -181,9 +234,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     try:
         run = run_eval(data_cfg, opts)
+        main_rank = is_main_process()  # before cleanup(): afterwards every process looks like rank 0
     finally:
         cleanup()
-    if not is_main_process():
+    if not main_rank:
         return 0
     for problem in run.warnings:
         print(f"retinanet eval: warning: {problem}; AP of those classes is meaningless "
@@ -287,12 +341,40 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _add_demo(sub) -> None:
-    p = sub.add_parser("demo", help="synthetic data -> quick training -> eval -> predictions, on a CPU")
+    p = sub.add_parser(
+        "demo", help="synthetic data -> quick training -> eval -> predictions, on a CPU",
+        usage="retinanet demo [options] [-- TRAIN_OPTIONS ...]",
+        description="Generate the embedded synthetic dataset, train the shipped quick_synthetic recipe "
+        "(retinanet train --config quick_synthetic --out DIR/train), evaluate its best checkpoint (retinanet eval, "
+        "DIR/eval) and draw its detections on validation images (retinanet predict, DIR/predict), then print the "
+        "results and where everything is. Stops at the first command that fails.",
+        epilog="Options after '--' go to 'retinanet train' unchanged, e.g. "
+        "'retinanet demo --epochs 2 -- --min-size 128 --max-size 128 --batch-size 4'.",
+    )
+    p.add_argument("--out", default="demo", metavar="DIR", help="output folder: DIR/train, DIR/eval, DIR/predict [demo]")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:1 ... (default: the recipe's, auto)")
+    p.add_argument("--epochs", type=int, help="training epochs (default: the recipe's)")
+    p.add_argument("--workers", type=int, help="data loading processes of every step (default: each command's)")
+    p.add_argument("--synthetic-train", type=int, metavar="N", help="synthetic training images (default: the recipe's)")
+    p.add_argument("--synthetic-val", type=int, metavar="N", help="synthetic validation images (default: the recipe's)")
+    p.add_argument("--synthetic-size", type=int, metavar="PX", help="side of the synthetic images (default: the recipe's)")
+    p.add_argument("--num-images", type=int, default=8, metavar="N", help="validation images to draw predictions on [8]")
+    p.add_argument("train_options", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_demo)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    raise RetinaNetError("demo is not available yet")
+    from retinanet.demo import DemoOptions, run_demo
+
+    extra = list(args.train_options)
+    if extra and extra[0] != "--":
+        raise RetinaNetError(f"unexpected argument {extra[0]!r}: training options go after '--'")
+    opts = DemoOptions(
+        out=args.out, device=args.device, epochs=args.epochs, workers=args.workers, synthetic_train=args.synthetic_train,
+        synthetic_val=args.synthetic_val, synthetic_size=args.synthetic_size, num_images=args.num_images,
+        train_options=tuple(extra[1:]),
+    )
+    return run_demo(opts)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -302,6 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="retinanet",
         description="Train, evaluate, run and export RetinaNet object detectors on VOC and COCO data.",
+        epilog="Start with 'retinanet demo' (synthetic data, no download, runs on a CPU); every command explains its "
+        "options with 'retinanet COMMAND --help'; README.md has the whole guide.",
     )
     from retinanet import __version__
 

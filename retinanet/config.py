@@ -87,13 +87,14 @@ class TrainConfig:
     amp: bool = False
     ema: bool = False
     ema_decay: float = 0.9998
+    ema_ramp_iters: int = 2000  # EMA decay ramps up as ema_decay * (1 - exp(-updates / this)); 0 = constant
     seed: int = 0
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
     weights: str | None = None  # pretrained weights file (torchvision or ours)
     resume: str | None = None
     sync_bn: bool = False
-    eval_every: int = 1
-    print_every: int = 20
+    eval_every: int = 1  # evaluate every N epochs (and always after the last one)
+    print_every: int = 20  # a progress line every N steps in train.log (and on stdout when it is not a terminal)
     tensorboard: bool = False
     max_bad_steps: int = 20  # stop after this many consecutive non-finite losses
     extra: dict[str, Any] = field(default_factory=dict)

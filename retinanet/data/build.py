@@ -12,10 +12,14 @@ Checks at build time: every XML / JSON is parsed and validated (classes, boxes, 
 every image file must exist; decoding is left to the workers (and ``retinanet check-data``, which
 decodes everything). All problems are reported together in one ``DataError``; with ``skip_bad``
 the bad items are left out instead, each reported as a warning.
+
+``splits`` (default both) limits what is read: evaluation reads only ``("val",)``, so a dataset
+without a training split (or a COCO val JSON alone) can be evaluated.
 """
 
 from __future__ import annotations
 
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,15 +92,20 @@ def _class_map(cfg: DataConfig, names: list[str]) -> ClassMap:
     return ClassMap.discover(names)
 
 
-def _voc_records(cfg: DataConfig, root: Path, fmt: str, problems: list[str], warns: list[str]) -> tuple[dict[str, list[Record]], ClassMap]:
+SPLITS = ("train", "val")
+
+
+def _voc_records(cfg: DataConfig, root: Path, fmt: str, problems: list[str], warns: list[str],
+                 splits: tuple[str, ...] = SPLITS) -> tuple[dict[str, list[Record]], ClassMap]:
     if fmt == "voc":
-        pairs = {s: voc_standard_pairs(root, cfg.years, name, problems) for s, name in (("train", cfg.train_split), ("val", cfg.val_split))}
+        names = {"train": cfg.train_split, "val": cfg.val_split}
+        pairs = {s: voc_standard_pairs(root, cfg.years, names[s], problems) for s in splits}
     else:
         val_list = Path(cfg.val_split) if cfg.val_split.endswith(".txt") else None
         split, split_problems, split_warnings = flat_split(root, cfg.val_fraction, cfg.split_seed, val_list=val_list)
         problems += split_problems
         warns += split_warnings
-        pairs = {s: voc_flat_pairs(root, split[s]) for s in ("train", "val")}
+        pairs = {s: voc_flat_pairs(root, split[s]) for s in splits}
         warns += unannotated_images(root)
     parsed = {s: parse_all(p, problems) for s, p in pairs.items()}
     class_map = _class_map(cfg, [n for anns in parsed.values() for a, _, _ in anns for n in a.names])
@@ -107,57 +116,73 @@ def _voc_records(cfg: DataConfig, root: Path, fmt: str, problems: list[str], war
     return records, class_map
 
 
-def _coco_records(cfg: DataConfig, root: Path, problems: list[str], warns: list[str]) -> tuple[dict[str, list[Record]], ClassMap]:
-    files = {"train": root, "val": val_json_path(root, cfg.train_split, cfg.val_split)}
+def coco_files(cfg: DataConfig, root: Path, splits: tuple[str, ...] = SPLITS) -> dict[str, Path]:
+    """The annotation file of each split. Reading val alone, a ``root`` whose name does not
+    contain the training split word (``instances_val2017.json``) is itself the val file."""
+    val = val_json_path(root, cfg.train_split, cfg.val_split)
+    train_word = re.sub(r"\d+$", "", cfg.train_split) or cfg.train_split
+    if "train" not in splits and not cfg.val_split.endswith(".json") and train_word not in root.name:
+        val = root
+    return {s: p for s, p in (("train", root), ("val", val)) if s in splits}
+
+
+def _coco_records(cfg: DataConfig, root: Path, problems: list[str], warns: list[str],
+                  splits: tuple[str, ...] = SPLITS) -> tuple[dict[str, list[Record]], ClassMap]:
+    files = coco_files(cfg, root, splits)
     data = {s: read_coco_json(p) for s, p in files.items()}
-    class_map = ClassMap.load(cfg.classes) if cfg.classes else coco_class_map(data["train"], root)
+    first = splits[0]
+    class_map = ClassMap.load(cfg.classes) if cfg.classes else coco_class_map(data[first], files[first])
     return {s: coco_records(files[s], data[s], class_map, problems, warns) for s in files}, class_map
 
 
-def read_records(cfg: DataConfig) -> tuple[dict[str, list[Record]], ClassMap, Path, str, list[str], list[str]]:
-    """Parse and validate the annotations of both splits.
+def read_records(cfg: DataConfig, splits: tuple[str, ...] = SPLITS) -> tuple[dict[str, list[Record]], ClassMap, Path, str, list[str], list[str]]:
+    """Parse and validate the annotations of ``splits`` (both by default; ``("val",)`` to evaluate).
 
     Returns:
-        (records {"train", "val"}, class map, root, format, problems, warnings).
+        (records {split: [Record]} for each of ``splits``, class map, root, format, problems, warnings).
     """
+    if not splits or set(splits) - set(SPLITS):
+        raise ValueError(f"splits must name 'train' and/or 'val', not {splits!r}")
+    splits = tuple(s for s in SPLITS if s in splits)  # canonical order: the class map comes from the first
     root, fmt = resolve_root(cfg)
     problems: list[str] = []
     warns: list[str] = []
     if fmt == "coco":
-        records, class_map = _coco_records(cfg, root, problems, warns)
+        records, class_map = _coco_records(cfg, root, problems, warns, splits)
     else:
-        records, class_map = _voc_records(cfg, root, fmt, problems, warns)
+        records, class_map = _voc_records(cfg, root, fmt, problems, warns, splits)
     return records, class_map, root, fmt, problems, warns
 
 
-def build_datasets(cfg: DataConfig, *, min_size: int, max_size: int) -> Datasets:
+def build_datasets(cfg: DataConfig, *, min_size: int, max_size: int, splits: tuple[str, ...] = SPLITS) -> Datasets:
     """Read, validate and wrap the training and validation splits of ``cfg``.
 
     Args:
         cfg: the data options.
         min_size, max_size: the model's input size; items come resized to it.
+        splits: the splits to read (``("val",)`` for evaluation); a split not read is an empty dataset.
 
     Returns:
         ``Datasets(train, val, class_map, ...)``.
 
     Raises:
-        DataError: every problem found (unless ``cfg.skip_bad``), or an empty training split.
+        DataError: every problem found (unless ``cfg.skip_bad``), or an empty training split (when read).
     """
-    records, class_map, root, fmt, problems, warns = read_records(cfg)
+    records, class_map, root, fmt, problems, warns = read_records(cfg, splits)
     if problems and not cfg.skip_bad:
         raise DataError(problems, summary=f"{len(problems)} problem(s) in the dataset {root} (fix them, or --skip-bad to leave those items out)")
     for msg in problems:
         warnings.warn(f"skipped: {msg}", stacklevel=2)
     for msg in warns:
         warnings.warn(msg, stacklevel=2)
-    if not records["train"]:
+    if "train" in records and not records["train"]:
         raise DataError([f"{root}: the training split {cfg.train_split!r} has no usable images"])
     aug = {"train_sizes": cfg.train_sizes, "hflip_prob": cfg.hflip_prob, "photometric": cfg.photometric, "iou_crop": cfg.iou_crop}
     train_tf = ItemTransform(min_size, max_size, train=True, **aug)
     val_tf = ItemTransform(min_size, max_size, train=False)
     return Datasets(
-        train=DetectionDataset(records["train"], train_tf, drop_ignore=not cfg.train_difficult, skip_bad=cfg.skip_bad),
-        val=DetectionDataset(records["val"], val_tf, drop_ignore=False, skip_bad=cfg.skip_bad),
+        train=DetectionDataset(records.get("train", []), train_tf, drop_ignore=not cfg.train_difficult, skip_bad=cfg.skip_bad),
+        val=DetectionDataset(records.get("val", []), val_tf, drop_ignore=False, skip_bad=cfg.skip_bad),
         class_map=class_map, root=root, format=fmt, skipped=problems, warnings=warns,
     )
 

@@ -27,18 +27,19 @@ from retinanet.data.classes import ClassMap
 CLASSES = ("circle", "square", "star", "triangle")
 COLOURS = ((220, 40, 40), (40, 180, 60), (50, 90, 230), (240, 200, 30), (200, 60, 200), (30, 200, 210), (250, 250, 250), (20, 20, 20))
 DEFAULTS = {"num_train": 400, "num_val": 100, "image_size": 256, "seed": 0}
+VERSION = 2  # of the drawing code: part of the cache folder name, so a changed generator never reuses old files
 _DONE = ".complete"
 
 
 def default_synthetic_root(**options) -> Path:
-    """``$RETINANET_CACHE/synthetic/<train>+<val>-<size>px-seed<seed>`` (cache default ``~/.cache/retinanet``).
+    """``$RETINANET_CACHE/synthetic/v<VERSION>-<train>+<val>-<size>px-seed<seed>`` (cache default ``~/.cache/retinanet``).
 
     Args:
         options: ``make_synthetic`` keyword arguments (defaults: ``DEFAULTS``).
     """
     o = {**DEFAULTS, **options}
     base = os.environ.get("RETINANET_CACHE") or Path.home() / ".cache" / "retinanet"
-    return Path(base) / "synthetic" / f"{o['num_train']}+{o['num_val']}-{o['image_size']}px-seed{o['seed']}"
+    return Path(base) / "synthetic" / f"v{VERSION}-{o['num_train']}+{o['num_val']}-{o['image_size']}px-seed{o['seed']}"
 
 
 def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
@@ -88,11 +89,11 @@ def render_image(rng: np.random.Generator, size: int, max_objects: int = 6) -> t
     """
     img = Image.fromarray(_background(rng, size))
     objects: list[tuple[str, tuple[int, int, int, int]]] = []
-    lo, hi = max(6, size * 12 // 256), max(12, size * 120 // 256)  # object extent in pixels
+    lo, hi = max(6, size * 14 // 256), max(12, size * 128 // 256)  # object extent in pixels
     for _ in range(int(rng.integers(1, max_objects + 1))):
         for _try in range(10):
             kind = CLASSES[int(rng.integers(len(CLASSES)))]
-            extent = math.exp(rng.uniform(math.log(lo), math.log(hi)))  # log-uniform: many small ones
+            extent = rng.uniform(lo, hi)  # at 256 px: 14..128, about 1 in 6 smaller than 32 px
             r = extent / 2
             cx, cy = rng.uniform(r, size - r), rng.uniform(r, size - r)
             mask = _shape_mask(kind, size, cx, cy, r, rng.uniform(0, 2 * math.pi))
@@ -136,7 +137,7 @@ def make_synthetic(
     Args:
         out: output folder (created).
         num_train, num_val: number of images per split.
-        image_size: side of the square images, pixels (objects span 12/256 .. 120/256 of it).
+        image_size: side of the square images, pixels (objects span 14/256 .. 128/256 of it).
         seed: RNG seed.
 
     Returns:

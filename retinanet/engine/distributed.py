@@ -44,7 +44,7 @@ def init_distributed(device: torch.device, timeout_min: float = 30.0) -> bool:
         return is_dist()
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device if device.index is not None else int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend=backend, timeout=timedelta(minutes=timeout_min))
     return True
 
@@ -82,6 +82,32 @@ def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
     return value / get_world_size()
 
 
+def _comm_device() -> torch.device:
+    """Where collective tensors must live: the current GPU for NCCL, the CPU otherwise."""
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank when ``flag`` is true on at least one (``flag`` itself in a single process)."""
+    if not is_dist():
+        return bool(flag)
+    value = torch.tensor([int(bool(flag))], device=_comm_device())
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def broadcast_module(module: torch.nn.Module, src: int = 0) -> None:
+    """Copy rank ``src``'s parameters and buffers into ``module`` on every rank (no-op in a single
+    process). Before evaluating: BatchNorm running statistics drift apart across DDP ranks, each
+    updated by its own last batches, and every rank must evaluate the weights rank 0 saves."""
+    if not is_dist():
+        return
+    with torch.no_grad():
+        for tensor in [*module.parameters(), *module.buffers()]:
+            dist.broadcast(tensor.data, src)
+
+
 def cleanup() -> None:
+    """Leave the process group (a no-op when none is initialised)."""
     if is_dist():
         dist.destroy_process_group()

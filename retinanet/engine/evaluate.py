@@ -278,7 +278,8 @@ class EvalRun:
 
 
 def run_eval(data_cfg, opts: EvalOptions) -> EvalRun:
-    """Evaluate a checkpoint (ours or an official torchvision file) on ``data_cfg``'s val split.
+    """Evaluate a checkpoint (ours or an official torchvision file) on ``data_cfg``'s val split
+    (the only split read: the training split need not exist).
 
     Joins torchrun's process group when launched by it (each rank evaluates its share); the
     main process writes ``write_eval_outputs`` into ``opts.out`` when given. The dataset is read
@@ -290,6 +291,7 @@ def run_eval(data_cfg, opts: EvalOptions) -> EvalRun:
     from retinanet.engine.checkpoint import load_model
     from retinanet.engine.distributed import barrier, init_distributed, is_dist, local_device
     from retinanet.engine.predict import coco_category_names
+    from retinanet.errors import RetinaNetError
 
     device = local_device(opts.device)
     init_distributed(device)
@@ -301,7 +303,9 @@ def run_eval(data_cfg, opts: EvalOptions) -> EvalRun:
             path = Path(tmp) / f"class map of {Path(opts.weights).name}.json"  # named in data errors
             path.write_text(json.dumps(model_map))
             data_cfg = dataclasses.replace(data_cfg, classes=str(path))
-        datasets = build_datasets(data_cfg, min_size=cfg.min_size, max_size=cfg.max_size)
+        datasets = build_datasets(data_cfg, min_size=cfg.min_size, max_size=cfg.max_size, splits=("val",))
+    if not len(datasets.val):
+        raise RetinaNetError(f"{datasets.root}: the split {data_cfg.val_split!r} has no images to evaluate")
     data_map = class_map_dict(datasets.class_map) or {}
     if model_map is None and cfg.num_classes == 91:
         model_map = {n: i for i, n in coco_category_names().items()}

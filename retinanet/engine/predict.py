@@ -180,9 +180,10 @@ def class_names_of(class_map: dict[str, int] | None, num_classes: int) -> dict[i
 
 def filter_detections(out: dict[str, torch.Tensor], score_thresh: float, keep_labels: torch.Tensor | None, max_dets: int):
     """Detections of one image above ``score_thresh``, of ``keep_labels`` if given, the
-    ``max_dets`` best: ``(boxes [K, 4], scores [K], labels [K])`` CPU tensors, by score."""
+    ``max_dets`` best: ``(boxes [K, 4], scores [K], labels [K])`` CPU tensors, by score.
+    Label 0 is never a class (the background output of torchvision-layout heads): dropped."""
     boxes, scores, labels = out["boxes"].float().cpu(), out["scores"].float().cpu(), out["labels"].cpu()
-    keep = scores >= score_thresh
+    keep = (scores >= score_thresh) & (labels != 0)
     if keep_labels is not None:
         keep &= torch.isin(labels, keep_labels)
     boxes, scores, labels = boxes[keep], scores[keep], labels[keep]

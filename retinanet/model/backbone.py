@@ -1,18 +1,73 @@
-"""ResNet body + FPN (P3-P7) built from torchvision's builders; keys match torchvision's."""
+"""ResNet body + FPN (P3-P7) built from torchvision's parts; keys match torchvision's.
+
+The ResNet blocks are torchvision's with one change in ``forward``: a ``FrozenBatchNorm2d`` is
+folded into the convolution before it (``conv(x, W * s) + t`` instead of ``conv(x, W) * s + t``,
+the same function, in training too, since the frozen scale ``s`` and shift ``t`` are constants),
+which saves two passes over every activation. Trainable ``BatchNorm2d`` runs as in torchvision.
+"""
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from functools import partial
 
-from torch import nn
+import torch.nn.functional as F
+from torch import Tensor, nn
 from torchvision.models import resnet
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
-RESNETS = {"resnet18": resnet.resnet18, "resnet34": resnet.resnet34,
-           "resnet50": resnet.resnet50, "resnet101": resnet.resnet101}
 STAGES = ("layer4", "layer3", "layer2", "layer1", "conv1")  # trainable from the top down
+
+
+def conv_norm(conv: nn.Conv2d, norm: nn.Module, x: Tensor) -> Tensor:
+    """``norm(conv(x))``; a ``FrozenBatchNorm2d`` is folded into the conv's weight and bias."""
+    if not isinstance(norm, FrozenBatchNorm2d):
+        return norm(conv(x))
+    scale = norm.weight * (norm.running_var + norm.eps).rsqrt()
+    shift = norm.bias - norm.running_mean * scale
+    if conv.bias is not None:
+        shift = shift + conv.bias * scale
+    weight = conv.weight * scale.reshape(-1, 1, 1, 1)
+    return F.conv2d(x, weight, shift, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
+class BasicBlock(resnet.BasicBlock):
+    """torchvision's BasicBlock (same modules and keys) with ``conv_norm``."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = conv_norm(self.conv1, self.bn1, x).relu_()
+        out = conv_norm(self.conv2, self.bn2, out)
+        identity = x if self.downsample is None else conv_norm(self.downsample[0], self.downsample[1], x)
+        return out.add_(identity).relu_()
+
+
+class Bottleneck(resnet.Bottleneck):
+    """torchvision's Bottleneck (same modules and keys) with ``conv_norm``."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = conv_norm(self.conv1, self.bn1, x).relu_()
+        out = conv_norm(self.conv2, self.bn2, out).relu_()
+        out = conv_norm(self.conv3, self.bn3, out)
+        identity = x if self.downsample is None else conv_norm(self.downsample[0], self.downsample[1], x)
+        return out.add_(identity).relu_()
+
+
+RESNETS = {"resnet18": (BasicBlock, [2, 2, 2, 2]), "resnet34": (BasicBlock, [3, 4, 6, 3]),
+           "resnet50": (Bottleneck, [3, 4, 6, 3]), "resnet101": (Bottleneck, [3, 4, 23, 3])}
+
+
+class ResNetFPN(BackboneWithFPN):
+    """torchvision's ``BackboneWithFPN`` (same modules and keys) whose body runs ``conv_norm``."""
+
+    def forward(self, x: Tensor) -> "OrderedDict[str, Tensor]":
+        b = self.body
+        x = b.maxpool(conv_norm(b.conv1, b.bn1, x).relu_())
+        c3 = b.layer2(b.layer1(x))
+        c4 = b.layer3(c3)
+        c5 = b.layer4(c4)
+        return self.fpn(OrderedDict([("0", c3), ("1", c4), ("2", c5)]))
 
 
 def freeze_stages(body: nn.Module, trainable_layers: int) -> None:
@@ -30,12 +85,13 @@ def build_backbone(depth: str, v2: bool, norm: str, trainable_layers: int, chann
     Returns a module whose forward maps ``[B, 3, H, W]`` to an OrderedDict of 5 feature maps.
     """
     norm_layer = FrozenBatchNorm2d if norm == "frozen_bn" else nn.BatchNorm2d
-    body = RESNETS[depth](weights=None, norm_layer=norm_layer)
+    block, layers = RESNETS[depth]
+    body = resnet.ResNet(block, layers, norm_layer=norm_layer)  # what torchvision's resnetXX builds
     freeze_stages(body, trainable_layers)
     c5 = body.fc.in_features
     extra = LastLevelP6P7(c5, channels) if v2 else LastLevelP6P7(channels, channels)
-    return BackboneWithFPN(body, {"layer2": "0", "layer3": "1", "layer4": "2"}, [c5 // 4, c5 // 2, c5],
-                           channels, extra_blocks=extra)
+    return ResNetFPN(body, {"layer2": "0", "layer3": "1", "layer4": "2"}, [c5 // 4, c5 // 2, c5],
+                     channels, extra_blocks=extra)
 
 
 def group_norm_32():

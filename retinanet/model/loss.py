@@ -3,11 +3,72 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
-from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
+from torch.autograd.function import once_differentiable
+from torchvision.ops import generalized_box_iou_loss
 
 from retinanet.model import boxes as box_coder
 from retinanet.model.matcher import IGNORE, batched_iou, match, pad_targets
+
+ALPHA = 0.25  # focal loss alpha; gamma is 2 (torchvision's defaults), built into the formulas below
+
+
+def _neg_grad(p: Tensor, sp: Tensor) -> Tensor:
+    """d/dx of (1-a) p^2 softplus(x) = (1-a) p^2 (2 (1-p) softplus(x) + p); overwrites ``sp``."""
+    return sp.mul_(1 - p).mul_(2).add_(p).mul_(p).mul_(p).mul_(1 - ALPHA)
+
+
+class _FocalLoss(torch.autograd.Function):
+    """Weighted sum of torchvision's ``sigmoid_focal_loss`` (alpha 0.25, gamma 2) over ``[B, N, C]``.
+
+    Targets are one-hot at ``pos`` and zero elsewhere, but never materialised: every logit gets
+    the target-0 term ``(1-a) p^2 softplus(x)`` and the few positive entries are corrected to
+    ``a (1-p)^2 softplus(-x)``. The backward recomputes ``p`` from the logits instead of keeping
+    the intermediates of the composite formula.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, weight: Tensor, pos: Tensor) -> Tensor:
+        p = torch.sigmoid(logits)
+        per_anchor = F.softplus(logits).mul_(p).mul_(p).sum(dim=2).mul_(1 - ALPHA)  # [B, N]
+        xp = logits.reshape(-1)[pos]
+        pp = torch.sigmoid(xp)
+        fix = ALPHA * (1 - pp) ** 2 * F.softplus(-xp) - (1 - ALPHA) * pp**2 * F.softplus(xp)
+        per_anchor.view(-1).index_add_(0, torch.div(pos, logits.shape[2], rounding_mode="floor"), fix)
+        ctx.save_for_backward(logits, weight, pos)
+        return (per_anchor * weight).sum()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        logits, weight, pos = ctx.saved_tensors
+        w = (weight * grad)[:, :, None]
+        g = _neg_grad(torch.sigmoid(logits), F.softplus(logits)).mul_(w)
+        xp = logits.reshape(-1)[pos]
+        pp = torch.sigmoid(xp)
+        d_pos = -ALPHA * (1 - pp) ** 2 * (2 * pp * F.softplus(-xp) + (1 - pp))
+        d_neg = _neg_grad(pp, F.softplus(xp))
+        wp = w.reshape(-1)[torch.div(pos, logits.shape[2], rounding_mode="floor")]
+        g.view(-1).index_add_(0, pos, (d_pos - d_neg) * wp)
+        return g, None, None
+
+
+def focal_loss(logits: Tensor, labels: Tensor, weight: Tensor) -> Tensor:
+    """``sum_{b,a} weight[b,a] * sum_c sigmoid_focal_loss(logits[b,a,c], onehot(labels[b,a])[c])``.
+
+    Args:
+        logits: ``[B, N, C]`` fp32. labels: ``[B, N]`` int64 class per anchor, < 0 = no positive
+            class (background). weight: ``[B, N]`` per-anchor weight (0 = ignored anchor).
+    Returns:
+        fp32 scalar.
+    """
+    logits = logits.contiguous()
+    C = logits.shape[2]
+    flat = labels.reshape(-1)
+    anchor = flat.ge(0).nonzero().squeeze(1)
+    pos = anchor * C + flat[anchor]
+    return _FocalLoss.apply(logits, weight.to(logits.dtype), pos)
 
 
 def retinanet_loss(cls_logits: Tensor, bbox_reg: Tensor, anchors: Tensor, targets: list[dict],
@@ -25,25 +86,20 @@ def retinanet_loss(cls_logits: Tensor, bbox_reg: Tensor, anchors: Tensor, target
     cls_logits = cls_logits.float()
     bbox_reg = bbox_reg.float()
     anchors = anchors.float()
-    B, N, C = cls_logits.shape
+    B = cls_logits.shape[0]
     gt_boxes, gt_labels = pad_targets(targets, cls_logits.device)
     valid = gt_labels >= 0
     matches = match(batched_iou(gt_boxes, anchors, valid), valid)  # [B, N]
     fg = matches >= 0
     num_fg = fg.sum(dim=1).clamp(min=1).float()  # [B]
-    idx = matches.clamp(min=0)
-    matched_labels = torch.gather(gt_labels, 1, idx)  # [B, N]
-    target = torch.zeros_like(cls_logits)
-    target.scatter_(2, matched_labels.clamp(min=0)[:, :, None], fg[:, :, None].float())
-    per_anchor = sigmoid_focal_loss(cls_logits, target, reduction="none").sum(dim=2)
-    per_anchor = per_anchor * (matches != IGNORE).float()
-    cls_loss = (per_anchor.sum(dim=1) / num_fg).mean()
+    labels = torch.gather(gt_labels, 1, matches.clamp(min=0)).masked_fill(~fg, -1)  # [B, N]
+    weight = (matches != IGNORE).float() / (num_fg[:, None] * B)
+    cls_loss = focal_loss(cls_logits, labels, weight)
 
-    matched_boxes = torch.gather(gt_boxes, 1, idx[:, :, None].expand(B, N, 4))
     fg_b, fg_a = fg.nonzero(as_tuple=True)
     pred = bbox_reg[fg_b, fg_a]
     anc = anchors[fg_a]
-    gt = matched_boxes[fg_b, fg_a]
+    gt = gt_boxes[fg_b, matches[fg_b, fg_a]]
     if box_loss == "l1":
         per = (pred - box_coder.encode(gt, anc)).abs().sum(dim=1)
     elif box_loss == "giou":

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
 from torchvision.ops import box_iou
 
 BACKGROUND = -1
@@ -11,15 +13,16 @@ IGNORE = -2
 
 
 def pad_targets(targets: list[dict], device) -> tuple[Tensor, Tensor]:
-    """Pad per-image targets to ``boxes [B, M, 4]`` and ``labels [B, M]`` (label -1 = padding)."""
-    m = max([int(t["boxes"].shape[0]) for t in targets] + [1])
-    B = len(targets)
-    boxes = torch.zeros((B, m, 4), dtype=torch.float32, device=device)
-    labels = torch.full((B, m), -1, dtype=torch.int64, device=device)
-    for i, t in enumerate(targets):
-        n = t["boxes"].shape[0]
-        boxes[i, :n] = t["boxes"].to(device=device, dtype=torch.float32)
-        labels[i, :n] = t["labels"].to(device)
+    """Pad per-image targets to ``boxes [B, M, 4]`` and ``labels [B, M]`` (label -1 = padding).
+
+    ``M`` is the largest box count of the batch, at least 1.
+    """
+    boxes = pad_sequence([t["boxes"].to(device=device, dtype=torch.float32).reshape(-1, 4) for t in targets],
+                         batch_first=True)
+    labels = pad_sequence([t["labels"].to(device=device, dtype=torch.int64).reshape(-1) for t in targets],
+                          batch_first=True, padding_value=-1)
+    if boxes.shape[1] == 0:
+        return F.pad(boxes, (0, 0, 0, 1)), F.pad(labels, (0, 1), value=-1)
     return boxes, labels
 
 

@@ -13,18 +13,20 @@ def _select_candidates(cls_levels, reg_levels, anchor_levels, image_hw: Tensor,
                        score_thresh: float, topk: int):
     """Per level, all images at once: top-k scores > thresh, decoded and clipped boxes.
 
+    The top-k is taken on the logits (sigmoid is monotonic), so only the k picked per image and
+    level go through the sigmoid; those at or below ``score_thresh`` are marked invalid.
+
     Returns concatenated ``boxes [B, K, 4]``, ``scores [B, K]``, ``labels [B, K]``, ``valid [B, K]``.
     """
     all_boxes, all_scores, all_labels, all_valid = [], [], [], []
     for logits, reg, anchors in zip(cls_levels, reg_levels, anchor_levels):
         B, n, C = logits.shape
-        scores = torch.sigmoid(logits.float()).reshape(B, n * C)
         k = min(topk, n * C)
-        masked = scores.masked_fill(scores <= score_thresh, -1.0)
-        top, idx = masked.topk(k, dim=1)
+        top, idx = logits.reshape(B, n * C).topk(k, dim=1)
+        top = torch.sigmoid(top.float())
         anchor_idx = torch.div(idx, C, rounding_mode="floor")
         labels = idx % C
-        deltas = torch.gather(reg.float(), 1, anchor_idx[:, :, None].expand(B, k, 4))
+        deltas = torch.gather(reg, 1, anchor_idx[:, :, None].expand(B, k, 4)).float()
         boxes = box_coder.decode(deltas, anchors[anchor_idx])
         h = image_hw[:, 0, None].to(boxes.dtype)
         w = image_hw[:, 1, None].to(boxes.dtype)

@@ -29,6 +29,9 @@ class RetinaNet(nn.Module):
     """RetinaNet detector with torchvision's calling convention and state_dict keys.
 
     Owns ``backbone`` and ``head``; anchors/transform are non-persistent helpers.
+    The network computes in the memory format of its conv weights: NCHW as built;
+    ``model.to(memory_format=torch.channels_last)`` switches it to NHWC (faster inference on
+    CPU, ~8% at 512 px; slower training there). Outputs differ only by float rounding.
     """
 
     def __init__(self, config: ModelConfig):
@@ -45,6 +48,12 @@ class RetinaNet(nn.Module):
             subnet.conv = subnet.conv[:config.head_convs]  # torchvision builds 4
         self.anchor_cache = AnchorCache()
 
+    @property
+    def memory_format(self) -> torch.memory_format:
+        """``torch.channels_last`` or ``torch.contiguous_format``: the layout of the conv weights."""
+        w = self.head.regression_head.bbox_reg.weight  # [36, C, 3, 3], C >= 8: the two layouts differ
+        return torch.contiguous_format if w.is_contiguous() else torch.channels_last
+
     def forward_raw(self, batch: Tensor) -> tuple[list[Tensor], list[Tensor]]:
         """Network computation only: backbone -> FPN -> heads.
 
@@ -53,6 +62,7 @@ class RetinaNet(nn.Module):
         Returns:
             per FPN level: cls logits ``[B, H_l*W_l*9, C]`` and box deltas ``[B, H_l*W_l*9, 4]``.
         """
+        batch = batch.contiguous(memory_format=self.memory_format)
         return self._heads(list(self.backbone(batch).values()))
 
     def forward(self, images: list[Tensor], targets: list[dict] | None = None):
@@ -61,7 +71,7 @@ class RetinaNet(nn.Module):
             raise RetinaNetError("the model is in training mode: targets are required")
         c = self.config
         orig = [(int(i.shape[-2]), int(i.shape[-1])) for i in images]
-        batch, sizes = batch_images(images, c.min_size, c.max_size)
+        batch, sizes = batch_images(images, c.min_size, c.max_size, self.memory_format)
         if self.training:
             targets = [dict(t, boxes=resize_boxes(t["boxes"], o, s)) if o != s else t
                        for t, o, s in zip(targets, orig, sizes)]

@@ -77,11 +77,13 @@ def normalize(image: Tensor) -> Tensor:
 
 
 def batch_images(images: list[Tensor], min_size: int, max_size: int,
+                 memory_format: torch.memory_format = torch.contiguous_format,
                  ) -> tuple[Tensor, list[tuple[int, int]]]:
     """Normalise, resize (unless already resized) and zero-pad images into one batch.
 
     Args:
         images: list of ``[3, H_i, W_i]`` uint8 or float images.
+        memory_format: of the batch (``torch.channels_last``: NHWC in memory, same values).
     Returns:
         batch ``[B, 3, H, W]`` (H, W multiples of 32) and the resized (unpadded) size per image.
     """
@@ -98,12 +100,13 @@ def batch_images(images: list[Tensor], min_size: int, max_size: int,
         x = prepared[0]
         ph = (SIZE_DIVISIBLE - x.shape[-2] % SIZE_DIVISIBLE) % SIZE_DIVISIBLE
         pw = (SIZE_DIVISIBLE - x.shape[-1] % SIZE_DIVISIBLE) % SIZE_DIVISIBLE
-        return F.pad(x, (0, pw, 0, ph))[None], sizes
+        return F.pad(x, (0, pw, 0, ph))[None].contiguous(memory_format=memory_format), sizes
     H = max(s[0] for s in sizes)
     W = max(s[1] for s in sizes)
     H = int(math.ceil(H / SIZE_DIVISIBLE) * SIZE_DIVISIBLE)
     W = int(math.ceil(W / SIZE_DIVISIBLE) * SIZE_DIVISIBLE)
-    batch = prepared[0].new_zeros((len(prepared), 3, H, W))
+    batch = torch.empty((len(prepared), 3, H, W), dtype=prepared[0].dtype, device=prepared[0].device,
+                        memory_format=memory_format).zero_()
     for i, x in enumerate(prepared):
         batch[i, :, : x.shape[-2], : x.shape[-1]].copy_(x)
     return batch, sizes

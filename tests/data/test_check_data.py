@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import shutil
 
+import pytest
+
 from voc_fixtures import make_voc, obj, write_image, xml_text
 
 from retinanet.cli import main
@@ -63,7 +65,8 @@ def test_data_options_to_config():
     from retinanet.cli import build_parser, data_config_from_args
 
     args = build_parser().parse_args(["check-data", "--data", "d", "--year", "2007", "--year", "2012", "--train-split", "trainval",
-                                      "--train-sizes", "224", "256", "--photometric", "--no-aspect-grouping", "--skip-bad"])
+                                      "--skip-bad"])
     cfg = data_config_from_args(args, workers=0)
-    assert cfg == DataConfig(root="d", years=("2007", "2012"), train_split="trainval", train_sizes=(224, 256), photometric=True,
-                             aspect_grouping=False, skip_bad=True, workers=0)
+    assert cfg == DataConfig(root="d", years=("2007", "2012"), train_split="trainval", skip_bad=True, workers=0)
+    with pytest.raises(SystemExit):  # augmentation is a training option only
+        build_parser().parse_args(["check-data", "--data", "d", "--photometric"])

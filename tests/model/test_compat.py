@@ -2,7 +2,10 @@
 
 import pytest
 import torch
-from torchvision.models.detection import retinanet_resnet50_fpn, retinanet_resnet50_fpn_v2
+from torchvision.models.detection import RetinaNet, retinanet_resnet50_fpn, retinanet_resnet50_fpn_v2
+from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+from torchvision.ops import FrozenBatchNorm2d
+from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from retinanet.errors import CheckpointError
 from retinanet.model import build_model, load_weights
@@ -16,6 +19,15 @@ def _inputs():
     targets = [{"boxes": torch.tensor([[10.0, 10, 60, 50], [30, 20, 90, 80]]), "labels": torch.tensor([1, 3])},
                {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}]
     return imgs, targets
+
+
+def _found_in(a, b, n, score_tol=1e-5, box_tol=1e-2):
+    """Each of the top ``n`` detections of ``a`` is in ``b`` (same label, score and box up to the
+    tolerances): float rounding may swap near-tied scores, so positions are not compared."""
+    s = (a["scores"][:n, None] - b["scores"][None]).abs() <= score_tol
+    lab = a["labels"][:n, None] == b["labels"][None]
+    box = (a["boxes"][:n, None] - b["boxes"][None]).abs().amax(-1) <= box_tol
+    return bool((s & lab & box).any(1).all())
 
 
 def _key(d):
@@ -36,18 +48,62 @@ def test_losses_and_detections_equal_torchvision(arch, tv_builder):
     ours.eval(), tv.eval()  # eval-mode BN so that both see identical statistics
     with torch.no_grad():
         a, b = ours(imgs), tv(imgs)
-    for x, y in zip(a, b):
+        ours.to(memory_format=torch.channels_last)
+        nhwc = ours(imgs)
+        ours.to(memory_format=torch.contiguous_format)
+    for x, y, z in zip(a, b, nhwc):
         assert torch.equal(x["scores"], y["scores"])
         assert len(x["boxes"]) > 0
         torch.testing.assert_close(torch.tensor(_key(x)), torch.tensor(_key(y)))
         n = 100  # scores are far from tied at the top: order must match exactly there
         assert torch.equal(x["labels"][:n], y["labels"][:n])
         torch.testing.assert_close(x["boxes"][:n], y["boxes"][:n])
+        # ours in channels_last: the same detections up to float rounding
+        torch.testing.assert_close(z["scores"], y["scores"], rtol=1e-4, atol=1e-6)
+        assert _found_in(z, y, 100)
     ours.train(), tv.train()
     la, lb = ours(imgs, targets), tv(imgs, targets)
     for k in ("classification", "bbox_regression"):
         torch.testing.assert_close(la[k], lb[k])
         assert la[k].dtype == torch.float32
+
+
+def test_frozen_bn_folding_matches_torchvision():
+    """Default norm: FrozenBatchNorm2d folded into the convs gives torchvision's outputs and grads."""
+    torch.manual_seed(0)
+    body = resnet_fpn_backbone(backbone_name="resnet50", weights=None, trainable_layers=3, returned_layers=[2, 3, 4],
+                               extra_blocks=LastLevelP6P7(256, 256))
+    small = dict(SMALL, min_size=96, max_size=128)
+    tv = RetinaNet(body, num_classes=5, **small)
+    g = torch.Generator().manual_seed(1)
+    for m in tv.modules():
+        if isinstance(m, FrozenBatchNorm2d):  # non-trivial statistics, so that folding matters
+            c = m.weight.numel()
+            m.weight.uniform_(0.5, 1.5, generator=g), m.bias.normal_(0, 0.1, generator=g)
+            m.running_mean.normal_(0, 0.1, generator=g), m.running_var.uniform_(0.5, 2.0, generator=g)
+            assert c > 0
+    ours = build_model("resnet50_fpn", num_classes=5, **small)
+    assert list(ours.state_dict()) == list(tv.state_dict())
+    ours.load_state_dict(tv.state_dict())
+    tv.to(memory_format=torch.channels_last)
+    imgs, targets = _inputs()
+    ours.eval(), tv.eval()
+    with torch.no_grad():
+        a, b = ours(imgs), tv(imgs)
+    for x, y in zip(a, b):
+        assert len(x["boxes"]) > 0
+        torch.testing.assert_close(x["scores"], y["scores"], rtol=1e-4, atol=1e-6)
+        assert _found_in(x, y, 100)
+    ours.train(), tv.train()
+    la, lb = ours(imgs, targets), tv(imgs, targets)
+    sum(la.values()).backward(), sum(lb.values()).backward()
+    for k in la:
+        torch.testing.assert_close(la[k], lb[k], rtol=1e-4, atol=1e-6)
+    grads = dict(ours.named_parameters())
+    for name, p in tv.named_parameters():  # frozen stages have no grad in either
+        assert (p.grad is None) == (grads[name].grad is None), name
+        if p.grad is not None:
+            assert (grads[name].grad - p.grad).norm() <= 1e-3 * p.grad.norm(), name
 
 
 def test_load_weights_torchvision_files(tmp_path):

@@ -6,10 +6,12 @@ import pytest
 import torch
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
+from torchvision.ops import sigmoid_focal_loss
 
 from retinanet.errors import RetinaNetError
 from retinanet.model import boxes, build_model
 from retinanet.model.anchors import AnchorCache
+from retinanet.model.loss import focal_loss
 from retinanet.model.matcher import match
 from retinanet.model.transform import resize_image, resized_size
 
@@ -83,3 +85,17 @@ def test_unknown_arch_and_option():
         build_model("vgg16")
     with pytest.raises(RetinaNetError, match="unknown model option.*bogus"):
         build_model("resnet18_fpn", bogus=1)
+
+
+def test_focal_loss_equals_torchvision_formula():
+    g = torch.Generator().manual_seed(0)
+    logits = (torch.randn(2, 50, 6, generator=g) * 8).requires_grad_()  # |x| up to ~30
+    labels = torch.randint(-1, 6, (2, 50), generator=g)  # -1: background
+    weight = torch.rand(2, 50, generator=g) * (torch.rand(2, 50, generator=g) > 0.2)  # some ignored
+    ours = focal_loss(logits, labels, weight)
+    (g_ours,) = torch.autograd.grad(ours, logits)
+    target = torch.nn.functional.one_hot(labels.clamp(min=0), 6).float() * (labels >= 0)[:, :, None]
+    ref = (sigmoid_focal_loss(logits, target, reduction="none").sum(2) * weight).sum()
+    (g_ref,) = torch.autograd.grad(ref, logits)
+    torch.testing.assert_close(ours, ref)
+    torch.testing.assert_close(g_ours, g_ref)

@@ -1,0 +1,102 @@
+"""``retinanet train`` options: defaults < config file < command line; config errors; TensorBoard."""
+
+import sys
+
+import pytest
+import torch
+import yaml
+
+from retinanet.cli import build_parser, data_config_from_args, main
+from retinanet.config import DataConfig, ModelConfig, TrainConfig
+from retinanet.engine.train import configs_from
+from retinanet.errors import RetinaNetError
+
+
+def _configs(*argv):
+    return configs_from(build_parser().parse_args(["train", *argv]), data_config_from_args)
+
+
+def test_command_line_beats_config_file_beats_defaults(tmp_path):
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "model": {"arch": "resnet18_fpn", "min_size": 96, "max_size": 128},
+        "data": {"root": "from_file", "train_split": "trainval", "years": ["2012"], "hflip_prob": 0.2, "photometric": True},
+        "train": {"lr": 0.5, "epochs": 3, "lr_steps": [2], "amp": True, "momentum": 0.8},
+    }))
+    m, d, t = _configs("--config", str(cfg), "--data", "cli_root", "--min-size", "64", "--hflip-prob", "0.7",
+                       "--no-photometric", "--lr", "0.1", "--lr-steps", "1", "2", "--no-amp", "--weight-decay", "0.001",
+                       "--eval-every", "2", "--synthetic-val", "7", "--workers", "0", "--ema-decay", "0.99")
+    assert m == ModelConfig(arch="resnet18_fpn", min_size=64, max_size=128)
+    # --data replaces the root only: the file's other data options stay
+    assert d == DataConfig(root="cli_root", train_split="trainval", years=("2012",), hflip_prob=0.7, photometric=False,
+                           synthetic_val=7, workers=0)
+    assert t == TrainConfig(lr=0.1, epochs=3, lr_steps=(1, 2), amp=False, momentum=0.8, weight_decay=0.001,
+                            eval_every=2, ema_decay=0.99)
+    # nothing given on the command line: the file's values, and defaults for the rest
+    m, d, t = _configs("--config", str(cfg))
+    assert (m.min_size, d.root, d.hflip_prob, d.photometric, d.val_split, t.lr, t.amp, t.warmup_iters) == (
+        96, "from_file", 0.2, True, "val", 0.5, True, TrainConfig().warmup_iters)
+
+
+def test_default_recipe_and_defaults_with_data():
+    recipe = _configs("--config", "quick_synthetic")
+    assert _configs() == recipe  # no --config and no --data: the quick_synthetic recipe
+    assert recipe[0].arch == "resnet18_fpn_v2" and recipe[1].root is None and recipe[2].out == "runs/quick_synthetic"
+    m, d, t = _configs("--synthetic-train", "16", "--synthetic-size", "64")
+    assert (m, t) == recipe[::2] and (d.synthetic_train, d.synthetic_size, d.synthetic_val) == (16, 64, 100)
+    m, d, t = _configs("--data", "voc")  # --data and no --config: the dataclass defaults
+    assert (m, d, t) == (ModelConfig(), DataConfig(root="voc"), TrainConfig())
+
+
+def test_resume_without_config_uses_the_checkpoint_config(tmp_path):
+    stored = {"model": {"arch": "resnet18_fpn", "num_classes": 5}, "data": {"root": "somewhere", "workers": 0},
+              "train": {"out": str(tmp_path), "epochs": 2, "lr": 0.02}}
+    torch.save({"config": stored, "model": {}}, tmp_path / "last.pt")
+    m, d, t = _configs("--resume", str(tmp_path), "--epochs", "4")
+    assert m == ModelConfig(arch="resnet18_fpn", num_classes=5) and d == DataConfig(root="somewhere", workers=0)
+    assert t == TrainConfig(out=str(tmp_path), epochs=4, lr=0.02, resume=str(tmp_path))
+
+
+@pytest.mark.parametrize("content,message", [
+    ("model: {arch: resnet18_fpn, colour: red}\n", "unknown option(s) for ModelConfig: colour"),
+    ("model: {}\noptimiser: {lr: 1}\n", "unknown section(s) optimiser"),
+    ("- just\n- a list\n", "a config file is a mapping"),
+    ("train: 3\n", "section 'train' must be a mapping"),
+    ("model: {arch: [unclosed\n", "cannot read config"),
+])
+def test_bad_config_file_is_one_clear_line(tmp_path, capsys, content, message):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(content)
+    with pytest.raises(RetinaNetError, match=f"{cfg}: .*{message}".replace("(", r"\(").replace(")", r"\)")):
+        _configs("--config", str(cfg))
+    assert main(["train", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("retinanet train: error: ") and str(cfg) in err and "\n" not in err
+
+
+def test_missing_config_names_recipes(capsys):
+    assert main(["train", "--config", "no_such_recipe"]) == 2
+    assert "no_such_recipe: no such config file, nor a shipped recipe (coco, quick_synthetic" in capsys.readouterr().err
+
+
+def test_tensorboard_missing_fails_before_any_work(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails as when not installed
+    out = tmp_path / "run"
+    code = main(["train", "--data", str(tmp_path / "no_dataset"), "--tensorboard", "--out", str(out), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "--tensorboard needs the tensorboard package: pip install 'retinanet[tensorboard]'" in err
+    assert not out.exists()  # failed before reading the dataset or creating the run dir
+
+
+def test_tensorboard_writes_events(tmp_path):
+    pytest.importorskip("tensorboard")
+    from retinanet.data import make_synthetic
+    from retinanet.engine.train import train
+
+    make_synthetic(tmp_path / "syn", num_train=2, num_val=1, image_size=64)
+    model = ModelConfig(arch="resnet18_fpn", norm="bn", min_size=64, max_size=64, fpn_channels=32, head_convs=1)
+    s = train(model, DataConfig(root=str(tmp_path / "syn"), workers=0),
+              TrainConfig(out=str(tmp_path / "run"), epochs=1, batch_size=2, device="cpu", tensorboard=True), progress=False)
+    events = list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0 and s["files"]["tensorboard"] == str(tmp_path / "run" / "tensorboard")

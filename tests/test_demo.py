@@ -1,0 +1,65 @@
+"""``retinanet demo``: the real train -> eval -> predict commands on a tiny synthetic set (CPU)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from retinanet.cli import main
+from retinanet.data.synthetic import default_synthetic_root
+from retinanet.demo import DemoOptions, demo_commands, synthetic_options
+from retinanet.errors import RetinaNetError
+
+TINY = ["--synthetic-train", "4", "--synthetic-val", "2", "--synthetic-size", "64", "--epochs", "1", "--workers", "0",
+        "--device", "cpu", "--num-images", "2",
+        "--", "--min-size", "64", "--max-size", "64", "--fpn-channels", "32", "--head-convs", "1", "--batch-size", "4"]
+
+
+@pytest.mark.slow
+def test_demo_end_to_end(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("RETINANET_CACHE", str(tmp_path / "cache"))  # a fresh machine: the data is generated
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), *TINY]) == 0
+    for name in ("train/best.pt", "train/last.pt", "train/results.csv", "train/config.yaml", "eval/eval.json",
+                 "eval/detections.json", "eval/pr_curves.png", "predict/predictions.json"):
+        assert (out / name).is_file(), name
+    assert len(list((out / "predict" / "images").iterdir())) == 2
+    root = default_synthetic_root(num_train=4, num_val=2, image_size=64)
+    assert root.parent == tmp_path / "cache" / "synthetic"
+    assert (root / "VOCdevkit" / "VOC2012" / "ImageSets" / "Main" / "val.txt").is_file()
+    assert json.loads((out / "eval" / "eval.json").read_text())["num_images"] == 2
+    printed = capsys.readouterr().out
+    assert "demo finished in" in printed and "COCO AP" in printed
+    for path in (out / "train", out / "eval" / "eval.json", out / "eval" / "pr_curves.png", out / "predict" / "images", root):
+        assert str(path) in printed
+    assert "retinanet export --weights" in printed
+
+
+def test_synthetic_sizes_come_from_the_recipe_at_run_time(tmp_path, monkeypatch):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("data: {synthetic_train: 7, synthetic_size: 96}\n")
+    monkeypatch.setattr("retinanet.demo.RECIPE", str(recipe))
+    from retinanet.demo import recipe_data
+
+    assert synthetic_options(recipe_data(), DemoOptions()) == {"num_train": 7, "num_val": 100, "image_size": 96}
+    assert synthetic_options(recipe_data(), DemoOptions(synthetic_val=3))["num_val"] == 3
+
+
+def test_commands_and_reserved_options(tmp_path):
+    cmds = demo_commands(DemoOptions(out="d", epochs=2, train_options=("--lr", "0.1")), tmp_path, [tmp_path / "a.jpg"])
+    assert [c for c, _ in cmds] == ["train", "eval", "predict"]
+    assert cmds[0][1][:5] == ["train", "--config", "quick_synthetic", "--out", "d/train"] and cmds[0][1][-2:] == ["--lr", "0.1"]
+    assert cmds[1][1][:3] == ["eval", "--weights", "d/train/best.pt"] and str(tmp_path) in cmds[1][1]
+    with pytest.raises(RetinaNetError, match="--data"):
+        demo_commands(DemoOptions(train_options=("--data", "x")), tmp_path, [])
+
+
+def test_first_failing_step_stops_the_demo(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("RETINANET_CACHE", str(tmp_path / "cache"))
+    argv = ["demo", "--out", str(tmp_path / "d"), "--synthetic-train", "2", "--synthetic-val", "1", "--synthetic-size", "32",
+            "--", "--lr", "not-a-number"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "step train exited with status 2" in err and "not-a-number" in err
+    assert not (tmp_path / "d" / "eval").exists()
