@@ -49,6 +49,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds per mode")
     p.add_argument("--mode", default="both", choices=["both", "train", "infer"])
     p.add_argument("--channels-last", action="store_true", help="both models and inputs in channels_last")
+    p.add_argument("--ours-channels-last", action="store_true",
+                   help="only our model in channels_last (torchvision's as it comes: NCHW)")
     p.add_argument("--amp", action="store_true", help="autocast: bf16 on CPU, fp16 on CUDA (--amp-dtype)")
     p.add_argument("--amp-dtype", choices=["bf16", "fp16"], help="autocast dtype (default bf16 CPU, fp16 CUDA)")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
@@ -210,7 +212,8 @@ def main(argv=None) -> None:
         models = {"ours": build_ours(args)}
     for m in models.values():
         m.to(device)
-        if args.channels_last:
+    for name, m in models.items():
+        if args.channels_last or (args.ours_channels_last and name == "ours"):
             m.to(memory_format=torch.channels_last)
     runners = {k: Runner(m, device, amp_dtype) for k, m in models.items()}
     images, targets = make_inputs(args, device)
@@ -218,7 +221,7 @@ def main(argv=None) -> None:
     print(f"machine: {machine(device)}")
     print(f"device {device}; arch {args.arch}, norm {args.norm}, trainable layers {args.trainable_layers}, "
           f"fpn {args.fpn_channels}x{args.head_convs} convs, {args.num_classes} classes; batch {args.batch_size} x "
-          f"{args.image_size}px; channels_last {args.channels_last}; amp {amp_dtype}; "
+          f"{args.image_size}px; channels_last {'ours only' if args.ours_channels_last else args.channels_last}; amp {amp_dtype}; "
           f"{args.iters} timed rounds after {args.warmup} warm-up")
     print(f"load average before: {load_average()}")
     modes = ["train", "infer"] if args.mode == "both" else [args.mode]

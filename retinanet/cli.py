@@ -165,6 +165,7 @@ def _add_train(sub) -> None:
     t.add_argument("--lr-gamma", type=float, default=S, help=f"multistep factor [{t0.lr_gamma}]")
     t.add_argument("--clip-grad", dest="clip_grad_norm", type=float, default=S, metavar="NORM", help="clip the gradient norm to this [off]")
     t.add_argument("--amp", action=argparse.BooleanOptionalAction, default=S, help="mixed precision (fp16 + grad scaling on GPUs, bf16 on CPU) [off]")
+    t.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=S, help="run the model in channels_last (NHWC) memory layout: the same results, usually faster (BENCHMARKS.md) [on]")
     t.add_argument("--ema", action=argparse.BooleanOptionalAction, default=S, help="keep an exponential moving average of the weights; it is evaluated and saved as 'ema' [off]")
     t.add_argument("--ema-decay", type=float, default=S, help=f"EMA decay, ramped up over the first steps [{t0.ema_decay}]")
     t.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=S, help="SyncBatchNorm across processes (DDP with --norm bn) [off]")
@@ -207,6 +208,7 @@ def _add_eval(sub) -> None:
     p.add_argument("--workers", type=int, default=2, help="data loading processes [2]")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... [auto]")
     p.add_argument("--amp", action="store_true", help="mixed precision inference (bf16; fp16 on GPUs without bf16)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True, help="run the model in channels_last (NHWC) memory layout: the same detections, usually faster [on]")
     p.add_argument("--min-size", type=int, help="short side of the network input (default: the checkpoint's)")
     p.add_argument("--max-size", type=int, help="cap on the long side (default: the checkpoint's)")
     p.add_argument("--score-thresh", type=float, help="drop detections below this score (default: the checkpoint's, 0.05)")
@@ -229,7 +231,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     sizes = {"min_size": args.min_size, "max_size": args.max_size, "score_thresh": args.score_thresh}
     opts = EvalOptions(
         weights=args.weights, out=args.out, voc=args.voc, batch_size=args.batch_size, workers=args.workers,
-        device=args.device, amp=args.amp, progress=not args.quiet, backend=args.coco_backend,
+        device=args.device, amp=args.amp, channels_last=args.channels_last, progress=not args.quiet, backend=args.coco_backend,
         model_overrides={k: v for k, v in sizes.items() if v is not None},
     )
     try:
@@ -271,6 +273,7 @@ def _add_predict(sub) -> None:
     p.add_argument("--batch-size", type=int, default=4, help="images per batch [4]")
     p.add_argument("--workers", type=int, default=2, help="decoding processes [2]")
     p.add_argument("--voc-xml", action="store_true", help="also write one VOC XML annotation per image")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True, help="run the model in channels_last (NHWC) memory layout: the same detections, usually faster [on]")
     p.add_argument("--no-draw", action="store_true", help="do not write drawn images")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_predict)
@@ -284,7 +287,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     files = find_images(args.inputs, recursive=args.recursive)  # fail before loading the model
     device = local_device(args.device)
     sizes = {"min_size": args.min_size, "max_size": args.max_size}
-    model, class_map = load_model(args.weights, device, score_thresh=args.score_thresh, **{k: v for k, v in sizes.items() if v})
+    model, class_map = load_model(args.weights, device, channels_last=args.channels_last, score_thresh=args.score_thresh, **{k: v for k, v in sizes.items() if v})
     classes = tuple(n.strip() for group in args.classes_filter or () for n in group.split(",") if n.strip())
     opts = PredictOptions(
         out=args.out, score_thresh=args.score_thresh, classes=classes, max_dets=args.max_dets, batch_size=args.batch_size,

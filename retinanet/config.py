@@ -85,6 +85,7 @@ class TrainConfig:
     lr_gamma: float = 0.1
     clip_grad_norm: float | None = None
     amp: bool = False
+    channels_last: bool = True  # model and batches in NHWC memory (same math; faster on recent CPUs and GPUs)
     ema: bool = False
     ema_decay: float = 0.9998
     ema_ramp_iters: int = 2000  # EMA decay ramps up as ema_decay * (1 - exp(-updates / this)); 0 = constant

@@ -84,12 +84,13 @@ def _arch_of_state_dict(state: dict[str, Any]) -> str:
     return "resnet50_fpn_v2" if any(k.startswith("head.classification_head.conv.0.1.") for k in state) else "resnet50_fpn"
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", **overrides: Any):
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", channels_last: bool = False, **overrides: Any):
     """Build a model from our checkpoint or an official torchvision file, ready for inference.
 
     For a bare torchvision state_dict the arch is detected (v1/v2) and the class count read from
     the classification layer. ``overrides`` replace ``ModelConfig`` fields (for example
-    ``score_thresh``, ``min_size``).
+    ``score_thresh``, ``min_size``). ``channels_last`` puts the model in NHWC memory layout (same
+    results, usually faster; its batches follow).
 
     Returns:
         (model in eval mode on ``device``, class map ``{"name": id}`` or None for a bare file)
@@ -111,4 +112,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", **ov
     values = {**cfg.__dict__, **overrides}
     model = build_model(**values)
     load_weights(model, state, source=str(path))
-    return model.eval().to(device), class_map
+    model = model.eval().to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model, class_map

@@ -263,6 +263,7 @@ class EvalOptions:
     workers: int = 2
     device: str = "auto"
     amp: bool = False
+    channels_last: bool = True
     progress: bool = True
     backend: str | None = None
     model_overrides: dict[str, Any] = field(default_factory=dict)
@@ -295,7 +296,7 @@ def run_eval(data_cfg, opts: EvalOptions) -> EvalRun:
 
     device = local_device(opts.device)
     init_distributed(device)
-    model, model_map = load_model(opts.weights, device, **opts.model_overrides)
+    model, model_map = load_model(opts.weights, device, channels_last=opts.channels_last, **opts.model_overrides)
     cfg = model.config
     with tempfile.TemporaryDirectory() as tmp:
         if model_map and data_cfg.classes is None:

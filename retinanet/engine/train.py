@@ -237,6 +237,8 @@ def _train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig,
                              "(training evaluates on it; give --val-split, or --val-fraction > 0 for a flat folder)")
     model_cfg = dataclasses.replace(model_cfg, num_classes=data.class_map.num_classes)
     model = build_model(**dataclasses.asdict(model_cfg)).to(device)
+    if cfg.channels_last:  # before the optimizer, DDP and EMA see the parameters
+        model.to(memory_format=torch.channels_last)
     out = Path(cfg.out)
     if main:
         out.mkdir(parents=True, exist_ok=True)

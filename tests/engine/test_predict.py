@@ -126,6 +126,20 @@ def test_predict_boxes_match_model_on_original_image(tmp_path, checkpoint):
     np.testing.assert_allclose([d["score"] for d in dets], ref["scores"][order].numpy(), atol=1e-4)
 
 
+def test_load_model_memory_layout(checkpoint):
+    """eval and predict run the model in channels_last by default; export and the API in NCHW."""
+    from retinanet.engine.checkpoint import load_model
+
+    nchw, _ = load_model(checkpoint, "cpu")
+    nhwc, _ = load_model(checkpoint, "cpu", channels_last=True)
+    assert nchw.memory_format == torch.contiguous_format
+    assert nhwc.memory_format == torch.channels_last
+    images = [torch.randint(0, 256, (3, 70, 90), dtype=torch.uint8)]
+    with torch.inference_mode():
+        a, b = nchw(images)[0], nhwc(images)[0]
+    torch.testing.assert_close(a["scores"], b["scores"], atol=1e-4, rtol=1e-4)
+
+
 def test_predict_user_errors(tmp_path, checkpoint, capsys):
     img = write_image(tmp_path / "a.jpg")
     assert main(["predict", str(img), "--weights", str(checkpoint), "--out", str(tmp_path / "o"),
