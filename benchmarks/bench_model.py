@@ -73,6 +73,15 @@ def machine(device: torch.device) -> str:
     return text
 
 
+def setup(args: argparse.Namespace) -> torch.device:
+    """Applies ``--threads`` and returns the device of ``--device`` (auto: CUDA when present)."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(args.device)
+
+
 def load_average() -> str:
     try:
         return " ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -193,10 +202,7 @@ def time_mode(runners: dict[str, Runner], mode: str, images, targets, iters: int
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)
+    device = setup(args)
     amp_dtype = None
     if args.amp:
         name = args.amp_dtype or ("fp16" if device.type == "cuda" else "bf16")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 from torchvision.ops import batched_nms
@@ -9,44 +11,44 @@ from torchvision.ops import batched_nms
 from retinanet.model import boxes as box_coder
 
 
-def _select_candidates(cls_levels, reg_levels, anchor_levels, image_hw: Tensor,
-                       score_thresh: float, topk: int):
-    """Per level, all images at once: top-k scores > thresh, decoded and clipped boxes.
+def _level_candidates(logits: Tensor, k: int, score_thresh: float) -> tuple[Tensor, Tensor, Tensor]:
+    """One level, all images: the (up to) ``k`` best logits per image that can pass the threshold.
 
-    The top-k is taken on the logits (sigmoid is monotonic), so only the k picked per image and
-    level go through the sigmoid; those at or below ``score_thresh`` are marked invalid.
+    When no image has more than ``k`` logits above the threshold (the usual case for a trained
+    model) those are taken directly with one ``nonzero``, with no top-k pass over all
+    ``anchors x classes`` scores; otherwise an exact per-image ``topk`` (its entries below the
+    threshold are dropped later). Sigmoid is monotonic, so the test runs on the logits.
 
-    Returns concatenated ``boxes [B, K, 4]``, ``scores [B, K]``, ``labels [B, K]``, ``valid [B, K]``.
+    Returns flat ``image [M]``, ``index [M]`` (into ``anchors x classes``) and ``logit [M]``.
     """
-    all_boxes, all_scores, all_labels, all_valid = [], [], [], []
-    for logits, reg, anchors in zip(cls_levels, reg_levels, anchor_levels):
-        B, n, C = logits.shape
-        k = min(topk, n * C)
-        top, idx = logits.reshape(B, n * C).topk(k, dim=1)
-        top = torch.sigmoid(top.float())
-        anchor_idx = torch.div(idx, C, rounding_mode="floor")
-        labels = idx % C
-        deltas = torch.gather(reg, 1, anchor_idx[:, :, None].expand(B, k, 4)).float()
-        boxes = box_coder.decode(deltas, anchors[anchor_idx])
-        h = image_hw[:, 0, None].to(boxes.dtype)
-        w = image_hw[:, 1, None].to(boxes.dtype)
-        x = boxes[..., 0::2].clamp(min=0)
-        y = boxes[..., 1::2].clamp(min=0)
-        x = torch.minimum(x, w[:, :, None])
-        y = torch.minimum(y, h[:, :, None])
-        boxes = torch.stack([x[..., 0], y[..., 0], x[..., 1], y[..., 1]], dim=-1)
-        all_boxes.append(boxes)
-        all_scores.append(top)
-        all_labels.append(labels)
-        all_valid.append(top > score_thresh)
-    return (torch.cat(all_boxes, 1), torch.cat(all_scores, 1), torch.cat(all_labels, 1),
-            torch.cat(all_valid, 1))
+    B, n, C = logits.shape
+    flat = logits.reshape(B, n * C)
+    img, idx = (flat > _logit(score_thresh)).nonzero(as_tuple=True)
+    if img.numel() > k and int(torch.bincount(img, minlength=B).max()) > k:
+        top, idx = flat.topk(min(k, n * C), dim=1)
+        img = torch.arange(B, device=flat.device)[:, None].expand_as(idx)
+        return img.reshape(-1), idx.reshape(-1), top.reshape(-1)
+    return img, idx, flat[img, idx]
+
+
+def _logit(p: float) -> float:
+    """The logit whose sigmoid is ``p``, a little lower so that rounding never drops a candidate
+    (the exact ``score > thresh`` test is applied to the sigmoid afterwards)."""
+    if p <= 0:
+        return -math.inf
+    if p >= 1:
+        return math.inf
+    return math.log(p / (1 - p)) - 1e-4
 
 
 def decode_batch(cls_levels: list[Tensor], reg_levels: list[Tensor], anchor_levels: list[Tensor],
                  image_hw: Tensor, score_thresh: float = 0.05, nms_thresh: float = 0.5,
                  detections_per_img: int = 300, topk: int = 1000):
-    """Batched decode + class-aware NMS returning padded detections (export friendly).
+    """Batched decode + class-aware NMS returning padded detections.
+
+    Per level, for all images at once: the ``topk`` best scores above ``score_thresh``, their
+    boxes decoded and clipped to the image; then one ``batched_nms`` call over every image and
+    class, and the ``detections_per_img`` best kept per image.
 
     Args:
         cls_levels: per level ``[B, H*W*A, C]`` logits. reg_levels: per level ``[B, H*W*A, 4]``.
@@ -56,16 +58,18 @@ def decode_batch(cls_levels: list[Tensor], reg_levels: list[Tensor], anchor_leve
         boxes ``[B, D, 4]``, scores ``[B, D]``, labels ``[B, D]`` (int64), num ``[B]`` valid
         count; rows beyond ``num`` are zero. Rows are in decreasing score order per image.
     """
-    boxes, scores, labels, valid = _select_candidates(
-        cls_levels, reg_levels, anchor_levels, image_hw, score_thresh, topk)
-    B, K = scores.shape
-    C = cls_levels[0].shape[-1]
-    img = torch.arange(B, device=scores.device)[:, None].expand(B, K)
-    flat_valid = valid.reshape(-1)
-    fb = boxes.reshape(-1, 4)[flat_valid]
-    fs = scores.reshape(-1)[flat_valid]
-    fl = labels.reshape(-1)[flat_valid]
-    fi = img.reshape(-1)[flat_valid]
+    B, C = cls_levels[0].shape[0], cls_levels[0].shape[-1]
+    parts = []
+    for logits, reg, anchors in zip(cls_levels, reg_levels, anchor_levels):
+        img, idx, logit = _level_candidates(logits, topk, score_thresh)
+        anchor_idx = torch.div(idx, C, rounding_mode="floor")
+        boxes = box_coder.decode(reg[img, anchor_idx].float(), anchors[anchor_idx])
+        parts.append((boxes, torch.sigmoid(logit.float()), idx % C, img))
+    fb, fs, fl, fi = (torch.cat(t) for t in zip(*parts))
+    hw = image_hw[fi].to(fb.dtype)  # [M, 2] (h, w) of each candidate's image
+    fb = torch.minimum(fb.clamp(min=0), hw[:, [1, 0, 1, 0]])
+    valid = fs > score_thresh
+    fb, fs, fl, fi = fb[valid], fs[valid], fl[valid], fi[valid]
     keep = batched_nms(fb, fs, fi * C + fl, nms_thresh)  # sorted by score
     order = torch.sort(fi[keep], stable=True).indices
     keep = keep[order]
