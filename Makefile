@@ -20,8 +20,9 @@ demo: $(STAMP)  ## synthetic data -> quick training -> eval -> predictions (2-co
 test: $(STAMP)  ## the whole test suite (CPU-sized, parallel on the machine's cores)
 	$(BIN)/python -m pytest -n auto --timeout 900 -q tests
 
-bench: $(STAMP)  ## model and data-loading benchmarks (see BENCHMARKS.md)
+bench: $(STAMP)  ## model, loss/post-processing and data-loading benchmarks (see BENCHMARKS.md)
 	$(BIN)/python benchmarks/bench_model.py
+	$(BIN)/python benchmarks/bench_heads.py
 	$(BIN)/python benchmarks/bench_data.py
 
 clean:
