@@ -216,9 +216,8 @@ def main(argv=None) -> None:
         models = {"ours": ours, "torchvision": tv}
     else:
         models = {"ours": build_ours(args)}
-    for m in models.values():
-        m.to(device)
     for name, m in models.items():
+        m.to(device)
         if args.channels_last or (args.ours_channels_last and name == "ours"):
             m.to(memory_format=torch.channels_last)
     runners = {k: Runner(m, device, amp_dtype) for k, m in models.items()}

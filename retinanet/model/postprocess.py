@@ -23,22 +23,19 @@ def _level_candidates(logits: Tensor, k: int, score_thresh: float) -> tuple[Tens
     """
     B, n, C = logits.shape
     flat = logits.reshape(B, n * C)
-    img, idx = (flat > _logit(score_thresh)).nonzero(as_tuple=True)
-    if img.numel() > k and int(torch.bincount(img, minlength=B).max()) > k:
-        top, idx = flat.topk(min(k, n * C), dim=1)
-        img = torch.arange(B, device=flat.device)[:, None].expand_as(idx)
-        return img.reshape(-1), idx.reshape(-1), top.reshape(-1)
-    return img, idx, flat[img, idx]
+    if score_thresh > 0:  # at 0 every score passes: straight to the top-k
+        img, idx = (flat > _logit(score_thresh)).nonzero(as_tuple=True)
+        if img.numel() <= k or int(torch.bincount(img, minlength=B).max()) <= k:
+            return img, idx, flat[img, idx]
+    top, idx = flat.topk(min(k, n * C), dim=1)
+    img = torch.arange(B, device=flat.device)[:, None].expand_as(idx)
+    return img.reshape(-1), idx.reshape(-1), top.reshape(-1)
 
 
 def _logit(p: float) -> float:
     """The logit whose sigmoid is ``p``, a little lower so that rounding never drops a candidate
     (the exact ``score > thresh`` test is applied to the sigmoid afterwards)."""
-    if p <= 0:
-        return -math.inf
-    if p >= 1:
-        return math.inf
-    return math.log(p / (1 - p)) - 1e-4
+    return math.inf if p >= 1 else math.log(p / (1 - p)) - 1e-4
 
 
 def decode_batch(cls_levels: list[Tensor], reg_levels: list[Tensor], anchor_levels: list[Tensor],
