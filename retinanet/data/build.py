@@ -84,7 +84,9 @@ def resolve_root(cfg: DataConfig) -> tuple[Path, str]:
     return root, fmt
 
 
-def _class_map(cfg: DataConfig, names: list[str]) -> ClassMap:
+def _class_map(cfg: DataConfig, names: list[str], given: ClassMap | None = None) -> ClassMap:
+    if given is not None:
+        return given
     if cfg.classes:
         return ClassMap.load(cfg.classes)
     if not names:
@@ -96,7 +98,8 @@ SPLITS = ("train", "val")
 
 
 def _voc_records(cfg: DataConfig, root: Path, fmt: str, problems: list[str], warns: list[str],
-                 splits: tuple[str, ...] = SPLITS) -> tuple[dict[str, list[Record]], ClassMap]:
+                 splits: tuple[str, ...] = SPLITS, class_map: ClassMap | None = None,
+                 ) -> tuple[dict[str, list[Record]], ClassMap]:
     if fmt == "voc":
         names = {"train": cfg.train_split, "val": cfg.val_split}
         pairs = {s: voc_standard_pairs(root, cfg.years, names[s], problems) for s in splits}
@@ -108,7 +111,7 @@ def _voc_records(cfg: DataConfig, root: Path, fmt: str, problems: list[str], war
         pairs = {s: voc_flat_pairs(root, split[s]) for s in splits}
         warns += unannotated_images(root)
     parsed = {s: parse_all(p, problems) for s, p in pairs.items()}
-    class_map = _class_map(cfg, [n for anns in parsed.values() for a, _, _ in anns for n in a.names])
+    class_map = _class_map(cfg, [n for anns in parsed.values() for a, _, _ in anns for n in a.names], class_map)
     records = {}
     for s, anns in parsed.items():
         out = [to_record(a, img, xml, i, class_map, problems, warns) for i, (a, xml, img) in enumerate(anns)]
@@ -127,16 +130,21 @@ def coco_files(cfg: DataConfig, root: Path, splits: tuple[str, ...] = SPLITS) ->
 
 
 def _coco_records(cfg: DataConfig, root: Path, problems: list[str], warns: list[str],
-                  splits: tuple[str, ...] = SPLITS) -> tuple[dict[str, list[Record]], ClassMap]:
+                  splits: tuple[str, ...] = SPLITS, class_map: ClassMap | None = None,
+                  ) -> tuple[dict[str, list[Record]], ClassMap]:
     files = coco_files(cfg, root, splits)
     data = {s: read_coco_json(p) for s, p in files.items()}
     first = splits[0]
-    class_map = ClassMap.load(cfg.classes) if cfg.classes else coco_class_map(data[first], files[first])
+    if class_map is None:
+        class_map = ClassMap.load(cfg.classes) if cfg.classes else coco_class_map(data[first], files[first])
     return {s: coco_records(files[s], data[s], class_map, problems, warns) for s in files}, class_map
 
 
-def read_records(cfg: DataConfig, splits: tuple[str, ...] = SPLITS) -> tuple[dict[str, list[Record]], ClassMap, Path, str, list[str], list[str]]:
+def read_records(cfg: DataConfig, splits: tuple[str, ...] = SPLITS, class_map: ClassMap | None = None,
+                 ) -> tuple[dict[str, list[Record]], ClassMap, Path, str, list[str], list[str]]:
     """Parse and validate the annotations of ``splits`` (both by default; ``("val",)`` to evaluate).
+
+    ``class_map`` (when given) is used instead of ``cfg.classes`` or the discovered classes.
 
     Returns:
         (records {split: [Record]} for each of ``splits``, class map, root, format, problems, warnings).
@@ -148,19 +156,22 @@ def read_records(cfg: DataConfig, splits: tuple[str, ...] = SPLITS) -> tuple[dic
     problems: list[str] = []
     warns: list[str] = []
     if fmt == "coco":
-        records, class_map = _coco_records(cfg, root, problems, warns, splits)
+        records, class_map = _coco_records(cfg, root, problems, warns, splits, class_map)
     else:
-        records, class_map = _voc_records(cfg, root, fmt, problems, warns, splits)
+        records, class_map = _voc_records(cfg, root, fmt, problems, warns, splits, class_map)
     return records, class_map, root, fmt, problems, warns
 
 
-def build_datasets(cfg: DataConfig, *, min_size: int, max_size: int, splits: tuple[str, ...] = SPLITS) -> Datasets:
+def build_datasets(cfg: DataConfig, *, min_size: int, max_size: int, splits: tuple[str, ...] = SPLITS,
+                   class_map: ClassMap | None = None) -> Datasets:
     """Read, validate and wrap the training and validation splits of ``cfg``.
 
     Args:
         cfg: the data options.
         min_size, max_size: the model's input size; items come resized to it.
         splits: the splits to read (``("val",)`` for evaluation); a split not read is an empty dataset.
+        class_map: the class ids to read the annotations with (a checkpoint's, for evaluation);
+            None = ``cfg.classes`` when given, else discovered from the annotations.
 
     Returns:
         ``Datasets(train, val, class_map, ...)``.
@@ -168,7 +179,7 @@ def build_datasets(cfg: DataConfig, *, min_size: int, max_size: int, splits: tup
     Raises:
         DataError: every problem found (unless ``cfg.skip_bad``), or an empty training split (when read).
     """
-    records, class_map, root, fmt, problems, warns = read_records(cfg, splits)
+    records, class_map, root, fmt, problems, warns = read_records(cfg, splits, class_map)
     if problems and not cfg.skip_bad:
         raise DataError(problems, summary=f"{len(problems)} problem(s) in the dataset {root} (fix them, or --skip-bad to leave those items out)")
     for msg in problems:

@@ -22,6 +22,7 @@ from retinanet.data.build import read_records
 from retinanet.data.classes import ClassMap
 from retinanet.data.images import open_rgb
 from retinanet.data.records import Record
+from retinanet.errors import DataError
 
 SMALL, MEDIUM = 32**2, 96**2  # COCO's area thresholds, pixels of the original image
 
@@ -123,8 +124,6 @@ def check_dataset(cfg: DataConfig, *, progress: bool = True) -> CheckReport:
         ``CheckReport`` (``ok``, ``summary()``). Problems never raise, except a dataset
         that cannot be located or a broken class map file (``RetinaNetError``).
     """
-    from retinanet.errors import DataError
-
     try:
         records, class_map, root, fmt, problems, warns = read_records(cfg)
     except DataError as err:

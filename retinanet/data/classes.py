@@ -9,9 +9,18 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
+from torchvision.models.detection import RetinaNet_ResNet50_FPN_Weights
+
 from retinanet.errors import DataError
 
 PASCAL_VOC_CLASSES = Path(__file__).with_name("pascal_voc_classes.json")
+
+
+def coco_category_names() -> dict[int, str]:
+    """COCO category id -> name, the classes of torchvision's 91-output COCO heads (id = output
+    index; the "N/A" gaps and the background output 0 left out)."""
+    names = RetinaNet_ResNet50_FPN_Weights.COCO_V1.meta["categories"]
+    return {i: n for i, n in enumerate(names) if i > 0 and n not in ("N/A", "__background__")}
 
 
 class ClassMap:

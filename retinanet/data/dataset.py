@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
 from retinanet.data.images import load_image
@@ -52,8 +53,6 @@ class DetectionDataset(Dataset):
 
     def aspect_ratios(self) -> list[float]:
         """Width / height of each image, from the annotation (or the file header when absent)."""
-        from PIL import Image
-
         out = []
         for r in self.records:
             if r.size is not None:

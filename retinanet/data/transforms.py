@@ -2,7 +2,7 @@
 
 Training: photometric distortion (optional), random IoU crop (optional), horizontal flip, all with
 ``torchvision.transforms.v2`` on ``tv_tensors.BoundingBoxes``; then the resize the model would do
-(``retinanet.model.transform.resize_image``) with the short side drawn from ``train_sizes``
+(``retinanet.geometry.resize_image``) with the short side drawn from ``train_sizes``
 (multi-scale; empty = the model's ``min_size``), then ``SanitizeBoundingBoxes`` (drops boxes left
 smaller than 1 px, with their labels and ignore flags). Evaluation: only the resize.
 """
@@ -16,12 +16,7 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-
-def _resize_fns():
-    """The model's resize geometry (``retinanet.model.transform``)."""
-    from retinanet.model.transform import resize_boxes, resize_image
-
-    return resize_image, resize_boxes
+from retinanet.geometry import resize_boxes, resize_image
 
 
 def _labels_getter(inputs):
@@ -60,7 +55,6 @@ class ItemTransform:
         self.sanitize = v2.SanitizeBoundingBoxes(min_size=1.0, labels_getter=_labels_getter)
 
     def __call__(self, image: torch.Tensor, target: dict) -> tuple[torch.Tensor, dict]:
-        resize_image, resize_boxes = _resize_fns()
         hw = tuple(image.shape[-2:])
         img = tv_tensors.Image(image)
         boxes = tv_tensors.BoundingBoxes(target["boxes"], format="XYXY", canvas_size=hw)

@@ -1,74 +1,21 @@
-"""Checkpoints: written atomically, plain types only, loaded with ``weights_only=True``.
+"""Models from weights files: ``load_model`` builds a ready model from one of our checkpoints or
+an official torchvision state_dict (``model_config_of`` reads a checkpoint's ``ModelConfig``).
 
-Our checkpoint is a dict::
-
-    {"format": "retinanet-checkpoint", "version": 1,
-     "model": state_dict, "config": {"model": {...}, "data": {...}, "train": {...}},
-     "class_map": {"name": id, ...} or None, "epoch": int, ... training state ...}
-
-An official torchvision file is a bare state_dict; ``load_model`` accepts both.
+The file format itself (``FORMAT``, atomic ``save_checkpoint``, ``read_file``, ``is_checkpoint``)
+lives in ``retinanet.checkpoint_io``, below both ``model`` and ``engine``.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import torch
 
+from retinanet.checkpoint_io import is_checkpoint, read_file
 from retinanet.config import ModelConfig, from_dict
 from retinanet.errors import CheckpointError
-
-FORMAT = "retinanet-checkpoint"
-VERSION = 1
-
-
-def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Write ``state`` to ``path`` atomically: a temporary file in the same folder, then rename.
-
-    A crash or Ctrl-C during the write leaves the previous file intact.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {"format": FORMAT, "version": VERSION, **state}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def read_file(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint or state_dict file with ``weights_only=True``.
-
-    Raises:
-        CheckpointError: naming the file when it is missing, not a torch file, corrupt, or holds
-            something other than a dict.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such file")
-    try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # torch raises many kinds for a bad file
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path}: not a readable PyTorch weights file ({first})") from None
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{path}: expected a state_dict or a retinanet checkpoint, found {type(obj).__name__}")
-    return obj
-
-
-def is_checkpoint(obj: dict[str, Any]) -> bool:
-    """True for our checkpoint format, False for a bare state_dict."""
-    return obj.get("format") == FORMAT and "model" in obj
+from retinanet.model import build_model, load_weights
 
 
 def model_config_of(obj: dict[str, Any], path: str | os.PathLike = "checkpoint") -> ModelConfig:
@@ -95,8 +42,6 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", chan
     Returns:
         (model in eval mode on ``device``, class map ``{"name": id}`` or None for a bare file)
     """
-    from retinanet.model import build_model, load_weights
-
     obj = read_file(path)
     if is_checkpoint(obj):
         cfg = model_config_of(obj, path)

@@ -30,7 +30,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import faster_coco_eval
 import numpy as np
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
@@ -94,8 +97,10 @@ class CocoEvaluation:
         return {"iou": float(IOU_THRESHOLDS[t]), "recall": [round(float(r), 2) for r in RECALL_THRESHOLDS], "precision": curves}
 
 
-def _array(x: Any, shape_tail: tuple[int, ...] = (), dtype=np.float64) -> np.ndarray:
-    """numpy copy of a tensor/list/array, reshaped to ``[-1, *shape_tail]`` (empty stays empty)."""
+def as_array(x: Any, shape_tail: tuple[int, ...] = (), dtype=np.float64) -> np.ndarray:
+    """numpy copy of a tensor/list/array, reshaped to ``[-1, *shape_tail]`` (empty stays empty).
+
+    Reads the fields of the per-image records above (also used by ``voc_eval``)."""
     if hasattr(x, "detach"):
         x = x.detach().cpu().numpy()
     return np.asarray(x, dtype=dtype).reshape((-1, *shape_tail))
@@ -103,7 +108,7 @@ def _array(x: Any, shape_tail: tuple[int, ...] = (), dtype=np.float64) -> np.nda
 
 def xyxy_to_xywh(boxes: Any) -> np.ndarray:
     """``[N, 4]`` continuous ``xyxy`` -> COCO ``[N, 4]`` ``[x, y, w, h]`` (float64)."""
-    b = _array(boxes, (4,))
+    b = as_array(boxes, (4,))
     return np.concatenate([b[:, :2], b[:, 2:] - b[:, :2]], axis=1)
 
 
@@ -118,8 +123,8 @@ def coco_ground_truth(gt: Sequence[dict[str, Any]], class_ids: Sequence[int], cl
     for item in gt:
         image_id = int(item["image_id"])
         xywh = xyxy_to_xywh(item["boxes"])
-        labels = _array(item["labels"], dtype=np.int64).ravel()
-        ignore = _array(item.get("ignore", np.zeros(len(labels))), dtype=bool).ravel()
+        labels = as_array(item["labels"], dtype=np.int64).ravel()
+        ignore = as_array(item.get("ignore", np.zeros(len(labels))), dtype=bool).ravel()
         images.append({"id": image_id, "height": int(item.get("height", 0)), "width": int(item.get("width", 0))})
         for box, label, crowd in zip(xywh.tolist(), labels.tolist(), ignore.tolist()):
             annotations.append(
@@ -145,8 +150,8 @@ def coco_results(dets: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     for item in dets:
         image_id = int(item["image_id"])
         xywh = xyxy_to_xywh(item["boxes"])
-        scores = _array(item["scores"]).ravel()
-        labels = _array(item["labels"], dtype=np.int64).ravel()
+        scores = as_array(item["scores"]).ravel()
+        labels = as_array(item["labels"], dtype=np.int64).ravel()
         for box, score, label in zip(xywh.tolist(), scores.tolist(), labels.tolist()):
             out.append({"image_id": image_id, "category_id": int(label), "bbox": box, "score": score})
     return out
@@ -160,12 +165,7 @@ def _load_backend(backend: str | None):
     if backend not in (None, *BACKENDS):
         raise ValueError(f"unknown COCO evaluation backend {backend!r}; expected one of {BACKENDS}")
     if backend == "faster_coco_eval":
-        from faster_coco_eval import COCO, COCOeval_faster
-
-        return COCO, COCOeval_faster, "faster_coco_eval"
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
+        return faster_coco_eval.COCO, faster_coco_eval.COCOeval_faster, "faster_coco_eval"
     return COCO, COCOeval, "pycocotools"
 
 

@@ -10,10 +10,8 @@ model needed).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
-import tempfile
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,10 +19,18 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
+from retinanet.data import ClassMap, build_datasets, build_loader
+from retinanet.data.classes import coco_category_names
+from retinanet.engine.checkpoint import load_model
 from retinanet.engine.coco_eval import coco_results, evaluate_coco, per_class_table
-from retinanet.engine.distributed import all_gather_object, is_main_process
+from retinanet.engine.distributed import (
+    all_gather_object, barrier, init_distributed, is_dist, is_main_process, local_device,
+)
+from retinanet.engine.plots_eval import plot_pr_curves
 from retinanet.engine.voc_eval import voc_metrics
+from retinanet.errors import RetinaNetError
 
 
 @dataclass
@@ -130,8 +136,6 @@ def collect_predictions(model, loader, device: torch.device, amp: bool = False, 
     Returns:
         (gt, dets): lists of per-image dicts (``coco_eval`` formats; numpy arrays), this rank only.
     """
-    from tqdm import tqdm
-
     gt, dets = [], []
     batches = tqdm(loader, desc="eval", unit="batch", file=sys.stderr, dynamic_ncols=True,
                    disable=not (progress and is_main_process()))
@@ -216,8 +220,6 @@ def write_eval_outputs(result: EvalResult, out_dir: str | os.PathLike) -> dict[s
     Returns:
         ``{"eval": path, "detections": path, "pr_curves": path}``.
     """
-    from retinanet.engine.plots_eval import plot_pr_curves
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"eval": out / "eval.json", "detections": out / "detections.json", "pr_curves": out / "pr_curves.png"}
@@ -288,23 +290,15 @@ def run_eval(data_cfg, opts: EvalOptions) -> EvalRun:
     model's; for an official torchvision file (labels = COCO category ids) the dataset's own map
     is kept and mismatches are returned as warnings.
     """
-    from retinanet.data import build_datasets, build_loader
-    from retinanet.engine.checkpoint import load_model
-    from retinanet.engine.distributed import barrier, init_distributed, is_dist, local_device
-    from retinanet.engine.predict import coco_category_names
-    from retinanet.errors import RetinaNetError
-
     device = local_device(opts.device)
     init_distributed(device)
     model, model_map = load_model(opts.weights, device, channels_last=opts.channels_last, **opts.model_overrides)
     cfg = model.config
-    with tempfile.TemporaryDirectory() as tmp:
-        if model_map and data_cfg.classes is None:
-            # our checkpoint knows its class ids: read the data with them, not rediscovered ones
-            path = Path(tmp) / f"class map of {Path(opts.weights).name}.json"  # named in data errors
-            path.write_text(json.dumps(model_map))
-            data_cfg = dataclasses.replace(data_cfg, classes=str(path))
-        datasets = build_datasets(data_cfg, min_size=cfg.min_size, max_size=cfg.max_size, splits=("val",))
+    # our checkpoint knows its class ids: read the data with them, not rediscovered ones
+    class_map = (ClassMap(model_map, source=f"class map of {Path(opts.weights).name}")
+                 if model_map and data_cfg.classes is None else None)
+    datasets = build_datasets(data_cfg, min_size=cfg.min_size, max_size=cfg.max_size, splits=("val",),
+                              class_map=class_map)
     if not len(datasets.val):
         raise RetinaNetError(f"{datasets.root}: the split {data_cfg.val_split!r} has no images to evaluate")
     data_map = class_map_dict(datasets.class_map) or {}

@@ -591,7 +591,7 @@ def _model_input_size(model: nn.Module, height: int, width: int) -> tuple[int, i
     """The size the model resizes an image of ``height x width`` to (a fixed point of it)."""
     config = getattr(model, "config", None)
     if config is not None:
-        from retinanet.model.transform import resized_size
+        from retinanet.geometry import resized_size
 
         return tuple(resized_size(height, width, config.min_size, config.max_size))  # type: ignore[return-value]
     transform = model.transform  # torchvision's GeneralizedRCNNTransform

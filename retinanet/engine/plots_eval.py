@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
+
 
 def plot_pr_curves(curves: dict[str, Any], path: str | os.PathLike, per_class_ap: dict[str, float] | None = None) -> Path:
     """Write the per-class PR curves to ``path`` (PNG, matplotlib's Agg backend).
@@ -19,8 +21,6 @@ def plot_pr_curves(curves: dict[str, Any], path: str | os.PathLike, per_class_ap
     Returns:
         ``path`` as a Path. With no class to show, the figure says so instead of staying blank.
     """
-    from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
-
     names = list(curves["precision"])
     cols = min(5, max(1, len(names)))
     rows = max(1, math.ceil(len(names) / cols))

@@ -27,10 +27,14 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from tqdm import tqdm
 
+from retinanet.data.classes import coco_category_names
+from retinanet.data.images import IMAGE_SUFFIXES, open_rgb
+from retinanet.engine.draw import draw_detections
 from retinanet.errors import RetinaNetError
+from retinanet.geometry import resize_image
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm")
 _KEEP_SUFFIX = (".jpg", ".jpeg", ".png")  # drawn images keep these; other formats get ".png" added
 
 
@@ -91,7 +95,7 @@ def find_images(inputs: list[str], recursive: bool = False) -> list[tuple[Path, 
         p = Path(item)
         if p.is_dir():
             pattern = "**/*" if recursive else "*"
-            files = sorted(f for f in p.glob(pattern) if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+            files = sorted(f for f in p.glob(pattern) if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
             found += [(f, f.relative_to(p).as_posix()) for f in files]
         elif p.is_file():
             found.append((p, p.name))
@@ -103,7 +107,7 @@ def find_images(inputs: list[str], recursive: bool = False) -> list[tuple[Path, 
         else:
             raise RetinaNetError(f"{item}: no such file or folder")
     if not found:
-        raise RetinaNetError(f"no images found in {', '.join(inputs)} (extensions: {' '.join(IMAGE_EXTENSIONS)}"
+        raise RetinaNetError(f"no images found in {', '.join(inputs)} (extensions: {' '.join(IMAGE_SUFFIXES)}"
                              f"{'' if recursive else '; use --recursive for sub-folders'})")
     seen_files, taken, out = set(), set(), []
     for path, name in found:
@@ -119,13 +123,6 @@ def find_images(inputs: list[str], recursive: bool = False) -> list[tuple[Path, 
         taken.add(os.path.splitext(unique)[0].lower())
         out.append((path, unique))
     return out
-
-
-def read_rgb(path: str | os.PathLike) -> Image.Image:
-    """Decode an image file fully into RGB as the data pipeline does (raises on a corrupt file)."""
-    from retinanet.data.images import open_rgb
-
-    return open_rgb(path)
 
 
 class ImageFiles(torch.utils.data.Dataset):
@@ -144,10 +141,8 @@ class ImageFiles(torch.utils.data.Dataset):
         return len(self.files)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        from retinanet.model.transform import resize_image
-
         try:
-            img = read_rgb(self.files[index])
+            img = open_rgb(self.files[index])  # as the data pipeline decodes (raises on a corrupt file)
             tensor = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)  # [3, H0, W0] uint8
             resized = resize_image(tensor, self.min_size, self.max_size)
             original = tensor if self.keep_original else None
@@ -158,14 +153,6 @@ class ImageFiles(torch.utils.data.Dataset):
 
 def _collate(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return items
-
-
-def coco_category_names() -> dict[int, str]:
-    """COCO category id -> name for the 91-output torchvision head ("N/A" gaps left out)."""
-    from torchvision.models.detection import RetinaNet_ResNet50_FPN_Weights
-
-    names = RetinaNet_ResNet50_FPN_Weights.COCO_V1.meta["categories"]
-    return {i: n for i, n in enumerate(names) if i > 0 and n not in ("N/A", "__background__")}
 
 
 def class_names_of(class_map: dict[str, int] | None, num_classes: int) -> dict[int, str]:
@@ -226,8 +213,6 @@ def _drawn_name(name: str) -> str:
 
 def _write_outputs(item: dict[str, Any], path: Path, name: str, boxes: np.ndarray, labels, scores, names: list[str], opts: PredictOptions):
     """Drawn image and VOC XML of one image (each only if asked)."""
-    from retinanet.engine.draw import draw_detections
-
     out = Path(opts.out)
     if opts.draw:
         target = out / "images" / _drawn_name(name)
@@ -301,8 +286,6 @@ def predict(model, files: list[tuple[Path, str]], class_names: dict[int, str], o
     Returns:
         A ``PredictSummary``; unreadable files are in its ``failures``, they do not raise.
     """
-    from tqdm import tqdm
-
     device = torch.device(device)
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)

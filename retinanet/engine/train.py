@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from retinanet.checkpoint_io import read_file, save_checkpoint
 from retinanet.config import DataConfig, ModelConfig, TrainConfig
 from retinanet.engine import distributed as D
-from retinanet.engine.checkpoint import read_file, save_checkpoint
 from retinanet.errors import RetinaNetError
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")

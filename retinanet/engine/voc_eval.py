@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from retinanet.engine.coco_eval import _array
+from retinanet.engine.coco_eval import as_array
 
 IOU_THRESHOLD = 0.5
 
@@ -132,18 +132,18 @@ def voc_metrics(
     gt_by_class: dict[int, dict[int, tuple[np.ndarray, np.ndarray]]] = defaultdict(dict)
     num_gt: dict[int, int] = defaultdict(int)
     for item in gt:
-        boxes = _array(item["boxes"], (4,))
-        labels = _array(item["labels"], dtype=np.int64).ravel()
-        ignore = _array(item.get("ignore", np.zeros(len(labels))), dtype=bool).ravel()
+        boxes = as_array(item["boxes"], (4,))
+        labels = as_array(item["labels"], dtype=np.int64).ravel()
+        ignore = as_array(item.get("ignore", np.zeros(len(labels))), dtype=bool).ravel()
         for c in np.unique(labels):
             m = labels == c
             gt_by_class[int(c)][int(item["image_id"])] = (boxes[m], ignore[m])
             num_gt[int(c)] += int((~ignore[m]).sum())
     dets_by_class: dict[int, list] = defaultdict(list)
     for item in dets:
-        boxes = _array(item["boxes"], (4,))
-        scores = _array(item["scores"]).ravel()
-        labels = _array(item["labels"], dtype=np.int64).ravel()
+        boxes = as_array(item["boxes"], (4,))
+        scores = as_array(item["scores"]).ravel()
+        labels = as_array(item["labels"], dtype=np.int64).ravel()
         for c in np.unique(labels):
             m = labels == c
             dets_by_class[int(c)].append((int(item["image_id"]), boxes[m], scores[m]))

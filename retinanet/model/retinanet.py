@@ -10,11 +10,12 @@ from torchvision.models.detection.retinanet import RetinaNetHead
 
 from retinanet.config import ModelConfig
 from retinanet.errors import RetinaNetError
+from retinanet.geometry import resize_boxes
 from retinanet.model.anchors import AnchorCache
 from retinanet.model.backbone import build_backbone, group_norm_32
 from retinanet.model.loss import retinanet_loss
 from retinanet.model.postprocess import decode_batch, unpad_detections
-from retinanet.model.transform import batch_images, resize_boxes
+from retinanet.model.transform import batch_images
 
 ARCHS = {
     "resnet18_fpn": ("resnet18", False), "resnet34_fpn": ("resnet34", False),

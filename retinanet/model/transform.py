@@ -1,7 +1,8 @@
 """Input transform: normalise, resize (torchvision's arithmetic), pad to a multiple of 32.
 
-Pure geometry (``resized_size``, ``resize_image``, ``resize_boxes``) is shared with the data
-pipeline, which pre-resizes images in DataLoader workers; the model then skips resizing.
+The resize geometry (``resized_size``, ``resize_image``, ``resize_boxes``) lives in
+``retinanet.geometry``, shared with the data pipeline, which pre-resizes images in DataLoader
+workers; the model then skips resizing.
 """
 
 from __future__ import annotations
@@ -12,59 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from retinanet.geometry import resized_size
+
 IMAGE_MEAN = (0.485, 0.456, 0.406)
 IMAGE_STD = (0.229, 0.224, 0.225)
 SIZE_DIVISIBLE = 32
-
-
-def _torchvision_size(h: int, w: int, min_size: int, max_size: int) -> tuple[int, int]:
-    scale = min(min_size / min(h, w), max_size / max(h, w))
-    return int(math.floor(h * scale)), int(math.floor(w * scale))
-
-
-def resized_size(h: int, w: int, min_size: int, max_size: int) -> tuple[int, int]:
-    """Size the model resizes an ``h x w`` image to (torchvision's GeneralizedRCNNTransform rule).
-
-    Idempotent: a size that is already the result of resizing (within the 1-pixel floor rounding
-    of torchvision's arithmetic) is returned unchanged.
-
-    Args:
-        h, w: image height and width in pixels.
-        min_size: target short side. max_size: cap on the long side.
-    Returns:
-        (new_h, new_w).
-    """
-    nh, nw = _torchvision_size(h, w, min_size, max_size)
-    if abs(nh - h) <= 1 and abs(nw - w) <= 1:
-        return h, w
-    return nh, nw
-
-
-def resize_image(image: Tensor, min_size: int, max_size: int) -> Tensor:
-    """Bilinearly resize a ``[3, H, W]`` (or ``[B, 3, H, W]``) image to ``resized_size``.
-
-    uint8 input is resized in float and rounded back to uint8. Returns the image unchanged when
-    it already has the target size.
-    """
-    h, w = image.shape[-2:]
-    size = resized_size(int(h), int(w), min_size, max_size)
-    if size == (int(h), int(w)):
-        return image
-    batched = image.dim() == 4
-    x = image if batched else image[None]
-    out = F.interpolate(x.float() if not x.is_floating_point() else x, size=size, mode="bilinear",
-                        align_corners=False)
-    if not image.is_floating_point():
-        out = out.round_().clamp_(0, 255).to(image.dtype)
-    return out if batched else out[0]
-
-
-def resize_boxes(boxes: Tensor, old_hw: tuple[int, int], new_hw: tuple[int, int]) -> Tensor:
-    """Scale ``[N, 4]`` xyxy boxes from an ``old_hw`` image frame to ``new_hw`` (fp32 ratios)."""
-    rh = torch.tensor(new_hw[0], dtype=torch.float32) / torch.tensor(old_hw[0], dtype=torch.float32)
-    rw = torch.tensor(new_hw[1], dtype=torch.float32) / torch.tensor(old_hw[1], dtype=torch.float32)
-    scale = torch.stack([rw, rh, rw, rh]).to(boxes.device)
-    return boxes * scale
 
 
 def normalize(image: Tensor) -> Tensor:

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
+from retinanet.checkpoint_io import is_checkpoint, read_file
 from retinanet.errors import CheckpointError
 
 CLS_KEYS = ("head.classification_head.cls_logits.weight", "head.classification_head.cls_logits.bias")
@@ -49,11 +50,9 @@ def load_weights(model: nn.Module, path_or_state_dict: Any, *, source: str | Non
     if isinstance(path_or_state_dict, dict):
         obj, name = path_or_state_dict, source or "state_dict"
     else:
-        from retinanet.engine.checkpoint import read_file
-
         name = source or str(path_or_state_dict)
         obj = read_file(path_or_state_dict)
-    is_ckpt = obj.get("format") == "retinanet-checkpoint" and "model" in obj
+    is_ckpt = is_checkpoint(obj)
     state = obj["model"] if is_ckpt else obj
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{name}: not a model state_dict (values must all be tensors)")

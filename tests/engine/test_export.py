@@ -15,8 +15,9 @@ import pytest
 import torch
 from torchvision.ops import batched_nms
 
+from retinanet.checkpoint_io import save_checkpoint
 from retinanet.cli import build_parser, main
-from retinanet.engine.checkpoint import load_model, save_checkpoint
+from retinanet.engine.checkpoint import load_model
 from retinanet.engine.export import make_samples, padded_nms, read_metadata, verify_onnx
 from retinanet.model import build_model
 

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from retinanet.cli import main
-from retinanet.engine.predict import find_images, voc_xml
+from retinanet.engine.predict import filter_detections, find_images, voc_xml
 from retinanet.errors import RetinaNetError
 
 CLASS_MAP = {"cat": 1, "dog": 2}
@@ -28,7 +28,7 @@ def write_image(path: Path, size=(90, 120), seed=0) -> Path:
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """A tiny untrained model saved as our checkpoint (resnet18, 64-96 px)."""
-    from retinanet.engine.checkpoint import save_checkpoint
+    from retinanet.checkpoint_io import save_checkpoint
     from retinanet.model import build_model
 
     torch.manual_seed(0)
@@ -52,6 +52,17 @@ def test_find_images(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(RetinaNetError, match="no images found"):
         find_images([str(tmp_path / "empty")])
+
+
+def test_filter_detections_drops_label_0_then_filters_and_ranks():
+    out = {"boxes": torch.arange(16, dtype=torch.float32).reshape(4, 4),
+           "scores": torch.tensor([0.95, 0.6, 0.2, 0.8]), "labels": torch.tensor([0, 2, 1, 1])}
+    boxes, scores, labels = filter_detections(out, 0.1, None, 10)
+    assert labels.tolist() == [1, 2, 1] and scores.tolist() == pytest.approx([0.8, 0.6, 0.2])  # label 0 gone
+    assert boxes[0].tolist() == [12, 13, 14, 15]
+    assert filter_detections(out, 0.5, None, 10)[2].tolist() == [1, 2]
+    assert filter_detections(out, 0.0, torch.tensor([1]), 10)[2].tolist() == [1, 1]
+    assert filter_detections(out, 0.0, None, 1)[1].tolist() == pytest.approx([0.8])
 
 
 def test_voc_xml_coordinates(tmp_path):
@@ -92,7 +103,7 @@ def test_predict_folder_with_corrupt_files(tmp_path, checkpoint, capsys):
         for det in record["detections"]:
             x1, y1, x2, y2 = det["box"]
             assert 0 <= x1 <= x2 <= 120 and 0 <= y1 <= y2 <= h0  # original pixels
-            assert det["class"] == {0: "class 0", 1: "cat", 2: "dog"}[det["label"]]  # id 0: untrained head
+            assert det["class"] == {1: "cat", 2: "dog"}[det["label"]]  # output 0 is dropped, never a class
         drawn = Image.open(out / "images" / Path(record["file"]).name)
         assert drawn.size == (120, h0)
 

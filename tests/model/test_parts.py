@@ -9,11 +9,11 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import sigmoid_focal_loss
 
 from retinanet.errors import RetinaNetError
+from retinanet.geometry import resize_image, resized_size
 from retinanet.model import boxes, build_model
 from retinanet.model.anchors import AnchorCache
 from retinanet.model.loss import focal_loss
 from retinanet.model.matcher import match
-from retinanet.model.transform import resize_image, resized_size
 
 
 def test_anchors_equal_torchvision():
