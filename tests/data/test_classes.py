@@ -7,6 +7,7 @@ import json
 import pytest
 
 from retinanet.data import ClassMap
+from retinanet.data.classes import coco_category_names
 from retinanet.errors import DataError
 
 
@@ -47,3 +48,10 @@ def test_unreadable_files(tmp_path):
     (tmp_path / "bad.json").write_text("{oops")
     with pytest.raises(DataError, match="bad.json: not a readable JSON"):
         ClassMap.load(tmp_path / "bad.json")
+
+
+def test_coco_category_names_are_the_91_output_ids():
+    names = coco_category_names()
+    assert len(names) == 80 and min(names) == 1 and max(names) == 90  # 11 unused ids ("N/A")
+    assert names[1] == "person" and names[90] == "toothbrush" and 12 not in names
+    assert ClassMap({n: i for i, n in names.items()}).num_classes == 91

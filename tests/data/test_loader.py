@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from retinanet.config import DataConfig
-from retinanet.data import build_datasets, build_loader
+from retinanet.data import ClassMap, build_datasets, build_loader
+from retinanet.errors import DataError
 from retinanet.data.sampler import GroupedBatchSampler, aspect_groups
 
 
@@ -58,3 +59,16 @@ def test_distributed_shards():
     assert sorted(i for e in evals for i in e) == list(range(10))  # disjoint, no duplicates
     with pytest.raises(Exception, match="process group"):
         build_loader([], batch_size=1, workers=0, train=True, distributed=True)
+
+
+def test_build_datasets_reads_with_a_given_class_map(synthetic, datasets):
+    """A given ``ClassMap`` (a checkpoint's) sets the ids instead of the discovered ones."""
+    shifted = ClassMap({n: i + 10 for n, i in datasets.class_map.to_dict().items()}, source="the test's map")
+    ds = build_datasets(DataConfig(root=str(synthetic)), min_size=64, max_size=64, splits=("val",), class_map=shifted)
+    assert ds.class_map is shifted
+    _, target = ds.val[0]
+    _, ref = datasets.val[0]
+    assert target["labels"].tolist() == (ref["labels"] + 10).tolist() and len(target["labels"]) > 0
+    partial = ClassMap(dict(list(datasets.class_map.to_dict().items())[:1]), source="the test's map")
+    with pytest.raises(DataError, match="not in the class map \\(the test's map\\)"):
+        build_datasets(DataConfig(root=str(synthetic)), min_size=64, max_size=64, splits=("val",), class_map=partial)
