@@ -55,6 +55,8 @@ class DataConfig:
     val_fraction: float = 0.2  # flat layout: share of images held out for validation
     split_seed: int = 0  # flat layout: seed of the deterministic split
     skip_bad: bool = False  # skip (and report) bad items instead of stopping
+    exif: str = "auto"  # EXIF orientation: "auto" | "apply" | "ignore" (see retinanet.data.images)
+    max_image_pixels: int | None = 178_956_970  # larger images are bad images (PIL's bomb limit); None = no limit
     train_difficult: bool = False  # train on VOC "difficult" objects too
     train_sizes: tuple[int, ...] = ()  # multi-scale training short sides; empty = model min_size
     hflip_prob: float = 0.5

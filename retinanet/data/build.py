@@ -32,6 +32,7 @@ from retinanet.data.classes import ClassMap
 from retinanet.data.coco import coco_class_map, coco_records, read_coco_json, val_json_path
 from retinanet.data.collate import collate
 from retinanet.data.dataset import DetectionDataset
+from retinanet.data.images import check_exif_policy
 from retinanet.data.records import Record
 from retinanet.data.sampler import GroupedBatchSampler, aspect_groups, dist_info
 from retinanet.data.synthetic import ensure_synthetic
@@ -152,6 +153,7 @@ def read_records(cfg: DataConfig, splits: tuple[str, ...] = SPLITS, class_map: C
     if not splits or set(splits) - set(SPLITS):
         raise ValueError(f"splits must name 'train' and/or 'val', not {splits!r}")
     splits = tuple(s for s in SPLITS if s in splits)  # canonical order: the class map comes from the first
+    check_exif_policy(cfg.exif)
     root, fmt = resolve_root(cfg)
     problems: list[str] = []
     warns: list[str] = []
@@ -191,9 +193,10 @@ def build_datasets(cfg: DataConfig, *, min_size: int, max_size: int, splits: tup
     aug = {"train_sizes": cfg.train_sizes, "hflip_prob": cfg.hflip_prob, "photometric": cfg.photometric, "iou_crop": cfg.iou_crop}
     train_tf = ItemTransform(min_size, max_size, train=True, **aug)
     val_tf = ItemTransform(min_size, max_size, train=False)
+    images = {"skip_bad": cfg.skip_bad, "exif": cfg.exif, "max_pixels": cfg.max_image_pixels}
     return Datasets(
-        train=DetectionDataset(records.get("train", []), train_tf, drop_ignore=not cfg.train_difficult, skip_bad=cfg.skip_bad),
-        val=DetectionDataset(records.get("val", []), val_tf, drop_ignore=False, skip_bad=cfg.skip_bad),
+        train=DetectionDataset(records.get("train", []), train_tf, drop_ignore=not cfg.train_difficult, **images),
+        val=DetectionDataset(records.get("val", []), val_tf, drop_ignore=False, **images),
         class_map=class_map, root=root, format=fmt, skipped=problems, warnings=warns,
     )
 

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from retinanet.config import DataConfig
 from retinanet.data.build import read_records
 from retinanet.data.classes import ClassMap
-from retinanet.data.images import open_rgb
+from retinanet.data.images import DEFAULT_MAX_PIXELS, describe_orientation, open_image
 from retinanet.data.records import Record
 from retinanet.errors import DataError
 
@@ -89,8 +89,10 @@ def split_stats(records: list[Record], class_map: ClassMap) -> SplitStats:
     return s
 
 
-def decode_check(records: dict[str, list[Record]], progress: bool = True) -> tuple[list[str], list[str]]:
-    """Decode every image once: corrupt files (errors), size mismatches, duplicates, split overlap (warnings)."""
+def decode_check(records: dict[str, list[Record]], progress: bool = True, *, exif: str = "auto",
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[list[str], list[str]]:
+    """Decode every image once: corrupt or too large files (errors), size mismatches, duplicates,
+    split overlap, EXIF-oriented images and the frame used for each (warnings)."""
     errors, warns = [], []
     by_hash: dict[str, list[tuple[str, str]]] = {}
     todo = [(split, r) for split, recs in records.items() for r in recs]
@@ -99,7 +101,11 @@ def decode_check(records: dict[str, list[Record]], progress: bool = True) -> tup
         try:
             data = Path(r.file).read_bytes()
             if r.file not in seen:
-                img = open_rgb(r.file, r.size)
+                opened = open_image(r.file, r.size, exif=exif, max_pixels=max_pixels)
+                img = opened.image
+                if opened.orientation != 1:
+                    warns.append(f"{r.file}: EXIF orientation {describe_orientation(opened.orientation)}; read in the "
+                                 f"{opened.frame} frame (exif={exif})" + (f": {opened.note}" if opened.note else ""))
                 if r.size is not None and (img.height, img.width) != tuple(r.size):
                     warns.append(f"{r.source}: <size> says {r.size[1]}x{r.size[0]} (WxH) but {r.file} is {img.width}x{img.height}; boxes are clipped to the image")
         except (OSError, ValueError, SyntaxError) as err:
@@ -134,7 +140,7 @@ def check_dataset(cfg: DataConfig, *, progress: bool = True) -> CheckReport:
         empty = [Path(r.file).name for r in recs if len(r.labels) == 0]
         if empty:
             report.warnings.append(f"{split}: {len(empty)} image(s) with no objects: {', '.join(empty[:10])}{' ...' if len(empty) > 10 else ''}")
-    errors, more = decode_check(records, progress)
+    errors, more = decode_check(records, progress, exif=cfg.exif, max_pixels=cfg.max_image_pixels)
     report.errors += errors
     report.warnings += more
     return report

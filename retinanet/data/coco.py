@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from retinanet.data.classes import ClassMap
-from retinanet.data.records import Record, clip_boxes
+from retinanet.data.records import Record, clip_boxes, no_area_reason
 from retinanet.errors import DataError
 
 
@@ -53,9 +53,73 @@ def read_coco_json(path: Path) -> dict:
     return data
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _kind(value) -> str:
+    return "null" if value is None else f"a {type(value).__name__}"
+
+
+def _entry(kind: str, i: int, entry: dict | None) -> str:
+    """``categories[3] (id 5)``: how messages name an entry of a list."""
+    eid = entry.get("id") if isinstance(entry, dict) else None
+    return f"{kind}[{i}]" + (f" (id {eid!r})" if eid is not None else "")
+
+
+def _repeated(ids: list) -> dict:
+    """id -> positions, for the ids that occur more than once (``None`` left out)."""
+    at: dict = {}
+    for i, v in enumerate(ids):
+        if v is not None:
+            at.setdefault(v, []).append(i)
+    return {v: pos for v, pos in at.items() if len(pos) > 1}
+
+
+def valid_categories(data: dict, path: Path, problems: list[str]) -> dict[int, str]:
+    """Category id -> name of the well-formed ``categories`` entries.
+
+    An entry that is not an object, lacks an integer ``id`` or a non-empty ``name``, or repeats an
+    id or a name, goes to ``problems`` (naming its index, id and ``path``) and is left out (both
+    entries of a repeat: which one is meant cannot be known).
+    """
+    ok: list[tuple[int, int, str]] = []
+    for i, c in enumerate(data["categories"]):
+        where = f"{path}: {_entry('categories', i, c)}"
+        if not isinstance(c, dict):
+            problems.append(f"{where} is {_kind(c)}, not an object")
+        elif not _is_int(c.get("id")):
+            problems.append(f"{where}: 'id' is missing or not an integer")
+        elif not isinstance(c.get("name"), str) or not c["name"].strip():
+            problems.append(f"{where}: 'name' is missing or not a non-empty string")
+        else:
+            ok.append((i, c["id"], c["name"]))
+    bad = set()
+    for key, word in ((1, "id"), (2, "name")):
+        for value, pos in _repeated([e[key] for e in ok]).items():
+            problems.append(f"{path}: category {word} {value!r} is repeated (categories[{', '.join(str(ok[p][0]) for p in pos)}])")
+            bad.update(ok[p][1] for p in pos)
+    return {cid: name for _, cid, name in ok if cid not in bad}
+
+
 def coco_class_map(data: dict, path: Path) -> ClassMap:
-    """Category ids and names from ``categories``."""
-    return ClassMap({c["name"]: int(c["id"]) for c in data["categories"]}, source=str(path))
+    """Category ids and names from ``categories`` (malformed entries left out; ``coco_records``
+    reports them). Raises ``DataError`` when no category is usable."""
+    problems: list[str] = []
+    cats = valid_categories(data, path, problems)
+    if not cats:
+        raise DataError(problems or [f"{path}: 'categories' is empty"], summary=f"{path}: no usable category")
+    return ClassMap({name: cid for cid, name in cats.items()}, source=str(path))
+
+
+def coco_box_fault(xywh: np.ndarray, hw: tuple[int, int]) -> str:
+    """Why a COCO ``[x, y, w, h]`` box ``[4]`` has no area, in the JSON's own terms."""
+    x, y, w, h = (float(v) for v in xywh)
+    if np.isfinite(xywh).all() and w <= 0:
+        return "zero width" if w == 0 else f"negative width {w:g}"
+    if np.isfinite(xywh).all() and h <= 0:
+        return "zero height" if h == 0 else f"negative height {h:g}"
+    return no_area_reason(np.asarray([x, y, x + w, y + h]), hw)
 
 
 def image_folder(path: Path, data: dict) -> Path:
@@ -63,52 +127,115 @@ def image_folder(path: Path, data: dict) -> Path:
     split = path.stem.split("_", 1)[-1]
     parent = path.parent.parent if path.parent.name == "annotations" else path.parent
     candidates = [parent / split, path.parent, path.parent / "images", parent / "images" / split]
-    first = data["images"][0]["file_name"] if data["images"] else None
+    names = (im.get("file_name") for im in data["images"] if isinstance(im, dict))
+    first = next((n for n in names if isinstance(n, str) and n), None)
     for c in candidates:
         if first is None or (c / first).is_file():
             return c
     return candidates[0]
 
 
+def _valid_images(path: Path, data: dict, problems: list[str]) -> tuple[dict[int, dict], set]:
+    """(image id -> entry of the well-formed, unrepeated ``images`` entries, every id declared).
+
+    A repeated id is a problem and all its entries are left out: the annotations cannot be told apart.
+    """
+    ok: list[tuple[int, dict]] = []
+    for i, im in enumerate(data["images"]):
+        where = f"{path}: {_entry('images', i, im)}"
+        if not isinstance(im, dict):
+            problems.append(f"{where} is {_kind(im)}, not an object")
+        elif not _is_int(im.get("id")):
+            problems.append(f"{where}: 'id' is missing or not an integer")
+        elif not isinstance(im.get("file_name"), str) or not im["file_name"]:
+            problems.append(f"{where}: 'file_name' is missing or not a string")
+        elif not all(_is_int(im.get(k)) and im[k] > 0 for k in ("height", "width")):
+            problems.append(f"{where}: 'height' and 'width' must be positive integers (got {im.get('height')!r}, {im.get('width')!r})")
+        else:
+            ok.append((i, im))
+    declared = {im.get("id") for im in data["images"] if isinstance(im, dict)}
+    repeated = _repeated([im["id"] for _, im in ok])
+    for iid, pos in repeated.items():
+        files = ", ".join(f"images[{ok[p][0]}] {ok[p][1]['file_name']}" for p in pos)
+        problems.append(f"{path}: image id {iid} is repeated ({files}); each image needs its own id")
+    return {im["id"]: im for _, im in ok if im["id"] not in repeated}, declared
+
+
+def _valid_annotations(path: Path, data: dict, problems: list[str]) -> tuple[dict[int, list[dict]], set[int]]:
+    """(image id -> its well-formed annotations, ids of images with a bad or repeated annotation).
+
+    Checked: an object with integer ``id``, ``image_id``, ``category_id`` and a ``bbox`` of four
+    numbers; annotation ids unique. Each problem names the entry's index, id, image and ``path``.
+    """
+    by_image: dict[int, list[dict]] = {}
+    bad_images: set[int] = set()
+    for j, ann in enumerate(data["annotations"]):
+        where = f"{path}: {_entry('annotations', j, ann)}"
+        if not isinstance(ann, dict):
+            problems.append(f"{where} is {_kind(ann)}, not an object")
+            continue
+        iid = ann.get("image_id")
+        if not _is_int(iid):
+            problems.append(f"{where}: 'image_id' is missing or not an integer")
+            continue
+        where += f" of image {iid}"
+        bbox = ann.get("bbox")
+        fault = ("'id' is missing or not an integer" if not _is_int(ann.get("id"))
+                 else "'category_id' is missing or not an integer" if not _is_int(ann.get("category_id"))
+                 else "no 'bbox'" if bbox is None
+                 else None if isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox)
+                 else f"'bbox' is {bbox!r}, not [x, y, width, height] numbers")
+        if fault:
+            problems.append(f"{where}: {fault}")
+            bad_images.add(iid)
+            continue
+        by_image.setdefault(iid, []).append(ann)
+    anns = [a for group in by_image.values() for a in group]
+    for aid, pos in _repeated([a["id"] for a in anns]).items():
+        images = sorted({anns[p]["image_id"] for p in pos})
+        problems.append(f"{path}: annotation id {aid} is repeated ({len(pos)} times, image(s) {images})")
+        bad_images.update(images)
+    return by_image, bad_images
+
+
 def coco_records(path: Path, data: dict, class_map: ClassMap, problems: list[str], warnings: list[str]) -> list[Record]:
     """One ``Record`` per image of a COCO file (images without annotations included).
 
-    Missing images, annotations of unknown images or categories and malformed boxes go to
-    ``problems``; boxes with no area after clipping are dropped with a warning.
+    Problems (each naming the entry and ``path``; with ``skip_bad`` the images concerned are left
+    out): malformed or repeated categories, images or annotations (see ``valid_categories``,
+    ``_valid_images``, ``_valid_annotations``), annotations of unknown images or categories,
+    missing image files. Boxes with no area after clipping are dropped with a warning saying why.
     """
+    valid_categories(data, path, problems)  # reported here; the class map left them out
+    images, declared = _valid_images(path, data, problems)
+    by_image, bad_images = _valid_annotations(path, data, problems)
+    for iid in sorted(set(by_image) - declared):
+        ids = [a["id"] for a in by_image[iid]]
+        problems.append(f"{path}: annotation(s) {ids[:10]}{' ...' if len(ids) > 10 else ''} refer to image id {iid}, which is not in 'images'")
     folder = image_folder(path, data)
     known = set(class_map.ids)
-    by_image: dict[int, list[dict]] = {}
-    for ann in data["annotations"]:
-        by_image.setdefault(ann.get("image_id"), []).append(ann)
-    image_ids = {im.get("id") for im in data["images"]}
-    for iid in sorted(set(by_image) - image_ids, key=str):
-        problems.append(f"{path}: {len(by_image[iid])} annotation(s) refer to image id {iid!r}, which is not in 'images'")
     records = []
-    for im in data["images"]:
-        where = f"{path}#image {im.get('id')}"
-        try:
-            iid, file, h, w = int(im["id"]), folder / im["file_name"], int(im["height"]), int(im["width"])
-        except (KeyError, TypeError, ValueError) as err:
-            problems.append(f"{where}: image entry lacks id/file_name/height/width ({err})")
+    for iid, im in images.items():
+        where = f"{path}#image {iid}"
+        file, h, w = folder / im["file_name"], im["height"], im["width"]
+        anns = by_image.get(iid, [])
+        unknown = [a for a in anns if a["category_id"] not in known]
+        if unknown:
+            problems.append(f"{where}: annotation(s) {[a['id'] for a in unknown]} have category id(s) not in the class map "
+                            f"({class_map.source}): {sorted({a['category_id'] for a in unknown})}")
             continue
+        if iid in bad_images:
+            continue  # its problem is already reported
         if not file.is_file():
             problems.append(f"{file}: image file missing ({where})")
             continue
-        anns = by_image.get(iid, [])
-        bad = [a for a in anns if a.get("category_id") not in known]
-        if bad:
-            problems.append(f"{where}: category id(s) not in the class map: {sorted({a.get('category_id') for a in bad}, key=str)}")
-            continue
-        try:
-            xywh = np.asarray([a["bbox"] for a in anns], np.float32).reshape(-1, 4)
-        except (KeyError, ValueError, TypeError) as err:
-            problems.append(f"{where}: malformed 'bbox' ({err})")
-            continue
+        xywh = np.asarray([a["bbox"] for a in anns], np.float32).reshape(-1, 4)
         boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
         boxes, keep = clip_boxes(boxes, (h, w))
+        keep &= np.isfinite(boxes).all(axis=1)
         if not keep.all():
-            warnings.append(f"{where} ({file.name}): dropped {int((~keep).sum())} box(es) with no area inside the image")
+            bad = [f"annotation {anns[i]['id']} {anns[i]['bbox']}: {coco_box_fault(xywh[i], (h, w))}" for i in np.flatnonzero(~keep)]
+            warnings.append(f"{where} ({file.name}): dropped {len(bad)} box(es) with no area: {'; '.join(bad)}")
         labels = np.asarray([a["category_id"] for a in anns], np.int64).reshape(-1)
         crowd = np.asarray([bool(a.get("iscrowd", 0)) for a in anns], bool).reshape(-1)
         records.append(Record(str(file), boxes[keep], labels[keep], crowd[keep], iid, (h, w), where))

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from retinanet.data.images import load_image
+from retinanet.data.images import DEFAULT_MAX_PIXELS, open_image, oriented_size, pil_to_tensor
 from retinanet.data.records import Record, clip_boxes
 from retinanet.errors import DataError
 
@@ -39,13 +39,16 @@ class DetectionDataset(Dataset):
         drop_ignore: leave ignore objects out of the target (training without ``train_difficult``).
         skip_bad: an image that cannot be decoded is replaced by the next good one, with a warning
             naming the file (counted in ``self.bad``, per worker process); otherwise ``DataError``.
+        exif, max_pixels: the EXIF orientation rule and pixel limit (``retinanet.data.images.open_image``).
     """
 
-    def __init__(self, records: list[Record], transform: Callable, *, drop_ignore: bool, skip_bad: bool = False):
+    def __init__(self, records: list[Record], transform: Callable, *, drop_ignore: bool, skip_bad: bool = False,
+                 exif: str = "auto", max_pixels: int | None = DEFAULT_MAX_PIXELS):
         self.records = records
         self.transform = transform
         self.drop_ignore = drop_ignore
         self.skip_bad = skip_bad
+        self.exif, self.max_pixels = exif, max_pixels
         self.bad: list[str] = []
 
     def __len__(self) -> int:
@@ -59,16 +62,19 @@ class DetectionDataset(Dataset):
                 out.append(r.size[1] / r.size[0])
             else:
                 try:
-                    with Image.open(r.file) as im:
-                        out.append(im.width / im.height)
-                except OSError:
+                    h, w = oriented_size(r.file, exif=self.exif, max_pixels=None)
+                    out.append(w / h)
+                except (OSError, ValueError):
                     out.append(1.0)
         return out
 
     def load(self, index: int) -> tuple[torch.Tensor, dict]:
         """The item before augmentation and resize: original image and target."""
         r = self.records[index]
-        image = load_image(r.file, r.size)
+        opened = open_image(r.file, r.size, exif=self.exif, max_pixels=self.max_pixels)
+        if opened.note:
+            warnings.warn(f"{r.source}: {r.file}: {opened.note}", stacklevel=2)
+        image = pil_to_tensor(opened.image)
         hw = (int(image.shape[1]), int(image.shape[2]))
         if r.size is not None and hw != tuple(r.size):
             warnings.warn(f"{r.source}: annotation says {r.size[1]}x{r.size[0]} (WxH) but {r.file} is {hw[1]}x{hw[0]}; "

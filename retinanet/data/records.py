@@ -42,3 +42,16 @@ def clip_boxes(boxes: np.ndarray, hw: tuple[int, int]) -> tuple[np.ndarray, np.n
     out[:, 1::2] = out[:, 1::2].clip(0, h)
     keep = (out[:, 2] > out[:, 0]) & (out[:, 3] > out[:, 1])
     return out, keep
+
+
+def no_area_reason(box: np.ndarray, hw: tuple[int, int] | None) -> str:
+    """Why one xyxy box ``[4]`` (continuous pixels) keeps no area: non-finite, reversed or empty
+    sides are named before "outside the image" (formats name their own fields first)."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    if not np.isfinite(box).all():
+        return "a coordinate is not a finite number"
+    if x2 <= x1:
+        return "zero width" if x2 == x1 else f"x1 {x1:g} > x2 {x2:g}"
+    if y2 <= y1:
+        return "zero height" if y2 == y1 else f"y1 {y1:g} > y2 {y2:g}"
+    return "no area inside the image" if hw is None else f"no area inside the {hw[1]}x{hw[0]} (WxH) image"

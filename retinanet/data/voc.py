@@ -25,7 +25,7 @@ import numpy as np
 
 from retinanet.data.classes import ClassMap
 from retinanet.data.images import IMAGE_SUFFIXES
-from retinanet.data.records import Record, clip_boxes
+from retinanet.data.records import Record, clip_boxes, no_area_reason
 from retinanet.errors import DataError
 
 _XML_DIRS = ("Annotations", "annotations", "labels", "xml", "Labels")
@@ -118,6 +118,16 @@ def parse_voc_xml(path: str | Path) -> VocAnnotation:
     )
 
 
+def voc_box_fault(box: np.ndarray, size: tuple[int, int] | None) -> str:
+    """Why a box ``[4]`` (continuous xyxy, ``x1 = xmin - 1``) has no area, in the XML's own terms."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    if np.isfinite(box).all() and x2 <= x1:
+        return f"xmin {x1 + 1:g} > xmax {x2:g}"
+    if np.isfinite(box).all() and y2 <= y1:
+        return f"ymin {y1 + 1:g} > ymax {y2:g}"
+    return no_area_reason(box, size)
+
+
 def to_record(
     ann: VocAnnotation, image: Path, xml: Path, image_id: int, class_map: ClassMap, problems: list[str], warnings: list[str]
 ) -> Record | None:
@@ -143,8 +153,8 @@ def to_record(
     else:
         keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
     if not keep.all():
-        bad = [f"{ann.names[i]} {ann.boxes[i].tolist()}" for i in np.flatnonzero(~keep)]
-        warnings.append(f"{xml}: dropped {len(bad)} box(es) with no area inside the image: {'; '.join(bad)}")
+        bad = [f"object {i + 1} ({ann.names[i]}): {voc_box_fault(ann.boxes[i], ann.size)}" for i in np.flatnonzero(~keep)]
+        warnings.append(f"{xml}: dropped {len(bad)} box(es) with no area: {'; '.join(bad)}")
     labels = np.asarray([class_map.id_of(n) for n in ann.names], np.int64).reshape(-1)
     return Record(str(image), boxes[keep], labels[keep], ann.difficult[keep], image_id, ann.size, str(xml))
 

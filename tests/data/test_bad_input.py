@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from test_images import bomb_png
 from voc_fixtures import make_voc, obj, xml_text
 
 from retinanet.config import DataConfig
@@ -87,3 +88,20 @@ def test_missing_dataset_and_split(tmp_path):
     make_voc(tmp_path, {"train": [("a", [obj()])]})
     with pytest.raises(DataError, match="no split file found.*val.txt"):
         build_datasets(DataConfig(root=str(tmp_path)), **SIZES)
+
+
+def test_huge_image_is_a_bad_image_named_and_skippable(tmp_path):
+    """A header declaring 4e8 pixels (PIL's DecompressionBombError): named, and --skip-bad skips it."""
+    voc = make_voc(tmp_path, {"train": [("good", [obj()]), ("bomb", [obj()])], "val": [("good", [obj()])]})
+    (voc / "JPEGImages" / "bomb.jpg").unlink()
+    bomb_png(voc / "JPEGImages" / "bomb.png", 20000, 20000)
+    ds = build_datasets(DataConfig(root=str(tmp_path)), **SIZES)
+    with pytest.raises(DataError, match=r"bomb.png: cannot decode image \(ImageTooLargeError: .*max_image_pixels"):
+        ds.train[1]
+    ds = build_datasets(DataConfig(root=str(tmp_path), skip_bad=True), **SIZES)
+    with pytest.warns(UserWarning, match="skipped: .*bomb.png"):
+        _, target = ds.train[1]
+    assert target["file"].endswith("good.jpg")
+    ds = build_datasets(DataConfig(root=str(tmp_path), max_image_pixels=1000), **SIZES)  # a lower limit: 64x80 is too large
+    with pytest.raises(DataError, match=r"good.jpg: .*5120 pixels exceeds the limit of 1000"):
+        ds.train[0]

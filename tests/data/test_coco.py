@@ -62,7 +62,8 @@ def test_coco_problems_are_reported(coco, tmp_path):
     with pytest.raises(DataError) as err:
         build_datasets(DataConfig(root=str(coco), train_split="train2017", val_split="val2017"), **SIZES)
     text = str(err.value)
-    assert "image 2: category id(s) not in the class map: [99]" in text and "refer to image id 42" in text and "gone.jpg: image file missing" in text
+    assert "image 2: annotation(s) [4] have category id(s) not in the class map" in text and ": [99]" in text
+    assert "annotation(s) [5] refer to image id 42" in text and "gone.jpg: image file missing" in text
     assert str(coco) in text
 
 
@@ -72,3 +73,74 @@ def test_missing_or_broken_json(tmp_path):
     (tmp_path / "x.json").write_text('{"images": []}')
     with pytest.raises(DataError, match="x.json: not a COCO instances file"):
         build_datasets(DataConfig(root=str(tmp_path / "x.json")), **SIZES)
+
+
+def _edit(path, change):
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def _build(path, **kw):
+    return build_datasets(DataConfig(root=str(path), train_split="train2017", val_split="val2017", hflip_prob=0.0, **kw), **SIZES)
+
+
+def test_repeated_image_id_is_an_error_and_skip_bad_leaves_both_out(coco):
+    _edit(coco, lambda d: d["images"].append({"id": 1, "file_name": "000000000002.jpg", "height": 64, "width": 80}))
+    with pytest.raises(DataError) as err:
+        _build(coco)
+    assert len(err.value.problems) == 1, err.value.problems
+    msg = err.value.problems[0]
+    assert str(coco) in msg and "image id 1 is repeated" in msg and "images[0] 000000000001.jpg" in msg and "images[2] 000000000002.jpg" in msg
+    with pytest.warns(UserWarning, match="skipped: .*image id 1 is repeated"):
+        ds = _build(coco, skip_bad=True)
+    assert [r.image_id for r in ds.train.records] == [2]  # neither image 1 gets the union of the boxes
+
+
+def test_repeated_annotation_id_is_an_error(coco):
+    _edit(coco, lambda d: d["annotations"].append({"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5]}))
+    with pytest.raises(DataError, match=r"annotation id 1 is repeated \(2 times, image\(s\) \[1\]\)") as err:
+        _build(coco)
+    assert str(coco) in str(err.value)
+    with pytest.warns(UserWarning, match="skipped: .*annotation id 1 is repeated"):
+        ds = _build(coco, skip_bad=True)
+    assert [r.image_id for r in ds.train.records] == [2]
+
+
+@pytest.mark.parametrize("change, needle", [
+    (lambda d: d["categories"][1].pop("name"), "categories[1] (id 18): 'name' is missing"),
+    (lambda d: d["categories"].append({"id": 1, "name": "again"}), "category id 1 is repeated (categories[0, 2])"),
+    (lambda d: d["annotations"].__setitem__(1, None), "annotations[1] is null, not an object"),
+    (lambda d: d["annotations"][0].pop("bbox"), "annotations[0] (id 1) of image 1: no 'bbox'"),
+    (lambda d: d["annotations"][0].__setitem__("bbox", [1, 2, 3]), "annotations[0] (id 1) of image 1: 'bbox' is [1, 2, 3], not [x, y, width, height]"),
+    (lambda d: d["annotations"][2].pop("image_id"), "annotations[2] (id 3): 'image_id' is missing"),
+    (lambda d: d["annotations"][2].__setitem__("category_id", "dog"), "annotations[2] (id 3) of image 2: 'category_id' is missing or not an integer"),
+    (lambda d: d["images"][0].pop("file_name"), "images[0] (id 1): 'file_name' is missing"),
+    (lambda d: d["images"].__setitem__(1, "x.jpg"), "images[1] is a str, not an object"),
+])
+def test_malformed_entries_are_named(coco, change, needle):
+    _edit(coco, change)
+    with pytest.raises(DataError) as err:  # never a KeyError / AttributeError
+        _build(coco)
+    assert any(needle in p and str(coco) in p for p in err.value.problems), err.value.problems
+
+
+def test_skip_bad_leaves_out_only_the_image_of_a_bad_annotation(coco):
+    _edit(coco, lambda d: d["annotations"][2].pop("bbox"))  # annotation 3 belongs to image 2
+    with pytest.warns(UserWarning, match=r"skipped: .*annotations\[2\] \(id 3\) of image 2: no 'bbox'"):
+        ds = _build(coco, skip_bad=True)
+    assert [r.image_id for r in ds.train.records] == [1]
+
+
+def test_negative_or_zero_size_box_says_what_is_wrong(coco):
+    def change(d):
+        d["annotations"][0]["bbox"] = [40, 5, -20, 30]
+        d["annotations"].append({"id": 8, "image_id": 2, "category_id": 1, "bbox": [10, 10, 5, 0]})
+        d["annotations"].append({"id": 9, "image_id": 2, "category_id": 1, "bbox": [90, 10, 5, 5]})
+    _edit(coco, change)
+    with pytest.warns(UserWarning) as record:
+        ds = _build(coco)
+    text = "\n".join(str(w.message) for w in record)
+    assert "annotation 1 [40, 5, -20, 30]: negative width -20" in text, text
+    assert "annotation 8 [10, 10, 5, 0]: zero height" in text and "annotation 9 [90, 10, 5, 5]: no area inside the 80x64 (WxH) image" in text
+    assert ds.train[0][1]["labels"].tolist() == []  # only the crowd box of image 1 was left, and training drops it

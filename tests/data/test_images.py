@@ -1,39 +1,73 @@
-"""Image loading: colour modes to RGB, and the EXIF orientation rule."""
+"""Image loading: colour modes to RGB (with their pixel values), 16-bit scaling, the pixel limit."""
 
 from __future__ import annotations
+
+import struct
+import warnings
+import zlib
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from retinanet.data.images import load_image
+from retinanet.data.images import ImageTooLargeError, load_image
 
 
-@pytest.mark.parametrize("mode", ["L", "CMYK", "P", "RGBA", "LA", "I;16", "1"])
-def test_modes_become_rgb(tmp_path, mode):
+# (mode, file, RGB of a (200, 30, 40) pixel after the round trip: L = ITU-R 601 luma, P = the web palette, 1 = dithered black)
+MODES = [("L", "x.png", (82, 82, 82)), ("CMYK", "x.tif", (200, 30, 40)), ("P", "x.png", (204, 51, 51)),
+         ("RGBA", "x.png", (200, 30, 40)), ("LA", "x.png", (82, 82, 82)), ("1", "x.png", (0, 0, 0))]
+
+
+@pytest.mark.parametrize("mode, name, rgb", MODES)
+def test_modes_become_rgb_with_their_values(tmp_path, mode, name, rgb):
     img = Image.new("RGB", (20, 10), (200, 30, 40)).convert(mode)
-    path = tmp_path / ("x.jpg" if mode in ("L", "CMYK") else "x.png")
-    img.save(path)
-    t = load_image(path)
+    img.save(tmp_path / name)
+    t = load_image(tmp_path / name)
     assert t.shape == (3, 10, 20) and t.dtype == torch.uint8
+    assert t[:, 4, 7].tolist() == list(rgb)
 
 
-def _exif_rotated(path, stored_hw=(10, 30)):
-    arr = np.zeros((*stored_hw, 3), np.uint8)
-    arr[0, 0] = (255, 0, 0)  # marker at the stored top-left
-    img = Image.fromarray(arr)
-    exif = img.getexif()
-    exif[0x0112] = 6  # "rotate 90 CW to display"
-    img.save(path, exif=exif, quality=100)
+def test_16_bit_scaled_by_the_type_range_not_the_image_max(tmp_path):
+    arr = np.full((10, 20), 1000, np.uint16)
+    arr[0, :4] = (0, 257, 25700, 2000)  # the brightest pixel (2000) must not stretch the others
+    Image.fromarray(arr).save(tmp_path / "g16.png")
+    assert Image.open(tmp_path / "g16.png").mode.startswith("I;16")
+    t = load_image(tmp_path / "g16.png")
+    assert t[:, 0, :5].T.tolist() == [[0] * 3, [1] * 3, [100] * 3, [8] * 3, [4] * 3]  # round(v * 255 / 65535)
+    arr[:] = 65535
+    Image.fromarray(arr).save(tmp_path / "white.png")
+    assert load_image(tmp_path / "white.png").unique().tolist() == [255]
 
 
-def test_exif_applied_only_when_it_matches_the_annotation(tmp_path):
-    path = tmp_path / "r.jpg"
-    _exif_rotated(path)
-    assert load_image(path, (30, 10)).shape == (3, 30, 10)  # annotation in the displayed frame
-    assert load_image(path, (10, 30)).shape == (3, 10, 30)  # annotation in the stored frame
-    assert load_image(path).shape == (3, 10, 30)  # no stated size: as stored
+def bomb_png(path, width, height):
+    """A PNG whose header declares ``width x height`` pixels (no image data: a decompression bomb's header)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)) + chunk(b"IEND", b""))
+    return path
+
+
+def test_huge_declared_size_is_a_named_value_error(tmp_path):
+    bomb = bomb_png(tmp_path / "bomb.png", 20000, 20000)  # 4e8 pixels > PIL's and our default limit
+    with pytest.raises(ImageTooLargeError, match=r"bomb.png: .*max_image_pixels"):
+        load_image(bomb)
+    Image.new("RGB", (40, 30)).save(tmp_path / "small.png")
+    with pytest.raises(ImageTooLargeError, match=r"small.png: image of 40x30 = 1200 pixels exceeds the limit of 1000"):
+        load_image(tmp_path / "small.png", max_pixels=1000)
+    assert isinstance(ImageTooLargeError("x"), ValueError)  # what the dataset and check-data treat as a bad image
+
+
+def test_limit_can_be_raised_past_pils_and_pil_warning_is_silenced(tmp_path, monkeypatch):
+    Image.new("RGB", (40, 30), (9, 9, 9)).save(tmp_path / "img.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)  # PIL: warning over 500 pixels, refusal over 1000
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no anonymous DecompressionBombWarning
+        assert load_image(tmp_path / "img.png", max_pixels=5000)[:, 0, 0].tolist() == [9, 9, 9]
+        assert load_image(tmp_path / "img.png", max_pixels=None).shape == (3, 30, 40)
+    assert Image.MAX_IMAGE_PIXELS == 500  # PIL's global is restored
+    with pytest.raises(ImageTooLargeError, match="img.png"):
+        load_image(tmp_path / "img.png", max_pixels=1100)
 
 
 def test_corrupt_file_raises(tmp_path):

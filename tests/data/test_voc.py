@@ -117,3 +117,14 @@ def test_flat_layout_val_list_file(tmp_path):
     assert (len(ds.train), len(ds.val)) == (8, 2)
     assert any("1 image(s) without an XML file are not used: lonely.jpg" in w for w in ds.warnings)
     assert not (root / "splits").exists()
+
+
+def test_reversed_or_empty_box_says_what_is_wrong(tmp_path):
+    objects = [obj("cat", (50, 6, 20, 40)), obj("cat", (5, 30, 40, 29)), obj("cat", (90, 10, 120, 20)), obj("dog")]
+    make_voc(tmp_path, {"train": [("a", objects)], "val": [("b", [obj()])]})
+    with pytest.warns(UserWarning) as record:
+        ds = build_datasets(DataConfig(root=str(tmp_path)), **SIZES)
+    text = "\n".join(str(w.message) for w in record)
+    assert "a.xml: dropped 3 box(es) with no area: object 1 (cat): xmin 50 > xmax 20; object 2 (cat): ymin 30 > ymax 29; " \
+           "object 3 (cat): no area inside the 80x64 (WxH) image" in text, text
+    assert ds.train.records[0].labels.tolist() == [2]
