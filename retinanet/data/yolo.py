@@ -35,6 +35,7 @@ exist, an image whose header cannot be read. An image with a bad line is left ou
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,6 +118,11 @@ def _names(data: dict, path: Path) -> list[str | None]:
     return names
 
 
+def _absolute(p: Path) -> Path:
+    """``p`` made absolute with ``..`` collapsed, symlinks kept (messages show the paths as written)."""
+    return Path(os.path.abspath(p))
+
+
 def _split_sources(root: Path, value, key: str, path: Path) -> list[Path]:
     """The folders / list files of one split entry (a string or a list of strings)."""
     entries = value if isinstance(value, list) else [value]
@@ -124,9 +130,9 @@ def _split_sources(root: Path, value, key: str, path: Path) -> list[Path]:
         raise DataError([f"{path}: '{key}:' must be a folder or .txt file path, or a list of them; not {value!r}"])
     out = []
     for e in entries:
-        p = (root / Path(e.strip()).expanduser()).resolve()
+        p = _absolute(root / Path(e.strip()).expanduser())
         if not p.exists() and e.strip().startswith("../"):
-            p = (root / e.strip()[3:]).resolve()  # Roboflow: "../train/images" written for a yaml one level down
+            p = _absolute(root / e.strip()[3:])  # Roboflow: "../train/images" written for a yaml one level down
         out.append(p)
     return out
 
@@ -148,9 +154,8 @@ def read_data_yaml(path: str | Path) -> YoloSpec:
         raise DataError([f"{path}: a YOLO data yaml is a mapping with 'train:', 'val:' and 'names:'"])
     if "val" not in data and "validation" in data:
         data["val"] = data["validation"]
-    base = path.parent.resolve()
-    root = Path(str(data["path"])).expanduser() if data.get("path") else base
-    root = root if root.is_absolute() else (base / root).resolve()
+    base = _absolute(path.parent)
+    root = _absolute(base / Path(str(data["path"])).expanduser()) if data.get("path") else base
     keypoints = 0
     if data.get("kpt_shape") is not None:
         try:
@@ -186,13 +191,15 @@ def list_images(sources: list[Path], problems: list[str]) -> list[Path]:
             found += [p for p in src.rglob("*") if _is_image(p) and p.is_file()]
         elif src.is_file():
             try:
-                lines = [ln.strip() for ln in src.read_text(encoding="utf-8").splitlines() if ln.strip()]
+                lines = src.read_text(encoding="utf-8").splitlines()
             except (OSError, UnicodeDecodeError) as err:
                 problems.append(f"{src}: unreadable image list ({err})")
                 continue
             for n, line in enumerate(lines, 1):
-                p = Path(line).expanduser()
-                p = p if p.is_absolute() else (src.parent / p).resolve()
+                line = line.strip()
+                if not line:
+                    continue
+                p = _absolute(src.parent / Path(line).expanduser())
                 if not p.is_file():
                     problems.append(f"{src}:{n}: image {line} not found ({p})")
                 elif not _is_image(p):

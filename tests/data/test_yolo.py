@@ -243,3 +243,14 @@ def test_nc_alone_names_the_classes_and_exif_rotation_sets_the_frame(tmp_path):
     assert r.size == (50, 40) and r.labels.tolist() == [2]
     np.testing.assert_allclose(r.boxes, [[10, 0, 30, 25]])  # normalised by the displayed W=40, H=50
     assert load_image(r.file, r.size).shape == (3, 50, 40)
+
+
+def test_list_line_numbers_count_blank_lines(tmp_path):
+    data = tiny_yolo(tmp_path, {"a": "0 0.5 0.5 0.2 0.2\n"})
+    (tmp_path / "val.txt").write_text(f"\n{tmp_path / 'images/train/a.png'}\n\nnope.jpg\ndata.yaml\n")
+    data.write_text(data.read_text().replace("val: images/train", "val: val.txt"))
+    records, *_, problems, _ = read_records(DataConfig(root=str(data)))
+    assert len(records["val"]) == 1 and problems == [
+        f"{tmp_path / 'val.txt'}:4: image nope.jpg not found ({tmp_path / 'nope.jpg'})",
+        f"{tmp_path / 'val.txt'}:5: data.yaml is not an image file (.jpg, .jpeg, .png, .bmp, .webp, .tif, .tiff)",
+    ]
