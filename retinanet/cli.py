@@ -37,10 +37,10 @@ def add_data_options(p: argparse.ArgumentParser, *, from_config: bool = False, a
 
     switch = {"action": argparse.BooleanOptionalAction, "default": argparse.SUPPRESS} if from_config else {"action": "store_true"}
     g = p.add_argument_group("dataset")
-    g.add_argument("--data", metavar="ROOT", default=default(None), help="VOCdevkit root, flat images+XML folder, or COCO annotation JSON (default: the embedded synthetic dataset, written once under ~/.cache/retinanet/synthetic/ or $RETINANET_CACHE/synthetic/)")
-    g.add_argument("--format", choices=["voc", "voc-flat", "coco"], default=default(None), help="force the dataset kind instead of detecting it")
+    g.add_argument("--data", metavar="ROOT", default=default(None), help="VOCdevkit root, flat images+XML folder, COCO annotation JSON, or YOLO data.yaml (default: the embedded synthetic dataset, written once under ~/.cache/retinanet/synthetic/ or $RETINANET_CACHE/synthetic/)")
+    g.add_argument("--format", choices=["voc", "voc-flat", "coco", "yolo"], default=default(None), help="force the dataset kind instead of detecting it")
     g.add_argument("--year", dest="years", action="append", metavar="YEAR", default=default(None), help="VOC year, repeatable (--year 2007 --year 2012); default: every VOC20xx folder found")
-    g.add_argument("--train-split", default=default(d.train_split), help=f"training split (VOC ImageSets/Main name or COCO split) [{d.train_split}]")
+    g.add_argument("--train-split", default=default(d.train_split), help=f"training split (VOC ImageSets/Main name, COCO split or YOLO data.yaml key) [{d.train_split}]")
     g.add_argument("--val-split", default=default(d.val_split), help=f"validation split [{d.val_split}]; COCO: or the val JSON; flat layout: or a .txt list of val images")
     g.add_argument("--classes", metavar="JSON", default=default(None), help='class map JSON {"name": id, ...}; default: discovered from the annotations')
     g.add_argument("--val-fraction", type=float, default=default(d.val_fraction), help=f"flat layout: share of images held out for validation [{d.val_fraction}]")

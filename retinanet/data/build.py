@@ -7,6 +7,8 @@ Dataset kinds (``cfg.format``, detected from ``cfg.root`` when None):
 - ``coco``: ``root`` is an ``instances_*.json`` file (see ``retinanet.data.coco``).
 - ``voc``: ``root`` is a VOCdevkit parent, a VOCdevkit folder, or a VOC20xx folder.
 - ``voc-flat``: any other folder: images + XML matched by stem (see ``retinanet.data.voc``).
+- ``yolo``: ``root`` is an ultralytics ``data.yaml`` (or a folder holding ``data.yaml``; see
+  ``retinanet.data.yolo``); ``train_split`` / ``val_split`` name its keys.
 
 Checks at build time: every XML / JSON is parsed and validated (classes, boxes, split files) and
 every image file must exist; decoding is left to the workers (and ``retinanet check-data``, which
@@ -40,6 +42,7 @@ from retinanet.data.transforms import ItemTransform
 from retinanet.data.voc import (
     flat_split, is_voc_standard, parse_all, to_record, unannotated_images, voc_flat_pairs, voc_standard_pairs,
 )
+from retinanet.data.yolo import yolo_records
 from retinanet.errors import DataError, RetinaNetError
 
 
@@ -50,7 +53,7 @@ class Datasets:
     Attributes:
         train, val: ``DetectionDataset`` (val may be empty for a flat export with val_fraction 0).
         class_map: the ``ClassMap`` used (the trainer saves it next to the run's outputs).
-        root: the dataset root actually read; format: "voc" | "voc-flat" | "coco".
+        root: the dataset root actually read; format: "voc" | "voc-flat" | "coco" | "yolo".
         skipped: problems of the items left out (``skip_bad``); warnings: dropped boxes etc.
     """
 
@@ -64,12 +67,17 @@ class Datasets:
 
 
 def detect_format(root: Path) -> str:
-    """"coco" for a .json file, "voc" for a standard layout, "voc-flat" for any other folder."""
+    """"coco" for a .json file, "yolo" for a .yaml/.yml file, "voc" for a standard layout, "yolo" for
+    another folder with a data.yaml, "voc-flat" for any other folder."""
     if root.suffix.lower() == ".json":
         return "coco"
+    if root.suffix.lower() in (".yaml", ".yml"):
+        return "yolo"
     if not root.exists():
         raise DataError([f"{root}: dataset not found"])
-    return "voc" if is_voc_standard(root) else "voc-flat"
+    if is_voc_standard(root):
+        return "voc"
+    return "yolo" if (root / "data.yaml").is_file() else "voc-flat"
 
 
 def resolve_root(cfg: DataConfig) -> tuple[Path, str]:
@@ -78,8 +86,8 @@ def resolve_root(cfg: DataConfig) -> tuple[Path, str]:
         return ensure_synthetic(num_train=cfg.synthetic_train, num_val=cfg.synthetic_val, image_size=cfg.synthetic_size), "voc"
     root = Path(cfg.root).expanduser()
     fmt = cfg.format or detect_format(root)
-    if fmt not in ("voc", "voc-flat", "coco"):
-        raise RetinaNetError(f"unknown dataset format {fmt!r} (voc, voc-flat or coco)")
+    if fmt not in ("voc", "voc-flat", "coco", "yolo"):
+        raise RetinaNetError(f"unknown dataset format {fmt!r} (voc, voc-flat, coco or yolo)")
     if not root.exists():
         raise DataError([f"{root}: dataset not found"])
     return root, fmt
@@ -159,6 +167,11 @@ def read_records(cfg: DataConfig, splits: tuple[str, ...] = SPLITS, class_map: C
     warns: list[str] = []
     if fmt == "coco":
         records, class_map = _coco_records(cfg, root, problems, warns, splits, class_map)
+    elif fmt == "yolo":
+        keys = {"train": cfg.train_split, "val": cfg.val_split}
+        if class_map is None and cfg.classes:
+            class_map = ClassMap.load(cfg.classes)
+        records, class_map = yolo_records(root, {s: keys[s] for s in splits}, class_map, problems, warns)
     else:
         records, class_map = _voc_records(cfg, root, fmt, problems, warns, splits, class_map)
     return records, class_map, root, fmt, problems, warns

@@ -1,0 +1,256 @@
+"""YOLO (ultralytics) datasets: data.yaml resolution, label parsing, bad lines, and the CLI end to end."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from voc_fixtures import write_image
+
+from retinanet.cli import main
+from retinanet.config import DataConfig
+from retinanet.data import build_datasets, check_dataset
+from retinanet.data.build import detect_format, read_records
+from retinanet.data.yolo import label_path, parse_label_lines
+from retinanet.errors import DataError
+
+NAMES = ["cat", "dog", "bird"]
+
+
+def voc_to_yolo(voc: Path, out: Path, layout: str = "ultralytics", dict_names: bool = False) -> Path:
+    """Convert a VOC dataset to YOLO; returns the data.yaml.
+
+    layout: "ultralytics" (images/<split>, labels/<split>, ``path: .``), "roboflow"
+    (<split>/images, <split>/labels, ``train: ../train/images``, no ``path``) or "lists" (images/<split>
+    named by ``train.txt`` with ``./`` lines and ``val.txt`` with absolute paths).
+    """
+    records, class_map, *_ = read_records(DataConfig(root=str(voc)))
+    assert class_map.ids == list(range(1, len(class_map) + 1))
+    folder = {"train": "train", "val": "valid"} if layout == "roboflow" else {"train": "train", "val": "val"}
+    for split, recs in records.items():
+        for r in recs:
+            src = Path(r.file)
+            img = out / (f"{folder[split]}/images" if layout == "roboflow" else f"images/{split}") / src.name
+            img.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(src, img)
+            h, w = r.size
+            xyxy = r.boxes / np.array([w, h, w, h], np.float32)
+            cxcywh = np.concatenate([(xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2]], axis=1)
+            label = label_path(img)
+            label.parent.mkdir(parents=True, exist_ok=True)
+            label.write_text("".join(f"{c - 1} " + " ".join(f"{v:.6f}" for v in row) + "\n" for c, row in zip(r.labels, cxcywh)))
+    names = class_map.names
+    data: dict = {"names": dict(enumerate(names)) if dict_names else names}
+    if layout == "ultralytics":
+        data.update(path=".", train="images/train", val="images/val")
+    elif layout == "roboflow":
+        data.update(train="../train/images", val="../valid/images", nc=len(names))
+    else:
+        train = sorted((out / "images" / "train").iterdir())
+        (out / "train.txt").write_text("".join(f"./images/train/{p.name}\n" for p in train))
+        (out / "val.txt").write_text("".join(f"{p}\n" for p in sorted((out / "images" / "val").iterdir())))
+        data.update(train="train.txt", val="val.txt")
+    (out / "data.yaml").write_text(yaml.safe_dump(data))
+    return out / "data.yaml"
+
+
+def tiny_yolo(root: Path, labels: dict[str, str], names=NAMES, hw=(40, 50), split: str = "train", **yaml_extra) -> Path:
+    """images/<split>/<stem>.png (+ labels/<split>/<stem>.txt when the text is not None) and data.yaml."""
+    for i, (stem, text) in enumerate(labels.items()):
+        write_image(root / "images" / split / f"{stem}.png", hw, seed=i)
+        if text is not None:
+            (root / "labels" / split).mkdir(parents=True, exist_ok=True)
+            (root / "labels" / split / f"{stem}.txt").write_text(text)
+    data = {"path": str(root), "train": f"images/{split}", "val": f"images/{split}", "names": names, **yaml_extra}
+    (root / "data.yaml").write_text(yaml.safe_dump(data))
+    return root / "data.yaml"
+
+
+def _by_stem(records):
+    return {Path(r.file).stem: r for r in records}
+
+
+@pytest.mark.parametrize("layout,dict_names", [("ultralytics", False), ("ultralytics", True), ("roboflow", False), ("lists", True)])
+def test_round_trip_from_voc(synthetic, tmp_path, layout, dict_names):
+    voc, _, _, _, _, _ = read_records(DataConfig(root=str(synthetic)))
+    data_yaml = voc_to_yolo(synthetic, tmp_path / "yolo", layout, dict_names)
+    records, class_map, root, fmt, problems, warns = read_records(DataConfig(root=str(data_yaml)))
+    assert (fmt, root, problems, warns) == ("yolo", data_yaml, [], [])
+    assert class_map.to_dict() == {"circle": 1, "square": 2, "star": 3, "triangle": 4}
+    for split in ("train", "val"):
+        got, want = _by_stem(records[split]), _by_stem(voc[split])
+        assert sorted(got) == sorted(want) and len(got) == {"train": 8, "val": 4}[split]
+        for stem, r in got.items():
+            assert r.size == (96, 96) and np.array_equal(r.labels, want[stem].labels) and not r.ignore.any()
+            np.testing.assert_allclose(r.boxes, want[stem].boxes, atol=1e-3)
+    assert sum(len(r.labels) for r in records["train"]) > 8
+
+
+def test_folder_with_data_yaml_and_relative_path(synthetic, tmp_path):
+    data_yaml = voc_to_yolo(synthetic, tmp_path / "ds", "ultralytics")
+    assert detect_format(tmp_path / "ds") == "yolo" and detect_format(Path("x/data.yml")) == "yolo"
+    (tmp_path / "cfg").mkdir()
+    other = tmp_path / "cfg" / "mine.yaml"  # `path:` relative to the yaml's own folder
+    other.write_text(data_yaml.read_text().replace("path: .", "path: ../ds"))
+    for root in (tmp_path / "ds", other):
+        records, *_ = read_records(DataConfig(root=str(root)))
+        assert len(records["train"]) == 8 and len(records["val"]) == 4
+    ds = build_datasets(DataConfig(root=str(tmp_path / "ds"), format="yolo", val_split="train"), min_size=64, max_size=64)
+    assert len(ds.val) == 8 and ds.format == "yolo"  # --val-split names the yaml key read
+    image, target = ds.val[0]
+    assert image.shape == (3, 64, 64) and target["labels"].min() >= 1 and target["orig_size"] == (96, 96)
+
+
+def test_empty_and_missing_label_files_mean_no_objects(tmp_path):
+    data = tiny_yolo(tmp_path, {"a": "0 0.5 0.5 0.2 0.4\n2 0.25 0.5 0.5 1.0\n", "empty": "", "blank": "\n  \n", "none": None})
+    records, class_map, *_, problems, warns = read_records(DataConfig(root=str(data)))
+    assert problems == [] and warns == [] and class_map.to_dict() == {"cat": 1, "dog": 2, "bird": 3}
+    r = _by_stem(records["train"])
+    assert sorted(r) == ["a", "blank", "empty", "none"]
+    np.testing.assert_allclose(r["a"].boxes, [[20, 12, 30, 28], [0, 0, 25, 40]])  # W=50, H=40
+    assert r["a"].labels.tolist() == [1, 3] and r["a"].size == (40, 50)
+    assert all(len(r[s].labels) == 0 and r[s].boxes.shape == (0, 4) for s in ("empty", "blank", "none"))
+    assert r["none"].source == r["none"].file and r["a"].source.endswith("labels/train/a.txt")
+
+
+def test_polygon_lines_give_the_enclosing_box_and_clipping_warns(tmp_path):
+    data = tiny_yolo(tmp_path, {"p": "1 0.1 0.2 0.5 0.1 0.3 0.8\n0 0.95 0.5 0.3 0.2\n0 0.5 0.5 0 0.2\n"})
+    records, *_, problems, warns = read_records(DataConfig(root=str(data)))
+    (r,) = records["train"]
+    assert problems == [] and r.labels.tolist() == [2, 1]
+    np.testing.assert_allclose(r.boxes, [[5, 4, 25, 32], [40, 16, 50, 24]], atol=1e-4)
+    assert any("p.txt: 1 box(es) extend outside the 50x40 image (line(s) 2); clipped" in w for w in warns)
+    assert any("p.txt: dropped 1 box(es) with no area (line(s) 3)" in w for w in warns)
+
+
+BAD_LINES = [
+    ("0 0.5 0.5 0.2", "4 fields; a box line has 5"),
+    ("0 0.5 0.5 0.2 0.2 0.9", "6 fields; a box line has 5"),
+    ("0 0.5 0.5 x 0.2", "not a number in '0 0.5 0.5 x 0.2'"),
+    ("0 0.5 nan 0.2 0.2", "not a finite number"),
+    ("3 0.5 0.5 0.2 0.2", "class id 3 is not in 'names' (3 classes)"),
+    ("-1 0.5 0.5 0.2 0.2", "class id -1 is not in 'names'"),
+    ("1.5 0.5 0.5 0.2 0.2", "class id 1.5 is not in 'names'"),
+    ("0 50 40 20 10", "coordinates 50 40 20 10 are not normalised to 0..1"),
+    ("0 0.5 1.02 0.2 0.2", "coordinates 0.5 1.02 0.2 0.2 are not normalised to 0..1"),
+    ("0 0.5 0.5 -0.2 0.2", "coordinates 0.5 0.5 -0.2 0.2 are not normalised"),
+]
+
+
+@pytest.mark.parametrize("line,message", BAD_LINES)
+def test_each_bad_line_is_named_with_file_and_line(tmp_path, line, message):
+    data = tiny_yolo(tmp_path, {"good": "0 0.5 0.5 0.2 0.2\n", "bad": f"1 0.5 0.5 0.2 0.2\n\n{line}\n"})
+    bad_txt = tmp_path / "labels" / "train" / "bad.txt"
+    with pytest.raises(DataError) as err:
+        build_datasets(DataConfig(root=str(data)), min_size=64, max_size=64)
+    assert len(err.value.problems) == 2  # the train and the val split read the same folder
+    assert err.value.problems[0].startswith(f"{bad_txt}:3: {message}")
+    with pytest.warns(UserWarning, match=f"skipped: {bad_txt}:3: "):
+        ds = build_datasets(DataConfig(root=str(data), skip_bad=True), min_size=64, max_size=64)
+    assert [Path(r.file).stem for r in ds.train.records] == ["good"]  # the whole image is left out
+
+
+def test_negative_size_within_tolerance_is_a_bad_line():
+    _, _, _, problems = parse_label_lines("0 0.5 0.5 -0.005 0.2\n", Path("x.txt"), NAMES)
+    assert problems == ["x.txt:1: negative width or height (-0.005 0.2)"]
+    cls, boxes, lines, problems = parse_label_lines("0 1.005 0.5 0.2 0.2\n2 0 0 0.1 0.1\n", Path("x.txt"), NAMES)
+    assert problems == [] and cls.tolist() == [0, 2] and lines.tolist() == [1, 2]  # small overshoot: accepted
+    np.testing.assert_allclose(boxes, [[0.905, 0.4, 1.105, 0.6], [-0.05, -0.05, 0.05, 0.05]])
+
+
+def test_dict_names_with_a_gap_and_pose_lines(tmp_path):
+    data = tiny_yolo(tmp_path, {"a": "0 0.5 0.5 0.2 0.2 0.1 0.1 2 0.2 0.2 1\n", "b": "1 0.5 0.5 0.2 0.2 0 0 0 0 0 0\n"},
+                     names={0: "cat", 2: "bird"}, kpt_shape=[2, 3])
+    records, class_map, *_, problems, _ = read_records(DataConfig(root=str(data)))
+    assert class_map.to_dict() == {"cat": 1, "bird": 3}
+    assert len(records["train"]) == 1 and records["train"][0].labels.tolist() == [1]
+    assert problems[0] == f"{tmp_path / 'labels/train/b.txt'}:1: class id 1 is not in 'names' (3 classes)"
+
+
+def test_orphan_labels_missing_images_and_yaml_problems(tmp_path):
+    data = tiny_yolo(tmp_path, {"a": "0 0.5 0.5 0.2 0.2\n"})
+    (tmp_path / "labels" / "train" / "gone.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    (tmp_path / "val.txt").write_text("images/train/a.png\nimages/train/missing.jpg\n")
+    spec = yaml.safe_load(data.read_text())
+    data.write_text(yaml.safe_dump({**spec, "val": "val.txt"}))
+    report = check_dataset(DataConfig(root=str(data)), progress=False)
+    assert not report.ok and report.format == "yolo"
+    assert report.errors == [
+        f"{tmp_path / 'labels/train/gone.txt'}: label file without its image (no gone.* image in {tmp_path / 'images/train'})",
+        f"{tmp_path / 'val.txt'}:2: image images/train/missing.jpg not found ({tmp_path / 'images/train/missing.jpg'})",
+    ]
+    assert report.splits["train"].images == report.splits["val"].images == 1  # the good image is still read
+    assert any("the same image is in splits train and val" in w for w in report.warnings)
+
+    for content, message in [
+        ({"train": "images/train", "val": "images/train"}, "no 'names:'"),
+        ({"train": "images/train", "val": "images/train", "names": ["a", "a"]}, "classes 0 and 1 are both named 'a'"),
+        ({"train": "images/train", "val": "images/train", "names": ["a"], "nc": 2}, "'nc: 2' but 'names:' has 1 classes"),
+        ({"train": "images/train", "names": ["a"]}, "no 'val:' entry (splits: train)"),
+        ({"train": "images/nope", "val": "images/train", "names": ["a"]}, "images/nope: image folder or list not found"),
+        (["a", "list"], "a YOLO data yaml is a mapping"),
+    ]:
+        data.write_text(yaml.safe_dump(content))
+        with pytest.raises(DataError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            build_datasets(DataConfig(root=str(data)), min_size=64, max_size=64)
+
+
+def test_class_map_file_maps_names(tmp_path):
+    data = tiny_yolo(tmp_path, {"a": "0 0.5 0.5 0.2 0.2\n2 0.5 0.5 0.2 0.2\n", "b": "1 0.5 0.5 0.2 0.2\n"})
+    (tmp_path / "classes.json").write_text(json.dumps({"bird": 7, "cat": 2}))
+    cfg = DataConfig(root=str(data), classes=str(tmp_path / "classes.json"))
+    records, class_map, *_, problems, _ = read_records(cfg)
+    assert class_map.to_dict() == {"cat": 2, "bird": 7} and _by_stem(records["train"])["a"].labels.tolist() == [2, 7]
+    assert problems[0] == f"{tmp_path / 'labels/train/b.txt'}:1: class 1 ('dog') is not in the class map ({tmp_path / 'classes.json'})"
+
+
+def test_cli_train_eval_check_data(synthetic, tmp_path, capsys):
+    data = str(voc_to_yolo(synthetic, tmp_path / "yolo", "roboflow"))
+    run = tmp_path / "run"
+    tiny = ["--arch", "resnet18_fpn", "--min-size", "64", "--max-size", "64", "--fpn-channels", "32", "--head-convs", "1"]
+    assert main(["train", "--data", data, *tiny, "--epochs", "1", "--batch-size", "4", "--workers", "0", "--device", "cpu",
+                 "--out", str(run), "--warmup-iters", "1", "--quiet"]) == 0
+    assert json.loads((run / "classes.json").read_text()) == {"circle": 1, "square": 2, "star": 3, "triangle": 4}
+    assert main(["eval", "--weights", str(run / "last.pt"), "--data", data, "--format", "yolo", "--out", str(tmp_path / "ev"),
+                 "--workers", "0", "--device", "cpu", "--quiet"]) == 0
+    assert json.loads((tmp_path / "ev" / "eval.json").read_text())["num_images"] == 4
+    capsys.readouterr()
+    assert main(["check-data", "--data", data, "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert f"dataset {data} (yolo)" in out and "train: 8 images" in out and "val: 4 images" in out and "OK" in out
+
+
+def test_nc_alone_names_the_classes_and_exif_rotation_sets_the_frame(tmp_path):
+    from PIL import Image
+
+    from retinanet.data.images import load_image
+
+    data = tiny_yolo(tmp_path, {"a": "1 0.5 0.25 0.5 0.5\n"}, names=None, nc=2)
+    stored = tmp_path / "images" / "train" / "a.png"
+    turned = stored.with_suffix(".jpg")
+    exif = Image.Exif()
+    exif[274] = 6  # stored 50 wide x 40 high, displayed turned by 90 degrees: 40 wide x 50 high
+    Image.open(stored).save(turned, exif=exif)
+    stored.unlink()
+    records, class_map, *_, problems, _ = read_records(DataConfig(root=str(data)))
+    (r,) = records["train"]
+    assert problems == [] and class_map.to_dict() == {"class0": 1, "class1": 2}
+    assert r.size == (50, 40) and r.labels.tolist() == [2]
+    np.testing.assert_allclose(r.boxes, [[10, 0, 30, 25]])  # normalised by the displayed W=40, H=50
+    assert load_image(r.file, r.size).shape == (3, 50, 40)
+
+
+def test_list_line_numbers_count_blank_lines(tmp_path):
+    data = tiny_yolo(tmp_path, {"a": "0 0.5 0.5 0.2 0.2\n"})
+    (tmp_path / "val.txt").write_text(f"\n{tmp_path / 'images/train/a.png'}\n\nnope.jpg\ndata.yaml\n")
+    data.write_text(data.read_text().replace("val: images/train", "val: val.txt"))
+    records, *_, problems, _ = read_records(DataConfig(root=str(data)))
+    assert len(records["val"]) == 1 and problems == [
+        f"{tmp_path / 'val.txt'}:4: image nope.jpg not found ({tmp_path / 'nope.jpg'})",
+        f"{tmp_path / 'val.txt'}:5: data.yaml is not an image file (.jpg, .jpeg, .png, .bmp, .webp, .tif, .tiff)",
+    ]
