@@ -101,3 +101,26 @@ def test_non_finite_losses_stop_with_clear_error(data_root, tmp_path):
         train(*_cfgs(data_root, tmp_path / "run", epochs=3, max_bad_steps=2, lr=1e30), progress=False)
     rows = json.loads((tmp_path / "run" / "metrics.json").read_text())["epochs"]
     assert rows[0]["skipped_steps"] == 0 and rows[1]["skipped_steps"] == 1 and rows[1]["loss"] is None
+
+
+def test_tensorboard_scalars_per_step_and_epoch(data_root, tmp_path, monkeypatch):
+    """What goes to TensorBoard, with a stand-in writer (the package is optional)."""
+    scalars, closed = [], []
+
+    class Writer:
+        def __init__(self, path):
+            assert path == str(tmp_path / "run" / "tensorboard")
+
+        def add_scalar(self, tag, value, step):
+            scalars.append((tag, step))
+
+        def flush(self):
+            pass
+
+        def close(self):
+            closed.append(True)
+
+    monkeypatch.setattr(T, "tensorboard_writer_class", lambda: Writer)
+    s = train(*_cfgs(data_root, tmp_path / "run", epochs=1, tensorboard=True), progress=False)
+    assert {("train/loss", 1), ("train/lr", 1), ("val/AP", 1), ("epoch/loss", 1), ("epoch/images_per_s", 1)} <= set(scalars)
+    assert closed == [True] and s["files"]["tensorboard"] == str(tmp_path / "run" / "tensorboard")
