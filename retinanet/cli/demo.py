@@ -9,8 +9,9 @@ The demo runs exactly what a user would type, through ``retinanet.cli.main`` (pa
 
 ``SYNTHETIC_ROOT`` is the folder the recipe trains on: ``default_synthetic_root`` of the recipe's
 ``data.synthetic_train/_val/_size`` resolved as ``retinanet train`` resolves them (``DataConfig``
-defaults < the recipe < the demo's options, ``retinanet.config.resolve_config``), read when the demo runs, so the recipe can change without touching the demo. It stops at the
-first command that does not exit 0 and ends with a summary of the results and where they are.
+defaults < the recipe < the demo's options, ``retinanet.config.resolve_config``), read when the
+demo runs, so the recipe can change without touching the demo. It stops at the first command
+that does not exit 0 and ends with the results and where they are (``format_demo_results``).
 """
 
 from __future__ import annotations
