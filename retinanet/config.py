@@ -3,15 +3,24 @@
 Each part of the toolkit receives only its own sub-config: the model gets ``ModelConfig``, the data
 pipeline ``DataConfig``, the training engine ``TrainConfig``. ``dataclasses.asdict`` of these is
 what checkpoints store (plain types only, so they load with ``weights_only=True``), and
-``from_dict`` rebuilds them, ignoring nothing silently: unknown keys are an error.
+``from_dict`` rebuilds them, ignoring nothing silently: unknown keys are an error (except the
+few removed fields in ``REMOVED_FIELDS``, which old checkpoints and config files still carry).
+
+A run's configs come from three layers, lowest first: the dataclass defaults, a config file
+(``read_config_file``: YAML/JSON with ``model:``, ``data:``, ``train:`` sections), and the options
+given on the command line. ``resolve_config`` is the one place that merges them (train, eval and
+the demo all use it); sections are plain dicts ``{"model": {...}, "data": {...}, "train": {...}}``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+
+import yaml
 
 from retinanet.errors import RetinaNetError
 
@@ -83,7 +92,7 @@ class TrainConfig:
     warmup_iters: int = 500
     warmup_factor: float = 0.001
     scheduler: str = "multistep"  # "multistep" or "cosine"
-    lr_steps: tuple[int, ...] = (8, 11)  # epochs at which multistep divides the lr by 10
+    lr_steps: tuple[int, ...] = (8, 11)  # epochs at which multistep multiplies the lr by lr_gamma
     lr_gamma: float = 0.1
     clip_grad_norm: float | None = None
     amp: bool = False
@@ -100,7 +109,11 @@ class TrainConfig:
     print_every: int = 20  # a progress line every N steps in train.log (and on stdout when it is not a terminal)
     tensorboard: bool = False
     max_bad_steps: int = 20  # stop after this many consecutive non-finite losses
-    extra: dict[str, Any] = field(default_factory=dict)
+
+
+SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+# fields that no longer exist but old checkpoints and config.yaml files still hold: dropped on read
+REMOVED_FIELDS: dict[type, tuple[str, ...]] = {TrainConfig: ("extra",)}
 
 
 def from_dict(cls: type[T], values: dict[str, Any], source: str = "config") -> T:
@@ -110,6 +123,7 @@ def from_dict(cls: type[T], values: dict[str, Any], source: str = "config") -> T
         RetinaNetError: naming ``source`` and the unknown keys.
     """
     names = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    values = {k: v for k, v in values.items() if k not in REMOVED_FIELDS.get(cls, ())}
     unknown = sorted(set(values) - set(names))
     if unknown:
         raise RetinaNetError(f"{source}: unknown option(s) for {cls.__name__}: {', '.join(unknown)}")
@@ -143,3 +157,68 @@ def find_config(name_or_path: str) -> Path:
         return shipped
     raise RetinaNetError(f"{name_or_path}: no such config file, nor a shipped recipe "
                          f"({', '.join(recipe_names())})")
+
+
+def read_config_file(path: str | Path) -> dict[str, dict[str, Any]]:
+    """The ``model:``, ``data:``, ``train:`` sections of a YAML/JSON config file (missing ones empty).
+
+    Raises:
+        RetinaNetError: naming ``path``: unreadable, not YAML, not a mapping, an unknown section,
+            or a section that is not a mapping. (Unknown options are found by ``resolve_config``.)
+    """
+    path = Path(path)
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise RetinaNetError(f"{path}: cannot read config ({first})") from None
+    loaded = {} if loaded is None else loaded
+    if not isinstance(loaded, dict):
+        raise RetinaNetError(f"{path}: a config file is a mapping with model:, data:, train: sections")
+    unknown = sorted(set(loaded) - set(SECTIONS))
+    if unknown:
+        raise RetinaNetError(f"{path}: unknown section(s) {', '.join(map(str, unknown))} (model, data, train)")
+    sections = {}
+    for name in SECTIONS:
+        sec = loaded.get(name) or {}
+        if not isinstance(sec, dict):
+            raise RetinaNetError(f"{path}: section '{name}' must be a mapping of options")
+        sections[name] = dict(sec)
+    return sections
+
+
+def write_config_file(path: str | Path, configs: Mapping[str, Any]) -> None:
+    """Write ``{"model": cfg, "data": cfg, "train": cfg}`` (dataclasses or dicts) as YAML that
+    ``read_config_file`` reads back to the same configs."""
+    def plain(section: Any) -> dict[str, Any]:
+        values = dataclasses.asdict(section) if dataclasses.is_dataclass(section) else dict(section)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+
+    Path(path).write_text(yaml.safe_dump({name: plain(sec) for name, sec in configs.items()}, sort_keys=False))
+
+
+def resolve_config(file_sections: Mapping[str, Mapping[str, Any]] | None = None,
+                   overrides: Mapping[str, Mapping[str, Any]] | None = None,
+                   source: str = "config") -> tuple[ModelConfig, DataConfig, TrainConfig]:
+    """The run's configs: dataclass defaults < ``file_sections`` < ``overrides``.
+
+    Args:
+        file_sections: ``{"model": {...}, "data": {...}, "train": {...}}`` from a config file (or
+            a checkpoint's stored config); missing sections are empty.
+        overrides: the same shape, the options the user gave (e.g. on the command line); a value
+            here replaces the file's. Lists become tuples where the field is a tuple.
+        source: named in errors about ``file_sections`` (the file's path).
+    Raises:
+        RetinaNetError: an unknown section or option, naming ``source`` (or "options").
+    """
+    file_sections, overrides = file_sections or {}, overrides or {}
+    for where, sections in ((source, file_sections), ("options", overrides)):
+        unknown = sorted(set(sections) - set(SECTIONS))
+        if unknown:
+            raise RetinaNetError(f"{where}: unknown section(s) {', '.join(map(str, unknown))} (model, data, train)")
+    configs = []
+    for name, cls in SECTIONS.items():
+        base = from_dict(cls, dict(file_sections.get(name) or {}), source=source)
+        given = dict(overrides.get(name) or {})
+        configs.append(from_dict(cls, {**dataclasses.asdict(base), **given}, source="options") if given else base)
+    return tuple(configs)  # type: ignore[return-value]

@@ -19,9 +19,11 @@ MAIN_OPTIONS = {
     "check-data": ["--data", "--format", "--year", "--train-split", "--val-split", "--classes", "--val-fraction", "--skip-bad"],
     "train": ["--data", "--config", "--weights", "--epochs", "--batch-size", "--lr", "--device", "--out", "--resume",
               "--amp", "--ema", "--arch", "--min-size", "--workers"],
-    "eval": ["--weights", "--data", "--split", "--out", "--voc", "--device", "--batch-size", "--coco-backend"],
-    "predict": ["--weights", "--out", "--score-thresh", "--voc-xml", "--device", "--recursive"],
-    "export": ["--weights", "--out", "--opset", "--image-size", "--dynamic", "--static", "--no-verify"],
+    "eval": ["--weights", "--data", "--split", "--out", "--voc", "--device", "--batch-size", "--coco-backend", "--min-size"],
+    "predict": ["--weights", "--out", "--score-thresh", "--voc-xml", "--device", "--recursive", "--classes-filter",
+                "--min-size"],
+    "export": ["--weights", "--out", "--opset", "--image-size", "--batch-size", "--dynamic", "--static", "--no-verify",
+               "--score-thresh", "--sample"],
     "demo": ["--out", "--device", "--epochs", "--synthetic-train", "--synthetic-val", "--synthetic-size"],
 }
 

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from retinanet.cli import main
+from retinanet.cli.demo import DemoOptions, demo_commands, demo_data_config, run_demo
 from retinanet.data.synthetic import default_synthetic_root
-from retinanet.demo import DemoOptions, demo_commands, synthetic_options
 from retinanet.errors import RetinaNetError
 
 TINY = ["--synthetic-train", "4", "--synthetic-val", "2", "--synthetic-size", "64", "--epochs", "1", "--workers", "0",
@@ -39,11 +39,13 @@ def test_demo_end_to_end(tmp_path, monkeypatch, capsys):
 def test_synthetic_sizes_come_from_the_recipe_at_run_time(tmp_path, monkeypatch):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("data: {synthetic_train: 7, synthetic_size: 96}\n")
-    monkeypatch.setattr("retinanet.demo.RECIPE", str(recipe))
-    from retinanet.demo import recipe_data
-
-    assert synthetic_options(recipe_data(), DemoOptions()) == {"num_train": 7, "num_val": 100, "image_size": 96}
-    assert synthetic_options(recipe_data(), DemoOptions(synthetic_val=3))["num_val"] == 3
+    monkeypatch.setattr("retinanet.cli.demo.RECIPE", str(recipe))
+    d = demo_data_config(DemoOptions())
+    assert (d.synthetic_train, d.synthetic_val, d.synthetic_size) == (7, 100, 96)
+    assert demo_data_config(DemoOptions(synthetic_val=3)).synthetic_val == 3
+    recipe.write_text("data: {synthetic_train: 7, colour: red}\n")  # read as `retinanet train` reads it
+    with pytest.raises(RetinaNetError, match="r.yaml: unknown option.* colour"):
+        demo_data_config(DemoOptions())
 
 
 def test_commands_and_reserved_options(tmp_path):
@@ -63,3 +65,11 @@ def test_first_failing_step_stops_the_demo(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "step train exited with status 2" in err and "not-a-number" in err
     assert not (tmp_path / "d" / "eval").exists()
+
+
+def test_run_demo_runs_the_commands_through_the_runner_it_is_given(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("RETINANET_CACHE", str(tmp_path / "cache"))
+    ran = []
+    opts = DemoOptions(out=str(tmp_path / "d"), synthetic_train=2, synthetic_val=1, synthetic_size=32, num_images=1)
+    assert run_demo(opts, run_command=lambda argv: ran.append(argv[0]) or 3) == 3  # train fails: stop there
+    assert ran == ["train"] and "step train exited with status 3" in capsys.readouterr().err

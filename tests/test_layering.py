@@ -23,7 +23,7 @@ ALLOWED = {
     "data": {"data", "neutral"},
     "neutral": {"neutral"},
 }
-CLI_MODULES = {"retinanet.cli", "retinanet.demo", "retinanet.__main__"}
+CLI_MODULES = {"retinanet.__main__"}  # and every module of the retinanet.cli package
 # Optional dependencies: the only imports allowed inside functions.
 OPTIONAL = ("onnx", "onnxruntime", "onnxscript", "tensorboard", "torch.utils.tensorboard")
 
@@ -78,56 +78,6 @@ def read_imports(path: Path) -> list[tuple[str, list[str], int, bool]]:
     name = module_name(path)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     return parse_imports(path.read_text(encoding="utf-8"), package)
-
-
-MODULES = {"retinanet.cli", "retinanet.demo", "retinanet.__main__"}
-# Optional dependencies: the only imports allowed inside functions.
-OPTIONAL = ("onnx", "onnxruntime", "onnxscript", "tensorboard", "torch.utils.tensorboard")
-
-
-def module_name(path: Path) -> str:
-    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-def layer_of(module: str) -> str:
-    parts = module.split(".")
-    if module == "retinanet":
-        return "root"
-    if module in CLI_MODULES:
-        return "cli"
-    if len(parts) > 2 or (PACKAGE / parts[1]).is_dir():
-        return parts[1]  # engine, model, data
-    return "neutral"
-
-
-def _is_function_level(node: ast.AST, parents: dict[ast.AST, ast.AST]) -> bool:
-    while node in parents:
-        node = parents[node]
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            return True
-    return False
-
-
-def read_imports(path: Path) -> list[tuple[str, list[str], int, bool]]:
-    """``(imported module, names, line, function-level?)`` for each import statement of ``path``."""
-    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
-    package = module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
-    out = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                out.append((alias.name, [], node.lineno, _is_function_level(node, parents)))
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:  # relative import
-                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join([*anchor, base] if base else anchor)
-            if base == "__future__":
-                continue
-            out.append((base, [a.name for a in node.names], node.lineno, _is_function_level(node, parents)))
-    return sorted(out, key=lambda item: item[2])
 
 
 MODULES = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}

@@ -160,13 +160,3 @@ def test_predict_user_errors(tmp_path, checkpoint, capsys):
     assert "no such file or folder" in capsys.readouterr().err
     assert main(["predict", str(img), "--weights", str(tmp_path / "missing.pt")]) == 2
     assert "missing.pt" in capsys.readouterr().err
-
-
-def test_cli_help(capsys):
-    for cmd in ("eval", "predict"):
-        with pytest.raises(SystemExit) as exc:
-            main([cmd, "--help"])
-        assert exc.value.code == 0
-        text = capsys.readouterr().out
-        assert "--weights" in text and "--min-size" in text and "--device" in text
-    assert "--voc-xml" in text and "--classes-filter" in text

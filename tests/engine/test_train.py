@@ -7,9 +7,15 @@ import json
 import pytest
 import torch
 
+import retinanet.engine.train as T
+from retinanet.cli import build_parser
+from retinanet.cli.train import train_configs
 from retinanet.config import DataConfig, ModelConfig, TrainConfig
 from retinanet.data import make_synthetic
+from retinanet.engine.coco_eval import METRIC_NAMES
+from retinanet.engine.report import format_run_summary
 from retinanet.engine.train import train
+from retinanet.errors import RetinaNetError
 
 
 @pytest.fixture(scope="module")
@@ -22,13 +28,10 @@ def data_root(tmp_path_factory):
 def _cfgs(root, out, **train):
     model = ModelConfig(arch="resnet18_fpn", norm="bn", min_size=64, max_size=64, fpn_channels=32, head_convs=1)
     data = DataConfig(root=root, workers=0)
-    return model, data, TrainConfig(out=str(out), batch_size=4, lr=0.01, warmup_iters=2, device="cpu", **{"print_every": 100, **train})
+    return model, data, TrainConfig(out=str(out), batch_size=4, warmup_iters=2, device="cpu", **{"lr": 0.01, "print_every": 100, **train})
 
 
 def test_outputs_eval_every_summary_and_config_round_trip(data_root, tmp_path, capsys, monkeypatch):
-    import retinanet.engine.train as T
-    from retinanet.cli import build_parser, data_config_from_args
-
     saved = []
     real_save = T.save_checkpoint
     monkeypatch.setattr(T, "save_checkpoint", lambda state, path: saved.append((state["epoch"], path.name)) or real_save(state, path))
@@ -39,7 +42,7 @@ def test_outputs_eval_every_summary_and_config_round_trip(data_root, tmp_path, c
         assert (run / name).is_file(), name
     assert saved == [(0, "last.pt"), (1, "last.pt"), (1, "best.pt")]  # best.pt only on evaluated epochs
     rows = list(csv.DictReader((run / "results.csv").open()))
-    metrics = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"]
+    metrics = list(METRIC_NAMES)
     assert set(metrics + ["lr", "loss", "time_s", "images_per_s", "peak_mem_mb", "skipped_steps"]) <= set(rows[0])
     assert all(rows[0][k] == "" for k in metrics) and all(rows[1][k] != "" for k in metrics)  # epoch 1 not evaluated
     assert rows[1]["val_images"] == "2" and float(rows[1]["images_per_s"]) > 0 and float(rows[1]["peak_mem_mb"]) > 0
@@ -50,7 +53,7 @@ def test_outputs_eval_every_summary_and_config_round_trip(data_root, tmp_path, c
     printed = capsys.readouterr().out
     assert "epoch 1/2 step 1/1 loss" in printed and "epoch 1/2: loss" in printed and "not evaluated" in printed
     assert "epoch 2/2: loss" in printed and "AP50" in printed
-    text = T.summary_text(s)
+    text = format_run_summary(s)
     for name in ("best.pt", "last.pt", "results.csv", "metrics.json", "results.png", "config.yaml", "classes.json", "train.log"):
         assert str(run / name) in text, name
     assert "(epoch 2)" in text and f"retinanet eval --weights {run / 'best.pt'} --data {data_root}" in text
@@ -59,7 +62,7 @@ def test_outputs_eval_every_summary_and_config_round_trip(data_root, tmp_path, c
 
     # the written config gives back the same configs (num_classes: the dataset's)
     args = build_parser().parse_args(["train", "--config", str(run / "config.yaml")])
-    m, d, t = T.configs_from(args, data_config_from_args)
+    m, d, t = train_configs(args)
     assert (m, d, t) == (dataclasses.replace(model_cfg, num_classes=5), data_cfg, train_cfg)
 
 
@@ -78,8 +81,6 @@ def test_sigterm_writes_checkpoint_and_resume_command(data_root, tmp_path, monke
     import os
     import signal
 
-    import retinanet.engine.train as T
-
     real = T.train_step
 
     def step_then_signal(*a, **k):
@@ -93,10 +94,33 @@ def test_sigterm_writes_checkpoint_and_resume_command(data_root, tmp_path, monke
     assert (tmp_path / "run" / "interrupted.pt").is_file()
 
 
-def test_non_finite_losses_stop_with_clear_error(data_root, tmp_path, monkeypatch):
-    import retinanet.engine.train as T
-    from retinanet.errors import RetinaNetError
+def test_non_finite_losses_stop_with_clear_error(data_root, tmp_path):
+    # lr 1e30: the first step (warmup factor 0.001 -> lr 1e27) sends the weights to inf, so every
+    # later forward pass gives a real non-finite loss; 3 epochs of 1 step: the stop comes at step 3
+    with pytest.raises(RetinaNetError, match=r"2 consecutive non-finite losses \(last at epoch 3, step 1\)"):
+        train(*_cfgs(data_root, tmp_path / "run", epochs=3, max_bad_steps=2, lr=1e30), progress=False)
+    rows = json.loads((tmp_path / "run" / "metrics.json").read_text())["epochs"]
+    assert rows[0]["skipped_steps"] == 0 and rows[1]["skipped_steps"] == 1 and rows[1]["loss"] is None
 
-    monkeypatch.setattr(T.D, "all_reduce_mean", lambda v: v * float("nan"))
-    with pytest.raises(RetinaNetError, match="consecutive non-finite"):
-        train(*_cfgs(data_root, tmp_path / "run", epochs=3, max_bad_steps=2), progress=False)
+
+def test_tensorboard_scalars_per_step_and_epoch(data_root, tmp_path, monkeypatch):
+    """What goes to TensorBoard, with a stand-in writer (the package is optional)."""
+    scalars, closed = [], []
+
+    class Writer:
+        def __init__(self, path):
+            assert path == str(tmp_path / "run" / "tensorboard")
+
+        def add_scalar(self, tag, value, step):
+            scalars.append((tag, step))
+
+        def flush(self):
+            pass
+
+        def close(self):
+            closed.append(True)
+
+    monkeypatch.setattr(T, "tensorboard_writer_class", lambda: Writer)
+    s = train(*_cfgs(data_root, tmp_path / "run", epochs=1, tensorboard=True), progress=False)
+    assert {("train/loss", 1), ("train/lr", 1), ("val/AP", 1), ("epoch/loss", 1), ("epoch/images_per_s", 1)} <= set(scalars)
+    assert closed == [True] and s["files"]["tensorboard"] == str(tmp_path / "run" / "tensorboard")

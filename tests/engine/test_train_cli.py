@@ -6,14 +6,16 @@ import pytest
 import torch
 import yaml
 
-from retinanet.cli import build_parser, data_config_from_args, main
+from retinanet.cli import build_parser, main
+from retinanet.cli.train import train_configs
 from retinanet.config import DataConfig, ModelConfig, TrainConfig
-from retinanet.engine.train import configs_from
+from retinanet.data import make_synthetic
+from retinanet.engine.train import train
 from retinanet.errors import RetinaNetError
 
 
 def _configs(*argv):
-    return configs_from(build_parser().parse_args(["train", *argv]), data_config_from_args)
+    return train_configs(build_parser().parse_args(["train", *argv]))
 
 
 def test_command_line_beats_config_file_beats_defaults(tmp_path):
@@ -59,6 +61,15 @@ def test_resume_without_config_uses_the_checkpoint_config(tmp_path):
     assert t == TrainConfig(out=str(tmp_path), epochs=4, lr=0.02, resume=str(tmp_path))
 
 
+def test_removed_extra_field_of_old_checkpoints_and_config_files_is_ignored(tmp_path):
+    stored = {"model": {"arch": "resnet18_fpn"}, "data": {}, "train": {"epochs": 2, "extra": {"note": "old"}}}
+    torch.save({"config": stored, "model": {}}, tmp_path / "last.pt")
+    assert _configs("--resume", str(tmp_path))[2] == TrainConfig(epochs=2, resume=str(tmp_path))
+    cfg = tmp_path / "old.yaml"
+    cfg.write_text(yaml.safe_dump(stored))
+    assert _configs("--config", str(cfg))[2] == TrainConfig(epochs=2)
+
+
 @pytest.mark.parametrize("content,message", [
     ("model: {arch: resnet18_fpn, colour: red}\n", "unknown option(s) for ModelConfig: colour"),
     ("model: {}\noptimiser: {lr: 1}\n", "unknown section(s) optimiser"),
@@ -93,9 +104,6 @@ def test_tensorboard_missing_fails_before_any_work(tmp_path, capsys, monkeypatch
 
 def test_tensorboard_writes_events(tmp_path):
     pytest.importorskip("tensorboard")
-    from retinanet.data import make_synthetic
-    from retinanet.engine.train import train
-
     make_synthetic(tmp_path / "syn", num_train=2, num_val=1, image_size=64)
     model = ModelConfig(arch="resnet18_fpn", norm="bn", min_size=64, max_size=64, fpn_channels=32, head_convs=1)
     s = train(model, DataConfig(root=str(tmp_path / "syn"), workers=0),

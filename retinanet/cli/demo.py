@@ -1,26 +1,32 @@
 """``retinanet demo``: synthetic data -> quick training -> eval -> predictions, with the real commands.
 
-The demo runs exactly what a user would type, through ``retinanet.cli.main``::
+The demo runs exactly what a user would type, through ``retinanet.cli.main`` (passed in as
+``run_command``, so this module does not import the parser that imports it)::
 
     retinanet train --config quick_synthetic --out OUT/train [overrides]
     retinanet eval --weights OUT/train/best.pt --data SYNTHETIC_ROOT --out OUT/eval
     retinanet predict VAL_IMAGES... --weights OUT/train/best.pt --out OUT/predict
 
 ``SYNTHETIC_ROOT`` is the folder the recipe trains on: ``default_synthetic_root`` of the recipe's
-``data.synthetic_train/_val/_size`` (``DataConfig`` defaults when absent, demo options when given),
-read when the demo runs, so the recipe can change without touching the demo. It stops at the
-first command that does not exit 0 and ends with a summary of the results and where they are.
+``data.synthetic_train/_val/_size`` resolved as ``retinanet train`` resolves them (``DataConfig``
+defaults < the recipe < the demo's options, ``retinanet.config.resolve_config``), read when the
+demo runs, so the recipe can change without touching the demo. It stops at the first command
+that does not exit 0 and ends with the results and where they are (``format_demo_results``).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import shlex
 import sys
 import time
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from retinanet.config import DataConfig, find_config, read_config_file, resolve_config
+from retinanet.data import ensure_synthetic
 from retinanet.errors import RetinaNetError
 
 RECIPE = "quick_synthetic"
@@ -43,29 +49,47 @@ class DemoOptions:
     train_options: tuple[str, ...] = field(default=())  # passed to ``retinanet train`` unchanged
 
 
-def recipe_data(recipe: str | None = None) -> dict:
-    """The ``data:`` section of a recipe or config file (default ``RECIPE``; empty when it has none)."""
-    import yaml
+def add_demo_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "demo", help="synthetic data -> quick training -> eval -> predictions, on a CPU",
+        usage="retinanet demo [options] [-- TRAIN_OPTIONS ...]",
+        description="Generate the embedded synthetic dataset, train the shipped quick_synthetic recipe "
+        "(retinanet train --config quick_synthetic --out DIR/train), evaluate its best checkpoint (retinanet eval, "
+        "DIR/eval) and draw its detections on validation images (retinanet predict, DIR/predict), then print the "
+        "results and where everything is. Stops at the first command that fails.",
+        epilog="Options after '--' go to 'retinanet train' unchanged, e.g. "
+        "'retinanet demo --epochs 2 -- --min-size 128 --max-size 128 --batch-size 4'.",
+    )
+    p.add_argument("--out", default="demo", metavar="DIR", help="output folder: DIR/train, DIR/eval, DIR/predict [demo]")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:1 ... (default: the recipe's, auto)")
+    p.add_argument("--epochs", type=int, help="training epochs (default: the recipe's)")
+    p.add_argument("--workers", type=int, help="data loading processes of every step (default: each command's)")
+    p.add_argument("--synthetic-train", type=int, metavar="N", help="synthetic training images (default: the recipe's)")
+    p.add_argument("--synthetic-val", type=int, metavar="N", help="synthetic validation images (default: the recipe's)")
+    p.add_argument("--synthetic-size", type=int, metavar="PX", help="side of the synthetic images (default: the recipe's)")
+    p.add_argument("--num-images", type=int, default=8, metavar="N", help="validation images to draw predictions on [8]")
+    p.add_argument("train_options", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    return p
 
-    from retinanet.config import find_config
 
+def demo_options(args: argparse.Namespace) -> DemoOptions:
+    """``DemoOptions`` of parsed ``retinanet demo`` arguments (training options only after ``--``)."""
+    extra = list(args.train_options)
+    if extra and extra[0] != "--":
+        raise RetinaNetError(f"unexpected argument {extra[0]!r}: training options go after '--'")
+    return DemoOptions(
+        out=args.out, device=args.device, epochs=args.epochs, workers=args.workers, synthetic_train=args.synthetic_train,
+        synthetic_val=args.synthetic_val, synthetic_size=args.synthetic_size, num_images=args.num_images,
+        train_options=tuple(extra[1:]),
+    )
+
+
+def demo_data_config(opts: DemoOptions, recipe: str | None = None) -> DataConfig:
+    """The ``DataConfig`` that ``retinanet train --config RECIPE`` with the demo's options trains on
+    (``recipe``: default ``RECIPE``)."""
     path = find_config(recipe or RECIPE)
-    try:
-        loaded = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise RetinaNetError(f"{path}: cannot read config ({err})") from None
-    return dict(loaded.get("data") or {})
-
-
-def synthetic_options(data: dict, opts: DemoOptions) -> dict[str, int]:
-    """``default_synthetic_root`` keywords: demo options, else the recipe's, else ``DataConfig``'s."""
-    from retinanet.config import DataConfig
-
-    defaults = {f.name: f.default for f in fields(DataConfig)}
-    pick = {k: next(v for v in (getattr(opts, k), data.get(k), defaults[k]) if v is not None)
-            for k in ("synthetic_train", "synthetic_val", "synthetic_size")}
-    return {"num_train": int(pick["synthetic_train"]), "num_val": int(pick["synthetic_val"]),
-            "image_size": int(pick["synthetic_size"])}
+    given = {k: getattr(opts, k) for k in ("synthetic_train", "synthetic_val", "synthetic_size") if getattr(opts, k) is not None}
+    return resolve_config(read_config_file(path), {"data": given}, source=str(path))[1]
 
 
 def val_images(root: Path, n: int) -> list[Path]:
@@ -112,7 +136,7 @@ def _duration(seconds: float) -> str:
     return f"{int(seconds // 60)} min {seconds % 60:.0f} s" if seconds >= 60 else f"{seconds:.0f} s"
 
 
-def summary_text(out: Path, root: Path, seconds: dict[str, float]) -> str:
+def format_demo_results(out: Path, root: Path, seconds: dict[str, float]) -> str:
     """Results and locations of a finished demo, and the commands to go on with."""
     m = _metrics(out / "eval" / "eval.json")
     best = out / "train" / "best.pt"
@@ -136,28 +160,25 @@ def summary_text(out: Path, root: Path, seconds: dict[str, float]) -> str:
     ])
 
 
-def run_demo(opts: DemoOptions) -> int:
-    """Generate the data, run train, eval and predict; the first non-zero exit status stops it."""
-    from retinanet.cli import main
-    from retinanet.data import ensure_synthetic
-
+def run_demo(opts: DemoOptions, run_command: Callable[[Sequence[str]], int]) -> int:
+    """Generate the data, run train, eval and predict with ``run_command`` (``retinanet.cli.main``);
+    the first non-zero exit status stops it."""
     out = Path(opts.out)
     seconds: dict[str, float] = {}
     t0 = time.time()
-    data = recipe_data()
-    if data.get("root") is not None:
-        raise RetinaNetError(f"recipe {RECIPE} sets data.root ({data['root']}); the demo runs on the embedded synthetic dataset")
-    syn = synthetic_options(data, opts)
-    print(f"[1/4] synthetic dataset: {syn['num_train']} train + {syn['num_val']} val images of {syn['image_size']} px "
+    data = demo_data_config(opts)
+    if data.root is not None:
+        raise RetinaNetError(f"recipe {RECIPE} sets data.root ({data.root}); the demo runs on the embedded synthetic dataset")
+    print(f"[1/4] synthetic dataset: {data.synthetic_train} train + {data.synthetic_val} val images of {data.synthetic_size} px "
           "(written on first use, then reused)", flush=True)
-    root = ensure_synthetic(**syn)
+    root = ensure_synthetic(num_train=data.synthetic_train, num_val=data.synthetic_val, image_size=data.synthetic_size)
     seconds["data"] = time.time() - t0
     commands = demo_commands(opts, root, val_images(root, opts.num_images))
     for k, (name, argv) in enumerate(commands, start=2):
         print(f"\n[{k}/4] retinanet {shlex.join(argv)}", flush=True)
         t0 = time.time()
         try:
-            code = main(argv)
+            code = run_command(argv)
         except SystemExit as exit_:  # argparse rejected an option (its message is printed)
             code = exit_.code if isinstance(exit_.code, int) else 2
         seconds[name] = time.time() - t0
@@ -168,20 +189,22 @@ def run_demo(opts: DemoOptions) -> int:
             code = _check_training(out / "train", started=t0)
             if code:
                 return code
-    print(summary_text(out, root, seconds))
+    print(format_demo_results(out, root, seconds))
     return 0
 
 
 def _check_training(run: Path, started: float) -> int:
     """0 when this run wrote ``run/best.pt`` and was not interrupted (Ctrl-C); else a message and non-zero."""
-    def fresh(path: Path) -> bool:  # written by this run, not left by an earlier demo
-        return path.is_file() and path.stat().st_mtime >= started
-
     interrupted = run / "interrupted.pt"
-    if fresh(interrupted):
+    if _written_since(interrupted, started):
         print(f"retinanet demo: training was interrupted; resume it with: retinanet train --resume {interrupted}", file=sys.stderr)
         return 130
-    if not fresh(run / "best.pt"):
+    if not _written_since(run / "best.pt", started):
         print(f"retinanet demo: error: training wrote no {run / 'best.pt'}; stopped", file=sys.stderr)
         return 2
     return 0
+
+
+def _written_since(path: Path, started: float) -> bool:
+    """``path`` was written by this run, not left by an earlier demo."""
+    return path.is_file() and path.stat().st_mtime >= started

@@ -1,0 +1,249 @@
+"""Command-line interface: ``retinanet SUBCOMMAND ...`` (also ``python -m retinanet``).
+
+One short function per sub-command: it turns parsed options into config objects and calls the
+engine. Library code raises ``RetinaNetError``; here it becomes one clear line on stderr and exit
+status 2 (1 for a dataset check that found problems, 130 for Ctrl-C). ``train`` lives in
+``retinanet.cli.train``, ``demo`` in ``retinanet.cli.demo``, the shared dataset options and the
+options -> config dicts step in ``retinanet.cli.options``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from retinanet import __version__
+from retinanet.cli.demo import add_demo_parser, demo_options, run_demo
+from retinanet.cli.options import add_data_options, data_config_from_args
+from retinanet.cli.train import add_train_parser, cmd_train
+from retinanet.data import check_dataset, make_synthetic
+from retinanet.engine.checkpoint import load_model
+from retinanet.engine.distributed import cleanup, is_main_process, local_device
+from retinanet.engine.evaluate import EvalOptions, run_eval
+from retinanet.engine.export import ExportOptions, export_checkpoint
+from retinanet.engine.predict import PredictOptions, class_names_of, find_images, predict
+from retinanet.errors import RetinaNetError
+
+__all__ = ["build_parser", "data_config_from_args", "main"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a wrong option is one line naming the command, not a usage dump."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+# --- make-synthetic / check-data (retinanet.data) -------------------------------------------------
+
+
+def _add_make_synthetic(sub) -> None:
+    p = sub.add_parser("make-synthetic", help="write the embedded synthetic VOC-format dataset")
+    p.add_argument("out", metavar="OUT", help="output folder (VOCdevkit/VOC2012 layout + classes.json)")
+    p.add_argument("--num-train", type=int, default=400, help="training images [400]")
+    p.add_argument("--num-val", type=int, default=100, help="validation images [100]")
+    p.add_argument("--image-size", type=int, default=256, help="side of the square images, pixels [256]")
+    p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes [0]")
+    p.set_defaults(func=cmd_make_synthetic)
+
+
+def cmd_make_synthetic(args: argparse.Namespace) -> int:
+    s = make_synthetic(args.out, num_train=args.num_train, num_val=args.num_val, image_size=args.image_size, seed=args.seed)
+    print(f"wrote {s['train']} train + {s['val']} val images ({args.image_size}x{args.image_size}), {s['objects']} objects "
+          f"of {s['classes']} classes to {args.out} (VOCdevkit/VOC2012, class map {args.out}/classes.json)")
+    return 0
+
+
+def _add_check_data(sub) -> None:
+    p = sub.add_parser("check-data", help="read a dataset as training would and report every problem")
+    add_data_options(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_check_data)
+
+
+def cmd_check_data(args: argparse.Namespace) -> int:
+    report = check_dataset(data_config_from_args(args), progress=not args.quiet)
+    print(report.summary())
+    return 0 if report.ok else 1
+
+
+# --- eval / predict (retinanet.engine.evaluate, retinanet.engine.predict) -------------------------
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser(
+        "eval", help="COCO (and VOC) metrics of a checkpoint on a dataset",
+        description="Evaluate a checkpoint (ours, or an official torchvision RetinaNet file, whose labels are COCO "
+        "category ids) on the validation split: prints the 12 COCO metrics as pycocotools does and a per-class table; "
+        "writes eval.json, detections.json (COCO results format) and pr_curves.png. Only the evaluated split is read: "
+        "no training split is needed, and --data may be a COCO val JSON alone (instances_val2017.json). Runs under torchrun too.",
+    )
+    p.add_argument("--weights", required=True, metavar="CKPT", help="our checkpoint or a torchvision RetinaNet state_dict")
+    add_data_options(p)
+    p.add_argument("--split", help="split to evaluate (overrides --val-split)")
+    p.add_argument("--out", default="runs/eval", metavar="DIR", help="output folder [runs/eval]")
+    p.add_argument("--voc", action="store_true", help="also the VOC protocol: AP50 per class, 11-point and all-point mAP")
+    p.add_argument("--batch-size", type=int, default=2, help="images per batch and process [2]")
+    p.add_argument("--workers", type=int, default=2, help="data loading processes [2]")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... [auto]")
+    p.add_argument("--amp", action="store_true", help="mixed precision inference (bf16; fp16 on GPUs without bf16)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True, help="run the model in channels_last (NHWC) memory layout: the same detections, usually faster [on]")
+    p.add_argument("--min-size", type=int, help="short side of the network input (default: the checkpoint's)")
+    p.add_argument("--max-size", type=int, help="cap on the long side (default: the checkpoint's)")
+    p.add_argument("--score-thresh", type=float, help="drop detections below this score (default: the checkpoint's, 0.05)")
+    p.add_argument("--coco-backend", choices=["pycocotools", "faster_coco_eval"], default="pycocotools",
+                   help="COCOeval implementation: pycocotools (reference) or faster_coco_eval (faster, equal to ~1e-16) [pycocotools]")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_eval)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    data_cfg = data_config_from_args(args, **({"val_split": args.split} if args.split else {}))
+    sizes = {"min_size": args.min_size, "max_size": args.max_size, "score_thresh": args.score_thresh}
+    opts = EvalOptions(
+        weights=args.weights, out=args.out, voc=args.voc, batch_size=args.batch_size, workers=args.workers,
+        device=args.device, amp=args.amp, channels_last=args.channels_last, progress=not args.quiet, backend=args.coco_backend,
+        model_overrides={k: v for k, v in sizes.items() if v is not None},
+    )
+    try:
+        run = run_eval(data_cfg, opts)
+        main_rank = is_main_process()  # before cleanup(): afterwards every process looks like rank 0
+    finally:
+        cleanup()
+    if not main_rank:
+        return 0
+    for problem in run.warnings:
+        print(f"retinanet eval: warning: {problem}; AP of those classes is meaningless "
+              "(e.g. a COCO model on VOC data: class names and ids differ)", file=sys.stderr)
+    r = run.result
+    print(r.summary_text, r.table(), sep="\n\n")
+    if r.voc:
+        print(f"\nVOC AP50 (continuous IoU): mAP {100 * r.voc['mAP']:.2f} (all-point), {100 * r.voc['mAP_07']:.2f} (11-point VOC2007)")
+    print(f"\n{r.num_images} images, {len(r.detections)} detections: AP {100 * r.metrics['AP']:.2f}, "
+          f"AP50 {100 * r.metrics['AP50']:.2f}; results in {args.out} (eval.json, detections.json, pr_curves.png)")
+    return 0
+
+
+def _add_predict(sub) -> None:
+    p = sub.add_parser(
+        "predict", help="detect objects in images and draw them",
+        description="Detect objects in image files, folders or glob patterns. Writes OUT/images/ (drawn detections), "
+        "OUT/predictions.json (every detection, original pixels, xyxy) and with --voc-xml OUT/xml/ (VOC annotations for "
+        "a labelling tool). A file that cannot be read is reported and skipped.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image file, folder or glob pattern (quote it)")
+    p.add_argument("--weights", required=True, metavar="CKPT", help="our checkpoint or a torchvision RetinaNet state_dict")
+    p.add_argument("--out", default="runs/predict", metavar="DIR", help="output folder [runs/predict]")
+    p.add_argument("--recursive", action="store_true", help="descend into sub-folders (and ** in patterns)")
+    p.add_argument("--score-thresh", type=float, default=0.3, help="keep detections scoring at least this [0.3]")
+    p.add_argument("--classes-filter", action="append", metavar="NAMES", help="keep only these classes (comma-separated, repeatable)")
+    p.add_argument("--max-dets", type=int, default=100, help="at most this many detections per image [100]")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... [auto]")
+    p.add_argument("--min-size", type=int, help="short side of the network input (default: the checkpoint's)")
+    p.add_argument("--max-size", type=int, help="cap on the long side (default: the checkpoint's)")
+    p.add_argument("--batch-size", type=int, default=4, help="images per batch [4]")
+    p.add_argument("--workers", type=int, default=2, help="decoding processes [2]")
+    p.add_argument("--voc-xml", action="store_true", help="also write one VOC XML annotation per image")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True, help="run the model in channels_last (NHWC) memory layout: the same detections, usually faster [on]")
+    p.add_argument("--no-draw", action="store_true", help="do not write drawn images")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_predict)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    files = find_images(args.inputs, recursive=args.recursive)  # fail before loading the model
+    device = local_device(args.device)
+    sizes = {"min_size": args.min_size, "max_size": args.max_size}
+    model, class_map = load_model(args.weights, device, channels_last=args.channels_last, score_thresh=args.score_thresh, **{k: v for k, v in sizes.items() if v})
+    classes = tuple(n.strip() for group in args.classes_filter or () for n in group.split(",") if n.strip())
+    opts = PredictOptions(
+        out=args.out, score_thresh=args.score_thresh, classes=classes, max_dets=args.max_dets, batch_size=args.batch_size,
+        workers=args.workers, draw=not args.no_draw, voc_xml=args.voc_xml, progress=not args.quiet,
+    )
+    summary = predict(model, files, class_names_of(class_map, model.config.num_classes), opts, device)
+    print(summary.text())
+    return 1 if summary.num_images == 0 else 0
+
+
+# --- export (retinanet.engine.export) -------------------------------------------------------------
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export the whole detector to ONNX and verify it with onnxruntime",
+        description="Export pre-processing, network, anchors, decoding and NMS to one ONNX file, then check "
+        "onnxruntime against PyTorch on sample images. Input: images [B,3,H,W] already resized to the "
+        "model's input size; outputs: boxes [B,K,4], scores [B,K], labels [B,K], num_detections [B].",
+    )
+    p.add_argument("--weights", required=True, metavar="CKPT", help="our checkpoint or a torchvision RetinaNet state_dict")
+    p.add_argument("--out", required=True, metavar="FILE", help="the .onnx file to write")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset [18]")
+    p.add_argument("--image-size", type=int, nargs="+", default=[], metavar="N", help="example input size, S or H W; the only one accepted with --static [model min_size square]")
+    p.add_argument("--batch-size", type=int, default=1, help="example batch size; the only one accepted with --static [1]")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--dynamic", dest="dynamic", action="store_true", default=True, help="dynamic batch size, height and width (default)")
+    mode.add_argument("--static", dest="dynamic", action="store_false", help="fixed input shape: --batch-size x 3 x --image-size")
+    p.add_argument("--input-dtype", choices=["uint8", "float32"], default="uint8", help="graph input: uint8 0..255 or float32 0..1 RGB [uint8]")
+    p.add_argument("--score-thresh", type=float, help="score threshold baked into the graph [the checkpoint's]")
+    p.add_argument("--sample", nargs="+", default=[], metavar="IMAGE", help="images to verify on (default: random images)")
+    p.add_argument("--no-verify", dest="verify", action="store_false", help="skip the onnxruntime vs PyTorch check")
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    if len(args.image_size) > 2:
+        raise RetinaNetError(f"--image-size takes S or H W, not {len(args.image_size)} numbers")
+    options = ExportOptions(
+        opset=args.opset, image_size=tuple(args.image_size), batch_size=args.batch_size, dynamic=args.dynamic,
+        input_dtype=args.input_dtype, score_thresh=args.score_thresh, verify=args.verify, samples=tuple(args.sample),
+    )
+    path, report, seconds = export_checkpoint(args.weights, args.out, options)
+    print(f"exported {path} in {seconds:.1f} s")
+    if report is not None:
+        print(report.format())
+    return 0
+
+
+# --- demo (retinanet.cli.demo) --------------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """``retinanet demo``: runs the real commands through ``main``."""
+    return run_demo(demo_options(args), run_command=main)
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="retinanet",
+        description="Train, evaluate, run and export RetinaNet object detectors on VOC and COCO data.",
+        epilog="Start with 'retinanet demo' (synthetic data, no download, runs on a CPU); every command explains its "
+        "options with 'retinanet COMMAND --help'; README.md has the whole guide.",
+    )
+    parser.add_argument("--version", action="version", version=f"retinanet {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    _add_make_synthetic(sub)
+    _add_check_data(sub)
+    add_train_parser(sub).set_defaults(func=cmd_train)
+    _add_eval(sub)
+    _add_predict(sub)
+    _add_export(sub)
+    add_demo_parser(sub).set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except RetinaNetError as err:
+        print(f"retinanet {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"retinanet {args.command}: interrupted", file=sys.stderr)
+        return 130

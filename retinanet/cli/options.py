@@ -1,0 +1,66 @@
+"""Options shared by several commands, and parsed options -> config dicts.
+
+``add_data_options`` declares the dataset options of train, eval and check-data. ``given_options``
+turns what argparse parsed into the ``{"model": {...}, "data": {...}, "train": {...}}`` dicts that
+``retinanet.config.resolve_config`` takes: an option's destination is the config field of the
+same name (``--data`` -> ``DataConfig.root``), and an option that was not given is absent
+(train's options default to ``argparse.SUPPRESS``; elsewhere a ``None`` default means "not given").
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any
+
+from retinanet.config import SECTIONS, DataConfig, resolve_config
+
+OPTION_TO_FIELD = {"data": "root"}  # option destinations whose config field has another name
+
+
+def add_data_options(p: argparse.ArgumentParser, *, from_config: bool = False, augment: bool = False) -> None:
+    """Dataset options shared by train, eval and check-data (``augment``: the training augmentation too).
+
+    ``from_config`` (train): an option not given is absent from the parsed ``args`` (its value comes
+    from the config file, else ``DataConfig``'s default, shown in brackets) and each switch also has
+    a ``--no-`` form to turn off what a config file turned on.
+    """
+    d = DataConfig()
+    default = (lambda value: argparse.SUPPRESS) if from_config else (lambda value: value)
+    switch = {"action": argparse.BooleanOptionalAction, "default": argparse.SUPPRESS} if from_config else {"action": "store_true"}
+    g = p.add_argument_group("dataset")
+    g.add_argument("--data", metavar="ROOT", default=default(None), help="VOCdevkit root, flat images+XML folder, COCO annotation JSON, or YOLO data.yaml (default: the embedded synthetic dataset, written once under ~/.cache/retinanet/synthetic/ or $RETINANET_CACHE/synthetic/)")
+    g.add_argument("--format", choices=["voc", "voc-flat", "coco", "yolo"], default=default(None), help="force the dataset kind instead of detecting it")
+    g.add_argument("--year", dest="years", action="append", metavar="YEAR", default=default(None), help="VOC year, repeatable (--year 2007 --year 2012); default: every VOC20xx folder found")
+    g.add_argument("--train-split", default=default(d.train_split), help=f"training split (VOC ImageSets/Main name, COCO split or YOLO data.yaml key) [{d.train_split}]")
+    g.add_argument("--val-split", default=default(d.val_split), help=f"validation split [{d.val_split}]; COCO: or the val JSON; flat layout: or a .txt list of val images")
+    g.add_argument("--classes", metavar="JSON", default=default(None), help='class map JSON {"name": id, ...}; default: discovered from the annotations')
+    g.add_argument("--val-fraction", type=float, default=default(d.val_fraction), help=f"flat layout: share of images held out for validation [{d.val_fraction}]")
+    g.add_argument("--split-seed", type=int, default=default(d.split_seed), help=f"flat layout: seed of the deterministic split [{d.split_seed}]")
+    g.add_argument("--skip-bad", **switch, help="skip bad items (each reported) instead of stopping")
+    g.add_argument("--train-difficult", **switch, help="train on VOC 'difficult' / COCO crowd objects too (default: ignore regions)")
+    if not augment:
+        return
+    a = p.add_argument_group("augmentation (training only)")
+    a.add_argument("--train-sizes", type=int, nargs="+", metavar="PX", default=default(()), help="multi-scale training: random short side from these (default: the model's min size)")
+    a.add_argument("--hflip-prob", type=float, default=default(d.hflip_prob), help=f"horizontal flip probability [{d.hflip_prob}]")
+    a.add_argument("--photometric", **switch, help="random photometric distortion (brightness, contrast, saturation, hue)")
+    a.add_argument("--iou-crop", **switch, help="random IoU crop (SSD-style)")
+    if from_config:
+        a.add_argument("--aspect-grouping", **switch, help="batch portrait and landscape images apart [on]")
+    else:
+        a.add_argument("--no-aspect-grouping", dest="aspect_grouping", action="store_false", help="do not batch portrait and landscape images apart")
+
+
+def given_options(args: argparse.Namespace, sections: tuple[str, ...] = tuple(SECTIONS)) -> dict[str, dict[str, Any]]:
+    """``{section: {field: value}}`` of the options present in ``args`` and not None, for the
+    config ``sections`` asked for; options that are no config field (``--config``, ``--quiet``) are left out."""
+    given = {OPTION_TO_FIELD.get(k, k): v for k, v in vars(args).items() if v is not None}
+    return {name: {f.name: given[f.name] for f in dataclasses.fields(SECTIONS[name]) if f.name in given}
+            for name in sections}
+
+
+def data_config_from_args(args: argparse.Namespace, **overrides: Any) -> DataConfig:
+    """``DataConfig`` defaults < the data options in ``args`` < ``overrides`` (eval, check-data)."""
+    data = given_options(args, ("data",))["data"] | overrides
+    return resolve_config(overrides={"data": data}, source="options")[1]

@@ -1,0 +1,108 @@
+"""``retinanet train``: its options, and where each value comes from.
+
+Lowest first: the ``ModelConfig``/``DataConfig``/``TrainConfig`` defaults, the config file (``--config
+FILE`` or a shipped recipe name; else the config stored in the ``--resume`` checkpoint; else, without
+``--data``, the quick_synthetic recipe), the options given on the command line. Every training option
+defaults to ``argparse.SUPPRESS``, so ``args`` holds only what the user typed.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from retinanet.cli.options import add_data_options, given_options
+from retinanet.config import (RECIPES_DIR, SECTIONS, DataConfig, ModelConfig, TrainConfig, find_config, read_config_file,
+                              recipe_names, resolve_config)
+from retinanet.checkpoint_io import read_file
+from retinanet.engine.report import format_run_summary
+from retinanet.engine.train import resume_file, train
+
+QUICK_RECIPE = RECIPES_DIR / "quick_synthetic.yaml"
+EXIT_CODES = {"finished": 0, "SIGINT": 130, "SIGTERM": 143}  # any other stop (a signal on another rank): 1
+
+
+def add_train_parser(sub) -> argparse.ArgumentParser:
+    m0, d0, t0 = ModelConfig(), DataConfig(), TrainConfig()
+    p = sub.add_parser(
+        "train", help="train a detector (CPU, one GPU, or many with torchrun)",
+        description="Train a RetinaNet. Every option comes from, lowest first: the built-in default (in brackets), the "
+        f"config file (--config FILE or a shipped recipe: {', '.join(recipe_names())}; without --config and --data: "
+        "the quick_synthetic recipe; with --resume and no --config: the checkpoint's config), the options given here. "
+        "The resolved config is written to RUN_DIR/config.yaml (train again with --config RUN_DIR/config.yaml). "
+        "Run with 'torchrun --nproc_per_node=N -m retinanet train ...' for DDP (NCCL on GPUs, gloo on CPU).",
+    )
+    add_data_options(p, from_config=True, augment=True)
+    S = argparse.SUPPRESS  # only options the user gives override --config
+    s = p.add_argument_group("embedded synthetic dataset (used when no --data is given)")
+    s.add_argument("--synthetic-train", type=int, default=S, metavar="N", help=f"training images [{d0.synthetic_train}]")
+    s.add_argument("--synthetic-val", type=int, default=S, metavar="N", help=f"validation images [{d0.synthetic_val}]")
+    s.add_argument("--synthetic-size", type=int, default=S, metavar="PX", help=f"side of the square images [{d0.synthetic_size}]")
+    m = p.add_argument_group("model")
+    m.add_argument("--arch", default=S, help=f"resnet18_fpn, resnet34_fpn, resnet50_fpn, resnet50_fpn_v2, ... [{m0.arch}]")
+    m.add_argument("--min-size", type=int, default=S, metavar="PX", help=f"short side of the network input [{m0.min_size}]")
+    m.add_argument("--max-size", type=int, default=S, metavar="PX", help=f"cap on the long side [{m0.max_size}]")
+    m.add_argument("--norm", choices=["frozen_bn", "bn"], default=S, help=f"backbone BatchNorm: frozen (pretrained start) or trained [{m0.norm}]")
+    m.add_argument("--trainable-backbone-layers", type=int, default=S, metavar="N", help=f"ResNet stages trained, 0..5 [{m0.trainable_backbone_layers}]")
+    m.add_argument("--fpn-channels", type=int, default=S, metavar="C", help=f"FPN and head width (256 to load torchvision weights) [{m0.fpn_channels}]")
+    m.add_argument("--head-convs", type=int, default=S, metavar="N", help=f"conv layers per head branch (4 to load torchvision weights) [{m0.head_convs}]")
+    t = p.add_argument_group("training")
+    t.add_argument("--config", metavar="FILE", default=S, help="YAML/JSON with model:, data:, train: sections, or a shipped recipe name")
+    t.add_argument("--weights", default=S, metavar="FILE", help="start from these weights: a torchvision RetinaNet state_dict or our checkpoint (a different class count re-initialises the classification layer)")
+    t.add_argument("--resume", default=S, metavar="RUN_DIR_OR_CKPT", help="continue a run exactly from RUN_DIR/last.pt or a checkpoint")
+    t.add_argument("--out", default=S, metavar="RUN_DIR", help=f"run directory for checkpoints, logs and plots [{t0.out}]")
+    t.add_argument("--epochs", type=int, default=S, help=f"[{t0.epochs}]")
+    t.add_argument("--batch-size", type=int, default=S, help=f"images per step and process [{t0.batch_size}]")
+    t.add_argument("--workers", type=int, default=S, help=f"data loading processes per training process [{d0.workers}]")
+    t.add_argument("--optimizer", choices=["sgd", "adamw"], default=S, help=f"[{t0.optimizer}]")
+    t.add_argument("--lr", type=float, default=S, help=f"peak learning rate (for --batch-size x processes images) [{t0.lr}]")
+    t.add_argument("--momentum", type=float, default=S, help=f"SGD momentum [{t0.momentum}]")
+    t.add_argument("--weight-decay", type=float, default=S, help=f"[{t0.weight_decay}]")
+    t.add_argument("--scheduler", choices=["multistep", "cosine"], default=S, help=f"learning rate schedule after warmup [{t0.scheduler}]")
+    t.add_argument("--warmup-iters", type=int, default=S, metavar="N", help=f"linear warmup steps [{t0.warmup_iters}]")
+    t.add_argument("--lr-steps", type=int, nargs="+", default=S, metavar="EPOCH", help=f"multistep: epochs where the lr is multiplied by --lr-gamma [{' '.join(map(str, t0.lr_steps))}]")
+    t.add_argument("--lr-gamma", type=float, default=S, help=f"multistep factor [{t0.lr_gamma}]")
+    t.add_argument("--clip-grad", dest="clip_grad_norm", type=float, default=S, metavar="NORM", help="clip the gradient norm to this [off]")
+    t.add_argument("--amp", action=argparse.BooleanOptionalAction, default=S, help="mixed precision (fp16 + grad scaling on GPUs, bf16 on CPU) [off]")
+    t.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=S, help="run the model in channels_last (NHWC) memory layout: the same results, usually faster (BENCHMARKS.md) [on]")
+    t.add_argument("--ema", action=argparse.BooleanOptionalAction, default=S, help="keep an exponential moving average of the weights; it is evaluated and saved as 'ema' [off]")
+    t.add_argument("--ema-decay", type=float, default=S, help=f"EMA decay, ramped up over the first steps [{t0.ema_decay}]")
+    t.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=S, help="SyncBatchNorm across processes (DDP with --norm bn) [off]")
+    t.add_argument("--eval-every", type=int, default=S, metavar="N", help=f"evaluate every N epochs and after the last; best.pt only changes then [{t0.eval_every}]")
+    t.add_argument("--print-every", type=int, default=S, metavar="N", help=f"a progress line every N steps in train.log (on stdout when it is not a terminal) [{t0.print_every}]")
+    t.add_argument("--seed", type=int, default=S, help=f"[{t0.seed}]")
+    t.add_argument("--device", default=S, help=f"auto, cpu, cuda, cuda:1 ... [{t0.device}]")
+    t.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=S, help="also log to RUN_DIR/tensorboard (needs: pip install 'retinanet[tensorboard]') [off]")
+    t.add_argument("--quiet", action="store_true", help="no progress bars or lines on the terminal (train.log is still written)")
+    return p
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    model_cfg, data_cfg, train_cfg = train_configs(args)
+    summary = train(model_cfg, data_cfg, train_cfg, progress=not args.quiet)
+    if summary["rank"] == 0:  # the process group is gone by now: the rank is in the summary
+        print(format_run_summary(summary))
+    return EXIT_CODES.get(summary["stopped"], 1)
+
+
+def train_configs(args: argparse.Namespace) -> tuple[ModelConfig, DataConfig, TrainConfig]:
+    """The configs of ``retinanet train``: defaults < config file (``config_file_sections``) < options given."""
+    sections, source = config_file_sections(vars(args))
+    return resolve_config(sections, given_options(args), source=source)
+
+
+def config_file_sections(given: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], str]:
+    """The config under the command line's options, and where it comes from: ``--config``, else
+    the checkpoint of ``--resume``, else (no ``--data``) the quick_synthetic recipe, else nothing."""
+    if given.get("config"):
+        path = find_config(given["config"])
+        return read_config_file(path), str(path)
+    if given.get("resume"):
+        ckpt = resume_file(given["resume"])
+        stored = read_file(ckpt).get("config")
+        if isinstance(stored, dict):
+            return {k: dict(stored.get(k) or {}) for k in SECTIONS}, str(ckpt)
+    if given.get("data") is None and QUICK_RECIPE.is_file():
+        return read_config_file(QUICK_RECIPE), str(QUICK_RECIPE)
+    return {k: {} for k in SECTIONS}, "defaults"

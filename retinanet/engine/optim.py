@@ -1,0 +1,104 @@
+"""Optimisation helpers of the training loop: optimizer, learning-rate schedule, EMA, RNG state.
+
+Pure functions of a ``TrainConfig`` (and the model), so the loop in ``retinanet.engine.train``
+only calls them; each is tested on its own (``tests/engine/test_optim.py``).
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import random
+from typing import Any
+
+import numpy as np
+import torch
+
+from retinanet.config import TrainConfig
+from retinanet.errors import RetinaNetError
+
+
+def lr_factor(it: int, epoch_float: float, cfg: TrainConfig, total_epochs: int) -> float:
+    """Multiplier of ``cfg.lr`` at global step ``it`` (linear warmup, then multistep or cosine).
+
+    Args:
+        it: global step, 0-based, counted over every epoch.
+        epoch_float: epoch + fraction of it done (``epoch + i / steps_per_epoch``), 0-based.
+        cfg: ``warmup_iters``, ``warmup_factor`` (the factor at step 0), ``scheduler``,
+            ``lr_steps`` and ``lr_gamma`` (multistep: times ``lr_gamma`` at each step epoch).
+        total_epochs: the cosine schedule reaches 0 at this epoch.
+    Returns:
+        warmup factor (``warmup_factor`` -> 1 over ``warmup_iters`` steps) times the schedule's.
+    """
+    warm = 1.0
+    if it < cfg.warmup_iters:
+        alpha = it / max(1, cfg.warmup_iters)
+        warm = cfg.warmup_factor * (1 - alpha) + alpha
+    if cfg.scheduler == "cosine":
+        return warm * 0.5 * (1 + math.cos(math.pi * min(1.0, epoch_float / max(1, total_epochs))))
+    if cfg.scheduler == "multistep":
+        return warm * cfg.lr_gamma ** sum(int(epoch_float) >= s for s in cfg.lr_steps)
+    raise RetinaNetError(f"unknown scheduler '{cfg.scheduler}' (multistep or cosine)")
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> float:
+    """Set every parameter group's learning rate to ``lr``; returns ``lr``."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD (momentum, weight decay) or AdamW over the trainable parameters."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise RetinaNetError(f"unknown optimizer '{cfg.optimizer}' (sgd or adamw)")
+
+
+def ema_multi_avg_fn(decay: float, ramp_iters: int):
+    """EMA update for ``AveragedModel``: decay ``decay * (1 - exp(-n / ramp_iters))`` after n updates
+    (constant ``decay`` when ``ramp_iters`` is 0), so short runs do not average in the initial weights."""
+
+    @torch.no_grad()
+    def update(ema_params, params, num_averaged) -> None:
+        d = decay * (1 - math.exp(-float(num_averaged) / ramp_iters)) if ramp_iters > 0 else decay
+        torch._foreach_lerp_(ema_params, params, 1.0 - d)
+
+    return update
+
+
+def build_ema(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.swa_utils.AveragedModel | None:
+    """The EMA of ``model``'s weights (``cfg.ema``), else None."""
+    if not cfg.ema:
+        return None
+    return torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=ema_multi_avg_fn(cfg.ema_decay, cfg.ema_ramp_iters))
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's and torch's generators."""
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, numpy, torch (and CUDA) RNG states as plain types/tensors (``weights_only`` loadable)."""
+    np_state = np.random.get_state()
+    state = {"python": repr(random.getstate()), "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]],
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what ``rng_state`` returned (CUDA states only where CUDA is available)."""
+    random.setstate(ast.literal_eval(state["python"]))
+    n = state["numpy"]
+    np.random.set_state((n[0], n[1].numpy(), *n[2:]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

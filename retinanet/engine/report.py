@@ -1,0 +1,260 @@
+"""What a training run reports: log lines, progress, per-epoch files and the end summary.
+
+- ``RunLog``: every line goes to ``train.log`` (main process) and, when echoing, to stdout.
+- ``StepProgress``: a tqdm bar on a terminal, and a progress line every N steps in the log.
+- ``epoch_line(row)``: the line after an epoch; a *row* is one epoch's numbers (a ``results.csv``
+  row: losses, lr, the 12 COCO metrics or None, timing, memory, skipped steps).
+- ``write_epoch_files(out, history, ...)``: ``results.csv``, ``metrics.json``, ``results.png``.
+- ``make_summary(...)`` -> the summary dict ``train`` returns; ``format_run_summary(summary)``
+  is its one-screen text (best and last metrics, speed, files, next commands).
+- TensorBoard (optional dependency): ``tensorboard_writer_class``, ``tensorboard_step``,
+  ``tensorboard_epoch``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import resource
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
+from tqdm import tqdm
+
+from retinanet.config import DataConfig
+from retinanet.engine import distributed as D
+from retinanet.engine.coco_eval import METRIC_NAMES
+from retinanet.errors import RetinaNetError
+
+LOSSES = ("loss", "classification", "bbox_regression")
+TB_HINT = "pip install 'retinanet[tensorboard]'"
+RUN_FILES = ("best.pt", "last.pt", "results.csv", "metrics.json", "results.png", "config.yaml", "classes.json", "train.log")
+
+
+def hms(seconds: float) -> str:
+    """``H:MM:SS`` of a duration (negative counts as 0)."""
+    s = int(round(max(0.0, seconds)))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def _fmt(v: float | None, spec: str = ".4f") -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak GPU memory allocated (CUDA) or peak resident memory of this process (CPU), MiB."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class RunLog:
+    """Lines of a run: appended to ``train.log`` (main process) and printed when ``echo``."""
+
+    def __init__(self, path: Path | None, echo: bool):
+        self.file = path.open("a") if path is not None else None
+        self.echo = echo
+
+    def line(self, msg: str, echo: bool = True) -> None:
+        if self.echo and echo:
+            print(msg, flush=True)
+        if self.file:
+            self.file.write(msg + "\n")
+            self.file.flush()
+
+    def __enter__(self) -> RunLog:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.file:
+            self.file.close()
+            self.file = None
+
+
+class StepProgress:
+    """Progress of one epoch's steps: a tqdm bar with ETA (loss, lr) when stderr is a terminal;
+    every ``every`` steps (and at the last) a line with ETA in the log, printed when there is no bar.
+    A context manager: the bar is closed on exit."""
+
+    def __init__(self, log: RunLog, total: int, desc: str, every: int, show: bool):
+        self.log, self.total, self.desc, self.every = log, total, desc, max(1, every)
+        self.bar = (tqdm(total=total, desc=desc, unit="step", file=sys.stderr, dynamic_ncols=True, leave=False, mininterval=0.5)
+                    if show and log.echo and sys.stderr.isatty() else None)
+        self.t0 = time.time()
+
+    def update(self, i: int, losses: dict[str, float] | None, lr: float) -> None:
+        """After step ``i`` (0-based) of the epoch; ``losses`` None: a skipped (non-finite) step."""
+        loss = losses["loss"] if losses else float("nan")
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.3g}", refresh=False)
+            self.bar.update(1)
+        if (i + 1) % self.every == 0 or i + 1 == self.total:
+            eta = (time.time() - self.t0) / (i + 1) * (self.total - i - 1)
+            self.log.line(f"{self.desc} step {i + 1}/{self.total} loss {loss:.4f} lr {lr:.4g} eta {hms(eta)}",
+                          echo=self.bar is None)
+
+    def __enter__(self) -> StepProgress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def epoch_line(row: dict[str, Any], epochs: int, improved: bool) -> str:
+    """The one line printed (and logged) after an epoch."""
+    ap = (f"AP {_fmt(row['AP'])} AP50 {_fmt(row['AP50'])} AR100 {_fmt(row['AR100'])}{' (best)' if improved else ''}"
+          if row["AP"] is not None else "not evaluated")
+    msg = (f"epoch {row['epoch']}/{epochs}: loss {_fmt(row.get('loss'))} lr {row['lr']:.4g} | {ap} | "
+           f"train {row['time_s']:.1f} s, {row['images_per_s']:.1f} img/s")
+    if row["eval_s"] is not None:
+        msg += f", eval {row['eval_s']:.1f} s"
+    msg += f", peak mem {row['peak_mem_mb']:.0f} MiB"
+    return msg + (f", {row['skipped_steps']} non-finite step(s) skipped" if row["skipped_steps"] else "")
+
+
+# --- files of the run directory -------------------------------------------------------------------
+
+
+def write_epoch_files(out: Path, history: list[dict[str, Any]], best_ap: float, best_epoch: int) -> None:
+    """Rewrite ``results.csv`` (one row per epoch), ``metrics.json`` and ``results.png`` in ``out``."""
+    keys = list(dict.fromkeys(k for row in history for k in row))
+    with (out / "results.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(history)
+    best_ap50 = next((r["AP50"] for r in history if r["epoch"] == best_epoch), None)
+    (out / "metrics.json").write_text(json.dumps({"best_ap": best_ap, "best_ap50": best_ap50, "best_epoch": best_epoch,
+                                                  "epochs": history}, indent=2))
+    plot_history(history, out / "results.png")
+
+
+def plot_history(history: list[dict[str, Any]], path: Path) -> None:
+    """Losses, learning rate and COCO AP/AP50 per epoch, three panels in one PNG."""
+    def series(key):
+        return [float("nan") if r.get(key) is None else r[key] for r in history]
+
+    ep = [r["epoch"] for r in history]
+    fig = Figure(figsize=(12, 3.5))
+    axes = fig.subplots(1, 3)
+    for k in LOSSES:
+        axes[0].plot(ep, series(k), marker=".", label=k)
+    axes[1].plot(ep, series("lr"), marker=".", label="lr")
+    evaluated = [r for r in history if r.get("AP") is not None]
+    for k in ("AP", "AP50"):
+        axes[2].plot([r["epoch"] for r in evaluated], [r[k] for r in evaluated], marker="o", label=k)
+    for ax, t in zip(axes, ("losses", "learning rate", "COCO AP")):
+        ax.set_title(t), ax.set_xlabel("epoch"), ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+
+
+# --- TensorBoard (optional dependency) ------------------------------------------------------------
+
+
+def tensorboard_writer_class():
+    """``torch.utils.tensorboard.SummaryWriter``, or a ``RetinaNetError`` saying how to install it."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise RetinaNetError(f"--tensorboard needs the tensorboard package: {TB_HINT}") from None
+    return SummaryWriter
+
+
+def tensorboard_step(tb, losses: dict[str, float], lr: float, it: int) -> None:
+    """``train/<loss>`` and ``train/lr`` at global step ``it``."""
+    for k, v in losses.items():
+        tb.add_scalar(f"train/{k}", v, it)
+    tb.add_scalar("train/lr", lr, it)
+
+
+def tensorboard_epoch(tb, row: dict[str, Any]) -> None:
+    """``val/<metric>`` and ``epoch/<loss, lr, speed, memory>`` of an epoch's row."""
+    for k in (*METRIC_NAMES, "val_images"):
+        if row.get(k) is not None:
+            tb.add_scalar(f"val/{k}", row[k], row["epoch"])
+    for k in (*LOSSES, "lr", "images_per_s", "peak_mem_mb", "time_s"):
+        if row.get(k) is not None:
+            tb.add_scalar(f"epoch/{k}", row[k], row["epoch"])
+    tb.flush()
+
+
+# --- the end of a run -----------------------------------------------------------------------------
+
+
+def eval_command(data_cfg: DataConfig, root: Path, weights: Path) -> str:
+    """``retinanet eval`` command line evaluating ``weights`` on the run's validation split."""
+    parts = ["retinanet", "eval", "--weights", str(weights), "--data", str(root)]
+    if data_cfg.format:
+        parts += ["--format", data_cfg.format]
+    for year in data_cfg.years:
+        parts += ["--year", str(year)]
+    default = DataConfig()
+    for name in ("train_split", "val_split", "classes", "val_fraction", "split_seed"):
+        if getattr(data_cfg, name) != getattr(default, name):
+            parts += [f"--{name.replace('_', '-')}", str(getattr(data_cfg, name))]
+    if data_cfg.skip_bad:
+        parts.append("--skip-bad")
+    return shlex.join(parts)
+
+
+def make_summary(out: Path, history: list[dict[str, Any]], best_ap: float, best_epoch: int, stopped: str, seconds: float,
+                 world: int, data_cfg: DataConfig, root: Path, tensorboard: bool = False,
+                 reinitialised: list[str] | None = None) -> dict[str, Any]:
+    """The run's summary dict: best/last metrics, throughput, files and next commands."""
+    best_row = next((r for r in history if r["epoch"] == best_epoch), None)
+    train_s = sum(r["time_s"] for r in history)
+    images = sum(r["images_per_s"] * r["time_s"] for r in history)
+    files = {n: str(out / n) for n in RUN_FILES if (out / n).exists() or n == "train.log"}
+    if tensorboard:
+        files["tensorboard"] = str(out / "tensorboard")
+    weights = out / "best.pt" if (out / "best.pt").exists() else out / "last.pt"
+    summary = {
+        "out": str(out), "stopped": stopped, "history": history, "best_ap": best_ap, "best_epoch": best_epoch,
+        "best_ap50": best_row["AP50"] if best_row else None, "last_metrics": history[-1] if history else None,
+        "time_s": seconds, "train_time_s": train_s, "images_per_s": images / train_s if train_s > 0 else None,
+        "peak_mem_mb": max((r["peak_mem_mb"] for r in history), default=None),
+        "skipped_steps": sum(r["skipped_steps"] for r in history), "world_size": world, "rank": D.get_rank(),
+        "reinitialised": list(reinitialised or []), "files": files,
+        "best": str(out / "best.pt"), "last": str(out / "last.pt"),
+        "commands": {} if not weights.exists() else {
+            "eval": eval_command(data_cfg, root, weights),
+            "predict": shlex.join(["retinanet", "predict", "IMAGES", "--weights", str(weights), "--out", str(out / "predict")]),
+            "export": shlex.join(["retinanet", "export", "--weights", str(weights), "--out", str(out / "model.onnx")])},
+    }
+    if stopped != "finished":
+        summary["resume"] = shlex.join(["retinanet", "train", "--resume", str(out / "interrupted.pt")])
+    return summary
+
+
+def format_run_summary(summary: dict[str, Any]) -> str:
+    """One screen of ``make_summary``'s dict: best and last metrics, time, throughput, memory,
+    files, next commands."""
+    lines = ["", f"training {'finished' if summary['stopped'] == 'finished' else 'stopped by ' + summary['stopped']}: "
+                 f"{len(summary['history'])} epoch(s) in {hms(summary['time_s'])} on {summary['world_size']} process(es)"]
+    if summary["best_epoch"] > 0:
+        lines.append(f"  best:   AP {_fmt(summary['best_ap'])}  AP50 {_fmt(summary['best_ap50'])}  (epoch {summary['best_epoch']})")
+    else:
+        lines.append("  best:   no epoch evaluated yet")
+    last = summary["last_metrics"]
+    if last:
+        lines.append(f"  last:   epoch {last['epoch']}  loss {_fmt(last.get('loss'))}  AP {_fmt(last['AP'])}  "
+                     f"AP50 {_fmt(last['AP50'])}  AR100 {_fmt(last['AR100'])}")
+    lines.append(f"  speed:  {_fmt(summary['images_per_s'], '.1f')} train images/s (all processes), "
+                 f"peak memory {_fmt(summary['peak_mem_mb'], '.0f')} MiB (rank 0)")
+    if summary["skipped_steps"]:
+        lines.append(f"  skipped {summary['skipped_steps']} step(s) with a non-finite loss")
+    lines.append(f"files in {summary['out']}:")
+    lines += [f"  {name:<13} {path}" for name, path in summary["files"].items()]
+    if "resume" in summary:
+        lines += ["resume:", f"  {summary['resume']}"]
+    if summary["commands"]:
+        lines.append("next:")
+        lines += [f"  {cmd}" for cmd in summary["commands"].values()]
+    return "\n".join(lines)

@@ -1,0 +1,43 @@
+"""engine/report.py: epoch line, results files and the end summary from hand-made epoch rows."""
+
+import csv
+import json
+
+from retinanet.config import DataConfig
+from retinanet.engine.coco_eval import METRIC_NAMES
+from retinanet.engine.report import eval_command, epoch_line, format_run_summary, make_summary, write_epoch_files
+
+
+def _row(epoch, ap=None, skipped=0):
+    metrics = {k: (ap if ap is None else ap / (i + 1)) for i, k in enumerate(METRIC_NAMES)}
+    return {"epoch": epoch, "loss": 1.5 / epoch, "classification": 1.0, "bbox_regression": 0.5 / epoch, "lr": 0.01, **metrics,
+            "val_images": None if ap is None else 3, "time_s": 2.0, "eval_s": None if ap is None else 1.0,
+            "images_per_s": 4.0, "peak_mem_mb": 100.0 + epoch, "skipped_steps": skipped}
+
+
+def test_epoch_line_says_evaluated_or_not_and_skipped_steps():
+    assert "not evaluated" in epoch_line(_row(1), 2, improved=False)
+    line = epoch_line(_row(2, ap=0.5, skipped=3), 2, improved=True)
+    assert line.startswith("epoch 2/2: loss 0.7500 lr 0.01 | AP 0.5000 AP50 0.2500") and "(best)" in line
+    assert "eval 1.0 s" in line and line.endswith("3 non-finite step(s) skipped")
+
+
+def test_epoch_files_and_summary(tmp_path):
+    history = [_row(1), _row(2, ap=0.4)]
+    write_epoch_files(tmp_path, history, best_ap=0.4, best_epoch=2)
+    rows = list(csv.DictReader((tmp_path / "results.csv").open()))
+    assert list(rows[0]) == list(history[0]) and rows[0]["AP"] == "" and float(rows[1]["AP"]) == 0.4
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert (metrics["best_ap"], metrics["best_ap50"], metrics["best_epoch"]) == (0.4, 0.2, 2) and metrics["epochs"] == history
+    assert (tmp_path / "results.png").read_bytes()[:4] == b"\x89PNG"
+
+    (tmp_path / "best.pt").write_bytes(b"")
+    data_cfg = DataConfig(root="voc", years=("2007",), val_split="test")
+    s = make_summary(tmp_path, history, 0.4, 2, "SIGTERM", 3725.0, 2, data_cfg, tmp_path / "voc")
+    assert s["images_per_s"] == 4.0 and s["peak_mem_mb"] == 102.0 and s["best_ap50"] == 0.2
+    assert s["commands"]["eval"] == eval_command(data_cfg, tmp_path / "voc", tmp_path / "best.pt")
+    assert s["commands"]["eval"].endswith("--year 2007 --val-split test")
+    text = format_run_summary(s)
+    assert "training stopped by SIGTERM: 2 epoch(s) in 1:02:05 on 2 process(es)" in text
+    assert "best:   AP 0.4000  AP50 0.2000  (epoch 2)" in text and f"retinanet train --resume {tmp_path / 'interrupted.pt'}" in text
+    assert "results.png" in s["files"] and "last.pt" not in s["files"]  # only files that exist

@@ -1,0 +1,48 @@
+"""config.py: defaults < file < overrides over plain dicts; config files round trip; removed fields."""
+
+import dataclasses
+
+import pytest
+
+from retinanet.config import (SECTIONS, DataConfig, ModelConfig, TrainConfig, read_config_file, resolve_config,
+                              write_config_file)
+from retinanet.errors import RetinaNetError
+
+
+def test_overrides_beat_the_file_which_beats_the_defaults():
+    file = {"model": {"arch": "resnet18_fpn", "min_size": 96}, "data": {"years": ["2012"], "workers": 1},
+            "train": {"lr": 0.5, "lr_steps": [3]}}
+    m, d, t = resolve_config(file, {"model": {"min_size": 64}, "train": {"lr_steps": [1, 2]}}, source="exp.yaml")
+    assert m == ModelConfig(arch="resnet18_fpn", min_size=64)
+    assert d == DataConfig(years=("2012",), workers=1)  # lists become tuples
+    assert t == TrainConfig(lr=0.5, lr_steps=(1, 2))
+    assert resolve_config() == (ModelConfig(), DataConfig(), TrainConfig())
+
+
+def test_unknown_options_name_where_they_come_from():
+    with pytest.raises(RetinaNetError, match="exp.yaml: unknown option\\(s\\) for TrainConfig: lr_rate"):
+        resolve_config({"train": {"lr_rate": 1}}, source="exp.yaml")
+    with pytest.raises(RetinaNetError, match="options: unknown option\\(s\\) for ModelConfig: colour"):
+        resolve_config({}, {"model": {"colour": "red"}})
+    with pytest.raises(RetinaNetError, match="exp.yaml: unknown section\\(s\\) optim"):
+        resolve_config({"optim": {}}, source="exp.yaml")
+
+
+def test_removed_extra_field_is_ignored_and_no_longer_written(tmp_path):
+    assert resolve_config({"train": {"extra": {"a": 1}, "epochs": 2}})[2] == TrainConfig(epochs=2)
+    assert "extra" not in {f.name for f in dataclasses.fields(TrainConfig)}
+    with pytest.raises(RetinaNetError, match="DataConfig: extra"):  # only where the field existed
+        resolve_config({"data": {"extra": {}}})
+
+
+def test_written_config_file_reads_back_to_the_same_configs(tmp_path):
+    configs = (ModelConfig(arch="resnet18_fpn"), DataConfig(years=("2007", "2012"), train_sizes=(96, 128)),
+               TrainConfig(lr_steps=(4,), clip_grad_norm=1.0))
+    write_config_file(tmp_path / "c.yaml", dict(zip(SECTIONS, configs)))
+    assert resolve_config(read_config_file(tmp_path / "c.yaml")) == configs
+
+
+def test_field_names_are_unique_across_sections():
+    """The CLI maps an option to the config field of the same name, whatever its section."""
+    names = [f.name for cls in SECTIONS.values() for f in dataclasses.fields(cls)]
+    assert len(names) == len(set(names))
