@@ -208,8 +208,8 @@ def build_datasets(cfg: DataConfig, *, min_size: int, max_size: int, splits: tup
     val_tf = ItemTransform(min_size, max_size, train=False)
     images = {"skip_bad": cfg.skip_bad, "exif": cfg.exif, "max_pixels": cfg.max_image_pixels}
     return Datasets(
-        train=DetectionDataset(records.get("train", []), train_tf, drop_ignore=not cfg.train_difficult, **images),
-        val=DetectionDataset(records.get("val", []), val_tf, drop_ignore=False, **images),
+        train=DetectionDataset(records.get("train", []), train_tf, ignore_as_objects=cfg.train_difficult, **images),
+        val=DetectionDataset(records.get("val", []), val_tf, **images),
         class_map=class_map, root=root, format=fmt, skipped=problems, warnings=warns,
     )
 

@@ -36,17 +36,19 @@ class DetectionDataset(Dataset):
     Args:
         records: the split's annotated images.
         transform: ``ItemTransform`` (augmentation + resize).
-        drop_ignore: leave ignore objects out of the target (training without ``train_difficult``).
+        ignore_as_objects: clear the ``ignore`` flags, so that VOC difficult / COCO crowd objects
+            are trained as ordinary objects (``train_difficult``). Otherwise they stay in the
+            target flagged, as ignore regions for the loss and the evaluation.
         skip_bad: an image that cannot be decoded is replaced by the next good one, with a warning
             naming the file (counted in ``self.bad``, per worker process); otherwise ``DataError``.
         exif, max_pixels: the EXIF orientation rule and pixel limit (``retinanet.data.images.open_image``).
     """
 
-    def __init__(self, records: list[Record], transform: Callable, *, drop_ignore: bool, skip_bad: bool = False,
+    def __init__(self, records: list[Record], transform: Callable, *, ignore_as_objects: bool = False, skip_bad: bool = False,
                  exif: str = "auto", max_pixels: int | None = DEFAULT_MAX_PIXELS):
         self.records = records
         self.transform = transform
-        self.drop_ignore = drop_ignore
+        self.ignore_as_objects = ignore_as_objects
         self.skip_bad = skip_bad
         self.exif, self.max_pixels = exif, max_pixels
         self.bad: list[str] = []
@@ -80,12 +82,10 @@ class DetectionDataset(Dataset):
             warnings.warn(f"{r.source}: annotation says {r.size[1]}x{r.size[0]} (WxH) but {r.file} is {hw[1]}x{hw[0]}; "
                           "boxes clipped to the image", stacklevel=2)
         boxes, keep = clip_boxes(r.boxes, hw)  # no-op unless the image disagrees with the annotation
-        if self.drop_ignore:
-            keep &= ~r.ignore
         target = {
             "boxes": torch.from_numpy(np.ascontiguousarray(boxes[keep], np.float32)).reshape(-1, 4),
             "labels": torch.from_numpy(r.labels[keep].astype(np.int64)),
-            "ignore": torch.from_numpy(r.ignore[keep].astype(bool)),
+            "ignore": torch.from_numpy(r.ignore[keep].astype(bool) & (not self.ignore_as_objects)),
             "image_id": int(r.image_id),
             "orig_size": hw,
             "file": r.file,

@@ -9,7 +9,7 @@ from torch.autograd.function import once_differentiable
 from torchvision.ops import generalized_box_iou_loss
 
 from retinanet.model import boxes as box_coder
-from retinanet.model.matcher import IGNORE, batched_iou, match, pad_targets
+from retinanet.model.matcher import IGNORE, batched_overlaps, match, pad_targets
 
 ALPHA = 0.25  # focal loss alpha; gamma is 2 (torchvision's defaults), built into the formulas below
 
@@ -75,10 +75,14 @@ def retinanet_loss(cls_logits: Tensor, bbox_reg: Tensor, anchors: Tensor, target
                    box_loss: str = "l1") -> dict[str, Tensor]:
     """Losses normalised per image by its foreground count (at least 1), then averaged.
 
+    Anchors labelled ``IGNORE`` (IoU 0.4..0.5, or mostly inside an ignore region; see
+    ``retinanet.model.matcher``) have weight 0 in the classification loss and are not counted in
+    the normaliser; the box loss is over foreground anchors only, which ignore regions never give.
+
     Args:
         cls_logits: ``[B, N, C]`` logits over all levels. bbox_reg: ``[B, N, 4]`` deltas.
         anchors: ``[N, 4]`` anchors (padded-batch frame). targets: per image ``boxes`` [M_i, 4]
-            and ``labels`` [M_i] in the same frame.
+            and ``labels`` [M_i] in the same frame, optional ``ignore`` [M_i] bool (ignore regions).
         box_loss: "l1" or "giou".
     Returns:
         {"classification": fp32 scalar, "bbox_regression": fp32 scalar}.
@@ -87,9 +91,10 @@ def retinanet_loss(cls_logits: Tensor, bbox_reg: Tensor, anchors: Tensor, target
     bbox_reg = bbox_reg.float()
     anchors = anchors.float()
     B = cls_logits.shape[0]
-    gt_boxes, gt_labels = pad_targets(targets, cls_logits.device)
-    valid = gt_labels >= 0
-    matches = match(batched_iou(gt_boxes, anchors, valid), valid)  # [B, N]
+    gt_boxes, gt_labels, gt_ignore = pad_targets(targets, cls_logits.device)
+    valid = (gt_labels >= 0) & ~gt_ignore  # [B, M] rows that can be matched
+    iou, ignore_iof = batched_overlaps(gt_boxes, anchors, valid, gt_ignore)  # [B, M, N], [B, N]
+    matches = match(iou, valid, ignore_iof=ignore_iof)  # [B, N]
     fg = matches >= 0
     num_fg = fg.sum(dim=1).clamp(min=1).float()  # [B]
     labels = torch.gather(gt_labels, 1, matches.clamp(min=0)).masked_fill(~fg, -1)  # [B, N]

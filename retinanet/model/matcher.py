@@ -1,4 +1,11 @@
-"""Anchor labelling for a whole batch: IoU >= 0.5 foreground, < 0.4 background, else ignored."""
+"""Anchor labelling for a whole batch: IoU >= 0.5 foreground, < 0.4 background, else ignored.
+
+Ignore regions (VOC ``difficult``, COCO ``iscrowd``: ``target["ignore"]``) are never matched.
+An anchor that is not foreground and lies mostly inside one of them (intersection over the
+anchor's own area, IoF, > ``IGNORE_IOF``) is labelled ``IGNORE``: it is neither trained as an
+object nor as background. IoF rather than IoU so that a small anchor inside a large crowd box is
+ignored too (mmdetection's ``MaxIoUAssigner`` ``ignore_iof_thr`` with ``ignore_wrt_candidates``).
+"""
 
 from __future__ import annotations
 
@@ -6,39 +13,76 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
-from torchvision.ops import box_iou
+
+from retinanet.errors import RetinaNetError
 
 BACKGROUND = -1
 IGNORE = -2
+IGNORE_IOF = 0.5  # anchors covered more than this by an ignore region leave the classification loss
 
 
-def pad_targets(targets: list[dict], device) -> tuple[Tensor, Tensor]:
-    """Pad per-image targets to ``boxes [B, M, 4]`` and ``labels [B, M]`` (label -1 = padding).
+def _ignore_flags(t: dict, device) -> Tensor:
+    """``[M_i]`` bool ignore flags of one target (all False when the target has none)."""
+    n = t["labels"].numel()
+    if "ignore" not in t:
+        return torch.zeros(n, dtype=torch.bool, device=device)
+    flags = t["ignore"].to(device=device, dtype=torch.bool).reshape(-1)
+    if flags.numel() != n:
+        raise RetinaNetError(f"target of image {t.get('file', t.get('image_id', '?'))}: "
+                             f"{flags.numel()} ignore flags for {n} labels")
+    return flags
 
-    ``M`` is the largest box count of the batch, at least 1.
+
+def pad_targets(targets: list[dict], device) -> tuple[Tensor, Tensor, Tensor]:
+    """Pad per-image targets to ``boxes [B, M, 4]``, ``labels [B, M]`` (-1 = padding) and
+    ``ignore [B, M]`` bool (the target's optional ``ignore`` flags; False on padding).
+
+    ``M`` is the largest box count of the batch (ignore boxes included), at least 1.
     """
     boxes = pad_sequence([t["boxes"].to(device=device, dtype=torch.float32).reshape(-1, 4) for t in targets],
                          batch_first=True)
     labels = pad_sequence([t["labels"].to(device=device, dtype=torch.int64).reshape(-1) for t in targets],
                           batch_first=True, padding_value=-1)
+    ignore = pad_sequence([_ignore_flags(t, device) for t in targets], batch_first=True, padding_value=False)
     if boxes.shape[1] == 0:
-        return F.pad(boxes, (0, 0, 0, 1)), F.pad(labels, (0, 1), value=-1)
-    return boxes, labels
+        return F.pad(boxes, (0, 0, 0, 1)), F.pad(labels, (0, 1), value=-1), F.pad(ignore, (0, 1), value=False)
+    return boxes, labels, ignore
 
 
-def batched_iou(gt: Tensor, anchors: Tensor, valid: Tensor) -> Tensor:
-    """IoU ``[B, M, N]`` of padded gt boxes ``[B, M, 4]`` with anchors ``[N, 4]``; padding -> -1."""
-    B, M, _ = gt.shape
-    iou = box_iou(gt.reshape(-1, 4), anchors).reshape(B, M, -1)
-    return iou.masked_fill(~valid[:, :, None], -1.0)
+def batched_overlaps(gt: Tensor, anchors: Tensor, valid: Tensor, ignore: Tensor) -> tuple[Tensor, Tensor]:
+    """IoU with the real gt boxes and IoF with the ignore boxes, from one intersection pass.
+
+    The IoU arithmetic is torchvision's ``box_iou`` (same values, bit for bit).
+
+    Args:
+        gt: ``[B, M, 4]`` padded xyxy boxes. anchors: ``[N, 4]`` xyxy, positive area.
+        valid: ``[B, M]`` bool, rows matched as objects. ignore: ``[B, M]`` bool, ignore-region rows.
+    Returns:
+        iou ``[B, M, N]`` (rows not ``valid`` -> -1), and ``[B, N]`` the largest intersection over
+        the anchor's area with any ignore row of the image, in 0..1 (0 when the image has none).
+    """
+    area_gt = (gt[..., 2] - gt[..., 0]) * (gt[..., 3] - gt[..., 1])  # [B, M]
+    area_anchor = (anchors[:, 2] - anchors[:, 0]) * (anchors[:, 3] - anchors[:, 1])  # [N]
+    lt = torch.max(gt[:, :, None, :2], anchors[:, :2])  # [B, M, N, 2]
+    rb = torch.min(gt[:, :, None, 2:], anchors[:, 2:])
+    wh = (rb - lt).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]  # [B, M, N]
+    iou = (inter / (area_gt[:, :, None] + area_anchor - inter)).masked_fill_(~valid[:, :, None], -1.0)
+    # IoF max over rows = (max intersection over rows) / anchor area: the area is the same for every row
+    ignore_iof = inter.masked_fill_(~ignore[:, :, None], 0.0).amax(dim=1) / area_anchor  # [B, N]
+    return iou, ignore_iof
 
 
 def match(iou: Tensor, valid: Tensor, high: float = 0.5, low: float = 0.4,
-          allow_low_quality: bool = True) -> Tensor:
-    """torchvision Matcher semantics, batched.
+          allow_low_quality: bool = True, ignore_iof: Tensor | None = None,
+          ignore_thresh: float = IGNORE_IOF) -> Tensor:
+    """torchvision Matcher semantics, batched, plus ignore regions.
 
     Args:
-        iou: ``[B, M, N]`` IoU (padding rows -1). valid: ``[B, M]`` bool, real gt rows.
+        iou: ``[B, M, N]`` IoU (rows not ``valid`` -1). valid: ``[B, M]`` bool, real gt rows:
+            only these can be matched, also by the low-quality rule (best anchor of each gt).
+        ignore_iof: optional ``[B, N]`` IoF of each anchor with the image's ignore regions; an
+            anchor not foreground with IoF > ``ignore_thresh`` becomes ``IGNORE``.
     Returns:
         ``[B, N]`` int64: matched gt index, -1 background, -2 ignored.
     """
@@ -51,4 +95,6 @@ def match(iou: Tensor, valid: Tensor, high: float = 0.5, low: float = 0.4,
         is_best = (iou == best[:, :, None]) & valid[:, :, None]
         update = is_best.any(dim=1)
         matches = torch.where(update, all_matches, matches)
+    if ignore_iof is not None:
+        matches = matches.masked_fill((ignore_iof > ignore_thresh) & (matches < 0), IGNORE)
     return matches

@@ -40,7 +40,8 @@ def test_coco_items(coco):
     ds = build_datasets(DataConfig(root=str(coco), train_split="train2017", val_split="val2017", hflip_prob=0.0), **SIZES)
     assert ds.format == "coco" and ds.class_map.to_dict() == {"person": 1, "dog": 18} and ds.class_map.num_classes == 19
     _, t = ds.train[0]
-    assert t["image_id"] == 1 and t["labels"].tolist() == [18] and t["boxes"].tolist() == [[10, 5, 30, 35]]  # crowd left out
+    assert t["image_id"] == 1 and t["labels"].tolist() == [18, 1] and t["boxes"].tolist() == [[10, 5, 30, 35], [40, 10, 70, 50]]
+    assert t["ignore"].tolist() == [False, True]  # the crowd box: an ignore region for the loss
     _, t = ds.train[1]
     assert t["boxes"].tolist() == [[70, 50, 80, 64]]  # clipped to the image
     _, t = ds.val[0]
@@ -143,4 +144,4 @@ def test_negative_or_zero_size_box_says_what_is_wrong(coco):
     text = "\n".join(str(w.message) for w in record)
     assert "annotation 1 [40, 5, -20, 30]: negative width -20" in text, text
     assert "annotation 8 [10, 10, 5, 0]: zero height" in text and "annotation 9 [90, 10, 5, 5]: no area inside the 80x64 (WxH) image" in text
-    assert ds.train[0][1]["labels"].tolist() == []  # only the crowd box of image 1 was left, and training drops it
+    assert ds.train[0][1]["ignore"].tolist() == [True]  # only the crowd box of image 1 was left: an ignore region

@@ -57,12 +57,13 @@ def test_standard_layout_roots_and_difficult(tmp_path):
         assert ds.format == "voc" and ds.class_map.to_dict() == {"cat": 1, "dog": 2}
         assert (len(ds.train), len(ds.val)) == (2, 1)
     _, t = ds.train[0]
-    assert t["labels"].tolist() == [1] and not t["ignore"].any()  # difficult dropped for training
+    assert t["labels"].tolist() == [1, 2] and t["ignore"].tolist() == [False, True]  # ignore region for the loss
     _, t = ds.val[0]
     assert t["labels"].tolist() == [2, 1] and t["ignore"].tolist() == [True, False]  # kept as ignore for eval
     assert t["boxes"].tolist()[1] == [4.0, 5.0, 30.0, 40.0] and t["orig_size"] == (64, 80) and t["size"] == (64, 80)
     ds = build_datasets(DataConfig(root=str(tmp_path), train_difficult=True), **SIZES)
-    assert ds.train[0][1]["labels"].tolist() == [1, 2]
+    assert ds.train[0][1]["labels"].tolist() == [1, 2] and not ds.train[0][1]["ignore"].any()  # trained as objects
+    assert ds.val[0][1]["ignore"].tolist() == [True, False]  # evaluation still ignores them
 
 
 def test_07_plus_12(tmp_path):
