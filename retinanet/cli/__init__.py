@@ -17,13 +17,16 @@ from retinanet import __version__
 from retinanet.cli.demo import add_demo_parser, demo_options, run_demo
 from retinanet.cli.options import add_data_options, add_image_options, data_config_from_args
 from retinanet.cli.train import add_train_parser, cmd_train
+from retinanet.config import ModelConfig
 from retinanet.data import check_dataset, make_synthetic
+from retinanet.data.check import write_check_outputs
 from retinanet.engine.distributed import cleanup, is_main_process, local_device
 from retinanet.engine.evaluate import EvalOptions, run_eval
 from retinanet.engine.export import ExportOptions, export_checkpoint
 from retinanet.engine.detector import Detector
 from retinanet.engine.predict import PredictOptions, find_images, predict
 from retinanet.errors import RetinaNetError
+from retinanet.model.anchors import SIZES as ANCHOR_SIZES
 
 __all__ = ["build_parser", "data_config_from_args", "main"]
 
@@ -56,8 +59,15 @@ def cmd_make_synthetic(args: argparse.Namespace) -> int:
 
 
 def _add_check_data(sub) -> None:
-    p = sub.add_parser("check-data", help="read a dataset as training would and report every problem")
+    m = ModelConfig()
+    p = sub.add_parser("check-data", help="read a dataset as training would and report every problem",
+                       description="Read a dataset as training would, decode every image and report every problem. With "
+                       "--out DIR also write DIR/report.txt and plots: instances_per_class.png, box_sizes.png (boxes at the "
+                       "model's input scale against the anchor sizes) and image_sizes.png.")
     add_data_options(p)
+    p.add_argument("--out", metavar="DIR", help="write report.txt and the PNG plots here")
+    p.add_argument("--min-size", type=int, default=m.min_size, help=f"short side of the model input the box plot scales to [{m.min_size}]")
+    p.add_argument("--max-size", type=int, default=m.max_size, help=f"cap on the long side of the model input [{m.max_size}]")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_check_data)
 
@@ -65,6 +75,9 @@ def _add_check_data(sub) -> None:
 def cmd_check_data(args: argparse.Namespace) -> int:
     report = check_dataset(data_config_from_args(args), progress=not args.quiet)
     print(report.summary())
+    if args.out:
+        paths = write_check_outputs(report, args.out, min_size=args.min_size, max_size=args.max_size, anchor_sizes=ANCHOR_SIZES)
+        print(f"report and plots: {', '.join(str(p) for p in paths)}")
     return 0 if report.ok else 1
 
 
