@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "retinanet"
 # Layer of each module -> the layers it may import.
 ALLOWED = {
     "cli": {"cli", "root", "engine", "model", "data", "neutral"},
-    "root": {"model", "neutral"},  # retinanet/__init__.py re-exports build_model, load_weights
+    "root": {"engine", "model", "neutral"},  # retinanet/__init__.py re-exports Detector, build_model, load_weights
     "engine": {"engine", "model", "data", "neutral"},
     "model": {"model", "neutral"},
     "data": {"data", "neutral"},

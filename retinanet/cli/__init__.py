@@ -15,15 +15,18 @@ from collections.abc import Sequence
 
 from retinanet import __version__
 from retinanet.cli.demo import add_demo_parser, demo_options, run_demo
-from retinanet.cli.options import add_data_options, data_config_from_args
+from retinanet.cli.options import add_data_options, add_image_options, data_config_from_args
 from retinanet.cli.train import add_train_parser, cmd_train
+from retinanet.config import ModelConfig
 from retinanet.data import check_dataset, make_synthetic
-from retinanet.engine.checkpoint import load_model
+from retinanet.data.check import write_check_outputs
 from retinanet.engine.distributed import cleanup, is_main_process, local_device
 from retinanet.engine.evaluate import EvalOptions, run_eval
 from retinanet.engine.export import ExportOptions, export_checkpoint
-from retinanet.engine.predict import PredictOptions, class_names_of, find_images, predict
+from retinanet.engine.detector import Detector
+from retinanet.engine.predict import PredictOptions, find_images, predict
 from retinanet.errors import RetinaNetError
+from retinanet.model.anchors import SIZES as ANCHOR_SIZES
 
 __all__ = ["build_parser", "data_config_from_args", "main"]
 
@@ -56,8 +59,15 @@ def cmd_make_synthetic(args: argparse.Namespace) -> int:
 
 
 def _add_check_data(sub) -> None:
-    p = sub.add_parser("check-data", help="read a dataset as training would and report every problem")
+    m = ModelConfig()
+    p = sub.add_parser("check-data", help="read a dataset as training would and report every problem",
+                       description="Read a dataset as training would, decode every image and report every problem. With "
+                       "--out DIR also write DIR/report.txt and plots: instances_per_class.png, box_sizes.png (boxes at the "
+                       "model's input scale against the anchor sizes) and image_sizes.png.")
     add_data_options(p)
+    p.add_argument("--out", metavar="DIR", help="write report.txt and the PNG plots here")
+    p.add_argument("--min-size", type=int, default=m.min_size, help=f"short side of the model input the box plot scales to [{m.min_size}]")
+    p.add_argument("--max-size", type=int, default=m.max_size, help=f"cap on the long side of the model input [{m.max_size}]")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_check_data)
 
@@ -65,6 +75,9 @@ def _add_check_data(sub) -> None:
 def cmd_check_data(args: argparse.Namespace) -> int:
     report = check_dataset(data_config_from_args(args), progress=not args.quiet)
     print(report.summary())
+    if args.out:
+        paths = write_check_outputs(report, args.out, min_size=args.min_size, max_size=args.max_size, anchor_sizes=ANCHOR_SIZES)
+        print(f"report and plots: {', '.join(str(p) for p in paths)}")
     return 0 if report.ok else 1
 
 
@@ -129,8 +142,9 @@ def _add_predict(sub) -> None:
     p = sub.add_parser(
         "predict", help="detect objects in images and draw them",
         description="Detect objects in image files, folders or glob patterns. Writes OUT/images/ (drawn detections), "
-        "OUT/predictions.json (every detection, original pixels, xyxy) and with --voc-xml OUT/xml/ (VOC annotations for "
-        "a labelling tool). A file that cannot be read is reported and skipped.",
+        "OUT/predictions.json (every detection, original pixels, xyxy), with --voc-xml OUT/xml/ (VOC annotations) and with "
+        "--save-txt OUT/labels/ (YOLO labels) for a labelling tool. Photos are read as displayed (EXIF orientation applied; "
+        "--exif ignore: the stored pixels). A file that cannot be read is reported and skipped.",
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image file, folder or glob pattern (quote it)")
     p.add_argument("--weights", required=True, metavar="CKPT", help="our checkpoint or a torchvision RetinaNet state_dict")
@@ -145,23 +159,31 @@ def _add_predict(sub) -> None:
     p.add_argument("--batch-size", type=int, default=4, help="images per batch [4]")
     p.add_argument("--workers", type=int, default=2, help="decoding processes [2]")
     p.add_argument("--voc-xml", action="store_true", help="also write one VOC XML annotation per image")
+    p.add_argument("--save-txt", action="store_true", help="also write YOLO labels per image (OUT/labels/, class = our id - 1, "
+                   "normalised cx cy w h) and their class names (OUT/data.yaml)")
+    p.add_argument("--save-conf", action="store_true", help="with --save-txt: append each detection's score to its line")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True, help="run the model in channels_last (NHWC) memory layout: the same detections, usually faster [on]")
     p.add_argument("--no-draw", action="store_true", help="do not write drawn images")
+    add_image_options(p.add_argument_group("image files"))
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_predict)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     files = find_images(args.inputs, recursive=args.recursive)  # fail before loading the model
-    device = local_device(args.device)
+    if args.save_conf and not args.save_txt:
+        raise RetinaNetError("--save-conf adds scores to the YOLO labels of --save-txt: give --save-txt too")
     sizes = {"min_size": args.min_size, "max_size": args.max_size}
-    model, class_map = load_model(args.weights, device, channels_last=args.channels_last, score_thresh=args.score_thresh, **{k: v for k, v in sizes.items() if v})
+    pixels = {"max_image_pixels": args.max_image_pixels} if args.max_image_pixels else {}
+    detector = Detector.load(args.weights, local_device(args.device), channels_last=args.channels_last, exif=args.exif,
+                             **pixels, **{k: v for k, v in sizes.items() if v})
     classes = tuple(n.strip() for group in args.classes_filter or () for n in group.split(",") if n.strip())
     opts = PredictOptions(
         out=args.out, score_thresh=args.score_thresh, classes=classes, max_dets=args.max_dets, batch_size=args.batch_size,
-        workers=args.workers, draw=not args.no_draw, voc_xml=args.voc_xml, progress=not args.quiet,
+        workers=args.workers, draw=not args.no_draw, voc_xml=args.voc_xml, yolo_txt=args.save_txt,
+        save_conf=args.save_conf, progress=not args.quiet,
     )
-    summary = predict(model, files, class_names_of(class_map, model.config.num_classes), opts, device)
+    summary = predict(detector, files, opts)
     print(summary.text())
     return 1 if summary.num_images == 0 else 0
 

@@ -14,6 +14,7 @@ import dataclasses
 from typing import Any
 
 from retinanet.config import SECTIONS, DataConfig, resolve_config
+from retinanet.data.images import EXIF_POLICIES
 
 OPTION_TO_FIELD = {"data": "root"}  # option destinations whose config field has another name
 
@@ -39,6 +40,7 @@ def add_data_options(p: argparse.ArgumentParser, *, from_config: bool = False, a
     g.add_argument("--split-seed", type=int, default=default(d.split_seed), help=f"flat layout: seed of the deterministic split [{d.split_seed}]")
     g.add_argument("--skip-bad", **switch, help="skip bad items (each reported) instead of stopping")
     g.add_argument("--train-difficult", **switch, help="train on VOC 'difficult' / COCO crowd objects too (default: ignore regions)")
+    add_image_options(g, default)
     if not augment:
         return
     a = p.add_argument_group("augmentation (training only)")
@@ -50,6 +52,26 @@ def add_data_options(p: argparse.ArgumentParser, *, from_config: bool = False, a
         a.add_argument("--aspect-grouping", **switch, help="batch portrait and landscape images apart [on]")
     else:
         a.add_argument("--no-aspect-grouping", dest="aspect_grouping", action="store_false", help="do not batch portrait and landscape images apart")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def add_image_options(g, default=lambda value: value) -> None:
+    """``--exif`` and ``--max-image-pixels`` (``DataConfig.exif``, ``DataConfig.max_image_pixels``):
+    how image files are read, by every command that reads them (``default`` as in ``add_data_options``)."""
+    d = DataConfig()
+    g.add_argument("--exif", choices=EXIF_POLICIES, default=default(d.exif),
+                   help="EXIF orientation of photos: 'apply' reads the displayed frame (as viewers, CVAT and ultralytics show it), "
+                   "'ignore' the stored pixels (LabelImg's frame), 'auto' the displayed frame unless an annotation's stated size "
+                   f"fits only the stored one [{d.exif}]")
+    g.add_argument("--max-image-pixels", type=positive_int, metavar="N", default=default(None),
+                   help=f"images with more pixels (width x height) are refused as bad images [{d.max_image_pixels}]")
 
 
 def given_options(args: argparse.Namespace, sections: tuple[str, ...] = tuple(SECTIONS)) -> dict[str, dict[str, Any]]:

@@ -5,6 +5,10 @@ Errors (``ok`` is False; ``retinanet check-data`` exits 1): anything that stops
 cannot be decoded. Warnings: boxes clipped to the image or dropped for having no area, an XML
 ``<size>`` that differs from the decoded image (after the EXIF rule of ``retinanet.data.images``),
 duplicate images (same bytes), the same image in both splits, images with no objects.
+
+``write_check_outputs`` saves the report text and what one looks at before training, as PNGs:
+instances per class, box sizes as the model sees them (scaled by its resize at ``min_size`` /
+``max_size``) against the anchor sizes, and image sizes.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
 from tqdm import tqdm
 
 from retinanet.config import DataConfig
@@ -23,6 +29,7 @@ from retinanet.data.classes import ClassMap
 from retinanet.data.images import DEFAULT_MAX_PIXELS, describe_orientation, open_image
 from retinanet.data.records import Record
 from retinanet.errors import DataError
+from retinanet.geometry import resized_size
 
 SMALL, MEDIUM = 32**2, 96**2  # COCO's area thresholds, pixels of the original image
 
@@ -49,6 +56,8 @@ class CheckReport:
     splits: dict[str, SplitStats] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    records: dict[str, list[Record]] = field(default_factory=dict, repr=False)  # split -> its records
+    image_hw: dict[str, tuple[int, int]] = field(default_factory=dict, repr=False)  # file -> decoded (H, W)
 
     @property
     def ok(self) -> bool:
@@ -90,10 +99,12 @@ def split_stats(records: list[Record], class_map: ClassMap) -> SplitStats:
 
 
 def decode_check(records: dict[str, list[Record]], progress: bool = True, *, exif: str = "auto",
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[list[str], list[str]]:
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[list[str], list[str], dict[str, tuple[int, int]]]:
     """Decode every image once: corrupt or too large files (errors), size mismatches, duplicates,
-    split overlap, EXIF-oriented images and the frame used for each (warnings)."""
+    split overlap, EXIF-oriented images and the frame used for each (warnings), and the decoded
+    ``(H, W)`` of each file."""
     errors, warns = [], []
+    image_hw: dict[str, tuple[int, int]] = {}
     by_hash: dict[str, list[tuple[str, str]]] = {}
     todo = [(split, r) for split, recs in records.items() for r in recs]
     seen: set[str] = set()
@@ -103,6 +114,7 @@ def decode_check(records: dict[str, list[Record]], progress: bool = True, *, exi
             if r.file not in seen:
                 opened = open_image(r.file, r.size, exif=exif, max_pixels=max_pixels)
                 img = opened.image
+                image_hw[r.file] = (img.height, img.width)
                 if opened.orientation != 1:
                     warns.append(f"{r.file}: EXIF orientation {describe_orientation(opened.orientation)}; read in the "
                                  f"{opened.frame} frame (exif={exif})" + (f": {opened.note}" if opened.note else ""))
@@ -120,7 +132,7 @@ def decode_check(records: dict[str, list[Record]], progress: bool = True, *, exi
             warns.append(f"duplicate images (same content): {', '.join(files)}")
         if len(splits) > 1:
             warns.append(f"the same image is in splits {' and '.join(splits)}: {', '.join(files)}")
-    return errors, warns
+    return errors, warns, image_hw
 
 
 def check_dataset(cfg: DataConfig, *, progress: bool = True) -> CheckReport:
@@ -134,13 +146,155 @@ def check_dataset(cfg: DataConfig, *, progress: bool = True) -> CheckReport:
         records, class_map, root, fmt, problems, warns = read_records(cfg)
     except DataError as err:
         return CheckReport(str(cfg.root), cfg.format or "?", None, errors=list(err.problems))
-    report = CheckReport(str(root), fmt, class_map, errors=list(problems), warnings=list(warns))
+    report = CheckReport(str(root), fmt, class_map, errors=list(problems), warnings=list(warns), records=records)
     for split, recs in records.items():
         report.splits[split] = split_stats(recs, class_map)
         empty = [Path(r.file).name for r in recs if len(r.labels) == 0]
         if empty:
             report.warnings.append(f"{split}: {len(empty)} image(s) with no objects: {', '.join(empty[:10])}{' ...' if len(empty) > 10 else ''}")
-    errors, more = decode_check(records, progress, exif=cfg.exif, max_pixels=cfg.max_image_pixels)
+    errors, more, report.image_hw = decode_check(records, progress, exif=cfg.exif, max_pixels=cfg.max_image_pixels)
     report.errors += errors
     report.warnings += more
     return report
+
+
+# --- plots (matplotlib Agg, no pyplot) ------------------------------------------------------------
+
+_SPLIT_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:purple")
+
+
+def model_box_sizes(records: list[Record], image_hw: dict[str, tuple[int, int]], min_size: int, max_size: int) -> np.ndarray:
+    """``[N, 2]`` width, height of every box as the model sees it: scaled like its image by the
+    model's resize to ``min_size`` / ``max_size`` (``retinanet.geometry.resized_size``).
+
+    An image's size is its decoded size, else the annotation's; images with neither are left out.
+    """
+    out = [np.zeros((0, 2))]
+    for r in records:
+        hw = image_hw.get(r.file) or r.size
+        if hw is None or len(r.boxes) == 0:
+            continue
+        nh, nw = resized_size(int(hw[0]), int(hw[1]), min_size, max_size)
+        wh = r.boxes[:, 2:] - r.boxes[:, :2]  # [N, 2] original pixels
+        out.append(wh * np.array([nw / hw[1], nh / hw[0]]))
+    return np.concatenate(out).astype(np.float64)
+
+
+def anchor_shapes(anchor_sizes: tuple[int, ...], ratios: tuple[float, ...] = (0.5, 1.0, 2.0)) -> np.ndarray:
+    """``[L * 3 * len(ratios), 2]`` width, height of the anchors: per size three scales
+    (x 2^0, 2^(1/3), 2^(2/3)) and the aspect ratios (h / w), as the model's anchor generator."""
+    scales = np.array([int(s * 2 ** (k / 3)) for s in anchor_sizes for k in range(3)], dtype=np.float64)
+    h = np.sqrt(np.array(ratios))
+    return np.stack([np.outer(scales, 1 / h).ravel(), np.outer(scales, h).ravel()], axis=1)
+
+
+def class_counts_figure(report: CheckReport) -> Figure:
+    """Horizontal bars: objects per class and split (classes of the class map, most frequent first)."""
+    names = list(report.class_map.names) if report.class_map is not None else []
+    splits = list(report.splits)
+    total = Counter()
+    for s in report.splits.values():
+        total.update(s.per_class)
+    names = sorted(set(names) | set(total), key=lambda n: (-total[n], n))
+    fig = Figure(figsize=(7.0, 1.4 + 0.22 * max(len(names), 1) * max(1, len(splits)) ** 0.5), layout="constrained")
+    ax = fig.subplots()
+    y = np.arange(len(names))
+    height = 0.8 / max(1, len(splits))
+    for k, split in enumerate(splits):
+        counts = [report.splits[split].per_class.get(n, 0) for n in names]
+        ax.barh(y + k * height, counts, height, label=f"{split} ({sum(counts)})", color=_SPLIT_COLORS[k % 4])
+    ax.set_yticks(y + height * (len(splits) - 1) / 2, names, fontsize=8 if len(names) > 30 else 9)
+    ax.invert_yaxis()
+    ax.set_xlabel("objects")
+    ax.grid(axis="x", alpha=0.3)
+    if splits:
+        fig.legend(loc="outside lower center", ncols=len(splits), fontsize=8)
+    if not names:
+        ax.text(0.5, 0.5, "no objects", ha="center", va="center", transform=ax.transAxes)
+    fig.suptitle(f"Instances per class ({len(names)} classes)", fontsize=10)
+    return fig
+
+
+def box_sizes_figure(report: CheckReport, min_size: int, max_size: int, anchor_sizes: tuple[int, ...]) -> Figure:
+    """Box width x height at the model's input scale (log-log), per split, with the anchor shapes;
+    the title says how many boxes are smaller than the smallest anchor."""
+    fig = Figure(figsize=(7.0, 6.0), layout="constrained")
+    ax = fig.subplots()
+    total = small = 0
+    smallest = float(min(anchor_sizes))
+    for k, (split, recs) in enumerate(report.records.items()):
+        wh = model_box_sizes(recs, report.image_hw, min_size, max_size)
+        wh = wh[(wh > 0).all(axis=1)]
+        total += len(wh)
+        small += int((np.sqrt(wh.prod(axis=1)) < smallest).sum())
+        ax.scatter(wh[:, 0], wh[:, 1], s=6, alpha=0.4, color=_SPLIT_COLORS[k % 4], label=f"{split} boxes ({len(wh)})", linewidths=0)
+    anchors = anchor_shapes(anchor_sizes)
+    ax.scatter(anchors[:, 0], anchors[:, 1], marker="x", s=40, color="black", label="anchors (3 scales x 3 ratios per size)")
+    ax.plot([1, smallest, smallest], [smallest, smallest, 1], ls="--", lw=1, color="tab:red",
+            label=f"smallest anchor side ({smallest:g} px)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    hi = max([2.0 * max(anchor_sizes)] + ([float(ax.dataLim.x1), float(ax.dataLim.y1)] if total else []))
+    ax.set_xlim(1, hi)
+    ax.set_ylim(1, hi)
+    ax.set_xlabel(f"box width, pixels of the model input (min_size {min_size}, max_size {max_size})")
+    ax.set_ylabel("box height, model input pixels")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(loc="upper left", fontsize=8)
+    share = f"{small} of {total} boxes ({100 * small / total:.1f}%)" if total else "no boxes"
+    fig.suptitle(f"Box sizes against the anchors: {share} smaller than the smallest anchor\n"
+                 f"(sqrt(w*h) < {smallest:g} px at min_size {min_size})", fontsize=10)
+    return fig
+
+
+def image_sizes_figure(report: CheckReport) -> Figure:
+    """Image width x height (decoded, EXIF rule applied), a point per distinct size, area by count."""
+    per_size: Counter = Counter()
+    for recs in report.records.values():
+        for r in recs:
+            hw = report.image_hw.get(r.file) or r.size
+            if hw is not None:
+                per_size[(int(hw[1]), int(hw[0]))] += 1
+    fig = Figure(figsize=(6.5, 5.0), layout="constrained")
+    ax = fig.subplots()
+    if per_size:
+        wh = np.array(list(per_size), dtype=np.float64)
+        counts = np.array(list(per_size.values()), dtype=np.float64)
+        ax.scatter(wh[:, 0], wh[:, 1], s=20 + 400 * counts / counts.max(), alpha=0.5, color="tab:blue", linewidths=0)
+        for (w, h), n in per_size.most_common(3):
+            ax.annotate(f"{w}x{h}: {n}", (w, h), textcoords="offset points", xytext=(6, 6), fontsize=8)
+        top = max(float(wh.max()) * 1.3, 1.0)  # room for the labels
+        ax.set_xlim(0, top)
+        ax.set_ylim(0, top)
+    else:
+        ax.text(0.5, 0.5, "no decoded image", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("image width, pixels")
+    ax.set_ylabel("image height, pixels")
+    ax.grid(alpha=0.3)
+    n = sum(per_size.values())
+    fig.suptitle(f"Image sizes: {n} images, {len(per_size)} distinct size(s) (marker area ~ count)", fontsize=10)
+    return fig
+
+
+def write_check_outputs(report: CheckReport, out: str | Path, *, min_size: int, max_size: int,
+                        anchor_sizes: tuple[int, ...]) -> list[Path]:
+    """``report.txt`` (``report.summary()``) and the PNGs ``instances_per_class.png``,
+    ``box_sizes.png``, ``image_sizes.png`` in ``out``; returns their paths.
+
+    Args:
+        min_size, max_size: the model's resize (box sizes are shown as the model sees them).
+        anchor_sizes: the model's base anchor size per FPN level (``retinanet.model.anchors.SIZES``).
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "report.txt"]
+    paths[0].write_text(report.summary() + "\n")
+    if report.class_map is None:  # the dataset could not be read: nothing to draw
+        return paths
+    figures = {"instances_per_class.png": class_counts_figure(report),
+               "box_sizes.png": box_sizes_figure(report, min_size, max_size, anchor_sizes),
+               "image_sizes.png": image_sizes_figure(report)}
+    for name, fig in figures.items():
+        fig.savefig(out / name, dpi=100)
+        paths.append(out / name)
+    return paths

@@ -9,22 +9,29 @@ from typing import Any
 
 from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
 
+PANEL_W, PANEL_H = 3.0, 2.7  # inches per class panel
+MIN_W = 5.0  # inches: the two-line title fits even above a single panel
 
-def plot_pr_curves(curves: dict[str, Any], path: str | os.PathLike, per_class_ap: dict[str, float] | None = None) -> Path:
-    """Write the per-class PR curves to ``path`` (PNG, matplotlib's Agg backend).
+
+def grid_shape(n: int) -> tuple[int, int]:
+    """``(rows, cols)`` for ``n`` panels: near-square, at most 8 columns (1 -> 1x1, 4 -> 2x2, 20 -> 4x5, 80 -> 10x8)."""
+    cols = min(8, max(1, math.ceil(math.sqrt(n))))
+    return max(1, math.ceil(n / cols)), cols
+
+
+def pr_curves_figure(curves: dict[str, Any], per_class_ap: dict[str, float] | None = None) -> Figure:
+    """The per-class PR curves as a matplotlib ``Figure`` (constrained layout: titles and labels fit).
 
     Args:
         curves: ``CocoEvaluation.pr_curves()``: ``{"iou", "recall": [R], "precision":
             {class: [R]}}`` (COCO's interpolated precision at R = 101 recall points).
-        path: output PNG file.
         per_class_ap: optional ``{class: AP}`` shown in each panel's title.
     Returns:
-        ``path`` as a Path. With no class to show, the figure says so instead of staying blank.
+        The figure. With no class to show, it says so instead of staying blank.
     """
     names = list(curves["precision"])
-    cols = min(5, max(1, len(names)))
-    rows = max(1, math.ceil(len(names) / cols))
-    fig = Figure(figsize=(3.0 * cols, 2.7 * rows))
+    rows, cols = grid_shape(len(names))
+    fig = Figure(figsize=(max(MIN_W, PANEL_W * cols), PANEL_H * rows + 0.6), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False, sharex=True, sharey=True)
     for ax in axes.flat:
         ax.set_visible(False)
@@ -39,13 +46,19 @@ def plot_pr_curves(curves: dict[str, Any], path: str | os.PathLike, per_class_ap
     if not names:
         axes[0, 0].set_visible(True)
         axes[0, 0].text(0.5, 0.5, "no class with ground truth", ha="center", va="center")
-    for ax in axes[-1]:
-        ax.set_xlabel("recall")
+    for i, ax in enumerate(axes.flat):  # x label under the lowest panel of each column
+        if ax.get_visible() and (i + cols >= len(axes.flat) or not axes.flat[i + cols].get_visible()):
+            ax.set_xlabel("recall")
+            ax.xaxis.set_tick_params(labelbottom=True)
     for ax in axes[:, 0]:
         ax.set_ylabel("precision")
-    fig.suptitle(f"Precision-recall at IoU {curves['iou']:.2f} (COCO interpolation, area all, 100 dets)", fontsize=10)
-    fig.tight_layout()
+    fig.suptitle(f"Precision-recall at IoU {curves['iou']:.2f}\n(COCO interpolation, area all, 100 dets)", fontsize=10)
+    return fig
+
+
+def plot_pr_curves(curves: dict[str, Any], path: str | os.PathLike, per_class_ap: dict[str, float] | None = None) -> Path:
+    """Write ``pr_curves_figure(curves, per_class_ap)`` to ``path`` (PNG, Agg); returns ``path`` as a Path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    pr_curves_figure(curves, per_class_ap).savefig(path, dpi=100)
     return path

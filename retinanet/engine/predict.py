@@ -1,14 +1,17 @@
-"""Run a detector on image files: drawn images, a JSON of all detections, optional VOC XML.
+"""Run a detector on image files: drawn images, a JSON of all detections, optional VOC XML / YOLO labels.
 
 Inputs are files, folders (``recursive`` to descend) or glob patterns. A ``DataLoader`` decodes
-and resizes in worker processes; the model runs on batches; each image's detections are mapped
-back to its original pixels. A file that cannot be read or written is reported (file and reason)
-and skipped; the run goes on.
+(with the detector's EXIF rule and pixel limit) and resizes in worker processes;
+``Detector.detect_resized`` runs each batch and maps the boxes back to original pixels. A file
+that cannot be read or written is reported (file and reason) and skipped; the run goes on.
 
 Outputs under ``out``::
 
     images/<name>          each image with its detections drawn (unless draw=False)
     xml/<name>.xml         VOC annotation per image (voc_xml=True), 1-based pixels as our reader
+    labels/<name>.txt      YOLO labels per image (yolo_txt=True): "class cx cy w h [score]",
+                           normalised, class = our id - 1; empty file = no detection
+    data.yaml              (yolo_txt=True) ``names: {yolo id: name}`` of the model's classes
     predictions.json       {"images": [{"file", "width", "height", "detections": [{"box",
                            "score", "label", "class"}]}], "failures": [{"file", "error"}]}
 """
@@ -29,11 +32,14 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from retinanet.data.classes import coco_category_names
-from retinanet.data.images import IMAGE_SUFFIXES, open_rgb
+from retinanet.data.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, open_rgb
+from retinanet.engine.detector import Detections, Detector, class_names_of, filter_detections
 from retinanet.engine.draw import draw_detections
 from retinanet.errors import RetinaNetError
 from retinanet.geometry import resize_image
+
+__all__ = ["PredictOptions", "PredictSummary", "class_names_of", "filter_detections", "find_images", "predict",
+           "voc_xml", "yolo_lines"]
 
 _KEEP_SUFFIX = (".jpg", ".jpeg", ".png")  # drawn images keep these; other formats get ".png" added
 
@@ -54,6 +60,8 @@ class PredictOptions:
     workers: int = 2
     draw: bool = True
     voc_xml: bool = False
+    yolo_txt: bool = False
+    save_conf: bool = False  # YOLO labels: append the score (as ultralytics' save_conf)
     progress: bool = True
 
 
@@ -76,6 +84,8 @@ class PredictSummary:
             lines.append(f"drawn images: {self.out / 'images'}")
         if (self.out / "xml").is_dir():
             lines.append(f"VOC XML: {self.out / 'xml'}")
+        if (self.out / "labels").is_dir():
+            lines.append(f"YOLO labels: {self.out / 'labels'} (class names: {self.out / 'data.yaml'})")
         return "\n".join(lines)
 
 
@@ -133,16 +143,17 @@ class ImageFiles(torch.utils.data.Dataset):
     str}``.
     """
 
-    def __init__(self, files: list[Path], min_size: int, max_size: int, keep_original: bool = False):
+    def __init__(self, files: list[Path], min_size: int, max_size: int, keep_original: bool = False, *,
+                 exif: str = "auto", max_pixels: int | None = DEFAULT_MAX_PIXELS):
         self.files, self.min_size, self.max_size = files, min_size, max_size
-        self.keep_original = keep_original
+        self.keep_original, self.exif, self.max_pixels = keep_original, exif, max_pixels
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         try:
-            img = open_rgb(self.files[index])  # as the data pipeline decodes (raises on a corrupt file)
+            img = open_rgb(self.files[index], exif=self.exif, max_pixels=self.max_pixels)  # raises on a corrupt file
             tensor = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)  # [3, H0, W0] uint8
             resized = resize_image(tensor, self.min_size, self.max_size)
             original = tensor if self.keep_original else None
@@ -153,29 +164,6 @@ class ImageFiles(torch.utils.data.Dataset):
 
 def _collate(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return items
-
-
-def class_names_of(class_map: dict[str, int] | None, num_classes: int) -> dict[int, str]:
-    """Class id -> name: the checkpoint's class map, else COCO names for a 91-output head, else
-    "class N" for every id 1..num_classes-1."""
-    if class_map:
-        return {int(v): str(k) for k, v in class_map.items()}
-    if num_classes == 91:
-        return coco_category_names()
-    return {i: f"class {i}" for i in range(1, num_classes)}
-
-
-def filter_detections(out: dict[str, torch.Tensor], score_thresh: float, keep_labels: torch.Tensor | None, max_dets: int):
-    """Detections of one image above ``score_thresh``, of ``keep_labels`` if given, the
-    ``max_dets`` best: ``(boxes [K, 4], scores [K], labels [K])`` CPU tensors, by score.
-    Label 0 is never a class (the background output of torchvision-layout heads): dropped."""
-    boxes, scores, labels = out["boxes"].float().cpu(), out["scores"].float().cpu(), out["labels"].cpu()
-    keep = (scores >= score_thresh) & (labels != 0)
-    if keep_labels is not None:
-        keep &= torch.isin(labels, keep_labels)
-    boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-    order = torch.argsort(scores, descending=True, stable=True)[:max_dets]
-    return boxes[order], scores[order], labels[order]
 
 
 def voc_xml(path: Path, size: tuple[int, int], boxes: np.ndarray, names: list[str]) -> str:
@@ -211,29 +199,49 @@ def _drawn_name(name: str) -> str:
     return name if Path(name).suffix.lower() in _KEEP_SUFFIX else name + ".png"
 
 
-def _write_outputs(item: dict[str, Any], path: Path, name: str, boxes: np.ndarray, labels, scores, names: list[str], opts: PredictOptions):
-    """Drawn image and VOC XML of one image (each only if asked)."""
+def yolo_lines(boxes: np.ndarray, labels: list[int], scores: list[float], size: tuple[int, int], save_conf: bool = False) -> str:
+    """YOLO label text of one image: ``class cx cy w h`` per box, normalised by the image size.
+
+    ``class`` is our id - 1 (YOLO ids start at 0, ours at 1); boxes ``[K, 4]`` continuous xyxy in
+    original pixels, clipped to the image first; numbers as ultralytics writes them (``%g``), the
+    score appended with ``save_conf``. No box: an empty string (an image with no objects).
+    """
+    h, w = size
+    xyxy = np.clip(np.asarray(boxes, dtype=np.float64).reshape(-1, 4), 0, [w, h, w, h])  # [K, 4]
+    cxcywh = np.concatenate([(xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2]], axis=1) / [w, h, w, h]
+    lines = []
+    for label, row, score in zip(labels, cxcywh.tolist(), scores):
+        values = (int(label) - 1, *row, *((float(score),) if save_conf else ()))
+        lines.append(("%g " * len(values)).rstrip() % values)
+    return "".join(line + "\n" for line in lines)
+
+
+def yolo_names_yaml(class_names: dict[int, str]) -> str:
+    """``data.yaml``-style class names of the model: ``names: {our id - 1: name}`` (a map, so ids with
+    gaps, like COCO's, keep their numbers); merge it into a dataset's ``data.yaml``."""
+    lines = ["# class names of the YOLO labels written by `retinanet predict --save-txt` (YOLO id = our id - 1);",
+             "# add train:/val: entries to use this as a dataset's data.yaml", "names:"]
+    lines += [f"  {i - 1}: {json.dumps(n)}" for i, n in sorted(class_names.items())]
+    return "\n".join(lines) + "\n"
+
+
+def _write_outputs(item: dict[str, Any], path: Path, name: str, det: Detections, opts: PredictOptions):
+    """Drawn image, VOC XML and YOLO labels of one image (each only if asked)."""
     out = Path(opts.out)
+    boxes, labels, scores = det.boxes.double().numpy(), det.labels.tolist(), det.scores.tolist()
     if opts.draw:
         target = out / "images" / _drawn_name(name)
         target.parent.mkdir(parents=True, exist_ok=True)
         original = Image.fromarray(item["original"].permute(1, 2, 0).numpy())
-        draw_detections(original, boxes, labels, scores, names).save(target)
+        draw_detections(original, boxes, labels, scores, det.names).save(target)
     if opts.voc_xml:
         target = (out / "xml" / name).with_suffix(".xml")
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(voc_xml(path, item["orig_size"], boxes, names))
-
-
-def _label_filter(class_names: dict[int, str], wanted: tuple[str, ...]) -> torch.Tensor | None:
-    if not wanted:
-        return None
-    ids = {n: i for i, n in class_names.items()}
-    unknown = [n for n in wanted if n not in ids]
-    if unknown:
-        raise RetinaNetError(f"--classes-filter: unknown class name(s) {', '.join(unknown)}; "
-                             f"the model's classes are: {', '.join(class_names.values())}")
-    return torch.tensor([ids[n] for n in wanted], dtype=torch.int64)
+        target.write_text(voc_xml(path, det.size, boxes, det.names))
+    if opts.yolo_txt:
+        target = (out / "labels" / name).with_suffix(".txt")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(yolo_lines(boxes, labels, scores, det.size, opts.save_conf))
 
 
 def write_predictions_json(path: Path, records: list[dict[str, Any]], failures: list[tuple[str, str]]) -> None:
@@ -246,58 +254,55 @@ def write_predictions_json(path: Path, records: list[dict[str, Any]], failures: 
     path.write_text(f'{{"images": {block(records)},\n"failures": {block(failed)}}}\n')
 
 
-def _process_batch(model, batch, files, class_names, keep_labels, opts: PredictOptions, device):
+def _process_batch(detector: Detector, batch, files, opts: PredictOptions):
     """Run one batch and write its outputs: (records, failures) of these images."""
     good = [item for item in batch if item["error"] is None]
     failures = [(str(files[item["index"]][0]), item["error"]) for item in batch if item["error"] is not None]
-    outputs = model([item["image"].to(device) for item in good]) if good else []
+    dets = detector.detect_resized([item["image"] for item in good], [item["orig_size"] for item in good],
+                                   score_thresh=opts.score_thresh, classes=opts.classes, max_dets=opts.max_dets)
     records = []
-    for item, det in zip(good, outputs):
+    for item, det in zip(good, dets):
         path, name = files[item["index"]]
-        h0, w0 = item["orig_size"]
-        h, w = item["image"].shape[-2:]
-        boxes, scores, labels = filter_detections(det, opts.score_thresh, keep_labels, opts.max_dets)
-        boxes = boxes.double().numpy() * np.array([w0 / w, h0 / h, w0 / w, h0 / h])  # original pixels
-        names = [class_names.get(int(i), f"class {int(i)}") for i in labels]
         try:
-            _write_outputs(item, path, name, boxes, labels.tolist(), scores.tolist(), names, opts)
+            _write_outputs(item, path, name, det, opts)
         except Exception as err:  # decoded in the worker but fails here, a full disk, ...
             failures.append((str(path), f"{type(err).__name__}: {err}"))
             continue
         records.append({
-            "file": str(path), "width": w0, "height": h0,
+            "file": str(path), "width": det.size[1], "height": det.size[0],
             "detections": [
                 {"box": [round(float(v), 2) for v in b], "score": round(float(sc), 5), "label": int(c), "class": n}
-                for b, sc, c, n in zip(boxes, scores.tolist(), labels.tolist(), names)
+                for b, sc, c, n in zip(det.boxes.tolist(), det.scores.tolist(), det.labels.tolist(), det.names)
             ],
         })
     return records, failures
 
 
-@torch.inference_mode()
-def predict(model, files: list[tuple[Path, str]], class_names: dict[int, str], opts: PredictOptions, device) -> PredictSummary:
+def predict(detector: Detector, files: list[tuple[Path, str]], opts: PredictOptions) -> PredictSummary:
     """Detect objects in ``files`` (from ``find_images``) and write the outputs (module docstring).
 
     Args:
-        model: RetinaNet in eval mode on ``device``; its ``config.min_size/max_size`` size inputs.
+        detector: the model, its class names and image-reading rule (``Detector.load``).
         files: ``(path, output name)`` pairs.
-        class_names: class id -> name (``class_names_of``).
         opts: filtering, batching and output options.
     Returns:
         A ``PredictSummary``; unreadable files are in its ``failures``, they do not raise.
+    Raises:
+        RetinaNetError: a class name in ``opts.classes`` the model does not have.
     """
-    device = torch.device(device)
     out = Path(opts.out)
+    detector.label_ids(opts.classes)  # an unknown class name fails before any work
     out.mkdir(parents=True, exist_ok=True)
-    keep_labels = _label_filter(class_names, opts.classes)
-    loader = torch.utils.data.DataLoader(
-        ImageFiles([p for p, _ in files], model.config.min_size, model.config.max_size, keep_original=opts.draw),
-        batch_size=opts.batch_size, num_workers=opts.workers, collate_fn=_collate,
-    )
+    if opts.yolo_txt:
+        (out / "data.yaml").write_text(yolo_names_yaml(detector.class_names))
+    c = detector.model.config
+    images = ImageFiles([p for p, _ in files], c.min_size, c.max_size, keep_original=opts.draw,
+                        exif=detector.exif, max_pixels=detector.max_image_pixels)
+    loader = torch.utils.data.DataLoader(images, batch_size=opts.batch_size, num_workers=opts.workers, collate_fn=_collate)
     records, failures = [], []
     with tqdm(total=len(files), desc="predict", unit="img", file=sys.stderr, dynamic_ncols=True, disable=not opts.progress) as bar:
         for batch in loader:
-            new_records, new_failures = _process_batch(model, batch, files, class_names, keep_labels, opts, device)
+            new_records, new_failures = _process_batch(detector, batch, files, opts)
             records += new_records
             failures += new_failures
             for file, reason in new_failures:

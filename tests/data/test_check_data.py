@@ -70,3 +70,38 @@ def test_data_options_to_config():
     assert cfg == DataConfig(root="d", years=("2007", "2012"), train_split="trainval", skip_bad=True, workers=0)
     with pytest.raises(SystemExit):  # augmentation is a training option only
         build_parser().parse_args(["check-data", "--data", "d", "--photometric"])
+
+
+def test_check_data_out_writes_report_and_plots(synthetic, tmp_path, capsys):
+    from PIL import Image
+
+    out = tmp_path / "check"
+    assert main(["check-data", "--data", str(synthetic), "--out", str(out), "--min-size", "192", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert (out / "report.txt").read_text().strip() in printed  # the same text as printed
+    for name in ("instances_per_class.png", "box_sizes.png", "image_sizes.png"):
+        assert Image.open(out / name).size[0] >= 600 and name in printed
+    broken = tmp_path / "check_broken"
+    assert main(["check-data", "--data", str(tmp_path / "none"), "--out", str(broken), "--quiet"]) == 1
+    assert (broken / "report.txt").exists() and not (broken / "box_sizes.png").exists()
+
+
+def test_model_box_sizes_and_anchor_shapes():
+    import numpy as np
+
+    from retinanet.data.check import anchor_shapes, model_box_sizes
+    from retinanet.data.records import Record
+
+    def rec(file, boxes, size):
+        b = np.array(boxes, np.float32)
+        return Record(file, b, np.ones(len(b), np.int64), np.zeros(len(b), bool), 0, size, file)
+
+    records = [rec("a.jpg", [[0, 0, 20, 10]], (100, 200)), rec("b.jpg", [[10, 10, 40, 30]], None)]
+    # a: 100x200 -> 400x800 at min_size 400 (x4); b: decoded 50x50 -> 400x400 (x8); c: no size: left out
+    wh = model_box_sizes(records + [rec("c.jpg", [[0, 0, 5, 5]], None)], {"b.jpg": (50, 50)}, 400, 1333)
+    np.testing.assert_allclose(wh, [[80, 40], [240, 160]])
+    shapes = anchor_shapes((32, 64))
+    assert shapes.shape == (2 * 3 * 3, 2)
+    np.testing.assert_allclose(shapes[1], [32, 32])  # size 32, ratio 1
+    np.testing.assert_allclose(np.sqrt(shapes.prod(axis=1))[[1, 4, 7]], [32, 40, 50])  # int(32 * 2^(k/3))
+    np.testing.assert_allclose(shapes[0, 1] / shapes[0, 0], 0.5)  # ratio h / w

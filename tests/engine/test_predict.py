@@ -160,3 +160,55 @@ def test_predict_user_errors(tmp_path, checkpoint, capsys):
     assert "no such file or folder" in capsys.readouterr().err
     assert main(["predict", str(img), "--weights", str(tmp_path / "missing.pt")]) == 2
     assert "missing.pt" in capsys.readouterr().err
+
+
+def test_predict_save_txt_yolo_labels_round_trip(tmp_path, checkpoint):
+    """--save-txt: one YOLO label file per image (class = our id - 1, normalised cx cy w h), the
+    score with --save-conf, and a data.yaml our YOLO reader takes the names from."""
+    from retinanet.data.yolo import read_data_yaml
+
+    img = write_image(tmp_path / "in" / "a.jpg", size=(90, 120))
+    out = tmp_path / "out"
+    assert main(["predict", str(img), "--weights", str(checkpoint), "--out", str(out), "--score-thresh", "0",
+                 "--max-dets", "6", "--save-txt", "--save-conf", "--no-draw", "--workers", "0", "--quiet"]) == 0
+    dets = json.loads((out / "predictions.json").read_text())["images"][0]["detections"]
+    rows = [line.split() for line in (out / "labels" / "a.txt").read_text().splitlines()]
+    assert len(rows) == len(dets) == 6 and all(len(r) == 6 for r in rows)
+    for row, det in zip(rows, dets):
+        cls, cx, cy, w, h, score = int(row[0]), *map(float, row[1:])
+        assert cls == det["label"] - 1
+        x1, y1, x2, y2 = (min(max(v, 0), lim) for v, lim in zip(det["box"], (120, 90, 120, 90)))
+        np.testing.assert_allclose([cx * 120, cy * 90, w * 120, h * 90], [(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], atol=0.02)
+        assert score == pytest.approx(det["score"], abs=1e-5)
+    assert read_data_yaml(out / "data.yaml").names == ["cat", "dog"]  # YOLO id i -> our id i + 1
+
+
+def test_yolo_lines_format():
+    from retinanet.engine.predict import yolo_lines
+
+    boxes = np.array([[10.0, 20.0, 30.0, 60.0], [-5.0, 0.0, 50.0, 120.0]])
+    text = yolo_lines(boxes, [1, 3], [0.9, 0.25], (100, 50))
+    assert text == "0 0.4 0.4 0.4 0.4\n2 0.5 0.5 1 1\n"  # the second box clipped to the 50 x 100 image first
+    assert yolo_lines(boxes[:1], [2], [0.875], (100, 50), save_conf=True) == "1 0.4 0.4 0.4 0.4 0.875\n"
+    assert yolo_lines(np.zeros((0, 4)), [], [], (100, 50)) == ""
+
+
+def test_predict_exif_option(tmp_path, checkpoint):
+    """predict reads a photo in the displayed frame (EXIF applied); --exif ignore: the stored frame."""
+    rng = np.random.default_rng(2)
+    path = tmp_path / "turned.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    Image.fromarray(rng.integers(0, 256, (60, 100, 3), dtype=np.uint8)).save(path, exif=exif.tobytes())
+    sizes = {}
+    for policy in ("auto", "ignore"):
+        out = tmp_path / policy
+        assert main(["predict", str(path), "--weights", str(checkpoint), "--out", str(out), "--exif", policy,
+                     "--workers", "0", "--quiet"]) == 0
+        record = json.loads((out / "predictions.json").read_text())["images"][0]
+        sizes[policy] = (record["height"], record["width"])
+        assert Image.open(out / "images" / "turned.jpg").size == sizes[policy][::-1]
+    assert sizes == {"auto": (100, 60), "ignore": (60, 100)}
+    code = main(["predict", str(path), "--weights", str(checkpoint), "--out", str(tmp_path / "o"),
+                 "--max-image-pixels", "100", "--workers", "0", "--quiet"])
+    assert code == 1  # no image processed: the one file is over the limit (reported, skipped)

@@ -1,0 +1,279 @@
+"""``Detector``: a trained model for Python users, from inputs of any common kind to named boxes.
+
+    detector = retinanet.Detector.load("runs/train/best.pt")       # or a torchvision .pth
+    for r in detector.predict(["a.jpg", "b.jpg"], score_thresh=0.3):
+        print(r.names, r.boxes)                                      # boxes in original pixels
+
+Inputs: a path (``str`` / ``os.PathLike``), PIL images, ``numpy`` ``H x W x 3`` ``uint8`` RGB arrays,
+tensors ``[3, H, W]`` (``uint8`` 0..255 or float 0..1) or ``[B, 3, H, W]`` (B images), or a list of
+any of them. Paths are decoded by the data package's opener (``retinanet.data.images.open_rgb``):
+the EXIF rule ``exif`` (``"auto"``/``"apply"``: the displayed frame, as viewers show the photo;
+``"ignore"``: the stored pixels) and the pixel limit ``max_image_pixels`` of ``DataConfig``. Each image
+is resized on the CPU (or its own device) to the model's input size, batched, run, and its boxes are
+mapped back to its own pixels.
+
+``retinanet predict`` runs on the same object: its worker processes decode and resize, then call
+``Detector.detect_resized``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from retinanet.data.classes import coco_category_names
+from retinanet.data.images import DEFAULT_MAX_PIXELS, _to_rgb, check_exif_policy, open_rgb, pil_to_tensor
+from retinanet.engine.checkpoint import load_model
+from retinanet.errors import RetinaNetError
+from retinanet.geometry import resize_boxes, resize_image
+
+
+@dataclass
+class Detections:
+    """The detections of one image, best score first.
+
+    Attributes:
+        boxes: ``[K, 4]`` float32 ``xyxy`` in the image's own (original) pixels, continuous
+            coordinates, on the CPU.
+        scores: ``[K]`` float32 in 0..1.
+        labels: ``[K]`` int64 class ids (>= 1; the model's outputs, as in the checkpoint's class map).
+        names: ``K`` class names.
+        size: ``(height, width)`` of the image the boxes refer to.
+        source: the file it was read from, else None.
+    """
+
+    boxes: Tensor
+    scores: Tensor
+    labels: Tensor
+    names: list[str]
+    size: tuple[int, int]
+    source: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain lists (JSON-ready): ``{"boxes", "scores", "labels", "names", "height", "width", "source"}``."""
+        return {"boxes": self.boxes.tolist(), "scores": self.scores.tolist(), "labels": self.labels.tolist(),
+                "names": list(self.names), "height": self.size[0], "width": self.size[1], "source": self.source}
+
+
+def class_names_of(class_map: dict[str, int] | None, num_classes: int) -> dict[int, str]:
+    """Class id -> name: the checkpoint's class map, else COCO names for a 91-output head, else
+    "class N" for every id 1..num_classes-1."""
+    if class_map:
+        return {int(v): str(k) for k, v in class_map.items()}
+    if num_classes == 91:
+        return coco_category_names()
+    return {i: f"class {i}" for i in range(1, num_classes)}
+
+
+def filter_detections(out: dict[str, Tensor], score_thresh: float, keep_labels: Tensor | None, max_dets: int):
+    """Detections of one image above ``score_thresh``, of ``keep_labels`` if given, the
+    ``max_dets`` best: ``(boxes [K, 4], scores [K], labels [K])`` CPU tensors, by score.
+    Label 0 is never a class (the background output of torchvision-layout heads): dropped."""
+    boxes, scores, labels = out["boxes"].float().cpu(), out["scores"].float().cpu(), out["labels"].cpu()
+    keep = (scores >= score_thresh) & (labels != 0)
+    if keep_labels is not None:
+        keep &= torch.isin(labels, keep_labels)
+    boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+    order = torch.argsort(scores, descending=True, stable=True)[:max_dets]
+    return boxes[order], scores[order], labels[order]
+
+
+def _describe(item: Any) -> str:
+    if isinstance(item, (Tensor, np.ndarray)):
+        return f"{type(item).__name__} of shape {tuple(item.shape)} and dtype {item.dtype}"
+    return type(item).__name__
+
+
+def _tensor_images(x: Tensor) -> list[Tensor]:
+    """``[3, H, W]`` or ``[B, 3, H, W]`` uint8 / float 0..1 -> list of ``[3, H, W]``; else RetinaNetError."""
+    if x.dim() not in (3, 4) or x.shape[-3] != 3:
+        raise RetinaNetError(f"an image tensor is [3, H, W] or [B, 3, H, W] RGB, not {_describe(x)}")
+    if x.dtype != torch.uint8 and not x.is_floating_point():
+        raise RetinaNetError(f"an image tensor is uint8 (0..255) or float (0..1), not {_describe(x)}")
+    if x.is_floating_point() and x.numel() and float(x.max()) > 1.0 + 1e-3:
+        raise RetinaNetError(f"float image tensors are 0..1, this one reaches {float(x.max()):.4g}: "
+                             "divide by 255 or pass a uint8 tensor")
+    return list(x) if x.dim() == 4 else [x]
+
+
+def _numpy_image(a: np.ndarray) -> Tensor:
+    if a.ndim != 3 or a.shape[2] != 3 or a.dtype != np.uint8:
+        raise RetinaNetError(f"a numpy image is H x W x 3 uint8 RGB (OpenCV's BGR: a[..., ::-1]), not {_describe(a)}")
+    return torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)
+
+
+class Detector:
+    """A model ready for inference with its class names and image-reading rule.
+
+    Args:
+        model: a ``RetinaNet`` (put in eval mode here); its ``config.min_size/max_size`` size inputs.
+        class_names: class id -> name (``class_names_of``).
+        exif: EXIF rule for images read from paths: "auto" | "apply" | "ignore".
+        max_image_pixels: larger images read from paths are refused; None = no limit.
+    """
+
+    def __init__(self, model: torch.nn.Module, class_names: dict[int, str], *, exif: str = "auto",
+                 max_image_pixels: int | None = DEFAULT_MAX_PIXELS):
+        self.model = model.eval()
+        self.class_names = dict(class_names)
+        self.exif = check_exif_policy(exif)
+        self.max_image_pixels = max_image_pixels
+
+    @classmethod
+    def load(cls, weights: str | os.PathLike, device: str | torch.device = "cpu", *, channels_last: bool = False,
+             exif: str = "auto", max_image_pixels: int | None = DEFAULT_MAX_PIXELS, **overrides: Any) -> Detector:
+        """A detector from our checkpoint or an official torchvision RetinaNet file.
+
+        Args:
+            weights: the file. Classes: the checkpoint's class map; a bare torchvision file with 91
+                outputs gets the COCO names (labels are COCO category ids).
+            device: "cpu", "cuda", "cuda:1", ... or a ``torch.device``.
+            channels_last: run the model in NHWC memory layout (same results, usually faster on GPUs).
+            exif, max_image_pixels: how paths are read (class docstring).
+            overrides: ``ModelConfig`` fields to replace (``min_size``, ``max_size``, ``nms_thresh``, ...).
+        Raises:
+            CheckpointError: unreadable file, or weights that do not fit the model.
+        """
+        model, class_map = load_model(weights, device, channels_last=channels_last, **overrides)
+        return cls(model, class_names_of(class_map, model.config.num_classes), exif=exif,
+                   max_image_pixels=max_image_pixels)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def read_image(self, path: str | os.PathLike) -> Tensor:
+        """``uint8 [3, H, W]`` of an image file, in the frame the EXIF rule chooses.
+
+        Raises:
+            RetinaNetError: the file is missing, cannot be decoded or is over the pixel limit (named).
+        """
+        try:
+            return pil_to_tensor(open_rgb(path, exif=self.exif, max_pixels=self.max_image_pixels))
+        except (OSError, ValueError, SyntaxError) as err:
+            raise RetinaNetError(f"{path}: cannot read image ({type(err).__name__}: {err})") from None
+
+    def _as_images(self, inputs: Any) -> Iterator[tuple[Tensor, str | None]]:
+        """``(image [3, H, W], source path or None)`` for each image of ``inputs`` (lazily: files
+        are decoded one batch at a time)."""
+        items = inputs if isinstance(inputs, (list, tuple)) else [inputs]
+        for item in items:
+            if isinstance(item, (str, os.PathLike)):
+                yield self.read_image(item), str(item)
+            elif isinstance(item, Image.Image):
+                yield pil_to_tensor(_to_rgb(item)), None  # any PIL mode; taken as given (no EXIF turn)
+            elif isinstance(item, np.ndarray):
+                yield _numpy_image(item), None
+            elif isinstance(item, Tensor):
+                for image in _tensor_images(item):
+                    yield image, None
+            else:
+                raise RetinaNetError(f"cannot detect in a {_describe(item)}: give a path, a PIL image, an H x W x 3 "
+                                     "uint8 numpy array or a [3, H, W] tensor (or a list of them)")
+
+    def label_ids(self, classes: Sequence[str] | None) -> Tensor | None:
+        """``[N]`` int64 ids of the class names ``classes`` (None when empty: keep all).
+
+        Raises:
+            RetinaNetError: a name the model does not have (the message lists its classes).
+        """
+        if not classes:
+            return None
+        ids = {n: i for i, n in self.class_names.items()}
+        unknown = [n for n in classes if n not in ids]
+        if unknown:
+            raise RetinaNetError(f"unknown class name(s) {', '.join(unknown)}; "
+                                 f"the model's classes are: {', '.join(self.class_names.values())}")
+        return torch.tensor([ids[n] for n in classes], dtype=torch.int64)
+
+    @torch.inference_mode()
+    def detect_resized(self, images: list[Tensor], orig_sizes: list[tuple[int, int]], *, score_thresh: float = 0.3,
+                       classes: Sequence[str] | None = None, max_dets: int = 100,
+                       sources: Sequence[str | None] | None = None) -> list[Detections]:
+        """Run one batch of images already resized to the model's input size.
+
+        Args:
+            images: ``[3, h, w]`` uint8 or float 0..1 tensors (``resize_image`` of the originals).
+            orig_sizes: ``(H0, W0)`` of each original image: boxes are mapped back to it.
+            score_thresh: keep detections scoring at least this (also the model's own threshold
+                for this call). classes: names to keep (None or empty: all). max_dets: per image.
+            sources: file of each image, recorded in the results.
+        Returns:
+            one ``Detections`` per image, best score first.
+        """
+        keep_labels = self.label_ids(classes)
+        if not images:
+            return []
+        config = self.model.config
+        self.model.config = dataclasses.replace(config, score_thresh=float(score_thresh))  # for this call only
+        try:
+            outputs = self.model([im.to(self.device, non_blocking=True) for im in images])
+        finally:
+            self.model.config = config
+        sources = list(sources) if sources is not None else [None] * len(images)
+        results = []
+        for image, orig, out, source in zip(images, orig_sizes, outputs, sources):
+            boxes, scores, labels = filter_detections(out, score_thresh, keep_labels, max_dets)
+            resized = (int(image.shape[-2]), int(image.shape[-1]))
+            orig = (int(orig[0]), int(orig[1]))
+            if resized != orig:
+                boxes = resize_boxes(boxes, resized, orig)  # [K, 4] original pixels
+            names = [self.class_names.get(int(c), f"class {int(c)}") for c in labels.tolist()]
+            results.append(Detections(boxes, scores, labels, names, orig, source))
+        return results
+
+    def predict(self, inputs: Any, *, score_thresh: float = 0.3, classes: Sequence[str] | None = None,
+                max_dets: int = 100, batch_size: int = 4) -> list[Detections]:
+        """Detect objects in ``inputs`` (module docstring: paths, PIL, numpy, tensors, lists of them).
+
+        Args:
+            score_thresh: keep detections scoring at least this [0.3, as ``retinanet predict``].
+            classes: class names to keep (None: all). max_dets: at most this many per image.
+            batch_size: images per forward pass (the results do not depend on it beyond float noise).
+        Returns:
+            one ``Detections`` per image, in input order (a ``[B, 3, H, W]`` tensor gives B).
+        Raises:
+            RetinaNetError: an input of an unknown kind or shape, or a file that cannot be read (named).
+        """
+        if batch_size < 1:
+            raise RetinaNetError(f"batch_size must be at least 1, not {batch_size}")
+        c = self.model.config
+        results: list[Detections] = []
+        batch: list[tuple[Tensor, str | None]] = []
+
+        def flush() -> None:
+            resized = [resize_image(im, c.min_size, c.max_size) for im, _ in batch]
+            sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im, _ in batch]
+            results.extend(self.detect_resized(resized, sizes, score_thresh=score_thresh, classes=classes,
+                                               max_dets=max_dets, sources=[s for _, s in batch]))
+            batch.clear()
+
+        self.label_ids(classes)  # an unknown class name fails before any file is read
+        for image, source in self._as_images(inputs):
+            batch.append((image, source))
+            if len(batch) == batch_size:
+                flush()
+        if batch:
+            flush()
+        return results
+
+    __call__ = predict
+
+    def __repr__(self) -> str:
+        c = self.model.config
+        return (f"Detector({c.arch}, {len(self.class_names)} classes, input {c.min_size}..{c.max_size} px, "
+                f"device {self.device}, exif={self.exif!r})")
+
+
+__all__ = ["Detections", "Detector", "class_names_of", "filter_detections"]

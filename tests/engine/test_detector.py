@@ -1,0 +1,177 @@
+"""``retinanet.Detector``: every input kind, boxes in original pixels, class names, batching."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import retinanet
+from retinanet.errors import RetinaNetError
+from retinanet.geometry import resize_image
+
+CLASS_MAP = {"cat": 1, "dog": 2}
+SIZE = (90, 130)  # H, W: not the model's input size (min_size 64 -> 64 x 92)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A tiny untrained model saved as our checkpoint (resnet18, 64-96 px, 32 FPN channels)."""
+    from retinanet.checkpoint_io import save_checkpoint
+    from retinanet.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model("resnet18_fpn", num_classes=3, min_size=64, max_size=96, norm="bn", fpn_channels=32, head_convs=1)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    save_checkpoint({"model": model.state_dict(), "config": {"model": asdict(model.config)}, "class_map": CLASS_MAP}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def detector(checkpoint):
+    return retinanet.Detector.load(checkpoint)
+
+
+@pytest.fixture(scope="module")
+def arrays() -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 256, (*SIZE, 3), dtype=np.uint8), rng.integers(0, 256, (70, 110, 3), dtype=np.uint8)]
+
+
+def manual(checkpoint, array: np.ndarray, k: int = 100):
+    """Resize by hand, run the bare model, scale back: the reference for one image."""
+    from retinanet.engine.checkpoint import load_model
+
+    model, _ = load_model(checkpoint, "cpu", score_thresh=0.0)
+    image = torch.from_numpy(array).permute(2, 0, 1)
+    resized = resize_image(image, model.config.min_size, model.config.max_size)
+    with torch.inference_mode():
+        out = model([resized])[0]
+    keep = (out["scores"] >= 0.0) & (out["labels"] != 0)
+    order = torch.argsort(out["scores"][keep], descending=True)[:k]
+    (h, w), (h0, w0) = resized.shape[-2:], array.shape[:2]
+    boxes = out["boxes"][keep][order] * torch.tensor([w0 / w, h0 / h, w0 / w, h0 / h])
+    return boxes, out["scores"][keep][order], out["labels"][keep][order]
+
+
+def test_boxes_in_original_pixels_match_manual_pipeline(checkpoint, detector, arrays):
+    assert detector.model.config.min_size == 64 and SIZE != (64, 92)
+    (r,) = detector.predict(arrays[0], score_thresh=0.0, max_dets=20)
+    boxes, scores, labels = manual(checkpoint, arrays[0], 20)
+    assert r.size == SIZE and len(r) == 20
+    torch.testing.assert_close(r.boxes, boxes, atol=1e-3, rtol=1e-5)
+    torch.testing.assert_close(r.scores, scores)
+    assert r.labels.tolist() == labels.tolist()
+    assert r.names == [{1: "cat", 2: "dog"}[i] for i in labels.tolist()]
+    assert r.boxes[:, 2].max() > 92  # beyond the model's input width: original pixels
+
+
+def test_every_input_kind_gives_the_same_result(tmp_path, detector, arrays):
+    a = arrays[0]
+    path = tmp_path / "a.png"
+    Image.fromarray(a).save(path)
+    uint8 = torch.from_numpy(a).permute(2, 0, 1).contiguous()
+    ref = detector.predict(a, score_thresh=0.0, max_dets=10)[0]
+    kinds = {"path": str(path), "pathlib": path, "PIL": Image.fromarray(a), "uint8 tensor": uint8,
+             "float tensor": uint8.float() / 255}
+    for kind, x in kinds.items():
+        (r,) = detector.predict(x, score_thresh=0.0, max_dets=10)
+        atol = 0.5 if kind == "float tensor" else 1e-4  # float input is resized without rounding to uint8
+        torch.testing.assert_close(r.boxes, ref.boxes, atol=atol, rtol=0, msg=kind)
+        assert r.size == SIZE
+        assert r.source == (str(x) if kind in ("path", "pathlib") else None), kind
+    grey = detector.predict(Image.fromarray(a).convert("L"))[0]  # any PIL mode is taken as RGB
+    assert grey.size == SIZE
+
+
+def test_list_of_paths_keeps_order_and_sources(tmp_path, detector, arrays):
+    paths = []
+    for i, a in enumerate(arrays):
+        paths.append(tmp_path / f"{i}.jpg")
+        Image.fromarray(a).save(paths[-1], quality=95)
+    results = detector.predict([str(p) for p in paths], score_thresh=0.0)
+    assert [r.source for r in results] == [str(p) for p in paths]
+    assert [r.size for r in results] == [SIZE, (70, 110)]
+    d = results[1].to_dict()
+    json.dumps(d)  # JSON-ready
+    assert (d["height"], d["width"]) == (70, 110) and len(d["boxes"]) == len(d["names"]) == len(results[1])
+
+
+def test_batching_equals_one_by_one(detector, arrays):
+    images = [arrays[0], arrays[1], arrays[0][:, ::-1], torch.from_numpy(arrays[1]).permute(2, 0, 1)]
+    batched = detector.predict(images, score_thresh=0.05, batch_size=3)
+    single = [detector.predict(x, score_thresh=0.05)[0] for x in images]
+    assert len(batched) == 4
+    for b, s in zip(batched, single):
+        torch.testing.assert_close(b.boxes, s.boxes, atol=1e-3, rtol=1e-4)
+        torch.testing.assert_close(b.scores, s.scores, atol=1e-4, rtol=1e-4)
+        assert b.names == s.names
+    stacked = torch.stack([torch.from_numpy(arrays[0]).permute(2, 0, 1)] * 2)  # [B, 3, H, W]: B images
+    assert len(detector.predict(stacked)) == 2
+
+
+def test_threshold_classes_and_max_dets(detector, arrays):
+    everything = detector.predict(arrays[0], score_thresh=0.0, max_dets=300)[0]
+    assert len(everything) > 5
+    cut = float(everything.scores[len(everything) // 2])
+    above = detector.predict(arrays[0], score_thresh=cut, max_dets=300)[0]
+    assert len(above) >= 1 and (above.scores >= cut).all()
+    dogs = detector.predict(arrays[0], score_thresh=0.0, classes=["dog"])[0]
+    assert set(dogs.names) <= {"dog"} and (dogs.labels == 2).all()
+    assert len(detector.predict(arrays[0], score_thresh=0.0, max_dets=3)[0]) == 3
+    assert detector.model.config.score_thresh == 0.05  # the per-call threshold does not stick
+
+
+def test_bad_inputs_are_named(tmp_path, detector, arrays):
+    with pytest.raises(RetinaNetError, match="missing.jpg"):
+        detector.predict(str(tmp_path / "missing.jpg"))
+    (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(RetinaNetError, match="bad.jpg: cannot read image"):
+        detector.predict([arrays[0], tmp_path / "bad.jpg"])
+    with pytest.raises(RetinaNetError, match="H x W x 3 uint8"):
+        detector.predict(arrays[0].astype(np.float32))
+    with pytest.raises(RetinaNetError, match="0..1"):
+        detector.predict(torch.from_numpy(arrays[0]).permute(2, 0, 1).float())
+    with pytest.raises(RetinaNetError, match=r"\[3, H, W\]"):
+        detector.predict(torch.zeros(4, 32, 32))
+    with pytest.raises(RetinaNetError, match="cannot detect in a dict"):
+        detector.predict({"image": arrays[0]})
+    with pytest.raises(RetinaNetError, match="zebra"):
+        detector.predict(arrays[0], classes=["zebra"])
+
+
+def test_exif_rule_for_paths(tmp_path, checkpoint):
+    """A photo stored landscape with EXIF 'rotated 90 CW' is read portrait unless exif='ignore'."""
+    rng = np.random.default_rng(1)
+    img = Image.fromarray(rng.integers(0, 256, (60, 100, 3), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "turned.jpg"
+    img.save(path, exif=exif.tobytes())
+    assert retinanet.Detector.load(checkpoint).predict(path)[0].size == (100, 60)  # displayed frame
+    assert retinanet.Detector.load(checkpoint, exif="ignore").predict(path)[0].size == (60, 100)  # stored
+    with pytest.raises(RetinaNetError, match="exceeds the limit"):
+        retinanet.Detector.load(checkpoint, max_image_pixels=1000).predict(path)
+    with pytest.raises(RetinaNetError, match="exif must be one of"):
+        retinanet.Detector.load(checkpoint, exif="sideways")
+
+
+def test_torchvision_file_gets_coco_names(tmp_path):
+    """A bare torchvision state_dict with 91 outputs: labels are COCO category ids, named."""
+    from retinanet.model import build_model
+
+    model = build_model("resnet18_fpn", num_classes=91, fpn_channels=32, head_convs=1, min_size=64, max_size=96)
+    path = tmp_path / "tv.pth"
+    torch.save(model.state_dict(), path)
+    from retinanet.engine.detector import class_names_of
+
+    names = class_names_of(None, 91)
+    assert names[1] == "person" and names[90] == "toothbrush" and 12 not in names  # COCO id 12 is a gap
+    det = retinanet.Detector(model, names)
+    r = det.predict(torch.zeros(3, 64, 64, dtype=torch.uint8), score_thresh=0.0, max_dets=5)[0]
+    assert all(n == names[i] for n, i in zip(r.names, r.labels.tolist()))
