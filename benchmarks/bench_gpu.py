@@ -33,8 +33,8 @@ file is rewritten after every row, so a run cut short keeps what it measured):
   training and inference with AMP (last, because it changes the models; warm-up includes the
   compilation, which is not timed).
 
-``--time-budget S`` skips the rows that would start after S seconds (the GPU check gives every
-stage a deadline).
+``--time-budget S`` skips the rows that would start more than S seconds after the script's
+imports (the GPU check gives every stage a deadline).
 """
 
 from __future__ import annotations
@@ -53,14 +53,17 @@ from pathlib import Path
 
 import torch
 
-import retinanet
-from bench_model import Runner, build_torchvision, load_average, machine, setup, time_mode
-from retinanet import build_model
-from retinanet.config import DataConfig
-from retinanet.data import build_datasets, build_loader, make_synthetic
+START = time.perf_counter()  # --time-budget counts from here (after the imports of torch)
+
+import retinanet  # noqa: E402
+from bench_model import Runner, build_torchvision, load_average, machine, setup, time_mode  # noqa: E402
+from retinanet import build_model  # noqa: E402
+from retinanet.config import DataConfig  # noqa: E402
+from retinanet.data import build_datasets, build_loader, make_synthetic  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = Path(retinanet.__file__).resolve().parent
+TORCH_DIR = Path(torch.__file__).resolve().parent
 
 # Sizes of a real run and of the CPU smoke run (--tiny); any option given on the command line wins.
 FULL = dict(arch="resnet50_fpn", num_classes=91, fpn_channels=256, head_convs=4, batch_size=8, height=800,
@@ -87,7 +90,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--score-thresh", type=float, default=0.05, help="inference score threshold (both)")
     p.add_argument("--iters", type=int, help="timed rounds per row (each times both models) [10]")
     p.add_argument("--warmup", type=int, help="untimed rounds per row [3]")
-    p.add_argument("--amp-dtype", default="bf16", choices=["bf16", "fp16"], help="autocast dtype of the AMP rows [bf16]")
+    p.add_argument("--amp-dtype", default="bf16", choices=["bf16", "fp16"],
+                   help="autocast dtype of the AMP rows [bf16]")
     p.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark = True "
                    "(off by default, as in retinanet train)")
     p.add_argument("--loader-images", type=int, help="synthetic JPEGs for the loader rows (0: no loader rows) [256]")
@@ -252,18 +256,34 @@ def compile_parts(model: torch.nn.Module) -> None:
 
 
 def sync_site(stack: list[traceback.FrameSummary]) -> str:
-    """Where a warning came from: the innermost frame in the ``retinanet`` package, else the
-    innermost frame outside the warnings machinery, as ``path:line in function: code``."""
-    frames = [f for f in stack if not f.filename.endswith(("warnings.py", "bench_gpu.py"))] or stack
-    inside = [f for f in frames if Path(f.filename).resolve().is_relative_to(PACKAGE)]
-    f = (inside or frames)[-1]
-    path = Path(f.filename)
-    try:
-        path = path.resolve().relative_to(REPO)
-    except ValueError:
-        pass
+    """Where a sync warning came from, as ``path:line in function: code``: the innermost frame in
+    the ``retinanet`` package, else the innermost one outside torch (e.g. the ``backward()`` call
+    for a sync inside autograd), then ``(via ...)`` the innermost torch frame when there is one.
+
+    Args:
+        stack: ``traceback.extract_stack()`` inside the warning hook, the hook's frame removed.
+    """
+    frames = [f for f in stack if Path(f.filename).name != "warnings.py"] or stack
+    in_torch = [f for f in frames if _is_under(f.filename, TORCH_DIR)]
+    in_package = [f for f in frames if _is_under(f.filename, PACKAGE)]
+    outside_torch = [f for f in frames if not _is_under(f.filename, TORCH_DIR)]
+    f = (in_package or outside_torch or frames)[-1]
     code = (f.line or linecache.getline(f.filename, f.lineno)).strip()
-    return f"{path}:{f.lineno} in {f.name}: {code}"
+    site = f"{_short(f.filename)}:{f.lineno} in {f.name}: {code}"
+    if in_torch and in_torch[-1] is not f and frames.index(in_torch[-1]) > frames.index(f):
+        t = in_torch[-1]
+        site += f" (via torch/{Path(t.filename).resolve().relative_to(TORCH_DIR)}:{t.lineno} in {t.name})"
+    return site
+
+
+def _is_under(filename: str, folder: Path) -> bool:
+    return Path(filename).resolve().is_relative_to(folder)
+
+
+def _short(filename: str) -> str:
+    """A path relative to the repository when it is inside it."""
+    path = Path(filename).resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else filename
 
 
 def count_sync_warnings(step, steps: int, device: torch.device) -> collections.Counter:
@@ -366,11 +386,10 @@ class Results:
 
     def __init__(self, args, header: dict):
         self.args, self.header, self.rows = args, header, []
-        self.start = time.perf_counter()
 
     def run(self, name: str, kind: str, fn) -> dict:
         row = {"name": name, "kind": kind}
-        elapsed = time.perf_counter() - self.start
+        elapsed = time.perf_counter() - START
         if self.args.time_budget is not None and elapsed > self.args.time_budget:
             row["error"] = f"skipped: time budget of {self.args.time_budget:.0f} s spent ({elapsed:.0f} s)"
         else:
@@ -417,8 +436,9 @@ def summary_lines(rows: list[dict]) -> list[str]:
     loaders = [r for r in rows if r["kind"] == "loader" and "error" not in r and r["images_per_s"]]
     if train and loaders:
         best = max(loaders, key=lambda r: r["images_per_s"])
+        verdict = "keeps up" if best["images_per_s"] >= max(train) else "too slow"
         lines.append(f"data loading: best {best['name']} {best['images_per_s']:.1f} images/s vs fastest training row "
-                     f"(ours) {max(train):.1f} images/s: {'keeps up' if best['images_per_s'] >= max(train) else 'too slow'}")
+                     f"(ours) {max(train):.1f} images/s: {verdict}")
     return lines
 
 

@@ -146,7 +146,18 @@ fi
 timeout "$BENCH_TIMEOUT" "$PY" benchmarks/bench_gpu.py "${BENCH[@]}" --time-budget $((BENCH_TIMEOUT - 45)) \
     --json "$OUT/bench_gpu.json" ${GPU_CHECK_BENCH_ARGS:-} 2>&1 | tee "$OUT/bench_gpu.log"
 rc=${PIPESTATUS[0]}
-record benchmark "$(status_of $rc)" $((SECONDS - t0)) "$(grep -c ' ERROR ' "$OUT/bench_gpu.log" | xargs) row(s) with an error (see bench_gpu.log)"
+bench_note() {  # "N rows, M with an error (names)" from the JSON file
+    "$PY" - "$OUT/bench_gpu.json" <<'EOF'
+import json, sys
+try:
+    rows = json.load(open(sys.argv[1]))["rows"]
+except (OSError, ValueError, KeyError):
+    sys.exit(print("no results file"))
+bad = [r["name"] for r in rows if "error" in r]
+print(f"{len(rows)} rows, {len(bad)} with an error" + (f" ({', '.join(bad)}; see bench_gpu.log)" if bad else ""))
+EOF
+}
+record benchmark "$(status_of $rc)" $((SECONDS - t0)) "$(bench_note)"
 
 # --- 5. Summary ------------------------------------------------------------------------------------------
 stage "5. Summary"

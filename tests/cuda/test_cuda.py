@@ -46,7 +46,8 @@ def _tiny_batch(device):
     """Two random 128x160 images with two boxes each (labels 1..3), on ``device``."""
     g = torch.Generator().manual_seed(0)
     images = [torch.rand(3, 128, 160, generator=g).to(device) for _ in range(2)]
-    boxes = [torch.tensor([[10.0, 12, 70, 90], [80, 30, 150, 110]]), torch.tensor([[5.0, 5, 60, 60], [60, 40, 140, 120]])]
+    boxes = [torch.tensor([[10.0, 12, 70, 90], [80, 30, 150, 110]]),
+             torch.tensor([[5.0, 5, 60, 60], [60, 40, 140, 120]])]
     labels = [torch.tensor([1, 2]), torch.tensor([3, 1])]
     targets = [{"boxes": b.to(device), "labels": lab.to(device)} for b, lab in zip(boxes, labels)]
     return images, targets
