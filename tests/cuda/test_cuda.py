@@ -194,7 +194,7 @@ def test_checkpoint_carries_cuda_rng_and_resume_runs_on_cuda(gpu_run, tmp_path):
 
 
 def test_rng_state_round_trip_includes_cuda(tmp_path):
-    from retinanet.engine.train import rng_state, set_rng_state
+    from retinanet.engine.optim import rng_state, set_rng_state
 
     state = rng_state()
     assert "cuda" in state
