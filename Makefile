@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench gpu-check clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,9 @@ bench: $(STAMP)  ## model, loss/post-processing and data-loading benchmarks (see
 	$(BIN)/python benchmarks/bench_model.py
 	$(BIN)/python benchmarks/bench_heads.py
 	$(BIN)/python benchmarks/bench_data.py
+
+gpu-check:  ## on a GPU machine: install (or use the system torch), CUDA tests, GPU benchmark; results in $$OUT or gpu_check_out/
+	bash benchmarks/gpu_check.sh
 
 clean:
 	rm -rf $(VENV) demo .pytest_cache

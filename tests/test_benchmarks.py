@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -30,3 +33,38 @@ def test_bench_heads_times_loss_and_postprocess():
     out = run("bench_heads.py", "--batch-size", "2", "--image-size", "64", "--num-classes", "5",
               "--iters", "1", "--warmup", "0", "--device", "cpu")
     assert "loss fwd+bwd: ours" in out and "post-process: ours" in out and "speed-up" in out
+
+
+def test_bench_gpu_cpu_tiny_rows_table_and_json(tmp_path):
+    """The GPU benchmark's CPU smoke run: every row prints; the CUDA-only rows report their error
+    and the others go on; the JSON holds the same rows."""
+    out = run("bench_gpu.py", "--device", "cpu", "--tiny", "--cuda-graphs", "--sync-debug", "2",
+              "--json", str(tmp_path / "gpu.json"))
+    rows = {r["name"]: r for r in json.loads((tmp_path / "gpu.json").read_text())["rows"]}
+    assert list(rows) == ["train fp32", "train bf16", "infer fp32", "infer bf16", "loader 0 workers",
+                          "loader 1 workers", "sync debug, ours train bf16", "network eager bf16",
+                          "network CUDA graph bf16"]
+    for name in ("train fp32", "train bf16", "infer fp32", "infer bf16", "network eager bf16"):
+        assert "error" not in rows[name] and rows[name]["ours"] > 0 and rows[name]["torchvision"] > 0, rows[name]
+        assert rows[name]["ratio"] == pytest.approx(rows[name]["ours"] / rows[name]["torchvision"])
+    assert rows["loader 0 workers"]["images_per_s"] > 0
+    assert "needs a CUDA device" in rows["sync debug, ours train bf16"]["error"]
+    assert "need a CUDA device" in rows["network CUDA graph bf16"]["error"]
+    table = out[out.index("\nrow "):]
+    assert all(name in table for name in rows) and "data loading: best loader" in table
+
+
+def test_bench_gpu_counts_sync_warnings_by_site():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import bench_gpu
+    finally:
+        sys.path.remove(str(BENCH))
+
+    def step():
+        warnings.warn("called a synchronizing CUDA operation")  # what set_sync_debug_mode("warn") issues
+        warnings.warn("called a synchronizing CUDA operation")
+
+    sites = bench_gpu.count_sync_warnings(step, 3, torch.device("cpu"))
+    assert sum(sites.values()) == 6 and len(sites) == 2
+    assert all("test_benchmarks.py" in s and " in step: warnings.warn(" in s for s in sites)
