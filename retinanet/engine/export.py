@@ -33,6 +33,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from retinanet.engine.checkpoint import load_model
 from retinanet.engine.onnx_verify import (VerifyReport, opset_of, random_images, size_pair,
                                           verification_samples, verify_onnx)
 from retinanet.errors import RetinaNetError
@@ -220,8 +221,6 @@ def export_checkpoint(weights: str | os.PathLike, out: str | os.PathLike, option
         RetinaNetError: unreadable checkpoint, failed export, or a verification mismatch (the
             message holds the comparison).
     """
-    from retinanet.engine.checkpoint import load_model
-
     overrides = {} if options.score_thresh is None else {"score_thresh": options.score_thresh}
     model, class_map = load_model(weights, device="cpu", **overrides)
     size = options.image_size or None

@@ -17,6 +17,7 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
 from torch import Tensor, nn
 
 from retinanet.errors import RetinaNetError
@@ -273,8 +274,6 @@ def verification_samples(model: nn.Module, *, dynamic: bool, image_size: tuple[i
 
 def _image_size_of(file: str | os.PathLike) -> tuple[int, int]:
     """``(height, width)`` of an image file; RetinaNetError naming it when it is not one."""
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(file) as im:
             return im.height, im.width
@@ -284,8 +283,6 @@ def _image_size_of(file: str | os.PathLike) -> tuple[int, int]:
 
 def _read_rgb(file: str | os.PathLike, height: int, width: int) -> Tensor:
     """An image file as a ``[1, 3, height, width]`` uint8 RGB tensor (bilinear resize)."""
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(file) as im:
             rgb = torch.from_numpy(np.asarray(im.convert("RGB")).copy()).permute(2, 0, 1)
