@@ -1,21 +1,28 @@
-"""Anchors: torchvision's AnchorGenerator values and order, with an eager-only cache."""
+"""Anchors: torchvision's AnchorGenerator values and order, with an eager-only cache.
+
+One function, ``grid_anchors``, makes the anchors of one level from the feature-map and padded
+image sizes with tensor ops only, so the eager model and the exported graph (where the sizes
+are symbolic) compute them the same way; ``AnchorCache`` memoises it in eager mode.
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-SIZES = (32, 64, 128, 256, 512)
-ASPECT_RATIOS = (0.5, 1.0, 2.0)
+SIZES = (32, 64, 128, 256, 512)  # base anchor size of each FPN level, P3..P7
+ASPECT_RATIOS = (0.5, 1.0, 2.0)  # height / width
+SCALES_PER_OCTAVE = 3  # sizes size * 2^(i/3), i = 0, 1, 2
+NUM_ANCHORS = len(ASPECT_RATIOS) * SCALES_PER_OCTAVE  # anchors per feature-map cell: 9
 
 
-def level_sizes(size: int) -> tuple[int, int, int]:
+def level_sizes(size: int) -> tuple[int, ...]:
     """Anchor sizes of one level: size * 2^0, 2^(1/3), 2^(2/3), truncated to int as torchvision."""
-    return tuple(int(size * 2 ** (i / 3.0)) for i in range(3))
+    return tuple(int(size * 2 ** (i / SCALES_PER_OCTAVE)) for i in range(SCALES_PER_OCTAVE))
 
 
 def base_anchors(size: int, dtype=torch.float32, device=None) -> Tensor:
-    """Rounded zero-centred ``[9, 4]`` anchors of one level (ratio-major, scale-minor)."""
+    """Rounded zero-centred ``[NUM_ANCHORS, 4]`` anchors of one level (ratio-major, scale-minor)."""
     scales = torch.as_tensor(level_sizes(size), dtype=dtype, device=device)
     ratios = torch.as_tensor(ASPECT_RATIOS, dtype=dtype, device=device)
     h_ratios = torch.sqrt(ratios)
@@ -26,7 +33,17 @@ def base_anchors(size: int, dtype=torch.float32, device=None) -> Tensor:
 
 
 def grid_anchors(feat_hw: tuple, image_hw: tuple, size: int, device=None) -> Tensor:
-    """``[H*W*9, 4]`` anchors of one level (location-major), strides = image // feature (int)."""
+    """Anchors of one level at every cell of its feature map.
+
+    Args:
+        feat_hw: ``(H_l, W_l)`` feature-map size. image_hw: ``(H, W)`` padded batch size; the
+            strides are ``H // H_l`` and ``W // W_l`` (ints, as torchvision). Either may hold
+            symbolic sizes (export).
+        size: the level's base size (one of ``SIZES``).
+    Returns:
+        ``[H_l*W_l*NUM_ANCHORS, 4]`` float32 xyxy anchors, location-major (row-major cells, the
+        anchors of a cell innermost).
+    """
     fh, fw = feat_hw
     sh = image_hw[0] // fh
     sw = image_hw[1] // fw
@@ -42,7 +59,9 @@ def grid_anchors(feat_hw: tuple, image_hw: tuple, size: int, device=None) -> Ten
 class AnchorCache:
     """Anchors per FPN level for given feature-map and padded image sizes, cached in eager mode.
 
-    Under tracing/compilation/export the anchors are recomputed from shapes with tensor ops.
+    The eager model and the exported graph both get their anchors here. Under tracing,
+    compilation or export (``torch.onnx.export``) nothing is cached: the anchors are computed
+    from the (symbolic) sizes with ``grid_anchors``, so they become part of the graph.
     """
 
     def __init__(self, sizes: tuple[int, ...] = SIZES):
@@ -50,15 +69,14 @@ class AnchorCache:
         self._cache: dict = {}
 
     def __call__(self, feat_hws: list, image_hw: tuple, device) -> list[Tensor]:
-        """Returns a list (one per level) of ``[H_l*W_l*9, 4]`` float32 anchors."""
-        eager = not (torch.jit.is_tracing() or torch.compiler.is_compiling())
+        """Returns a list (one per level) of ``[H_l*W_l*NUM_ANCHORS, 4]`` float32 anchors."""
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():
+            # no int() on the sizes: that would freeze symbolic sizes to the example's
+            return [grid_anchors(hw, image_hw, s, device) for hw, s in zip(feat_hws, self.sizes)]
         key = (tuple(tuple(int(s) for s in hw) for hw in feat_hws),
                tuple(int(s) for s in image_hw), str(device))
-        if eager and key in self._cache:
-            return self._cache[key]
-        out = [grid_anchors(hw, image_hw, s, device) for hw, s in zip(feat_hws, self.sizes)]
-        if eager:
+        if key not in self._cache:
             if len(self._cache) > 32:
                 self._cache.clear()
-            self._cache[key] = out
-        return out
+            self._cache[key] = [grid_anchors(hw, image_hw, s, device) for hw, s in zip(feat_hws, self.sizes)]
+        return self._cache[key]

@@ -11,11 +11,11 @@ from torchvision.models.detection.retinanet import RetinaNetHead
 from retinanet.config import ModelConfig
 from retinanet.errors import RetinaNetError
 from retinanet.geometry import resize_boxes
-from retinanet.model.anchors import AnchorCache
+from retinanet.model.anchors import NUM_ANCHORS, AnchorCache
 from retinanet.model.backbone import build_backbone, group_norm_32
 from retinanet.model.loss import retinanet_loss
-from retinanet.model.postprocess import decode_batch, unpad_detections
-from retinanet.model.transform import batch_images
+from retinanet.model.postprocess import decode_batch, decode_batch_static, unpad_detections
+from retinanet.model.transform import batch_images, normalize, pad_to_divisible
 
 ARCHS = {
     "resnet18_fpn": ("resnet18", False), "resnet34_fpn": ("resnet34", False),
@@ -23,7 +23,6 @@ ARCHS = {
     "resnet18_fpn_v2": ("resnet18", True), "resnet34_fpn_v2": ("resnet34", True),
     "resnet50_fpn_v2": ("resnet50", True), "resnet101_fpn_v2": ("resnet101", True),
 }
-NUM_ANCHORS = 9
 
 
 class RetinaNet(nn.Module):
@@ -31,8 +30,13 @@ class RetinaNet(nn.Module):
 
     Owns ``backbone`` and ``head``; anchors/transform are non-persistent helpers.
     The network computes in the memory format of its conv weights: NCHW as built;
-    ``model.to(memory_format=torch.channels_last)`` switches it to NHWC (faster inference on
-    CPU, ~8% at 512 px; slower training there). Outputs differ only by float rounding.
+    ``model.to(memory_format=torch.channels_last)`` switches it to NHWC (what ``retinanet
+    train/eval/predict`` use by default; which is faster depends on the machine, see
+    BENCHMARKS.md). Outputs differ only by float rounding.
+
+    Two ways to detect, with the same post-processing math (``retinanet.model.postprocess``):
+    ``forward`` (eager: a list of images of any sizes, one dict per image) and ``detect_padded``
+    (fixed shapes, padded outputs: the graph ``retinanet export`` writes to ONNX).
     """
 
     def __init__(self, config: ModelConfig):
@@ -61,10 +65,17 @@ class RetinaNet(nn.Module):
         Args:
             batch: ``[B, 3, H, W]`` normalised, padded images.
         Returns:
-            per FPN level: cls logits ``[B, H_l*W_l*9, C]`` and box deltas ``[B, H_l*W_l*9, 4]``.
+            per FPN level: cls logits ``[B, H_l*W_l*NUM_ANCHORS, C]`` and box deltas
+            ``[B, H_l*W_l*NUM_ANCHORS, 4]``.
         """
         batch = batch.contiguous(memory_format=self.memory_format)
         return self._heads(list(self.backbone(batch).values()))
+
+    def _raw_with_anchors(self, batch: Tensor) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        """``forward_raw`` plus the anchors of each level ``[H_l*W_l*NUM_ANCHORS, 4]``."""
+        feats = list(self.backbone(batch).values())
+        anchors = self.anchor_cache([f.shape[-2:] for f in feats], batch.shape[-2:], batch.device)
+        return *self._heads(feats), anchors
 
     def forward(self, images: list[Tensor], targets: list[dict] | None = None):
         """Train mode: dict of losses. Eval mode: one dict per image (original pixel frame)."""
@@ -76,10 +87,7 @@ class RetinaNet(nn.Module):
         if self.training:
             targets = [dict(t, boxes=resize_boxes(t["boxes"], o, s)) if o != s else t
                        for t, o, s in zip(targets, orig, sizes)]
-        feats = list(self.backbone(batch).values())
-        feat_hws = [tuple(f.shape[-2:]) for f in feats]
-        cls_out, reg_out = self._heads(feats)
-        anchors = self.anchor_cache(feat_hws, tuple(batch.shape[-2:]), batch.device)
+        cls_out, reg_out, anchors = self._raw_with_anchors(batch)
         if self.training:
             with torch.autocast(batch.device.type, enabled=False):
                 return retinanet_loss(torch.cat(cls_out, 1), torch.cat(reg_out, 1),
@@ -92,6 +100,28 @@ class RetinaNet(nn.Module):
             if o != s:
                 d["boxes"] = resize_boxes(d["boxes"], s, o)
         return dets
+
+    def detect_padded(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Fixed-shape detection of a batch of equal-size images (the exported ONNX graph).
+
+        Unlike ``forward`` it does not resize: the images must already be at the model's input
+        size (``retinanet.model.transform.resized_size``); detections are in their pixel frame.
+        Every shape follows from the input's, so ``torch.export`` can trace it with dynamic
+        ``B``, ``H`` and ``W`` (post-processing: ``decode_batch_static``).
+
+        Args:
+            images: ``[B, 3, H, W]`` uint8 (0..255) or float (0..1) RGB.
+        Returns:
+            boxes ``[B, D, 4]``, scores ``[B, D]``, labels ``[B, D]``, num ``[B]``, ``D =
+            detections_per_img``; rows from ``num[b]`` on are padding: label ``PAD_LABEL`` (-1),
+            score 0, box 0 (``retinanet.model.postprocess``).
+        """
+        c = self.config
+        image_hw = torch.tensor([images.shape[-2], images.shape[-1]], device=images.device)
+        batch = pad_to_divisible(normalize(images)).contiguous(memory_format=self.memory_format)
+        cls_out, reg_out, anchors = self._raw_with_anchors(batch)
+        return decode_batch_static(cls_out, reg_out, anchors, image_hw, c.score_thresh, c.nms_thresh,
+                                   c.detections_per_img, c.topk_candidates)
 
     def _heads(self, feats: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
         ch, rh = self.head.classification_head, self.head.regression_head

@@ -21,7 +21,7 @@ SIZE_DIVISIBLE = 32
 
 
 def normalize(image: Tensor) -> Tensor:
-    """uint8 (0..255) or float (0..1) ``[3, H, W]`` -> float ImageNet-normalised image."""
+    """uint8 (0..255) or float (0..1) ``[3, H, W]`` (or ``[B, 3, H, W]``) -> float ImageNet-normalised."""
     if not image.is_floating_point():
         image = image.float().div_(255.0)
     mean = torch.as_tensor(IMAGE_MEAN, dtype=image.dtype, device=image.device)[:, None, None]
@@ -50,10 +50,7 @@ def batch_images(images: list[Tensor], min_size: int, max_size: int,
         prepared.append(x)
     sizes = [(int(x.shape[-2]), int(x.shape[-1])) for x in prepared]
     if torch.jit.is_tracing() and len(prepared) == 1:
-        x = prepared[0]
-        ph = (SIZE_DIVISIBLE - x.shape[-2] % SIZE_DIVISIBLE) % SIZE_DIVISIBLE
-        pw = (SIZE_DIVISIBLE - x.shape[-1] % SIZE_DIVISIBLE) % SIZE_DIVISIBLE
-        return F.pad(x, (0, pw, 0, ph))[None].contiguous(memory_format=memory_format), sizes
+        return pad_to_divisible(prepared[0][None]).contiguous(memory_format=memory_format), sizes
     H = max(s[0] for s in sizes)
     W = max(s[1] for s in sizes)
     H = int(math.ceil(H / SIZE_DIVISIBLE) * SIZE_DIVISIBLE)
@@ -63,3 +60,11 @@ def batch_images(images: list[Tensor], min_size: int, max_size: int,
     for i, x in enumerate(prepared):
         batch[i, :, : x.shape[-2], : x.shape[-1]].copy_(x)
     return batch, sizes
+
+
+def pad_to_divisible(batch: Tensor) -> Tensor:
+    """Zero-pad a normalised ``[B, 3, H, W]`` batch at the bottom and right so that H and W are
+    multiples of ``SIZE_DIVISIBLE`` (as ``batch_images`` pads; traceable with symbolic sizes)."""
+    pad_h = (SIZE_DIVISIBLE - batch.shape[-2] % SIZE_DIVISIBLE) % SIZE_DIVISIBLE
+    pad_w = (SIZE_DIVISIBLE - batch.shape[-1] % SIZE_DIVISIBLE) % SIZE_DIVISIBLE
+    return F.pad(batch, (0, pad_w, 0, pad_h))

@@ -1,7 +1,8 @@
 """ONNX export: onnxruntime must give PyTorch eager's detections at other sizes and batch sizes.
 
-One dynamic export (through the CLI, from a checkpoint file) is shared by the module: exports
-are the slow part (~30-40 s on two cores).
+One dynamic export (through the CLI, from a checkpoint file) is shared by the tests that need
+onnx/onnxruntime (they are skipped without them; the others are pure torch): exports are the
+slow part (~30-40 s on two cores).
 """
 
 from __future__ import annotations
@@ -13,16 +14,14 @@ import json
 
 import pytest
 import torch
-from torchvision.ops import batched_nms
 
 from retinanet.checkpoint_io import save_checkpoint
 from retinanet.cli import main
 from retinanet.engine.checkpoint import load_model
-from retinanet.engine.export import make_samples, padded_nms, read_metadata, verify_onnx
+from retinanet.engine.export import ExportableDetector, read_metadata
+from retinanet.engine.onnx_verify import make_samples, verify_onnx
+from retinanet.errors import RetinaNetError
 from retinanet.model import build_model
-
-pytest.importorskip("onnxruntime")
-pytest.importorskip("onnxscript")
 
 CLASS_MAP = {"cat": 1, "dog": 2, "bird": 3}
 MAX_DETS = 15
@@ -42,6 +41,8 @@ def _tiny_model(seed: int = 0):
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """(checkpoint path, onnx path, CLI stdout) of a CLI export with verification."""
+    for module in ("onnx", "onnxruntime", "onnxscript"):  # skips only the tests that use this
+        pytest.importorskip(module)
     tmp = tmp_path_factory.mktemp("export")
     model = _tiny_model()
     ckpt = save_checkpoint(
@@ -99,23 +100,25 @@ def test_cli_export_fails_clearly_on_missing_checkpoint(tmp_path, capsys):
     assert "nope.pt: no such file" in capsys.readouterr().err
 
 
-def test_padded_nms_equals_per_image_batched_nms():
-    gen = torch.Generator().manual_seed(0)
-    batch, num, max_dets = 3, 200, 10
-    xy = torch.rand(batch, num, 2, generator=gen) * 100
-    boxes = torch.cat((xy, xy + 5 + torch.rand(batch, num, 2, generator=gen) * 40), -1)
-    scores = torch.rand(batch, num, generator=gen)
-    labels = torch.randint(0, 3, (batch, num), generator=gen)
-    out_boxes, out_scores, out_labels, counts = padded_nms(
-        boxes, scores, labels, score_thresh=0.3, iou_thresh=0.5, max_dets=max_dets
-    )
-    for b in range(batch):
-        keep_mask = scores[b] > 0.3
-        bx, sc, lb = boxes[b][keep_mask], scores[b][keep_mask], labels[b][keep_mask]
-        keep = batched_nms(bx, sc, lb, 0.5)[:max_dets]
-        n = int(counts[b])
-        assert n == len(keep)
-        torch.testing.assert_close(out_boxes[b, :n], bx[keep])
-        torch.testing.assert_close(out_scores[b, :n], sc[keep])
-        assert torch.equal(out_labels[b, :n], lb[keep])
-        assert (out_labels[b, n:] == -1).all() and (out_scores[b, n:] == 0).all()
+def test_exported_module_gives_eager_detections_in_torch():
+    """The module that is exported, run eagerly: the model's detections, padded (no onnx needed)."""
+    model = _tiny_model()
+    model.config = dataclasses.replace(model.config, detections_per_img=500)  # room for padding rows
+    images = make_samples(model, 128, batch_sizes=(2,), seed=3)[0]  # uint8, at the input size
+    with torch.no_grad():
+        boxes, scores, labels, num = ExportableDetector(model)(images)
+        expected = model(list(images.float() / 255))
+    assert num.tolist() == [len(e["scores"]) for e in expected] and 0 < num.max() < 500
+    for b, ref in enumerate(expected):
+        n = int(num[b])
+        torch.testing.assert_close(scores[b, :n], ref["scores"])
+        assert torch.equal(labels[b, :n], ref["labels"])
+        torch.testing.assert_close(boxes[b, :n], ref["boxes"], atol=1e-3, rtol=0)
+        assert (labels[b, n:] == -1).all() and (scores[b, n:] == 0).all()
+
+
+def test_exportable_detector_rejects_bad_arguments():
+    with pytest.raises(RetinaNetError, match="input dtype"):
+        ExportableDetector(_tiny_model(), input_dtype="float16")
+    with pytest.raises(RetinaNetError, match="only retinanet's own RetinaNet"):
+        ExportableDetector(torch.nn.Linear(2, 2))

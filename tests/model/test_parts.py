@@ -11,7 +11,7 @@ from torchvision.ops import sigmoid_focal_loss
 from retinanet.errors import RetinaNetError
 from retinanet.geometry import resize_image, resized_size
 from retinanet.model import boxes, build_model
-from retinanet.model.anchors import AnchorCache
+from retinanet.model.anchors import NUM_ANCHORS, AnchorCache
 from retinanet.model.loss import focal_loss
 from retinanet.model.matcher import match
 
@@ -24,7 +24,7 @@ def test_anchors_equal_torchvision():
     ref = gen(ImageList(torch.zeros(1, 3, 160, 192), [(160, 192)]), feats)[0]
     cache = AnchorCache()
     ours = cache(hws, (160, 192), "cpu")
-    assert [len(a) for a in ours] == [h * w * 9 for h, w in hws]
+    assert [len(a) for a in ours] == [h * w * NUM_ANCHORS for h, w in hws]
     assert torch.equal(torch.cat(ours), ref)
     assert cache(hws, (160, 192), "cpu") is ours  # cached
 

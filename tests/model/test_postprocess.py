@@ -1,4 +1,5 @@
-"""Batched post-processing equals torchvision's per-image loop, on both candidate paths."""
+"""Batched post-processing equals torchvision's per-image loop, on both candidate paths, and the
+fixed-shape (export) path gives the eager path's detections in the same padded layout."""
 
 from types import SimpleNamespace
 
@@ -8,18 +9,24 @@ from torchvision.models.detection import RetinaNet
 from torchvision.models.detection._utils import BoxCoder
 
 from retinanet.model.anchors import AnchorCache
-from retinanet.model.postprocess import decode_batch, unpad_detections
+from retinanet.model.postprocess import PAD_LABEL, decode_batch, decode_batch_static, unpad_detections
+
+
+def _raw_outputs(B, C, s, logit_mean, seed=0):
+    """Random head outputs of a batch of ``s x s`` padded images, with their anchors."""
+    g = torch.Generator().manual_seed(seed)
+    anchors = AnchorCache()([(s // 2 ** k, s // 2 ** k) for k in range(3, 8)], (s, s), "cpu")
+    cls = [torch.randn(B, a.shape[0], C, generator=g) * 1.5 + logit_mean for a in anchors]
+    reg = [torch.randn(B, a.shape[0], 4, generator=g) * 0.2 for a in anchors]
+    return cls, reg, anchors
 
 
 @pytest.mark.parametrize("logit_mean, topk, score_thresh, full_topk", [
     (-7.0, 1000, 0.05, False), (-4.0, 50, 0.05, True), (-7.0, 5, 0.05, True), (-7.0, 20, 0.0, True)],
     ids=["few-above-threshold", "many-above-threshold", "more-than-topk-in-one-image", "threshold-zero"])
 def test_decode_batch_equals_torchvision(logit_mean, topk, score_thresh, full_topk):
-    g = torch.Generator().manual_seed(0)
     B, C, s = 3, 6, 128
-    anchors = AnchorCache()([(s // 2 ** k, s // 2 ** k) for k in range(3, 8)], (s, s), "cpu")
-    cls = [torch.randn(B, a.shape[0], C, generator=g) * 1.5 + logit_mean for a in anchors]
-    reg = [torch.randn(B, a.shape[0], 4, generator=g) * 0.2 for a in anchors]
+    cls, reg, anchors = _raw_outputs(B, C, s, logit_mean)
     sizes = [(s, s), (100, s), (s, 90)]
     # the case takes the path its name says: some image has more than topk candidates on a level
     above = [(c.sigmoid() > score_thresh).flatten(1).sum(1).max().item() for c in cls]
@@ -33,3 +40,41 @@ def test_decode_batch_equals_torchvision(logit_mean, topk, score_thresh, full_to
         torch.testing.assert_close(o["scores"], r["scores"])
         torch.testing.assert_close(o["labels"], r["labels"])
         torch.testing.assert_close(o["boxes"], r["boxes"], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("logit_mean, topk, max_dets", [(-7.0, 1000, 300), (-4.0, 50, 300), (-4.0, 200, 20)],
+                         ids=["few-above-threshold", "many-above-threshold", "detections-per-img-cut"])
+def test_static_path_gives_the_eager_detections(logit_mean, topk, max_dets):
+    B, C, s = 3, 6, 128
+    cls, reg, anchors = _raw_outputs(B, C, s, logit_mean, seed=1)
+    image_hw = torch.tensor([[s, 100]] * B)  # the static path takes one size for the whole batch
+    eager = decode_batch(cls, reg, anchors, image_hw, 0.05, 0.5, max_dets, topk)
+    static = decode_batch_static(cls, reg, anchors, image_hw[0], 0.05, 0.5, max_dets, topk)
+    num = eager[3]
+    assert num.sum() > 0 and torch.equal(num, static[3])
+    for e, st in zip(eager[:3], static[:3]):
+        assert e.shape == st.shape
+        torch.testing.assert_close(st, e, atol=1e-4, rtol=0)  # padding rows too
+    if max_dets == 20:
+        assert (num == max_dets).all()  # the cut applied
+    else:  # one padding convention, the export contract: label -1, score 0, zero box
+        assert (num < max_dets).all() and PAD_LABEL == -1
+        for b, n in enumerate(num.tolist()):
+            assert (eager[2][b, n:] == -1).all() and (eager[1][b, n:] == 0).all()
+            assert (eager[0][b, n:] == 0).all()
+
+
+def test_static_nms_keeps_images_apart():
+    """Two identical images: every box of one overlaps its twin in the other, and must not
+    suppress it (each (image, class) group is NMS-ed on its own)."""
+    B, C, s = 2, 3, 128
+    cls, reg, anchors = _raw_outputs(1, C, s, -6.0, seed=2)
+    single = decode_batch(cls, reg, anchors, torch.tensor([[s, s]]), 0.05, 0.5, 50, 100)
+    cls = [c.expand(B, -1, -1) for c in cls]
+    reg = [r.expand(B, -1, -1) for r in reg]
+    boxes, scores, labels, num = decode_batch_static(cls, reg, anchors, torch.tensor([s, s]), 0.05, 0.5, 50, 100)
+    assert num.tolist() == [int(single[3][0])] * B and num[0] > 0
+    for b in range(B):
+        torch.testing.assert_close(boxes[b], single[0][0], atol=1e-4, rtol=0)
+        torch.testing.assert_close(scores[b], single[1][0])
+        assert torch.equal(labels[b], single[2][0])
