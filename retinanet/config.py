@@ -44,8 +44,11 @@ class ModelConfig:
     nms_thresh: float = 0.5
     detections_per_img: int = 300
     topk_candidates: int = 1000  # per FPN level, before NMS
-    norm: str = "frozen_bn"  # "frozen_bn" (pretrained start) or "bn" (from scratch)
-    trainable_backbone_layers: int = 3  # 0..5 ResNet stages left trainable
+    # None (the default): chosen by the run's start (retinanet.engine.start): with a pretrained
+    # backbone "frozen_bn" and 3 stages trained, from scratch "bn" and all 5
+    norm: str | None = None  # "frozen_bn" (frozen BatchNorm, pretrained start only) or "bn" (trainable)
+    trainable_backbone_layers: int | None = None  # 0..5 ResNet stages trained (< 5: pretrained start only)
+    frozen_bn_eps: float = 1e-5  # eps of the frozen BatchNorm; 0 for torchvision's v1 COCO file (its overwrite_eps)
     box_loss: str | None = None  # "l1" or "giou"; None = the arch's default (v1: l1, v2: giou)
     fpn_channels: int = 256  # FPN and head width; 256 = torchvision's (needed for its weights)
     head_convs: int = 4  # conv3x3 layers per head subnet before the output layer; 4 = torchvision's
@@ -102,7 +105,11 @@ class TrainConfig:
     ema_ramp_iters: int = 2000  # EMA decay ramps up as ema_decay * (1 - exp(-updates / this)); 0 = constant
     seed: int = 0
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
-    weights: str | None = None  # pretrained weights file (torchvision or ours)
+    # the start (retinanet.engine.start): "coco", "coco-v2" (torchvision's COCO detectors), a file
+    # (torchvision state_dict or our checkpoint), "none" (no detector weights); None: the arch's default
+    weights: str | None = None
+    backbone_weights: str | None = None  # "imagenet" or a torchvision ResNet file, for the body only; "none"
+    start_sha256: str | None = None  # sha256 of the start file, written by the run; if given, checked
     resume: str | None = None
     sync_bn: bool = False
     eval_every: int = 1  # evaluate every N epochs (and always after the last one)

@@ -92,7 +92,7 @@ def _add_eval(sub) -> None:
         "writes eval.json, detections.json (COCO results format) and pr_curves.png. Only the evaluated split is read: "
         "no training split is needed, and --data may be a COCO val JSON alone (instances_val2017.json). Runs under torchrun too.",
     )
-    p.add_argument("--weights", required=True, metavar="CKPT", help="our checkpoint or a torchvision RetinaNet state_dict")
+    p.add_argument("--weights", required=True, metavar="CKPT", help="our checkpoint, a torchvision RetinaNet state_dict, or coco / coco-v2 (torchvision's COCO files, downloaded once, hash-checked; labels are COCO category ids)")
     add_data_options(p)
     p.add_argument("--split", help="split to evaluate (overrides --val-split)")
     p.add_argument("--out", default="runs/eval", metavar="DIR", help="output folder [runs/eval]")
@@ -147,7 +147,7 @@ def _add_predict(sub) -> None:
         "--exif ignore: the stored pixels). A file that cannot be read is reported and skipped.",
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image file, folder or glob pattern (quote it)")
-    p.add_argument("--weights", required=True, metavar="CKPT", help="our checkpoint or a torchvision RetinaNet state_dict")
+    p.add_argument("--weights", required=True, metavar="CKPT", help="our checkpoint, a torchvision RetinaNet state_dict, or coco / coco-v2 (torchvision's COCO files, downloaded once, hash-checked; labels are COCO category ids)")
     p.add_argument("--out", default="runs/predict", metavar="DIR", help="output folder [runs/predict]")
     p.add_argument("--recursive", action="store_true", help="descend into sub-folders (and ** in patterns)")
     p.add_argument("--score-thresh", type=float, default=0.3, help="keep detections scoring at least this [0.3]")
@@ -199,7 +199,7 @@ def _add_export(sub) -> None:
         "onnxruntime against PyTorch on sample images. Input: images [B,3,H,W] already resized to the "
         "model's input size; outputs: boxes [B,K,4], scores [B,K], labels [B,K], num_detections [B].",
     )
-    p.add_argument("--weights", required=True, metavar="CKPT", help="our checkpoint or a torchvision RetinaNet state_dict")
+    p.add_argument("--weights", required=True, metavar="CKPT", help="our checkpoint, a torchvision RetinaNet state_dict, or coco / coco-v2 (torchvision's COCO files, downloaded once, hash-checked; labels are COCO category ids)")
     p.add_argument("--out", required=True, metavar="FILE", help="the .onnx file to write")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset [18]")
     p.add_argument("--image-size", type=int, nargs="+", default=[], metavar="N", help="example input size, S or H W; the only one accepted with --static [model min_size square]")

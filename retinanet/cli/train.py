@@ -18,8 +18,10 @@ from retinanet.config import (RECIPES_DIR, SECTIONS, DataConfig, ModelConfig, Tr
 from retinanet.checkpoint_io import read_file
 from retinanet.engine.report import format_run_summary
 from retinanet.engine.train import resume_file, train
+from retinanet.errors import RetinaNetError
 
 QUICK_RECIPE = RECIPES_DIR / "quick_synthetic.yaml"
+START_OPTIONS = ("weights", "backbone_weights")  # with --from-scratch: what the run starts from
 EXIT_CODES = {"finished": 0, "SIGINT": 130, "SIGTERM": 143}  # any other stop (a signal on another rank): 1
 
 
@@ -43,13 +45,16 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
     m.add_argument("--arch", default=S, help=f"resnet18_fpn, resnet34_fpn, resnet50_fpn, resnet50_fpn_v2, ... [{m0.arch}]")
     m.add_argument("--min-size", type=int, default=S, metavar="PX", help=f"short side of the network input [{m0.min_size}]")
     m.add_argument("--max-size", type=int, default=S, metavar="PX", help=f"cap on the long side [{m0.max_size}]")
-    m.add_argument("--norm", choices=["frozen_bn", "bn"], default=S, help=f"backbone BatchNorm: frozen (pretrained start) or trained [{m0.norm}]")
-    m.add_argument("--trainable-backbone-layers", type=int, default=S, metavar="N", help=f"ResNet stages trained, 0..5 [{m0.trainable_backbone_layers}]")
+    m.add_argument("--norm", choices=["frozen_bn", "bn"], default=S, help="backbone BatchNorm: frozen (pretrained start only) or trained [frozen_bn with pretrained weights, else bn]")
+    m.add_argument("--trainable-backbone-layers", type=int, default=S, metavar="N", help="ResNet stages trained, 0..5 (< 5: pretrained start only) [3 with pretrained weights, else 5]")
     m.add_argument("--fpn-channels", type=int, default=S, metavar="C", help=f"FPN and head width (256 to load torchvision weights) [{m0.fpn_channels}]")
     m.add_argument("--head-convs", type=int, default=S, metavar="N", help=f"conv layers per head branch (4 to load torchvision weights) [{m0.head_convs}]")
     t = p.add_argument_group("training")
     t.add_argument("--config", metavar="FILE", default=S, help="YAML/JSON with model:, data:, train: sections, or a shipped recipe name")
-    t.add_argument("--weights", default=S, metavar="FILE", help="start from these weights: a torchvision RetinaNet state_dict or our checkpoint (a different class count re-initialises the classification layer)")
+    w = p.add_argument_group("start (default: resnet50_fpn from --weights coco, resnet50_fpn_v2 from coco-v2, other archs from --backbone-weights imagenet)")
+    w.add_argument("--weights", default=S, metavar="NAME_OR_FILE", help="start from a whole detector: coco or coco-v2 (torchvision's COCO RetinaNet files, downloaded once into $TORCH_HOME/hub/checkpoints, hash-checked), a torchvision RetinaNet state_dict or our checkpoint (a different class count re-initialises the classification layer); none: no detector weights")
+    w.add_argument("--backbone-weights", default=S, metavar="NAME_OR_FILE", help="start the ResNet body from imagenet (torchvision's ImageNet weights, downloaded once like coco) or a torchvision ResNet state_dict; FPN and heads start fresh")
+    w.add_argument("--from-scratch", action="store_true", default=S, help="random weights everywhere (same as --weights none); trains every layer with trainable BatchNorm")
     t.add_argument("--resume", default=S, metavar="RUN_DIR_OR_CKPT", help="continue a run exactly from RUN_DIR/last.pt or a checkpoint")
     t.add_argument("--out", default=S, metavar="RUN_DIR", help=f"run directory for checkpoints, logs and plots [{t0.out}]")
     t.add_argument("--epochs", type=int, default=S, help=f"[{t0.epochs}]")
@@ -89,7 +94,18 @@ def cmd_train(args: argparse.Namespace) -> int:
 def train_configs(args: argparse.Namespace) -> tuple[ModelConfig, DataConfig, TrainConfig]:
     """The configs of ``retinanet train``: defaults < config file (``config_file_sections``) < options given."""
     sections, source = config_file_sections(vars(args))
-    return resolve_config(sections, given_options(args), source=source)
+    given = given_options(args)
+    start = {k: v for k, v in given["train"].items() if k in START_OPTIONS}
+    if getattr(args, "from_scratch", False):
+        other = {k: v for k, v in start.items() if v.strip().lower() != "none"}
+        if other:
+            raise RetinaNetError(f"--from-scratch and --{next(iter(other)).replace('_', '-')} {next(iter(other.values()))}: "
+                                 "a start from scratch has no weights; give one of them")
+        start = {"weights": "none", "backbone_weights": "none"}
+    if start:  # the command line names the start: a config file's choice and recorded hash give way
+        sections["train"] = {k: v for k, v in sections["train"].items() if k not in (*START_OPTIONS, "start_sha256")}
+        given["train"] |= start
+    return resolve_config(sections, given, source=source)
 
 
 def config_file_sections(given: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], str]:

@@ -39,8 +39,9 @@ from retinanet.engine.optim import build_ema, build_optimizer, lr_factor, rng_st
 from retinanet.engine.report import (LOSSES, RunLog, StepProgress, epoch_line, format_run_summary, make_summary,
                                      peak_memory_mb, tensorboard_epoch, tensorboard_step, tensorboard_writer_class,
                                      write_epoch_files)
+from retinanet.engine.start import load_start, resolve_start
 from retinanet.errors import RetinaNetError
-from retinanet.model import build_model, load_weights
+from retinanet.model import build_model
 
 
 class StopFlag:
@@ -133,6 +134,7 @@ def _train(model_cfg: ModelConfig, data_cfg: DataConfig, cfg: TrainConfig, progr
     t_start = time.time()
     writer_cls = tensorboard_writer_class() if cfg.tensorboard else None  # every rank fails alike, before any work
     check_train_config(cfg)
+    model_cfg, cfg, start_notes = resolve_start(model_cfg, cfg)  # refuses a start that makes no sense, before any work
     device = D.local_device(cfg.device)
     distributed = D.init_distributed(device)
     seed_everything(cfg.seed)
@@ -150,6 +152,8 @@ def _train(model_cfg: ModelConfig, data_cfg: DataConfig, cfg: TrainConfig, progr
         log.line(f"data: {data.root} ({data.format}), {len(data.train)} train / {len(data.val)} val images, "
                  f"{len(data.class_map.ids)} classes; model {model_cfg.arch} ({model_cfg.num_classes} outputs), "
                  f"{model_cfg.min_size}-{model_cfg.max_size} px")
+        for note in start_notes:
+            log.line(note)
         run = setup(model, model_cfg, data_cfg, cfg, data, device, distributed, log, progress)
         state = restore(run, resume_file(cfg.resume)) if cfg.resume else RunState()
         if main:
@@ -182,12 +186,13 @@ def read_datasets(data_cfg: DataConfig, model_cfg: ModelConfig) -> Datasets:
 
 def setup(model: torch.nn.Module, model_cfg: ModelConfig, data_cfg: DataConfig, cfg: TrainConfig, data: Datasets,
           device: torch.device, distributed: bool, log: RunLog, progress: bool) -> Run:
-    """Start weights (``cfg.weights``, not on resume), SyncBN/DDP, optimizer, scaler, EMA, loaders."""
+    """Start weights (``retinanet.engine.start``, not on resume), SyncBN/DDP, optimizer, scaler, EMA, loaders."""
     reinit: list[str] = []
-    if cfg.weights and not cfg.resume:
-        reinit = load_weights(model, cfg.weights, source=cfg.weights)
-        log.line(f"weights: loaded {cfg.weights}" + (f"; re-initialised {len(reinit)} tensor(s) for "
-                 f"{model_cfg.num_classes} outputs: {', '.join(reinit)}" if reinit else ""))
+    if not cfg.resume:
+        cfg, reinit, line = load_start(model, cfg, progress)  # cfg records the file's sha256
+        model_cfg = model.config  # with the frozen BatchNorm eps the file implies
+        log.line(line + (f"; re-initialised {len(reinit)} tensor(s) for {model_cfg.num_classes} outputs: "
+                         f"{', '.join(reinit)}" if reinit else ""))
     if cfg.sync_bn and distributed:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ddp_ids = [device.index] if device.type == "cuda" else None

@@ -55,7 +55,8 @@ class Bottleneck(resnet.Bottleneck):
 
 
 RESNETS = {"resnet18": (BasicBlock, [2, 2, 2, 2]), "resnet34": (BasicBlock, [3, 4, 6, 3]),
-           "resnet50": (Bottleneck, [3, 4, 6, 3]), "resnet101": (Bottleneck, [3, 4, 23, 3])}
+           "resnet50": (Bottleneck, [3, 4, 6, 3]), "resnet101": (Bottleneck, [3, 4, 23, 3]),
+           "resnet152": (Bottleneck, [3, 8, 36, 3])}
 
 
 class ResNetFPN(BackboneWithFPN):
@@ -78,13 +79,15 @@ def freeze_stages(body: nn.Module, trainable_layers: int) -> None:
             p.requires_grad_(False)
 
 
-def build_backbone(depth: str, v2: bool, norm: str, trainable_layers: int, channels: int = 256) -> nn.Module:
+def build_backbone(depth: str, v2: bool, norm: str, trainable_layers: int, channels: int = 256,
+                   frozen_bn_eps: float = 1e-5) -> nn.Module:
     """ResNet body (C3-C5) + FPN with ``channels`` channels (torchvision: 256) + P6/P7.
 
     Follows torchvision: v1 computes P6 from P5 (``LastLevelP6P7(256, 256)``), v2 from C5.
+    ``norm``: "frozen_bn" (``FrozenBatchNorm2d`` with ``frozen_bn_eps``) or "bn" (trainable).
     Returns a module whose forward maps ``[B, 3, H, W]`` to an OrderedDict of 5 feature maps.
     """
-    norm_layer = FrozenBatchNorm2d if norm == "frozen_bn" else nn.BatchNorm2d
+    norm_layer = partial(FrozenBatchNorm2d, eps=frozen_bn_eps) if norm == "frozen_bn" else nn.BatchNorm2d
     block, layers = RESNETS[depth]
     body = resnet.ResNet(block, layers, norm_layer=norm_layer)  # what torchvision's resnetXX builds
     freeze_stages(body, trainable_layers)

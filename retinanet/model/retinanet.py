@@ -22,7 +22,9 @@ ARCHS = {
     "resnet50_fpn": ("resnet50", False), "resnet101_fpn": ("resnet101", False),
     "resnet18_fpn_v2": ("resnet18", True), "resnet34_fpn_v2": ("resnet34", True),
     "resnet50_fpn_v2": ("resnet50", True), "resnet101_fpn_v2": ("resnet101", True),
+    "resnet152_fpn": ("resnet152", False), "resnet152_fpn_v2": ("resnet152", True),
 }
+PRETRAINED_TRAINABLE_LAYERS = 3  # torchvision's default for a pretrained backbone (5 = all, from scratch)
 
 
 class RetinaNet(nn.Module):
@@ -46,7 +48,7 @@ class RetinaNet(nn.Module):
         self.v2 = v2
         self.box_loss = config.box_loss or ("giou" if v2 else "l1")
         self.backbone = build_backbone(depth, v2, config.norm, config.trainable_backbone_layers,
-                                       config.fpn_channels)
+                                       config.fpn_channels, config.frozen_bn_eps)
         self.head = RetinaNetHead(config.fpn_channels, NUM_ANCHORS, config.num_classes,
                                   norm_layer=group_norm_32() if v2 else None)
         for subnet in (self.head.classification_head, self.head.regression_head):
@@ -142,8 +144,12 @@ def build_model(arch: str = "resnet50_fpn", num_classes: int = 91, **options) ->
     Args:
         arch: one of ``ARCHS``. num_classes: classification outputs (id 0 never a real class).
         **options: other ``ModelConfig`` fields.
+    ``norm`` and ``trainable_backbone_layers`` left None get the settings of a pretrained start
+    (``frozen_bn``, 3), as for loading torchvision's files; ``retinanet.engine.start`` resolves
+    them from a training run's start instead (from scratch: ``bn``, 5).
+
     Returns:
-        RetinaNet with ``model.config`` set.
+        RetinaNet with ``model.config`` set (no None left in ``norm``, ``trainable_backbone_layers``).
     Raises:
         RetinaNetError: unknown arch, option or option value.
     """
@@ -155,6 +161,9 @@ def build_model(arch: str = "resnet50_fpn", num_classes: int = 91, **options) ->
     if arch not in ARCHS:
         raise RetinaNetError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
     config = ModelConfig(arch=arch, num_classes=num_classes, **options)
+    config = dataclasses.replace(config, norm=config.norm or "frozen_bn",
+                                 trainable_backbone_layers=PRETRAINED_TRAINABLE_LAYERS
+                                 if config.trainable_backbone_layers is None else config.trainable_backbone_layers)
     if config.norm not in ("bn", "frozen_bn"):
         raise RetinaNetError(f"unknown norm {config.norm!r}; choose 'bn' or 'frozen_bn'")
     if config.box_loss not in (None, "l1", "giou"):
@@ -167,6 +176,8 @@ def build_model(arch: str = "resnet50_fpn", num_classes: int = 91, **options) ->
     if config.fpn_channels < 8 or (ARCHS[arch][1] and config.fpn_channels % 32):
         raise RetinaNetError(f"fpn_channels must be >= 8 (a multiple of 32 for the v2 GroupNorm heads), "
                              f"got {config.fpn_channels}")
+    if not config.frozen_bn_eps >= 0:
+        raise RetinaNetError(f"frozen_bn_eps must be >= 0, got {config.frozen_bn_eps}")
     if config.num_classes < 1:
         raise RetinaNetError(f"num_classes must be >= 1, got {config.num_classes}")
     return RetinaNet(config)

@@ -1,17 +1,44 @@
-"""Loading official torchvision weights, bare state_dicts and our checkpoints."""
+"""Loading official torchvision weights, bare state_dicts and our checkpoints.
+
+Named weights (``coco``, ``coco-v2``, ``imagenet``) are torchvision's official files, fetched once
+through ``torch.hub``'s cache: ``$TORCH_HOME/hub/checkpoints/<file>`` (``~/.cache/torch`` without
+``TORCH_HOME``), the place ``torch.hub.load_state_dict_from_url`` uses. The file name carries the
+first hex digits of its sha256 (``retinanet_resnet50_fpn_coco-eeacb38b.pth``): a download and a
+cached file are both checked against it. Nothing else is ever downloaded.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
+import re
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
+from torchvision.models import resnet
+from torchvision.models.detection.retinanet import RetinaNet_ResNet50_FPN_V2_Weights, RetinaNet_ResNet50_FPN_Weights
 from torchvision.ops import FrozenBatchNorm2d
 
-from retinanet.checkpoint_io import is_checkpoint, read_file
+from retinanet.checkpoint_io import NOT_WEIGHTS as _NOT_WEIGHTS
+from retinanet.checkpoint_io import is_checkpoint, read_file, sha256_of
 from retinanet.errors import CheckpointError
+
+# name -> URL of torchvision's official detector files (``--weights NAME``) and the arch they fit
+DETECTOR_URLS = {"coco": RetinaNet_ResNet50_FPN_Weights.COCO_V1.url,
+                 "coco-v2": RetinaNet_ResNet50_FPN_V2_Weights.COCO_V1.url}
+DETECTOR_ARCHS = {"coco": "resnet50_fpn", "coco-v2": "resnet50_fpn_v2"}
+# ResNet depth -> URL of torchvision's ImageNet classification file (``--backbone-weights imagenet``)
+IMAGENET_URLS = {"resnet18": resnet.ResNet18_Weights.IMAGENET1K_V1.url,
+                 "resnet34": resnet.ResNet34_Weights.IMAGENET1K_V1.url,
+                 "resnet50": resnet.ResNet50_Weights.IMAGENET1K_V1.url,
+                 "resnet101": resnet.ResNet101_Weights.IMAGENET1K_V1.url,
+                 "resnet152": resnet.ResNet152_Weights.IMAGENET1K_V1.url}
+HASH_IN_NAME = re.compile(r"-([a-f0-9]{8,})\.")  # torch.hub's convention: name-<sha256 prefix>.pth
 
 CLS_KEYS = ("head.classification_head.cls_logits.weight", "head.classification_head.cls_logits.bias")
 PRIOR = 0.01
@@ -29,14 +56,120 @@ def reset_cls_logits(model: nn.Module) -> None:
     nn.init.constant_(conv.bias, -math.log((1 - PRIOR) / PRIOR))
 
 
-def _set_frozen_bn_eps(model: nn.Module, eps: float) -> None:
+def set_frozen_bn_eps(model: nn.Module, eps: float) -> None:
+    """Set the eps of every ``FrozenBatchNorm2d`` (and ``model.config.frozen_bn_eps``, if any)."""
     for m in model.modules():
         if isinstance(m, FrozenBatchNorm2d):
             m.eps = eps
+    cfg = getattr(model, "config", None)
+    if cfg is not None and hasattr(cfg, "frozen_bn_eps"):
+        model.config = dataclasses.replace(cfg, frozen_bn_eps=eps)
+
+
+# --- named weights: torchvision's official files, fetched once into torch.hub's cache -------------
+
+
+def cache_dir() -> Path:
+    """Where named weights live: ``$TORCH_HOME/hub/checkpoints`` (torch.hub's cache)."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def verify_hash(path: Path, source: str) -> str:
+    """The sha256 of ``path``, checked against the prefix in its name (``name-<hex>.pth``).
+
+    Raises:
+        CheckpointError: the digest does not start with that prefix (a corrupt or replaced file).
+    """
+    digest = sha256_of(path)
+    match = HASH_IN_NAME.search(path.name)
+    if match and not digest.startswith(match.group(1)):
+        raise CheckpointError(f"{path}: sha256 {digest[:16]}... does not start with {match.group(1)}, the hash in "
+                              f"its name: the file is corrupt or not the official one ({source}); delete it and "
+                              "run the command again to download it")
+    return digest
+
+
+def fetch(url: str, source: str, progress: bool = True) -> tuple[Path, str]:
+    """The cached copy of ``url`` (downloaded first if absent), its hash checked; ``(path, sha256)``.
+
+    Raises:
+        CheckpointError: the download failed (the message names the URL and where to put the file
+            by hand), or the file's sha256 does not fit the hash in its name.
+    """
+    path = cache_dir() / os.path.basename(urlparse(url).path)
+    if not path.is_file():
+        match = HASH_IN_NAME.search(path.name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            torch.hub.download_url_to_file(url, str(path), hash_prefix=match.group(1) if match else None,
+                                           progress=progress)
+        except RuntimeError as err:  # torch.hub's hash check of the download
+            raise CheckpointError(f"{url}: the downloaded file is not the official one ({err}); "
+                                  "nothing was saved") from None
+        except OSError as err:  # no network, DNS, HTTP errors (urllib's are OSErrors)
+            reason = getattr(err, "reason", None) or err
+            raise CheckpointError(f"cannot download the {source} weights from {url} ({reason}). Without network "
+                                  f"access, download that file elsewhere and put it at {path} (set TORCH_HOME to "
+                                  "change the folder), then run the same command again") from None
+    return path, verify_hash(path, source)
+
+
+def is_weights_name(value: str | None) -> bool:
+    """True for a name of official weights (``coco``, ``coco-v2``, ``imagenet``), not a file path."""
+    return value is not None and value.lower() in (*DETECTOR_URLS, "imagenet")
+
+
+def weights_file(name_or_path: str, depth: str | None = None, progress: bool = True) -> tuple[Path, str]:
+    """``(file, sha256)`` of ``--weights``/``--backbone-weights``: a name (``coco``, ``coco-v2``;
+    ``imagenet`` with the ResNet ``depth``) fetched into the cache, or a path to a file.
+
+    Raises:
+        CheckpointError: no such file, a failed download, a hash that does not fit.
+    """
+    name = name_or_path.lower()
+    if name in DETECTOR_URLS:
+        return fetch(DETECTOR_URLS[name], name, progress)
+    if name == "imagenet":
+        if depth not in IMAGENET_URLS:
+            raise CheckpointError(f"no ImageNet weights for backbone {depth!r} (known: {', '.join(IMAGENET_URLS)})")
+        return fetch(IMAGENET_URLS[depth], f"ImageNet {depth}", progress)
+    path = Path(name_or_path).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"{name_or_path}: no such file, nor a name of official weights "
+                              f"({', '.join(DETECTOR_URLS)}; imagenet for --backbone-weights)")
+    return path, sha256_of(path)
+
+
+def load_backbone_weights(model: nn.Module, path: str | os.PathLike) -> None:
+    """Load a torchvision ResNet classification state_dict (ImageNet) into ``model.backbone.body``;
+    its ``fc`` layer is left out, the FPN and heads keep their fresh initialisation.
+
+    Raises:
+        CheckpointError: unreadable file, or keys/shapes that do not fit the ResNet body.
+    """
+    state = read_file(path)
+    body = model.backbone.body
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    if not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: not a ResNet state_dict (values must all be tensors)")
+    own = body.state_dict()
+    bad = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items() if k in own and v.shape != own[k].shape]
+    if bad:
+        raise CheckpointError(f"{path}: tensor shapes do not fit the {model.config.arch} backbone: {_few(bad)}")
+    result = body.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
+    if missing or result.unexpected_keys:
+        raise CheckpointError(f"{path}: not a ResNet body for {model.config.arch} (missing: {_few(missing) or '-'}; "
+                              f"unexpected: {_few(list(result.unexpected_keys)) or '-'})")
 
 
 def load_weights(model: nn.Module, path_or_state_dict: Any, *, source: str | None = None) -> list[str]:
     """Load weights into ``model``; a different class count skips the final classification conv.
+
+    A bare state_dict loaded into a frozen-BatchNorm ``resnet50_fpn`` is torchvision's v1 COCO
+    file: its FrozenBatchNorm eps becomes 0, as torchvision's ``overwrite_eps`` does (recorded in
+    ``model.config.frozen_bn_eps``). Our checkpoint keeps the model's eps: ``load_model`` builds
+    the model with the eps the checkpoint's config records.
 
     Args:
         model: a ``RetinaNet``.
@@ -53,9 +186,22 @@ def load_weights(model: nn.Module, path_or_state_dict: Any, *, source: str | Non
         name = source or str(path_or_state_dict)
         obj = read_file(path_or_state_dict)
     is_ckpt = is_checkpoint(obj)
-    state = obj["model"] if is_ckpt else obj
+    skipped = load_state(model, obj["model"] if is_ckpt else obj, name)
+    cfg = getattr(model, "config", None)
+    if not is_ckpt and cfg is not None and cfg.arch == "resnet50_fpn" and cfg.norm == "frozen_bn":
+        set_frozen_bn_eps(model, 0.0)  # torchvision's overwrite_eps for the official v1 weights
+    return skipped
+
+
+def load_state(model: nn.Module, state: Any, name: str) -> list[str]:
+    """Load a bare ``state_dict`` into ``model`` (no eps change); returns the skipped keys: the
+    classification conv when the class count differs, re-initialised.
+
+    Raises:
+        CheckpointError: not a state_dict, or missing/unexpected/mis-shaped keys, naming ``name``.
+    """
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{name}: not a model state_dict (values must all be tensors)")
+        raise CheckpointError(f"{name}: not a model state_dict (values must all be tensors; {_NOT_WEIGHTS})")
     own = model.state_dict()
     skipped = [k for k in CLS_KEYS if k in state and k in own and state[k].shape != own[k].shape]
     filtered = OrderedDict((k, v) for k, v in state.items() if k not in skipped)
@@ -80,7 +226,4 @@ def load_weights(model: nn.Module, path_or_state_dict: Any, *, source: str | Non
         raise CheckpointError(f"{name}: does not fit the model ({'; '.join(parts)})")
     if skipped:
         reset_cls_logits(model)
-    cfg = getattr(model, "config", None)
-    if (not is_ckpt and cfg is not None and cfg.arch == "resnet50_fpn" and cfg.norm == "frozen_bn"):
-        _set_frozen_bn_eps(model, 0.0)  # torchvision's overwrite_eps for the official v1 weights
     return skipped

@@ -212,7 +212,7 @@ def test_class_map_file_maps_names(tmp_path):
 def test_cli_train_eval_check_data(synthetic, tmp_path, capsys):
     data = str(voc_to_yolo(synthetic, tmp_path / "yolo", "roboflow"))
     run = tmp_path / "run"
-    tiny = ["--arch", "resnet18_fpn", "--min-size", "64", "--max-size", "64", "--fpn-channels", "32", "--head-convs", "1"]
+    tiny = ["--arch", "resnet18_fpn", "--from-scratch", "--min-size", "64", "--max-size", "64", "--fpn-channels", "32", "--head-convs", "1"]
     assert main(["train", "--data", data, *tiny, "--epochs", "1", "--batch-size", "4", "--workers", "0", "--device", "cpu",
                  "--out", str(run), "--warmup-iters", "1", "--quiet"]) == 0
     assert json.loads((run / "classes.json").read_text()) == {"circle": 1, "square": 2, "star": 3, "triangle": 4}

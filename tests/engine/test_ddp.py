@@ -36,7 +36,7 @@ def test_two_cpu_processes_train_and_evaluate(tmp_path):
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
            "-m", "retinanet", "train", "--config", str(cfg), "--data", str(tmp_path / "syn"), "--arch", "resnet18_fpn",
-           "--norm", "bn", "--min-size", "64", "--max-size", "64", "--epochs", "1", "--batch-size", "1", "--lr", "0.01",
+           "--from-scratch", "--min-size", "64", "--max-size", "64", "--epochs", "1", "--batch-size", "1", "--lr", "0.01",
            "--warmup-iters", "2", "--print-every", "2", "--device", "cpu", "--workers", "0", "--out", str(run)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)

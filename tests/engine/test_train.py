@@ -28,7 +28,8 @@ def data_root(tmp_path_factory):
 def _cfgs(root, out, **train):
     model = ModelConfig(arch="resnet18_fpn", norm="bn", min_size=64, max_size=64, fpn_channels=32, head_convs=1)
     data = DataConfig(root=root, workers=0)
-    return model, data, TrainConfig(out=str(out), batch_size=4, warmup_iters=2, device="cpu", **{"lr": 0.01, "print_every": 100, **train})
+    return model, data, TrainConfig(out=str(out), batch_size=4, warmup_iters=2, device="cpu", weights="none",
+                                    **{"lr": 0.01, "print_every": 100, **train})
 
 
 def test_outputs_eval_every_summary_and_config_round_trip(data_root, tmp_path, capsys, monkeypatch):
@@ -60,10 +61,11 @@ def test_outputs_eval_every_summary_and_config_round_trip(data_root, tmp_path, c
     log = (run / "train.log").read_text()
     assert "epoch 1/2 step 1/1 loss" in log and "epoch 2/2: loss" in log and text in log
 
-    # the written config gives back the same configs (num_classes: the dataset's)
+    # the written config gives back the same configs (num_classes: the dataset's; the start resolved)
     args = build_parser().parse_args(["train", "--config", str(run / "config.yaml")])
     m, d, t = train_configs(args)
-    assert (m, d, t) == (dataclasses.replace(model_cfg, num_classes=5), data_cfg, train_cfg)
+    assert (m, d, t) == (dataclasses.replace(model_cfg, num_classes=5, trainable_backbone_layers=5), data_cfg,
+                         dataclasses.replace(train_cfg, backbone_weights="none"))
 
 
 def test_resume_is_exact(data_root, tmp_path, capsys):

@@ -107,6 +107,7 @@ def test_tensorboard_writes_events(tmp_path):
     make_synthetic(tmp_path / "syn", num_train=2, num_val=1, image_size=64)
     model = ModelConfig(arch="resnet18_fpn", norm="bn", min_size=64, max_size=64, fpn_channels=32, head_convs=1)
     s = train(model, DataConfig(root=str(tmp_path / "syn"), workers=0),
-              TrainConfig(out=str(tmp_path / "run"), epochs=1, batch_size=2, device="cpu", tensorboard=True), progress=False)
+              TrainConfig(out=str(tmp_path / "run"), epochs=1, batch_size=2, device="cpu", tensorboard=True, weights="none"),
+              progress=False)
     events = list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0 and s["files"]["tensorboard"] == str(tmp_path / "run" / "tensorboard")

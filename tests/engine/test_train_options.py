@@ -53,7 +53,8 @@ def test_ema_is_saved_and_evaluated(data_root, tmp_path, monkeypatch):
     monkeypatch.setattr(T, "evaluate", lambda model, *a, **k: seen.append({k: v.clone() for k, v in model.state_dict().items()})
                         or real(model, *a, **k))
     s = train(ModelConfig(**TINY), DataConfig(root=data_root, workers=0),
-              TrainConfig(out=str(tmp_path / "run"), epochs=1, batch_size=2, lr=0.01, warmup_iters=1, device="cpu", ema=True),
+              TrainConfig(out=str(tmp_path / "run"), epochs=1, batch_size=2, lr=0.01, warmup_iters=1, device="cpu", ema=True,
+                          weights="none"),
               progress=False)
     ck = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     assert ck["ema_module"]["n_averaged"] == 2 and s["history"][0]["AP"] is not None

@@ -1,0 +1,108 @@
+"""Named weights (fetched once into $TORCH_HOME, hash-checked, offline message), weights-file errors,
+the FrozenBatchNorm eps of torchvision files and of our checkpoints. No test touches the network:
+files are served from the test with file:// URLs."""
+
+import hashlib
+
+import pytest
+import torch
+from torchvision.ops import FrozenBatchNorm2d
+
+import retinanet.model.weights as W
+from retinanet.checkpoint_io import save_checkpoint
+from retinanet.engine.checkpoint import load_model, model_config_of
+from retinanet.errors import CheckpointError
+from retinanet.model import build_model, load_weights
+
+TINY = dict(min_size=64, max_size=64, fpn_channels=32, head_convs=1)
+
+
+def serve(folder, stem: str, state: dict) -> tuple[str, str]:
+    """Save ``state`` as ``stem-<8 hex of its sha256>.pth``; its file:// URL and full digest."""
+    tmp = folder / "staging.pth"
+    torch.save(state, tmp)
+    digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
+    path = folder / f"{stem}-{digest[:8]}.pth"
+    tmp.rename(path)
+    return path.as_uri(), digest
+
+
+@pytest.fixture
+def torch_home(tmp_path, monkeypatch):
+    home = tmp_path / "torch_home"
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    return home
+
+
+def test_fetch_downloads_into_torch_home_once_and_checks_the_cached_file(tmp_path, torch_home, monkeypatch):
+    url, digest = serve(tmp_path, "resnet18", {"conv1.weight": torch.ones(2)})
+    monkeypatch.setitem(W.IMAGENET_URLS, "resnet18", url)
+    path, got = W.weights_file("imagenet", "resnet18", progress=False)
+    assert path == torch_home / "hub" / "checkpoints" / url.rsplit("/", 1)[1] and got == digest
+
+    calls = []
+    monkeypatch.setattr(W.torch.hub, "download_url_to_file", lambda *a, **k: calls.append(a))
+    assert W.weights_file("imagenet", "resnet18", progress=False) == (path, digest) and calls == []  # cached
+
+    path.write_bytes(path.read_bytes()[:-3] + b"xyz")  # corrupted in the cache
+    with pytest.raises(CheckpointError, match=f"{path}: sha256 .* does not start with {digest[:8]}.*delete it"):
+        W.weights_file("imagenet", "resnet18", progress=False)
+
+
+def test_a_download_that_does_not_fit_its_hash_is_refused_and_not_kept(tmp_path, torch_home, monkeypatch):
+    url, _ = serve(tmp_path, "resnet18", {"a": torch.zeros(1)})
+    bad = tmp_path / "resnet18-00000000.pth"
+    (tmp_path / url.rsplit("/", 1)[1]).rename(bad)
+    monkeypatch.setitem(W.IMAGENET_URLS, "resnet18", bad.as_uri())
+    with pytest.raises(CheckpointError, match="not the official one"):
+        W.weights_file("imagenet", "resnet18", progress=False)
+    assert not list((torch_home / "hub" / "checkpoints").iterdir())
+
+
+def test_offline_message_names_the_url_and_the_path(tmp_path, torch_home, monkeypatch):
+    url = (tmp_path / "missing" / "retinanet_resnet50_fpn_coco-eeacb38b.pth").as_uri()  # unreachable
+    monkeypatch.setitem(W.DETECTOR_URLS, "coco", url)
+    expected = torch_home / "hub" / "checkpoints" / "retinanet_resnet50_fpn_coco-eeacb38b.pth"
+    with pytest.raises(CheckpointError) as err:
+        W.weights_file("coco", progress=False)
+    assert f"cannot download the coco weights from {url}" in str(err.value)
+    assert f"put it at {expected}" in str(err.value) and "run the same command again" in str(err.value)
+
+
+@pytest.mark.parametrize("content, says", [(b"", "empty file, not a checkpoint"),
+                                           (b"hello, not weights\n", "not a checkpoint: not a PyTorch file"),
+                                           ("object", "not a checkpoint: it holds Python objects")])
+def test_a_file_that_is_not_weights_says_so(tmp_path, content, says):
+    path = tmp_path / "w.pth"
+    if content == "object":
+        torch.save({"x": FrozenBatchNorm2d(2).__class__}, path)  # a class: refused by weights_only
+    else:
+        path.write_bytes(content)
+    model = build_model("resnet18_fpn", num_classes=3, **TINY)
+    with pytest.raises(CheckpointError) as err:
+        load_weights(model, path)
+    text = str(err.value)
+    assert text.startswith(str(path)) and says in text and "neither our checkpoint nor a torchvision state_dict" in text
+    assert "weights_only" not in text and "EOFError" not in text and "(101)" not in text
+
+
+def test_eval_of_our_checkpoint_keeps_its_eps_and_a_torchvision_file_gets_eps_0(tmp_path, torch_home, monkeypatch):
+    model = build_model("resnet50_fpn", num_classes=3, norm="frozen_bn", **TINY)
+    assert model.config.frozen_bn_eps == 1e-5 and model.backbone.body.bn1.eps == 1e-5
+    config = {"model": model.config.__dict__, "data": {}, "train": {"weights": "none", "backbone_weights": "imagenet"}}
+    save_checkpoint({"model": model.state_dict(), "config": config, "class_map": {"a": 1, "b": 2}}, tmp_path / "ours.pt")
+    ours, _ = load_model(tmp_path / "ours.pt")
+    assert {m.eps for m in ours.modules() if isinstance(m, FrozenBatchNorm2d)} == {1e-5}
+
+    # our checkpoints before frozen_bn_eps was recorded: 0 only if it started from a weights file
+    old = {"model": {k: v for k, v in model.config.__dict__.items() if k != "frozen_bn_eps"}, "train": {"weights": "tv.pth"}}
+    assert model_config_of({"config": old}).frozen_bn_eps == 0.0
+    assert model_config_of({"config": {**old, "train": {}}}).frozen_bn_eps == 1e-5
+
+    full = build_model("resnet50_fpn", num_classes=91)  # the official v1 file's keys and shapes
+    url, _ = serve(tmp_path, "retinanet_resnet50_fpn_coco", full.state_dict())
+    monkeypatch.setitem(W.DETECTOR_URLS, "coco", url)
+    coco, class_map = load_model("coco")
+    assert class_map is None and coco.config.num_classes == 91 and coco.config.frozen_bn_eps == 0.0
+    assert {m.eps for m in coco.modules() if isinstance(m, FrozenBatchNorm2d)} == {0.0}
+    assert (torch_home / "hub" / "checkpoints" / url.rsplit("/", 1)[1]).is_file()
