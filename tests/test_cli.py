@@ -84,7 +84,8 @@ def _commands() -> list[str]:
 
 def _readme_commands() -> list[str]:
     """Every ``retinanet ...`` command line in the README's code blocks (continuations joined)."""
-    blocks = re.findall(r"```(?:bash|sh|console)?\n(.*?)```", README.read_text(), flags=re.S)
+    fenced = re.findall(r"```(\w*)\n(.*?)```", README.read_text(), flags=re.S)
+    blocks = [body for lang, body in fenced if lang in ("", "bash", "sh", "console")]
     lines = "\n".join(blocks).replace("\\\n", " ").splitlines()
     return [line.split("#", 1)[0] for line in lines if re.search(r"(^|\s)(-m )?retinanet [a-z]", line.split("#", 1)[0])]
 

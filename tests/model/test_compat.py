@@ -55,9 +55,12 @@ def test_losses_and_detections_equal_torchvision(arch, tv_builder):
         assert torch.equal(x["scores"], y["scores"])
         assert len(x["boxes"]) > 0
         torch.testing.assert_close(torch.tensor(_key(x)), torch.tensor(_key(y)))
-        n = 100  # scores are far from tied at the top: order must match exactly there
-        assert torch.equal(x["labels"][:n], y["labels"][:n])
-        torch.testing.assert_close(x["boxes"][:n], y["boxes"][:n])
+        # same order, except among exactly tied scores (whose order a sort may swap): checked by _key above
+        n = 100
+        untied = ((x["scores"][:n, None] == x["scores"][None]).sum(1) == 1)
+        assert untied.sum() > n // 2
+        assert torch.equal(x["labels"][:n][untied], y["labels"][:n][untied])
+        torch.testing.assert_close(x["boxes"][:n][untied], y["boxes"][:n][untied])
         # ours in channels_last: the same detections up to float rounding
         torch.testing.assert_close(z["scores"], y["scores"], rtol=1e-4, atol=1e-6)
         assert _found_in(z, y, 100)
