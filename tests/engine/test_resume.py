@@ -32,7 +32,7 @@ def _cfgs(root, out, **options):
     # multi-scale (python RNG), photometric and flip (torch RNG): the resumed batches must see the same draws
     data = DataConfig(root=root, workers=0, train_sizes=(48, 64), photometric=True, hflip_prob=0.5)
     train = {"epochs": 2, "batch_size": 1, "lr": 0.01, "warmup_iters": 3, "ema": True, "ema_ramp_iters": 2,
-             "eval_every": 2, "print_every": 100, "device": "cpu", **options}
+             "eval_every": 2, "print_every": 100, "device": "cpu", "weights": "none", **options}
     return model, data, TrainConfig(out=str(out), **train)
 
 

@@ -33,7 +33,8 @@ def data_root(tmp_path_factory):
 
 def _cfgs(root, out, **options):
     model = ModelConfig(arch="resnet18_fpn", norm="bn", min_size=64, max_size=64, fpn_channels=32, head_convs=1)
-    train_cfg = {"epochs": 1, "batch_size": 2, "warmup_iters": 1, "print_every": 100, "device": "cpu", **options}
+    train_cfg = {"epochs": 1, "batch_size": 2, "warmup_iters": 1, "print_every": 100, "device": "cpu", "weights": "none",
+                 **options}
     return model, DataConfig(root=root, workers=0), TrainConfig(out=str(out), **train_cfg)
 
 
