@@ -1,4 +1,5 @@
-"""The checkpoint file format and reading/writing weights files, below ``model`` and ``engine``.
+"""The checkpoint file format, reading/writing weights files, and the file writing every output
+uses (atomic writes, the ``--out`` check), below ``model``, ``data`` and ``engine``.
 
 Our checkpoint is a dict::
 
@@ -8,6 +9,12 @@ Our checkpoint is a dict::
 
 An official torchvision file is a bare state_dict. Files are written atomically and read with
 ``weights_only=True``. Building a model from a file is ``retinanet.engine.checkpoint.load_model``.
+
+Every output file (checkpoints, ``results.csv``, ``metrics.json``, ``config.yaml``, ``classes.json``,
+``eval.json``, ``predictions.json``, the ONNX file) goes through ``write_atomic``: a temporary file
+in the same folder, fsync, ``os.replace``, with the mode the umask gives any new file (0644 under
+umask 022). ``check_output_path`` is the first thing ``train``/``eval``/``predict``/``export`` do
+with ``--out``.
 """
 
 from __future__ import annotations
@@ -16,36 +23,85 @@ import hashlib
 import os
 import pickle
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
-from retinanet.errors import CheckpointError
+from retinanet.errors import CheckpointError, RetinaNetError
 
 FORMAT = "retinanet-checkpoint"
 VERSION = 1
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Write ``state`` (plus ``format`` and ``version``) to ``path`` atomically: a temporary
-    file in the same folder, then rename.
+    """Write ``state`` (plus ``format`` and ``version``) to ``path`` atomically (``write_atomic``).
 
     A crash or Ctrl-C during the write leaves the previous file intact.
     """
+    state = {"format": FORMAT, "version": VERSION, **state}
+    return write_atomic(path, lambda f: torch.save(state, f))
+
+
+def umask() -> int:
+    """The process's file-creation mask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def write_atomic(path: str | os.PathLike, content: bytes | str | Callable[[IO[bytes]], Any]) -> Path:
+    """Replace ``path`` with ``content`` in one step: write a temporary file in the same folder,
+    fsync it, give it the mode a new file gets (``0o666 & ~umask``; ``mkstemp`` makes 0600), then
+    ``os.replace`` it over ``path`` (creating the folder if needed).
+
+    Args:
+        path: the file to write.
+        content: bytes, text (written as UTF-8), or a function that writes to a binary file object.
+    Returns:
+        ``path`` as a ``Path``. On any failure (also Ctrl-C) the temporary file is removed and an
+        existing ``path`` is left as it was.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {"format": FORMAT, "version": VERSION, **state}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
+            if callable(content):
+                content(f)
+            else:
+                f.write(content.encode("utf-8") if isinstance(content, str) else content)
             f.flush()
+            os.fchmod(f.fileno(), 0o666 & ~umask())
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return path
+
+
+def check_output_path(path: str | os.PathLike, *, folder: bool, option: str = "--out") -> Path:
+    """Check, before any work, that ``path`` can be written: a folder (``folder=True``: it or the
+    nearest existing folder above it is writable) or a file (not an existing folder; its folder
+    writable). Nothing is created.
+
+    Raises:
+        RetinaNetError: naming ``option``, the path and why (a file where a folder is needed or
+            the other way round, a file on the way, no write permission).
+    """
+    path = Path(path)
+    if folder and path.exists() and not path.is_dir():
+        raise RetinaNetError(f"{option} {path}: exists and is not a folder (give a folder name)")
+    if not folder and path.is_dir():
+        raise RetinaNetError(f"{option} {path}: is a folder (give a file name)")
+    parent = path if folder else path.parent
+    nearest = next((p for p in (parent, *parent.parents) if p.exists()), Path("."))
+    if not nearest.is_dir():
+        raise RetinaNetError(f"{option} {path}: cannot be created: {nearest} is a file, not a folder")
+    if not os.access(nearest, os.W_OK | os.X_OK):
+        raise RetinaNetError(f"{option} {path}: cannot write into {nearest} (permission denied or read-only)")
     return path
 
 

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from retinanet.checkpoint_io import write_atomic
 from retinanet.errors import RetinaNetError
 
 T = TypeVar("T")
@@ -201,7 +202,7 @@ def write_config_file(path: str | Path, configs: Mapping[str, Any]) -> None:
         values = dataclasses.asdict(section) if dataclasses.is_dataclass(section) else dict(section)
         return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
 
-    Path(path).write_text(yaml.safe_dump({name: plain(sec) for name, sec in configs.items()}, sort_keys=False))
+    write_atomic(path, yaml.safe_dump({name: plain(sec) for name, sec in configs.items()}, sort_keys=False))
 
 
 def resolve_config(file_sections: Mapping[str, Mapping[str, Any]] | None = None,

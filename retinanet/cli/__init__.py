@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from retinanet import __version__
+from retinanet.checkpoint_io import check_output_path
 from retinanet.cli.demo import add_demo_parser, demo_options, run_demo
 from retinanet.cli.options import add_data_options, add_image_options, data_config_from_args
 from retinanet.cli.train import add_train_parser, cmd_train
@@ -112,6 +113,7 @@ def _add_eval(sub) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    check_output_path(args.out, folder=True)
     data_cfg = data_config_from_args(args, **({"val_split": args.split} if args.split else {}))
     sizes = {"min_size": args.min_size, "max_size": args.max_size, "score_thresh": args.score_thresh}
     opts = EvalOptions(
@@ -170,6 +172,7 @@ def _add_predict(sub) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    check_output_path(args.out, folder=True)
     files = find_images(args.inputs, recursive=args.recursive)  # fail before loading the model
     if args.save_conf and not args.save_txt:
         raise RetinaNetError("--save-conf adds scores to the YOLO labels of --save-txt: give --save-txt too")
@@ -217,6 +220,7 @@ def _add_export(sub) -> None:
 def cmd_export(args: argparse.Namespace) -> int:
     if len(args.image_size) > 2:
         raise RetinaNetError(f"--image-size takes S or H W, not {len(args.image_size)} numbers")
+    check_output_path(args.out, folder=False)
     options = ExportOptions(
         opset=args.opset, image_size=tuple(args.image_size), batch_size=args.batch_size, dynamic=args.dynamic,
         input_dtype=args.input_dtype, score_thresh=args.score_thresh, verify=args.verify, samples=tuple(args.sample),

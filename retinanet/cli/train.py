@@ -56,7 +56,8 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
     w.add_argument("--backbone-weights", default=S, metavar="NAME_OR_FILE", help="start the ResNet body from imagenet (torchvision's ImageNet weights, downloaded once like coco) or a torchvision ResNet state_dict; FPN and heads start fresh")
     w.add_argument("--from-scratch", action="store_true", default=S, help="random weights everywhere (same as --weights none); trains every layer with trainable BatchNorm")
     t.add_argument("--resume", default=S, metavar="RUN_DIR_OR_CKPT", help="continue a run exactly from RUN_DIR/last.pt or a checkpoint")
-    t.add_argument("--out", default=S, metavar="RUN_DIR", help=f"run directory for checkpoints, logs and plots [{t0.out}]")
+    t.add_argument("--out", default=S, metavar="RUN_DIR", help=f"run directory for checkpoints, logs and plots; a new run refuses one that holds another run [{t0.out}]")
+    t.add_argument("--exist-ok", action="store_true", help="let a new run replace the files of another run in --out (it says which)")
     t.add_argument("--epochs", type=int, default=S, help=f"[{t0.epochs}]")
     t.add_argument("--batch-size", type=int, default=S, help=f"images per step and process [{t0.batch_size}]")
     t.add_argument("--workers", type=int, default=S, help=f"data loading processes per training process [{d0.workers}]")
@@ -85,7 +86,7 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
 
 def cmd_train(args: argparse.Namespace) -> int:
     model_cfg, data_cfg, train_cfg = train_configs(args)
-    summary = train(model_cfg, data_cfg, train_cfg, progress=not args.quiet)
+    summary = train(model_cfg, data_cfg, train_cfg, progress=not args.quiet, exist_ok=args.exist_ok)
     if summary["rank"] == 0:  # the process group is gone by now: the rank is in the summary
         print(format_run_summary(summary))
     return EXIT_CODES.get(summary["stopped"], 1)

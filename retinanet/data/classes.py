@@ -11,6 +11,7 @@ from pathlib import Path
 
 from torchvision.models.detection import RetinaNet_ResNet50_FPN_Weights
 
+from retinanet.checkpoint_io import write_atomic
 from retinanet.errors import DataError
 
 PASCAL_VOC_CLASSES = Path(__file__).with_name("pascal_voc_classes.json")
@@ -78,7 +79,7 @@ class ClassMap:
 
     def save(self, path: str | Path) -> None:
         """Write the map as JSON ``{"name": id}`` (ids ascending)."""
-        Path(path).write_text(json.dumps(self._ids, indent=1) + "\n", encoding="utf-8")
+        write_atomic(path, json.dumps(self._ids, indent=1) + "\n")
 
     @property
     def names(self) -> list[str]:

@@ -1,7 +1,7 @@
 """Batch samplers: aspect-ratio grouped, (seed, epoch)-deterministic, distributed-aware.
 
 ``GroupedBatchSampler`` shuffles with ``torch.Generator().manual_seed(seed + epoch)`` (call
-``set_epoch`` each epoch), gives each rank its shard (the list padded by repetition to a multiple
+``set_epoch`` each epoch; ``set_epoch(e, start=k)`` skips the epoch's first k batches), gives each rank its shard (the list padded by repetition to a multiple
 of the world size, as ``DistributedSampler`` does), and forms batches from images of one aspect
 group (width/height < 1 vs >= 1, as torchvision's references) so padding to a batch shape wastes
 little. Evaluation (``shuffle=False``): sequential, rank r takes items r, r+W, r+2W, ... with no
@@ -10,6 +10,7 @@ padding, so no image is evaluated twice across ranks.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -54,10 +55,14 @@ class GroupedBatchSampler(Sampler[list[int]]):
         self.world_size = w if world_size is None else world_size
         self.drop_last = drop_last
         self.epoch = 0
+        self.start = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        """Make the next iteration's order a function of (seed, epoch)."""
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Make the next iteration's order a function of (seed, epoch), beginning at batch
+        ``start`` (0-based): the batches before it are skipped as index lists, never loaded (a run
+        resumed mid-epoch). ``len`` stays the whole epoch's batch count."""
         self.epoch = int(epoch)
+        self.start = int(start)
 
     def shard(self) -> list[int]:
         """This rank's dataset indices, in order of use."""
@@ -71,6 +76,10 @@ class GroupedBatchSampler(Sampler[list[int]]):
         return order[self.rank :: self.world_size]
 
     def __iter__(self) -> Iterator[list[int]]:
+        return itertools.islice(self.batches(), self.start, None)
+
+    def batches(self) -> Iterator[list[int]]:
+        """Every batch of the epoch, from the first."""
         buckets: dict[int, list[int]] = {}
         leftovers: list[int] = []
         for idx in self.shard():

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from retinanet.checkpoint_io import write_atomic
 from retinanet.data import ClassMap, build_datasets, build_loader
 from retinanet.data.classes import coco_category_names
 from retinanet.engine.checkpoint import load_model
@@ -223,8 +224,8 @@ def write_eval_outputs(result: EvalResult, out_dir: str | os.PathLike) -> dict[s
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"eval": out / "eval.json", "detections": out / "detections.json", "pr_curves": out / "pr_curves.png"}
-    paths["eval"].write_text(result.to_json() + "\n")
-    paths["detections"].write_text(json.dumps(result.detections) + "\n")
+    write_atomic(paths["eval"], result.to_json() + "\n")
+    write_atomic(paths["detections"], json.dumps(result.detections) + "\n")
     ap50 = {r["class"]: r["AP50"] for r in result.per_class}
     plot_pr_curves(result.pr_curves or {"iou": 0.5, "recall": [], "precision": {}}, paths["pr_curves"], ap50)
     return paths

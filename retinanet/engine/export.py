@@ -33,8 +33,9 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from retinanet.checkpoint_io import write_atomic
 from retinanet.engine.checkpoint import load_model
-from retinanet.engine.onnx_verify import (VerifyReport, opset_of, random_images, size_pair,
+from retinanet.engine.onnx_verify import (EXPORT_HINT, VerifyReport, opset_of, random_images, size_pair,
                                           verification_samples, verify_onnx)
 from retinanet.errors import RetinaNetError
 from retinanet.model.retinanet import RetinaNet
@@ -101,9 +102,13 @@ def export_onnx(
         ``path``.
 
     Raises:
-        RetinaNetError: when the exporter fails or the file cannot be written.
+        RetinaNetError: when the exporter fails or the file cannot be written, or the ``onnx``
+            package is missing (naming the extra that installs it).
     """
-    import onnx
+    try:
+        import onnx
+    except ImportError:
+        raise RetinaNetError(f"export needs the onnx package: {EXPORT_HINT}") from None
 
     path = Path(path)
     if opset < DEFAULT_OPSET:
@@ -115,13 +120,14 @@ def export_onnx(
     example = random_images(batch_size, height, width, input_dtype, seed=0)
     dims = {0: torch.export.Dim.DYNAMIC, 2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC}
     path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.export.tmp")  # the exporter writes in place; the final file is written atomically
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the exporter's deprecation chatter, not ours
             torch.onnx.export(
                 wrapper,
                 (example,),
-                str(path),
+                str(tmp),
                 dynamo=True,
                 opset_version=opset,
                 input_names=[INPUT_NAME],
@@ -130,17 +136,19 @@ def export_onnx(
                 external_data=False,
                 verbose=False,
             )
+        proto = onnx.load(str(tmp))
     except Exception as err:  # the exporter raises many kinds; keep its first line
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise RetinaNetError(f"{path}: ONNX export failed: {first}") from err
-    proto = onnx.load(str(path))
+    finally:
+        tmp.unlink(missing_ok=True)
     written = opset_of(proto)
     if written != opset:
         raise RetinaNetError(f"{path}: asked for opset {opset}, but the exporter wrote opset {written}")
     if dynamic:
         _name_dynamic_dims(proto, ("batch", None, "height", "width"))
     _set_metadata(proto, _metadata(model, input_dtype, class_map, dynamic))
-    onnx.save(proto, str(path))
+    write_atomic(path, proto.SerializeToString())
     return path
 
 

@@ -23,6 +23,8 @@ from torch import Tensor, nn
 from retinanet.errors import RetinaNetError
 from retinanet.geometry import resized_size
 
+EXPORT_HINT = "pip install 'retinanet[export]'"  # the extra with onnx, onnxruntime, onnxscript
+
 
 @dataclass
 class BatchComparison:
@@ -104,8 +106,11 @@ def verify_onnx(
     Returns:
         ``VerifyReport`` (``report.ok``); does not raise on a mismatch.
     """
-    import onnx
-    import onnxruntime as ort
+    try:
+        import onnx
+        import onnxruntime as ort
+    except ImportError as err:
+        raise RetinaNetError(f"verifying the export needs the {err.name} package: {EXPORT_HINT}") from None
 
     path = Path(path)
     proto = onnx.load(str(path))

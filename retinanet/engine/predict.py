@@ -32,6 +32,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from retinanet.checkpoint_io import write_atomic
 from retinanet.data.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, open_rgb
 from retinanet.engine.detector import Detections, Detector, class_names_of, filter_detections
 from retinanet.engine.draw import draw_detections
@@ -251,7 +252,7 @@ def write_predictions_json(path: Path, records: list[dict[str, Any]], failures: 
         return "[\n" + ",\n".join(json.dumps(r) for r in items) + "\n]" if items else "[]"
 
     failed = [{"file": f, "error": e} for f, e in failures]
-    path.write_text(f'{{"images": {block(records)},\n"failures": {block(failed)}}}\n')
+    write_atomic(path, f'{{"images": {block(records)},\n"failures": {block(failed)}}}\n')
 
 
 def _process_batch(detector: Detector, batch, files, opts: PredictOptions):

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import resource
@@ -27,6 +28,7 @@ import torch
 from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
 from tqdm import tqdm
 
+from retinanet.checkpoint_io import write_atomic
 from retinanet.config import DataConfig
 from retinanet.engine import distributed as D
 from retinanet.engine.coco_eval import METRIC_NAMES
@@ -123,15 +125,17 @@ def epoch_line(row: dict[str, Any], epochs: int, improved: bool) -> str:
 
 
 def write_epoch_files(out: Path, history: list[dict[str, Any]], best_ap: float, best_epoch: int) -> None:
-    """Rewrite ``results.csv`` (one row per epoch), ``metrics.json`` and ``results.png`` in ``out``."""
+    """Rewrite ``results.csv`` (one row per epoch), ``metrics.json`` and ``results.png`` in ``out``,
+    each atomically (a crash mid-write leaves the previous version)."""
     keys = list(dict.fromkeys(k for row in history for k in row))
-    with (out / "results.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(history)
+    text = io.StringIO(newline="")
+    w = csv.DictWriter(text, fieldnames=keys)
+    w.writeheader()
+    w.writerows(history)
+    write_atomic(out / "results.csv", text.getvalue())
     best_ap50 = next((r["AP50"] for r in history if r["epoch"] == best_epoch), None)
-    (out / "metrics.json").write_text(json.dumps({"best_ap": best_ap, "best_ap50": best_ap50, "best_epoch": best_epoch,
-                                                  "epochs": history}, indent=2))
+    write_atomic(out / "metrics.json", json.dumps({"best_ap": best_ap, "best_ap50": best_ap50, "best_epoch": best_epoch,
+                                                   "epochs": history}, indent=2))
     plot_history(history, out / "results.png")
 
 
@@ -152,7 +156,7 @@ def plot_history(history: list[dict[str, Any]], path: Path) -> None:
     for ax, t in zip(axes, ("losses", "learning rate", "COCO AP")):
         ax.set_title(t), ax.set_xlabel("epoch"), ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=80))
 
 
 # --- TensorBoard (optional dependency) ------------------------------------------------------------

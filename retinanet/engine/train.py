@@ -10,7 +10,11 @@ prints). A run reads top-down:
   improved; plain types, ``weights_only`` loadable) and the epoch's row (``retinanet.engine.report``:
   ``results.csv``, ``metrics.json``, ``results.png``); ``train.log`` keeps every line printed.
 
-SIGINT/SIGTERM stop after the current step with ``interrupted.pt``; non-finite losses are skipped
+A new run never writes into a run directory that holds another run (``check_run_dir``: resume
+it, or ``exist_ok``). SIGINT/SIGTERM stop after the current step with ``interrupted.pt``, which
+also holds the position in the epoch: a resume from it continues at the next step with the same
+batches, lr and RNG states (bit-identical on CPU with ``workers=0``). A run deletes only the
+``interrupted.pt`` it resumed from, once past it. Non-finite losses are skipped
 and counted (stop after ``max_bad_steps`` in a row). Schedule, optimizer, EMA and RNG helpers are
 in ``retinanet.engine.optim``.
 """
@@ -29,7 +33,7 @@ from typing import Any
 
 import torch
 
-from retinanet.checkpoint_io import read_file, save_checkpoint
+from retinanet.checkpoint_io import check_output_path, read_file, save_checkpoint
 from retinanet.config import DataConfig, ModelConfig, TrainConfig, write_config_file
 from retinanet.data import Datasets, build_datasets, build_loader
 from retinanet.engine import distributed as D
@@ -77,6 +81,8 @@ class RunState:
     best_epoch: int = -1  # 1-based epoch of best_ap; -1 = none evaluated yet
     history: list[dict[str, Any]] = field(default_factory=list)  # one row per epoch (results.csv)
     bad_in_a_row: int = 0  # consecutive non-finite losses
+    step: int = 0  # batches of epoch ``epoch`` already done (resumed mid-epoch from interrupted.pt)
+    epoch_stats: EpochStats | None = None  # and their sums
 
 
 @dataclass
@@ -114,24 +120,28 @@ class Run:
     world: int = field(default_factory=D.get_world_size)
     stop: StopFlag = field(default_factory=StopFlag)
     tb: Any = None  # a TensorBoard SummaryWriter (main process, --tensorboard)
+    resumed_interrupted: Path | None = None  # out/interrupted.pt when resumed from it: deleted once passed
 
 
-def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
+def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, progress: bool = True,
+          exist_ok: bool = False) -> dict[str, Any]:
     """Train a RetinaNet; returns the summary dict (``report.make_summary``).
 
     Under torchrun this joins the process group (and leaves it at the end if it created it).
-    ``progress=False``: no printing at all (``train.log`` is still written).
+    ``progress=False``: no printing at all (``train.log`` is still written). ``exist_ok``: a new
+    run may replace the files of another run in ``train_cfg.out`` (``check_run_dir``).
     """
     own_group = not D.is_dist()
     try:
-        return _train(model_cfg, data_cfg, train_cfg, progress)
+        return _train(model_cfg, data_cfg, train_cfg, progress, exist_ok)
     finally:
         if own_group:
             D.cleanup()
 
 
-def _train(model_cfg: ModelConfig, data_cfg: DataConfig, cfg: TrainConfig, progress: bool) -> dict[str, Any]:
+def _train(model_cfg: ModelConfig, data_cfg: DataConfig, cfg: TrainConfig, progress: bool, exist_ok: bool) -> dict[str, Any]:
     t_start = time.time()
+    replacing = check_run_dir(Path(cfg.out), cfg.resume, exist_ok)  # before any work, on every rank
     writer_cls = tensorboard_writer_class() if cfg.tensorboard else None  # every rank fails alike, before any work
     check_train_config(cfg)
     model_cfg, cfg, start_notes = resolve_start(model_cfg, cfg)  # refuses a start that makes no sense, before any work
@@ -154,8 +164,12 @@ def _train(model_cfg: ModelConfig, data_cfg: DataConfig, cfg: TrainConfig, progr
                  f"{model_cfg.min_size}-{model_cfg.max_size} px")
         for note in start_notes:
             log.line(note)
+        if replacing:
+            log.line(replacing)
         run = setup(model, model_cfg, data_cfg, cfg, data, device, distributed, log, progress)
         state = restore(run, resume_file(cfg.resume)) if cfg.resume else RunState()
+        if cfg.resume and same_file(resume_file(cfg.resume), out / "interrupted.pt"):
+            run.resumed_interrupted = out / "interrupted.pt"
         if main:
             data.class_map.save(out / "classes.json")
             write_config_file(out / "config.yaml", run.config)
@@ -166,6 +180,41 @@ def _train(model_cfg: ModelConfig, data_cfg: DataConfig, cfg: TrainConfig, progr
                                reinitialised=run.reinitialised)
         log.line(format_run_summary(summary), echo=False)
         return summary
+
+
+RUN_OUTPUTS = ("best.pt", "last.pt", "interrupted.pt", "results.csv", "metrics.json", "results.png", "config.yaml",
+               "classes.json", "train.log", "tensorboard")
+
+
+def check_run_dir(out: Path, resume: str | None, exist_ok: bool) -> str:
+    """Refuse to start a new run in a directory that holds another run's files.
+
+    Resuming the run of ``out`` (a checkpoint inside it) is always allowed. Returns "" or, with
+    ``exist_ok`` and an earlier run there, the line to log that says which files this run replaces.
+
+    Raises:
+        RetinaNetError: ``out`` cannot be a writable folder (``check_output_path``), or it holds a
+            run and neither ``resume`` continues it nor ``exist_ok`` is given (the message names
+            ``--resume`` and ``--exist-ok``).
+    """
+    check_output_path(out, folder=True)
+    found = [name for name in RUN_OUTPUTS if (out / name).exists()]
+    if not found or (resume and same_file(resume_file(resume).parent, out)):
+        return ""
+    if not exist_ok:
+        raise RetinaNetError(f"{out} already holds a training run ({', '.join(found)}) and a new run does not overwrite "
+                             f"it: continue it with --resume {out}, choose another --out, or give --exist-ok to "
+                             "replace its files")
+    kept = {"train.log": "train.log is appended to", "interrupted.pt": "interrupted.pt is kept unless this run is stopped",
+            "tensorboard": "tensorboard/ gets a second event file"}
+    replaced = [name for name in found if name not in kept]
+    return (f"--exist-ok: {out} holds an earlier run; this run replaces its {', '.join(replaced) or 'nothing yet'}"
+            + "".join(f"; {kept[name]}" for name in found if name in kept))
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """``a`` and ``b`` name the same path (after resolving links and ``..``)."""
+    return Path(a).resolve() == Path(b).resolve()
 
 
 def check_train_config(cfg: TrainConfig) -> None:
@@ -217,7 +266,13 @@ def resume_file(resume: str) -> Path:
 
 
 def restore(run: Run, path: Path) -> RunState:
-    """Load model, optimizer, scaler, EMA and RNG states from checkpoint ``path``; its run state."""
+    """Load model, optimizer, scaler, EMA and RNG states from checkpoint ``path``; its run state
+    (with the position in the epoch and its sums for an ``interrupted.pt``).
+
+    Raises:
+        RetinaNetError: an ``interrupted.pt`` of an epoch with another number of steps (batch size
+            or data changed): its position cannot be continued.
+    """
     ck = read_file(path)
     run.model.load_state_dict(ck["model"])
     run.optimizer.load_state_dict(ck["optimizer"])
@@ -226,9 +281,25 @@ def restore(run: Run, path: Path) -> RunState:
         run.ema.load_state_dict(ck["ema_module"])
     state = RunState(epoch=ck["epoch"] + 1, iteration=ck["iteration"], best_ap=ck["best_ap"], best_epoch=ck["best_epoch"],
                      history=list(ck.get("history", [])))
+    if ck.get("epoch_progress"):
+        resume_mid_epoch(run, state, ck["epoch_progress"], path)
     set_rng_state(ck["rng"])
-    run.log.line(f"resumed from {path} at epoch {state.epoch + 1} (step {state.iteration})")
+    where = f" at step {state.step + 1}/{len(run.train_loader)}" if state.step else ""
+    run.log.line(f"resumed from {path}: epoch {state.epoch + 1}{where} (global step {state.iteration})")
     return state
+
+
+def resume_mid_epoch(run: Run, state: RunState, progress: dict[str, Any], path: Path) -> None:
+    """Put the position and sums of an interrupted epoch (``stop_run``) into ``state``."""
+    run.train_loader.batch_sampler.set_epoch(progress["epoch"])  # the epoch's length (DDP shards depend on it)
+    steps = len(run.train_loader)
+    if progress["epoch"] != state.epoch or progress["steps"] != steps:
+        raise RetinaNetError(f"{path}: stopped at step {progress['step']} of {progress['steps']} in epoch "
+                             f"{progress['epoch'] + 1}, but this run has {steps} steps per epoch (batch size, processes "
+                             "or data differ); resume with the same settings, or from last.pt")
+    state.step, state.bad_in_a_row = progress["step"], progress["bad_in_a_row"]
+    state.epoch_stats = EpochStats(sums=dict(progress["sums"]), steps=progress["finite_steps"], images=progress["images"],
+                                   skipped=progress["skipped"], seconds=progress["seconds"])
 
 
 def checkpoint_state(run: Run, state: RunState, epoch: int) -> dict[str, Any]:
@@ -263,23 +334,27 @@ def run_epochs(run: Run, state: RunState) -> str:
     for epoch in range(state.epoch, run.cfg.epochs):
         stats = train_one_epoch(run, state, epoch)
         if D.any_rank(run.stop.signal is not None):
-            return stop_run(run, state, epoch)
+            return stop_run(run, state, epoch, stats)
         end_epoch(run, state, epoch, stats)
-    if run.main:
-        (run.out / "interrupted.pt").unlink(missing_ok=True)  # a finished run has nothing to resume
+        if run.main and run.resumed_interrupted is not None:  # last.pt is past it now
+            run.resumed_interrupted.unlink(missing_ok=True)
+            run.resumed_interrupted = None
     D.barrier()  # every rank leaves together, after rank 0's last writes
     return "finished"
 
 
 def train_one_epoch(run: Run, state: RunState, epoch: int) -> EpochStats:
-    """The steps of (0-based) ``epoch``, each at the scheduled lr; stops after the step at which a
-    signal arrived on any rank."""
+    """The steps of (0-based) ``epoch``, each at the scheduled lr, from step ``state.step`` (0, or
+    where an interrupted run stopped: the batches before it are skipped unloaded); stops after the
+    step at which a signal arrived on any rank."""
     cfg, loader = run.cfg, run.train_loader
-    loader.batch_sampler.set_epoch(epoch)
+    start, stats = state.step, state.epoch_stats or EpochStats()
+    state.step, state.epoch_stats = 0, None
+    loader.batch_sampler.set_epoch(epoch, start=start)
     run.net.train()
-    stats, t0, steps = EpochStats(), time.time(), len(loader)
+    t0, steps = time.time(), len(loader)
     with StepProgress(run.log, steps, f"epoch {epoch + 1}/{cfg.epochs}", cfg.print_every, show=run.progress) as bar:
-        for i, (images, targets) in enumerate(loader):
+        for i, (images, targets) in enumerate(loader, start):
             lr = set_lr(run.optimizer, cfg.lr * lr_factor(state.iteration, epoch + i / steps, cfg, cfg.epochs))
             losses = train_step(run.net, run.optimizer, images, targets, cfg, run.device, run.scaler)
             state.iteration += 1
@@ -287,7 +362,7 @@ def train_one_epoch(run: Run, state: RunState, epoch: int) -> EpochStats:
             bar.update(i, losses, lr)
             if D.any_rank(run.stop.signal is not None):
                 break
-    stats.seconds = time.time() - t0
+    stats.seconds += time.time() - t0
     return stats
 
 
@@ -331,13 +406,20 @@ def record_step(run: Run, state: RunState, stats: EpochStats, losses: dict[str, 
         tensorboard_step(run.tb, losses, lr, state.iteration)
 
 
-def stop_run(run: Run, state: RunState, epoch: int) -> str:
-    """After a signal in (0-based) ``epoch``: ``interrupted.pt`` (the state before that epoch, the
-    step count so far) and a log line; returns the signal's name."""
+def stop_run(run: Run, state: RunState, epoch: int, stats: EpochStats) -> str:
+    """After a signal in (0-based) ``epoch``: ``interrupted.pt`` and a log line; returns the
+    signal's name. The checkpoint holds the state after the step just done (weights, optimizer,
+    EMA, RNG, global step) with ``epoch`` = the last finished epoch, and ``epoch_progress``: the
+    steps done in this epoch and their sums, from which ``restore`` continues."""
     reason = run.stop.signal or "signal on another rank"
+    done = stats.steps + stats.skipped
     if run.main:
-        save_checkpoint(checkpoint_state(run, state, epoch - 1), run.out / "interrupted.pt")
-    run.log.line(f"stopped by {reason} in epoch {epoch + 1}; checkpoint {run.out / 'interrupted.pt'}")
+        progress = {"epoch": epoch, "step": done, "steps": len(run.train_loader), "sums": dict(stats.sums),
+                    "finite_steps": stats.steps, "images": stats.images, "skipped": stats.skipped,
+                    "seconds": stats.seconds, "bad_in_a_row": state.bad_in_a_row}
+        save_checkpoint(checkpoint_state(run, state, epoch - 1) | {"epoch_progress": progress}, run.out / "interrupted.pt")
+    run.log.line(f"stopped by {reason} in epoch {epoch + 1} after step {done}/{len(run.train_loader)}; "
+                 f"checkpoint {run.out / 'interrupted.pt'}")
     return reason
 
 

@@ -1,0 +1,217 @@
+"""Run safety: a new run never overwrites another (``--exist-ok`` opts in), ``--out`` is checked
+before any work, export without ``onnx`` names the extra, outputs are written atomically with the
+mode the umask gives (tiny resnet18, 64 px, one step per epoch)."""
+
+import contextlib
+import dataclasses
+import io
+import os
+import sys
+
+import pytest
+import torch
+
+from retinanet.checkpoint_io import check_output_path, save_checkpoint, write_atomic
+from retinanet.cli import main
+from retinanet.config import DataConfig, ModelConfig, TrainConfig, write_config_file
+from retinanet.data import ClassMap, make_synthetic
+from retinanet.engine.export import export_onnx, verify_onnx
+from retinanet.engine.predict import write_predictions_json
+from retinanet.engine.train import train
+from retinanet.errors import RetinaNetError
+from retinanet.model import build_model
+
+OUTPUTS = ("best.pt", "last.pt", "results.csv", "metrics.json", "results.png", "config.yaml", "classes.json", "train.log")
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("syn")
+    make_synthetic(root, num_train=2, num_val=1, image_size=64, seed=0)
+    return str(root / "VOCdevkit")
+
+
+def _cfgs(root, out, **options):
+    model = ModelConfig(arch="resnet18_fpn", norm="bn", min_size=64, max_size=64, fpn_channels=32, head_convs=1)
+    train_cfg = {"epochs": 1, "batch_size": 2, "warmup_iters": 1, "print_every": 100, "device": "cpu", "weights": "none",
+                 **options}
+    return model, DataConfig(root=root, workers=0), TrainConfig(out=str(out), **train_cfg)
+
+
+@contextlib.contextmanager
+def umask(mask: int):
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def _cli(argv: list[str]) -> tuple[int, str]:
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        status = main(argv)
+    return status, err.getvalue()
+
+
+# --- item 3: a second run does not overwrite the first --------------------------------------------
+
+
+def test_new_run_refuses_a_run_dir_and_exist_ok_says_what_it_replaces(data_root, tmp_path):
+    run = tmp_path / "run"
+    with umask(0o022):
+        train(*_cfgs(data_root, run), progress=False)
+        for name in OUTPUTS:  # every output gets the umask's mode (mkstemp alone gives 0600)
+            assert (run / name).stat().st_mode & 0o777 == 0o644, name
+    before = {name: (run / name).read_bytes() for name in OUTPUTS}
+
+    status, err = _cli(["train", "--data", data_root, "--out", str(run), "--workers", "0", "--device", "cpu"])
+    assert status == 2
+    assert f"{run} already holds a training run (best.pt, last.pt" in err
+    assert f"--resume {run}" in err and "--exist-ok" in err
+    assert {name: (run / name).read_bytes() for name in OUTPUTS} == before  # nothing touched
+
+    foreign = b"an interrupted.pt this run did not write"
+    (run / "interrupted.pt").write_bytes(foreign)
+    summary = train(*_cfgs(data_root, run, seed=1), progress=False, exist_ok=True)
+    assert summary["stopped"] == "finished"
+    log = (run / "train.log").read_text()
+    assert (f"--exist-ok: {run} holds an earlier run; this run replaces its best.pt, last.pt, results.csv, metrics.json, "
+            "results.png, config.yaml, classes.json; interrupted.pt is kept unless this run is stopped; "
+            "train.log is appended to") in log
+    assert (run / "last.pt").read_bytes() != before["last.pt"]
+    assert (run / "interrupted.pt").read_bytes() == foreign  # finished, but it deletes only its own
+
+
+# --- item 9: --out checked first, for every command -----------------------------------------------
+
+
+@pytest.mark.parametrize("command", [
+    ["train", "--data", "{tmp}/no_such_data"],
+    ["eval", "--weights", "{tmp}/no_such.pt", "--data", "{tmp}/no_such_data"],
+    ["predict", "{tmp}/no_such.jpg", "--weights", "{tmp}/no_such.pt"],
+], ids=["train", "eval", "predict"])
+def test_out_that_is_a_file_fails_first_naming_it(tmp_path, command):
+    taken = tmp_path / "taken"
+    taken.write_text("a file")
+    argv = [a.format(tmp=tmp_path) for a in command]
+    status, err = _cli([*argv, "--out", str(taken)])
+    assert status == 2 and f"--out {taken}: exists and is not a folder" in err, err  # not the missing data/weights
+    status, err = _cli([*argv, "--out", str(taken / "sub")])
+    assert status == 2 and f"--out {taken / 'sub'}: cannot be created: {taken} is a file, not a folder" in err, err
+
+
+def test_export_out_that_is_a_folder_or_under_a_file_fails_first(tmp_path):
+    (tmp_path / "taken").write_text("a file")
+    status, err = _cli(["export", "--weights", str(tmp_path / "no_such.pt"), "--out", str(tmp_path)])
+    assert status == 2 and f"--out {tmp_path}: is a folder (give a file name)" in err, err
+    status, err = _cli(["export", "--weights", str(tmp_path / "no_such.pt"), "--out", str(tmp_path / "taken" / "m.onnx")])
+    assert status == 2 and f"cannot be created: {tmp_path / 'taken'} is a file, not a folder" in err, err
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through permission bits")
+def test_out_in_a_read_only_folder_is_refused(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        with pytest.raises(RetinaNetError, match=r"cannot write into .*ro \(permission denied or read-only\)"):
+            check_output_path(ro / "run" / "deeper", folder=True)
+    finally:
+        ro.chmod(0o755)
+
+
+def test_writable_out_passes_and_nothing_is_created(tmp_path):
+    assert check_output_path(tmp_path / "a" / "b", folder=True) == tmp_path / "a" / "b"
+    assert check_output_path(tmp_path / "m.onnx", folder=False) == tmp_path / "m.onnx"
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- item 11: export without onnx ------------------------------------------------------------------
+
+
+def _tiny_model():
+    torch.manual_seed(0)
+    return build_model("resnet18_fpn", num_classes=3, min_size=64, max_size=64, fpn_channels=32, head_convs=1).eval()
+
+
+@pytest.mark.parametrize("missing", ["onnx", "onnxruntime"])
+def test_export_without_onnx_names_the_extra(tmp_path, monkeypatch, missing):
+    monkeypatch.setitem(sys.modules, missing, None)  # makes `import onnx` fail as if not installed
+    with pytest.raises(RetinaNetError, match=rf"needs the {missing} package: pip install 'retinanet\[export\]'"):
+        if missing == "onnx":
+            export_onnx(_tiny_model(), tmp_path / "m.onnx")
+        else:
+            verify_onnx(_tiny_model(), tmp_path / "m.onnx", [])
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_cli_export_without_onnx_exits_2_with_the_hint(tmp_path, monkeypatch):
+    model = _tiny_model()
+    ckpt = save_checkpoint({"model": model.state_dict(), "config": {"model": dataclasses.asdict(model.config)}}, tmp_path / "t.pt")
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    status, err = _cli(["export", "--weights", str(ckpt), "--out", str(tmp_path / "m.onnx")])
+    assert status == 2 and "retinanet export: error: export needs the onnx package: pip install 'retinanet[export]'" in err
+
+
+# --- item 13: atomic outputs with the umask's mode -------------------------------------------------
+
+
+def test_failure_mid_write_leaves_the_old_file(tmp_path):
+    path = tmp_path / "results.csv"
+    path.write_text("old\n")
+
+    def half_then_fail(f):
+        f.write(b"new but incomplete")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_atomic(path, half_then_fail)
+    assert path.read_text() == "old\n" and os.listdir(tmp_path) == ["results.csv"]  # no temporary left
+
+    def interrupted(f):
+        f.write(b"new")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint({"model": {}, "epoch": 0, "x": _RaisesOnPickle()}, path)
+    with pytest.raises(KeyboardInterrupt):
+        write_atomic(path, interrupted)
+    assert path.read_text() == "old\n" and os.listdir(tmp_path) == ["results.csv"]
+
+
+class _RaisesOnPickle:
+    def __reduce__(self):
+        raise KeyboardInterrupt
+
+
+def test_outputs_get_the_umask_mode(tmp_path):
+    with umask(0o022):
+        files = [
+            save_checkpoint({"model": {}}, tmp_path / "a.pt"),
+            write_atomic(tmp_path / "b.txt", "text"),
+            write_atomic(tmp_path / "c.bin", b"\x00"),
+        ]
+        write_config_file(tmp_path / "config.yaml", {"model": ModelConfig()})
+        ClassMap({"cat": 1}).save(tmp_path / "classes.json")
+        write_predictions_json(tmp_path / "predictions.json", [{"file": "x.jpg"}], [])
+        files += [tmp_path / n for n in ("config.yaml", "classes.json", "predictions.json")]
+        assert all(f.stat().st_mode & 0o777 == 0o644 for f in files)
+    with umask(0o027):
+        assert write_atomic(tmp_path / "b.txt", "again").stat().st_mode & 0o777 == 0o640
+
+
+def test_failed_onnx_export_leaves_the_old_file(tmp_path, monkeypatch):
+    pytest.importorskip("onnx")
+    path = tmp_path / "m.onnx"
+    path.write_bytes(b"OLD")
+
+    def write_half_then_fail(model, args, f, **kwargs):
+        with open(f, "wb") as out:
+            out.write(b"partial")
+        raise RuntimeError("exporter crashed")
+
+    monkeypatch.setattr(torch.onnx, "export", write_half_then_fail)
+    with pytest.raises(RetinaNetError, match="ONNX export failed: exporter crashed"):
+        export_onnx(_tiny_model(), path)
+    assert path.read_bytes() == b"OLD" and os.listdir(tmp_path) == ["m.onnx"]
