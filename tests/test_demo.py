@@ -7,7 +7,7 @@ import json
 import pytest
 
 from retinanet.cli import main
-from retinanet.cli.demo import DemoOptions, demo_commands, demo_data_config, run_demo
+from retinanet.cli.demo import RECIPE, DemoOptions, demo_commands, demo_data_config, run_demo
 from retinanet.data.synthetic import default_synthetic_root
 from retinanet.errors import RetinaNetError
 
@@ -51,10 +51,18 @@ def test_synthetic_sizes_come_from_the_recipe_at_run_time(tmp_path, monkeypatch)
 def test_commands_and_reserved_options(tmp_path):
     cmds = demo_commands(DemoOptions(out="d", epochs=2, train_options=("--lr", "0.1")), tmp_path, [tmp_path / "a.jpg"])
     assert [c for c, _ in cmds] == ["train", "eval", "predict"]
-    assert cmds[0][1][:5] == ["train", "--config", "quick_synthetic", "--out", "d/train"] and cmds[0][1][-2:] == ["--lr", "0.1"]
+    assert cmds[0][1][:5] == ["train", "--config", RECIPE, "--out", "d/train"] and cmds[0][1][-2:] == ["--lr", "0.1"]
     assert cmds[1][1][:3] == ["eval", "--weights", "d/train/best.pt"] and str(tmp_path) in cmds[1][1]
+    assert "--exist-ok" not in cmds[0][1]
     with pytest.raises(RetinaNetError, match="--data"):
         demo_commands(DemoOptions(train_options=("--data", "x")), tmp_path, [])
+
+
+def test_a_second_demo_replaces_the_first_and_says_so(tmp_path, capsys):
+    (tmp_path / "d" / "train").mkdir(parents=True)
+    (tmp_path / "d" / "train" / "best.pt").write_bytes(b"earlier demo")
+    train = demo_commands(DemoOptions(out=str(tmp_path / "d")), tmp_path, [])[0][1]
+    assert train[-1] == "--exist-ok" and "replaces it" in capsys.readouterr().out
 
 
 def test_first_failing_step_stops_the_demo(tmp_path, monkeypatch, capsys):

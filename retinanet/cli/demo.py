@@ -115,6 +115,9 @@ def demo_commands(opts: DemoOptions, root: Path, images: list[Path]) -> list[tup
         raise RetinaNetError(f"{', '.join(bad)}: set by the demo itself, not allowed after '--' "
                              "(use the demo's --out and --synthetic-* options)")
     train = ["train", "--config", RECIPE, "--out", str(out / "train"), *_common(opts)]
+    if _holds_run(out / "train") and "--exist-ok" not in opts.train_options:
+        print(f"note: {out / 'train'} holds an earlier demo run: this demo replaces it (--exist-ok)", flush=True)
+        train.append("--exist-ok")
     for key in ("epochs", "synthetic_train", "synthetic_val", "synthetic_size"):
         if getattr(opts, key) is not None:
             train += [f"--{key.replace('_', '-')}", str(getattr(opts, key))]
@@ -152,7 +155,7 @@ def format_demo_results(out: Path, root: Path, seconds: dict[str, float]) -> str
         f"  PR curves    {out / 'eval' / 'pr_curves.png'}",
         f"  drawn images {out / 'predict' / 'images'}  (detections in {out / 'predict' / 'predictions.json'})",
         "next:",
-        "  retinanet check-data --data PATH/TO/VOCdevkit          # your own data (VOC, flat VOC export or COCO JSON)",
+        "  retinanet check-data --data PATH/TO/VOCdevkit          # your own data (VOC, flat VOC export, COCO JSON or YOLO data.yaml)",
         "  retinanet train --data PATH/TO/VOCdevkit --out runs/mine",
         f"  retinanet eval --weights {best} --data {root} --voc",
         f"  retinanet predict IMAGES_OR_FOLDER --weights {best}",
@@ -203,6 +206,11 @@ def _check_training(run: Path, started: float) -> int:
         print(f"retinanet demo: error: training wrote no {run / 'best.pt'}; stopped", file=sys.stderr)
         return 2
     return 0
+
+
+def _holds_run(run: Path) -> bool:
+    """``run`` holds files of an earlier training run (the demo's own folder: it replaces them)."""
+    return any((run / name).exists() for name in ("best.pt", "last.pt", "interrupted.pt", "results.csv", "config.yaml"))
 
 
 def _written_since(path: Path, started: float) -> bool:
