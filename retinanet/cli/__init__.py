@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from retinanet import __version__
 from retinanet.cli.demo import add_demo_parser, demo_options, run_demo
-from retinanet.cli.options import add_data_options, add_image_options, data_config_from_args
+from retinanet.cli.options import add_amp_options, add_data_options, add_image_options, data_config_from_args
 from retinanet.cli.train import add_train_parser, cmd_train
 from retinanet.config import ModelConfig
 from retinanet.data import check_dataset, make_synthetic
@@ -100,7 +100,7 @@ def _add_eval(sub) -> None:
     p.add_argument("--batch-size", type=int, default=2, help="images per batch and process [2]")
     p.add_argument("--workers", type=int, default=2, help="data loading processes [2]")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... [auto]")
-    p.add_argument("--amp", action="store_true", help="mixed precision inference (bf16; fp16 on GPUs without bf16)")
+    add_amp_options(p, "auto")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True, help="run the model in channels_last (NHWC) memory layout: the same detections, usually faster [on]")
     p.add_argument("--min-size", type=int, help="short side of the network input (default: the checkpoint's)")
     p.add_argument("--max-size", type=int, help="cap on the long side (default: the checkpoint's)")
@@ -126,6 +126,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         cleanup()
     if not main_rank:
         return 0
+    print(f"precision: {run.precision}")
     for problem in run.warnings:
         print(f"retinanet eval: warning: {problem}; AP of those classes is meaningless "
               "(e.g. a COCO model on VOC data: class names and ids differ)", file=sys.stderr)
@@ -163,6 +164,7 @@ def _add_predict(sub) -> None:
                    "normalised cx cy w h) and their class names (OUT/data.yaml)")
     p.add_argument("--save-conf", action="store_true", help="with --save-txt: append each detection's score to its line")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True, help="run the model in channels_last (NHWC) memory layout: the same detections, usually faster [on]")
+    add_amp_options(p, "auto")
     p.add_argument("--no-draw", action="store_true", help="do not write drawn images")
     add_image_options(p.add_argument_group("image files"))
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -175,7 +177,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise RetinaNetError("--save-conf adds scores to the YOLO labels of --save-txt: give --save-txt too")
     sizes = {"min_size": args.min_size, "max_size": args.max_size}
     pixels = {"max_image_pixels": args.max_image_pixels} if args.max_image_pixels else {}
-    detector = Detector.load(args.weights, local_device(args.device), channels_last=args.channels_last, exif=args.exif,
+    detector = Detector.load(args.weights, local_device(args.device), channels_last=args.channels_last, amp=args.amp, exif=args.exif,
                              **pixels, **{k: v for k, v in sizes.items() if v})
     classes = tuple(n.strip() for group in args.classes_filter or () for n in group.split(",") if n.strip())
     opts = PredictOptions(
@@ -183,6 +185,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         workers=args.workers, draw=not args.no_draw, voc_xml=args.voc_xml, yolo_txt=args.save_txt,
         save_conf=args.save_conf, progress=not args.quiet,
     )
+    print(f"precision: {detector.precision.describe()}")
     summary = predict(detector, files, opts)
     print(summary.text())
     return 1 if summary.num_images == 0 else 0

@@ -10,6 +10,7 @@ from retinanet.cli import main
 from retinanet.config import DataConfig, ModelConfig, TrainConfig
 from retinanet.data import make_synthetic
 from retinanet.engine.checkpoint import load_model
+from retinanet.engine.precision import resolve_precision
 from retinanet.engine.train import train, train_step
 from retinanet.model import build_model
 
@@ -78,8 +79,8 @@ def test_amp_on_cpu_runs_a_bf16_step_with_finite_fp32_losses():
     assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
     before = model.head.regression_head.bbox_reg.weight.detach().clone()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    out = train_step(model, opt, images, targets, TrainConfig(amp=True), torch.device("cpu"),
-                     torch.amp.GradScaler("cpu", enabled=False))
-    assert out is not None and set(out) == {"classification", "bbox_regression", "loss"}
-    assert all(math.isfinite(v) for v in out.values())
+    out = train_step(model, opt, images, targets, TrainConfig(amp="bf16"), torch.device("cpu"),
+                     torch.amp.GradScaler("cpu", enabled=False), resolve_precision("bf16", "cpu"))
+    assert set(out) == {"classification", "bbox_regression", "loss", "finite"} and bool(out["finite"])
+    assert all(math.isfinite(float(v)) for v in out.values())
     assert not torch.equal(before, model.head.regression_head.bbox_reg.weight)
