@@ -126,7 +126,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
         cleanup()
     if not main_rank:
         return 0
-    print(f"precision: {run.precision}")
     for problem in run.warnings:
         print(f"retinanet eval: warning: {problem}; AP of those classes is meaningless "
               "(e.g. a COCO model on VOC data: class names and ids differ)", file=sys.stderr)
@@ -136,6 +135,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"\nVOC AP50 (continuous IoU): mAP {100 * r.voc['mAP']:.2f} (all-point), {100 * r.voc['mAP_07']:.2f} (11-point VOC2007)")
     print(f"\n{r.num_images} images, {len(r.detections)} detections: AP {100 * r.metrics['AP']:.2f}, "
           f"AP50 {100 * r.metrics['AP50']:.2f}; results in {args.out} (eval.json, detections.json, pr_curves.png)")
+    print(f"precision: {run.precision}")
     return 0
 
 
@@ -185,9 +185,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         workers=args.workers, draw=not args.no_draw, voc_xml=args.voc_xml, yolo_txt=args.save_txt,
         save_conf=args.save_conf, progress=not args.quiet,
     )
-    print(f"precision: {detector.precision.describe()}")
     summary = predict(detector, files, opts)
     print(summary.text())
+    print(f"precision: {detector.precision.describe()}")
     return 1 if summary.num_images == 0 else 0
 
 

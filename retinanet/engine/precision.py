@@ -2,10 +2,10 @@
 
 ``resolve_precision(mode, device)`` turns the ``--amp`` setting into a ``Precision``:
 
-- ``"auto"``: bf16 on CUDA GPUs that support it, fp16 (with gradient scaling) on older GPUs; on
-  CPUs with native bf16 arithmetic (x86 AVX512-BF16 or AMX) bf16 for inference (eval, predict)
-  but fp32 for training (``CPU_TRAINING_NOTE``); fp32 elsewhere;
-- ``"on"``: mixed precision wherever it runs: as ``auto`` on CUDA, bf16 on any CPU;
+- ``"auto"``: bf16 on CUDA GPUs that support it, fp16 (with gradient scaling) on older GPUs;
+  fp32 on CPUs and elsewhere (``CPU_NOTE``);
+- ``"on"``: mixed precision wherever it runs: as ``auto`` on CUDA, bf16 on any CPU (fast where
+  it has native bf16: ``cpu_has_native_bf16``);
 - ``"bf16"`` / ``"fp16"``: that dtype (fp16 is refused on CPUs, bf16 on GPUs without it);
 - ``"off"``: fp32. ``True``/``False`` (configs written before the modes existed) mean on/off.
 
@@ -24,10 +24,10 @@ import torch
 from retinanet.errors import RetinaNetError
 
 AMP_MODES = ("auto", "on", "bf16", "fp16", "off")
-# why "auto" trains in fp32 on CPUs (measured, BENCHMARKS.md "Mixed precision"): torch 2.14's oneDNN bf16
-# weight gradient of a stride-2 conv on a 1x1 channels_last input is garbage (NaN or ~1e28), which the P7
-# conv meets at inputs <= 64 px; and a 5-epoch quick-recipe run gained no accuracy to pay for that risk
-CPU_TRAINING_NOTE = "fp32 for training on CPU (--amp bf16 to force)"
+# why "auto" is fp32 on CPUs, even with native bf16 (BENCHMARKS.md "Mixed precision"): torch 2.14's oneDNN
+# bf16 weight gradient of a stride-2 conv on a 1x1 channels_last input is garbage (NaN or ~1e28, not
+# reproducible), which the P7 conv meets at inputs <= 64 px; and bf16 detections differ from fp32 ones
+CPU_NOTE = "fp32 on CPU; --amp bf16 is about 1.6x faster on CPUs with native bf16 (BENCHMARKS.md)"
 _NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", None: "fp32"}
 
 
@@ -99,8 +99,8 @@ def normalize_mode(mode: str | bool | None) -> str:
     return mode
 
 
-def resolve_precision(mode: str | bool | None, device: torch.device | str, training: bool = False) -> Precision:
-    """The precision ``mode`` (``AMP_MODES``) means on ``device`` (``training``: for a training run).
+def resolve_precision(mode: str | bool | None, device: torch.device | str) -> Precision:
+    """The precision ``mode`` (``AMP_MODES``) means on ``device``.
 
     Raises:
         RetinaNetError: fp16 on a CPU, bf16 on a GPU without bf16, an unknown mode.
@@ -121,10 +121,9 @@ def resolve_precision(mode: str | bool | None, device: torch.device | str, train
             raise RetinaNetError("--amp fp16 is for CUDA GPUs: CPUs have no fast fp16 kernels (and no gradient "
                                  "scaling here); use --amp bf16, auto or off")
         native = cpu_has_native_bf16()
-        if mode == "auto" and not native:
-            return Precision(None, "amp auto: this CPU has no native bf16 (AVX512-BF16/AMX), where bf16 is slower")
-        if mode == "auto" and training:
-            return Precision(None, f"amp auto: {CPU_TRAINING_NOTE}")
+        if mode == "auto":
+            return Precision(None, f"amp auto: {CPU_NOTE}" if native else
+                             "amp auto: fp32 on CPU; this one has no native bf16 (AVX512-BF16/AMX), where bf16 is slower")
         flags = "/".join(cpu_bf16_flags())
         return Precision(torch.bfloat16, f"amp {mode}: CPU " + (f"with native bf16 ({flags})" if native
                                                                 else "without native bf16: slower than fp32"))

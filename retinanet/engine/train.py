@@ -253,7 +253,7 @@ def setup(model: torch.nn.Module, model_cfg: ModelConfig, data_cfg: DataConfig, 
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ddp_ids = [device.index] if device.type == "cuda" else None
     net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ddp_ids) if distributed else model
-    precision = resolve_precision(cfg.amp, device, training=True)
+    precision = resolve_precision(cfg.amp, device)
     log.line(f"precision: {precision.describe()}")
     optimizer = build_optimizer(model, cfg, fused=device.type in ("cpu", "cuda"))  # fused: skips on the device
     scaler = torch.amp.GradScaler(device.type, enabled=precision.grad_scaling)

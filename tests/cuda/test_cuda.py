@@ -88,14 +88,12 @@ def test_amp_training_overfits_one_batch(amp_dtype):
 
 
 def test_amp_auto_resolves_on_cuda():
-    """``--amp auto`` (the default) on this card: bf16 where it has it, else fp16 with gradient scaling;
-    the same for training and inference."""
+    """``--amp auto`` (the default) on this card: bf16 where it has it, else fp16 with gradient scaling."""
     from retinanet.engine.precision import resolve_precision
 
     bf16 = torch.cuda.is_bf16_supported()
-    for training in (True, False):
-        p = resolve_precision("auto", "cuda", training=training)
-        assert p.dtype == (torch.bfloat16 if bf16 else torch.float16) and p.grad_scaling == (not bf16), p
+    p = resolve_precision("auto", "cuda")
+    assert p.dtype == (torch.bfloat16 if bf16 else torch.float16) and p.grad_scaling == (not bf16), p
 
 
 class _NanLoss(torch.nn.Module):
@@ -121,7 +119,7 @@ def test_train_step_skips_a_non_finite_step_on_cuda():
     torch.manual_seed(0)
     net = _NanLoss(build_model("resnet18_fpn", num_classes=4, min_size=128, max_size=160, norm="bn",
                                trainable_backbone_layers=5, fpn_channels=64, head_convs=2).cuda().train())
-    precision = resolve_precision("auto", "cuda", training=True)
+    precision = resolve_precision("auto", "cuda")
     cfg = TrainConfig(optimizer="adamw", lr=0.01)
     opt = build_optimizer(net.model, cfg, fused=True)
     scaler = torch.amp.GradScaler("cuda", enabled=precision.grad_scaling)

@@ -27,8 +27,8 @@ TINY = dict(arch="resnet18_fpn", norm="bn", min_size=64, max_size=64, fpn_channe
 
 
 @pytest.mark.parametrize("native,mode,expected", [
-    (True, "auto", torch.bfloat16), (False, "auto", None), (False, "on", torch.bfloat16), (False, "bf16", torch.bfloat16),
-    (True, "off", None), (True, True, torch.bfloat16), (True, False, None),
+    (True, "auto", None), (False, "auto", None), (False, "on", torch.bfloat16), (False, "bf16", torch.bfloat16),
+    (True, "bf16", torch.bfloat16), (True, "off", None), (True, True, torch.bfloat16), (True, False, None),
 ])
 def test_cpu_resolution(monkeypatch, native, mode, expected):
     monkeypatch.setattr(P, "cpu_has_native_bf16", lambda: native)
@@ -36,11 +36,9 @@ def test_cpu_resolution(monkeypatch, native, mode, expected):
     assert p.dtype == expected and not p.grad_scaling
     assert p.mode == ("off" if expected is None else "bf16")
     if mode == "auto":  # the log says why
-        assert ("no native bf16" in p.reason) == (not native)
-    training = resolve_precision(mode, "cpu", training=True)  # auto trains in fp32 on CPUs; forced modes are kept
-    assert training.dtype == (None if mode == "auto" else expected)
-    if mode == "auto" and native:
-        assert "fp32 for training on CPU" in training.reason
+        assert ("no native bf16" in p.reason) == (not native) and ("1.6x faster" in p.reason) == native
+    if mode in ("on", "bf16"):
+        assert ("slower than fp32" in p.reason) == (not native)
 
 
 def test_fp16_on_cpu_and_unknown_modes_are_refused():

@@ -64,7 +64,7 @@ def test_outputs_eval_every_summary_and_config_round_trip(data_root, tmp_path, c
     # the written config gives back the same configs (num_classes: the dataset's; amp: the precision that ran)
     args = build_parser().parse_args(["train", "--config", str(run / "config.yaml")])
     m, d, t = train_configs(args)
-    ran = resolve_precision(train_cfg.amp, "cpu", training=True)
+    ran = resolve_precision(train_cfg.amp, "cpu")
     assert f"precision: {ran.describe()}" in log
     assert (m, d, t) == (dataclasses.replace(model_cfg, num_classes=5), data_cfg, dataclasses.replace(train_cfg, amp=ran.mode))
 

@@ -67,9 +67,11 @@ def test_ema_is_saved_and_evaluated(data_root, tmp_path, monkeypatch):
 
 def test_amp_on_cpu_runs_a_bf16_step_with_finite_fp32_losses():
     torch.manual_seed(0)
-    model = build_model(num_classes=5, **TINY).train()
+    # 96 px, not 64: at <= 64 px oneDNN's bf16 weight gradient of the P7 conv (1x1 input) is garbage
+    # and the step is (rightly) skipped (BENCHMARKS.md, "Mixed precision")
+    model = build_model(num_classes=5, **(TINY | {"min_size": 96, "max_size": 96})).train()
     g = torch.Generator().manual_seed(0)
-    images = [torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8, generator=g) for _ in range(2)]
+    images = [torch.randint(0, 256, (3, 96, 96), dtype=torch.uint8, generator=g) for _ in range(2)]
     targets = [{"boxes": torch.tensor([[4.0, 6, 40, 50]]), "labels": torch.tensor([2])},
                {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}]
     with torch.autocast("cpu", dtype=torch.bfloat16):
