@@ -115,16 +115,19 @@ class StepMeter:
 
     ``add`` after every step (device ops only); ``read`` (one copy to the host: a sync) at the
     logging points. Args: ``keys``: the loss names of ``train_step``'s result; ``streak``: the
-    consecutive non-finite steps before this epoch; ``limit``: the streak that ``read`` reports.
+    consecutive non-finite steps before; ``limit``: the streak that ``read`` reports; ``start``:
+    the sums of the epoch's steps done before (a run resumed mid-epoch).
     """
 
-    def __init__(self, device: torch.device, keys: tuple[str, ...], streak: int, limit: int):
+    def __init__(self, device: torch.device, keys: tuple[str, ...], streak: int, limit: int,
+                 start: EpochStats | None = None):
+        start = start or EpochStats()
         self.keys, self.limit = keys, limit
         self.dtype = torch.float32 if device.type == "mps" else torch.float64  # mps has no float64
-        self.sums = torch.zeros(len(keys), dtype=self.dtype, device=device)
+        self.sums = torch.tensor([start.sums.get(k, 0.0) for k in keys], dtype=self.dtype, device=device)
         self.last = torch.zeros(len(keys), dtype=self.dtype, device=device)
-        self.counts = torch.zeros(4, dtype=torch.int64, device=device)  # finite steps, their images, skipped, streak
-        self.counts[3] = streak
+        # finite steps, their images, skipped steps, current streak of non-finite ones
+        self.counts = torch.tensor([start.steps, start.images, start.skipped, streak], dtype=torch.int64, device=device)
         self.limit_step = torch.full((), -1, dtype=torch.int64, device=device)
 
     def add(self, step: dict[str, torch.Tensor], num_images: int, i: int) -> None:
@@ -356,7 +359,7 @@ def train_one_epoch(run: Run, state: RunState, epoch: int) -> EpochStats:
             due = bar.due(i)
             stop = (due or not D.is_dist()) and D.any_rank(run.stop.signal is not None)  # all ranks: same i
             loss = None
-            if due:
+            if due or stop:  # a stop: the sums of every step done, for interrupted.pt
                 seen, loss = report_steps(run, state, stats, meter.read(), seen, lr, epoch)
             bar.update(i, lr, loss)
             if stop:

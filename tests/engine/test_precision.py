@@ -205,3 +205,16 @@ def test_detections_to_host_is_one_copy_per_batch_and_keeps_values():
         np.testing.assert_array_equal(h["scores"], o["scores"].double().numpy())
         np.testing.assert_array_equal(h["labels"], o["labels"].numpy())
         assert h["labels"].dtype == np.int64
+
+
+def test_step_meter_continues_the_sums_of_a_resumed_epoch():
+    from retinanet.engine.train import EpochStats
+
+    start = EpochStats(sums={"loss": 3.0, "classification": 2.0, "bbox_regression": 1.0}, steps=2, images=4, skipped=1)
+    meter = StepMeter(torch.device("cpu"), LOSSES, streak=1, limit=3, start=start)
+    step = {"loss": torch.tensor(1.5), "classification": torch.tensor(1.0), "bbox_regression": torch.tensor(0.5),
+            "finite": torch.tensor(True)}
+    meter.add(step, 2, 3)
+    r = meter.read()
+    assert (r.steps, r.images, r.skipped, r.streak, r.limit_step) == (3, 6, 1, 0, -1)
+    assert r.sums == {"loss": 4.5, "classification": 3.0, "bbox_regression": 1.5} and r.last["loss"] == 1.5
