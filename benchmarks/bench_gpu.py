@@ -58,6 +58,7 @@ START = time.perf_counter()  # --time-budget counts from here (after the imports
 import retinanet  # noqa: E402
 from bench_model import Runner, build_torchvision, load_average, machine, setup, time_mode  # noqa: E402
 from retinanet import build_model  # noqa: E402
+from retinanet.engine.precision import resolve_precision  # noqa: E402
 from retinanet.config import DataConfig  # noqa: E402
 from retinanet.data import build_datasets, build_loader, make_synthetic  # noqa: E402
 
@@ -90,8 +91,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--score-thresh", type=float, default=0.05, help="inference score threshold (both)")
     p.add_argument("--iters", type=int, help="timed rounds per row (each times both models) [10]")
     p.add_argument("--warmup", type=int, help="untimed rounds per row [3]")
-    p.add_argument("--amp-dtype", default="bf16", choices=["bf16", "fp16"],
-                   help="autocast dtype of the AMP rows [bf16]")
+    p.add_argument("--amp-dtype", default="auto", choices=["auto", "bf16", "fp16"],
+                   help="autocast dtype of the AMP rows; auto: what `retinanet train` picks on a GPU (bf16 where "
+                   "the card has it, else fp16 with gradient scaling) and bf16 on CPU [auto]")
     p.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark = True "
                    "(off by default, as in retinanet train)")
     p.add_argument("--loader-images", type=int, help="synthetic JPEGs for the loader rows (0: no loader rows) [256]")
@@ -151,7 +153,10 @@ def make_inputs(args: argparse.Namespace, device: torch.device):
     return images, targets
 
 
-def amp_dtype_of(args: argparse.Namespace) -> torch.dtype:
+def amp_dtype_of(args: argparse.Namespace, device: torch.device) -> torch.dtype:
+    """The AMP rows' dtype; ``args.amp_dtype`` becomes its name ("auto" resolved as ``retinanet`` does)."""
+    if args.amp_dtype == "auto":
+        args.amp_dtype = resolve_precision("on", device).name  # on: bf16 also on CPUs without native bf16
     return torch.bfloat16 if args.amp_dtype == "bf16" else torch.float16
 
 
@@ -446,7 +451,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     device = setup(args)
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
-    amp = amp_dtype_of(args)
+    amp = amp_dtype_of(args, device)
     models = build_models(args, device)
     images, targets = make_inputs(args, device)
     header = {

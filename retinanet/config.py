@@ -99,7 +99,7 @@ class TrainConfig:
     lr_steps: tuple[int, ...] = (8, 11)  # epochs at which multistep multiplies the lr by lr_gamma
     lr_gamma: float = 0.1
     clip_grad_norm: float | None = None
-    amp: bool = False
+    amp: str = "auto"  # mixed precision: auto | on | bf16 | fp16 | off (retinanet.engine.precision)
     channels_last: bool = True  # model and batches in NHWC memory (same math; faster on recent CPUs and GPUs)
     ema: bool = False
     ema_decay: float = 0.9998
@@ -114,9 +114,14 @@ class TrainConfig:
     resume: str | None = None
     sync_bn: bool = False
     eval_every: int = 1  # evaluate every N epochs (and always after the last one)
-    print_every: int = 20  # a progress line every N steps in train.log (and on stdout when it is not a terminal)
+    print_every: int = 20  # every N steps: losses read from the device, a progress line in train.log (and on stdout
+    # when it is not a terminal), TensorBoard step scalars; between these points a step does not wait for the device
     tensorboard: bool = False
     max_bad_steps: int = 20  # stop after this many consecutive non-finite losses
+
+    def __post_init__(self):
+        if isinstance(self.amp, bool):  # configs and checkpoints written when amp was a switch
+            object.__setattr__(self, "amp", "on" if self.amp else "off")
 
 
 SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}

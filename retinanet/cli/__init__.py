@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from retinanet import __version__
 from retinanet.checkpoint_io import check_output_path
 from retinanet.cli.demo import add_demo_parser, demo_options, run_demo
-from retinanet.cli.options import add_data_options, add_image_options, data_config_from_args
+from retinanet.cli.options import add_amp_options, add_data_options, add_image_options, data_config_from_args
 from retinanet.cli.train import add_train_parser, cmd_train
 from retinanet.config import ModelConfig
 from retinanet.data import check_dataset, make_synthetic
@@ -101,7 +101,7 @@ def _add_eval(sub) -> None:
     p.add_argument("--batch-size", type=int, default=2, help="images per batch and process [2]")
     p.add_argument("--workers", type=int, default=2, help="data loading processes [2]")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... [auto]")
-    p.add_argument("--amp", action="store_true", help="mixed precision inference (bf16; fp16 on GPUs without bf16)")
+    add_amp_options(p, "auto")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True, help="run the model in channels_last (NHWC) memory layout: the same detections, usually faster [on]")
     p.add_argument("--min-size", type=int, help="short side of the network input (default: the checkpoint's)")
     p.add_argument("--max-size", type=int, help="cap on the long side (default: the checkpoint's)")
@@ -137,6 +137,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"\nVOC AP50 (continuous IoU): mAP {100 * r.voc['mAP']:.2f} (all-point), {100 * r.voc['mAP_07']:.2f} (11-point VOC2007)")
     print(f"\n{r.num_images} images, {len(r.detections)} detections: AP {100 * r.metrics['AP']:.2f}, "
           f"AP50 {100 * r.metrics['AP50']:.2f}; results in {args.out} (eval.json, detections.json, pr_curves.png)")
+    print(f"precision: {run.precision}")
     return 0
 
 
@@ -165,6 +166,7 @@ def _add_predict(sub) -> None:
                    "normalised cx cy w h) and their class names (OUT/data.yaml)")
     p.add_argument("--save-conf", action="store_true", help="with --save-txt: append each detection's score to its line")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True, help="run the model in channels_last (NHWC) memory layout: the same detections, usually faster [on]")
+    add_amp_options(p, "auto")
     p.add_argument("--no-draw", action="store_true", help="do not write drawn images")
     add_image_options(p.add_argument_group("image files"))
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -178,7 +180,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise RetinaNetError("--save-conf adds scores to the YOLO labels of --save-txt: give --save-txt too")
     sizes = {"min_size": args.min_size, "max_size": args.max_size}
     pixels = {"max_image_pixels": args.max_image_pixels} if args.max_image_pixels else {}
-    detector = Detector.load(args.weights, local_device(args.device), channels_last=args.channels_last, exif=args.exif,
+    detector = Detector.load(args.weights, local_device(args.device), channels_last=args.channels_last, amp=args.amp, exif=args.exif,
                              **pixels, **{k: v for k, v in sizes.items() if v})
     classes = tuple(n.strip() for group in args.classes_filter or () for n in group.split(",") if n.strip())
     opts = PredictOptions(
@@ -188,6 +190,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     )
     summary = predict(detector, files, opts)
     print(summary.text())
+    print(f"precision: {detector.precision.describe()}")
     return 1 if summary.num_images == 0 else 0
 
 

@@ -15,8 +15,20 @@ from typing import Any
 
 from retinanet.config import SECTIONS, DataConfig, resolve_config
 from retinanet.data.images import EXIF_POLICIES
+from retinanet.engine.precision import AMP_MODES
 
 OPTION_TO_FIELD = {"data": "root"}  # option destinations whose config field has another name
+
+
+def add_amp_options(p, default: str) -> None:
+    """``--amp [MODE]`` (alone: "on") and ``--no-amp`` (= ``--amp off``); ``default`` is shown in
+    brackets (``argparse.SUPPRESS`` for train: the config decides, "auto" by default)."""
+    shown = "auto" if default == argparse.SUPPRESS else default
+    p.add_argument("--amp", nargs="?", const="on", choices=AMP_MODES, default=default, metavar="MODE",
+                   help="mixed precision: auto (bf16 on GPUs that have it, else fp16 with gradient scaling; bf16 on CPUs "
+                   "with AVX512-BF16/AMX; else off), on (also bf16 on other CPUs), bf16, fp16 (GPUs only), off; "
+                   f"--amp alone = on [{shown}]")
+    p.add_argument("--no-amp", dest="amp", action="store_const", const="off", default=default, help="= --amp off")
 
 
 def add_data_options(p: argparse.ArgumentParser, *, from_config: bool = False, augment: bool = False) -> None:

@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from retinanet.cli.options import add_data_options, given_options
+from retinanet.cli.options import add_amp_options, add_data_options, given_options
 from retinanet.config import (RECIPES_DIR, SECTIONS, DataConfig, ModelConfig, TrainConfig, find_config, read_config_file,
                               recipe_names, resolve_config)
 from retinanet.checkpoint_io import read_file
@@ -70,13 +70,13 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
     t.add_argument("--lr-steps", type=int, nargs="+", default=S, metavar="EPOCH", help=f"multistep: epochs where the lr is multiplied by --lr-gamma [{' '.join(map(str, t0.lr_steps))}]")
     t.add_argument("--lr-gamma", type=float, default=S, help=f"multistep factor [{t0.lr_gamma}]")
     t.add_argument("--clip-grad", dest="clip_grad_norm", type=float, default=S, metavar="NORM", help="clip the gradient norm to this [off]")
-    t.add_argument("--amp", action=argparse.BooleanOptionalAction, default=S, help="mixed precision (fp16 + grad scaling on GPUs, bf16 on CPU) [off]")
+    add_amp_options(t, S)
     t.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=S, help="run the model in channels_last (NHWC) memory layout: the same results, usually faster (BENCHMARKS.md) [on]")
     t.add_argument("--ema", action=argparse.BooleanOptionalAction, default=S, help="keep an exponential moving average of the weights; it is evaluated and saved as 'ema' [off]")
     t.add_argument("--ema-decay", type=float, default=S, help=f"EMA decay, ramped up over the first steps [{t0.ema_decay}]")
     t.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=S, help="SyncBatchNorm across processes (DDP with --norm bn) [off]")
     t.add_argument("--eval-every", type=int, default=S, metavar="N", help=f"evaluate every N epochs and after the last; best.pt only changes then [{t0.eval_every}]")
-    t.add_argument("--print-every", type=int, default=S, metavar="N", help=f"a progress line every N steps in train.log (on stdout when it is not a terminal) [{t0.print_every}]")
+    t.add_argument("--print-every", type=int, default=S, metavar="N", help=f"read the losses from the device every N steps: a progress line in train.log (on stdout when it is not a terminal), TensorBoard step scalars [{t0.print_every}]")
     t.add_argument("--seed", type=int, default=S, help=f"[{t0.seed}]")
     t.add_argument("--device", default=S, help=f"auto, cpu, cuda, cuda:1 ... [{t0.device}]")
     t.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=S, help="also log to RUN_DIR/tensorboard (needs: pip install 'retinanet[tensorboard]') [off]")

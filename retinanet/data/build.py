@@ -234,7 +234,7 @@ class EpochSeededLoader(DataLoader):
 
 
 def build_loader(dataset: DetectionDataset, *, batch_size: int, workers: int, train: bool, distributed: bool = False,
-                 seed: int = 0, aspect_grouping: bool = True) -> DataLoader:
+                 seed: int = 0, aspect_grouping: bool = True, pin_memory: bool = False) -> DataLoader:
     """DataLoader yielding ``(images: list[Tensor [3, H, W] uint8], targets: list[dict])``.
 
     Args:
@@ -247,6 +247,8 @@ def build_loader(dataset: DetectionDataset, *, batch_size: int, workers: int, tr
             to equal shards; evaluation: disjoint shards, no duplicates).
         seed: shuffling and worker seed.
         aspect_grouping: batch images of one aspect group (w/h < 1 vs >= 1) together.
+        pin_memory: batches in page-locked memory (for a CUDA device: ``non_blocking`` copies are
+            then asynchronous).
     """
     rank, world = 0, 1
     if distributed:
@@ -257,5 +259,5 @@ def build_loader(dataset: DetectionDataset, *, batch_size: int, workers: int, tr
     sampler = GroupedBatchSampler(groups, batch_size, shuffle=train, seed=seed, rank=rank, world_size=world)
     return EpochSeededLoader(
         dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate, seed=seed,
-        generator=torch.Generator(), persistent_workers=False,
+        generator=torch.Generator(), persistent_workers=False, pin_memory=pin_memory,
     )

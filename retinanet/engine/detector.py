@@ -32,6 +32,7 @@ from torch import Tensor
 from retinanet.data.classes import coco_category_names
 from retinanet.data.images import DEFAULT_MAX_PIXELS, _to_rgb, check_exif_policy, open_rgb, pil_to_tensor
 from retinanet.engine.checkpoint import load_model
+from retinanet.engine.precision import resolve_precision
 from retinanet.errors import RetinaNetError
 from retinanet.geometry import resize_boxes, resize_image
 
@@ -121,18 +122,22 @@ class Detector:
         class_names: class id -> name (``class_names_of``).
         exif: EXIF rule for images read from paths: "auto" | "apply" | "ignore".
         max_image_pixels: larger images read from paths are refused; None = no limit.
+        amp: mixed precision mode (``retinanet.engine.precision``): "auto" = bf16 (fp16 on GPUs
+            without bf16) where the hardware runs it fast, "on", "bf16", "fp16", "off".
     """
 
     def __init__(self, model: torch.nn.Module, class_names: dict[int, str], *, exif: str = "auto",
-                 max_image_pixels: int | None = DEFAULT_MAX_PIXELS):
+                 max_image_pixels: int | None = DEFAULT_MAX_PIXELS, amp: str | bool = "auto"):
         self.model = model.eval()
+        self.precision = resolve_precision(amp, next(model.parameters()).device)
         self.class_names = dict(class_names)
         self.exif = check_exif_policy(exif)
         self.max_image_pixels = max_image_pixels
 
     @classmethod
     def load(cls, weights: str | os.PathLike, device: str | torch.device = "cpu", *, channels_last: bool = False,
-             exif: str = "auto", max_image_pixels: int | None = DEFAULT_MAX_PIXELS, **overrides: Any) -> Detector:
+             exif: str = "auto", max_image_pixels: int | None = DEFAULT_MAX_PIXELS, amp: str | bool = "auto",
+             **overrides: Any) -> Detector:
         """A detector from our checkpoint or an official torchvision RetinaNet file.
 
         Args:
@@ -140,14 +145,14 @@ class Detector:
                 outputs gets the COCO names (labels are COCO category ids).
             device: "cpu", "cuda", "cuda:1", ... or a ``torch.device``.
             channels_last: run the model in NHWC memory layout (same results, usually faster on GPUs).
-            exif, max_image_pixels: how paths are read (class docstring).
+            exif, max_image_pixels: how paths are read; amp: mixed precision (class docstring).
             overrides: ``ModelConfig`` fields to replace (``min_size``, ``max_size``, ``nms_thresh``, ...).
         Raises:
             CheckpointError: unreadable file, or weights that do not fit the model.
         """
         model, class_map = load_model(weights, device, channels_last=channels_last, **overrides)
         return cls(model, class_names_of(class_map, model.config.num_classes), exif=exif,
-                   max_image_pixels=max_image_pixels)
+                   max_image_pixels=max_image_pixels, amp=amp)
 
     @property
     def device(self) -> torch.device:
@@ -218,7 +223,8 @@ class Detector:
         config = self.model.config
         self.model.config = dataclasses.replace(config, score_thresh=float(score_thresh))  # for this call only
         try:
-            outputs = self.model([im.to(self.device, non_blocking=True) for im in images])
+            with self.precision.autocast(self.device.type):
+                outputs = self.model([im.to(self.device, non_blocking=True) for im in images])
         finally:
             self.model.config = config
         sources = list(sources) if sources is not None else [None] * len(images)
@@ -273,7 +279,7 @@ class Detector:
     def __repr__(self) -> str:
         c = self.model.config
         return (f"Detector({c.arch}, {len(self.class_names)} classes, input {c.min_size}..{c.max_size} px, "
-                f"device {self.device}, exif={self.exif!r})")
+                f"device {self.device}, {self.precision.name}, exif={self.exif!r})")
 
 
 __all__ = ["Detections", "Detector", "class_names_of", "filter_detections"]

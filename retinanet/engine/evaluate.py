@@ -30,6 +30,7 @@ from retinanet.engine.distributed import (
     all_gather_object, barrier, init_distributed, is_dist, is_main_process, local_device,
 )
 from retinanet.engine.plots_eval import plot_pr_curves
+from retinanet.engine.precision import resolve_precision
 from retinanet.engine.voc_eval import voc_metrics
 from retinanet.errors import RetinaNetError
 
@@ -97,14 +98,6 @@ def _to_original(boxes: torch.Tensor, size: tuple[int, int], orig_size: tuple[in
     return boxes.detach().cpu().to(torch.float64).numpy().reshape(-1, 4) * scale
 
 
-def _autocast(device: torch.device, amp: bool):
-    """bf16 autocast on CPU and on GPUs that support it, fp16 on older GPUs; a no-op if not amp."""
-    dtype = torch.bfloat16
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        dtype = torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype, enabled=amp)
-
-
 def _gt_record(target: dict[str, Any], image_hw: tuple[int, int]) -> dict[str, Any]:
     """Ground truth of one dataset target in original pixels (``coco_eval`` format)."""
     orig = tuple(int(v) for v in target["orig_size"])
@@ -121,29 +114,48 @@ def _gt_record(target: dict[str, Any], image_hw: tuple[int, int]) -> dict[str, A
     }
 
 
-def _det_record(out: dict[str, torch.Tensor], image_hw: tuple[int, int], gt: dict[str, Any]) -> dict[str, Any]:
-    """The model's detections of one image (in the frame of the image given) in original pixels."""
+def _det_record(out: dict[str, np.ndarray], image_hw: tuple[int, int], gt: dict[str, Any]) -> dict[str, Any]:
+    """The model's detections of one image (host arrays, in the frame of the image given) in original pixels."""
     return {
         "image_id": gt["image_id"],
-        "boxes": _to_original(out["boxes"], image_hw, (gt["height"], gt["width"])),
-        "scores": out["scores"].detach().float().cpu().numpy().astype(np.float64),
-        "labels": out["labels"].cpu().numpy().astype(np.int64),
+        "boxes": _to_original(torch.from_numpy(out["boxes"]), image_hw, (gt["height"], gt["width"])),
+        "scores": out["scores"],
+        "labels": out["labels"],
     }
 
 
-def collect_predictions(model, loader, device: torch.device, amp: bool = False, progress: bool = True):
+def detections_to_host(outputs: list[dict[str, torch.Tensor]]) -> list[dict[str, np.ndarray]]:
+    """A batch's detections copied to the host in one transfer (not three per image).
+
+    Args:
+        outputs: per image ``{"boxes": [K_i, 4], "scores": [K_i], "labels": [K_i]}`` on any device.
+    Returns:
+        per image ``{"boxes": [K_i, 4] float64, "scores": [K_i] float64, "labels": [K_i] int64}``.
+    """
+    if not outputs:
+        return []
+    packed = torch.cat([torch.cat([o["boxes"].double(), o["scores"].double()[:, None], o["labels"].double()[:, None]], 1)
+                        for o in outputs]).cpu().numpy()  # [sum K_i, 6]; labels are small ints: exact in float64
+    parts = np.split(packed, np.cumsum([len(o["scores"]) for o in outputs])[:-1])
+    return [{"boxes": p[:, :4], "scores": p[:, 4], "labels": p[:, 5].astype(np.int64)} for p in parts]
+
+
+def collect_predictions(model, loader, device: torch.device, amp: str | bool = "off", progress: bool = True):
     """Run ``model`` over ``loader``: per-image ground truth and detections in original pixels.
 
+    Args:
+        amp: mixed precision mode (``retinanet.engine.precision.AMP_MODES``).
     Returns:
         (gt, dets): lists of per-image dicts (``coco_eval`` formats; numpy arrays), this rank only.
     """
+    precision = resolve_precision(amp, device)
     gt, dets = [], []
     batches = tqdm(loader, desc="eval", unit="batch", file=sys.stderr, dynamic_ncols=True,
                    disable=not (progress and is_main_process()))
     for images, targets in batches:
-        with _autocast(device, amp):
+        with precision.autocast(device.type):
             outputs = model([img.to(device, non_blocking=True) for img in images])
-        for img, target, out in zip(images, targets, outputs):
+        for img, target, out in zip(images, targets, detections_to_host(outputs)):
             image_hw = tuple(int(v) for v in img.shape[-2:])
             gt.append(_gt_record(target, image_hw))
             dets.append(_det_record(out, image_hw, gt[-1]))
@@ -185,7 +197,7 @@ def compute_metrics(gt, dets, class_map: dict[str, int] | None, voc: bool = Fals
 
 
 @torch.inference_mode()
-def evaluate(model, loader, *, device, class_map, amp: bool = False, progress: bool = True, voc: bool = False,
+def evaluate(model, loader, *, device, class_map, amp: str | bool = "auto", progress: bool = True, voc: bool = False,
              backend: str | None = None) -> EvalResult:
     """Evaluate ``model`` on every batch of ``loader`` (all ranks must call it).
 
@@ -196,7 +208,8 @@ def evaluate(model, loader, *, device, class_map, amp: bool = False, progress: b
             ``size``).
         device: where the model runs.
         class_map: ``ClassMap`` or ``{"name": id}`` of the dataset; None = ids found in the data.
-        amp: autocast (bf16, fp16 on GPUs without bf16).
+        amp: mixed precision mode (``retinanet.engine.precision``: auto = bf16/fp16 where the
+            hardware has it).
         progress: tqdm bar on stderr (main process only).
         voc: also compute the VOC protocol AP50 (11-point and all-point).
         backend: COCOeval implementation, see ``coco_eval.run_cocoeval`` (default pycocotools).
@@ -265,7 +278,7 @@ class EvalOptions:
     batch_size: int = 2
     workers: int = 2
     device: str = "auto"
-    amp: bool = False
+    amp: str | bool = "auto"  # retinanet.engine.precision.AMP_MODES
     channels_last: bool = True
     progress: bool = True
     backend: str | None = None
@@ -279,6 +292,7 @@ class EvalRun:
     result: EvalResult
     paths: dict[str, Path]
     warnings: list[str]
+    precision: str = ""  # what ``opts.amp`` resolved to, and why (``Precision.describe``)
 
 
 def run_eval(data_cfg, opts: EvalOptions) -> EvalRun:
@@ -306,10 +320,11 @@ def run_eval(data_cfg, opts: EvalOptions) -> EvalRun:
     if model_map is None and cfg.num_classes == 91:
         model_map = {n: i for i, n in coco_category_names().items()}
     warnings = class_map_problems(model_map, data_map, cfg.num_classes)
+    precision = resolve_precision(opts.amp, device)  # an impossible mode fails before the data is read
     loader = build_loader(datasets.val, batch_size=opts.batch_size, workers=opts.workers, train=False,
-                          distributed=is_dist(), seed=0, aspect_grouping=False)
-    result = evaluate(model, loader, device=device, class_map=data_map, amp=opts.amp, progress=opts.progress,
+                          distributed=is_dist(), seed=0, aspect_grouping=False, pin_memory=device.type == "cuda")
+    result = evaluate(model, loader, device=device, class_map=data_map, amp=precision.mode, progress=opts.progress,
                       voc=opts.voc, backend=opts.backend)
     paths = write_eval_outputs(result, opts.out) if opts.out and is_main_process() else {}
     barrier()
-    return EvalRun(result, paths, warnings)
+    return EvalRun(result, paths, warnings, precision.describe())

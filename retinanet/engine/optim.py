@@ -48,14 +48,44 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> float:
     return lr
 
 
-def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """SGD (momentum, weight decay) or AdamW over the trainable parameters."""
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, fused: bool = False) -> torch.optim.Optimizer:
+    """SGD (momentum, weight decay) or AdamW over the trainable parameters.
+
+    ``fused`` (CPU and CUDA): one fused kernel per step, which ``optimizer_step`` can also tell to
+    skip a step on the device. SGD's momentum buffers then start at zero (the first step gives the
+    same buffer, the gradient, as torch's lazy start; a skipped first step leaves them defined).
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, fused=fused)
+        if fused and cfg.momentum:
+            for p in params:
+                opt.state[p]["momentum_buffer"] = torch.zeros_like(p)
+        return opt
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
     raise RetinaNetError(f"unknown optimizer '{cfg.optimizer}' (sgd or adamw)")
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, finite: torch.Tensor) -> None:
+    """``optimizer.step()`` unless the 0-dim bool ``finite`` is False, then weights and optimizer
+    state stay as they were.
+
+    Decided on the device for fused optimizers (their ``found_inf`` input, as ``GradScaler`` uses
+    it) and for fp16 (an enabled ``scaler`` skips steps whose gradients are not finite, as those of
+    a non-finite loss are); otherwise ``finite`` is read on the host (a sync).
+    """
+    if scaler.is_enabled():
+        scaler.step(optimizer)
+        scaler.update()
+    elif optimizer.defaults.get("fused"):
+        optimizer.found_inf = (~finite).float()
+        try:
+            optimizer.step()
+        finally:
+            del optimizer.found_inf
+    elif bool(finite):
+        optimizer.step()
 
 
 def ema_multi_avg_fn(decay: float, ramp_iters: int):

@@ -299,7 +299,8 @@ def predict(detector: Detector, files: list[tuple[Path, str]], opts: PredictOpti
     c = detector.model.config
     images = ImageFiles([p for p, _ in files], c.min_size, c.max_size, keep_original=opts.draw,
                         exif=detector.exif, max_pixels=detector.max_image_pixels)
-    loader = torch.utils.data.DataLoader(images, batch_size=opts.batch_size, num_workers=opts.workers, collate_fn=_collate)
+    loader = torch.utils.data.DataLoader(images, batch_size=opts.batch_size, num_workers=opts.workers, collate_fn=_collate,
+                                         pin_memory=detector.device.type == "cuda")
     records, failures = [], []
     with tqdm(total=len(files), desc="predict", unit="img", file=sys.stderr, dynamic_ncols=True, disable=not opts.progress) as bar:
         for batch in loader:

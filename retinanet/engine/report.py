@@ -1,7 +1,8 @@
 """What a training run reports: log lines, progress, per-epoch files and the end summary.
 
 - ``RunLog``: every line goes to ``train.log`` (main process) and, when echoing, to stdout.
-- ``StepProgress``: a tqdm bar on a terminal, and a progress line every N steps in the log.
+- ``StepProgress``: a tqdm bar on a terminal, and a progress line every N steps in the log (the mean
+  loss since the previous line: losses are read from the device only then).
 - ``epoch_line(row)``: the line after an epoch; a *row* is one epoch's numbers (a ``results.csv``
   row: losses, lr, the 12 COCO metrics or None, timing, memory, skipped steps).
 - ``write_epoch_files(out, history, ...)``: ``results.csv``, ``metrics.json``, ``results.png``.
@@ -90,15 +91,21 @@ class StepProgress:
                     if show and log.echo and sys.stderr.isatty() else None)
         self.t0 = time.time()
 
-    def update(self, i: int, losses: dict[str, float] | None, lr: float) -> None:
-        """After step ``i`` (0-based) of the epoch; ``losses`` None: a skipped (non-finite) step."""
-        loss = losses["loss"] if losses else float("nan")
+    def due(self, i: int) -> bool:
+        """True after step ``i`` (0-based) when a progress line is due: every ``every`` steps and at the last."""
+        return (i + 1) % self.every == 0 or i + 1 == self.total
+
+    def update(self, i: int, lr: float, loss: float | None = None) -> None:
+        """After step ``i`` (0-based) of the epoch; ``loss``: the mean loss since the last line (None:
+        not read at this step, or no finite step since), shown on the bar and in the due lines."""
         if self.bar is not None:
-            self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.3g}", refresh=False)
+            if loss is not None:
+                self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.3g}", refresh=False)
             self.bar.update(1)
-        if (i + 1) % self.every == 0 or i + 1 == self.total:
+        if self.due(i):
             eta = (time.time() - self.t0) / (i + 1) * (self.total - i - 1)
-            self.log.line(f"{self.desc} step {i + 1}/{self.total} loss {loss:.4f} lr {lr:.4g} eta {hms(eta)}",
+            shown = "nan" if loss is None else f"{loss:.4f}"
+            self.log.line(f"{self.desc} step {i + 1}/{self.total} loss {shown} lr {lr:.4g} eta {hms(eta)}",
                           echo=self.bar is None)
 
     def __enter__(self) -> StepProgress:
@@ -172,7 +179,7 @@ def tensorboard_writer_class():
 
 
 def tensorboard_step(tb, losses: dict[str, float], lr: float, it: int) -> None:
-    """``train/<loss>`` and ``train/lr`` at global step ``it``."""
+    """``train/<loss>`` (mean of the steps since the last logging point) and ``train/lr`` at global step ``it``."""
     for k, v in losses.items():
         tb.add_scalar(f"train/{k}", v, it)
     tb.add_scalar("train/lr", lr, it)

@@ -4,19 +4,25 @@ Single process or DDP under torchrun (gloo on CPU, NCCL on GPUs; only rank 0 wri
 prints). A run reads top-down:
 
 - set-up (``_train``, ``setup``): data, model, optimizer, EMA, loaders; ``restore`` on resume;
-- one epoch (``train_one_epoch``): ``train_step`` per batch, ``record_step`` after it;
+- one epoch (``train_one_epoch``): ``train_step`` per batch, counted on the device by ``StepMeter``,
+  read by ``report_steps`` every ``print_every`` steps;
 - end of epoch (``end_epoch``): every ``eval_every`` epochs (and after the last) evaluate (COCO
   metrics, split across ranks and gathered); write ``last.pt`` (``best.pt`` when the evaluated AP
   improved; plain types, ``weights_only`` loadable) and the epoch's row (``retinanet.engine.report``:
   ``results.csv``, ``metrics.json``, ``results.png``); ``train.log`` keeps every line printed.
 
 A new run never writes into a run directory that holds another run (``check_run_dir``: resume
-it, or ``exist_ok``). SIGINT/SIGTERM stop after the current step with ``interrupted.pt``, which
-also holds the position in the epoch: a resume from it continues at the next step with the same
-batches, lr and RNG states (bit-identical on CPU with ``workers=0``). A run deletes only the
-``interrupted.pt`` it resumed from, once past it. Non-finite losses are skipped
-and counted (stop after ``max_bad_steps`` in a row). Schedule, optimizer, EMA and RNG helpers are
-in ``retinanet.engine.optim``.
+it, or ``exist_ok``). SIGINT/SIGTERM stop after the current step (under DDP: at the next logging
+point, every ``print_every`` steps) with ``interrupted.pt``, which also holds the position in the
+epoch: a resume from it continues at the next step with the same batches, lr and RNG states
+(bit-identical on CPU with ``workers=0``). A run deletes only the ``interrupted.pt`` it resumed
+from, once past it. Non-finite losses are skipped and counted (stop after ``max_bad_steps`` in a
+row). Precision (``--amp``): ``retinanet.engine.precision``. Schedule, optimizer, EMA and RNG
+helpers are in ``retinanet.engine.optim``.
+
+The steps do not wait for the device: losses, counts and the non-finite flag stay on it
+(``StepMeter``) and are read every ``print_every`` steps and at the end of the epoch; a step with
+a non-finite loss is skipped on the device (fused optimizers' ``found_inf``; fp16: the GradScaler).
 """
 
 from __future__ import annotations
@@ -39,7 +45,9 @@ from retinanet.data import Datasets, build_datasets, build_loader
 from retinanet.engine import distributed as D
 from retinanet.engine.coco_eval import METRIC_NAMES
 from retinanet.engine.evaluate import EvalResult, evaluate
-from retinanet.engine.optim import build_ema, build_optimizer, lr_factor, rng_state, seed_everything, set_lr, set_rng_state
+from retinanet.engine.optim import (build_ema, build_optimizer, lr_factor, optimizer_step, rng_state, seed_everything, set_lr,
+                                    set_rng_state)
+from retinanet.engine.precision import Precision, normalize_mode, resolve_precision
 from retinanet.engine.report import (LOSSES, RunLog, StepProgress, epoch_line, format_run_summary, make_summary,
                                      peak_memory_mb, tensorboard_epoch, tensorboard_step, tensorboard_writer_class,
                                      write_epoch_files)
@@ -80,7 +88,7 @@ class RunState:
     best_ap: float = -1.0
     best_epoch: int = -1  # 1-based epoch of best_ap; -1 = none evaluated yet
     history: list[dict[str, Any]] = field(default_factory=list)  # one row per epoch (results.csv)
-    bad_in_a_row: int = 0  # consecutive non-finite losses
+    bad_in_a_row: int = 0  # consecutive non-finite losses (as of the last read of the step meter)
     step: int = 0  # batches of epoch ``epoch`` already done (resumed mid-epoch from interrupted.pt)
     epoch_stats: EpochStats | None = None  # and their sums
 
@@ -97,6 +105,59 @@ class EpochStats:
 
 
 @dataclass
+class MeterReading:
+    """What ``StepMeter.read`` copies to the host: the epoch's sums so far."""
+
+    sums: dict[str, float]  # loss name -> sum over the finite steps
+    steps: int  # finite steps
+    images: int  # their images
+    skipped: int  # non-finite steps
+    streak: int  # consecutive non-finite steps up to the last one (across epochs)
+    limit_step: int  # 0-based step of the epoch at which the streak reached the limit; -1: it did not
+    last: dict[str, float]  # the losses of the last step (nan if it was not finite)
+
+
+class StepMeter:
+    """One epoch's step statistics kept on the device, so that a step never waits for it.
+
+    ``add`` after every step (device ops only); ``read`` (one copy to the host: a sync) at the
+    logging points. Args: ``keys``: the loss names of ``train_step``'s result; ``streak``: the
+    consecutive non-finite steps before; ``limit``: the streak that ``read`` reports; ``start``:
+    the sums of the epoch's steps done before (a run resumed mid-epoch).
+    """
+
+    def __init__(self, device: torch.device, keys: tuple[str, ...], streak: int, limit: int,
+                 start: EpochStats | None = None):
+        start = start or EpochStats()
+        self.keys, self.limit = keys, limit
+        self.dtype = torch.float32 if device.type == "mps" else torch.float64  # mps has no float64
+        self.sums = torch.tensor([start.sums.get(k, 0.0) for k in keys], dtype=self.dtype, device=device)
+        self.last = torch.zeros(len(keys), dtype=self.dtype, device=device)
+        # finite steps, their images, skipped steps, current streak of non-finite ones
+        self.counts = torch.tensor([start.steps, start.images, start.skipped, streak], dtype=torch.int64, device=device)
+        self.limit_step = torch.full((), -1, dtype=torch.int64, device=device)
+
+    def add(self, step: dict[str, torch.Tensor], num_images: int, i: int) -> None:
+        """Count step ``i`` (0-based in the epoch): ``step`` is ``train_step``'s result."""
+        finite = step["finite"]
+        values = torch.stack([step[k] for k in self.keys]).to(self.dtype)
+        self.sums += torch.where(finite, values, 0.0)  # where, not a product: nan * 0 is nan
+        self.last = torch.where(finite, values, float("nan"))
+        f = finite.to(torch.int64)
+        streak = (self.counts[3] + 1) * (1 - f)
+        self.counts += torch.stack((f, f * num_images, 1 - f, streak - self.counts[3]))
+        self.limit_step = torch.where((streak >= self.limit) & (self.limit_step < 0), i, self.limit_step)
+
+    def read(self) -> MeterReading:
+        """The sums so far, in one device-to-host copy."""
+        v = torch.cat([self.sums, self.last, self.counts.to(self.dtype), self.limit_step.to(self.dtype)[None]]).tolist()
+        n = len(self.keys)
+        steps, images, skipped, streak, limit_step = (int(x) for x in v[2 * n:])
+        return MeterReading(dict(zip(self.keys, v[:n])), steps, images, skipped, streak, limit_step,
+                            dict(zip(self.keys, v[n:2 * n])))
+
+
+@dataclass
 class Run:
     """The parts of a training run that the epoch functions use (built by ``setup``)."""
 
@@ -107,7 +168,8 @@ class Run:
     model: torch.nn.Module  # the bare model: saved, and evaluated when there is no EMA
     net: torch.nn.Module  # what the steps run: DistributedDataParallel(model) or model itself
     optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler
+    scaler: torch.amp.GradScaler  # enabled for fp16 only
+    precision: Precision  # the autocast dtype of the steps and evaluations
     ema: torch.optim.swa_utils.AveragedModel | None
     train_loader: Any
     val_loader: Any
@@ -222,6 +284,7 @@ def check_train_config(cfg: TrainConfig) -> None:
     for name in ("epochs", "batch_size", "eval_every", "print_every", "max_bad_steps"):
         if getattr(cfg, name) < 1:
             raise RetinaNetError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    normalize_mode(cfg.amp)
 
 
 def read_datasets(data_cfg: DataConfig, model_cfg: ModelConfig) -> Datasets:
@@ -235,7 +298,8 @@ def read_datasets(data_cfg: DataConfig, model_cfg: ModelConfig) -> Datasets:
 
 def setup(model: torch.nn.Module, model_cfg: ModelConfig, data_cfg: DataConfig, cfg: TrainConfig, data: Datasets,
           device: torch.device, distributed: bool, log: RunLog, progress: bool) -> Run:
-    """Start weights (``retinanet.engine.start``, not on resume), SyncBN/DDP, optimizer, scaler, EMA, loaders."""
+    """Start weights (``retinanet.engine.start``, not on resume), SyncBN/DDP, precision, optimizer,
+    scaler, EMA, loaders. The saved config holds the precision that runs (``amp``: bf16, fp16 or off)."""
     reinit: list[str] = []
     if not cfg.resume:
         cfg, reinit, line = load_start(model, cfg, progress)  # cfg records the file's sha256
@@ -246,16 +310,21 @@ def setup(model: torch.nn.Module, model_cfg: ModelConfig, data_cfg: DataConfig, 
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ddp_ids = [device.index] if device.type == "cuda" else None
     net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ddp_ids) if distributed else model
-    optimizer = build_optimizer(model, cfg)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp and device.type == "cuda")
+    precision = resolve_precision(cfg.amp, device)
+    log.line(f"precision: {precision.describe()}")
+    optimizer = build_optimizer(model, cfg, fused=device.type in ("cpu", "cuda"))  # fused: skips on the device
+    scaler = torch.amp.GradScaler(device.type, enabled=precision.grad_scaling)
     ema = build_ema(model, cfg)
+    pin = device.type == "cuda"  # page-locked batches: the non_blocking copies to the GPU are asynchronous
     train_loader = build_loader(data.train, batch_size=cfg.batch_size, workers=data_cfg.workers, train=True,
-                                distributed=distributed, seed=cfg.seed, aspect_grouping=data_cfg.aspect_grouping)
+                                distributed=distributed, seed=cfg.seed, aspect_grouping=data_cfg.aspect_grouping,
+                                pin_memory=pin)
     val_loader = build_loader(data.val, batch_size=cfg.batch_size, workers=data_cfg.workers, train=False,
-                              distributed=distributed)
-    config = {"model": dataclasses.asdict(model_cfg), "data": dataclasses.asdict(data_cfg), "train": dataclasses.asdict(cfg)}
+                              distributed=distributed, pin_memory=pin)
+    config = {"model": dataclasses.asdict(model_cfg), "data": dataclasses.asdict(data_cfg),
+              "train": dataclasses.asdict(cfg) | {"amp": precision.mode}}
     return Run(cfg=cfg, data_cfg=data_cfg, config=config, data=data, model=model, net=net, optimizer=optimizer,
-               scaler=scaler, ema=ema, train_loader=train_loader, val_loader=val_loader, device=device, out=Path(cfg.out),
+               scaler=scaler, precision=precision, ema=ema, train_loader=train_loader, val_loader=val_loader, device=device, out=Path(cfg.out),
                log=log, progress=progress, reinitialised=reinit)
 
 
@@ -346,64 +415,92 @@ def run_epochs(run: Run, state: RunState) -> str:
 def train_one_epoch(run: Run, state: RunState, epoch: int) -> EpochStats:
     """The steps of (0-based) ``epoch``, each at the scheduled lr, from step ``state.step`` (0, or
     where an interrupted run stopped: the batches before it are skipped unloaded); stops after the
-    step at which a signal arrived on any rank."""
+    step at which a signal arrived (under DDP: at the next logging point, when every rank checks).
+
+    Step results stay on the device (``StepMeter``); every ``print_every`` steps and at the last
+    they are read once: the progress line, TensorBoard, the non-finite streak check.
+    """
     cfg, loader = run.cfg, run.train_loader
     start, stats = state.step, state.epoch_stats or EpochStats()
     state.step, state.epoch_stats = 0, None
     loader.batch_sampler.set_epoch(epoch, start=start)
     run.net.train()
     t0, steps = time.time(), len(loader)
+    meter = StepMeter(run.device, LOSSES, state.bad_in_a_row, cfg.max_bad_steps, start=stats)
+    seen = MeterReading(dict(stats.sums), stats.steps, stats.images, stats.skipped, state.bad_in_a_row, -1, {})
     with StepProgress(run.log, steps, f"epoch {epoch + 1}/{cfg.epochs}", cfg.print_every, show=run.progress) as bar:
         for i, (images, targets) in enumerate(loader, start):
             lr = set_lr(run.optimizer, cfg.lr * lr_factor(state.iteration, epoch + i / steps, cfg, cfg.epochs))
-            losses = train_step(run.net, run.optimizer, images, targets, cfg, run.device, run.scaler)
+            step = train_step(run.net, run.optimizer, images, targets, cfg, run.device, run.scaler, run.precision)
             state.iteration += 1
-            record_step(run, state, stats, losses, lr, len(images), where=f"epoch {epoch + 1}, step {i + 1}")
-            bar.update(i, losses, lr)
-            if D.any_rank(run.stop.signal is not None):
+            meter.add(step, len(images), i)
+            if run.ema is not None:  # a skipped step left the weights as they were
+                run.ema.update_parameters(run.model)
+            due = bar.due(i)
+            stop = (due or not D.is_dist()) and D.any_rank(run.stop.signal is not None)  # all ranks: same i
+            loss = None
+            if due or stop:  # a stop: the sums of every step done, for interrupted.pt
+                seen, loss = report_steps(run, state, stats, meter.read(), seen, lr, epoch)
+            bar.update(i, lr, loss)
+            if stop:
                 break
     stats.seconds += time.time() - t0
     return stats
 
 
-def train_step(model, optimizer, images, targets, cfg: TrainConfig, device, scaler) -> dict[str, float] | None:
-    """One optimisation step. Returns the losses, or None when the loss was not finite on some
-    rank (then no rank steps)."""
+def train_step(model, optimizer, images, targets, cfg: TrainConfig, device, scaler,
+               precision: Precision) -> dict[str, torch.Tensor]:
+    """One optimisation step, queued on the device without waiting for it.
+
+    Returns:
+        detached 0-dim device tensors: each loss, ``"loss"`` (their sum) and ``"finite"`` (bool:
+        the loss was finite on every rank, and so was the gradient norm; with fp16 the scaler
+        also skips steps with non-finite gradients). When ``"finite"`` is False no rank changed
+        its weights or optimizer state.
+    """
     images = [im.to(device, non_blocking=True) for im in images]
-    targets = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets]
-    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    with torch.autocast(device.type, dtype=dtype, enabled=cfg.amp):
-        losses = model(images, targets)
+    targets = [{k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets]
+    with precision.autocast(device.type):
+        losses = model(images, targets)  # fp32: the model leaves autocast for the loss
     loss = sum(losses.values())
+    finite = torch.isfinite(D.all_reduce_mean(loss.detach()))
     optimizer.zero_grad(set_to_none=True)
-    if not torch.isfinite(D.all_reduce_mean(loss.detach())):
-        return None
     scaler.scale(loss).backward()
-    if cfg.clip_grad_norm:
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
-    scaler.step(optimizer)
-    scaler.update()
-    return {k: float(v.detach()) for k, v in losses.items()} | {"loss": float(loss.detach())}
+    if scaler.is_enabled():  # fp16: the scaler itself skips steps whose gradients are not finite
+        if cfg.clip_grad_norm:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
+    else:  # a finite loss can still give non-finite gradients (e.g. a bf16 kernel's overflow): skip those too
+        params = [p for p in model.parameters() if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])  # the same on every rank after DDP
+        finite = finite & torch.isfinite(norm)
+        if cfg.clip_grad_norm:
+            torch.nn.utils.clip_grads_with_norm_(params, cfg.clip_grad_norm, norm)
+    optimizer_step(optimizer, scaler, finite)
+    return {k: v.detach() for k, v in losses.items()} | {"loss": loss.detach(), "finite": finite}
 
 
-def record_step(run: Run, state: RunState, stats: EpochStats, losses: dict[str, float] | None, lr: float,
-                num_images: int, where: str) -> None:
-    """Count a step: a skipped one (``losses`` None; too many in a row raise ``RetinaNetError``),
-    or a finite one (sums, EMA update, TensorBoard scalars)."""
-    if losses is None:
-        state.bad_in_a_row, stats.skipped = state.bad_in_a_row + 1, stats.skipped + 1
-        if state.bad_in_a_row >= run.cfg.max_bad_steps:
-            raise RetinaNetError(f"{state.bad_in_a_row} consecutive non-finite losses (last at {where}); "
-                                 "lower --lr or use --clip-grad")
-        return
-    state.bad_in_a_row, stats.steps, stats.images = 0, stats.steps + 1, stats.images + num_images
-    for k, v in losses.items():
-        stats.sums[k] = stats.sums.get(k, 0.0) + v
-    if run.ema is not None:
-        run.ema.update_parameters(run.model)
+def report_steps(run: Run, state: RunState, stats: EpochStats, now: MeterReading, seen: MeterReading, lr: float,
+                 epoch: int) -> tuple[MeterReading, float | None]:
+    """At a logging point: the epoch's counts into ``stats`` and ``state``, TensorBoard scalars
+    (the mean losses of the finite steps since the last reading ``seen``). Returns ``(now, that
+    mean total loss or None)``.
+
+    Raises:
+        RetinaNetError: ``max_bad_steps`` consecutive non-finite losses.
+    """
+    stats.sums, stats.steps, stats.images, stats.skipped = dict(now.sums), now.steps, now.images, now.skipped
+    state.bad_in_a_row = now.streak
+    if now.limit_step >= 0:
+        raise RetinaNetError(f"{run.cfg.max_bad_steps} consecutive non-finite losses (last at epoch {epoch + 1}, step "
+                             f"{now.limit_step + 1}); lower --lr or use --clip-grad")
+    n = now.steps - seen.steps
+    if n == 0:
+        return now, None
+    window = {k: (v - seen.sums.get(k, 0.0)) / n for k, v in now.sums.items()}
     if run.tb is not None:
-        tensorboard_step(run.tb, losses, lr, state.iteration)
+        tensorboard_step(run.tb, window, lr, state.iteration)
+    return now, window["loss"]
 
 
 def stop_run(run: Run, state: RunState, epoch: int, stats: EpochStats) -> str:
@@ -457,7 +554,7 @@ def evaluate_epoch(run: Run) -> EvalResult:
     the weights rank 0 saves."""
     model = run.ema.module if run.ema is not None else run.model
     D.broadcast_module(model)
-    return evaluate(model, run.val_loader, device=run.device, class_map=run.data.class_map, amp=run.cfg.amp,
+    return evaluate(model, run.val_loader, device=run.device, class_map=run.data.class_map, amp=run.precision.mode,
                     progress=run.progress and run.main and sys.stderr.isatty())
 
 

@@ -37,7 +37,8 @@ def decode(deltas: Tensor, anchors: Tensor) -> Tensor:
     cy = dy * ah + ay
     w = torch.exp(dw) * aw
     h = torch.exp(dh) * ah
-    # same arithmetic as torchvision's BoxCoder (c_to_c_h = 0.5 * h)
-    hw = torch.tensor(0.5, dtype=cx.dtype, device=cx.device) * w
-    hh = torch.tensor(0.5, dtype=cy.dtype, device=cy.device) * h
+    # torchvision's BoxCoder arithmetic (c_to_c_h = 0.5 * h); a Python 0.5, not a new device tensor
+    # per call (a host-to-device copy): the same exact halving
+    hw = 0.5 * w
+    hh = 0.5 * h
     return torch.stack([cx - hw, cy - hh, cx + hw, cy + hh], -1)

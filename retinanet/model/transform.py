@@ -20,12 +20,29 @@ IMAGE_STD = (0.229, 0.224, 0.225)
 SIZE_DIVISIBLE = 32
 
 
+_STATS: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor]] = {}
+
+
+def _mean_std(device: torch.device, dtype: torch.dtype, cache: bool) -> tuple[Tensor, Tensor]:
+    """``[3, 1, 1]`` ImageNet mean and std on ``device``: built once per (device, dtype) when
+    ``cache`` (a tensor built from Python numbers on a GPU is a host-to-device copy, which waits)."""
+    key = (device, dtype)
+    if cache and key in _STATS:
+        return _STATS[key]
+    stats = (torch.tensor(IMAGE_MEAN, dtype=dtype, device=device)[:, None, None],
+             torch.tensor(IMAGE_STD, dtype=dtype, device=device)[:, None, None])
+    if cache:
+        _STATS[key] = stats
+    return stats
+
+
 def normalize(image: Tensor) -> Tensor:
     """uint8 (0..255) or float (0..1) ``[3, H, W]`` (or ``[B, 3, H, W]``) -> float ImageNet-normalised."""
     if not image.is_floating_point():
         image = image.float().div_(255.0)
-    mean = torch.as_tensor(IMAGE_MEAN, dtype=image.dtype, device=image.device)[:, None, None]
-    std = torch.as_tensor(IMAGE_STD, dtype=image.dtype, device=image.device)[:, None, None]
+    # traced or exported graphs get their own constants, never a cached (fake or traced) tensor
+    real = type(image) is Tensor and not torch.jit.is_tracing() and not torch.compiler.is_compiling()
+    mean, std = _mean_std(image.device, image.dtype, cache=real)
     return (image - mean) / std
 
 

@@ -87,6 +87,63 @@ def test_amp_training_overfits_one_batch(amp_dtype):
     assert sum(losses[-3:]) / 3 < 0.5 * losses[0], losses
 
 
+def test_amp_auto_resolves_on_cuda():
+    """``--amp auto`` (the default) on this card: bf16 where it has it, else fp16 with gradient scaling."""
+    from retinanet.engine.precision import resolve_precision
+
+    bf16 = torch.cuda.is_bf16_supported()
+    p = resolve_precision("auto", "cuda")
+    assert p.dtype == (torch.bfloat16 if bf16 else torch.float16) and p.grad_scaling == (not bf16), p
+
+
+class _NanLoss(torch.nn.Module):
+    """``model`` whose losses turn to NaN when ``poison`` is set (its weights stay finite)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.poison = model, False
+
+    def forward(self, images, targets):
+        losses = self.model(images, targets)
+        return {k: v * float("nan") for k, v in losses.items()} if self.poison else losses
+
+
+def test_train_step_skips_a_non_finite_step_on_cuda():
+    """The auto precision's step (fused optimizer; fp16: GradScaler): a NaN loss changes no weight.
+    Host-device syncs of the whole step are counted by ``bench_gpu.py --sync-debug``."""
+    from retinanet.config import TrainConfig
+    from retinanet.engine.optim import build_optimizer
+    from retinanet.engine.precision import resolve_precision
+    from retinanet.engine.train import train_step
+
+    torch.manual_seed(0)
+    net = _NanLoss(build_model("resnet18_fpn", num_classes=4, min_size=128, max_size=160, norm="bn",
+                               trainable_backbone_layers=5, fpn_channels=64, head_convs=2).cuda().train())
+    precision = resolve_precision("auto", "cuda")
+    cfg = TrainConfig(optimizer="adamw", lr=0.01)
+    opt = build_optimizer(net.model, cfg, fused=True)
+    scaler = torch.amp.GradScaler("cuda", enabled=precision.grad_scaling)
+    images, targets = _tiny_batch("cuda")
+    device = torch.device("cuda")
+    assert bool(train_step(net, opt, images, targets, cfg, device, scaler, precision)["finite"])
+    params = {k: p.detach().clone() for k, p in net.model.named_parameters()}
+    net.poison = True
+    assert not bool(train_step(net, opt, images, targets, cfg, device, scaler, precision)["finite"])
+    assert all(torch.equal(params[k], p) for k, p in net.model.named_parameters())
+    net.poison = False
+    assert bool(train_step(net, opt, images, targets, cfg, device, scaler, precision)["finite"])
+    assert not all(torch.equal(params[k], p) for k, p in net.model.named_parameters())
+
+
+def test_train_log_and_config_say_the_precision(gpu_run):
+    import yaml
+
+    _, run = gpu_run
+    name = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    assert f"precision: {name} autocast (amp on: CUDA" in (run / "train.log").read_text()
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["amp"] == name
+
+
 # --- equality with torchvision on CUDA ----------------------------------------------------------
 
 

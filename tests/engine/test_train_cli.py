@@ -37,7 +37,7 @@ def test_command_line_beats_config_file_beats_defaults(tmp_path):
     # nothing given on the command line: the file's values, and defaults for the rest
     m, d, t = _configs("--config", str(cfg))
     assert (m.min_size, d.root, d.hflip_prob, d.photometric, d.val_split, t.lr, t.amp, t.warmup_iters) == (
-        96, "from_file", 0.2, True, "val", 0.5, True, TrainConfig().warmup_iters)
+        96, "from_file", 0.2, True, "val", 0.5, "on", TrainConfig().warmup_iters)  # a config's amp: true = "on"
     # the memory layout: on by default, off from the command line
     assert t.channels_last and not _configs("--config", str(cfg), "--no-channels-last")[2].channels_last
 

@@ -10,6 +10,7 @@ from retinanet.cli import main
 from retinanet.config import DataConfig, ModelConfig, TrainConfig
 from retinanet.data import make_synthetic
 from retinanet.engine.checkpoint import load_model
+from retinanet.engine.precision import resolve_precision
 from retinanet.engine.train import train, train_step
 from retinanet.model import build_model
 
@@ -67,9 +68,11 @@ def test_ema_is_saved_and_evaluated(data_root, tmp_path, monkeypatch):
 
 def test_amp_on_cpu_runs_a_bf16_step_with_finite_fp32_losses():
     torch.manual_seed(0)
-    model = build_model(num_classes=5, **TINY).train()
+    # 96 px, not 64: at <= 64 px oneDNN's bf16 weight gradient of the P7 conv (1x1 input) is garbage
+    # and the step is (rightly) skipped (BENCHMARKS.md, "Mixed precision")
+    model = build_model(num_classes=5, **(TINY | {"min_size": 96, "max_size": 96})).train()
     g = torch.Generator().manual_seed(0)
-    images = [torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8, generator=g) for _ in range(2)]
+    images = [torch.randint(0, 256, (3, 96, 96), dtype=torch.uint8, generator=g) for _ in range(2)]
     targets = [{"boxes": torch.tensor([[4.0, 6, 40, 50]]), "labels": torch.tensor([2])},
                {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}]
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -79,8 +82,8 @@ def test_amp_on_cpu_runs_a_bf16_step_with_finite_fp32_losses():
     assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
     before = model.head.regression_head.bbox_reg.weight.detach().clone()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    out = train_step(model, opt, images, targets, TrainConfig(amp=True), torch.device("cpu"),
-                     torch.amp.GradScaler("cpu", enabled=False))
-    assert out is not None and set(out) == {"classification", "bbox_regression", "loss"}
-    assert all(math.isfinite(v) for v in out.values())
+    out = train_step(model, opt, images, targets, TrainConfig(amp="bf16"), torch.device("cpu"),
+                     torch.amp.GradScaler("cpu", enabled=False), resolve_precision("bf16", "cpu"))
+    assert set(out) == {"classification", "bbox_regression", "loss", "finite"} and bool(out["finite"])
+    assert all(math.isfinite(float(v)) for v in out.values())
     assert not torch.equal(before, model.head.regression_head.bbox_reg.weight)
