@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+# No test may download or find weights in the user's cache: the torch hub cache is an empty folder
+# (tests of the download path serve their own files into their own TORCH_HOME).
+os.environ["TORCH_HOME"] = tempfile.mkdtemp(prefix="retinanet-tests-torch-home-")
 
 import torch  # noqa: E402
 

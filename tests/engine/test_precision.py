@@ -173,7 +173,7 @@ def test_training_reads_the_device_every_print_every_steps(tmp_path, monkeypatch
     monkeypatch.setattr(T.StepMeter, "read", lambda self: reads.append(1) or real(self))
     model = ModelConfig(**TINY)
     data = DataConfig(root=str(tmp_path / "syn" / "VOCdevkit"), workers=0)
-    cfg = TrainConfig(out=str(tmp_path / "run"), epochs=1, batch_size=1, print_every=2, device="cpu", amp="off")
+    cfg = TrainConfig(out=str(tmp_path / "run"), epochs=1, batch_size=1, print_every=2, device="cpu", amp="off", weights="none")
     T.train(model, data, cfg, progress=False)
     assert len(reads) == 3  # after steps 2, 4 and 5 (the last) of 5
     log = (tmp_path / "run" / "train.log").read_text()

@@ -2,11 +2,11 @@
 fixed seed and ``workers=0`` the final weights equal an uninterrupted run's, bit for bit, wherever
 the interruption fell (tiny resnet18, 64 px, 3 steps per epoch, augmentation and EMA on).
 
-The interruption is simulated deterministically: the stop flag is set after global step k (as the
-SIGTERM handler would set it), not by a real signal.
+The interruption is deterministic: SIGTERM is raised in this process right after global step k.
 """
 
 import contextlib
+import signal
 
 import pytest
 import torch
@@ -38,17 +38,19 @@ def _cfgs(root, out, **options):
 
 @contextlib.contextmanager
 def stop_after(k: int):
-    """Set the run's stop flag after global step ``k`` (1-based), as SIGTERM would."""
-    real, done = T.record_step, [0]
+    """SIGTERM to this process right after global step ``k`` (1-based): the run's own handler sets
+    its stop flag, as a real signal would, at a known step."""
+    real, done = T.train_step, [0]
 
-    def record_then_stop(run, *args, **kwargs):
-        real(run, *args, **kwargs)
+    def step_then_signal(*args, **kwargs):
+        out = real(*args, **kwargs)
         done[0] += 1
         if done[0] == k:
-            run.stop.signal = "SIGTERM"
+            signal.raise_signal(signal.SIGTERM)
+        return out
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(T, "record_step", record_then_stop)
+        mp.setattr(T, "train_step", step_then_signal)
         yield
 
 
