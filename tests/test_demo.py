@@ -13,7 +13,8 @@ from retinanet.errors import RetinaNetError
 
 TINY = ["--synthetic-train", "4", "--synthetic-val", "2", "--synthetic-size", "64", "--epochs", "1", "--workers", "0",
         "--device", "cpu", "--num-images", "2",
-        "--", "--min-size", "64", "--max-size", "64", "--fpn-channels", "32", "--head-convs", "1", "--batch-size", "4"]
+        "--", "--min-size", "64", "--max-size", "64", "--fpn-channels", "32", "--head-convs", "1", "--batch-size", "4",
+        "--no-amp"]
 
 
 @pytest.mark.slow
@@ -56,6 +57,15 @@ def test_commands_and_reserved_options(tmp_path):
     assert "--exist-ok" not in cmds[0][1]
     with pytest.raises(RetinaNetError, match="--data"):
         demo_commands(DemoOptions(train_options=("--data", "x")), tmp_path, [])
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_on_cpus_that_have_it_said_aloud(tmp_path, monkeypatch, capsys, native):
+    monkeypatch.setattr("retinanet.cli.demo.cpu_has_native_bf16", lambda: native)
+    train = demo_commands(DemoOptions(out="d", device="cpu"), tmp_path, [])[0][1]
+    assert (train[-2:] == ["--amp", "bf16"]) == native and ("native bf16" in capsys.readouterr().out) == native
+    train = demo_commands(DemoOptions(out="d", device="cpu", train_options=("--no-amp",)), tmp_path, [])[0][1]
+    assert "bf16" not in train  # the user's choice stands
 
 
 def test_a_second_demo_replaces_the_first_and_says_so(tmp_path, capsys):

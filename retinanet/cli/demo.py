@@ -1,9 +1,9 @@
-"""``retinanet demo``: synthetic data -> quick training -> eval -> predictions, with the real commands.
+"""``retinanet demo``: synthetic data -> a short training -> eval -> predictions, with the real commands.
 
 The demo runs exactly what a user would type, through ``retinanet.cli.main`` (passed in as
 ``run_command``, so this module does not import the parser that imports it)::
 
-    retinanet train --config quick_synthetic --out OUT/train [overrides]
+    retinanet train --config demo_synthetic --out OUT/train [--amp bf16] [overrides]
     retinanet eval --weights OUT/train/best.pt --data SYNTHETIC_ROOT --out OUT/eval
     retinanet predict VAL_IMAGES... --weights OUT/train/best.pt --out OUT/predict
 
@@ -25,11 +25,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from retinanet.config import DataConfig, find_config, read_config_file, resolve_config
 from retinanet.data import ensure_synthetic
+from retinanet.engine.precision import cpu_bf16_flags, cpu_has_native_bf16
 from retinanet.errors import RetinaNetError
 
-RECIPE = "quick_synthetic"
+RECIPE = "demo_synthetic"
 # options the demo sets itself: given after "--" they would train elsewhere than it evaluates
 RESERVED = ("--config", "--data", "--format", "--out", "--resume", "--synthetic-train", "--synthetic-val", "--synthetic-size")
 
@@ -51,10 +54,10 @@ class DemoOptions:
 
 def add_demo_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
-        "demo", help="synthetic data -> quick training -> eval -> predictions, on a CPU",
+        "demo", help="synthetic data -> a short training -> eval -> predictions, on a CPU",
         usage="retinanet demo [options] [-- TRAIN_OPTIONS ...]",
-        description="Generate the embedded synthetic dataset, train the shipped quick_synthetic recipe "
-        "(retinanet train --config quick_synthetic --out DIR/train), evaluate its best checkpoint (retinanet eval, "
+        description="Generate the embedded synthetic dataset, train the shipped demo_synthetic recipe "
+        "(retinanet train --config demo_synthetic --out DIR/train; with --amp bf16 on CPUs with native bf16), evaluate its best checkpoint (retinanet eval, "
         "DIR/eval) and draw its detections on validation images (retinanet predict, DIR/predict), then print the "
         "results and where everything is. Stops at the first command that fails.",
         epilog="Options after '--' go to 'retinanet train' unchanged, e.g. "
@@ -115,6 +118,10 @@ def demo_commands(opts: DemoOptions, root: Path, images: list[Path]) -> list[tup
         raise RetinaNetError(f"{', '.join(bad)}: set by the demo itself, not allowed after '--' "
                              "(use the demo's --out and --synthetic-* options)")
     train = ["train", "--config", RECIPE, "--out", str(out / "train"), *_common(opts)]
+    if _native_bf16_cpu(opts) and not any(a.split("=", 1)[0] in ("--amp", "--no-amp") for a in opts.train_options):
+        print(f"note: this CPU has native bf16 ({', '.join(cpu_bf16_flags())}): training with --amp bf16 "
+              "(about 1.6x faster; --no-amp after '--' to train in fp32)", flush=True)
+        train += ["--amp", "bf16"]
     if _holds_run(out / "train") and "--exist-ok" not in opts.train_options:
         print(f"note: {out / 'train'} holds an earlier demo run: this demo replaces it (--exist-ok)", flush=True)
         train.append("--exist-ok")
@@ -206,6 +213,12 @@ def _check_training(run: Path, started: float) -> int:
         print(f"retinanet demo: error: training wrote no {run / 'best.pt'}; stopped", file=sys.stderr)
         return 2
     return 0
+
+
+def _native_bf16_cpu(opts: DemoOptions) -> bool:
+    """The demo trains on a CPU (no GPU, or --device cpu) that computes bf16 natively."""
+    on_cpu = opts.device == "cpu" or (opts.device in (None, "auto") and not torch.cuda.is_available())
+    return on_cpu and cpu_has_native_bf16()
 
 
 def _holds_run(run: Path) -> bool:

@@ -89,7 +89,7 @@ def test_bad_config_file_is_one_clear_line(tmp_path, capsys, content, message):
 
 def test_missing_config_names_recipes(capsys):
     assert main(["train", "--config", "no_such_recipe"]) == 2
-    assert "no_such_recipe: no such config file, nor a shipped recipe (coco, quick_synthetic" in capsys.readouterr().err
+    assert "no_such_recipe: no such config file, nor a shipped recipe (coco, demo_synthetic, quick_synthetic" in capsys.readouterr().err
 
 
 def test_tensorboard_missing_fails_before_any_work(tmp_path, capsys, monkeypatch):
