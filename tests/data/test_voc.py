@@ -105,7 +105,8 @@ def test_flat_layout_split_is_seeded_written_and_reused(tmp_path, separate):
     assert (other / "splits" / "val.txt").read_text().split() == val  # same seed, same split
     (root / "splits" / "val.txt").write_text("im0\n")
     (root / "splits" / "train.txt").write_text("im1\nim2\n")
-    ds = build_datasets(cfg, **SIZES)  # existing split files win
+    with pytest.warns(UserWarning, match="7 annotated image.s. in no split file are not used"):
+        ds = build_datasets(cfg, **SIZES)  # existing split files win
     assert (len(ds.train), len(ds.val)) == (2, 1)
     assert any("in no split file" in w for w in ds.warnings)
 
@@ -114,7 +115,8 @@ def test_flat_layout_val_list_file(tmp_path):
     root = _flat(tmp_path / "flat")
     (tmp_path / "v.txt").write_text("im1.png\nim4\n")
     write_image(root / "lonely.jpg")
-    ds = build_datasets(DataConfig(root=str(root), val_split=str(tmp_path / "v.txt")), **SIZES)
+    with pytest.warns(UserWarning, match="without an XML file are not used: lonely.jpg"):
+        ds = build_datasets(DataConfig(root=str(root), val_split=str(tmp_path / "v.txt")), **SIZES)
     assert (len(ds.train), len(ds.val)) == (8, 2)
     assert any("1 image(s) without an XML file are not used: lonely.jpg" in w for w in ds.warnings)
     assert not (root / "splits").exists()
