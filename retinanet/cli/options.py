@@ -25,9 +25,9 @@ def add_amp_options(p, default: str) -> None:
     brackets (``argparse.SUPPRESS`` for train: the config decides, "auto" by default)."""
     shown = "auto" if default == argparse.SUPPRESS else default
     p.add_argument("--amp", nargs="?", const="on", choices=AMP_MODES, default=default, metavar="MODE",
-                   help="mixed precision: auto (bf16 on GPUs that have it, else fp16 with gradient scaling; bf16 on CPUs "
-                   "with AVX512-BF16/AMX; else off), on (also bf16 on other CPUs), bf16, fp16 (GPUs only), off; "
-                   f"--amp alone = on [{shown}]")
+                   help="mixed precision: auto (bf16 on GPUs that have it, else fp16 with gradient scaling; fp32 on CPUs, "
+                   "where --amp bf16 is about 1.6x faster with AVX512-BF16/AMX: BENCHMARKS.md), on (bf16 on any CPU), "
+                   f"bf16, fp16 (GPUs only), off; --amp alone = on [{shown}]")
     p.add_argument("--no-amp", dest="amp", action="store_const", const="off", default=default, help="= --amp off")
 
 
