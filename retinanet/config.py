@@ -53,6 +53,10 @@ class ModelConfig:
     box_loss: str | None = None  # "l1" or "giou"; None = the arch's default (v1: l1, v2: giou)
     fpn_channels: int = 256  # FPN and head width; 256 = torchvision's (needed for its weights)
     head_convs: int = 4  # conv3x3 layers per head subnet before the output layer; 4 = torchvision's
+    # base anchor side of each FPN level P3..P7, in network-input pixels (each level adds x2^(1/3),
+    # x2^(2/3) and 3 aspect ratios); torchvision's (32 .. 512). Objects much smaller than the first
+    # get no anchor of IoU >= 0.5: lower them (or raise min_size) for small objects (check-data --out)
+    anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)
 
 
 @dataclass(frozen=True)

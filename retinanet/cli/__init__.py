@@ -20,14 +20,13 @@ from retinanet.cli.options import add_amp_options, add_data_options, add_image_o
 from retinanet.cli.train import add_train_parser, cmd_train
 from retinanet.config import ModelConfig
 from retinanet.data import check_dataset, make_synthetic
-from retinanet.data.check import write_check_outputs
+from retinanet.data.check import anchor_hint, write_check_outputs
 from retinanet.engine.distributed import cleanup, is_main_process, local_device
 from retinanet.engine.evaluate import EvalOptions, run_eval
 from retinanet.engine.export import ExportOptions, export_checkpoint
 from retinanet.engine.detector import Detector
 from retinanet.engine.predict import PredictOptions, find_images, predict
 from retinanet.errors import RetinaNetError
-from retinanet.model.anchors import SIZES as ANCHOR_SIZES
 
 __all__ = ["build_parser", "data_config_from_args", "main"]
 
@@ -69,6 +68,8 @@ def _add_check_data(sub) -> None:
     p.add_argument("--out", metavar="DIR", help="write report.txt and the PNG plots here")
     p.add_argument("--min-size", type=int, default=m.min_size, help=f"short side of the model input the box plot scales to [{m.min_size}]")
     p.add_argument("--max-size", type=int, default=m.max_size, help=f"cap on the long side of the model input [{m.max_size}]")
+    p.add_argument("--anchor-sizes", type=int, nargs=5, default=m.anchor_sizes, metavar="PX",
+                   help=f"the model's base anchor sides, FPN levels P3..P7 (train --anchor-sizes) [{' '.join(map(str, m.anchor_sizes))}]")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_check_data)
 
@@ -77,8 +78,11 @@ def cmd_check_data(args: argparse.Namespace) -> int:
     report = check_dataset(data_config_from_args(args), progress=not args.quiet)
     print(report.summary())
     if args.out:
-        paths = write_check_outputs(report, args.out, min_size=args.min_size, max_size=args.max_size, anchor_sizes=ANCHOR_SIZES)
+        sizes = tuple(args.anchor_sizes)
+        paths = write_check_outputs(report, args.out, min_size=args.min_size, max_size=args.max_size, anchor_sizes=sizes)
         print(f"report and plots: {', '.join(str(p) for p in paths)}")
+        if report.class_map is not None:
+            print(anchor_hint(report, args.min_size, args.max_size, sizes))
     return 0 if report.ok else 1
 
 

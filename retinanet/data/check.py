@@ -14,6 +14,7 @@ instances per class, box sizes as the model sees them (scaled by its resize at `
 from __future__ import annotations
 
 import hashlib
+import math
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -215,23 +216,56 @@ def class_counts_figure(report: CheckReport) -> Figure:
     return fig
 
 
-def box_sizes_figure(report: CheckReport, min_size: int, max_size: int, anchor_sizes: tuple[int, ...]) -> Figure:
-    """Box width x height at the model's input scale (log-log), per split, with the anchor shapes;
-    the title says how many boxes are smaller than the smallest anchor."""
-    fig = Figure(figsize=(7.0, 6.0), layout="constrained")
-    ax = fig.subplots()
-    total = small = 0
-    smallest = float(min(anchor_sizes))
-    for k, (split, recs) in enumerate(report.records.items()):
+def boxes_below_anchors(report: CheckReport, min_size: int, max_size: int, anchor_sizes: tuple[int, ...]) -> tuple[int, int]:
+    """``(boxes too small for the anchors, all boxes)``, every split, at the model's input scale
+    (boxes of zero width or height left out, as in the plot). Too small: ``sqrt(w*h)`` below the
+    smallest anchor side / sqrt(2), so even centred on the smallest anchor of its shape its IoU is
+    under 0.5 (the matcher's positive threshold; it then gets only its best anchor, if any)."""
+    small = total = 0
+    for recs in report.records.values():
         wh = model_box_sizes(recs, report.image_hw, min_size, max_size)
         wh = wh[(wh > 0).all(axis=1)]
         total += len(wh)
-        small += int((np.sqrt(wh.prod(axis=1)) < smallest).sum())
+        small += int((np.sqrt(wh.prod(axis=1)) < min(anchor_sizes) / math.sqrt(2)).sum())
+    return small, total
+
+
+def anchor_hint(report: CheckReport, min_size: int, max_size: int, anchor_sizes: tuple[int, ...],
+                too_many: float = 0.1) -> str:
+    """One line for the user: the share of boxes below the smallest anchor side and, when it is
+    over ``too_many``, the halved anchor sizes (down to a smallest side of 8 px) that bring it under,
+    or else the advice to raise ``min_size``."""
+    small, total = boxes_below_anchors(report, min_size, max_size, anchor_sizes)
+    if not total:
+        return "anchors: no boxes to compare with the anchor sizes"
+    line = (f"anchors: {small} of {total} boxes ({100 * small / total:.1f}%) are too small for the smallest anchor "
+            f"({min(anchor_sizes)} px at min_size {min_size}: IoU < 0.5)")
+    if small <= too_many * total:
+        return line
+    sizes = tuple(anchor_sizes)
+    while sizes[0] // 2 >= 8:
+        sizes = tuple(s // 2 for s in sizes)
+        if boxes_below_anchors(report, min_size, max_size, sizes)[0] <= too_many * total:
+            return line + f": train with --anchor-sizes {' '.join(map(str, sizes))} (or a larger --min-size)"
+    return line + ": train with a larger --min-size (and lower --anchor-sizes)"
+
+
+def box_sizes_figure(report: CheckReport, min_size: int, max_size: int, anchor_sizes: tuple[int, ...]) -> Figure:
+    """Box width x height at the model's input scale (log-log), per split, with the anchor shapes;
+    the title says how many boxes are too small for the smallest anchor (``boxes_below_anchors``)."""
+    fig = Figure(figsize=(7.0, 6.0), layout="constrained")
+    ax = fig.subplots()
+    smallest = float(min(anchor_sizes))
+    small, total = boxes_below_anchors(report, min_size, max_size, anchor_sizes)
+    for k, (split, recs) in enumerate(report.records.items()):
+        wh = model_box_sizes(recs, report.image_hw, min_size, max_size)
+        wh = wh[(wh > 0).all(axis=1)]
         ax.scatter(wh[:, 0], wh[:, 1], s=6, alpha=0.4, color=_SPLIT_COLORS[k % 4], label=f"{split} boxes ({len(wh)})", linewidths=0)
     anchors = anchor_shapes(anchor_sizes)
     ax.scatter(anchors[:, 0], anchors[:, 1], marker="x", s=40, color="black", label="anchors (3 scales x 3 ratios per size)")
-    ax.plot([1, smallest, smallest], [smallest, smallest, 1], ls="--", lw=1, color="tab:red",
-            label=f"smallest anchor side ({smallest:g} px)")
+    edge = smallest / math.sqrt(2)
+    ax.plot([1, edge, edge], [edge, edge, 1], ls="--", lw=1, color="tab:red",
+            label=f"smallest anchor side / sqrt(2) ({edge:.1f} px): IoU < 0.5 inside")
     ax.set_xscale("log")
     ax.set_yscale("log")
     hi = max([2.0 * max(anchor_sizes)] + ([float(ax.dataLim.x1), float(ax.dataLim.y1)] if total else []))
@@ -242,8 +276,8 @@ def box_sizes_figure(report: CheckReport, min_size: int, max_size: int, anchor_s
     ax.grid(alpha=0.3, which="both")
     ax.legend(loc="upper left", fontsize=8)
     share = f"{small} of {total} boxes ({100 * small / total:.1f}%)" if total else "no boxes"
-    fig.suptitle(f"Box sizes against the anchors: {share} smaller than the smallest anchor\n"
-                 f"(sqrt(w*h) < {smallest:g} px at min_size {min_size})", fontsize=10)
+    fig.suptitle(f"Box sizes against the anchors: {share} too small for the smallest anchor\n"
+                 f"(sqrt(w*h) < {smallest:g} / sqrt(2) px at min_size {min_size}: IoU < 0.5)", fontsize=10)
     return fig
 
 

@@ -139,6 +139,7 @@ def _valid_images(path: Path, data: dict, problems: list[str]) -> tuple[dict[int
     """(image id -> entry of the well-formed, unrepeated ``images`` entries, every id declared).
 
     A repeated id is a problem and all its entries are left out: the annotations cannot be told apart.
+    So is a ``file_name`` under several ids (one image's objects split between entries).
     """
     ok: list[tuple[int, dict]] = []
     for i, im in enumerate(data["images"]):
@@ -158,7 +159,14 @@ def _valid_images(path: Path, data: dict, problems: list[str]) -> tuple[dict[int
     for iid, pos in repeated.items():
         files = ", ".join(f"images[{ok[p][0]}] {ok[p][1]['file_name']}" for p in pos)
         problems.append(f"{path}: image id {iid} is repeated ({files}); each image needs its own id")
-    return {im["id"]: im for _, im in ok if im["id"] not in repeated}, declared
+    ok = [(i, im) for i, im in ok if im["id"] not in repeated]
+    same_file = _repeated([im["file_name"] for _, im in ok])
+    for name, pos in same_file.items():
+        entries = ", ".join(f"images[{ok[p][0]}] id {ok[p][1]['id']}" for p in pos)
+        problems.append(f"{path}: file_name {name!r} is listed under several image ids ({entries}): its objects are "
+                        "split between them, and each would train with the others' objects as background; "
+                        "give each image one entry")
+    return {im["id"]: im for _, im in ok if im["file_name"] not in same_file}, declared
 
 
 def _valid_annotations(path: Path, data: dict, problems: list[str]) -> tuple[dict[int, list[dict]], set[int]]:

@@ -307,6 +307,22 @@ def yolo_class_map(spec: YoloSpec) -> ClassMap:
     return ClassMap({n: i + 1 for i, n in enumerate(spec.names) if n is not None}, source=str(spec.yaml))
 
 
+def drop_duplicate_rows(classes: np.ndarray, norm: np.ndarray, line_nos: np.ndarray, ids: np.ndarray, label: Path,
+                        warnings: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Keep the first of label rows with the same class and box (a box listed twice would be two
+    objects: one of them an unmatchable false negative in evaluation), with one warning per file
+    naming the dropped lines. Arrays as ``parse_label_lines`` returns them, plus our ``ids``."""
+    rows = np.concatenate([classes[:, None].astype(np.float64), norm], axis=1)  # [N, 5]
+    first = np.sort(np.unique(rows, axis=0, return_index=True)[1]) if len(rows) else np.zeros(0, np.int64)
+    if len(first) == len(rows):
+        return classes, norm, line_nos, ids
+    dropped = np.setdiff1d(np.arange(len(rows)), first)
+    lines = ", ".join(map(str, line_nos[dropped].tolist()))
+    warnings.append(f"{label}: dropped {len(dropped)} duplicate label line(s) (line(s) {lines}: same class and box "
+                    "as an earlier line)")
+    return classes[first], norm[first], line_nos[first], ids[first]
+
+
 def to_record(image: Path, image_id: int, spec: YoloSpec, id_table: np.ndarray, class_map: ClassMap,
               problems: list[str], warnings: list[str]) -> Record | None:
     """One image and its label file as a ``Record`` (None, with ``problems``, when bad).
@@ -328,6 +344,7 @@ def to_record(image: Path, image_id: int, spec: YoloSpec, id_table: np.ndarray, 
     if bad:
         problems += bad
         return None
+    classes, norm, line_nos, ids = drop_duplicate_rows(classes, norm, line_nos, ids, label, warnings)
     h, w = hw
     boxes = (norm * np.array([w, h, w, h], np.float64)).astype(np.float32)  # [N, 4] absolute xyxy
     clipped, keep = clip_boxes(boxes, hw)

@@ -83,11 +83,13 @@ class RunLog:
 class StepProgress:
     """Progress of one epoch's steps: a tqdm bar with ETA (loss, lr) when stderr is a terminal;
     every ``every`` steps (and at the last) a line with ETA in the log, printed when there is no bar.
-    A context manager: the bar is closed on exit."""
+    ``start``: the steps already done (an epoch resumed mid-way): the bar starts there and the ETA
+    is timed on the steps of this run only. A context manager: the bar is closed on exit."""
 
-    def __init__(self, log: RunLog, total: int, desc: str, every: int, show: bool):
-        self.log, self.total, self.desc, self.every = log, total, desc, max(1, every)
-        self.bar = (tqdm(total=total, desc=desc, unit="step", file=sys.stderr, dynamic_ncols=True, leave=False, mininterval=0.5)
+    def __init__(self, log: RunLog, total: int, desc: str, every: int, show: bool, start: int = 0):
+        self.log, self.total, self.desc, self.every, self.start = log, total, desc, max(1, every), start
+        self.bar = (tqdm(total=total, initial=start, desc=desc, unit="step", file=sys.stderr, dynamic_ncols=True,
+                         leave=False, mininterval=0.5)
                     if show and log.echo and sys.stderr.isatty() else None)
         self.t0 = time.time()
 
@@ -103,7 +105,7 @@ class StepProgress:
                 self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.3g}", refresh=False)
             self.bar.update(1)
         if self.due(i):
-            eta = (time.time() - self.t0) / (i + 1) * (self.total - i - 1)
+            eta = (time.time() - self.t0) / max(1, i + 1 - self.start) * (self.total - i - 1)
             shown = "nan" if loss is None else f"{loss:.4f}"
             self.log.line(f"{self.desc} step {i + 1}/{self.total} loss {shown} lr {lr:.4g} eta {hms(eta)}",
                           echo=self.bar is None)

@@ -10,7 +10,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-SIZES = (32, 64, 128, 256, 512)  # base anchor size of each FPN level, P3..P7
+from retinanet.config import ModelConfig
+
+SIZES = ModelConfig.anchor_sizes  # default base anchor size of each FPN level, P3..P7 (torchvision's)
 ASPECT_RATIOS = (0.5, 1.0, 2.0)  # height / width
 SCALES_PER_OCTAVE = 3  # sizes size * 2^(i/3), i = 0, 1, 2
 NUM_ANCHORS = len(ASPECT_RATIOS) * SCALES_PER_OCTAVE  # anchors per feature-map cell: 9

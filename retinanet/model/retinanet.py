@@ -53,7 +53,7 @@ class RetinaNet(nn.Module):
                                   norm_layer=group_norm_32() if v2 else None)
         for subnet in (self.head.classification_head, self.head.regression_head):
             subnet.conv = subnet.conv[:config.head_convs]  # torchvision builds 4
-        self.anchor_cache = AnchorCache()
+        self.anchor_cache = AnchorCache(tuple(config.anchor_sizes))
 
     @property
     def memory_format(self) -> torch.memory_format:
@@ -176,6 +176,12 @@ def build_model(arch: str = "resnet50_fpn", num_classes: int = 91, **options) ->
     if config.fpn_channels < 8 or (ARCHS[arch][1] and config.fpn_channels % 32):
         raise RetinaNetError(f"fpn_channels must be >= 8 (a multiple of 32 for the v2 GroupNorm heads), "
                              f"got {config.fpn_channels}")
+    sizes = config.anchor_sizes
+    if (len(sizes) != 5 or not all(isinstance(s, int) and not isinstance(s, bool) for s in sizes)
+            or sizes[0] < 4 or any(b <= a for a, b in zip(sizes, sizes[1:]))):
+        raise RetinaNetError(f"anchor_sizes must be 5 increasing whole numbers >= 4 (pixels, one per FPN level "
+                             f"P3..P7), got {list(sizes)}")
+    config = dataclasses.replace(config, anchor_sizes=tuple(sizes))
     if not config.frozen_bn_eps >= 0:
         raise RetinaNetError(f"frozen_bn_eps must be >= 0, got {config.frozen_bn_eps}")
     if config.num_classes < 1:

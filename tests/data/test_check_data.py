@@ -79,6 +79,7 @@ def test_check_data_out_writes_report_and_plots(synthetic, tmp_path, capsys):
     assert main(["check-data", "--data", str(synthetic), "--out", str(out), "--min-size", "192", "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert (out / "report.txt").read_text().strip() in printed  # the same text as printed
+    assert "are too small for the smallest anchor (32 px at min_size 192" in printed
     for name in ("instances_per_class.png", "box_sizes.png", "image_sizes.png"):
         assert Image.open(out / name).size[0] >= 600 and name in printed
     broken = tmp_path / "check_broken"
@@ -105,3 +106,25 @@ def test_model_box_sizes_and_anchor_shapes():
     np.testing.assert_allclose(shapes[1], [32, 32])  # size 32, ratio 1
     np.testing.assert_allclose(np.sqrt(shapes.prod(axis=1))[[1, 4, 7]], [32, 40, 50])  # int(32 * 2^(k/3))
     np.testing.assert_allclose(shapes[0, 1] / shapes[0, 0], 0.5)  # ratio h / w
+
+
+def test_anchor_hint_counts_boxes_too_small_and_suggests_sizes(tmp_path, capsys):
+    import numpy as np
+
+    from retinanet.data.check import CheckReport, anchor_hint, boxes_below_anchors
+    from retinanet.data.classes import ClassMap
+    from retinanet.data.records import Record
+
+    def rec(file, side):
+        return Record(file, np.array([[0, 0, side, side]], np.float32), np.ones(1, np.int64), np.zeros(1, bool), 0, (100, 100), file)
+
+    # at min_size 100 (scale 1): sides 10, 20 are under 32 / sqrt(2) = 22.6, sides 30, 60 are not
+    report = CheckReport(root="d", format="voc", class_map=ClassMap.discover(["a"]))
+    report.records["train"] = [rec(f"{s}.jpg", s) for s in (10, 20, 30, 60)]
+    assert boxes_below_anchors(report, 100, 100, (32, 64, 128, 256, 512)) == (2, 4)
+    assert boxes_below_anchors(report, 200, 200, (32, 64, 128, 256, 512)) == (1, 4)  # scaled x2: only 10 -> 20
+    hint = anchor_hint(report, 100, 100, (32, 64, 128, 256, 512))
+    assert "2 of 4 boxes (50.0%)" in hint and "--anchor-sizes 8 16 32 64 128" in hint  # 16 still leaves the 10 px box
+    assert "--anchor-sizes" not in anchor_hint(report, 100, 100, (32, 64, 128, 256, 512), too_many=0.5)
+    report.records["train"] = [rec(f"{s}.jpg", s) for s in (4, 5, 6, 60)]
+    assert "larger --min-size" in anchor_hint(report, 100, 100, (32, 64, 128, 256, 512))

@@ -98,6 +98,18 @@ def test_repeated_image_id_is_an_error_and_skip_bad_leaves_both_out(coco):
     assert [r.image_id for r in ds.train.records] == [2]  # neither image 1 gets the union of the boxes
 
 
+def test_one_file_under_two_image_ids_is_an_error_and_skip_bad_leaves_both_out(coco):
+    _edit(coco, lambda d: d["images"].append({"id": 7, "file_name": "000000000001.jpg", "height": 64, "width": 80}))
+    with pytest.raises(DataError) as err:
+        _build(coco)
+    assert err.value.problems == [f"{coco}: file_name '000000000001.jpg' is listed under several image ids (images[0] id 1, "
+                                  "images[2] id 7): its objects are split between them, and each would train with the "
+                                  "others' objects as background; give each image one entry"]
+    with pytest.warns(UserWarning, match="skipped: .*file_name '000000000001.jpg' is listed under several image ids"):
+        ds = _build(coco, skip_bad=True)
+    assert [r.image_id for r in ds.train.records] == [2]
+
+
 def test_repeated_annotation_id_is_an_error(coco):
     _edit(coco, lambda d: d["annotations"].append({"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5]}))
     with pytest.raises(DataError, match=r"annotation id 1 is repeated \(2 times, image\(s\) \[1\]\)") as err:

@@ -128,6 +128,18 @@ def test_polygon_lines_give_the_enclosing_box_and_clipping_warns(tmp_path):
     assert any("p.txt: dropped 1 box(es) with no area (line(s) 3)" in w for w in warns)
 
 
+def test_duplicate_rows_are_dropped_with_a_warning(tmp_path):
+    text = "0 0.5 0.5 0.2 0.4\n1 0.5 0.5 0.2 0.4\n0 0.5 0.5 0.2 0.4\n2 0.2 0.2 0.1 0.1\n0 0.5 0.5 0.2 0.4\n"
+    data = tiny_yolo(tmp_path, {"d": text, "clean": "0 0.5 0.5 0.2 0.4\n"})
+    records, *_, problems, warns = read_records(DataConfig(root=str(data)))
+    r = _by_stem(records["train"])
+    assert problems == [] and r["d"].labels.tolist() == [1, 2, 3] and r["clean"].labels.tolist() == [1]
+    np.testing.assert_allclose(r["d"].boxes[:2], [[20, 12, 30, 28], [20, 12, 30, 28]])  # same box, two classes: kept
+    warning = (f"{data.parent / 'labels' / 'train' / 'd.txt'}: dropped 2 duplicate label line(s) (line(s) 3, 5: "
+               "same class and box as an earlier line)")
+    assert warns == [warning] * 2  # once per split: train and val are the same folder here
+
+
 BAD_LINES = [
     ("0 0.5 0.5 0.2", "4 fields; a box line has 5"),
     ("0 0.5 0.5 0.2 0.2 0.9", "6 fields; a box line has 5"),

@@ -41,3 +41,18 @@ def test_epoch_files_and_summary(tmp_path):
     assert "training stopped by SIGTERM: 2 epoch(s) in 1:02:05 on 2 process(es)" in text
     assert "best:   AP 0.4000  AP50 0.2000  (epoch 2)" in text and f"retinanet train --resume {tmp_path / 'interrupted.pt'}" in text
     assert "results.png" in s["files"] and "last.pt" not in s["files"]  # only files that exist
+
+
+def test_progress_eta_after_a_mid_epoch_resume_counts_this_runs_steps(tmp_path, monkeypatch):
+    import retinanet.engine.report as report
+    from retinanet.engine.report import RunLog, StepProgress
+
+    now = [100.0]
+    monkeypatch.setattr(report.time, "time", lambda: now[0])
+    with RunLog(tmp_path / "train.log", echo=False) as log, StepProgress(log, 10, "epoch 1/1", 2, show=False, start=6) as bar:
+        for i in range(6, 10):  # resumed at step 7 of 10: one second per step
+            now[0] += 1.0
+            bar.update(i, 0.01, 0.5)
+    lines = (tmp_path / "train.log").read_text().splitlines()
+    # step 8: 2 steps in 2 s, 2 left -> 2 s (counting the 6 steps before the resume would say 0:00:00)
+    assert lines == ["epoch 1/1 step 8/10 loss 0.5000 lr 0.01 eta 0:00:02", "epoch 1/1 step 10/10 loss 0.5000 lr 0.01 eta 0:00:00"]

@@ -114,3 +114,34 @@ def test_fpn_and_head_options(fpn_channels, head_convs):
     assert cls[0].shape == (1, 8 * 8 * 9, 4) and reg[0].shape == (1, 8 * 8 * 9, 4)
     losses = m.train()([torch.rand(3, 64, 64)], [{"boxes": torch.tensor([[8.0, 8, 40, 48]]), "labels": torch.tensor([1])}])
     assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_anchor_sizes_option(tmp_path):
+    """--anchor-sizes: the levels' anchors scale, the weights do not change, the checkpoint keeps them."""
+    from dataclasses import asdict
+
+    from retinanet.checkpoint_io import save_checkpoint
+    from retinanet.engine.checkpoint import load_model
+    from retinanet.errors import RetinaNetError
+
+    default, small = _model(), _model(anchor_sizes=[16, 32, 64, 128, 256])  # a config file's list
+    assert default.config.anchor_sizes == (32, 64, 128, 256, 512) and small.config.anchor_sizes == (16, 32, 64, 128, 256)
+    assert list(small.state_dict()) == list(default.state_dict())  # torchvision's files still load
+    feats = [(256 // 2 ** k, 128 // 2 ** k) for k in range(3, 8)]
+    for a, b in zip(default.anchor_cache(feats, (256, 128), "cpu"), small.anchor_cache(feats, (256, 128), "cpu")):
+        side_a, side_b = (a[:9, 2:] - a[:9, :2]).prod(1).sqrt(), (b[:9, 2:] - b[:9, :2]).prod(1).sqrt()
+        torch.testing.assert_close(side_b / side_a, torch.full((9,), 0.5), atol=0.04, rtol=0)  # half, up to rounding
+        torch.testing.assert_close(a[:, :2] + a[:, 2:], b[:, :2] + b[:, 2:])  # same centres
+    # a 20 px box has no anchor of IoU >= 0.5 (the matcher's positives) at 32 px, some at 16 px
+    box = torch.tensor([[40.0, 40, 60, 60]])
+    ious = [box_iou(torch.cat(m.anchor_cache(feats, (256, 128), "cpu")), box).max().item() for m in (default, small)]
+    assert ious[0] < 0.5 < ious[1]
+    imgs, _ = _inputs()
+    assert all(torch.isfinite(v) for v in small.train()(imgs, [{"boxes": box, "labels": torch.tensor([1])}] * 2).values())
+    path = tmp_path / "small.pt"
+    save_checkpoint({"model": small.state_dict(), "config": {"model": asdict(small.config)}, "class_map": {"a": 1}}, path)
+    loaded, _ = load_model(path, "cpu")
+    assert loaded.anchor_cache.sizes == (16, 32, 64, 128, 256)
+    for bad in ([16, 32, 64, 128], [32, 16, 64, 128, 256], [2, 4, 8, 16, 32], [16.5, 32, 64, 128, 256]):
+        with pytest.raises(RetinaNetError, match="anchor_sizes must be 5 increasing"):
+            _model(anchor_sizes=bad)
