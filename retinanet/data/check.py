@@ -24,6 +24,7 @@ import numpy as np
 from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
 from tqdm import tqdm
 
+from retinanet.checkpoint_io import write_atomic
 from retinanet.config import DataConfig
 from retinanet.data.build import read_records
 from retinanet.data.classes import ClassMap
@@ -231,10 +232,12 @@ def boxes_below_anchors(report: CheckReport, min_size: int, max_size: int, ancho
 
 
 def anchor_hint(report: CheckReport, min_size: int, max_size: int, anchor_sizes: tuple[int, ...],
-                too_many: float = 0.1) -> str:
-    """One line for the user: the share of boxes below the smallest anchor side and, when it is
-    over ``too_many``, the halved anchor sizes (down to a smallest side of 8 px) that bring it under,
-    or else the advice to raise ``min_size``."""
+                too_many: float = 0.15) -> str:
+    """One line for the user: the share of boxes too small for the smallest anchor
+    (``boxes_below_anchors``) and, when it is over ``too_many``, the largest of the anchor sizes
+    scaled by 3/4, 1/2, 3/8 or 1/4 (smallest side >= 8 px) that brings it under, or else the
+    advice to raise ``min_size``. A hint: smaller anchors also hand mid-sized objects to coarser
+    levels, so the largest sizes that fit are suggested, not the smallest."""
     small, total = boxes_below_anchors(report, min_size, max_size, anchor_sizes)
     if not total:
         return "anchors: no boxes to compare with the anchor sizes"
@@ -242,9 +245,10 @@ def anchor_hint(report: CheckReport, min_size: int, max_size: int, anchor_sizes:
             f"({min(anchor_sizes)} px at min_size {min_size}: IoU < 0.5)")
     if small <= too_many * total:
         return line
-    sizes = tuple(anchor_sizes)
-    while sizes[0] // 2 >= 8:
-        sizes = tuple(s // 2 for s in sizes)
+    for factor in (3 / 4, 1 / 2, 3 / 8, 1 / 4):
+        sizes = tuple(round(s * factor) for s in anchor_sizes)
+        if sizes[0] < 8:
+            break
         if boxes_below_anchors(report, min_size, max_size, sizes)[0] <= too_many * total:
             return line + f": train with --anchor-sizes {' '.join(map(str, sizes))} (or a larger --min-size)"
     return line + ": train with a larger --min-size (and lower --anchor-sizes)"
@@ -322,13 +326,13 @@ def write_check_outputs(report: CheckReport, out: str | Path, *, min_size: int, 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "report.txt"]
-    paths[0].write_text(report.summary() + "\n")
+    write_atomic(paths[0], report.summary() + "\n")
     if report.class_map is None:  # the dataset could not be read: nothing to draw
         return paths
     figures = {"instances_per_class.png": class_counts_figure(report),
                "box_sizes.png": box_sizes_figure(report, min_size, max_size, anchor_sizes),
                "image_sizes.png": image_sizes_figure(report)}
     for name, fig in figures.items():
-        fig.savefig(out / name, dpi=100)
+        write_atomic(out / name, lambda f, fig=fig: fig.savefig(f, format="png", dpi=100))
         paths.append(out / name)
     return paths

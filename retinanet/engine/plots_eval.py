@@ -9,6 +9,8 @@ from typing import Any
 
 from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
 
+from retinanet.checkpoint_io import write_atomic
+
 PANEL_W, PANEL_H = 3.0, 2.7  # inches per class panel
 MIN_W = 5.0  # inches: the two-line title fits even above a single panel
 
@@ -57,8 +59,6 @@ def pr_curves_figure(curves: dict[str, Any], per_class_ap: dict[str, float] | No
 
 
 def plot_pr_curves(curves: dict[str, Any], path: str | os.PathLike, per_class_ap: dict[str, float] | None = None) -> Path:
-    """Write ``pr_curves_figure(curves, per_class_ap)`` to ``path`` (PNG, Agg); returns ``path`` as a Path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pr_curves_figure(curves, per_class_ap).savefig(path, dpi=100)
-    return path
+    """Write ``pr_curves_figure(curves, per_class_ap)`` to ``path`` (PNG, Agg, atomically); returns ``path`` as a Path."""
+    fig = pr_curves_figure(curves, per_class_ap)
+    return write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=100))

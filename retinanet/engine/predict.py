@@ -227,22 +227,19 @@ def yolo_names_yaml(class_names: dict[int, str]) -> str:
 
 
 def _write_outputs(item: dict[str, Any], path: Path, name: str, det: Detections, opts: PredictOptions):
-    """Drawn image, VOC XML and YOLO labels of one image (each only if asked)."""
+    """Drawn image, VOC XML and YOLO labels of one image (each only if asked; each written atomically)."""
     out = Path(opts.out)
     boxes, labels, scores = det.boxes.double().numpy(), det.labels.tolist(), det.scores.tolist()
     if opts.draw:
         target = out / "images" / _drawn_name(name)
-        target.parent.mkdir(parents=True, exist_ok=True)
         original = Image.fromarray(item["original"].permute(1, 2, 0).numpy())
-        draw_detections(original, boxes, labels, scores, det.names).save(target)
+        drawn = draw_detections(original, boxes, labels, scores, det.names)
+        image_format = Image.registered_extensions()[target.suffix.lower()]
+        write_atomic(target, lambda f: drawn.save(f, format=image_format))
     if opts.voc_xml:
-        target = (out / "xml" / name).with_suffix(".xml")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(voc_xml(path, det.size, boxes, det.names))
+        write_atomic((out / "xml" / name).with_suffix(".xml"), voc_xml(path, det.size, boxes, det.names))
     if opts.yolo_txt:
-        target = (out / "labels" / name).with_suffix(".txt")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(yolo_lines(boxes, labels, scores, det.size, opts.save_conf))
+        write_atomic((out / "labels" / name).with_suffix(".txt"), yolo_lines(boxes, labels, scores, det.size, opts.save_conf))
 
 
 def write_predictions_json(path: Path, records: list[dict[str, Any]], failures: list[tuple[str, str]]) -> None:
@@ -295,7 +292,7 @@ def predict(detector: Detector, files: list[tuple[Path, str]], opts: PredictOpti
     detector.label_ids(opts.classes)  # an unknown class name fails before any work
     out.mkdir(parents=True, exist_ok=True)
     if opts.yolo_txt:
-        (out / "data.yaml").write_text(yolo_names_yaml(detector.class_names))
+        write_atomic(out / "data.yaml", yolo_names_yaml(detector.class_names))
     c = detector.model.config
     images = ImageFiles([p for p, _ in files], c.min_size, c.max_size, keep_original=opts.draw,
                         exif=detector.exif, max_pixels=detector.max_image_pixels)

@@ -124,7 +124,9 @@ def test_anchor_hint_counts_boxes_too_small_and_suggests_sizes(tmp_path, capsys)
     assert boxes_below_anchors(report, 100, 100, (32, 64, 128, 256, 512)) == (2, 4)
     assert boxes_below_anchors(report, 200, 200, (32, 64, 128, 256, 512)) == (1, 4)  # scaled x2: only 10 -> 20
     hint = anchor_hint(report, 100, 100, (32, 64, 128, 256, 512))
-    assert "2 of 4 boxes (50.0%)" in hint and "--anchor-sizes 8 16 32 64 128" in hint  # 16 still leaves the 10 px box
+    # 24 (under 17 px) and 16 (under 11.3 px) still leave the 10 px box; 12 (under 8.5 px) does not
+    assert "2 of 4 boxes (50.0%)" in hint and "--anchor-sizes 12 24 48 96 192" in hint
+    assert "--anchor-sizes 24 48 96 192 384" in anchor_hint(report, 100, 100, (32, 64, 128, 256, 512), too_many=0.3)
     assert "--anchor-sizes" not in anchor_hint(report, 100, 100, (32, 64, 128, 256, 512), too_many=0.5)
     report.records["train"] = [rec(f"{s}.jpg", s) for s in (4, 5, 6, 60)]
     assert "larger --min-size" in anchor_hint(report, 100, 100, (32, 64, 128, 256, 512))

@@ -212,3 +212,21 @@ def test_predict_exif_option(tmp_path, checkpoint):
     code = main(["predict", str(path), "--weights", str(checkpoint), "--out", str(tmp_path / "o"),
                  "--max-image-pixels", "100", "--workers", "0", "--quiet"])
     assert code == 1  # no image processed: the one file is over the limit (reported, skipped)
+
+
+def test_every_predict_output_is_written_atomically(tmp_path, checkpoint, monkeypatch):
+    """Drawn images, XML, YOLO labels, data.yaml and predictions.json all go through write_atomic
+    (a crash or full disk never leaves a half-written file)."""
+    import retinanet.engine.predict as predict_module
+
+    written = []
+    real = predict_module.write_atomic
+    monkeypatch.setattr(predict_module, "write_atomic", lambda path, content: written.append(Path(path)) or real(path, content))
+    for name in ("a.jpg", "b.png"):
+        write_image(tmp_path / "in" / name, size=(60, 80))
+    out = tmp_path / "out"
+    assert main(["predict", str(tmp_path / "in"), "--weights", str(checkpoint), "--out", str(out), "--score-thresh", "0",
+                 "--max-dets", "3", "--voc-xml", "--save-txt", "--workers", "0", "--quiet"]) == 0
+    on_disk = sorted(p for p in out.rglob("*") if p.is_file())
+    assert len(on_disk) == 8 and sorted(written) == on_disk  # 2 drawn, 2 XML, 2 TXT, data.yaml, predictions.json
+    assert Image.open(out / "images" / "a.jpg").format == "JPEG" and Image.open(out / "images" / "b.png").format == "PNG"
