@@ -27,11 +27,11 @@ CLASS_MAP = {"cat": 1, "dog": 2, "bird": 3}
 MAX_DETS = 15
 
 
-def _tiny_model(seed: int = 0):
+def _tiny_model(seed: int = 0, **options):
     torch.manual_seed(seed)
     model = build_model(
         "resnet18_fpn", num_classes=4, min_size=128, max_size=192, detections_per_img=MAX_DETS,
-        topk_candidates=100, score_thresh=0.05, norm="bn",
+        topk_candidates=100, score_thresh=0.05, norm="bn", **options,
     )
     with torch.no_grad():  # a prior of 0.01 gives no detection on random weights: spread scores out
         model.head.classification_head.cls_logits.bias.normal_(-2.0, 1.0)
@@ -44,7 +44,7 @@ def exported(tmp_path_factory):
     for module in ("onnx", "onnxruntime", "onnxscript"):  # skips only the tests that use this
         pytest.importorskip(module)
     tmp = tmp_path_factory.mktemp("export")
-    model = _tiny_model()
+    model = _tiny_model(anchor_sizes=(16, 32, 64, 128, 256))  # not the default: the graph must use the model's
     ckpt = save_checkpoint(
         {"model": model.state_dict(), "config": {"model": dataclasses.asdict(model.config)}, "class_map": CLASS_MAP},
         tmp / "tiny.pt",
@@ -92,6 +92,8 @@ def test_verify_catches_a_different_model(exported):
     report = verify_onnx(other, out, make_samples(other, 128, batch_sizes=(1,)))
     assert not report.ok
     assert "MISMATCH" in report.format()
+    default_anchors = _tiny_model()  # the exported weights with torchvision's anchors: the graph has its own
+    assert not verify_onnx(default_anchors, out, make_samples(default_anchors, 128, batch_sizes=(1,))).ok
 
 
 def test_cli_export_fails_clearly_on_missing_checkpoint(tmp_path, capsys):
