@@ -48,6 +48,7 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
     m.add_argument("--norm", choices=["frozen_bn", "bn"], default=S, help="backbone BatchNorm: frozen (pretrained start only) or trained [frozen_bn with pretrained weights, else bn]")
     m.add_argument("--trainable-backbone-layers", type=int, default=S, metavar="N", help="ResNet stages trained, 0..5 (< 5: pretrained start only) [3 with pretrained weights, else 5]")
     m.add_argument("--fpn-channels", type=int, default=S, metavar="C", help=f"FPN and head width (256 to load torchvision weights) [{m0.fpn_channels}]")
+    m.add_argument("--box-loss", choices=["l1", "giou"], default=S, help="box regression loss [the arch's: l1 for v1, giou for _v2 archs]")
     m.add_argument("--anchor-sizes", type=int, nargs=5, default=S, metavar="PX", help=f"base anchor side of FPN levels P3..P7; lower them for objects smaller than the first (check-data --out draws both) [{' '.join(map(str, m0.anchor_sizes))}]")
     m.add_argument("--head-convs", type=int, default=S, metavar="N", help=f"conv layers per head branch (4 to load torchvision weights) [{m0.head_convs}]")
     t = p.add_argument_group("training")

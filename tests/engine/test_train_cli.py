@@ -28,8 +28,8 @@ def test_command_line_beats_config_file_beats_defaults(tmp_path):
     m, d, t = _configs("--config", str(cfg), "--data", "cli_root", "--min-size", "64", "--hflip-prob", "0.7",
                        "--no-photometric", "--lr", "0.1", "--lr-steps", "1", "2", "--no-amp", "--weight-decay", "0.001",
                        "--eval-every", "2", "--synthetic-val", "7", "--workers", "0", "--ema-decay", "0.99",
-                       "--anchor-sizes", "16", "32", "64", "128", "256")
-    assert m == ModelConfig(arch="resnet18_fpn", min_size=64, max_size=128, anchor_sizes=(16, 32, 64, 128, 256))
+                       "--anchor-sizes", "16", "32", "64", "128", "256", "--box-loss", "giou")
+    assert m == ModelConfig(arch="resnet18_fpn", min_size=64, max_size=128, anchor_sizes=(16, 32, 64, 128, 256), box_loss="giou")
     # --data replaces the root only: the file's other data options stay
     assert d == DataConfig(root="cli_root", train_split="trainval", years=("2012",), hflip_prob=0.7, photometric=False,
                            synthetic_val=7, workers=0)
