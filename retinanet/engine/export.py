@@ -22,7 +22,9 @@ is compared with PyTorch eager through onnxruntime by ``retinanet.engine.onnx_ve
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import time
 import warnings
@@ -71,6 +73,26 @@ class ExportableDetector(nn.Module):
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """``images [B, 3, H, W]`` -> ``boxes [B, K, 4], scores [B, K], labels [B, K], num [B]``."""
         return self.model.detect_padded(images)
+
+
+# loggers whose warnings during export are the exporter's own business, not the user's:
+# onnx_ir's "Attribute type is ambiguous because it is an empty sequence ... Defaulted to INTS"
+# (an empty list attribute, for which INTS is right; the onnxruntime check verifies the graph)
+_NOISY_LOGGERS = ("onnx_ir._convenience",)
+
+
+@contextlib.contextmanager
+def _quiet_loggers(names: Sequence[str], level: int = logging.ERROR):
+    """Raise the level of the loggers ``names`` to ``level`` inside the block, then restore it."""
+    loggers = [logging.getLogger(n) for n in names]
+    before = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(level)
+    try:
+        yield
+    finally:
+        for lg, lvl in zip(loggers, before):
+            lg.setLevel(lvl)
 
 
 def export_onnx(
@@ -122,7 +144,7 @@ def export_onnx(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.export.tmp")  # the exporter writes in place; the final file is written atomically
     try:
-        with torch.no_grad(), warnings.catch_warnings():
+        with torch.no_grad(), warnings.catch_warnings(), _quiet_loggers(_NOISY_LOGGERS):
             warnings.simplefilter("ignore")  # the exporter's deprecation chatter, not ours
             torch.onnx.export(
                 wrapper,
