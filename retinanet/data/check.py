@@ -217,28 +217,39 @@ def class_counts_figure(report: CheckReport) -> Figure:
     return fig
 
 
-def boxes_below_anchors(report: CheckReport, min_size: int, max_size: int, anchor_sizes: tuple[int, ...]) -> tuple[int, int]:
-    """``(boxes too small for the anchors, all boxes)``, every split, at the model's input scale
-    (boxes of zero width or height left out, as in the plot). Too small: ``sqrt(w*h)`` below the
-    smallest anchor side / sqrt(2), so even centred on the smallest anchor of its shape its IoU is
-    under 0.5 (the matcher's positive threshold; it then gets only its best anchor, if any)."""
-    small = total = 0
-    for recs in report.records.values():
+def split_box_sizes(report: CheckReport, min_size: int, max_size: int) -> dict[str, np.ndarray]:
+    """Split -> ``[N, 2]`` box width, height at the model's input scale (``model_box_sizes``),
+    boxes of zero width or height left out."""
+    out = {}
+    for split, recs in report.records.items():
         wh = model_box_sizes(recs, report.image_hw, min_size, max_size)
-        wh = wh[(wh > 0).all(axis=1)]
-        total += len(wh)
-        small += int((np.sqrt(wh.prod(axis=1)) < min(anchor_sizes) / math.sqrt(2)).sum())
-    return small, total
+        out[split] = wh[(wh > 0).all(axis=1)]
+    return out
+
+
+def count_too_small(wh: np.ndarray, anchor_sizes: tuple[int, ...]) -> int:
+    """Boxes ``[N, 2]`` (w, h) too small for the anchors: ``sqrt(w*h)`` below the smallest anchor
+    side / sqrt(2), so even centred on the smallest anchor of its shape its IoU is under 0.5 (the
+    matcher's positive threshold; such a box gets only its best anchor, if any)."""
+    return int((np.sqrt(wh.prod(axis=1)) < min(anchor_sizes) / math.sqrt(2)).sum())
+
+
+def boxes_below_anchors(report: CheckReport, min_size: int, max_size: int, anchor_sizes: tuple[int, ...]) -> tuple[int, int]:
+    """``(boxes too small for the anchors (count_too_small), all boxes)``, every split, at the
+    model's input scale."""
+    wh = np.concatenate([np.zeros((0, 2)), *split_box_sizes(report, min_size, max_size).values()])
+    return count_too_small(wh, anchor_sizes), len(wh)
 
 
 def anchor_hint(report: CheckReport, min_size: int, max_size: int, anchor_sizes: tuple[int, ...],
                 too_many: float = 0.15) -> str:
     """One line for the user: the share of boxes too small for the smallest anchor
-    (``boxes_below_anchors``) and, when it is over ``too_many``, the largest of the anchor sizes
+    (``count_too_small``) and, when it is over ``too_many``, the largest of the anchor sizes
     scaled by 3/4, 1/2, 3/8 or 1/4 (smallest side >= 8 px) that brings it under, or else the
     advice to raise ``min_size``. A hint: smaller anchors also hand mid-sized objects to coarser
     levels, so the largest sizes that fit are suggested, not the smallest."""
-    small, total = boxes_below_anchors(report, min_size, max_size, anchor_sizes)
+    wh = np.concatenate([np.zeros((0, 2)), *split_box_sizes(report, min_size, max_size).values()])
+    small, total = count_too_small(wh, anchor_sizes), len(wh)
     if not total:
         return "anchors: no boxes to compare with the anchor sizes"
     line = (f"anchors: {small} of {total} boxes ({100 * small / total:.1f}%) are too small for the smallest anchor "
@@ -249,21 +260,21 @@ def anchor_hint(report: CheckReport, min_size: int, max_size: int, anchor_sizes:
         sizes = tuple(round(s * factor) for s in anchor_sizes)
         if sizes[0] < 8:
             break
-        if boxes_below_anchors(report, min_size, max_size, sizes)[0] <= too_many * total:
+        if count_too_small(wh, sizes) <= too_many * total:
             return line + f": train with --anchor-sizes {' '.join(map(str, sizes))} (or a larger --min-size)"
     return line + ": train with a larger --min-size (and lower --anchor-sizes)"
 
 
 def box_sizes_figure(report: CheckReport, min_size: int, max_size: int, anchor_sizes: tuple[int, ...]) -> Figure:
     """Box width x height at the model's input scale (log-log), per split, with the anchor shapes;
-    the title says how many boxes are too small for the smallest anchor (``boxes_below_anchors``)."""
+    the title says how many boxes are too small for the smallest anchor (``count_too_small``)."""
     fig = Figure(figsize=(7.0, 6.0), layout="constrained")
     ax = fig.subplots()
     smallest = float(min(anchor_sizes))
-    small, total = boxes_below_anchors(report, min_size, max_size, anchor_sizes)
-    for k, (split, recs) in enumerate(report.records.items()):
-        wh = model_box_sizes(recs, report.image_hw, min_size, max_size)
-        wh = wh[(wh > 0).all(axis=1)]
+    per_split = split_box_sizes(report, min_size, max_size)
+    small = sum(count_too_small(wh, anchor_sizes) for wh in per_split.values())
+    total = sum(len(wh) for wh in per_split.values())
+    for k, (split, wh) in enumerate(per_split.items()):
         ax.scatter(wh[:, 0], wh[:, 1], s=6, alpha=0.4, color=_SPLIT_COLORS[k % 4], label=f"{split} boxes ({len(wh)})", linewidths=0)
     anchors = anchor_shapes(anchor_sizes)
     ax.scatter(anchors[:, 0], anchors[:, 1], marker="x", s=40, color="black", label="anchors (3 scales x 3 ratios per size)")
@@ -321,7 +332,7 @@ def write_check_outputs(report: CheckReport, out: str | Path, *, min_size: int, 
 
     Args:
         min_size, max_size: the model's resize (box sizes are shown as the model sees them).
-        anchor_sizes: the model's base anchor size per FPN level (``retinanet.model.anchors.SIZES``).
+        anchor_sizes: the model's base anchor size per FPN level (``ModelConfig.anchor_sizes``).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
