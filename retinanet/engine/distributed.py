@@ -6,11 +6,16 @@ Every helper works unchanged in a single process (world size 1), so the engine h
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
+
+from retinanet.errors import RetinaNetError
+
+T = TypeVar("T")
 
 
 def is_dist() -> bool:
@@ -62,6 +67,33 @@ def local_device(requested: str = "auto") -> torch.device:
 def barrier() -> None:
     if is_dist():
         dist.barrier()
+
+
+def main_first(fn: Callable[[], T], what: str) -> T:
+    """``fn()`` on the main process, then on the others (a download the others then find in the cache).
+
+    A ``RetinaNetError`` of the main process is raised there as it is, and on every other rank as
+    a one-line ``RetinaNetError`` that points to it, instead of each failing in its next collective
+    with a transport error. ``what`` says what the main process was doing ("fetching the weights").
+    """
+    if not is_dist():
+        return fn()
+    main = is_main_process()
+    result: T | None = None
+    error: RetinaNetError | None = None
+    if main:
+        try:
+            result = fn()
+        except RetinaNetError as err:
+            error = err
+    outcome = [None if error is None else type(error).__name__]
+    dist.broadcast_object_list(outcome, src=0)
+    if error is not None:
+        raise error
+    if outcome[0] is not None:
+        raise RetinaNetError(f"rank {get_rank()}: stopped, because the main process (rank 0) failed {what} "
+                             f"({outcome[0]}, reported by rank 0)")
+    return result if main else fn()  # type: ignore[return-value]
 
 
 def all_gather_object(obj: Any) -> list[Any]:

@@ -97,7 +97,7 @@ def resolve_start(model_cfg: ModelConfig, cfg: TrainConfig) -> tuple[ModelConfig
 
 def load_start(model: torch.nn.Module, cfg: TrainConfig, progress: bool = True) -> tuple[TrainConfig, list[str], str]:
     """Load the start ``resolve_start`` chose into ``model`` (the main process fetches a named
-    file first, the others then find it in the cache).
+    file first, the others then find it in the cache; a failed fetch stops every rank with a message).
 
     Returns:
         ``cfg`` with ``start_sha256`` set (None from scratch), the keys re-initialised, and a line
@@ -109,12 +109,8 @@ def load_start(model: torch.nn.Module, cfg: TrainConfig, progress: bool = True) 
     which, value = ("weights", cfg.weights) if cfg.weights != NONE else ("backbone_weights", cfg.backbone_weights)
     if value == NONE:
         return dataclasses.replace(cfg, start_sha256=None), [], "weights: none, from scratch"
-    main = D.is_main_process()
-    if D.is_dist() and not main:
-        D.barrier()  # wait for the main process's download
-    path, digest = weights_file(value, ARCHS[model.config.arch][0], progress=progress and main)
-    if D.is_dist() and main:
-        D.barrier()
+    depth, show = ARCHS[model.config.arch][0], progress and D.is_main_process()
+    path, digest = D.main_first(lambda: weights_file(value, depth, progress=show), f"to fetch {which} {value!r}")
     if cfg.start_sha256 and cfg.start_sha256 != digest:
         raise CheckpointError(f"{path}: sha256 {digest[:16]}... differs from start_sha256 {cfg.start_sha256[:16]}... "
                               f"that the config records for {which} {value!r} (another file); remove start_sha256 "

@@ -183,13 +183,17 @@ def _train(model_cfg: ModelConfig, data_cfg: DataConfig, cfg: TrainConfig, progr
 
 RUN_OUTPUTS = ("best.pt", "last.pt", "interrupted.pt", "results.csv", "metrics.json", "results.png", "config.yaml",
                "classes.json", "train.log", "tensorboard")
+# what a run writes before its first checkpoint: a run that stopped there (a failed download, a bad
+# option met in set-up, a crash in epoch 1) leaves nothing to resume, and its folder is reused
+BEFORE_FIRST_CHECKPOINT = ("train.log", "config.yaml", "classes.json", "tensorboard")
 
 
 def check_run_dir(out: Path, resume: str | None, exist_ok: bool) -> str:
     """Refuse to start a new run in a directory that holds another run's files.
 
-    Resuming the run of ``out`` (a checkpoint inside it) is always allowed. Returns "" or, with
-    ``exist_ok`` and an earlier run there, the line to log that says which files this run replaces.
+    Resuming the run of ``out`` (a checkpoint inside it) is always allowed, and so is a new run in
+    the folder of a run that stopped before its first checkpoint. Returns "" or the line to log
+    that says which files this run replaces.
 
     Raises:
         RetinaNetError: ``out`` cannot be a writable folder (``check_output_path``), or it holds a
@@ -200,6 +204,9 @@ def check_run_dir(out: Path, resume: str | None, exist_ok: bool) -> str:
     found = [name for name in RUN_OUTPUTS if (out / name).exists()]
     if not found or (resume and same_file(resume_file(resume).parent, out)):
         return ""
+    if set(found) <= set(BEFORE_FIRST_CHECKPOINT):  # nothing to resume, nothing lost: the log is appended to
+        return (f"{out} holds a run that stopped before its first checkpoint ({', '.join(found)}): this run starts "
+                "in it; train.log is appended to")
     if not exist_ok:
         raise RetinaNetError(f"{out} already holds a training run ({', '.join(found)}) and a new run does not overwrite "
                              f"it: continue it with --resume {out}, choose another --out, or give --exist-ok to "

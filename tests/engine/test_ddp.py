@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from retinanet.data import make_synthetic
@@ -70,3 +71,40 @@ def test_two_cpu_processes_train_and_evaluate(tmp_path):
     result = json.loads((ev / "eval.json").read_text())
     assert result["num_images"] == 5 and result["metrics"] == ref.metrics
     assert proc.stdout.count("Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all") == 1
+
+
+def _main_first_worker(rank: int, port: int, fail: bool, results) -> None:
+    import torch.distributed as dist
+
+    from retinanet.engine import distributed as D
+    from retinanet.errors import CheckpointError, RetinaNetError
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    calls = []
+
+    def fetch():
+        calls.append(rank)
+        if fail:
+            raise CheckpointError("https://example.org/w.pth: cannot download")
+        return f"path from rank {rank}"
+
+    try:
+        results[rank] = ("ok", D.main_first(fetch, "to fetch the weights"), calls)
+    except RetinaNetError as err:
+        results[rank] = (type(err).__name__, str(err), calls)
+    dist.barrier()  # both ranks still talk: neither failed in a collective
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("fail", [False, True], ids=["fetched", "failed"])
+def test_main_first_runs_on_rank_0_first_and_a_failure_there_stops_every_rank_with_a_message(fail):
+    import torch.multiprocessing as mp
+
+    results = mp.Manager().dict()
+    mp.spawn(_main_first_worker, args=(_free_port(), fail, results), nprocs=2, join=True)
+    if not fail:
+        assert results[0] == ("ok", "path from rank 0", [0]) and results[1] == ("ok", "path from rank 1", [1])
+    else:
+        assert results[0] == ("CheckpointError", "https://example.org/w.pth: cannot download", [0])  # as raised
+        assert results[1] == ("RetinaNetError", "rank 1: stopped, because the main process (rank 0) failed to fetch "
+                              "the weights (CheckpointError, reported by rank 0)", [])  # rank 1 never tried

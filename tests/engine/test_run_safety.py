@@ -83,6 +83,29 @@ def test_new_run_refuses_a_run_dir_and_exist_ok_says_what_it_replaces(data_root,
     assert (run / "interrupted.pt").read_bytes() == foreign  # finished, but it deletes only its own
 
 
+def test_a_run_that_failed_before_its_first_checkpoint_does_not_block_the_retry(data_root, tmp_path, monkeypatch):
+    """The failed fetch's message says "run the command again": the same command must then work."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "home"))
+    cached = tmp_path / "home" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"a broken download")
+    run = tmp_path / "run"
+    argv = ["train", "--data", data_root, "--out", str(run), "--arch", "resnet18_fpn", "--min-size", "64",
+            "--max-size", "64", "--epochs", "1", "--batch-size", "2", "--workers", "0", "--device", "cpu"]
+    status, err = _cli([*argv, "--backbone-weights", "imagenet"])
+    assert status == 2 and "delete it and run the command again" in err, err
+    assert {p.name for p in run.iterdir()} == {"train.log"}
+
+    status, err = _cli([*argv, "--from-scratch"])  # the retry (here without the broken file's weights)
+    assert status == 0, err
+    log = (run / "train.log").read_text()
+    assert log.count("retinanet train 2") == 2  # both runs' headers: nothing of the first lost
+    assert f"{run} holds a run that stopped before its first checkpoint (train.log): this run starts in it" in log
+    assert (run / "last.pt").exists()
+    status, err = _cli([*argv, "--from-scratch"])  # a run with checkpoints is still protected
+    assert status == 2 and "already holds a training run" in err
+
+
 # --- item 9: --out checked first, for every command -----------------------------------------------
 
 
