@@ -215,21 +215,24 @@ def build_datasets(cfg: DataConfig, *, min_size: int, max_size: int, splits: tup
 
 
 class EpochSeededLoader(DataLoader):
-    """A DataLoader whose worker seeds are a function of (seed, epoch of its batch sampler).
+    """A DataLoader whose randomness is a function of (seed, epoch of its batch sampler).
 
-    Each iteration re-seeds the loader's generator from ``seed`` and the batch sampler's epoch, so
-    the workers' augmentation RNG (torch and ``random``, seeded by the DataLoader from it) repeats
-    for the same (seed, epoch), also after a resume. With ``workers=0`` augmentation uses the
-    main process's global RNG instead.
+    Each iteration of a training loader (``seeded_items``) calls ``dataset.set_epoch(seed,
+    epoch)``, so each item's augmentation depends on (seed, epoch, index) alone: the same batches
+    with any number of workers, and after a resume (the batch sampler skips the batches done).
+    The loader's generator, which seeds the worker processes, is re-seeded from (seed, epoch) too.
     """
 
-    def __init__(self, *args, seed: int = 0, **kwargs):
+    def __init__(self, *args, seed: int = 0, seeded_items: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.seed = seed
+        self.seeded_items = seeded_items
 
     def __iter__(self):
         epoch = getattr(self.batch_sampler, "epoch", 0)
         self.generator.manual_seed(self.seed * 1_000_003 + epoch)
+        if self.seeded_items:
+            self.dataset.set_epoch(self.seed, epoch)  # before the workers start: they get a copy
         return super().__iter__()
 
 
@@ -245,7 +248,8 @@ def build_loader(dataset: DetectionDataset, *, batch_size: int, workers: int, tr
             False = sequential.
         distributed: shard across the ranks of the initialised process group (training: padded
             to equal shards; evaluation: disjoint shards, no duplicates).
-        seed: shuffling and worker seed.
+        seed: shuffling and augmentation seed (training: item i of epoch e is augmented with
+            draws seeded by (seed, e, i), whatever ``workers`` is).
         aspect_grouping: batch images of one aspect group (w/h < 1 vs >= 1) together.
         pin_memory: batches in page-locked memory (for a CUDA device: ``non_blocking`` copies are
             then asynchronous).
@@ -259,5 +263,5 @@ def build_loader(dataset: DetectionDataset, *, batch_size: int, workers: int, tr
     sampler = GroupedBatchSampler(groups, batch_size, shuffle=train, seed=seed, rank=rank, world_size=world)
     return EpochSeededLoader(
         dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate, seed=seed,
-        generator=torch.Generator(), persistent_workers=False, pin_memory=pin_memory,
+        seeded_items=train, generator=torch.Generator(), persistent_workers=False, pin_memory=pin_memory,
     )

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import random
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -27,6 +29,25 @@ class BadImageError(DataError):
                          summary or "a bad image was met while loading data (use --skip-bad to skip such images)")
 
 
+def item_seed(seed: int, epoch: int, index: int) -> int:
+    """A well-mixed 63-bit seed for one item's augmentation in one epoch."""
+    words = [v & 0xFFFF_FFFF_FFFF_FFFF for v in (int(seed), int(epoch), int(index))]
+    return int(np.random.SeedSequence(words).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+@contextlib.contextmanager
+def seeded_rng(seed: int) -> Iterator[None]:
+    """torch's CPU generator and Python's ``random`` seeded with ``seed`` inside, both restored after."""
+    py_state = random.getstate()
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)  # the CPU one only (torch.manual_seed also seeds CUDA: 90x slower)
+        random.seed(seed)
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+
+
 class DetectionDataset(Dataset):
     """Items ``(image uint8 [3, H, W] resized for the model, target dict)``.
 
@@ -42,6 +63,11 @@ class DetectionDataset(Dataset):
         skip_bad: an image that cannot be decoded is replaced by the next good one, with a warning
             naming the file (counted in ``self.bad``, per worker process); otherwise ``DataError``.
         exif, max_pixels: the EXIF orientation rule and pixel limit (``retinanet.data.images.open_image``).
+
+    Augmentation draws come from the global RNGs (torch, ``random``) unless ``set_epoch(seed,
+    epoch)`` was called: then item ``i`` draws from generators seeded with ``item_seed(seed, epoch,
+    i)``, so an epoch's images are the same whichever loader process reads them, with any number
+    of workers, and after a resume (the training loader calls it each epoch).
     """
 
     def __init__(self, records: list[Record], transform: Callable, *, ignore_as_objects: bool = False, skip_bad: bool = False,
@@ -52,6 +78,11 @@ class DetectionDataset(Dataset):
         self.skip_bad = skip_bad
         self.exif, self.max_pixels = exif, max_pixels
         self.bad: list[str] = []
+        self.draws: tuple[int, int] | None = None  # (seed, epoch) of set_epoch
+
+    def set_epoch(self, seed: int, epoch: int) -> None:
+        """Make item ``i``'s augmentation a function of ``(seed, epoch, i)`` alone (None: global RNGs)."""
+        self.draws = (int(seed), int(epoch))
 
     def __len__(self) -> int:
         return len(self.records)
@@ -104,5 +135,8 @@ class DetectionDataset(Dataset):
                 self.bad.append(msg)
                 warnings.warn(f"skipped: {msg}", stacklevel=2)
                 continue
-            return self.transform(image, target)
+            if self.draws is None:
+                return self.transform(image, target)
+            with seeded_rng(item_seed(*self.draws, index)):
+                return self.transform(image, target)
         raise DataError(self.bad, summary="no image of the dataset could be decoded")

@@ -15,7 +15,7 @@ A new run never writes into a run directory that holds another run (``check_run_
 it, or ``exist_ok``). SIGINT/SIGTERM stop after the current step (under DDP: at the next logging
 point, every ``print_every`` steps) with ``interrupted.pt``, which also holds the position in the
 epoch: a resume from it continues at the next step with the same batches, lr and RNG states
-(bit-identical on CPU with ``workers=0``). A run deletes only the ``interrupted.pt`` it resumed
+(bit-identical on CPU, with any number of loader workers). A run deletes only the ``interrupted.pt`` it resumed
 from, once past it. Non-finite losses are skipped and counted (stop after ``max_bad_steps`` in a
 row). Precision (``--amp``): ``retinanet.engine.precision``. Schedule, optimizer, EMA and RNG
 helpers are in ``retinanet.engine.optim``.

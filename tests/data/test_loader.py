@@ -34,6 +34,22 @@ def test_train_batches_and_determinism(datasets):
     assert set(targets[0]) == {"boxes", "labels", "ignore", "image_id", "orig_size", "size", "file"}
 
 
+def test_augmentation_is_the_same_with_any_number_of_workers_and_leaves_the_global_rng_alone(synthetic):
+    data = build_datasets(DataConfig(root=str(synthetic), photometric=True, iou_crop=True, train_sizes=(48, 56, 64)),
+                          min_size=64, max_size=64)
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    epochs = {w: _epoch(build_loader(data.train, batch_size=3, workers=w, train=True, seed=5), 2) for w in (0, 1, 2)}
+    assert torch.equal(torch.get_rng_state(), before)  # workers=0 drew nothing from the global generator
+    for w in (1, 2):
+        assert len(epochs[w]) == len(epochs[0]) == 8
+        for (ia, ba, xa), (ib, bb, xb) in zip(epochs[0], epochs[w]):
+            assert ia == ib and torch.equal(ba, bb) and torch.equal(xa, xb), w
+    other = {i: (b, x) for i, b, x in _epoch(build_loader(data.train, batch_size=3, workers=0, train=True, seed=5), 3)}
+    changed = [i for i, b, x in epochs[0] if x.shape != other[i][1].shape or not torch.equal(x, other[i][1])]
+    assert len(changed) >= 6  # another epoch draws anew (8 images: crop, scale, flip, colour)
+
+
 def test_eval_loader_is_sequential(datasets):
     loader = build_loader(datasets.val, batch_size=3, workers=0, train=False)
     ids = [t["image_id"] for _, targets in loader for t in targets]

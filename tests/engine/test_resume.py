@@ -1,6 +1,6 @@
 """Resume from ``interrupted.pt`` continues at the next step of the interrupted epoch: on CPU with a
-fixed seed and ``workers=0`` the final weights equal an uninterrupted run's, bit for bit, wherever
-the interruption fell (tiny resnet18, 64 px, 3 steps per epoch, augmentation and EMA on).
+fixed seed the final weights equal an uninterrupted run's, bit for bit, wherever the interruption
+fell, and with loader workers too (tiny resnet18, 64 px, 3 steps per epoch, augmentation and EMA on).
 
 The interruption is deterministic: SIGTERM is raised in this process right after global step k.
 """
@@ -27,10 +27,10 @@ def data_root(tmp_path_factory):
     return str(root / "VOCdevkit")
 
 
-def _cfgs(root, out, **options):
+def _cfgs(root, out, workers=0, **options):
     model = ModelConfig(arch="resnet18_fpn", norm="bn", min_size=64, max_size=64, fpn_channels=32, head_convs=1)
     # multi-scale (python RNG), photometric and flip (torch RNG): the resumed batches must see the same draws
-    data = DataConfig(root=root, workers=0, train_sizes=(48, 64), photometric=True, hflip_prob=0.5)
+    data = DataConfig(root=root, workers=workers, train_sizes=(48, 64), photometric=True, hflip_prob=0.5)
     train = {"epochs": 2, "batch_size": 1, "lr": 0.01, "warmup_iters": 3, "ema": True, "ema_ramp_iters": 2,
              "eval_every": 2, "print_every": 100, "device": "cpu", "weights": "none", **options}
     return model, data, TrainConfig(out=str(out), **train)
@@ -61,18 +61,19 @@ def uninterrupted(data_root, tmp_path_factory):
     return summary, torch.load(out / "last.pt", weights_only=True)
 
 
-@pytest.mark.parametrize("k", [2, 3, 5])  # mid epoch 1, after its last step, mid epoch 2
-def test_resume_from_interrupted_is_bit_identical(data_root, tmp_path, uninterrupted, k):
+@pytest.mark.parametrize("k, workers", [(2, 0), (3, 0), (5, 0), (2, 2)],  # mid epoch 1, after its last step, mid epoch 2
+                         ids=["step2", "step3", "step5", "step2-workers2"])
+def test_resume_from_interrupted_is_bit_identical(data_root, tmp_path, uninterrupted, k, workers):
     out = tmp_path / "run"
     with stop_after(k):
-        stopped = train(*_cfgs(data_root, out), progress=False)
+        stopped = train(*_cfgs(data_root, out, workers=workers), progress=False)
     assert stopped["stopped"] == "SIGTERM"
     ck = torch.load(out / "interrupted.pt", weights_only=True)
     epoch, step = divmod(k - 1, STEPS_PER_EPOCH)
     assert ck["iteration"] == k and ck["epoch_progress"]["epoch"] == epoch
     assert ck["epoch_progress"]["step"] == step + 1 and ck["epoch_progress"]["steps"] == STEPS_PER_EPOCH
 
-    resumed = train(*_cfgs(data_root, out, resume=str(out / "interrupted.pt")), progress=False)
+    resumed = train(*_cfgs(data_root, out, workers=workers, resume=str(out / "interrupted.pt")), progress=False)
     assert resumed["stopped"] == "finished"
     full_summary, full = uninterrupted
     got = torch.load(out / "last.pt", weights_only=True)
