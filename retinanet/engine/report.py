@@ -130,6 +130,38 @@ def epoch_line(row: dict[str, Any], epochs: int, improved: bool) -> str:
     return msg + (f", {row['skipped_steps']} non-finite step(s) skipped" if row["skipped_steps"] else "")
 
 
+DIVERGED_FACTOR = 2.0  # an epoch's mean loss above this times the lowest before it: said aloud
+
+
+def divergence(history: list[dict[str, Any]]) -> tuple[int, float, int, float] | None:
+    """``(epoch, loss, lowest epoch, lowest loss)`` when the last epoch's mean loss is over
+    ``DIVERGED_FACTOR`` times the lowest of the epochs before it, else None. A finite but exploded
+    loss is not a skipped step, and a run in that state rarely recovers."""
+    losses = [(r["epoch"], r["loss"]) for r in history if r.get("loss") is not None]
+    if len(losses) < 2 or history[-1].get("loss") is None:
+        return None
+    epoch, loss = losses[-1]
+    low_epoch, low = min(losses[:-1], key=lambda e_l: e_l[1])
+    return (epoch, loss, low_epoch, low) if loss > DIVERGED_FACTOR * low else None
+
+
+def diverged_epochs(history: list[dict[str, Any]]) -> list[int]:
+    """The epochs whose loss ``divergence`` flags."""
+    return [row["epoch"] for i, row in enumerate(history) if divergence(history[: i + 1])]
+
+
+def divergence_warning(history: list[dict[str, Any]], lr: float, clip: float | None) -> str | None:
+    """The warning line for ``divergence`` of the last epoch (None when it is not flagged)."""
+    flagged = divergence(history)
+    if flagged is None:
+        return None
+    epoch, loss, low_epoch, low = flagged
+    remedy = f"a lower --lr (now {lr:.4g})" + ("" if clip else " or --clip-grad 10")
+    return (f"warning: the loss rose to {loss:.4f} in epoch {epoch}, over {DIVERGED_FACTOR:g}x its lowest ({low:.4f}, "
+            f"epoch {low_epoch}): training has probably diverged; best.pt keeps the best weights so far; "
+            f"consider {remedy}")
+
+
 # --- files of the run directory -------------------------------------------------------------------
 
 
@@ -263,6 +295,10 @@ def format_run_summary(summary: dict[str, Any]) -> str:
                  f"peak memory {_fmt(summary['peak_mem_mb'], '.0f')} MiB (rank 0)")
     if summary["skipped_steps"]:
         lines.append(f"  skipped {summary['skipped_steps']} step(s) with a non-finite loss")
+    diverged = diverged_epochs(summary["history"])
+    if diverged:
+        lines.append(f"  warning: the loss rose over {DIVERGED_FACTOR:g}x its lowest in epoch(s) "
+                     f"{', '.join(map(str, diverged))}: training has probably diverged (train.log says more)")
     lines.append(f"files in {summary['out']}:")
     lines += [f"  {name:<13} {path}" for name, path in summary["files"].items()]
     if "resume" in summary:

@@ -49,8 +49,8 @@ from retinanet.engine.optim import (build_ema, build_optimizer, lr_factor, optim
                                     set_rng_state)
 from retinanet.engine.meter import EpochStats, MeterReading, StepMeter
 from retinanet.engine.precision import Precision, normalize_mode, resolve_precision
-from retinanet.engine.report import (LOSSES, RunLog, StepProgress, epoch_line, format_run_summary, make_summary,
-                                     peak_memory_mb, tensorboard_epoch, tensorboard_step, tensorboard_writer_class,
+from retinanet.engine.report import (LOSSES, RunLog, StepProgress, divergence_warning, epoch_line, format_run_summary,
+                                     make_summary, peak_memory_mb, tensorboard_epoch, tensorboard_step, tensorboard_writer_class,
                                      write_epoch_files)
 from retinanet.engine.start import load_start, resolve_start
 from retinanet.errors import RetinaNetError
@@ -492,6 +492,9 @@ def end_epoch(run: Run, state: RunState, epoch: int, stats: EpochStats) -> None:
         if run.tb is not None:
             tensorboard_epoch(run.tb, row)
     run.log.line(epoch_line(row, cfg.epochs, improved))
+    warning = divergence_warning(state.history, cfg.lr, cfg.clip_grad_norm)
+    if warning:
+        run.log.line(warning)
 
 
 def evaluate_epoch(run: Run) -> EvalResult:

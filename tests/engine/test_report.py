@@ -5,7 +5,7 @@ import json
 
 from retinanet.config import DataConfig
 from retinanet.engine.coco_eval import METRIC_NAMES
-from retinanet.engine.report import eval_command, epoch_line, format_run_summary, make_summary, write_epoch_files
+from retinanet.engine.report import divergence_warning, eval_command, epoch_line, format_run_summary, make_summary, write_epoch_files
 
 
 def _row(epoch, ap=None, skipped=0):
@@ -56,3 +56,37 @@ def test_progress_eta_after_a_mid_epoch_resume_counts_this_runs_steps(tmp_path, 
     lines = (tmp_path / "train.log").read_text().splitlines()
     # step 8: 2 steps in 2 s, 2 left -> 2 s (counting the 6 steps before the resume would say 0:00:00)
     assert lines == ["epoch 1/1 step 8/10 loss 0.5000 lr 0.01 eta 0:00:02", "epoch 1/1 step 10/10 loss 0.5000 lr 0.01 eta 0:00:00"]
+
+
+def test_divergence_warning_when_the_loss_more_than_doubles_its_lowest():
+    rows = lambda *losses: [{"epoch": i + 1, "loss": v} for i, v in enumerate(losses)]  # noqa: E731
+    assert divergence_warning(rows(1.2), 0.01, None) is None  # one epoch: nothing to compare
+    assert divergence_warning(rows(1.2, 0.9, 1.1, 1.7), 0.01, None) is None  # noisy, under 2x the lowest (0.9)
+    assert divergence_warning(rows(1.2, None), 0.01, None) is None  # every step skipped: counted elsewhere
+    w = divergence_warning(rows(1.2, 0.9, 12.5), 0.008, None)
+    assert w == ("warning: the loss rose to 12.5000 in epoch 3, over 2x its lowest (0.9000, epoch 2): training has "
+                 "probably diverged; best.pt keeps the best weights so far; consider a lower --lr (now 0.008) or --clip-grad 10")
+    assert divergence_warning(rows(1.2, 0.9, 12.5), 0.008, 10.0).endswith("consider a lower --lr (now 0.008)")
+    assert divergence_warning(rows(1.2, None, 2.5), 0.008, None).startswith("warning: the loss rose to 2.5000 in epoch 3")
+
+
+def test_a_diverging_run_warns_in_its_log_and_summary(tmp_path, monkeypatch):
+    """A real run whose lr jumps after epoch 1 (AdamW, lr 3): the loss explodes but stays finite."""
+    import retinanet.engine.train as T
+    from retinanet.config import ModelConfig, TrainConfig
+    from retinanet.data import make_synthetic
+
+    make_synthetic(tmp_path / "syn", num_train=8, num_val=2, image_size=64, seed=0)
+    synthetic = tmp_path / "syn"
+
+    monkeypatch.setattr(T, "lr_factor", lambda it, *a: 1e-4 if it < 4 else 1.0)  # epoch 1: lr 3e-4
+    model = ModelConfig(arch="resnet18_fpn", norm="bn", min_size=64, max_size=64, fpn_channels=32, head_convs=1)
+    cfg = TrainConfig(out=str(tmp_path / "run"), epochs=2, batch_size=2, optimizer="adamw", lr=3.0, eval_every=5,
+                      device="cpu", weights="none")
+    summary = T.train(model, DataConfig(root=str(synthetic), workers=0), cfg, progress=False)
+    assert summary["history"][1]["loss"] > 2 * summary["history"][0]["loss"]
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "warning: the loss rose to " in log and "in epoch 2, over 2x its lowest (" in log
+    assert "consider a lower --lr (now 3) or --clip-grad 10" in log
+    assert ("warning: the loss rose over 2x its lowest in epoch(s) 2: training has probably diverged"
+            in format_run_summary(summary))
