@@ -25,6 +25,7 @@ import math
 
 import torch
 from torch import Tensor
+from torch.nn import functional as F
 from torchvision.ops import batched_nms, nms
 
 from retinanet.model import boxes as box_coder
@@ -51,14 +52,22 @@ def _logit(p: float) -> float:
 
 
 def _topk_per_image(flat: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
-    """The ``k`` largest logits of each image (all of them where an image has fewer).
+    """The ``k`` largest logits of each image, always ``k`` of them.
+
+    The logits are padded with ``k`` entries of ``-inf`` first, so the result has ``k`` columns
+    whatever ``n``: with dynamic image sizes every shape after the top-k is then fixed, which
+    keeps ``torch.export``'s shape reasoning small (``min(k, n)`` per level made the export 4x
+    slower). Where ``n < k`` the extra picks have logit ``-inf`` (score 0: never above the
+    threshold) and index ``n - 1``, a copy of a real pick that NMS suppresses.
 
     Args:
         flat: ``[B, n]`` logits of one level, ``n = anchors x classes`` (may be symbolic).
     Returns:
-        image ``[B, k']``, index into ``n`` ``[B, k']``, logit ``[B, k']``; ``k' = min(k, n)``.
+        image ``[B, k]``, index into ``n`` ``[B, k]``, logit ``[B, k]``.
     """
-    top, idx = flat.topk(torch.sym_min(k, flat.shape[1]), dim=1)
+    n = flat.shape[1]
+    top, idx = F.pad(flat, (0, k), value=float("-inf")).topk(k, dim=1)
+    idx = idx.clamp(max=n - 1)
     img = torch.arange(flat.shape[0], device=flat.device)[:, None].expand_as(idx)
     return img, idx, top
 

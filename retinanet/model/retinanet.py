@@ -129,12 +129,11 @@ class RetinaNet(nn.Module):
         ch, rh = self.head.classification_head, self.head.regression_head
         cls_out, reg_out = [], []
         for f in feats:
-            B, _, H, W = f.shape
-            c = ch.cls_logits(ch.conv(f))
+            c = ch.cls_logits(ch.conv(f))  # [B, A*K, H, W], channel = anchor * K + class
             r = rh.bbox_reg(rh.conv(f))
-            k = c.shape[1] // NUM_ANCHORS
-            cls_out.append(c.view(B, NUM_ANCHORS, k, H, W).permute(0, 3, 4, 1, 2).reshape(B, -1, k))
-            reg_out.append(r.view(B, NUM_ANCHORS, 4, H, W).permute(0, 3, 4, 1, 2).reshape(B, -1, 4))
+            # [B, H, W, A*K] -> [B, H*W*A, K]: torchvision's order; a view for channels_last outputs
+            cls_out.append(c.permute(0, 2, 3, 1).reshape(c.shape[0], -1, c.shape[1] // NUM_ANCHORS))
+            reg_out.append(r.permute(0, 2, 3, 1).reshape(r.shape[0], -1, 4))
         return cls_out, reg_out
 
 

@@ -82,6 +82,6 @@ def batch_images(images: list[Tensor], min_size: int, max_size: int,
 def pad_to_divisible(batch: Tensor) -> Tensor:
     """Zero-pad a normalised ``[B, 3, H, W]`` batch at the bottom and right so that H and W are
     multiples of ``SIZE_DIVISIBLE`` (as ``batch_images`` pads; traceable with symbolic sizes)."""
-    pad_h = (SIZE_DIVISIBLE - batch.shape[-2] % SIZE_DIVISIBLE) % SIZE_DIVISIBLE
-    pad_w = (SIZE_DIVISIBLE - batch.shape[-1] % SIZE_DIVISIBLE) % SIZE_DIVISIBLE
-    return F.pad(batch, (0, pad_w, 0, pad_h))
+    h, w = batch.shape[-2:]
+    s = SIZE_DIVISIBLE  # sizes as s * ceil(x / s): a symbolic size stays a visible multiple of s
+    return F.pad(batch, (0, (w + s - 1) // s * s - w, 0, (h + s - 1) // s * s - h))

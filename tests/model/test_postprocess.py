@@ -42,14 +42,18 @@ def test_decode_batch_equals_torchvision(logit_mean, topk, score_thresh, full_to
         torch.testing.assert_close(o["boxes"], r["boxes"], atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("logit_mean, topk, max_dets", [(-7.0, 1000, 300), (-4.0, 50, 300), (-4.0, 200, 20)],
-                         ids=["few-above-threshold", "many-above-threshold", "detections-per-img-cut"])
-def test_static_path_gives_the_eager_detections(logit_mean, topk, max_dets):
+@pytest.mark.parametrize("logit_mean, topk, max_dets, thresh", [
+    (-7.0, 1000, 300, 0.05), (-4.0, 50, 300, 0.05), (-4.0, 200, 20, 0.05), (-7.0, 1000, 5000, 0.0)],
+    ids=["few-above-threshold", "many-above-threshold", "detections-per-img-cut", "threshold-zero-no-cut"])
+def test_static_path_gives_the_eager_detections(logit_mean, topk, max_dets, thresh):
+    """At 128 px the levels P5-P7 hold fewer than 1000 logits: the static path pads them (score
+    0), and not one of those picks may come out, even at threshold 0 with no cut."""
     B, C, s = 3, 6, 128
     cls, reg, anchors = _raw_outputs(B, C, s, logit_mean, seed=1)
+    assert [c.shape[1] * C for c in cls][2:] == [864, 216, 54]
     image_hw = torch.tensor([[s, 100]] * B)  # the static path takes one size for the whole batch
-    eager = decode_batch(cls, reg, anchors, image_hw, 0.05, 0.5, max_dets, topk)
-    static = decode_batch_static(cls, reg, anchors, image_hw[0], 0.05, 0.5, max_dets, topk)
+    eager = decode_batch(cls, reg, anchors, image_hw, thresh, 0.5, max_dets, topk)
+    static = decode_batch_static(cls, reg, anchors, image_hw[0], thresh, 0.5, max_dets, topk)
     num = eager[3]
     assert num.sum() > 0 and torch.equal(num, static[3])
     for e, st in zip(eager[:3], static[:3]):
