@@ -62,11 +62,15 @@ def write_atomic(path: str | os.PathLike, content: bytes | str | Callable[[IO[by
     Returns:
         ``path`` as a ``Path``. On any failure (also Ctrl-C) the temporary file is removed and an
         existing ``path`` is left as it was.
+    Raises:
+        RetinaNetError: the file system refused (a full disk, no permission, ...): the message
+            names the file and the reason, and says the previous version is intact.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             if callable(content):
                 content(f)
@@ -76,8 +80,12 @@ def write_atomic(path: str | os.PathLike, content: bytes | str | Callable[[IO[by
             os.fchmod(f.fileno(), 0o666 & ~umask())
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as err:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            kept = "the previous version is left as it was" if path.exists() else "nothing was written"
+            raise RetinaNetError(f"{path}: cannot be written ({err.strerror or err}); {kept}") from err
         raise
     return path
 

@@ -4,6 +4,7 @@ mode the umask gives (tiny resnet18, 64 px, one step per epoch)."""
 
 import contextlib
 import dataclasses
+import errno
 import io
 import os
 import sys
@@ -106,6 +107,22 @@ def test_a_run_that_failed_before_its_first_checkpoint_does_not_block_the_retry(
     assert status == 2 and "already holds a training run" in err
 
 
+def test_a_full_disk_during_training_ends_with_a_message_naming_the_file(data_root, tmp_path, monkeypatch):
+    import retinanet.checkpoint_io as io_mod
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(io_mod.torch, "save", full)
+    run = tmp_path / "run"
+    status, err = _cli(["train", "--data", data_root, "--out", str(run), "--arch", "resnet18_fpn", "--from-scratch",
+                        "--min-size", "64", "--max-size", "64", "--epochs", "1", "--batch-size", "2", "--workers", "0",
+                        "--device", "cpu"])
+    assert status == 2, err
+    assert f"retinanet train: error: {run / 'last.pt'}: cannot be written (No space left on device); nothing was written" in err
+    assert "Traceback" not in err
+
+
 # --- item 9: --out checked first, for every command -----------------------------------------------
 
 
@@ -186,11 +203,15 @@ def test_failure_mid_write_leaves_the_old_file(tmp_path):
 
     def half_then_fail(f):
         f.write(b"new but incomplete")
-        raise OSError("disk full")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(RetinaNetError) as err:  # a message for the CLI, not a traceback
         write_atomic(path, half_then_fail)
+    assert str(err.value) == f"{path}: cannot be written (No space left on device); the previous version is left as it was"
     assert path.read_text() == "old\n" and os.listdir(tmp_path) == ["results.csv"]  # no temporary left
+    with pytest.raises(RetinaNetError, match=r"new\.csv: cannot be written \(No space left on device\); nothing was written"):
+        write_atomic(tmp_path / "new.csv", half_then_fail)
+    assert os.listdir(tmp_path) == ["results.csv"]
 
     def interrupted(f):
         f.write(b"new")
