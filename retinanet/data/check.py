@@ -234,13 +234,6 @@ def count_too_small(wh: np.ndarray, anchor_sizes: tuple[int, ...]) -> int:
     return int((np.sqrt(wh.prod(axis=1)) < min(anchor_sizes) / math.sqrt(2)).sum())
 
 
-def boxes_below_anchors(report: CheckReport, min_size: int, max_size: int, anchor_sizes: tuple[int, ...]) -> tuple[int, int]:
-    """``(boxes too small for the anchors (count_too_small), all boxes)``, every split, at the
-    model's input scale."""
-    wh = np.concatenate([np.zeros((0, 2)), *split_box_sizes(report, min_size, max_size).values()])
-    return count_too_small(wh, anchor_sizes), len(wh)
-
-
 def anchor_hint(report: CheckReport, min_size: int, max_size: int, anchor_sizes: tuple[int, ...],
                 too_many: float = 0.15) -> str:
     """One line for the user: the share of boxes too small for the smallest anchor

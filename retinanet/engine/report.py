@@ -156,7 +156,7 @@ def divergence_warning(history: list[dict[str, Any]], lr: float, clip: float | N
     if flagged is None:
         return None
     epoch, loss, low_epoch, low = flagged
-    remedy = f"a lower --lr (now {lr:.4g})" + ("" if clip else " or --clip-grad 10")
+    remedy = f"a lower --lr (now {lr:.4g})" + ("" if clip else " or gradient clipping (--clip-grad NORM)")
     return (f"warning: the loss rose to {loss:.4f} in epoch {epoch}, over {DIVERGED_FACTOR:g}x its lowest ({low:.4f}, "
             f"epoch {low_epoch}): training has probably diverged; best.pt keeps the best weights so far; "
             f"consider {remedy}")

@@ -57,8 +57,9 @@ def _topk_per_image(flat: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
     The logits are padded with ``k`` entries of ``-inf`` first, so the result has ``k`` columns
     whatever ``n``: with dynamic image sizes every shape after the top-k is then fixed, which
     keeps ``torch.export``'s shape reasoning small (with ``min(k, n)`` per level a dynamic export
-    took 1.5x as long; BENCHMARKS.md, "ONNX export time"). Where ``n < k`` the extra picks have logit ``-inf`` (score 0: never above the
-    threshold) and index ``n - 1``, a copy of a real pick that NMS suppresses.
+    took 1.5x as long; BENCHMARKS.md, "ONNX export time"). Where ``n < k`` the extra picks have
+    logit ``-inf`` (score 0: never above the threshold) and index ``n - 1``, a copy of a real pick
+    that NMS suppresses.
 
     Args:
         flat: ``[B, n]`` logits of one level, ``n = anchors x classes`` (may be symbolic).

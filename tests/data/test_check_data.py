@@ -111,7 +111,7 @@ def test_model_box_sizes_and_anchor_shapes():
 def test_anchor_hint_counts_boxes_too_small_and_suggests_sizes(tmp_path, capsys):
     import numpy as np
 
-    from retinanet.data.check import CheckReport, anchor_hint, boxes_below_anchors
+    from retinanet.data.check import CheckReport, anchor_hint, count_too_small, split_box_sizes
     from retinanet.data.classes import ClassMap
     from retinanet.data.records import Record
 
@@ -121,8 +121,9 @@ def test_anchor_hint_counts_boxes_too_small_and_suggests_sizes(tmp_path, capsys)
     # at min_size 100 (scale 1): sides 10, 20 are under 32 / sqrt(2) = 22.6, sides 30, 60 are not
     report = CheckReport(root="d", format="voc", class_map=ClassMap.discover(["a"]))
     report.records["train"] = [rec(f"{s}.jpg", s) for s in (10, 20, 30, 60)]
-    assert boxes_below_anchors(report, 100, 100, (32, 64, 128, 256, 512)) == (2, 4)
-    assert boxes_below_anchors(report, 200, 200, (32, 64, 128, 256, 512)) == (1, 4)  # scaled x2: only 10 -> 20
+    for size, small in ((100, 2), (200, 1)):  # scaled x2: only 10 -> 20 stays too small
+        wh = split_box_sizes(report, size, size)["train"]
+        assert len(wh) == 4 and count_too_small(wh, (32, 64, 128, 256, 512)) == small
     hint = anchor_hint(report, 100, 100, (32, 64, 128, 256, 512))
     # 24 (under 17 px) and 16 (under 11.3 px) still leave the 10 px box; 12 (under 8.5 px) does not
     assert "2 of 4 boxes (50.0%)" in hint and "--anchor-sizes 12 24 48 96 192" in hint

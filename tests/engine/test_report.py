@@ -65,7 +65,8 @@ def test_divergence_warning_when_the_loss_more_than_doubles_its_lowest():
     assert divergence_warning(rows(1.2, None), 0.01, None) is None  # every step skipped: counted elsewhere
     w = divergence_warning(rows(1.2, 0.9, 12.5), 0.008, None)
     assert w == ("warning: the loss rose to 12.5000 in epoch 3, over 2x its lowest (0.9000, epoch 2): training has "
-                 "probably diverged; best.pt keeps the best weights so far; consider a lower --lr (now 0.008) or --clip-grad 10")
+                 "probably diverged; best.pt keeps the best weights so far; consider a lower --lr (now 0.008) or gradient clipping "
+                 "(--clip-grad NORM)")
     assert divergence_warning(rows(1.2, 0.9, 12.5), 0.008, 10.0).endswith("consider a lower --lr (now 0.008)")
     assert divergence_warning(rows(1.2, None, 2.5), 0.008, None).startswith("warning: the loss rose to 2.5000 in epoch 3")
 
@@ -87,6 +88,6 @@ def test_a_diverging_run_warns_in_its_log_and_summary(tmp_path, monkeypatch):
     assert summary["history"][1]["loss"] > 2 * summary["history"][0]["loss"]
     log = (tmp_path / "run" / "train.log").read_text()
     assert "warning: the loss rose to " in log and "in epoch 2, over 2x its lowest (" in log
-    assert "consider a lower --lr (now 3) or --clip-grad 10" in log
+    assert "consider a lower --lr (now 3) or gradient clipping (--clip-grad NORM)" in log
     assert ("warning: the loss rose over 2x its lowest in epoch(s) 2: training has probably diverged"
             in format_run_summary(summary))
