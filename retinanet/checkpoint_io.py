@@ -8,7 +8,7 @@ Our checkpoint is a dict::
      "class_map": {"name": id, ...} or None, "epoch": int, ... training state ...}
 
 An official torchvision file is a bare state_dict. Files are written atomically and read with
-``weights_only=True``. Building a model from a file is ``retinanet.engine.checkpoint.load_model``.
+``weights_only=True``. Building a model from a file is ``retinanet.engine.runtime.checkpoint.load_model``.
 
 Every output file (checkpoints, ``results.csv``, ``metrics.json``, ``config.yaml``, ``classes.json``,
 ``eval.json``, ``predictions.json``, the ONNX file) goes through ``write_atomic``: a temporary file

@@ -1,5 +1,7 @@
 """Imports run one way: ``cli -> engine -> model, data``, with ``config``, ``errors`` and the other
-neutral top-level modules (``geometry``, ``checkpoint_io``) below all of them.
+neutral top-level modules (``geometry``, ``checkpoint_io``) below all of them. Inside ``engine``
+the rooms run one way too: ``train -> evaluate -> runtime``, ``infer -> runtime``,
+``export -> runtime``; every engine module lives in a room.
 
 Every module's imports are read with ``ast`` (not by importing it), function-level ones included,
 so a cycle hidden behind an import inside a function is still found.
@@ -23,6 +25,14 @@ ALLOWED = {
     "data": {"data", "neutral"},
     "neutral": {"neutral"},
 }
+# Room of engine -> the rooms it may import.
+ENGINE_ROOMS = {
+    "runtime": {"runtime"},
+    "evaluate": {"evaluate", "runtime"},
+    "train": {"train", "evaluate", "runtime"},
+    "infer": {"infer", "runtime"},
+    "export": {"export", "runtime"},
+}
 CLI_MODULES = {"retinanet.__main__"}  # and every module of the retinanet.cli package
 # Optional dependencies: the only imports allowed inside functions.
 OPTIONAL = ("onnx", "onnxruntime", "onnxscript", "tensorboard", "torch.utils.tensorboard")
@@ -42,6 +52,12 @@ def layer_of(module: str) -> str:
     if len(parts) > 2 or (PACKAGE / parts[1]).is_dir():
         return parts[1]  # engine, model, data
     return "neutral"
+
+
+def room_of(module: str) -> str | None:
+    """``train`` for ``retinanet.engine.train.loop``; None outside engine (and for the package itself)."""
+    parts = module.split(".")
+    return parts[2] if parts[:2] == ["retinanet", "engine"] and len(parts) > 2 else None
 
 
 def _is_function_level(node: ast.AST, parents: dict[ast.AST, ast.AST]) -> bool:
@@ -106,7 +122,8 @@ def _where(module: str, line: int) -> str:
 
 def test_graph_sees_the_package():
     graph = import_graph()
-    assert {"retinanet.cli", "retinanet.model.retinanet", "retinanet.data.build", "retinanet.engine.evaluate"} <= set(graph)
+    assert {"retinanet.cli", "retinanet.model.retinanet", "retinanet.data.build", "retinanet.engine.evaluate.loop"} <= set(graph)
+    assert room_of("retinanet.engine.train.loop") == "train" and room_of("retinanet.config") is None
     assert "retinanet.model.anchors" in graph["retinanet.model.retinanet"]  # the reader finds imports
     assert layer_of("retinanet.config") == "neutral" and layer_of("retinanet.data") == "data"
 
@@ -122,6 +139,22 @@ def test_imports_run_one_way():
             if dst not in ALLOWED[src]:
                 bad.append(f"{_where(module, line)}: {src} module {module} imports {dst} module {target}")
     assert not bad, "imports against the layering:\n" + "\n".join(bad)
+
+
+def test_engine_rooms_run_one_way():
+    """Every engine module is in a room (``engine/<room>/``), and a room imports only the rooms
+    below it: ``train -> evaluate -> runtime``, ``infer -> runtime``, ``export -> runtime``."""
+    graph = import_graph()
+    flat = [m for m in graph if room_of(m) is not None and m.count(".") == 2 and room_of(m) not in ENGINE_ROOMS]
+    assert not flat, f"engine modules outside the rooms {sorted(ENGINE_ROOMS)}: {flat}"
+    bad = []
+    for module, edges in graph.items():
+        src = room_of(module)
+        for target, line in edges.items():
+            dst = room_of(target)
+            if src is not None and dst is not None and dst not in ENGINE_ROOMS[src]:
+                bad.append(f"{_where(module, line)}: engine.{src} module {module} imports engine.{dst} module {target}")
+    assert not bad, "imports against the engine rooms:\n" + "\n".join(bad)
 
 
 def _cycles(graph: dict[str, dict[str, int]]) -> list[list[str]]:

@@ -21,11 +21,11 @@ from retinanet.cli.train import add_train_parser, cmd_train
 from retinanet.config import ModelConfig
 from retinanet.data import check_dataset, make_synthetic
 from retinanet.data.check import anchor_hint, write_check_outputs
-from retinanet.engine.distributed import cleanup, is_main_process, local_device
-from retinanet.engine.evaluate import EvalOptions, run_eval
-from retinanet.engine.export import ExportOptions, export_checkpoint
-from retinanet.engine.detector import Detector
-from retinanet.engine.predict import PredictOptions, find_images, predict
+from retinanet.engine.runtime.distributed import cleanup, is_main_process, local_device
+from retinanet.engine.evaluate.loop import EvalOptions, run_eval
+from retinanet.engine.export.onnx_export import ExportOptions, export_checkpoint
+from retinanet.engine.infer.detector import Detector
+from retinanet.engine.infer.predict import PredictOptions, find_images, predict
 from retinanet.errors import RetinaNetError
 
 __all__ = ["build_parser", "data_config_from_args", "main"]
@@ -86,7 +86,7 @@ def cmd_check_data(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-# --- eval / predict (retinanet.engine.evaluate, retinanet.engine.predict) -------------------------
+# --- eval / predict (retinanet.engine.evaluate.loop, retinanet.engine.infer.predict) -------------------------
 
 
 def _add_eval(sub) -> None:
@@ -198,7 +198,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 1 if summary.num_images == 0 else 0
 
 
-# --- export (retinanet.engine.export) -------------------------------------------------------------
+# --- export (retinanet.engine.export.onnx_export) -------------------------------------------------------------
 
 
 def _add_export(sub) -> None:

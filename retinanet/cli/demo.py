@@ -29,7 +29,7 @@ import torch
 
 from retinanet.config import DataConfig, find_config, read_config_file, resolve_config
 from retinanet.data import ensure_synthetic
-from retinanet.engine.precision import cpu_bf16_flags, cpu_has_native_bf16
+from retinanet.engine.runtime.precision import cpu_bf16_flags, cpu_has_native_bf16
 from retinanet.errors import RetinaNetError
 
 RECIPE = "demo_synthetic"

@@ -15,7 +15,7 @@ from typing import Any
 
 from retinanet.config import SECTIONS, DataConfig, resolve_config
 from retinanet.data.images import EXIF_POLICIES
-from retinanet.engine.precision import AMP_MODES
+from retinanet.engine.runtime.precision import AMP_MODES
 
 OPTION_TO_FIELD = {"data": "root"}  # option destinations whose config field has another name
 

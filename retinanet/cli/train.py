@@ -16,8 +16,9 @@ from retinanet.cli.options import add_amp_options, add_data_options, given_optio
 from retinanet.config import (RECIPES_DIR, SECTIONS, DataConfig, ModelConfig, TrainConfig, find_config, read_config_file,
                               recipe_names, resolve_config)
 from retinanet.checkpoint_io import read_file
-from retinanet.engine.report import format_run_summary
-from retinanet.engine.train import resume_file, train
+from retinanet.engine.runtime.run_dir import resume_file
+from retinanet.engine.train.loop import train
+from retinanet.engine.train.report import format_run_summary
 from retinanet.errors import RetinaNetError
 
 QUICK_RECIPE = RECIPES_DIR / "quick_synthetic.yaml"

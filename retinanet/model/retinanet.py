@@ -144,7 +144,7 @@ def build_model(arch: str = "resnet50_fpn", num_classes: int = 91, **options) ->
         arch: one of ``ARCHS``. num_classes: classification outputs (id 0 never a real class).
         **options: other ``ModelConfig`` fields.
     ``norm`` and ``trainable_backbone_layers`` left None get the settings of a pretrained start
-    (``frozen_bn``, 3), as for loading torchvision's files; ``retinanet.engine.start`` resolves
+    (``frozen_bn``, 3), as for loading torchvision's files; ``retinanet.engine.train.start`` resolves
     them from a training run's start instead (from scratch: ``bn``, 5).
 
     Returns:

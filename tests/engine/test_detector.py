@@ -45,7 +45,7 @@ def arrays() -> list[np.ndarray]:
 
 def manual(checkpoint, array: np.ndarray, k: int = 100):
     """Resize by hand, run the bare model, scale back: the reference for one image."""
-    from retinanet.engine.checkpoint import load_model
+    from retinanet.engine.runtime.checkpoint import load_model
 
     model, _ = load_model(checkpoint, "cpu", score_thresh=0.0)
     image = torch.from_numpy(array).permute(2, 0, 1)
@@ -168,7 +168,7 @@ def test_torchvision_file_gets_coco_names(tmp_path):
     model = build_model("resnet18_fpn", num_classes=91, fpn_channels=32, head_convs=1, min_size=64, max_size=96)
     path = tmp_path / "tv.pth"
     torch.save(model.state_dict(), path)
-    from retinanet.engine.detector import class_names_of
+    from retinanet.engine.infer.detector import class_names_of
 
     names = class_names_of(None, 91)
     assert names[1] == "person" and names[90] == "toothbrush" and 12 not in names  # COCO id 12 is a gap

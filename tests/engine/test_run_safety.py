@@ -16,9 +16,9 @@ from retinanet.checkpoint_io import check_output_path, save_checkpoint, write_at
 from retinanet.cli import main
 from retinanet.config import DataConfig, ModelConfig, TrainConfig, write_config_file
 from retinanet.data import ClassMap, make_synthetic
-from retinanet.engine.export import export_onnx, verify_onnx
-from retinanet.engine.predict import write_predictions_json
-from retinanet.engine.train import train
+from retinanet.engine.export.onnx_export import export_onnx, verify_onnx
+from retinanet.engine.infer.predict import write_predictions_json
+from retinanet.engine.train.loop import train
 from retinanet.errors import RetinaNetError
 from retinanet.model import build_model
 

@@ -121,7 +121,7 @@ def test_anchor_sizes_option(tmp_path):
     from dataclasses import asdict
 
     from retinanet.checkpoint_io import save_checkpoint
-    from retinanet.engine.checkpoint import load_model
+    from retinanet.engine.runtime.checkpoint import load_model
     from retinanet.errors import RetinaNetError
 
     default, small = _model(), _model(anchor_sizes=[16, 32, 64, 128, 256])  # a config file's list

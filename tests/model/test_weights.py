@@ -10,7 +10,7 @@ from torchvision.ops import FrozenBatchNorm2d
 
 import retinanet.model.weights as W
 from retinanet.checkpoint_io import save_checkpoint
-from retinanet.engine.checkpoint import load_model, model_config_of
+from retinanet.engine.runtime.checkpoint import load_model, model_config_of
 from retinanet.errors import CheckpointError
 from retinanet.model import build_model, load_weights
 

@@ -24,7 +24,7 @@ import dataclasses
 import torch
 
 from retinanet.config import ModelConfig, TrainConfig
-from retinanet.engine import distributed as D
+from retinanet.engine.runtime import distributed as D
 from retinanet.errors import CheckpointError, RetinaNetError
 from retinanet.model import ARCHS, load_weights
 from retinanet.model.weights import DETECTOR_ARCHS, load_backbone_weights, weights_file

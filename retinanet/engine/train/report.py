@@ -31,8 +31,8 @@ from tqdm import tqdm
 
 from retinanet.checkpoint_io import write_atomic
 from retinanet.config import DataConfig
-from retinanet.engine import distributed as D
-from retinanet.engine.coco_eval import METRIC_NAMES
+from retinanet.engine.runtime import distributed as D
+from retinanet.engine.evaluate.coco import METRIC_NAMES
 from retinanet.errors import RetinaNetError
 
 LOSSES = ("loss", "classification", "bbox_regression")

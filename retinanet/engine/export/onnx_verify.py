@@ -1,7 +1,7 @@
 """Checking an exported ONNX detector against PyTorch eager with onnxruntime, and the images to
 check it on (random, or image files resized to the model's input size).
 
-Used by ``retinanet.engine.export`` after writing the file; ``verify_onnx`` can also be called on
+Used by ``retinanet.engine.export.onnx_export`` after writing the file; ``verify_onnx`` can also be called on
 its own (tests do, with new sizes and batch sizes).
 """
 

@@ -31,8 +31,8 @@ from torch import Tensor
 
 from retinanet.data.classes import coco_category_names
 from retinanet.data.images import DEFAULT_MAX_PIXELS, _to_rgb, check_exif_policy, open_rgb, pil_to_tensor
-from retinanet.engine.checkpoint import load_model
-from retinanet.engine.precision import resolve_precision
+from retinanet.engine.runtime.checkpoint import load_model
+from retinanet.engine.runtime.precision import resolve_precision
 from retinanet.errors import RetinaNetError
 from retinanet.geometry import resize_boxes, resize_image
 
@@ -122,7 +122,7 @@ class Detector:
         class_names: class id -> name (``class_names_of``).
         exif: EXIF rule for images read from paths: "auto" | "apply" | "ignore".
         max_image_pixels: larger images read from paths are refused; None = no limit.
-        amp: mixed precision mode (``retinanet.engine.precision``): "auto" = bf16 (fp16 on GPUs
+        amp: mixed precision mode (``retinanet.engine.runtime.precision``): "auto" = bf16 (fp16 on GPUs
             without bf16) where the hardware runs it fast, "on", "bf16", "fp16", "off".
     """
 

@@ -24,14 +24,14 @@ from tqdm import tqdm
 from retinanet.checkpoint_io import write_atomic
 from retinanet.data import ClassMap, build_datasets, build_loader
 from retinanet.data.classes import coco_category_names
-from retinanet.engine.checkpoint import load_model
-from retinanet.engine.coco_eval import coco_results, evaluate_coco, per_class_table
-from retinanet.engine.distributed import (
+from retinanet.engine.runtime.checkpoint import load_model
+from retinanet.engine.evaluate.coco import coco_results, evaluate_coco, per_class_table
+from retinanet.engine.runtime.distributed import (
     all_gather_object, barrier, init_distributed, is_dist, is_main_process, local_device,
 )
-from retinanet.engine.plots_eval import plot_pr_curves
-from retinanet.engine.precision import resolve_precision
-from retinanet.engine.voc_eval import voc_metrics
+from retinanet.engine.evaluate.plots import plot_pr_curves
+from retinanet.engine.runtime.precision import resolve_precision
+from retinanet.engine.evaluate.voc import voc_metrics
 from retinanet.errors import RetinaNetError
 
 
@@ -144,7 +144,7 @@ def collect_predictions(model, loader, device: torch.device, amp: str | bool = "
     """Run ``model`` over ``loader``: per-image ground truth and detections in original pixels.
 
     Args:
-        amp: mixed precision mode (``retinanet.engine.precision.AMP_MODES``).
+        amp: mixed precision mode (``retinanet.engine.runtime.precision.AMP_MODES``).
     Returns:
         (gt, dets): lists of per-image dicts (``coco_eval`` formats; numpy arrays), this rank only.
     """
@@ -208,7 +208,7 @@ def evaluate(model, loader, *, device, class_map, amp: str | bool = "auto", prog
             ``size``).
         device: where the model runs.
         class_map: ``ClassMap`` or ``{"name": id}`` of the dataset; None = ids found in the data.
-        amp: mixed precision mode (``retinanet.engine.precision``: auto = bf16/fp16 where the
+        amp: mixed precision mode (``retinanet.engine.runtime.precision``: auto = bf16/fp16 where the
             hardware has it).
         progress: tqdm bar on stderr (main process only).
         voc: also compute the VOC protocol AP50 (11-point and all-point).
@@ -278,7 +278,7 @@ class EvalOptions:
     batch_size: int = 2
     workers: int = 2
     device: str = "auto"
-    amp: str | bool = "auto"  # retinanet.engine.precision.AMP_MODES
+    amp: str | bool = "auto"  # retinanet.engine.runtime.precision.AMP_MODES
     channels_last: bool = True
     progress: bool = True
     backend: str | None = None
