@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from retinanet.checkpoint_io import write_atomic
+from retinanet.files import write_atomic
 from retinanet.errors import RetinaNetError
 
 T = TypeVar("T")

@@ -1,5 +1,5 @@
 """Imports run one way: ``cli -> engine -> model, data``, with ``config``, ``errors`` and the other
-neutral top-level modules (``geometry``, ``checkpoint_io``) below all of them. Inside ``engine``
+neutral top-level modules (``geometry``, ``files``) below all of them. Inside ``engine``
 the rooms run one way too: ``train -> evaluate -> runtime``, ``infer -> runtime``,
 ``export -> runtime``; every engine module lives in a room.
 

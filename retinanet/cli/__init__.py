@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from retinanet import __version__
-from retinanet.checkpoint_io import check_output_path
+from retinanet.files import check_output_path
 from retinanet.cli.demo import add_demo_parser, demo_options, run_demo
 from retinanet.cli.options import add_amp_options, add_data_options, add_image_options, data_config_from_args
 from retinanet.cli.train import add_train_parser, cmd_train

@@ -15,7 +15,7 @@ from typing import Any
 from retinanet.cli.options import add_amp_options, add_data_options, given_options
 from retinanet.config import (RECIPES_DIR, SECTIONS, DataConfig, ModelConfig, TrainConfig, find_config, read_config_file,
                               recipe_names, resolve_config)
-from retinanet.checkpoint_io import read_file
+from retinanet.engine.runtime.checkpoint import stored_config
 from retinanet.engine.runtime.run_dir import resume_file
 from retinanet.engine.train.loop import train
 from retinanet.engine.train.report import format_run_summary
@@ -120,9 +120,9 @@ def config_file_sections(given: dict[str, Any]) -> tuple[dict[str, dict[str, Any
         return read_config_file(path), str(path)
     if given.get("resume"):
         ckpt = resume_file(given["resume"])
-        stored = read_file(ckpt).get("config")
-        if isinstance(stored, dict):
-            return {k: dict(stored.get(k) or {}) for k in SECTIONS}, str(ckpt)
+        stored = stored_config(ckpt)
+        if stored is not None:
+            return stored, str(ckpt)
     if given.get("data") is None and QUICK_RECIPE.is_file():
         return read_config_file(QUICK_RECIPE), str(QUICK_RECIPE)
     return {k: {} for k in SECTIONS}, "defaults"

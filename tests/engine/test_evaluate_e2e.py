@@ -29,7 +29,7 @@ def tiny(tmp_path_factory, synthetic):
     """An untrained resnet18 model over the synthetic classes, and its checkpoint file."""
     from retinanet.config import DataConfig
     from retinanet.data import build_datasets
-    from retinanet.checkpoint_io import save_checkpoint
+    from retinanet.engine.runtime.checkpoint import save_checkpoint
     from retinanet.model import build_model
 
     class_map = build_datasets(DataConfig(root=str(synthetic)), min_size=MIN_SIZE, max_size=MAX_SIZE).class_map.to_dict()

@@ -16,7 +16,7 @@ import logging
 import pytest
 import torch
 
-from retinanet.checkpoint_io import save_checkpoint
+from retinanet.engine.runtime.checkpoint import save_checkpoint
 from retinanet.cli import main
 from retinanet.engine.runtime.checkpoint import load_model
 from retinanet.engine.export.onnx_export import ExportableDetector, read_metadata

@@ -28,7 +28,7 @@ def write_image(path: Path, size=(90, 120), seed=0) -> Path:
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """A tiny untrained model saved as our checkpoint (resnet18, 64-96 px)."""
-    from retinanet.checkpoint_io import save_checkpoint
+    from retinanet.engine.runtime.checkpoint import save_checkpoint
     from retinanet.model import build_model
 
     torch.manual_seed(0)

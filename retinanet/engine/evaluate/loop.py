@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from retinanet.checkpoint_io import write_atomic
+from retinanet.files import write_atomic
 from retinanet.data import ClassMap, build_datasets, build_loader
-from retinanet.data.classes import coco_category_names
+from retinanet.data.classes import default_class_names
 from retinanet.engine.runtime.checkpoint import load_model
 from retinanet.engine.evaluate.coco import coco_results, evaluate_coco, per_class_table
 from retinanet.engine.runtime.distributed import (
@@ -317,8 +317,9 @@ def run_eval(data_cfg, opts: EvalOptions) -> EvalRun:
     if not len(datasets.val):
         raise RetinaNetError(f"{datasets.root}: the split {data_cfg.val_split!r} has no images to evaluate")
     data_map = class_map_dict(datasets.class_map) or {}
-    if model_map is None and cfg.num_classes == 91:
-        model_map = {n: i for i, n in coco_category_names().items()}
+    known = default_class_names(cfg.num_classes)  # an official torchvision file: COCO's ids
+    if model_map is None and known:
+        model_map = {n: i for i, n in known.items()}
     warnings = class_map_problems(model_map, data_map, cfg.num_classes)
     precision = resolve_precision(opts.amp, device)  # an impossible mode fails before the data is read
     loader = build_loader(datasets.val, batch_size=opts.batch_size, workers=opts.workers, train=False,

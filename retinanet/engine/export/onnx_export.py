@@ -35,7 +35,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from retinanet.checkpoint_io import write_atomic
+from retinanet.files import write_atomic
 from retinanet.engine.runtime.checkpoint import load_model
 from retinanet.engine.export.onnx_verify import (EXPORT_HINT, VerifyReport, opset_of, random_images, size_pair,
                                           verification_samples, verify_onnx)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from retinanet.checkpoint_io import check_output_path
+from retinanet.files import check_output_path
 from retinanet.errors import RetinaNetError
 
 

@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 
-from retinanet.checkpoint_io import save_checkpoint
+from retinanet.engine.runtime.checkpoint import save_checkpoint
 from retinanet.config import DataConfig, ModelConfig, TrainConfig, write_config_file
 from retinanet.engine.evaluate.coco import METRIC_NAMES
 from retinanet.engine.evaluate.loop import EvalResult, evaluate

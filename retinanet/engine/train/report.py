@@ -29,7 +29,7 @@ import torch
 from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
 from tqdm import tqdm
 
-from retinanet.checkpoint_io import write_atomic
+from retinanet.files import write_atomic
 from retinanet.config import DataConfig
 from retinanet.engine.runtime import distributed as D
 from retinanet.engine.evaluate.coco import METRIC_NAMES

@@ -13,16 +13,17 @@ from typing import Any
 
 import torch
 
-from retinanet.checkpoint_io import read_file
 from retinanet.config import DataConfig, ModelConfig, TrainConfig
 from retinanet.data import Datasets, build_datasets, build_loader
 from retinanet.engine.runtime import distributed as D
+from retinanet.engine.runtime.checkpoint import load_training_state, read_checkpoint, training_checkpoint
 from retinanet.engine.runtime.precision import Precision, normalize_mode, resolve_precision
 from retinanet.engine.train.meter import EpochStats
 from retinanet.engine.train.optim import build_ema, build_optimizer, rng_state, set_rng_state
 from retinanet.engine.train.report import RunLog
 from retinanet.engine.train.start import load_start
 from retinanet.errors import RetinaNetError
+from retinanet.model.weights import frozen_bn_eps_of
 
 
 class StopFlag:
@@ -114,7 +115,9 @@ def setup(model: torch.nn.Module, model_cfg: ModelConfig, data_cfg: DataConfig, 
     reinit: list[str] = []
     if not cfg.resume:
         cfg, reinit, line = load_start(model, cfg, progress)  # cfg records the file's sha256
-        model_cfg = model.config  # with the frozen BatchNorm eps the file implies
+        # the FrozenBatchNorm eps the start file implies (torchvision's v1 COCO file: 0), recorded once
+        model_cfg = dataclasses.replace(model_cfg, frozen_bn_eps=frozen_bn_eps_of(model, model_cfg.frozen_bn_eps))
+        model.config = model_cfg
         log.line(line + (f"; re-initialised {len(reinit)} tensor(s) for {model_cfg.num_classes} outputs: "
                          f"{', '.join(reinit)}" if reinit else ""))
     if cfg.sync_bn and distributed:
@@ -148,12 +151,8 @@ def restore(run: Run, path: Path) -> RunState:
         RetinaNetError: an ``interrupted.pt`` of an epoch with another number of steps (batch size
             or data changed): its position cannot be continued.
     """
-    ck = read_file(path)
-    run.model.load_state_dict(ck["model"])
-    run.optimizer.load_state_dict(ck["optimizer"])
-    run.scaler.load_state_dict(ck["scaler"])
-    if run.ema is not None and "ema_module" in ck:
-        run.ema.load_state_dict(ck["ema_module"])
+    ck = read_checkpoint(path)
+    load_training_state(ck, run.model, run.optimizer, run.scaler, run.ema)
     state = RunState(epoch=ck["epoch"] + 1, iteration=ck["iteration"], best_ap=ck["best_ap"], best_epoch=ck["best_epoch"],
                      history=list(ck.get("history", [])))
     if ck.get("epoch_progress"):
@@ -180,11 +179,7 @@ def resume_mid_epoch(run: Run, state: RunState, progress: dict[str, Any], path: 
 def checkpoint_state(run: Run, state: RunState, epoch: int) -> dict[str, Any]:
     """What ``last.pt``/``best.pt``/``interrupted.pt`` hold after (0-based) ``epoch``: plain types
     and tensors only."""
-    s = {"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict(),
-         "epoch": epoch, "iteration": state.iteration, "best_ap": state.best_ap, "best_epoch": state.best_epoch,
-         "config": run.config, "class_map": run.data.class_map.to_dict(), "rng": rng_state(), "history": state.history}
-    if run.ema is not None:
-        s["ema"] = run.ema.module.state_dict()  # what eval/predict/export load
-        s["ema_module"] = run.ema.state_dict()  # with its update count, to resume
-    return s
+    return training_checkpoint(run.model, run.optimizer, run.scaler, run.ema, epoch=epoch, iteration=state.iteration,
+                               best_ap=state.best_ap, best_epoch=state.best_epoch, config=run.config,
+                               class_map=run.data.class_map.to_dict(), rng=rng_state(), history=state.history)
 

@@ -25,8 +25,9 @@ import torch
 
 from retinanet.config import ModelConfig, TrainConfig
 from retinanet.engine.runtime import distributed as D
+from retinanet.engine.runtime.checkpoint import load_weights
 from retinanet.errors import CheckpointError, RetinaNetError
-from retinanet.model import ARCHS, load_weights
+from retinanet.model import ARCHS
 from retinanet.model.weights import DETECTOR_ARCHS, load_backbone_weights, weights_file
 
 NONE = "none"
