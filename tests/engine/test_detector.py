@@ -22,7 +22,7 @@ SIZE = (90, 130)  # H, W: not the model's input size (min_size 64 -> 64 x 92)
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """A tiny untrained model saved as our checkpoint (resnet18, 64-96 px, 32 FPN channels)."""
-    from retinanet.checkpoint_io import save_checkpoint
+    from retinanet.engine.runtime.checkpoint import save_checkpoint
     from retinanet.model import build_model
 
     torch.manual_seed(0)
@@ -125,6 +125,27 @@ def test_threshold_classes_and_max_dets(detector, arrays):
     assert set(dogs.names) <= {"dog"} and (dogs.labels == 2).all()
     assert len(detector.predict(arrays[0], score_thresh=0.0, max_dets=3)[0]) == 3
     assert detector.model.config.score_thresh == 0.05  # the per-call threshold does not stick
+
+
+def test_calls_with_other_thresholds_from_several_threads_match_the_same_calls_made_alone(detector, arrays):
+    """One shared Detector, four threads, each call its own threshold: the threshold travels as an
+    argument down to post-processing, so every result is the one the same call gives alone, and
+    the model's config is never touched."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    config = detector.model.config
+    thresholds = [0.0, 0.0105, 0.011, 0.05, 0.2] * 4
+    alone = {t: detector.predict(arrays, score_thresh=t, max_dets=300) for t in set(thresholds)}
+    assert len({sum(len(r) for r in res) for res in alone.values()}) > 2  # the thresholds change the results
+    with ThreadPoolExecutor(4) as pool:
+        threaded = list(pool.map(lambda t: detector.predict(arrays, score_thresh=t, max_dets=300), thresholds))
+    assert detector.model.config is config
+    for t, results in zip(thresholds, threaded):
+        for got, want in zip(results, alone[t]):
+            assert len(got) == len(want), t
+            torch.testing.assert_close(got.boxes, want.boxes)
+            torch.testing.assert_close(got.scores, want.scores)
+            assert torch.equal(got.labels, want.labels)
 
 
 def test_bad_inputs_are_named(tmp_path, detector, arrays):
