@@ -1,5 +1,7 @@
-"""The run folder of ``retinanet train``: the files a run writes there, the check before a new
-run starts in it (``check_run_dir``), and which checkpoint ``--resume`` names (``resume_file``)."""
+"""The run folder of ``retinanet train``, its one owner: the files a run writes there
+(``RUN_OUTPUTS``; ``SUMMARY_FILES``, those its summary lists), whether a folder holds a run to
+protect (``holds_run``), the check before a new run starts in it (``check_run_dir``), and which
+checkpoint ``--resume`` names (``resume_file``)."""
 
 from __future__ import annotations
 
@@ -14,6 +16,18 @@ RUN_OUTPUTS = ("best.pt", "last.pt", "interrupted.pt", "results.csv", "metrics.j
 # what a run writes before its first checkpoint: a run that stopped there (a failed download, a bad
 # option met in set-up, a crash in epoch 1) leaves nothing to resume, and its folder is reused
 BEFORE_FIRST_CHECKPOINT = ("train.log", "config.yaml", "classes.json", "tensorboard")
+SUMMARY_FILES = tuple(n for n in RUN_OUTPUTS if n not in ("interrupted.pt", "tensorboard"))  # the summary's list
+
+
+def run_files_in(out: Path) -> list[str]:
+    """The names of ``RUN_OUTPUTS`` that exist in ``out``."""
+    return [name for name in RUN_OUTPUTS if (Path(out) / name).exists()]
+
+
+def holds_run(out: Path) -> bool:
+    """``out`` holds a run that got past its first checkpoint: a new run there needs ``--resume``
+    or ``--exist-ok`` (``check_run_dir``)."""
+    return not set(run_files_in(out)) <= set(BEFORE_FIRST_CHECKPOINT)
 
 
 def check_run_dir(out: Path, resume: str | None, exist_ok: bool) -> str:
@@ -29,10 +43,10 @@ def check_run_dir(out: Path, resume: str | None, exist_ok: bool) -> str:
             ``--resume`` and ``--exist-ok``).
     """
     check_output_path(out, folder=True)
-    found = [name for name in RUN_OUTPUTS if (out / name).exists()]
+    found = run_files_in(out)
     if not found or (resume and same_file(resume_file(resume).parent, out)):
         return ""
-    if set(found) <= set(BEFORE_FIRST_CHECKPOINT):  # nothing to resume, nothing lost: the log is appended to
+    if not holds_run(out):  # nothing to resume, nothing lost: the log is appended to
         return (f"{out} holds a run that stopped before its first checkpoint ({', '.join(found)}): this run starts "
                 "in it; train.log is appended to")
     if not exist_ok:
