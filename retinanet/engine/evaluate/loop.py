@@ -33,6 +33,7 @@ from retinanet.engine.evaluate.plots import plot_pr_curves
 from retinanet.engine.runtime.precision import resolve_precision
 from retinanet.engine.evaluate.voc import voc_metrics
 from retinanet.errors import RetinaNetError
+from retinanet.geometry import resize_boxes
 
 
 @dataclass
@@ -93,9 +94,7 @@ def class_map_dict(class_map: Any) -> dict[str, int] | None:
 
 def _to_original(boxes: torch.Tensor, size: tuple[int, int], orig_size: tuple[int, int]) -> np.ndarray:
     """``[N, 4]`` xyxy boxes in an image of ``size`` (H, W) -> pixels of ``orig_size`` (H0, W0)."""
-    (h, w), (h0, w0) = size, orig_size
-    scale = np.array([w0 / w, h0 / h, w0 / w, h0 / h], dtype=np.float64)
-    return boxes.detach().cpu().to(torch.float64).numpy().reshape(-1, 4) * scale
+    return resize_boxes(boxes.detach().cpu().to(torch.float64).reshape(-1, 4), size, orig_size).numpy()
 
 
 def _gt_record(target: dict[str, Any], image_hw: tuple[int, int]) -> dict[str, Any]:
