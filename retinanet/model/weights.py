@@ -167,6 +167,14 @@ def load_backbone_weights(model: nn.Module, path: str | os.PathLike) -> None:
                               f"unexpected: {_few(list(result.unexpected_keys)) or '-'})")
 
 
+def read_weights(path_or_state_dict: Any, source: str | None = None) -> tuple[dict[str, Any], str]:
+    """``(the dict, its name for messages)`` of a weights file (read with ``files.read_file``) or
+    of a dict given as it is; ``source`` names it (default: the path, or "state_dict")."""
+    if isinstance(path_or_state_dict, dict):
+        return path_or_state_dict, source or "state_dict"
+    return read_file(path_or_state_dict), source or str(path_or_state_dict)
+
+
 def load_torchvision_weights(model: nn.Module, path_or_state_dict: Any, *, source: str | None = None) -> list[str]:
     """Load a bare torchvision RetinaNet state_dict (a file or the dict) into ``model``; a
     different class count skips the final classification conv.
@@ -183,11 +191,7 @@ def load_torchvision_weights(model: nn.Module, path_or_state_dict: Any, *, sourc
     Raises:
         CheckpointError: unreadable file, or missing/unexpected/mis-shaped keys.
     """
-    if isinstance(path_or_state_dict, dict):
-        state, name = path_or_state_dict, source or "state_dict"
-    else:
-        name = source or str(path_or_state_dict)
-        state = read_file(path_or_state_dict)
+    state, name = read_weights(path_or_state_dict, source)
     skipped = load_state(model, state, name)
     cfg = getattr(model, "config", None)
     if cfg is not None:

@@ -27,7 +27,8 @@ from retinanet.errors import CheckpointError
 from retinanet.files import read_file, write_atomic
 from retinanet.model import build_model
 from retinanet.model.anchors import NUM_ANCHORS
-from retinanet.model.weights import CLS_KEYS, DETECTOR_URLS, load_state, load_torchvision_weights, torchvision_eps, weights_file
+from retinanet.model.weights import (CLS_KEYS, DETECTOR_URLS, load_state, load_torchvision_weights, read_weights,
+                                     torchvision_eps, weights_file)
 
 FORMAT = "retinanet-checkpoint"
 VERSION = 1
@@ -137,24 +138,10 @@ def _torchvision_config(state: dict[str, Any], path: str | os.PathLike, norm: st
 
 
 def load_weights(model: torch.nn.Module, path_or_state_dict: Any, *, source: str | None = None) -> list[str]:
-    """Load our checkpoint (its ``model`` weights, the model's eps kept) or a torchvision
-    state_dict (``retinanet.model.weights.load_torchvision_weights``) into ``model``; a different
-    class count skips the final classification conv.
-
-    Args:
-        model: a ``RetinaNet``.
-        path_or_state_dict: file path, bare state_dict, or our checkpoint dict.
-        source: name used in error messages (defaults to the path).
-    Returns:
-        keys that were skipped (re-initialised), empty when everything loaded.
-    Raises:
-        CheckpointError: unreadable file, or missing/unexpected/mis-shaped keys.
-    """
-    if isinstance(path_or_state_dict, dict):
-        obj, name = path_or_state_dict, source or "state_dict"
-    else:
-        name = source or str(path_or_state_dict)
-        obj = read_file(path_or_state_dict)
+    """``retinanet.model.weights.load_torchvision_weights`` (same arguments, result and errors)
+    that also takes our checkpoint, a file or its dict: its ``model`` weights load, the model's
+    FrozenBatchNorm eps is kept (the public ``retinanet.load_weights``)."""
+    obj, name = read_weights(path_or_state_dict, source)
     if is_checkpoint(obj):
         return load_state(model, obj["model"], name)
     return load_torchvision_weights(model, obj, source=name)
