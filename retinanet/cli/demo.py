@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from retinanet.cli.options import DEVICE_HELP
 from retinanet.config import DataConfig, find_config, read_config_file, resolve_config
 from retinanet.data import ensure_synthetic
 from retinanet.engine.runtime.precision import cpu_bf16_flags, cpu_has_native_bf16
@@ -65,7 +66,7 @@ def add_demo_parser(sub) -> argparse.ArgumentParser:
         "'retinanet demo --epochs 2 -- --min-size 128 --max-size 128 --batch-size 4'.",
     )
     p.add_argument("--out", default="demo", metavar="DIR", help="output folder: DIR/train, DIR/eval, DIR/predict [demo]")
-    p.add_argument("--device", help="auto, cpu, cuda, cuda:1 ... (default: the recipe's, auto)")
+    p.add_argument("--device", help=f"{DEVICE_HELP} (default: the recipe's, auto)")
     p.add_argument("--epochs", type=int, help="training epochs (default: the recipe's)")
     p.add_argument("--workers", type=int, help="data loading processes of every step (default: each command's)")
     p.add_argument("--synthetic-train", type=int, metavar="N", help="synthetic training images (default: the recipe's)")

@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from retinanet.cli.options import add_amp_options, add_data_options, given_options
+from retinanet.cli.options import DEVICE_HELP, add_amp_options, add_data_options, given_options
 from retinanet.config import (RECIPES_DIR, SECTIONS, DataConfig, ModelConfig, TrainConfig, find_config, read_config_file,
                               recipe_names, resolve_config)
 from retinanet.engine.runtime.checkpoint import stored_config
@@ -81,7 +81,7 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
     t.add_argument("--eval-every", type=int, default=S, metavar="N", help=f"evaluate every N epochs and after the last; best.pt only changes then [{t0.eval_every}]")
     t.add_argument("--print-every", type=int, default=S, metavar="N", help=f"read the losses from the device every N steps: a progress line in train.log (on stdout when it is not a terminal), TensorBoard step scalars [{t0.print_every}]")
     t.add_argument("--seed", type=int, default=S, help=f"[{t0.seed}]")
-    t.add_argument("--device", default=S, help=f"auto, cpu, cuda, cuda:1 ... [{t0.device}]")
+    t.add_argument("--device", default=S, help=f"{DEVICE_HELP} [{t0.device}]")
     t.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=S, help="also log to RUN_DIR/tensorboard (needs: pip install 'retinanet[tensorboard]') [off]")
     t.add_argument("--quiet", action="store_true", help="no progress bars or lines on the terminal (train.log is still written)")
     return p
