@@ -20,6 +20,7 @@ from retinanet.engine.infer.predict import write_predictions_json
 from retinanet.engine.runtime.checkpoint import save_checkpoint
 from retinanet.engine.train.loop import train
 from retinanet.errors import RetinaNetError
+from retinanet.files import check_output_path, write_atomic
 from retinanet.model import build_model
 
 OUTPUTS = ("best.pt", "last.pt", "results.csv", "metrics.json", "results.png", "config.yaml", "classes.json", "train.log")
