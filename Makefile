@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: install demo test bench gpu-check clean
+.PHONY: install demo test bench gpu-wheels gpu-check clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,18 @@ bench: $(STAMP)  ## model, loss/post-processing and data-loading benchmarks (see
 	$(BIN)/python benchmarks/bench_model.py
 	$(BIN)/python benchmarks/bench_heads.py
 	$(BIN)/python benchmarks/bench_data.py
+
+# The packages that `retinanet` and its tests import and the lent GPU machine's image lacks (it has
+# torch, torchvision, numpy, pillow, matplotlib, tqdm, pyyaml, pytest + plugins, onnx*; BENCHMARKS.md
+# "GPU"). Their wheels travel with the working tree (carry: [".whl"]); versions from constraints.txt.
+GPU_PY     ?= 3.12
+GPU_WHEELS ?= defusedxml pycocotools faster-coco-eval
+GPU_PLATFORMS = manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux1_x86_64
+
+gpu-wheels:  ## download into .whl/ the manylinux x86_64 wheels (CPython $(GPU_PY); GPU_PY=3.11 for another) the GPU image lacks
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version $(GPU_PY) --implementation cp \
+	    $(addprefix --platform ,$(GPU_PLATFORMS)) -c constraints.txt -d .whl $(GPU_WHEELS)
+	@ls -l .whl/*.whl
 
 gpu-check:  ## on a GPU machine: install (or use the system torch), CUDA tests, GPU benchmark; results in $$OUT or gpu_check_out/
 	bash benchmarks/gpu_check.sh
