@@ -38,6 +38,8 @@
 #   GPU_CHECK_BUDGET           [345] seconds for the whole check; each stage also has its own:
 #   GPU_CHECK_SETUP_TIMEOUT [90]  GPU_CHECK_TEST_TIMEOUT [130]  GPU_CHECK_CLI_TIMEOUT [130]
 #   GPU_CHECK_BENCH_TIMEOUT [240]  GPU_CHECK_BENCH_ARGS, GPU_CHECK_CLI_ARGS: extra options
+#   GPU_CHECK_STAGES           the stages after setup and versions ["cuda-tests cli bench"]; e.g. "bench"
+#                              to rerun only the benchmark
 
 set -u -o pipefail
 
@@ -60,6 +62,7 @@ STAGES="$WORK/stages.tsv"
 : >"$STAGES"
 PY=""
 SUMMARY_PY="$SYSTEM_PYTHON"
+ASKED=" ${GPU_CHECK_STAGES-cuda-tests cli bench} "
 
 stage() { echo; echo "=== $* ($(date -u +%H:%M:%S) UTC, ${SECONDS}s since start) ==="; }
 status_of() {  # exit code -> ok / TIMEOUT / FAILED (rc N)
@@ -84,6 +87,7 @@ torch_ok() {  # the interpreter imports torch (with CUDA unless GPU_CHECK_ALLOW_
         "$1" -c "import torch; assert torch.cuda.is_available()" >/dev/null 2>&1
     fi
 }
+asked() { [[ "$ASKED" == *" $1 "* ]] || { echo "(stage $1 not in GPU_CHECK_STAGES)"; false; }; }
 have_wheels() { compgen -G "$WHEELS/*.whl" >/dev/null; }
 finish() {
     stage "Summary (${SECONDS}s)"
@@ -196,6 +200,7 @@ GPU=1
 "$PY" -c "import torch; assert torch.cuda.is_available()" >/dev/null 2>&1 || GPU=0
 
 # --- 3. CUDA tests --------------------------------------------------------------------------------------
+if asked cuda-tests; then
 T=$(limit "${GPU_CHECK_TEST_TIMEOUT:-130}")
 stage "3. pytest -m cuda tests/cuda (deadline ${T}s)"
 t0=$SECONDS
@@ -204,8 +209,10 @@ timeout "$T" "$PY" -m pytest -m cuda tests/cuda -v -rs -p no:cacheprovider --tim
     --junitxml="$OUT/pytest_cuda.xml"
 rc=$?
 record cuda-tests "$(status_of $rc)" $((SECONDS - t0)) "deadline ${T}s"
+fi
 
 # --- 4. the user's CLI path -------------------------------------------------------------------------------
+if asked cli; then
 T=$(limit "${GPU_CHECK_CLI_TIMEOUT:-130}")
 stage "4. the CLI on the GPU: benchmarks/gpu_cli.py (deadline ${T}s)"
 t0=$SECONDS
@@ -216,8 +223,10 @@ timeout "$T" "$PY" benchmarks/gpu_cli.py "${CLI[@]}" --time-budget $((T - 5)) --
     --work "$WORK/cli" --json "$OUT/cli.json" ${GPU_CHECK_CLI_ARGS:-}
 rc=$?
 record cli "$(status_of $rc)" $((SECONDS - t0)) "deadline ${T}s"
+fi
 
 # --- 5. GPU benchmark ---------------------------------------------------------------------------------------
+if asked bench; then
 T=$(limit "${GPU_CHECK_BENCH_TIMEOUT:-240}")
 stage "5. benchmarks/bench_gpu.py (deadline ${T}s)"
 t0=$SECONDS
@@ -234,6 +243,7 @@ else
         --json "$OUT/bench_gpu.json" ${GPU_CHECK_BENCH_ARGS:-}
     rc=$?
     record bench "$(status_of $rc)" $((SECONDS - t0)) "deadline ${T}s"
+fi
 fi
 
 finish
