@@ -14,11 +14,11 @@
 #    (if not, the later stages are skipped: they would fail the same way).
 # 2. versions: nvidia-smi, python / torch / torchvision / CUDA / cuDNN, the GPU, missing modules.
 # 3. cuda-tests: pytest -m cuda tests/cuda (they skip without a GPU).
-# 4. cli: benchmarks/gpu_cli.py, the user's path: make-synthetic, `retinanet train` (resnet50_fpn,
+# 4. bench: benchmarks/bench_gpu.py (ours vs torchvision at 800x1216, AMP, memory, loader, syncs,
+#    CUDA graphs, torch.compile when time is left); it skips rows that would start late.
+# 5. cli: benchmarks/gpu_cli.py, the user's path: make-synthetic, `retinanet train` (resnet50_fpn,
 #    512 px, AMP auto, workers sized to the cores, pycocotools eval each epoch) for about a minute,
 #    the loader alone, `retinanet eval` and `retinanet predict` on best.pt.
-# 5. bench: benchmarks/bench_gpu.py (ours vs torchvision at 800x1216, AMP, memory, loader, syncs,
-#    CUDA graphs, torch.compile), given the time that is left; it skips rows that would start late.
 # After every stage benchmarks/gpu_summary.py rewrites summary.txt / summary.json (numbers first),
 # so a run cut short still tells what it measured. Exit status 1 if a stage failed or timed out.
 #
@@ -36,9 +36,9 @@
 #                              set to an interpreter shaped like the image and PIP_NO_INDEX=1, this
 #                              is the lent machine without its GPU (BENCHMARKS.md "GPU").
 #   GPU_CHECK_BUDGET           [345] seconds for the whole check; each stage also has its own:
-#   GPU_CHECK_SETUP_TIMEOUT [90]  GPU_CHECK_TEST_TIMEOUT [130]  GPU_CHECK_CLI_TIMEOUT [130]
-#   GPU_CHECK_BENCH_TIMEOUT [240]  GPU_CHECK_BENCH_ARGS, GPU_CHECK_CLI_ARGS: extra options
-#   GPU_CHECK_STAGES           the stages after setup and versions ["cuda-tests cli bench"]; e.g. "bench"
+#   GPU_CHECK_SETUP_TIMEOUT [90]  GPU_CHECK_TEST_TIMEOUT [130]  GPU_CHECK_BENCH_TIMEOUT [120]
+#   GPU_CHECK_CLI_TIMEOUT [130]  GPU_CHECK_BENCH_ARGS, GPU_CHECK_CLI_ARGS: extra options
+#   GPU_CHECK_STAGES           the stages after setup and versions ["cuda-tests bench cli"]; e.g. "bench"
 #                              to rerun only the benchmark
 
 set -u -o pipefail
@@ -62,7 +62,7 @@ STAGES="$WORK/stages.tsv"
 : >"$STAGES"
 PY=""
 SUMMARY_PY="$SYSTEM_PYTHON"
-ASKED=" ${GPU_CHECK_STAGES-cuda-tests cli bench} "
+ASKED=" ${GPU_CHECK_STAGES-cuda-tests bench cli} "
 
 stage() { echo; echo "=== $* ($(date -u +%H:%M:%S) UTC, ${SECONDS}s since start) ==="; }
 status_of() {  # exit code -> ok / TIMEOUT / FAILED (rc N)
@@ -211,24 +211,10 @@ rc=$?
 record cuda-tests "$(status_of $rc)" $((SECONDS - t0)) "deadline ${T}s"
 fi
 
-# --- 4. the user's CLI path -------------------------------------------------------------------------------
-if asked cli; then
-T=$(limit "${GPU_CHECK_CLI_TIMEOUT:-130}")
-stage "4. the CLI on the GPU: benchmarks/gpu_cli.py (deadline ${T}s)"
-t0=$SECONDS
-if [ "$T" -lt 30 ]; then record cli "SKIPPED (budget)" 0 "${T}s left"; finish; fi
-if [ "$GPU" = 1 ]; then CLI=(--device cuda); else CLI=(--device cpu --tiny); fi
-# the script stops itself (SIGINT to train, then eval and predict) before the deadline
-timeout "$T" "$PY" benchmarks/gpu_cli.py "${CLI[@]}" --time-budget $((T - 5)) --train-seconds $((T * 3 / 4 - 20)) \
-    --work "$WORK/cli" --json "$OUT/cli.json" ${GPU_CHECK_CLI_ARGS:-}
-rc=$?
-record cli "$(status_of $rc)" $((SECONDS - t0)) "deadline ${T}s"
-fi
-
-# --- 5. GPU benchmark ---------------------------------------------------------------------------------------
+# --- 4. GPU benchmark ---------------------------------------------------------------------------------------
 if asked bench; then
-T=$(limit "${GPU_CHECK_BENCH_TIMEOUT:-240}")
-stage "5. benchmarks/bench_gpu.py (deadline ${T}s)"
+T=$(limit "${GPU_CHECK_BENCH_TIMEOUT:-120}")
+stage "4. benchmarks/bench_gpu.py (deadline ${T}s)"
 t0=$SECONDS
 if [ "$GPU" = 1 ]; then
     BENCH=(--compile --cuda-graphs --sync-debug 20)
@@ -244,6 +230,20 @@ else
     rc=$?
     record bench "$(status_of $rc)" $((SECONDS - t0)) "deadline ${T}s"
 fi
+fi
+
+# --- 5. the user's CLI path -------------------------------------------------------------------------------
+if asked cli; then
+T=$(limit "${GPU_CHECK_CLI_TIMEOUT:-130}")
+stage "5. the CLI on the GPU: benchmarks/gpu_cli.py (deadline ${T}s)"
+t0=$SECONDS
+if [ "$T" -lt 30 ]; then record cli "SKIPPED (budget)" 0 "${T}s left"; finish; fi
+if [ "$GPU" = 1 ]; then CLI=(--device cuda); else CLI=(--device cpu --tiny); fi
+# the script stops itself (SIGINT to train, then eval and predict) before the deadline
+timeout "$T" "$PY" benchmarks/gpu_cli.py "${CLI[@]}" --time-budget $((T - 5)) --train-seconds $((T * 3 / 4 - 20)) \
+    --work "$WORK/cli" --json "$OUT/cli.json" ${GPU_CHECK_CLI_ARGS:-}
+rc=$?
+record cli "$(status_of $rc)" $((SECONDS - t0)) "deadline ${T}s"
 fi
 
 finish

@@ -130,7 +130,7 @@ except RetinaNetError as err:
     print(err)
 """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))})
     assert proc.returncode == 0, proc.stderr
     assert "pip install 'retinanet[fast-eval]'" in proc.stdout
 
