@@ -58,7 +58,7 @@ gpu-dry-run:  ## the GPU check on this CPU in $(GPU_IMAGE_VENV), from .whl/ alon
 
 # The deadlines are the H200's; on a loaded 2-core CPU each of the check's ~10 Python processes can
 # spend 10-40 s importing torch, so the dry run gets more time (it checks the plumbing, not the speed).
-GPU_DRY_TIMES ?= GPU_CHECK_BUDGET=900 GPU_CHECK_TEST_TIMEOUT=200 GPU_CHECK_BENCH_TIMEOUT=240 GPU_CHECK_CLI_TIMEOUT=300
+GPU_DRY_TIMES ?= GPU_CHECK_BUDGET=1200 GPU_CHECK_TEST_TIMEOUT=200 GPU_CHECK_BENCH_TIMEOUT=300 GPU_CHECK_CLI_TIMEOUT=480
 
 gpu-check:  ## on a GPU machine: install (or use the system torch), CUDA tests, GPU benchmark; results in $$OUT or gpu_check_out/
 	bash benchmarks/gpu_check.sh
