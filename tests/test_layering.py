@@ -35,7 +35,7 @@ ENGINE_ROOMS = {
 }
 CLI_MODULES = {"retinanet.__main__"}  # and every module of the retinanet.cli package
 # Optional dependencies: the only imports allowed inside functions.
-OPTIONAL = ("onnx", "onnxruntime", "onnxscript", "tensorboard", "torch.utils.tensorboard")
+OPTIONAL = ("onnx", "onnxruntime", "onnxscript", "tensorboard", "torch.utils.tensorboard", "faster_coco_eval")
 
 
 def module_name(path: Path) -> str:

@@ -39,7 +39,9 @@ def test_two_cpu_processes_train_and_evaluate(tmp_path):
            "-m", "retinanet", "train", "--config", str(cfg), "--data", str(tmp_path / "syn"), "--arch", "resnet18_fpn",
            "--from-scratch", "--min-size", "64", "--max-size", "64", "--epochs", "1", "--batch-size", "1", "--lr", "0.01",
            "--warmup-iters", "2", "--print-every", "2", "--device", "cpu", "--workers", "0", "--out", str(run)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    # the checkout first, then what PYTHONPATH already holds (packages installed with --target, as on the GPU image)
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 

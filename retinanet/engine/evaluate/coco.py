@@ -13,7 +13,8 @@ detections, one CPU core) but it is *not* bit-exact: pycocotools
 divides ``tp / (tp + fp + np.spacing(1))``, so some precision entries differ in the last bit
 (``1.0`` vs ``0.9999999999999998``) and in 5 of 40 random cases one of the 12 numbers differed by
 1.1e-16 (the printed 3-decimal summary was identical every time). ``backend="faster_coco_eval"``
-selects it; ``tests/engine/test_evaluate_coco.py`` checks both.
+selects it; ``tests/engine/test_evaluate_coco.py`` checks both. It is an optional dependency
+(``pip install 'retinanet[fast-eval]'``), imported only when selected.
 
 Input formats (arrays may be numpy, torch or lists)::
 
@@ -30,10 +31,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import faster_coco_eval
 import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+
+from retinanet.errors import RetinaNetError
 
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
@@ -165,6 +167,11 @@ def _load_backend(backend: str | None):
     if backend not in (None, *BACKENDS):
         raise ValueError(f"unknown COCO evaluation backend {backend!r}; expected one of {BACKENDS}")
     if backend == "faster_coco_eval":
+        try:
+            import faster_coco_eval
+        except ImportError:
+            raise RetinaNetError("the faster_coco_eval COCO backend needs the faster-coco-eval package: "
+                                 "pip install 'retinanet[fast-eval]' (or use the default, pycocotools)") from None
         return faster_coco_eval.COCO, faster_coco_eval.COCOeval_faster, "faster_coco_eval"
     return COCO, COCOeval, "pycocotools"
 
