@@ -119,7 +119,7 @@ import sys
 sys.modules["faster_coco_eval"] = None  # import fails as if not installed
 import numpy as np
 import retinanet, retinanet.cli
-from retinanet.engine.coco_eval import evaluate_coco
+from retinanet.engine.evaluate.coco import evaluate_coco
 from retinanet.errors import RetinaNetError
 gt = [{"image_id": 1, "boxes": np.array([[0, 0, 10, 10.0]]), "labels": np.array([1]), "height": 20, "width": 20}]
 dets = [{"image_id": 1, "boxes": np.array([[0, 0, 10, 10.0]]), "scores": np.array([0.9]), "labels": np.array([1])}]
