@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from retinanet.data.classes import ClassMap
-from retinanet.data.records import Record, clip_boxes, no_area_reason
+from retinanet.data.records import Record, clip_boxes, no_area_reason, not_finite
 from retinanet.errors import DataError
 
 
@@ -173,7 +173,7 @@ def _valid_annotations(path: Path, data: dict, problems: list[str]) -> tuple[dic
     """(image id -> its well-formed annotations, ids of images with a bad or repeated annotation).
 
     Checked: an object with integer ``id``, ``image_id``, ``category_id`` and a ``bbox`` of four
-    numbers; annotation ids unique. Each problem names the entry's index, id, image and ``path``.
+    finite numbers (``records.not_finite``: ``Infinity`` and ``NaN`` refused); annotation ids unique. Each problem names the entry's index, id, image and ``path``.
     """
     by_image: dict[int, list[dict]] = {}
     bad_images: set[int] = set()
@@ -193,6 +193,7 @@ def _valid_annotations(path: Path, data: dict, problems: list[str]) -> tuple[dic
                  else "no 'bbox'" if bbox is None
                  else None if isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox)
                  else f"'bbox' is {bbox!r}, not [x, y, width, height] numbers")
+        fault = fault or (f"'bbox' {bbox!r}: {not_finite(bbox)}" if not_finite(bbox) else None)
         if fault:
             problems.append(f"{where}: {fault}")
             bad_images.add(iid)
@@ -239,8 +240,7 @@ def coco_records(path: Path, data: dict, class_map: ClassMap, problems: list[str
             continue
         xywh = np.asarray([a["bbox"] for a in anns], np.float32).reshape(-1, 4)
         boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
-        boxes, keep = clip_boxes(boxes, (h, w))
-        keep &= np.isfinite(boxes).all(axis=1)
+        boxes, keep = clip_boxes(boxes, (h, w))  # finite: _valid_annotations refused the rest
         if not keep.all():
             bad = [f"annotation {anns[i]['id']} {anns[i]['bbox']}: {coco_box_fault(xywh[i], (h, w))}" for i in np.flatnonzero(~keep)]
             warnings.append(f"{where} ({file.name}): dropped {len(bad)} box(es) with no area: {'; '.join(bad)}")

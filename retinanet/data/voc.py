@@ -25,7 +25,7 @@ import numpy as np
 
 from retinanet.data.classes import ClassMap
 from retinanet.data.images import IMAGE_SUFFIXES
-from retinanet.data.records import Record, clip_boxes, no_area_reason
+from retinanet.data.records import Record, clip_boxes, no_area_reason, not_finite
 from retinanet.errors import DataError
 
 _XML_DIRS = ("Annotations", "annotations", "labels", "xml", "Labels")
@@ -42,19 +42,26 @@ class VocAnnotation:
     boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))  # [N, 4] xyxy
     difficult: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # [N]
     truncated: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # [N]
+    size_note: str | None = None  # why a <size> present was not usable
 
     def __getitem__(self, key: str):  # dict-style access: ann["boxes"]
         return getattr(self, key)
 
 
-def _number(el: Element | None, tag: str, path: Path) -> float:
+def _number(el: Element | None, tag: str, path: Path, where: str = "") -> float:
+    """The finite number in ``el``'s child ``tag``; ValueError naming ``path``, ``where`` (the
+    object) and the tag otherwise (``records.not_finite``: inf and nan are refused)."""
     node = el.find(tag) if el is not None else None
     if node is None or node.text is None or not node.text.strip():
-        raise ValueError(f"{path}: <{tag}> missing")
+        raise ValueError(f"{path}: {where}<{tag}> missing")
     try:
-        return float(node.text.strip())
+        value = float(node.text.strip())
     except ValueError:
-        raise ValueError(f"{path}: <{tag}> is {node.text.strip()!r}, not a number") from None
+        raise ValueError(f"{path}: {where}<{tag}> is {node.text.strip()!r}, not a number") from None
+    fault = not_finite(value)
+    if fault:
+        raise ValueError(f"{path}: {where}<{tag}> is {node.text.strip()!r}: {fault}")
+    return value
 
 
 def _flag(obj: Element, tag: str) -> bool:
@@ -84,16 +91,16 @@ def parse_voc_xml(path: str | Path) -> VocAnnotation:
         raise ValueError(f"{path}: unreadable XML ({type(err).__name__}: {err})") from None
     if root.tag != "annotation":
         raise ValueError(f"{path}: root element is <{root.tag}>, expected <annotation>")
-    size = None
+    size, size_note = None, None
     size_el = root.find("size")
     if size_el is not None:
         try:
             h, w = int(_number(size_el, "height", path)), int(_number(size_el, "width", path))
             size = (h, w) if h > 0 and w > 0 else None
-        except ValueError:
-            size = None
+        except ValueError as err:
+            size_note = f"{str(err).removeprefix(f'{path}: ')}; the decoded image's size is used"
     names, boxes, difficult, truncated = [], [], [], []
-    for obj in root.findall("object"):  # direct children only: <part> boxes are not objects
+    for k, obj in enumerate(root.findall("object"), 1):  # direct children only: <part> boxes are not objects
         name_el = obj.find("name")
         name = (name_el.text or "").strip() if name_el is not None else ""
         if not name:
@@ -101,8 +108,9 @@ def parse_voc_xml(path: str | Path) -> VocAnnotation:
         bb = obj.find("bndbox")
         if bb is None:
             raise ValueError(f"{path}: object {name!r} has no <bndbox>")
-        xmin, ymin = _number(bb, "xmin", path), _number(bb, "ymin", path)
-        xmax, ymax = _number(bb, "xmax", path), _number(bb, "ymax", path)
+        where = f"object {k} ({name}): "
+        xmin, ymin = _number(bb, "xmin", path, where), _number(bb, "ymin", path, where)
+        xmax, ymax = _number(bb, "xmax", path, where), _number(bb, "ymax", path, where)
         names.append(name)
         boxes.append((xmin - 1, ymin - 1, xmax, ymax))
         difficult.append(_flag(obj, "difficult"))
@@ -115,6 +123,7 @@ def parse_voc_xml(path: str | Path) -> VocAnnotation:
         boxes=np.asarray(boxes, np.float32).reshape(-1, 4),
         difficult=np.asarray(difficult, bool),
         truncated=np.asarray(truncated, bool),
+        size_note=size_note,
     )
 
 
@@ -143,6 +152,8 @@ def to_record(
     if unknown:
         problems.append(f"{xml}: class(es) not in the class map ({class_map.source}): {', '.join(unknown)}")
         return None
+    if ann.size_note:
+        warnings.append(f"{xml}: {ann.size_note}")
     boxes = ann.boxes
     keep = np.ones(len(boxes), bool)
     if ann.size is not None:

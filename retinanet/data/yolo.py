@@ -45,7 +45,7 @@ from PIL import UnidentifiedImageError
 
 from retinanet.data.classes import ClassMap
 from retinanet.data.images import IMAGE_SUFFIXES, ImageReading, oriented_size
-from retinanet.data.records import Record, clip_boxes
+from retinanet.data.records import Record, clip_boxes, not_finite
 from retinanet.errors import DataError
 
 TOLERANCE = 0.01  # normalised coordinates may overshoot 0..1 by this much (rounding in exports), as ultralytics allows
@@ -259,8 +259,8 @@ def parse_label_lines(text: str, source: Path, names: list[str | None], keypoint
         except ValueError:
             problems.append(f"{where}: not a number in {line.strip()!r}")
             continue
-        if not all(math.isfinite(v) for v in values):
-            problems.append(f"{where}: not a finite number in {line.strip()!r}")
+        if not_finite(values):
+            problems.append(f"{where}: {not_finite(values)} in {line.strip()!r}")
             continue
         cls = values[0]
         if cls != int(cls) or not 0 <= cls < len(names) or names[int(cls)] is None:

@@ -9,6 +9,7 @@ from voc_fixtures import make_voc, obj, write_image, xml_text
 from retinanet.config import DataConfig
 from retinanet.data import build_datasets
 from retinanet.data.voc import parse_voc_xml
+from retinanet.errors import DataError
 
 SIZES = {"min_size": 64, "max_size": 80}  # the test images are 64x80: no resize
 
@@ -131,3 +132,40 @@ def test_reversed_or_empty_box_says_what_is_wrong(tmp_path):
     assert "a.xml: dropped 3 box(es) with no area: object 1 (cat): xmin 50 > xmax 20; object 2 (cat): ymin 30 > ymax 29; " \
            "object 3 (cat): no area inside the 80x64 (WxH) image" in text, text
     assert ds.train.records[0].labels.tolist() == [2]
+
+
+@pytest.mark.parametrize("value", ["inf", "-Infinity", "nan"])
+def test_non_finite_coordinate_is_a_problem_naming_the_file_and_object(tmp_path, value):
+    voc = make_voc(tmp_path, {"train": [("a", [obj("dog"), obj("cat", (5, 6, value, 40))])], "val": [("b", [obj()])]})
+    with pytest.raises(DataError) as err:  # today: clipped to the image edge, an image-wide box
+        build_datasets(DataConfig(root=str(tmp_path)), **SIZES)
+    (problem,) = err.value.problems
+    assert str(voc / "Annotations" / "a.xml") in problem and "object 2 (cat): <xmax>" in problem
+    assert "is not a finite number" in problem
+
+
+def test_unusable_size_is_said_and_the_decoded_size_used(tmp_path):
+    voc = make_voc(tmp_path, {"train": [("a", [obj()])], "val": [("b", [obj()])]})
+    xml = voc / "Annotations" / "a.xml"
+    xml.write_text(xml.read_text().replace("<height>64</height>", "<height>inf</height>"))  # today: OverflowError
+    with pytest.warns(UserWarning, match=r"a.xml: <height> is 'inf': inf is not a finite number; the decoded image's size is used"):
+        ds = build_datasets(DataConfig(root=str(tmp_path)), **SIZES)
+    assert ds.train.records[0].size is None and ds.train[0][1]["orig_size"] == (64, 80)
+
+
+def test_boxes_outside_an_image_of_unstated_size_are_clipped_and_dropped_aloud(tmp_path, capsys):
+    from retinanet.data import check_dataset
+
+    voc = make_voc(tmp_path, {"train": [("a", [obj()])], "val": [("b", [obj()])]})
+    xml = voc / "Annotations" / "a.xml"  # no <size>: the 80x64 decoded image is the only size
+    xml.write_text(xml_text("a.jpg", None, [obj("cat", (5, 6, 30, 40)), obj("cat", (60, 10, 120, 40)), obj("cat", (90, 10, 120, 20))]))
+    ds = build_datasets(DataConfig(root=str(tmp_path), hflip_prob=0.0), **SIZES)
+    with pytest.warns(UserWarning) as record:  # today: clipped and dropped without a word
+        _, target = ds.train[0]
+    said = "\n".join(str(w.message) for w in record)
+    assert f"{xml} ({voc / 'JPEGImages' / 'a.jpg'}): 1 box(es) extend outside the 80x64 (WxH) image; clipped" in said
+    assert f"{xml} ({voc / 'JPEGImages' / 'a.jpg'}): dropped 1 box(es) with no area inside the 80x64 (WxH) image" in said
+    assert target["boxes"].tolist() == [[4, 5, 30, 40], [59, 9, 80, 40]]
+    report = check_dataset(DataConfig(root=str(tmp_path)), progress=False)  # check-data says the same
+    assert any("1 box(es) extend outside the 80x64 (WxH) image; clipped" in w and str(xml) in w for w in report.warnings)
+    assert any("dropped 1 box(es) with no area" in w and str(xml) in w for w in report.warnings)
