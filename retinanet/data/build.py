@@ -111,7 +111,7 @@ def _voc_records(cfg: DataConfig, root: Path, fmt: str, problems: list[str], war
                  ) -> tuple[dict[str, list[Record]], ClassMap]:
     if fmt == "voc":
         names = {"train": cfg.train_split, "val": cfg.val_split}
-        pairs = {s: voc_standard_pairs(root, cfg.years, names[s], problems) for s in splits}
+        pairs = {s: voc_standard_pairs(root, cfg.years, names[s], problems, warns) for s in splits}
     else:
         val_list = Path(cfg.val_split) if cfg.val_split.endswith(".txt") else None
         split, split_problems, split_warnings = flat_split(root, cfg.val_fraction, cfg.split_seed, val_list=val_list)

@@ -77,6 +77,12 @@ class OpenedImage:
     note: str | None = None
 
 
+def is_image_file(path: str | Path) -> bool:
+    """Whether ``path`` has one of the image types every reader reads (``IMAGE_SUFFIXES``, any
+    case): the one list for VOC (both layouts), COCO, YOLO and predict on a folder."""
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
 def check_exif_policy(exif: str) -> str:
     """``exif`` itself when it is one of ``EXIF_POLICIES``; else ``RetinaNetError``."""
     if exif not in EXIF_POLICIES:

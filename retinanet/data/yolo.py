@@ -178,16 +178,22 @@ def _is_image(p: Path) -> bool:
     return p.suffix.lower() in IMAGE_SUFFIXES
 
 
-def list_images(sources: list[Path], problems: list[str]) -> list[Path]:
-    """The images of one split, sorted and without duplicates.
+def list_images(sources: list[Path], problems: list[str], warnings: list[str] | None = None) -> list[Path]:
+    """The images of one split, sorted, each once.
 
     A folder gives the images under it (recursively); a ``.txt`` list its lines (relative paths
-    relative to the list's folder). A missing source or listed image goes to ``problems``.
+    relative to the list's folder). A missing source or listed image goes to ``problems``; an
+    image named more than once (twice in a list, or by two sources) is read once, with a warning
+    naming where (it would otherwise be trained or evaluated twice).
     """
     found: list[Path] = []
+    where: dict[Path, list[str]] = {}
     for src in sources:
         if src.is_dir():
-            found += [p for p in src.rglob("*") if _is_image(p) and p.is_file()]
+            images = [p for p in src.rglob("*") if _is_image(p) and p.is_file()]
+            found += images
+            for p in images:
+                where.setdefault(p, []).append(str(src))
         elif src.is_file():
             try:
                 lines = src.read_text(encoding="utf-8").splitlines()
@@ -205,8 +211,13 @@ def list_images(sources: list[Path], problems: list[str]) -> list[Path]:
                     problems.append(f"{src}:{n}: {line} is not an image file ({', '.join(IMAGE_SUFFIXES)})")
                 else:
                     found.append(p)
+                    where.setdefault(p, []).append(f"{src}:{n}")
         else:
             problems.append(f"{src}: image folder or list not found")
+    repeated = {p: at for p, at in where.items() if len(at) > 1}
+    if repeated and warnings is not None:
+        shown = "; ".join(f"{p} ({', '.join(at)})" for p, at in sorted(repeated.items())[:5])
+        warnings.append(f"{len(repeated)} image(s) named more than once, each read once: {shown}{' ...' if len(repeated) > 5 else ''}")
     return sorted(set(found))
 
 
@@ -353,7 +364,7 @@ def split_records(spec: YoloSpec, key: str, class_map: ClassMap, problems: list[
         problems.append(f"{spec.yaml}: no '{key}:' entry (splits: {', '.join(spec.splits) or 'none'})")
         return []
     sources = spec.splits[key]
-    images = list_images(sources, problems)
+    images = list_images(sources, problems, warnings)
     problems += orphan_labels(sources, images)
     if images and not any(label_path(p).is_file() for p in images):
         warnings.append(f"{key}: none of the {len(images)} images has a label file (looked for {label_path(images[0])}, ...)")

@@ -169,3 +169,52 @@ def test_boxes_outside_an_image_of_unstated_size_are_clipped_and_dropped_aloud(t
     report = check_dataset(DataConfig(root=str(tmp_path)), progress=False)  # check-data says the same
     assert any("1 box(es) extend outside the 80x64 (WxH) image; clipped" in w and str(xml) in w for w in report.warnings)
     assert any("dropped 1 box(es) with no area" in w and str(xml) in w for w in report.warnings)
+
+
+def test_id_listed_twice_in_a_split_file_is_read_once_with_a_warning(tmp_path):
+    voc = make_voc(tmp_path, {"train": [("a", [obj()])], "val": [("b", [obj()]), ("c", [obj()])]})
+    split = voc / "ImageSets" / "Main" / "val.txt"
+    split.write_text("b\nc\nb\n")  # today: b is evaluated twice
+    with pytest.warns(UserWarning, match=r"val.txt: 1 name\(s\) listed more than once, each read once: b \(lines 1, 3\)"):
+        ds = build_datasets(DataConfig(root=str(tmp_path)), **SIZES)
+    assert [r.file.rsplit("/", 1)[1] for r in ds.val.records] == ["b.jpg", "c.jpg"]
+    assert [r.image_id for r in ds.val.records] == [0, 1]
+
+
+def test_flat_split_files_listing_a_stem_twice_or_in_both_splits(tmp_path):
+    root = _flat(tmp_path / "flat", n=4)
+    (root / "splits").mkdir()
+    (root / "splits" / "train.txt").write_text("im0\nim1\nim0\n")
+    (root / "splits" / "val.txt").write_text("im2\nim3\n")
+    with pytest.warns(UserWarning, match=r"train.txt: 1 name\(s\) listed more than once, each read once: im0 \(lines 1, 3\)"):
+        ds = build_datasets(DataConfig(root=str(root)), **SIZES)
+    assert len(ds.train) == 2
+    (root / "splits" / "val.txt").write_text("im2\nim1\n")  # im1 in both: training on a validation image
+    with pytest.raises(DataError, match=r"train.txt and .*val.txt both list 1 image\(s\): im1"):
+        build_datasets(DataConfig(root=str(root)), **SIZES)
+
+
+def test_two_images_of_one_stem_the_xml_filename_decides(tmp_path):
+    root = tmp_path / "flat"
+    write_image(root / "a.jpg", seed=1)
+    write_image(root / "a.png", seed=2)  # sorted first is a.jpg: today it is taken, whatever the XML names
+    (root / "a.xml").write_text(xml_text("a.png", (64, 80), [obj()]))
+    write_image(root / "b.jpg", seed=3)
+    (root / "b.xml").write_text(xml_text("b.jpg", (64, 80), [obj()]))
+    cfg = DataConfig(root=str(root), val_fraction=0.0)
+    with pytest.warns(UserWarning, match=r"a.xml: 2 images in .* are named a.\* \(a.jpg, a.png\): a.png used, the one its <filename> names"):
+        ds = build_datasets(cfg, **SIZES)
+    assert sorted(r.file.rsplit("/", 1)[1] for r in ds.train.records) == ["a.png", "b.jpg"]
+    (root / "a.xml").write_text(xml_text("photo.jpg", (64, 80), [obj()]))  # names neither
+    with pytest.raises(DataError) as err:
+        build_datasets(cfg, **SIZES)
+    (problem,) = err.value.problems
+    assert f"{root / 'a.xml'}: 2 images in {root} are named a.* (a.jpg, a.png) and its <filename> 'photo.jpg' names none" in problem
+
+
+def test_two_images_of_one_id_in_the_standard_layout(tmp_path):
+    voc = make_voc(tmp_path, {"train": [("a", [obj()])], "val": [("b", [obj()])]})
+    write_image(voc / "JPEGImages" / "a.png", seed=5)  # today: a.jpg taken without a word
+    with pytest.warns(UserWarning, match=r"a.xml: 2 images in .*JPEGImages are named a.\* \(a.jpg, a.png\): a.jpg used"):
+        ds = build_datasets(DataConfig(root=str(tmp_path)), **SIZES)
+    assert ds.train.records[0].file == str(voc / "JPEGImages" / "a.jpg")

@@ -301,3 +301,13 @@ def test_exif_rotated_phone_photo_boxes_land_on_the_object_under_each_rule(tmp_p
     inter = np.prod(np.clip(np.minimum(box[2:], truth[2:]) - np.maximum(box[:2], truth[:2]), 0, None))
     iou = inter / (np.prod(box[2:] - box[:2]) + np.prod(truth[2:] - truth[:2]) - inter)
     assert iou > 0.95, (exif, box, truth, iou)
+
+
+def test_an_image_listed_twice_is_read_once_with_a_warning(tmp_path):
+    data = tiny_yolo(tmp_path, {"a": "0 0.5 0.5 0.2 0.2\n", "b": "1 0.5 0.5 0.2 0.2\n"})
+    (tmp_path / "val.txt").write_text("images/train/a.png\nimages/train/b.png\n./images/train/a.png\n")
+    spec = yaml.safe_load(data.read_text())
+    data.write_text(yaml.safe_dump({**spec, "val": "val.txt"}))
+    with pytest.warns(UserWarning, match=r"1 image\(s\) named more than once, each read once: .*a.png \(.*val.txt:1, .*val.txt:3\)"):
+        ds = build_datasets(DataConfig(root=str(data)), min_size=64, max_size=64)
+    assert [Path(r.file).stem for r in ds.val.records] == ["a", "b"]  # today also once, but without a word

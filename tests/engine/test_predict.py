@@ -46,7 +46,8 @@ def test_find_images(tmp_path):
     names = [n for _, n in find_images([str(tmp_path / "in")])]
     assert names == ["a.jpg", "a_1.png"]  # same stem: made unique (also for xml/<stem>.xml)
     assert [n for _, n in find_images([str(tmp_path / "in")], recursive=True)] == ["a.jpg", "a_1.png", "sub/b.png"]
-    assert [n for _, n in find_images([str(tmp_path / "in" / "*.png"), str(a), str(a)])] == ["a.png", "a_1.jpg"]
+    with pytest.warns(UserWarning, match="name a file already named"):
+        assert [n for _, n in find_images([str(tmp_path / "in" / "*.png"), str(a), str(a)])] == ["a.png", "a_1.jpg"]
     with pytest.raises(RetinaNetError, match="no such file or folder"):
         find_images([str(tmp_path / "missing.jpg")])
     (tmp_path / "empty").mkdir()
@@ -230,3 +231,9 @@ def test_every_predict_output_is_written_atomically(tmp_path, checkpoint, monkey
     on_disk = sorted(p for p in out.rglob("*") if p.is_file())
     assert len(on_disk) == 8 and sorted(written) == on_disk  # 2 drawn, 2 XML, 2 TXT, data.yaml, predictions.json
     assert Image.open(out / "images" / "a.jpg").format == "JPEG" and Image.open(out / "images" / "b.png").format == "PNG"
+
+
+def test_a_file_named_twice_is_read_once_with_a_warning(tmp_path):
+    a = write_image(tmp_path / "a.jpg")
+    with pytest.warns(UserWarning, match=r"1 input\(s\) name a file already named, each read once: .*a.jpg"):
+        assert [n for _, n in find_images([str(a), str(tmp_path / "*.jpg")])] == ["a.jpg"]

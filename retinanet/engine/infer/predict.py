@@ -22,6 +22,7 @@ import glob
 import json
 import os
 import sys
+import warnings
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,8 +95,8 @@ def find_images(inputs: list[str], recursive: bool = False) -> list[tuple[Path, 
     """Image files named by ``inputs`` (files, folders, globs), each with a unique output name.
 
     Folders give their files with an image extension (descending when ``recursive``), named by
-    their path inside the folder; a file or glob match is named by its file name. Repeated files
-    are listed once; equal names get ``_1``, ``_2``... before the extension.
+    their path inside the folder; a file or glob match is named by its file name. A file named
+    again is listed once, with a warning; equal names get ``_1``, ``_2``... before the extension.
 
     Raises:
         RetinaNetError: an input that is neither a file, a folder nor a matching pattern, or no
@@ -120,10 +121,11 @@ def find_images(inputs: list[str], recursive: bool = False) -> list[tuple[Path, 
     if not found:
         raise RetinaNetError(f"no images found in {', '.join(inputs)} (extensions: {' '.join(IMAGE_SUFFIXES)}"
                              f"{'' if recursive else '; use --recursive for sub-folders'})")
-    seen_files, taken, out = set(), set(), []
+    seen_files, taken, out, again = set(), set(), [], []
     for path, name in found:
         key = path.resolve()
         if key in seen_files:
+            again.append(str(path))
             continue
         seen_files.add(key)
         stem, suffix = os.path.splitext(name)
@@ -133,6 +135,9 @@ def find_images(inputs: list[str], recursive: bool = False) -> list[tuple[Path, 
             unique = f"{stem}_{n}{suffix}"
         taken.add(os.path.splitext(unique)[0].lower())
         out.append((path, unique))
+    if again:
+        warnings.warn(f"{len(again)} input(s) name a file already named, each read once: {', '.join(again[:5])}"
+                      f"{' ...' if len(again) > 5 else ''}", stacklevel=2)
     return out
 
 
