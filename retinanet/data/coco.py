@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from retinanet.data.classes import ClassMap
+from retinanet.data.images import IMAGE_SUFFIXES, is_image_file
 from retinanet.data.records import Record, clip_boxes, no_area_reason, not_finite
 from retinanet.errors import DataError
 
@@ -235,6 +236,9 @@ def coco_records(path: Path, data: dict, class_map: ClassMap, problems: list[str
             continue
         if iid in bad_images:
             continue  # its problem is already reported
+        if not is_image_file(file):  # the types every reader reads (data/images.IMAGE_SUFFIXES)
+            problems.append(f"{file}: not one of the image types read ({' '.join(IMAGE_SUFFIXES)}) ({where})")
+            continue
         if not file.is_file():
             problems.append(f"{file}: image file missing ({where})")
             continue

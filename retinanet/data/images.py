@@ -83,6 +83,16 @@ def is_image_file(path: str | Path) -> bool:
     return Path(path).suffix.lower() in IMAGE_SUFFIXES
 
 
+def not_read(files: list[Path], where: str | Path, what: str = "") -> list[str]:
+    """A warning naming the ``files`` a reader leaves out because they are not an image type
+    (hidden files, ``.name``, left out of it), or none: a skipped file is always said."""
+    shown = sorted(str(f) for f in files if not Path(f).name.startswith("."))
+    if not shown:
+        return []
+    return [f"{where}: {len(shown)} file(s) not read{what}, not one of the image types ({' '.join(IMAGE_SUFFIXES)}): "
+            f"{', '.join(shown[:5])}{' ...' if len(shown) > 5 else ''}"]
+
+
 def check_exif_policy(exif: str) -> str:
     """``exif`` itself when it is one of ``EXIF_POLICIES``; else ``RetinaNetError``."""
     if exif not in EXIF_POLICIES:

@@ -25,7 +25,7 @@ import defusedxml.ElementTree as ET
 import numpy as np
 
 from retinanet.data.classes import ClassMap
-from retinanet.data.images import is_image_file
+from retinanet.data.images import IMAGE_SUFFIXES, is_image_file, not_read
 from retinanet.data.records import Record, clip_boxes, no_area_reason, not_finite
 from retinanet.errors import DataError
 
@@ -178,8 +178,13 @@ def pick_image(slot: ImageSlot, ann: VocAnnotation, xml: Path, problems: list[st
         problems.append(f"{xml}: {len(images)} images in {slot.folder} are named {slot.stem}.* ({names}) and its <filename> "
                         f"{ann.filename!r} names none of them: which one it annotates cannot be known (remove or rename the others)")
         return None
+    others = [p for p in slot.files if p != xml and p.suffix.lower() != ".xml"]
+    if others:  # a file is there, of a type no reader reads: named as such, not as "missing"
+        problems.append(f"{', '.join(map(str, others))}: not one of the image types read ({' '.join(IMAGE_SUFFIXES)}); "
+                        f"annotation {xml} has no image (convert it to one of them)")
+        return None
     shown = slot.folder / (named if named and Path(named).stem == slot.stem else f"{slot.stem}.*")
-    problems.append(f"{shown}: image file missing (annotation {xml})")
+    problems.append(f"{shown}: image file missing (annotation {xml}; no file named {slot.stem}.* in {slot.folder})")
     return None
 
 
@@ -392,10 +397,16 @@ def voc_flat_pairs(root: Path, stems: list[str]) -> list[tuple[Path, ImageSlot]]
 
 
 def unannotated_images(root: Path) -> list[str]:
-    """A warning naming the images of a flat export that have no XML (left out, not negatives)."""
+    """Warnings naming the files of a flat export's image folder that are not read: images that
+    have no XML (left out, not negatives), and files of other types (not images, not XML; one
+    named like an XML without an image is a problem of ``pick_image`` instead)."""
     img_dir, xml_dir = flat_folders(root)
     stems = {p.stem for p in xml_dir.glob("*.xml")}
-    lonely = sorted(p.name for p in img_dir.iterdir() if is_image_file(p) and p.stem not in stems)
-    if not lonely:
-        return []
-    return [f"{img_dir}: {len(lonely)} image(s) without an XML file are not used: {', '.join(lonely[:5])}{' ...' if len(lonely) > 5 else ''}"]
+    files = [p for p in sorted(img_dir.iterdir()) if p.is_file()]
+    lonely = [p.name for p in files if is_image_file(p) and p.stem not in stems]
+    image_stems = {p.stem for p in files if is_image_file(p)}
+    other = [p for p in files if not is_image_file(p) and p.suffix.lower() != ".xml" and (p.stem not in stems or p.stem in image_stems)]
+    warns = not_read(other, img_dir)
+    if lonely:
+        warns.append(f"{img_dir}: {len(lonely)} image(s) without an XML file are not used: {', '.join(lonely[:5])}{' ...' if len(lonely) > 5 else ''}")
+    return warns

@@ -44,7 +44,7 @@ import yaml
 from PIL import UnidentifiedImageError
 
 from retinanet.data.classes import ClassMap
-from retinanet.data.images import IMAGE_SUFFIXES, ImageReading, oriented_size
+from retinanet.data.images import IMAGE_SUFFIXES, ImageReading, is_image_file, not_read, oriented_size
 from retinanet.data.records import Record, clip_boxes, not_finite
 from retinanet.errors import DataError
 
@@ -175,7 +175,7 @@ def label_path(image: Path) -> Path:
 
 
 def _is_image(p: Path) -> bool:
-    return p.suffix.lower() in IMAGE_SUFFIXES
+    return is_image_file(p)
 
 
 def list_images(sources: list[Path], problems: list[str], warnings: list[str] | None = None) -> list[Path]:
@@ -190,8 +190,11 @@ def list_images(sources: list[Path], problems: list[str], warnings: list[str] | 
     where: dict[Path, list[str]] = {}
     for src in sources:
         if src.is_dir():
-            images = [p for p in src.rglob("*") if _is_image(p) and p.is_file()]
+            files = [p for p in src.rglob("*") if p.is_file()]
+            images = [p for p in files if _is_image(p)]
             found += images
+            if warnings is not None:  # .txt files are labels when no images/ folder separates them
+                warnings += not_read([p for p in files if not _is_image(p) and p.suffix.lower() != ".txt"], src)
             for p in images:
                 where.setdefault(p, []).append(str(src))
         elif src.is_file():

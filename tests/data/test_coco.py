@@ -170,3 +170,14 @@ def test_non_finite_bbox_is_a_problem_naming_the_annotation(coco, value):
     with pytest.warns(UserWarning, match="not a finite number"):
         ds = _build(coco, skip_bad=True)
     assert [r.image_id for r in ds.train.records] == [2]
+
+
+def test_file_of_a_type_not_read_is_named_as_such(coco):
+    from PIL import Image
+
+    Image.new("RGB", (80, 64)).save(coco.parent.parent / "train2017" / "000000000002.gif")
+    _edit(coco, lambda d: d["images"][1].update(file_name="000000000002.gif"))  # today: read (only COCO read it)
+    with pytest.raises(DataError) as err:
+        _build(coco)
+    (problem,) = err.value.problems
+    assert problem.startswith(f"{coco.parent.parent / 'train2017' / '000000000002.gif'}: not one of the image types read (")

@@ -218,3 +218,37 @@ def test_two_images_of_one_id_in_the_standard_layout(tmp_path):
     with pytest.warns(UserWarning, match=r"a.xml: 2 images in .*JPEGImages are named a.\* \(a.jpg, a.png\): a.jpg used"):
         ds = build_datasets(DataConfig(root=str(tmp_path)), **SIZES)
     assert ds.train.records[0].file == str(voc / "JPEGImages" / "a.jpg")
+
+
+def test_every_image_type_is_read_in_both_layouts_and_other_types_are_named(tmp_path):
+    voc = make_voc(tmp_path / "std", {"train": [("a", [obj()]), ("g", [obj()])], "val": [("b", [obj()])]})
+    (voc / "JPEGImages" / "a.jpg").rename(voc / "JPEGImages" / "a.bmp")  # today: "a.jpg: image file missing"
+    (voc / "JPEGImages" / "g.jpg").rename(voc / "JPEGImages" / "g.gif")
+    with pytest.raises(DataError) as err:
+        build_datasets(DataConfig(root=str(tmp_path / "std")), **SIZES)
+    (problem,) = err.value.problems  # a.bmp is read; g.gif is named as a type not read, not as a missing g.jpg
+    assert problem.startswith(f"{voc / 'JPEGImages' / 'g.gif'}: not one of the image types read (.jpg ")
+    assert f"annotation {voc / 'Annotations' / 'g.xml'} has no image" in problem and "missing" not in problem
+    (voc / "JPEGImages" / "g.gif").unlink()
+    with pytest.raises(DataError, match=r"JPEGImages/g.jpg: image file missing \(annotation .*g.xml; no file named g.\* in"):
+        build_datasets(DataConfig(root=str(tmp_path / "std")), **SIZES)
+    flat = _flat(tmp_path / "flat", n=3)
+    (flat / "im0.jpg").rename(flat / "im0.heic")
+    (flat / "notes.md").write_text("not an image")
+    with pytest.raises(DataError, match=r"im0.heic: not one of the image types read"):
+        build_datasets(DataConfig(root=str(flat), val_fraction=0.0), **SIZES)
+    (flat / "im0.heic").rename(flat / "im0.webp")
+    with pytest.warns(UserWarning, match=r"1 file\(s\) not read, not one of the image types .*: .*notes.md"):
+        ds = build_datasets(DataConfig(root=str(flat), val_fraction=0.0), **SIZES)
+    assert sorted(r.file.rsplit("/", 1)[1] for r in ds.train.records) == ["im0.webp", "im1.png", "im2.jpg"]
+
+
+def test_when_every_annotation_is_bad_the_problems_are_reported(tmp_path):
+    voc = make_voc(tmp_path, {"train": [("a", [obj()])], "val": [("b", [obj()])]})
+    (voc / "Annotations" / "a.xml").write_text("<annotation><object>")
+    (voc / "Annotations" / "b.xml").write_text("<annotation><object><name>cat</name></object></annotation>")
+    with pytest.raises(DataError) as err:  # today: only "no objects found in the annotations"
+        build_datasets(DataConfig(root=str(tmp_path)), **SIZES)
+    problems = err.value.problems
+    assert any("a.xml: malformed XML" in p for p in problems) and any("b.xml: object 'cat' has no <bndbox>" in p for p in problems)
+    assert problems[-1].startswith("no object in the annotations that could be read")

@@ -311,3 +311,11 @@ def test_an_image_listed_twice_is_read_once_with_a_warning(tmp_path):
     with pytest.warns(UserWarning, match=r"1 image\(s\) named more than once, each read once: .*a.png \(.*val.txt:1, .*val.txt:3\)"):
         ds = build_datasets(DataConfig(root=str(data)), min_size=64, max_size=64)
     assert [Path(r.file).stem for r in ds.val.records] == ["a", "b"]  # today also once, but without a word
+
+
+def test_files_in_an_image_folder_that_are_not_read_are_named(tmp_path):
+    data = tiny_yolo(tmp_path, {"a": "0 0.5 0.5 0.2 0.2\n"})
+    (tmp_path / "images" / "train" / "b.gif").write_bytes(b"GIF89a")  # today: left out without a word
+    with pytest.warns(UserWarning, match=r"images/train: 1 file\(s\) not read, not one of the image types .*b.gif"):
+        ds = build_datasets(DataConfig(root=str(data)), min_size=64, max_size=64)
+    assert [Path(r.file).stem for r in ds.train.records] == ["a"]

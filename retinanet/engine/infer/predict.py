@@ -34,7 +34,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from retinanet.files import write_atomic
-from retinanet.data.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, open_rgb
+from retinanet.data.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, is_image_file, not_read, open_rgb
 from retinanet.engine.infer.detector import Detections, Detector, class_names_of, filter_detections
 from retinanet.engine.infer.draw import draw_detections
 from retinanet.errors import RetinaNetError
@@ -94,7 +94,8 @@ class PredictSummary:
 def find_images(inputs: list[str], recursive: bool = False) -> list[tuple[Path, str]]:
     """Image files named by ``inputs`` (files, folders, globs), each with a unique output name.
 
-    Folders give their files with an image extension (descending when ``recursive``), named by
+    Folders give their files of an image type (``data.images.is_image_file``, the types every
+    dataset reader reads; descending when ``recursive``; other files are named in a warning), named by
     their path inside the folder; a file or glob match is named by its file name. A file named
     again is listed once, with a warning; equal names get ``_1``, ``_2``... before the extension.
 
@@ -107,8 +108,11 @@ def find_images(inputs: list[str], recursive: bool = False) -> list[tuple[Path, 
         p = Path(item)
         if p.is_dir():
             pattern = "**/*" if recursive else "*"
-            files = sorted(f for f in p.glob(pattern) if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            every = [f for f in p.glob(pattern) if f.is_file()]
+            files = sorted(f for f in every if is_image_file(f))
             found += [(f, f.relative_to(p).as_posix()) for f in files]
+            for msg in not_read([f for f in every if not is_image_file(f)], p, " (skipped)"):
+                warnings.warn(msg, stacklevel=2)
         elif p.is_file():
             found.append((p, p.name))
         elif glob.has_magic(item):
