@@ -23,7 +23,7 @@ import numpy as np
 
 from retinanet.data.classes import ClassMap
 from retinanet.data.images import IMAGE_SUFFIXES, is_image_file
-from retinanet.data.records import Record, clip_boxes, no_area_reason, not_finite
+from retinanet.data.records import Record, clip_boxes, no_area_reason, not_finite, repeated_objects
 from retinanet.errors import DataError
 
 
@@ -250,5 +250,11 @@ def coco_records(path: Path, data: dict, class_map: ClassMap, problems: list[str
             warnings.append(f"{where} ({file.name}): dropped {len(bad)} box(es) with no area: {'; '.join(bad)}")
         labels = np.asarray([a["category_id"] for a in anns], np.int64).reshape(-1)
         crowd = np.asarray([bool(a.get("iscrowd", 0)) for a in anns], bool).reshape(-1)
+        repeated = repeated_objects(labels, xywh, crowd)
+        if repeated.any():
+            ids = [anns[i]["id"] for i in np.flatnonzero(repeated)]
+            warnings.append(f"{where} ({file.name}): dropped {len(ids)} repeated annotation(s) {ids} (same category, bbox "
+                            "and iscrowd as an earlier annotation of the image)")
+            keep &= ~repeated
         records.append(Record(str(file), boxes[keep], labels[keep], crowd[keep], iid, (h, w), where))
     return records

@@ -39,6 +39,18 @@ def not_finite(values) -> str | None:
     return f"{', '.join(dict.fromkeys(map(str, bad)))} is not a finite number" if bad else None
 
 
+def repeated_objects(labels: np.ndarray, boxes: np.ndarray, flags: np.ndarray | None = None) -> np.ndarray:
+    """``[N]`` bool: the objects equal in class, box (``[N, 4]``, the annotation's own numbers) and
+    flag (difficult / crowd) to an earlier one. The one rule every reader drops them by, with a
+    warning: a box listed twice is two objects, one of them a false negative no detection can match."""
+    cols = [labels.reshape(-1, 1), boxes.reshape(-1, 4)] + ([flags.reshape(-1, 1)] if flags is not None else [])
+    rows = np.concatenate([c.astype(np.float64) for c in cols], axis=1)  # [N, 5 or 6]
+    repeated = np.ones(len(rows), bool)
+    if len(rows):
+        repeated[np.unique(rows, axis=0, return_index=True)[1]] = False
+    return repeated
+
+
 def clip_boxes(boxes: np.ndarray, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Clip ``[N, 4]`` xyxy boxes to an ``(H, W)`` image.
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from retinanet.data.classes import ClassMap
 from retinanet.data.images import IMAGE_SUFFIXES, is_image_file, not_read
-from retinanet.data.records import Record, clip_boxes, no_area_reason, not_finite
+from retinanet.data.records import Record, clip_boxes, no_area_reason, not_finite, repeated_objects
 from retinanet.errors import DataError
 
 _XML_DIRS = ("Annotations", "annotations", "labels", "xml", "Labels")
@@ -219,6 +219,12 @@ def to_record(
         bad = [f"object {i + 1} ({ann.names[i]}): {voc_box_fault(ann.boxes[i], ann.size)}" for i in np.flatnonzero(~keep)]
         warnings.append(f"{xml}: dropped {len(bad)} box(es) with no area: {'; '.join(bad)}")
     labels = np.asarray([class_map.id_of(n) for n in ann.names], np.int64).reshape(-1)
+    repeated = repeated_objects(labels, ann.boxes, ann.difficult)
+    if repeated.any():
+        said = [f"object {i + 1} ({ann.names[i]})" for i in np.flatnonzero(repeated)]
+        warnings.append(f"{xml}: dropped {len(said)} repeated object(s): {', '.join(said)} (same class, box and difficult "
+                        "flag as an earlier object)")
+        keep &= ~repeated
     return Record(str(image), boxes[keep], labels[keep], ann.difficult[keep], image_id, ann.size, str(xml))
 
 

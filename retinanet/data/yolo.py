@@ -45,7 +45,7 @@ from PIL import UnidentifiedImageError
 
 from retinanet.data.classes import ClassMap
 from retinanet.data.images import IMAGE_SUFFIXES, ImageReading, is_image_file, not_read, oriented_size
-from retinanet.data.records import Record, clip_boxes, not_finite
+from retinanet.data.records import Record, clip_boxes, not_finite, repeated_objects
 from retinanet.errors import DataError
 
 TOLERANCE = 0.01  # normalised coordinates may overshoot 0..1 by this much (rounding in exports), as ultralytics allows
@@ -69,6 +69,30 @@ class YoloSpec:
     names: list[str | None]
     splits: dict[str, list[Path]]
     keypoints: int = 0
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (PyYAML keeps the last
+    without a word: a second ``names:`` would silently replace the first)."""
+
+
+def _mapping_once(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    lines: dict = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        try:
+            if key in lines:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice (lines {lines[key]} and {line}); which one is meant cannot be known",
+                    key_node.start_mark)
+            lines[key] = line
+        except TypeError:  # an unhashable key: construct_mapping says so
+            pass
+    return loader.construct_mapping(node, deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_once)
 
 
 def find_data_yaml(root: Path) -> Path:
@@ -144,7 +168,7 @@ def read_data_yaml(path: str | Path) -> YoloSpec:
     """
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # a SafeLoader
     except FileNotFoundError:
         raise DataError([f"{path}: YOLO data yaml not found"]) from None
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
@@ -312,11 +336,10 @@ def drop_duplicate_rows(classes: np.ndarray, norm: np.ndarray, line_nos: np.ndar
     """Keep the first of label rows with the same class and box (a box listed twice would be two
     objects: one of them an unmatchable false negative in evaluation), with one warning per file
     naming the dropped lines. Arrays as ``parse_label_lines`` returns them, plus our ``ids``."""
-    rows = np.concatenate([classes[:, None].astype(np.float64), norm], axis=1)  # [N, 5]
-    first = np.sort(np.unique(rows, axis=0, return_index=True)[1]) if len(rows) else np.zeros(0, np.int64)
-    if len(first) == len(rows):
+    repeated = repeated_objects(classes, norm)  # [N] bool
+    if not repeated.any():
         return classes, norm, line_nos, ids
-    dropped = np.setdiff1d(np.arange(len(rows)), first)
+    first, dropped = np.flatnonzero(~repeated), np.flatnonzero(repeated)
     lines = ", ".join(map(str, line_nos[dropped].tolist()))
     warnings.append(f"{label}: dropped {len(dropped)} duplicate label line(s) (line(s) {lines}: same class and box "
                     "as an earlier line)")

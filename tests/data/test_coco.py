@@ -181,3 +181,10 @@ def test_file_of_a_type_not_read_is_named_as_such(coco):
         _build(coco)
     (problem,) = err.value.problems
     assert problem.startswith(f"{coco.parent.parent / 'train2017' / '000000000002.gif'}: not one of the image types read (")
+
+
+def test_an_annotation_repeated_under_another_id_is_dropped_with_a_warning(coco):
+    _edit(coco, lambda d: d["annotations"].append({"id": 5, "image_id": 1, "category_id": 18, "bbox": [10, 5, 20, 30], "iscrowd": 0}))
+    with pytest.warns(UserWarning, match=r"image 1 \(000000000001.jpg\): dropped 1 repeated annotation\(s\) \[5\]"):
+        ds = _build(coco)  # today: the dog twice, one of them a false negative no detection can match
+    assert ds.train.records[0].labels.tolist() == [18, 1]

@@ -252,3 +252,11 @@ def test_when_every_annotation_is_bad_the_problems_are_reported(tmp_path):
     problems = err.value.problems
     assert any("a.xml: malformed XML" in p for p in problems) and any("b.xml: object 'cat' has no <bndbox>" in p for p in problems)
     assert problems[-1].startswith("no object in the annotations that could be read")
+
+
+def test_an_object_listed_twice_is_dropped_with_a_warning(tmp_path):
+    objects = [obj("cat"), obj("dog"), obj("cat"), obj("cat", difficult=1)]  # 3 = 1 again; 4 differs by its flag
+    make_voc(tmp_path, {"train": [("a", objects)], "val": [("b", [obj()])]})
+    with pytest.warns(UserWarning, match=r"a.xml: dropped 1 repeated object\(s\): object 3 \(cat\) \(same class, box"):
+        ds = build_datasets(DataConfig(root=str(tmp_path)), **SIZES)  # today: two cat objects, one unmatchable
+    assert ds.train.records[0].labels.tolist() == [1, 2, 1] and ds.train.records[0].ignore.tolist() == [False, False, True]

@@ -319,3 +319,10 @@ def test_files_in_an_image_folder_that_are_not_read_are_named(tmp_path):
     with pytest.warns(UserWarning, match=r"images/train: 1 file\(s\) not read, not one of the image types .*b.gif"):
         ds = build_datasets(DataConfig(root=str(data)), min_size=64, max_size=64)
     assert [Path(r.file).stem for r in ds.train.records] == ["a"]
+
+
+def test_a_key_given_twice_in_data_yaml_is_an_error_naming_both_lines(tmp_path):
+    data = tiny_yolo(tmp_path, {"a": "0 0.5 0.5 0.2 0.2\n"})
+    data.write_text(data.read_text() + "names: [dog, cat, bird]\n")  # today: the second names: wins, classes swapped
+    with pytest.raises(DataError, match=r"data.yaml: not a readable yaml file \(.*key 'names' is given twice \(lines \d+ and \d+\)"):
+        build_datasets(DataConfig(root=str(data)), min_size=64, max_size=64)
