@@ -135,21 +135,30 @@ def choose_frame(orientation: int, stored_hw: tuple[int, int], stated_hw: tuple[
 
 def _open_header(path: str | Path) -> Image.Image:
     """``Image.open`` without PIL's size check: the registered format plugins (``Image.ID`` /
-    ``Image.OPEN``, read, never written) tried in PIL's order on the file's first 16 bytes, each
-    reading only the header, as ``Image.open`` does. PIL's check reads its module-global ``MAX_IMAGE_PIXELS``, so a
-    per-call limit can only be had by not calling it; nothing shared is written (thread-safe)."""
+    ``Image.OPEN``, read, never written) tried on the file's first 16 bytes as ``Image.open``
+    does (the suffix's format first), reading only the header. PIL's check reads its
+    module-global ``MAX_IMAGE_PIXELS``, so a per-call limit can only be had by not calling it;
+    nothing shared is written (thread-safe)."""
     Image.init()  # every plugin registered (once per process; what Image.open falls back to)
-    with open(path, "rb") as f:
-        prefix = f.read(16)
-    for fmt in Image.ID:
+    fp = open(path, "rb")
+    prefix = fp.read(16)
+    by_suffix = Image.EXTENSION.get(Path(path).suffix.lower())  # the likely format first, then PIL's order
+    for fmt in ([by_suffix] if by_suffix in Image.OPEN else []) + [f for f in Image.ID if f != by_suffix]:
         factory, accept = Image.OPEN[fmt]
         result = accept(prefix) if accept else True
         if isinstance(result, str) or not result:  # as Image.open: a string is a "maybe" message, not a match
             continue
+        fp.seek(0)
         try:
-            return factory(str(path), str(path))  # the plugin opens the file itself and closes it with the image
+            img = factory(fp, str(path))
         except (SyntaxError, IndexError, TypeError, struct.error):  # what Image.open treats as "not this format"
             continue
+        except BaseException:
+            fp.close()
+            raise
+        img._exclusive_fp = True  # as Image.open: the image owns the file and closes it with itself
+        return img
+    fp.close()
     raise UnidentifiedImageError(f"cannot identify image file {str(path)!r}")
 
 
