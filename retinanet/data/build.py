@@ -93,13 +93,15 @@ def resolve_root(cfg: DataConfig) -> tuple[Path, str]:
     return root, fmt
 
 
-def _class_map(cfg: DataConfig, names: list[str], given: ClassMap | None = None) -> ClassMap:
+def _class_map(cfg: DataConfig, names: list[str], given: ClassMap | None = None, problems: list[str] = ()) -> ClassMap:
     if given is not None:
         return given
     if cfg.classes:
         return ClassMap.load(cfg.classes)
-    if not names:
-        raise DataError(["no objects found in the annotations: cannot discover the classes (give --classes)"])
+    if not names:  # when every annotation was bad, those problems are the news
+        why = "no object in the annotations that could be read" if problems else "no objects found in the annotations"
+        raise DataError([*problems, f"{why}: cannot discover the classes (give --classes)"],
+                        summary=f"{len(problems)} problem(s) in the dataset, and no class to train" if problems else None)
     return ClassMap.discover(names)
 
 
@@ -111,7 +113,7 @@ def _voc_records(cfg: DataConfig, root: Path, fmt: str, problems: list[str], war
                  ) -> tuple[dict[str, list[Record]], ClassMap]:
     if fmt == "voc":
         names = {"train": cfg.train_split, "val": cfg.val_split}
-        pairs = {s: voc_standard_pairs(root, cfg.years, names[s], problems) for s in splits}
+        pairs = {s: voc_standard_pairs(root, cfg.years, names[s], problems, warns) for s in splits}
     else:
         val_list = Path(cfg.val_split) if cfg.val_split.endswith(".txt") else None
         split, split_problems, split_warnings = flat_split(root, cfg.val_fraction, cfg.split_seed, val_list=val_list)
@@ -120,7 +122,7 @@ def _voc_records(cfg: DataConfig, root: Path, fmt: str, problems: list[str], war
         pairs = {s: voc_flat_pairs(root, split[s]) for s in splits}
         warns += unannotated_images(root)
     parsed = {s: parse_all(p, problems) for s, p in pairs.items()}
-    class_map = _class_map(cfg, [n for anns in parsed.values() for a, _, _ in anns for n in a.names], class_map)
+    class_map = _class_map(cfg, [n for anns in parsed.values() for a, _, _ in anns for n in a.names], class_map, problems)
     records = {}
     for s, anns in parsed.items():
         out = [to_record(a, img, xml, i, class_map, problems, warns) for i, (a, xml, img) in enumerate(anns)]

@@ -2,7 +2,8 @@
 
 Errors (``ok`` is False; ``retinanet check-data`` exits 1): anything that stops
 ``build_datasets`` (missing or malformed files, unknown classes, empty split files) and images that
-cannot be decoded. Warnings: boxes clipped to the image or dropped for having no area, an XML
+cannot be decoded. Warnings: boxes clipped to the image or dropped for having no area (also
+against the decoded size, for an annotation that states none), an XML
 ``<size>`` that differs from the decoded image (after the EXIF rule of ``retinanet.data.images``),
 duplicate images (same bytes), the same image in both splits, images with no objects.
 
@@ -29,7 +30,7 @@ from retinanet.config import DataConfig
 from retinanet.data.build import read_records
 from retinanet.data.classes import ClassMap
 from retinanet.data.images import DEFAULT_MAX_PIXELS, describe_orientation, open_image
-from retinanet.data.records import Record
+from retinanet.data.records import Record, clip_said
 from retinanet.errors import DataError
 from retinanet.geometry import resized_size
 
@@ -122,6 +123,7 @@ def decode_check(records: dict[str, list[Record]], progress: bool = True, *, exi
                                  f"{opened.frame} frame (exif={exif})" + (f": {opened.note}" if opened.note else ""))
                 if r.size is not None and (img.height, img.width) != tuple(r.size):
                     warns.append(f"{r.source}: <size> says {r.size[1]}x{r.size[0]} (WxH) but {r.file} is {img.width}x{img.height}; boxes are clipped to the image")
+                warns += clip_said(r.boxes, (img.height, img.width), f"{r.source} ({r.file})")[2]  # as training will
         except (OSError, ValueError, SyntaxError) as err:
             errors.append(f"{r.file}: cannot decode image ({type(err).__name__}: {err})")
             continue

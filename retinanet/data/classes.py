@@ -31,6 +31,15 @@ def default_class_names(num_classes: int) -> dict[int, str] | None:
     return coco_category_names() if num_classes == COCO_OUTPUTS else None
 
 
+def _keys_once(pairs: list[tuple[str, object]], repeated: list[str]) -> dict:
+    """A JSON object as a dict; each key given more than once is described in ``repeated``."""
+    values: dict[str, list] = {}
+    for key, value in pairs:
+        values.setdefault(key, []).append(value)
+    repeated += [f"class name {k!r} is given {len(v)} times (ids {', '.join(map(repr, v))})" for k, v in values.items() if len(v) > 1]
+    return dict(pairs)
+
+
 class ClassMap:
     """A validated mapping between class names and class ids.
 
@@ -71,12 +80,15 @@ class ClassMap:
     def load(cls, path: str | Path) -> ClassMap:
         """Read a JSON ``{"name": id}`` file. Raises ``DataError`` naming ``path``."""
         path = Path(path)
+        repeated: list[str] = []
         try:
-            mapping = json.loads(path.read_text(encoding="utf-8"))
+            mapping = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=lambda pairs: _keys_once(pairs, repeated))
         except FileNotFoundError:
             raise DataError([f"{path}: class map file not found"]) from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             raise DataError([f"{path}: not a readable JSON class map ({err})"]) from None
+        if repeated:  # json.loads would keep the last silently: which one is meant cannot be known
+            raise DataError([f"{path}: {r}" for r in repeated], summary=f"invalid class map {path}")
         return cls(mapping, source=str(path))
 
     @classmethod

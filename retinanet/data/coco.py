@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from retinanet.data.classes import ClassMap
-from retinanet.data.records import Record, clip_boxes, no_area_reason
+from retinanet.data.images import IMAGE_SUFFIXES, is_image_file
+from retinanet.data.records import Record, clip_boxes, no_area_reason, not_finite, repeated_objects
 from retinanet.errors import DataError
 
 
@@ -173,7 +174,7 @@ def _valid_annotations(path: Path, data: dict, problems: list[str]) -> tuple[dic
     """(image id -> its well-formed annotations, ids of images with a bad or repeated annotation).
 
     Checked: an object with integer ``id``, ``image_id``, ``category_id`` and a ``bbox`` of four
-    numbers; annotation ids unique. Each problem names the entry's index, id, image and ``path``.
+    finite numbers (``records.not_finite``: ``Infinity`` and ``NaN`` refused); annotation ids unique. Each problem names the entry's index, id, image and ``path``.
     """
     by_image: dict[int, list[dict]] = {}
     bad_images: set[int] = set()
@@ -193,6 +194,7 @@ def _valid_annotations(path: Path, data: dict, problems: list[str]) -> tuple[dic
                  else "no 'bbox'" if bbox is None
                  else None if isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox)
                  else f"'bbox' is {bbox!r}, not [x, y, width, height] numbers")
+        fault = fault or (f"'bbox' {bbox!r}: {not_finite(bbox)}" if not_finite(bbox) else None)
         if fault:
             problems.append(f"{where}: {fault}")
             bad_images.add(iid)
@@ -234,17 +236,25 @@ def coco_records(path: Path, data: dict, class_map: ClassMap, problems: list[str
             continue
         if iid in bad_images:
             continue  # its problem is already reported
+        if not is_image_file(file):  # the types every reader reads (data/images.IMAGE_SUFFIXES)
+            problems.append(f"{file}: not one of the image types read ({' '.join(IMAGE_SUFFIXES)}) ({where})")
+            continue
         if not file.is_file():
             problems.append(f"{file}: image file missing ({where})")
             continue
         xywh = np.asarray([a["bbox"] for a in anns], np.float32).reshape(-1, 4)
         boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
-        boxes, keep = clip_boxes(boxes, (h, w))
-        keep &= np.isfinite(boxes).all(axis=1)
+        boxes, keep = clip_boxes(boxes, (h, w))  # finite: _valid_annotations refused the rest
         if not keep.all():
             bad = [f"annotation {anns[i]['id']} {anns[i]['bbox']}: {coco_box_fault(xywh[i], (h, w))}" for i in np.flatnonzero(~keep)]
             warnings.append(f"{where} ({file.name}): dropped {len(bad)} box(es) with no area: {'; '.join(bad)}")
         labels = np.asarray([a["category_id"] for a in anns], np.int64).reshape(-1)
         crowd = np.asarray([bool(a.get("iscrowd", 0)) for a in anns], bool).reshape(-1)
+        repeated = repeated_objects(labels, xywh, crowd)
+        if repeated.any():
+            ids = [anns[i]["id"] for i in np.flatnonzero(repeated)]
+            warnings.append(f"{where} ({file.name}): dropped {len(ids)} repeated annotation(s) {ids} (same category, bbox "
+                            "and iscrowd as an earlier annotation of the image)")
+            keep &= ~repeated
         records.append(Record(str(file), boxes[keep], labels[keep], crowd[keep], iid, (h, w), where))
     return records

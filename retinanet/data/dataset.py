@@ -13,7 +13,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from retinanet.data.images import DEFAULT_MAX_PIXELS, open_image, oriented_size, pil_to_tensor
-from retinanet.data.records import Record, clip_boxes
+from retinanet.data.records import Record, clip_said
 from retinanet.errors import DataError
 
 
@@ -112,7 +112,10 @@ class DetectionDataset(Dataset):
         if r.size is not None and hw != tuple(r.size):
             warnings.warn(f"{r.source}: annotation says {r.size[1]}x{r.size[0]} (WxH) but {r.file} is {hw[1]}x{hw[0]}; "
                           "boxes clipped to the image", stacklevel=2)
-        boxes, keep = clip_boxes(r.boxes, hw)  # no-op unless the image disagrees with the annotation
+        # a no-op unless the annotation gave no size (VOC without <size>) or another one: then said aloud
+        boxes, keep, said = clip_said(r.boxes, hw, f"{r.source} ({r.file})")
+        for msg in said:
+            warnings.warn(msg, stacklevel=2)
         target = {
             "boxes": torch.from_numpy(np.ascontiguousarray(boxes[keep], np.float32)).reshape(-1, 4),
             "labels": torch.from_numpy(r.labels[keep].astype(np.int64)),

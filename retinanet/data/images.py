@@ -16,8 +16,10 @@ exports. LabelImg shows the stored frame (its XML ``<size>`` is then the stored 
 
 Pixel limit (``DataConfig.max_image_pixels``, default 178,956,970 = PIL's own refusal threshold):
 an image whose header declares more pixels is a bad image (``ImageTooLargeError``, a ``ValueError``
-naming the file, its size and the limit), skipped like any corrupt file with ``skip_bad``. Below
-the limit PIL's anonymous ``DecompressionBombWarning`` is silenced; ``None`` means no limit.
+naming the file, its size and the limit), skipped like any corrupt file with ``skip_bad``; ``None``
+means no limit. The limit is checked per call on the header: PIL's own check (its module-global
+``Image.MAX_IMAGE_PIXELS``, and its anonymous ``DecompressionBombWarning``) is not used at open,
+and that global is never written, so calls with other limits may run in parallel threads.
 
 Modes: grayscale, CMYK, palette, 16-bit and RGBA images become RGB (alpha dropped). 16-bit
 images (``I;16*``, and ``I``, which PIL uses for some 16-bit files) are scaled by the type's range,
@@ -26,14 +28,13 @@ images (``I;16*``, and ``I``, which PIL uses for some 16-bit files) are scaled b
 
 from __future__ import annotations
 
-import threading
-import warnings
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from retinanet.errors import RetinaNetError
 
@@ -44,7 +45,6 @@ DEFAULT_MAX_PIXELS = 178_956_970  # PIL's refusal threshold (2 * Image.MAX_IMAGE
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 _ORIENTATION_NAMES = {2: "mirrored", 3: "rotated 180", 4: "flipped vertically", 5: "transposed",
                       6: "rotated 90 CW", 7: "transversed", 8: "rotated 90 CCW"}
-_PIL_LIMIT_LOCK = threading.Lock()  # guards the temporary lift of PIL's global limit
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,22 @@ class OpenedImage:
     orientation: int
     frame: str
     note: str | None = None
+
+
+def is_image_file(path: str | Path) -> bool:
+    """Whether ``path`` has one of the image types every reader reads (``IMAGE_SUFFIXES``, any
+    case): the one list for VOC (both layouts), COCO, YOLO and predict on a folder."""
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+def not_read(files: list[Path], where: str | Path, what: str = "") -> list[str]:
+    """A warning naming the ``files`` a reader leaves out because they are not an image type
+    (hidden files, ``.name``, left out of it), or none: a skipped file is always said."""
+    shown = sorted(str(f) for f in files if not Path(f).name.startswith("."))
+    if not shown:
+        return []
+    return [f"{where}: {len(shown)} file(s) not read{what}, not one of the image types ({' '.join(IMAGE_SUFFIXES)}): "
+            f"{', '.join(shown[:5])}{' ...' if len(shown) > 5 else ''}"]
 
 
 def check_exif_policy(exif: str) -> str:
@@ -117,24 +133,40 @@ def choose_frame(orientation: int, stored_hw: tuple[int, int], stated_hw: tuple[
     return "displayed", None
 
 
+def _open_header(path: str | Path) -> Image.Image:
+    """``Image.open`` without PIL's size check: the registered format plugins (``Image.ID`` /
+    ``Image.OPEN``, read, never written) tried on the file's first 16 bytes as ``Image.open``
+    does (the suffix's format first), reading only the header. PIL's check reads its
+    module-global ``MAX_IMAGE_PIXELS``, so a per-call limit can only be had by not calling it;
+    nothing shared is written (thread-safe)."""
+    Image.init()  # every plugin registered (once per process; what Image.open falls back to)
+    fp = open(path, "rb")
+    prefix = fp.read(16)
+    by_suffix = Image.EXTENSION.get(Path(path).suffix.lower())  # the likely format first, then PIL's order
+    for fmt in ([by_suffix] if by_suffix in Image.OPEN else []) + [f for f in Image.ID if f != by_suffix]:
+        factory, accept = Image.OPEN[fmt]
+        result = accept(prefix) if accept else True
+        if isinstance(result, str) or not result:  # as Image.open: a string is a "maybe" message, not a match
+            continue
+        fp.seek(0)
+        try:
+            img = factory(fp, str(path))
+        except (SyntaxError, IndexError, TypeError, struct.error):  # what Image.open treats as "not this format"
+            continue
+        except BaseException:
+            fp.close()
+            raise
+        img._exclusive_fp = True  # as Image.open: the image owns the file and closes it with itself
+        return img
+    fp.close()
+    raise UnidentifiedImageError(f"cannot identify image file {str(path)!r}")
+
+
 def _open_limited(path: str | Path, max_pixels: int | None) -> Image.Image:
-    """``Image.open`` (header only) with ``max_pixels`` in place of PIL's anonymous limit."""
-    pil_limit = Image.MAX_IMAGE_PIXELS
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our limit decides, and names the file
-        if pil_limit is not None and (max_pixels is None or max_pixels > 2 * pil_limit):
-            with _PIL_LIMIT_LOCK:  # PIL would refuse what the user allowed: lift its limit for this open only
-                Image.MAX_IMAGE_PIXELS = None
-                try:
-                    img = Image.open(path)
-                finally:
-                    Image.MAX_IMAGE_PIXELS = pil_limit
-        else:
-            try:
-                img = Image.open(path)
-            except Image.DecompressionBombError as err:
-                raise ImageTooLargeError(f"{path}: image too large ({err}); the limit is {max_pixels} pixels "
-                                         "(raise it with the data option max_image_pixels)") from None
+    """The image's header (not decoded) when its declared size is within ``max_pixels`` (None: no
+    limit); ``ImageTooLargeError`` naming the file otherwise. Our limit is the one rule: PIL's
+    global ``MAX_IMAGE_PIXELS`` is neither consulted nor written (``_open_header``)."""
+    img = _open_header(path)
     if max_pixels is not None and img.width * img.height > max_pixels:
         img.close()
         raise ImageTooLargeError(f"{path}: image of {img.width}x{img.height} = {img.width * img.height} pixels exceeds the "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +31,26 @@ class Record:
     source: str
 
 
+def not_finite(values) -> str | None:
+    """The one rule every reader applies to the numbers of an annotation (VOC ``<bndbox>`` and
+    ``<size>``, COCO ``bbox``, YOLO lines): infinity and NaN are refused, never clipped to the image
+    edge. Returns why ``values`` break it (``"inf is not a finite number"``), or None when they do not."""
+    bad = [v for v in (float(x) for x in np.asarray(values, np.float64).ravel()) if not math.isfinite(v)]
+    return f"{', '.join(dict.fromkeys(map(str, bad)))} is not a finite number" if bad else None
+
+
+def repeated_objects(labels: np.ndarray, boxes: np.ndarray, flags: np.ndarray | None = None) -> np.ndarray:
+    """``[N]`` bool: the objects equal in class, box (``[N, 4]``, the annotation's own numbers) and
+    flag (difficult / crowd) to an earlier one. The one rule every reader drops them by, with a
+    warning: a box listed twice is two objects, one of them a false negative no detection can match."""
+    cols = [labels.reshape(-1, 1), boxes.reshape(-1, 4)] + ([flags.reshape(-1, 1)] if flags is not None else [])
+    rows = np.concatenate([c.astype(np.float64) for c in cols], axis=1)  # [N, 5 or 6]
+    repeated = np.ones(len(rows), bool)
+    if len(rows):
+        repeated[np.unique(rows, axis=0, return_index=True)[1]] = False
+    return repeated
+
+
 def clip_boxes(boxes: np.ndarray, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Clip ``[N, 4]`` xyxy boxes to an ``(H, W)`` image.
 
@@ -42,6 +63,24 @@ def clip_boxes(boxes: np.ndarray, hw: tuple[int, int]) -> tuple[np.ndarray, np.n
     out[:, 1::2] = out[:, 1::2].clip(0, h)
     keep = (out[:, 2] > out[:, 0]) & (out[:, 3] > out[:, 1])
     return out, keep
+
+
+def clip_said(boxes: np.ndarray, hw: tuple[int, int], where: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """``clip_boxes`` and the messages that say what it changed, each starting with ``where`` (the
+    annotation and image): boxes clipped to the ``(H, W)`` image, boxes dropped for having no area
+    in it. Used where the size is known only once the image is decoded (the dataset, check-data).
+
+    Returns:
+        (clipped boxes ``[N, 4]``, keep ``[N]`` bool, messages).
+    """
+    clipped, keep = clip_boxes(boxes, hw)
+    moved = keep & (clipped != boxes).any(axis=1)
+    said = []
+    if moved.any():
+        said.append(f"{where}: {int(moved.sum())} box(es) extend outside the {hw[1]}x{hw[0]} (WxH) image; clipped")
+    if not keep.all():
+        said.append(f"{where}: dropped {int((~keep).sum())} box(es) with no area inside the {hw[1]}x{hw[0]} (WxH) image")
+    return clipped, keep, said
 
 
 def no_area_reason(box: np.ndarray, hw: tuple[int, int] | None) -> str:

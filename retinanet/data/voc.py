@@ -15,6 +15,7 @@ path/to/val.txt``), else a seeded draw of ``val_fraction`` of the stems, written
 
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,8 +25,8 @@ import defusedxml.ElementTree as ET
 import numpy as np
 
 from retinanet.data.classes import ClassMap
-from retinanet.data.images import IMAGE_SUFFIXES
-from retinanet.data.records import Record, clip_boxes, no_area_reason
+from retinanet.data.images import IMAGE_SUFFIXES, is_image_file, not_read
+from retinanet.data.records import Record, clip_boxes, no_area_reason, not_finite, repeated_objects
 from retinanet.errors import DataError
 
 _XML_DIRS = ("Annotations", "annotations", "labels", "xml", "Labels")
@@ -42,19 +43,26 @@ class VocAnnotation:
     boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))  # [N, 4] xyxy
     difficult: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # [N]
     truncated: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # [N]
+    size_note: str | None = None  # why a <size> present was not usable
 
     def __getitem__(self, key: str):  # dict-style access: ann["boxes"]
         return getattr(self, key)
 
 
-def _number(el: Element | None, tag: str, path: Path) -> float:
+def _number(el: Element | None, tag: str, path: Path, where: str = "") -> float:
+    """The finite number in ``el``'s child ``tag``; ValueError naming ``path``, ``where`` (the
+    object) and the tag otherwise (``records.not_finite``: inf and nan are refused)."""
     node = el.find(tag) if el is not None else None
     if node is None or node.text is None or not node.text.strip():
-        raise ValueError(f"{path}: <{tag}> missing")
+        raise ValueError(f"{path}: {where}<{tag}> missing")
     try:
-        return float(node.text.strip())
+        value = float(node.text.strip())
     except ValueError:
-        raise ValueError(f"{path}: <{tag}> is {node.text.strip()!r}, not a number") from None
+        raise ValueError(f"{path}: {where}<{tag}> is {node.text.strip()!r}, not a number") from None
+    fault = not_finite(value)
+    if fault:
+        raise ValueError(f"{path}: {where}<{tag}> is {node.text.strip()!r}: {fault}")
+    return value
 
 
 def _flag(obj: Element, tag: str) -> bool:
@@ -84,16 +92,16 @@ def parse_voc_xml(path: str | Path) -> VocAnnotation:
         raise ValueError(f"{path}: unreadable XML ({type(err).__name__}: {err})") from None
     if root.tag != "annotation":
         raise ValueError(f"{path}: root element is <{root.tag}>, expected <annotation>")
-    size = None
+    size, size_note = None, None
     size_el = root.find("size")
     if size_el is not None:
         try:
             h, w = int(_number(size_el, "height", path)), int(_number(size_el, "width", path))
             size = (h, w) if h > 0 and w > 0 else None
-        except ValueError:
-            size = None
+        except ValueError as err:
+            size_note = f"{str(err).removeprefix(f'{path}: ')}; the decoded image's size is used"
     names, boxes, difficult, truncated = [], [], [], []
-    for obj in root.findall("object"):  # direct children only: <part> boxes are not objects
+    for k, obj in enumerate(root.findall("object"), 1):  # direct children only: <part> boxes are not objects
         name_el = obj.find("name")
         name = (name_el.text or "").strip() if name_el is not None else ""
         if not name:
@@ -101,8 +109,9 @@ def parse_voc_xml(path: str | Path) -> VocAnnotation:
         bb = obj.find("bndbox")
         if bb is None:
             raise ValueError(f"{path}: object {name!r} has no <bndbox>")
-        xmin, ymin = _number(bb, "xmin", path), _number(bb, "ymin", path)
-        xmax, ymax = _number(bb, "xmax", path), _number(bb, "ymax", path)
+        where = f"object {k} ({name}): "
+        xmin, ymin = _number(bb, "xmin", path, where), _number(bb, "ymin", path, where)
+        xmax, ymax = _number(bb, "xmax", path, where), _number(bb, "ymax", path, where)
         names.append(name)
         boxes.append((xmin - 1, ymin - 1, xmax, ymax))
         difficult.append(_flag(obj, "difficult"))
@@ -115,6 +124,7 @@ def parse_voc_xml(path: str | Path) -> VocAnnotation:
         boxes=np.asarray(boxes, np.float32).reshape(-1, 4),
         difficult=np.asarray(difficult, bool),
         truncated=np.asarray(truncated, bool),
+        size_note=size_note,
     )
 
 
@@ -128,21 +138,74 @@ def voc_box_fault(box: np.ndarray, size: tuple[int, int] | None) -> str:
     return no_area_reason(box, size)
 
 
-def to_record(
-    ann: VocAnnotation, image: Path, xml: Path, image_id: int, class_map: ClassMap, problems: list[str], warnings: list[str]
-) -> Record | None:
-    """Turn an annotation into a ``Record``: class ids, boxes clipped to the stated size.
+@dataclass(frozen=True)
+class ImageSlot:
+    """Where an annotation's image is: the files of ``folder`` named ``stem`` + any suffix."""
 
-    Problems (unknown class, missing image) go to ``problems`` and give None; boxes with no area
-    after clipping are dropped with a message in ``warnings``.
+    folder: Path
+    stem: str
+    files: tuple[Path, ...] = ()
+
+
+def stem_index(folder: Path) -> dict[str, list[Path]]:
+    """Stem -> the files of ``folder`` with that stem (sorted; one listing of the folder)."""
+    out: dict[str, list[Path]] = {}
+    if folder.is_dir():
+        for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+            if entry.is_file():
+                out.setdefault(Path(entry.name).stem, []).append(Path(entry.path))
+    return out
+
+
+def pick_image(slot: ImageSlot, ann: VocAnnotation, xml: Path, problems: list[str], warnings: list[str]) -> Path | None:
+    """The image of an annotation among the files named like it (``a.jpg``, ``a.png``, ...).
+
+    One image: that one. Several: the one the XML's ``<filename>`` names, with a warning saying
+    which was used; when it names none of them, a problem naming them all (which one is meant
+    cannot be known). None: a problem (the file the annotation names, or ``stem.*``).
     """
-    if not image.is_file():
-        problems.append(f"{image}: image file missing (annotation {xml})")
+    images = [p for p in slot.files if is_image_file(p)]
+    if len(images) == 1:
+        return images[0]
+    named = Path(ann.filename).name if ann.filename else None
+    if len(images) > 1:
+        chosen = [p for p in images if p.name == named] or [p for p in images if named and p.name.lower() == named.lower()]
+        names = ", ".join(p.name for p in images)
+        if len(chosen) == 1:
+            warnings.append(f"{xml}: {len(images)} images in {slot.folder} are named {slot.stem}.* ({names}): "
+                            f"{chosen[0].name} used, the one its <filename> names")
+            return chosen[0]
+        problems.append(f"{xml}: {len(images)} images in {slot.folder} are named {slot.stem}.* ({names}) and its <filename> "
+                        f"{ann.filename!r} names none of them: which one it annotates cannot be known (remove or rename the others)")
+        return None
+    others = [p for p in slot.files if p != xml and p.suffix.lower() != ".xml"]
+    if others:  # a file is there, of a type no reader reads: named as such, not as "missing"
+        problems.append(f"{', '.join(map(str, others))}: not one of the image types read ({' '.join(IMAGE_SUFFIXES)}); "
+                        f"annotation {xml} has no image (convert it to one of them)")
+        return None
+    shown = slot.folder / (named if named and Path(named).stem == slot.stem else f"{slot.stem}.*")
+    problems.append(f"{shown}: image file missing (annotation {xml}; no file named {slot.stem}.* in {slot.folder})")
+    return None
+
+
+def to_record(
+    ann: VocAnnotation, slot: ImageSlot, xml: Path, image_id: int, class_map: ClassMap, problems: list[str], warnings: list[str]
+) -> Record | None:
+    """Turn an annotation into a ``Record``: its image (``pick_image``), class ids, boxes clipped
+    to the stated size.
+
+    Problems (unknown class, missing or ambiguous image) go to ``problems`` and give None; boxes
+    with no area after clipping are dropped with a message in ``warnings``.
+    """
+    image = pick_image(slot, ann, xml, problems, warnings)
+    if image is None:
         return None
     unknown = sorted({n for n in ann.names if n not in class_map})
     if unknown:
         problems.append(f"{xml}: class(es) not in the class map ({class_map.source}): {', '.join(unknown)}")
         return None
+    if ann.size_note:
+        warnings.append(f"{xml}: {ann.size_note}")
     boxes = ann.boxes
     keep = np.ones(len(boxes), bool)
     if ann.size is not None:
@@ -156,6 +219,12 @@ def to_record(
         bad = [f"object {i + 1} ({ann.names[i]}): {voc_box_fault(ann.boxes[i], ann.size)}" for i in np.flatnonzero(~keep)]
         warnings.append(f"{xml}: dropped {len(bad)} box(es) with no area: {'; '.join(bad)}")
     labels = np.asarray([class_map.id_of(n) for n in ann.names], np.int64).reshape(-1)
+    repeated = repeated_objects(labels, ann.boxes, ann.difficult)
+    if repeated.any():
+        said = [f"object {i + 1} ({ann.names[i]})" for i in np.flatnonzero(repeated)]
+        warnings.append(f"{xml}: dropped {len(said)} repeated object(s): {', '.join(said)} (same class, box and difficult "
+                        "flag as an earlier object)")
+        keep &= ~repeated
     return Record(str(image), boxes[keep], labels[keep], ann.difficult[keep], image_id, ann.size, str(xml))
 
 
@@ -190,11 +259,26 @@ def is_voc_standard(root: Path) -> bool:
         return False
 
 
-def read_split_ids(year_dirs: list[Path], split: str) -> tuple[list[tuple[Path, str]], list[str]]:
+def read_list_file(f: Path, warnings: list[str]) -> list[str]:
+    """The first word of each non-blank line of a list file (split file, validation list), each
+    once: a word listed again is read once, with a warning naming its lines (it would otherwise be
+    trained or evaluated twice)."""
+    lines: dict[str, list[int]] = {}
+    for n, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            lines.setdefault(line.split()[0], []).append(n)
+    repeated = {w: ns for w, ns in lines.items() if len(ns) > 1}
+    if repeated:
+        shown = "; ".join(f"{w} (lines {', '.join(map(str, ns))})" for w, ns in list(repeated.items())[:5])
+        warnings.append(f"{f}: {len(repeated)} name(s) listed more than once, each read once: {shown}{' ...' if len(repeated) > 5 else ''}")
+    return list(lines)
+
+
+def read_split_ids(year_dirs: list[Path], split: str, warnings: list[str] | None = None) -> tuple[list[tuple[Path, str]], list[str]]:
     """``(year_dir, image id)`` pairs listed in ``ImageSets/Main/<split>.txt`` of each year.
 
     A year without that file is skipped (VOC2012 has no test.txt, so "07+12" trainval/test works);
-    no file at all, or an empty file, is a problem.
+    no file at all, or an empty file, is a problem; an id listed twice is read once, with a warning.
 
     Returns:
         (pairs, problems)
@@ -205,7 +289,7 @@ def read_split_ids(year_dirs: list[Path], split: str) -> tuple[list[tuple[Path, 
         looked.append(str(f))
         if not f.is_file():
             continue
-        ids = [line.split()[0] for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
+        ids = read_list_file(f, warnings if warnings is not None else [])
         if not ids:
             problems.append(f"{f}: split file is empty")
         pairs += [(ydir, i) for i in ids]
@@ -214,16 +298,8 @@ def read_split_ids(year_dirs: list[Path], split: str) -> tuple[list[tuple[Path, 
     return pairs, problems
 
 
-def _image_for(folder: Path, stem: str) -> Path:
-    for suffix in (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG"):
-        p = folder / f"{stem}{suffix}"
-        if p.is_file():
-            return p
-    return folder / f"{stem}.jpg"
-
-
-def parse_all(pairs: list[tuple[Path, Path]], problems: list[str]) -> list[tuple[VocAnnotation, Path, Path]]:
-    """Parse every ``(xml, image)`` pair; unreadable XML goes to ``problems``."""
+def parse_all(pairs: list[tuple[Path, ImageSlot]], problems: list[str]) -> list[tuple[VocAnnotation, Path, ImageSlot]]:
+    """Parse every ``(xml, image slot)`` pair; unreadable XML goes to ``problems``."""
     out = []
     for xml, image in pairs:
         if not xml.is_file():
@@ -236,11 +312,14 @@ def parse_all(pairs: list[tuple[Path, Path]], problems: list[str]) -> list[tuple
     return out
 
 
-def voc_standard_pairs(root: Path, years: tuple[str, ...], split: str, problems: list[str]) -> list[tuple[Path, Path]]:
-    """``(xml, image)`` paths of one split of a standard-layout dataset."""
-    ids, split_problems = read_split_ids(find_voc_years(root, years), split)
+def voc_standard_pairs(root: Path, years: tuple[str, ...], split: str, problems: list[str],
+                       warnings: list[str] | None = None) -> list[tuple[Path, ImageSlot]]:
+    """``(xml, image slot)`` of each id of one split of a standard-layout dataset."""
+    year_dirs = find_voc_years(root, years)
+    ids, split_problems = read_split_ids(year_dirs, split, warnings)
     problems += split_problems
-    return [(y / "Annotations" / f"{i}.xml", _image_for(y / "JPEGImages", i)) for y, i in ids]
+    index = {y: stem_index(y / "JPEGImages") for y in year_dirs}
+    return [(y / "Annotations" / f"{i}.xml", ImageSlot(y / "JPEGImages", i, tuple(index[y].get(i, ())))) for y, i in ids]
 
 
 # --- flat layout -----------------------------------------------------------------------------------
@@ -254,8 +333,9 @@ def flat_folders(root: Path) -> tuple[Path, Path]:
     return img_dir, xml_dir
 
 
-def _read_list(f: Path) -> list[str]:
-    return [Path(ln.strip()).stem for ln in f.read_text(encoding="utf-8").splitlines() if ln.strip()]
+def _read_list(f: Path, warnings: list[str]) -> list[str]:
+    """Stems named by a list file (stems or file names), each once (``read_list_file``)."""
+    return list(dict.fromkeys(Path(w).stem for w in read_list_file(f, warnings)))
 
 
 def flat_split(
@@ -284,17 +364,23 @@ def flat_split(
     if val_list is not None:
         if not val_list.is_file():
             return {"train": [], "val": []}, [f"{val_list}: validation list file not found"], []
-        val = set(_read_list(val_list))
+        warns: list[str] = []
+        val = set(_read_list(val_list, warns))
         problems = [f"{val_list}: validation list is empty"] if not val else []
         unknown = sorted(val - set(stems))
         problems += [f"{val_list}: lists {len(unknown)} image(s) with no XML in {xml_dir}: {', '.join(unknown[:5])}"] if unknown else []
-        return {"train": [s for s in stems if s not in val], "val": sorted(val & set(stems))}, problems, []
+        return {"train": [s for s in stems if s not in val], "val": sorted(val & set(stems))}, problems, warns
     if all(f.is_file() for f in files.values()):
-        split = {s: _read_list(f) for s, f in files.items()}
+        warns = []
+        split = {s: _read_list(f, warns) for s, f in files.items()}
         problems = [f"{files[n]}: split file is empty" for n in split if not split[n] and not (n == "val" and val_fraction == 0)]
+        both = sorted(set(split["train"]) & set(split["val"]))
+        if both:
+            problems.append(f"{files['train']} and {files['val']} both list {len(both)} image(s): {', '.join(both[:5])}"
+                            f"{' ...' if len(both) > 5 else ''}; an image is in one split (fix the files, or delete both to redraw)")
         listed = set(split["train"]) | set(split["val"])
         new = [s for s in stems if s not in listed]
-        warns = [f"{split_dir}: {len(new)} annotated image(s) in no split file are not used (delete the split files to redraw)"] if new else []
+        warns += [f"{split_dir}: {len(new)} annotated image(s) in no split file are not used (delete the split files to redraw)"] if new else []
         return split, problems, warns
     order = list(stems)
     random.Random(seed).shuffle(order)
@@ -309,21 +395,24 @@ def flat_split(
     return split, [], []
 
 
-def voc_flat_pairs(root: Path, stems: list[str]) -> list[tuple[Path, Path]]:
-    """``(xml, image)`` paths for ``stems`` of a flat export (image found by stem, any suffix)."""
+def voc_flat_pairs(root: Path, stems: list[str]) -> list[tuple[Path, ImageSlot]]:
+    """``(xml, image slot)`` for ``stems`` of a flat export (the image is picked by ``pick_image``)."""
     img_dir, xml_dir = flat_folders(root)
-    by_stem = {}
-    for p in sorted(img_dir.iterdir()):
-        if p.suffix.lower() in IMAGE_SUFFIXES:
-            by_stem.setdefault(p.stem, p)
-    return [(xml_dir / f"{s}.xml", by_stem.get(s, img_dir / f"{s}.jpg")) for s in stems]
+    index = stem_index(img_dir)
+    return [(xml_dir / f"{s}.xml", ImageSlot(img_dir, s, tuple(index.get(s, ())))) for s in stems]
 
 
 def unannotated_images(root: Path) -> list[str]:
-    """A warning naming the images of a flat export that have no XML (left out, not negatives)."""
+    """Warnings naming the files of a flat export's image folder that are not read: images that
+    have no XML (left out, not negatives), and files of other types (not images, not XML; one
+    named like an XML without an image is a problem of ``pick_image`` instead)."""
     img_dir, xml_dir = flat_folders(root)
     stems = {p.stem for p in xml_dir.glob("*.xml")}
-    lonely = sorted(p.name for p in img_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.stem not in stems)
-    if not lonely:
-        return []
-    return [f"{img_dir}: {len(lonely)} image(s) without an XML file are not used: {', '.join(lonely[:5])}{' ...' if len(lonely) > 5 else ''}"]
+    files = [p for p in sorted(img_dir.iterdir()) if p.is_file()]
+    lonely = [p.name for p in files if is_image_file(p) and p.stem not in stems]
+    image_stems = {p.stem for p in files if is_image_file(p)}
+    other = [p for p in files if not is_image_file(p) and p.suffix.lower() != ".xml" and (p.stem not in stems or p.stem in image_stems)]
+    warns = not_read(other, img_dir)
+    if lonely:
+        warns.append(f"{img_dir}: {len(lonely)} image(s) without an XML file are not used: {', '.join(lonely[:5])}{' ...' if len(lonely) > 5 else ''}")
+    return warns

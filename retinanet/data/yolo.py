@@ -44,8 +44,8 @@ import yaml
 from PIL import UnidentifiedImageError
 
 from retinanet.data.classes import ClassMap
-from retinanet.data.images import IMAGE_SUFFIXES, ImageReading, oriented_size
-from retinanet.data.records import Record, clip_boxes
+from retinanet.data.images import IMAGE_SUFFIXES, ImageReading, is_image_file, not_read, oriented_size
+from retinanet.data.records import Record, clip_boxes, not_finite, repeated_objects
 from retinanet.errors import DataError
 
 TOLERANCE = 0.01  # normalised coordinates may overshoot 0..1 by this much (rounding in exports), as ultralytics allows
@@ -69,6 +69,30 @@ class YoloSpec:
     names: list[str | None]
     splits: dict[str, list[Path]]
     keypoints: int = 0
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (PyYAML keeps the last
+    without a word: a second ``names:`` would silently replace the first)."""
+
+
+def _mapping_once(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    lines: dict = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        try:
+            if key in lines:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice (lines {lines[key]} and {line}); which one is meant cannot be known",
+                    key_node.start_mark)
+            lines[key] = line
+        except TypeError:  # an unhashable key: construct_mapping says so
+            pass
+    return loader.construct_mapping(node, deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_once)
 
 
 def find_data_yaml(root: Path) -> Path:
@@ -144,7 +168,7 @@ def read_data_yaml(path: str | Path) -> YoloSpec:
     """
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # a SafeLoader
     except FileNotFoundError:
         raise DataError([f"{path}: YOLO data yaml not found"]) from None
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
@@ -175,19 +199,28 @@ def label_path(image: Path) -> Path:
 
 
 def _is_image(p: Path) -> bool:
-    return p.suffix.lower() in IMAGE_SUFFIXES
+    return is_image_file(p)
 
 
-def list_images(sources: list[Path], problems: list[str]) -> list[Path]:
-    """The images of one split, sorted and without duplicates.
+def list_images(sources: list[Path], problems: list[str], warnings: list[str] | None = None) -> list[Path]:
+    """The images of one split, sorted, each once.
 
     A folder gives the images under it (recursively); a ``.txt`` list its lines (relative paths
-    relative to the list's folder). A missing source or listed image goes to ``problems``.
+    relative to the list's folder). A missing source or listed image goes to ``problems``; an
+    image named more than once (twice in a list, or by two sources) is read once, with a warning
+    naming where (it would otherwise be trained or evaluated twice).
     """
     found: list[Path] = []
+    where: dict[Path, list[str]] = {}
     for src in sources:
         if src.is_dir():
-            found += [p for p in src.rglob("*") if _is_image(p) and p.is_file()]
+            files = [p for p in src.rglob("*") if p.is_file()]
+            images = [p for p in files if _is_image(p)]
+            found += images
+            if warnings is not None:  # .txt files are labels when no images/ folder separates them
+                warnings += not_read([p for p in files if not _is_image(p) and p.suffix.lower() != ".txt"], src)
+            for p in images:
+                where.setdefault(p, []).append(str(src))
         elif src.is_file():
             try:
                 lines = src.read_text(encoding="utf-8").splitlines()
@@ -205,8 +238,13 @@ def list_images(sources: list[Path], problems: list[str]) -> list[Path]:
                     problems.append(f"{src}:{n}: {line} is not an image file ({', '.join(IMAGE_SUFFIXES)})")
                 else:
                     found.append(p)
+                    where.setdefault(p, []).append(f"{src}:{n}")
         else:
             problems.append(f"{src}: image folder or list not found")
+    repeated = {p: at for p, at in where.items() if len(at) > 1}
+    if repeated and warnings is not None:
+        shown = "; ".join(f"{p} ({', '.join(at)})" for p, at in sorted(repeated.items())[:5])
+        warnings.append(f"{len(repeated)} image(s) named more than once, each read once: {shown}{' ...' if len(repeated) > 5 else ''}")
     return sorted(set(found))
 
 
@@ -259,8 +297,8 @@ def parse_label_lines(text: str, source: Path, names: list[str | None], keypoint
         except ValueError:
             problems.append(f"{where}: not a number in {line.strip()!r}")
             continue
-        if not all(math.isfinite(v) for v in values):
-            problems.append(f"{where}: not a finite number in {line.strip()!r}")
+        if not_finite(values):
+            problems.append(f"{where}: {not_finite(values)} in {line.strip()!r}")
             continue
         cls = values[0]
         if cls != int(cls) or not 0 <= cls < len(names) or names[int(cls)] is None:
@@ -298,11 +336,10 @@ def drop_duplicate_rows(classes: np.ndarray, norm: np.ndarray, line_nos: np.ndar
     """Keep the first of label rows with the same class and box (a box listed twice would be two
     objects: one of them an unmatchable false negative in evaluation), with one warning per file
     naming the dropped lines. Arrays as ``parse_label_lines`` returns them, plus our ``ids``."""
-    rows = np.concatenate([classes[:, None].astype(np.float64), norm], axis=1)  # [N, 5]
-    first = np.sort(np.unique(rows, axis=0, return_index=True)[1]) if len(rows) else np.zeros(0, np.int64)
-    if len(first) == len(rows):
+    repeated = repeated_objects(classes, norm)  # [N] bool
+    if not repeated.any():
         return classes, norm, line_nos, ids
-    dropped = np.setdiff1d(np.arange(len(rows)), first)
+    first, dropped = np.flatnonzero(~repeated), np.flatnonzero(repeated)
     lines = ", ".join(map(str, line_nos[dropped].tolist()))
     warnings.append(f"{label}: dropped {len(dropped)} duplicate label line(s) (line(s) {lines}: same class and box "
                     "as an earlier line)")
@@ -353,7 +390,7 @@ def split_records(spec: YoloSpec, key: str, class_map: ClassMap, problems: list[
         problems.append(f"{spec.yaml}: no '{key}:' entry (splits: {', '.join(spec.splits) or 'none'})")
         return []
     sources = spec.splits[key]
-    images = list_images(sources, problems)
+    images = list_images(sources, problems, warnings)
     problems += orphan_labels(sources, images)
     if images and not any(label_path(p).is_file() for p in images):
         warnings.append(f"{key}: none of the {len(images)} images has a label file (looked for {label_path(images[0])}, ...)")

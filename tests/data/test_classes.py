@@ -55,3 +55,11 @@ def test_coco_category_names_are_the_91_output_ids():
     assert len(names) == 80 and min(names) == 1 and max(names) == 90  # 11 unused ids ("N/A")
     assert names[1] == "person" and names[90] == "toothbrush" and 12 not in names
     assert ClassMap({n: i for i, n in names.items()}).num_classes == 91
+
+
+def test_a_class_name_given_twice_is_an_error_naming_both_ids(tmp_path):
+    path = tmp_path / "classes.json"
+    path.write_text('{"cat": 1, "dog": 2, "cat": 3}')  # json.loads alone keeps the last: cat = 3
+    with pytest.raises(DataError) as err:
+        ClassMap.load(path)
+    assert err.value.problems == [f"{path}: class name 'cat' is given 2 times (ids 1, 3)"]

@@ -157,3 +157,34 @@ def test_negative_or_zero_size_box_says_what_is_wrong(coco):
     assert "annotation 1 [40, 5, -20, 30]: negative width -20" in text, text
     assert "annotation 8 [10, 10, 5, 0]: zero height" in text and "annotation 9 [90, 10, 5, 5]: no area inside the 80x64 (WxH) image" in text
     assert ds.train[0][1]["ignore"].tolist() == [True]  # only the crowd box of image 1 was left: an ignore region
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+def test_non_finite_bbox_is_a_problem_naming_the_annotation(coco, value):
+    _edit(coco, lambda d: d["annotations"][0]["bbox"].__setitem__(2, value))  # json writes Infinity / NaN
+    with pytest.raises(DataError) as err:  # today: Infinity became a box clipped to the image edge
+        _build(coco)
+    (problem,) = err.value.problems
+    assert problem.startswith(f"{coco}: annotations[0] (id 1) of image 1: 'bbox' [10, 5, {value}, 30]: ")
+    assert problem.endswith("is not a finite number")
+    with pytest.warns(UserWarning, match="not a finite number"):
+        ds = _build(coco, skip_bad=True)
+    assert [r.image_id for r in ds.train.records] == [2]
+
+
+def test_file_of_a_type_not_read_is_named_as_such(coco):
+    from PIL import Image
+
+    Image.new("RGB", (80, 64)).save(coco.parent.parent / "train2017" / "000000000002.gif")
+    _edit(coco, lambda d: d["images"][1].update(file_name="000000000002.gif"))  # today: read (only COCO read it)
+    with pytest.raises(DataError) as err:
+        _build(coco)
+    (problem,) = err.value.problems
+    assert problem.startswith(f"{coco.parent.parent / 'train2017' / '000000000002.gif'}: not one of the image types read (")
+
+
+def test_an_annotation_repeated_under_another_id_is_dropped_with_a_warning(coco):
+    _edit(coco, lambda d: d["annotations"].append({"id": 5, "image_id": 1, "category_id": 18, "bbox": [10, 5, 20, 30], "iscrowd": 0}))
+    with pytest.warns(UserWarning, match=r"image 1 \(000000000001.jpg\): dropped 1 repeated annotation\(s\) \[5\]"):
+        ds = _build(coco)  # today: the dog twice, one of them a false negative no detection can match
+    assert ds.train.records[0].labels.tolist() == [18, 1]

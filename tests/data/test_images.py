@@ -74,3 +74,43 @@ def test_corrupt_file_raises(tmp_path):
     (tmp_path / "c.jpg").write_bytes(b"\xff\xd8\xff nonsense")
     with pytest.raises(OSError):
         load_image(tmp_path / "c.jpg")
+
+
+def test_pils_global_limit_is_never_written_and_limits_are_per_call_in_threads(tmp_path, monkeypatch):
+    """Today ``_open_limited`` sets ``Image.MAX_IMAGE_PIXELS = None`` (under a lock) to open an image
+    over PIL's limit: any other thread's ``Image.open`` meanwhile has no limit at all."""
+    import sys
+    import types
+    from concurrent.futures import ThreadPoolExecutor
+
+    from retinanet.data.images import _open_limited, oriented_size
+
+    writes = []
+
+    class Watched(types.ModuleType):
+        def __setattr__(self, name, value):
+            if name == "MAX_IMAGE_PIXELS":
+                writes.append(value)
+            super().__setattr__(name, value)
+
+    module = sys.modules[Image.__name__]
+    monkeypatch.setattr(module, "MAX_IMAGE_PIXELS", 500)  # before the watch: PIL refuses over 1000 pixels
+    monkeypatch.setattr(module, "__class__", Watched)
+    Image.new("RGB", (40, 30), (9, 9, 9)).save(tmp_path / "img.png")  # 1200 pixels
+    bomb = bomb_png(tmp_path / "bomb.png", 20000, 20000)
+
+    def call(limit):
+        try:
+            return load_image(tmp_path / "img.png", max_pixels=limit).shape[1:], oriented_size(tmp_path / "img.png", max_pixels=limit)
+        except ImageTooLargeError:
+            return "refused"
+
+    limits = [None, 5000, 1100, 2_000_000_000] * 8
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(call, limits))
+    assert got == [("refused" if lim == 1100 else (torch.Size([30, 40]), (30, 40))) for lim in limits]
+    with _open_limited(bomb, None) as header:  # a header over PIL's limit, ours lifted: read, not refused
+        assert header.size == (20000, 20000)
+    with pytest.raises(ImageTooLargeError, match="bomb.png"):
+        oriented_size(bomb)
+    assert writes == [] and module.MAX_IMAGE_PIXELS == 500

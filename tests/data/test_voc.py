@@ -9,6 +9,7 @@ from voc_fixtures import make_voc, obj, write_image, xml_text
 from retinanet.config import DataConfig
 from retinanet.data import build_datasets
 from retinanet.data.voc import parse_voc_xml
+from retinanet.errors import DataError
 
 SIZES = {"min_size": 64, "max_size": 80}  # the test images are 64x80: no resize
 
@@ -131,3 +132,131 @@ def test_reversed_or_empty_box_says_what_is_wrong(tmp_path):
     assert "a.xml: dropped 3 box(es) with no area: object 1 (cat): xmin 50 > xmax 20; object 2 (cat): ymin 30 > ymax 29; " \
            "object 3 (cat): no area inside the 80x64 (WxH) image" in text, text
     assert ds.train.records[0].labels.tolist() == [2]
+
+
+@pytest.mark.parametrize("value", ["inf", "-Infinity", "nan"])
+def test_non_finite_coordinate_is_a_problem_naming_the_file_and_object(tmp_path, value):
+    voc = make_voc(tmp_path, {"train": [("a", [obj("dog"), obj("cat", (5, 6, value, 40))])], "val": [("b", [obj()])]})
+    with pytest.raises(DataError) as err:  # today: clipped to the image edge, an image-wide box
+        build_datasets(DataConfig(root=str(tmp_path)), **SIZES)
+    (problem,) = err.value.problems
+    assert str(voc / "Annotations" / "a.xml") in problem and "object 2 (cat): <xmax>" in problem
+    assert "is not a finite number" in problem
+
+
+def test_unusable_size_is_said_and_the_decoded_size_used(tmp_path):
+    voc = make_voc(tmp_path, {"train": [("a", [obj()])], "val": [("b", [obj()])]})
+    xml = voc / "Annotations" / "a.xml"
+    xml.write_text(xml.read_text().replace("<height>64</height>", "<height>inf</height>"))  # today: OverflowError
+    with pytest.warns(UserWarning, match=r"a.xml: <height> is 'inf': inf is not a finite number; the decoded image's size is used"):
+        ds = build_datasets(DataConfig(root=str(tmp_path)), **SIZES)
+    assert ds.train.records[0].size is None and ds.train[0][1]["orig_size"] == (64, 80)
+
+
+def test_boxes_outside_an_image_of_unstated_size_are_clipped_and_dropped_aloud(tmp_path, capsys):
+    from retinanet.data import check_dataset
+
+    voc = make_voc(tmp_path, {"train": [("a", [obj()])], "val": [("b", [obj()])]})
+    xml = voc / "Annotations" / "a.xml"  # no <size>: the 80x64 decoded image is the only size
+    xml.write_text(xml_text("a.jpg", None, [obj("cat", (5, 6, 30, 40)), obj("cat", (60, 10, 120, 40)), obj("cat", (90, 10, 120, 20))]))
+    ds = build_datasets(DataConfig(root=str(tmp_path), hflip_prob=0.0), **SIZES)
+    with pytest.warns(UserWarning) as record:  # today: clipped and dropped without a word
+        _, target = ds.train[0]
+    said = "\n".join(str(w.message) for w in record)
+    assert f"{xml} ({voc / 'JPEGImages' / 'a.jpg'}): 1 box(es) extend outside the 80x64 (WxH) image; clipped" in said
+    assert f"{xml} ({voc / 'JPEGImages' / 'a.jpg'}): dropped 1 box(es) with no area inside the 80x64 (WxH) image" in said
+    assert target["boxes"].tolist() == [[4, 5, 30, 40], [59, 9, 80, 40]]
+    report = check_dataset(DataConfig(root=str(tmp_path)), progress=False)  # check-data says the same
+    assert any("1 box(es) extend outside the 80x64 (WxH) image; clipped" in w and str(xml) in w for w in report.warnings)
+    assert any("dropped 1 box(es) with no area" in w and str(xml) in w for w in report.warnings)
+
+
+def test_id_listed_twice_in_a_split_file_is_read_once_with_a_warning(tmp_path):
+    voc = make_voc(tmp_path, {"train": [("a", [obj()])], "val": [("b", [obj()]), ("c", [obj()])]})
+    split = voc / "ImageSets" / "Main" / "val.txt"
+    split.write_text("b\nc\nb\n")  # today: b is evaluated twice
+    with pytest.warns(UserWarning, match=r"val.txt: 1 name\(s\) listed more than once, each read once: b \(lines 1, 3\)"):
+        ds = build_datasets(DataConfig(root=str(tmp_path)), **SIZES)
+    assert [r.file.rsplit("/", 1)[1] for r in ds.val.records] == ["b.jpg", "c.jpg"]
+    assert [r.image_id for r in ds.val.records] == [0, 1]
+
+
+def test_flat_split_files_listing_a_stem_twice_or_in_both_splits(tmp_path):
+    root = _flat(tmp_path / "flat", n=4)
+    (root / "splits").mkdir()
+    (root / "splits" / "train.txt").write_text("im0\nim1\nim0\n")
+    (root / "splits" / "val.txt").write_text("im2\nim3\n")
+    with pytest.warns(UserWarning, match=r"train.txt: 1 name\(s\) listed more than once, each read once: im0 \(lines 1, 3\)"):
+        ds = build_datasets(DataConfig(root=str(root)), **SIZES)
+    assert len(ds.train) == 2
+    (root / "splits" / "val.txt").write_text("im2\nim1\n")  # im1 in both: training on a validation image
+    with pytest.raises(DataError, match=r"train.txt and .*val.txt both list 1 image\(s\): im1"):
+        build_datasets(DataConfig(root=str(root)), **SIZES)
+
+
+def test_two_images_of_one_stem_the_xml_filename_decides(tmp_path):
+    root = tmp_path / "flat"
+    write_image(root / "a.jpg", seed=1)
+    write_image(root / "a.png", seed=2)  # sorted first is a.jpg: today it is taken, whatever the XML names
+    (root / "a.xml").write_text(xml_text("a.png", (64, 80), [obj()]))
+    write_image(root / "b.jpg", seed=3)
+    (root / "b.xml").write_text(xml_text("b.jpg", (64, 80), [obj()]))
+    cfg = DataConfig(root=str(root), val_fraction=0.0)
+    with pytest.warns(UserWarning, match=r"a.xml: 2 images in .* are named a.\* \(a.jpg, a.png\): a.png used, the one its <filename> names"):
+        ds = build_datasets(cfg, **SIZES)
+    assert sorted(r.file.rsplit("/", 1)[1] for r in ds.train.records) == ["a.png", "b.jpg"]
+    (root / "a.xml").write_text(xml_text("photo.jpg", (64, 80), [obj()]))  # names neither
+    with pytest.raises(DataError) as err:
+        build_datasets(cfg, **SIZES)
+    (problem,) = err.value.problems
+    assert f"{root / 'a.xml'}: 2 images in {root} are named a.* (a.jpg, a.png) and its <filename> 'photo.jpg' names none" in problem
+
+
+def test_two_images_of_one_id_in_the_standard_layout(tmp_path):
+    voc = make_voc(tmp_path, {"train": [("a", [obj()])], "val": [("b", [obj()])]})
+    write_image(voc / "JPEGImages" / "a.png", seed=5)  # today: a.jpg taken without a word
+    with pytest.warns(UserWarning, match=r"a.xml: 2 images in .*JPEGImages are named a.\* \(a.jpg, a.png\): a.jpg used"):
+        ds = build_datasets(DataConfig(root=str(tmp_path)), **SIZES)
+    assert ds.train.records[0].file == str(voc / "JPEGImages" / "a.jpg")
+
+
+def test_every_image_type_is_read_in_both_layouts_and_other_types_are_named(tmp_path):
+    voc = make_voc(tmp_path / "std", {"train": [("a", [obj()]), ("g", [obj()])], "val": [("b", [obj()])]})
+    (voc / "JPEGImages" / "a.jpg").rename(voc / "JPEGImages" / "a.bmp")  # today: "a.jpg: image file missing"
+    (voc / "JPEGImages" / "g.jpg").rename(voc / "JPEGImages" / "g.gif")
+    with pytest.raises(DataError) as err:
+        build_datasets(DataConfig(root=str(tmp_path / "std")), **SIZES)
+    (problem,) = err.value.problems  # a.bmp is read; g.gif is named as a type not read, not as a missing g.jpg
+    assert problem.startswith(f"{voc / 'JPEGImages' / 'g.gif'}: not one of the image types read (.jpg ")
+    assert f"annotation {voc / 'Annotations' / 'g.xml'} has no image" in problem and "missing" not in problem
+    (voc / "JPEGImages" / "g.gif").unlink()
+    with pytest.raises(DataError, match=r"JPEGImages/g.jpg: image file missing \(annotation .*g.xml; no file named g.\* in"):
+        build_datasets(DataConfig(root=str(tmp_path / "std")), **SIZES)
+    flat = _flat(tmp_path / "flat", n=3)
+    (flat / "im0.jpg").rename(flat / "im0.heic")
+    (flat / "notes.md").write_text("not an image")
+    with pytest.raises(DataError, match=r"im0.heic: not one of the image types read"):
+        build_datasets(DataConfig(root=str(flat), val_fraction=0.0), **SIZES)
+    (flat / "im0.heic").rename(flat / "im0.webp")
+    with pytest.warns(UserWarning, match=r"1 file\(s\) not read, not one of the image types .*: .*notes.md"):
+        ds = build_datasets(DataConfig(root=str(flat), val_fraction=0.0), **SIZES)
+    assert sorted(r.file.rsplit("/", 1)[1] for r in ds.train.records) == ["im0.webp", "im1.png", "im2.jpg"]
+
+
+def test_when_every_annotation_is_bad_the_problems_are_reported(tmp_path):
+    voc = make_voc(tmp_path, {"train": [("a", [obj()])], "val": [("b", [obj()])]})
+    (voc / "Annotations" / "a.xml").write_text("<annotation><object>")
+    (voc / "Annotations" / "b.xml").write_text("<annotation><object><name>cat</name></object></annotation>")
+    with pytest.raises(DataError) as err:  # today: only "no objects found in the annotations"
+        build_datasets(DataConfig(root=str(tmp_path)), **SIZES)
+    problems = err.value.problems
+    assert any("a.xml: malformed XML" in p for p in problems) and any("b.xml: object 'cat' has no <bndbox>" in p for p in problems)
+    assert problems[-1].startswith("no object in the annotations that could be read")
+
+
+def test_an_object_listed_twice_is_dropped_with_a_warning(tmp_path):
+    objects = [obj("cat"), obj("dog"), obj("cat"), obj("cat", difficult=1)]  # 3 = 1 again; 4 differs by its flag
+    make_voc(tmp_path, {"train": [("a", objects)], "val": [("b", [obj()])]})
+    with pytest.warns(UserWarning, match=r"a.xml: dropped 1 repeated object\(s\): object 3 \(cat\) \(same class, box"):
+        ds = build_datasets(DataConfig(root=str(tmp_path)), **SIZES)  # today: two cat objects, one unmatchable
+    assert ds.train.records[0].labels.tolist() == [1, 2, 1] and ds.train.records[0].ignore.tolist() == [False, False, True]

@@ -144,7 +144,8 @@ BAD_LINES = [
     ("0 0.5 0.5 0.2", "4 fields; a box line has 5"),
     ("0 0.5 0.5 0.2 0.2 0.9", "6 fields; a box line has 5"),
     ("0 0.5 0.5 x 0.2", "not a number in '0 0.5 0.5 x 0.2'"),
-    ("0 0.5 nan 0.2 0.2", "not a finite number"),
+    ("0 0.5 nan 0.2 0.2", "nan is not a finite number in '0 0.5 nan 0.2 0.2'"),
+    ("0 0.5 0.5 inf 0.2", "inf is not a finite number in '0 0.5 0.5 inf 0.2'"),
     ("3 0.5 0.5 0.2 0.2", "class id 3 is not in 'names' (3 classes)"),
     ("-1 0.5 0.5 0.2 0.2", "class id -1 is not in 'names'"),
     ("1.5 0.5 0.5 0.2 0.2", "class id 1.5 is not in 'names'"),
@@ -266,3 +267,62 @@ def test_list_line_numbers_count_blank_lines(tmp_path):
         f"{tmp_path / 'val.txt'}:4: image nope.jpg not found ({tmp_path / 'nope.jpg'})",
         f"{tmp_path / 'val.txt'}:5: data.yaml is not an image file (.jpg, .jpeg, .png, .bmp, .webp, .tif, .tiff)",
     ]
+
+
+@pytest.mark.parametrize("exif", ["auto", "apply", "ignore"])
+def test_exif_rotated_phone_photo_boxes_land_on_the_object_under_each_rule(tmp_path, exif):
+    """A 160x96 (WxH) photo stored with EXIF orientation 6: the label is written in the frame the
+    rule reads (displayed for auto/apply, stored for ignore) and the box must cover the object in
+    the image the dataset decodes (the size comes from images.oriented_size under the same rule)."""
+    from PIL import Image, ImageOps
+
+    stored = np.zeros((96, 160, 3), np.uint8)
+    stored[10:40, 20:70] = 255  # the object: 50x30 at (20, 10) in the stored frame
+    img = tmp_path / "images" / "train" / "phone.jpg"
+    img.parent.mkdir(parents=True)
+    exif_tag = Image.Exif()
+    exif_tag[0x0112] = 6
+    Image.fromarray(stored).save(img, exif=exif_tag, quality=100)
+    with Image.open(img) as opened:
+        frame = np.asarray(opened if exif == "ignore" else ImageOps.exif_transpose(opened))[..., 0]
+    rows, cols = np.nonzero(frame > 128)
+    h, w = frame.shape
+    x1, y1, x2, y2 = cols.min(), rows.min(), cols.max() + 1, rows.max() + 1
+    label = tmp_path / "labels" / "train" / "phone.txt"
+    label.parent.mkdir(parents=True)
+    label.write_text(f"0 {(x1 + x2) / 2 / w} {(y1 + y2) / 2 / h} {(x2 - x1) / w} {(y2 - y1) / h}\n")
+    (tmp_path / "data.yaml").write_text(yaml.safe_dump({"path": str(tmp_path), "train": "images/train", "val": "images/train", "names": NAMES}))
+    ds = build_datasets(DataConfig(root=str(tmp_path), exif=exif, hflip_prob=0.0), min_size=96, max_size=160)
+    image, target = ds.train.load(0)
+    assert tuple(image.shape[1:]) == (h, w) == ((96, 160) if exif == "ignore" else (160, 96))
+    rows, cols = np.nonzero(image[0].numpy() > 128)
+    truth = np.array([cols.min(), rows.min(), cols.max() + 1, rows.max() + 1], np.float64)
+    (box,) = target["boxes"].numpy().astype(np.float64)
+    inter = np.prod(np.clip(np.minimum(box[2:], truth[2:]) - np.maximum(box[:2], truth[:2]), 0, None))
+    iou = inter / (np.prod(box[2:] - box[:2]) + np.prod(truth[2:] - truth[:2]) - inter)
+    assert iou > 0.95, (exif, box, truth, iou)
+
+
+def test_an_image_listed_twice_is_read_once_with_a_warning(tmp_path):
+    data = tiny_yolo(tmp_path, {"a": "0 0.5 0.5 0.2 0.2\n", "b": "1 0.5 0.5 0.2 0.2\n"})
+    (tmp_path / "val.txt").write_text("images/train/a.png\nimages/train/b.png\n./images/train/a.png\n")
+    spec = yaml.safe_load(data.read_text())
+    data.write_text(yaml.safe_dump({**spec, "val": "val.txt"}))
+    with pytest.warns(UserWarning, match=r"1 image\(s\) named more than once, each read once: .*a.png \(.*val.txt:1, .*val.txt:3\)"):
+        ds = build_datasets(DataConfig(root=str(data)), min_size=64, max_size=64)
+    assert [Path(r.file).stem for r in ds.val.records] == ["a", "b"]  # today also once, but without a word
+
+
+def test_files_in_an_image_folder_that_are_not_read_are_named(tmp_path):
+    data = tiny_yolo(tmp_path, {"a": "0 0.5 0.5 0.2 0.2\n"})
+    (tmp_path / "images" / "train" / "b.gif").write_bytes(b"GIF89a")  # today: left out without a word
+    with pytest.warns(UserWarning, match=r"images/train: 1 file\(s\) not read, not one of the image types .*b.gif"):
+        ds = build_datasets(DataConfig(root=str(data)), min_size=64, max_size=64)
+    assert [Path(r.file).stem for r in ds.train.records] == ["a"]
+
+
+def test_a_key_given_twice_in_data_yaml_is_an_error_naming_both_lines(tmp_path):
+    data = tiny_yolo(tmp_path, {"a": "0 0.5 0.5 0.2 0.2\n"})
+    data.write_text(data.read_text() + "names: [dog, cat, bird]\n")  # today: the second names: wins, classes swapped
+    with pytest.raises(DataError, match=r"data.yaml: not a readable yaml file \(.*key 'names' is given twice \(lines \d+ and \d+\)"):
+        build_datasets(DataConfig(root=str(data)), min_size=64, max_size=64)

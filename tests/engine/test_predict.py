@@ -43,10 +43,13 @@ def test_find_images(tmp_path):
     write_image(tmp_path / "in" / "a.png")
     write_image(tmp_path / "in" / "sub" / "b.png")
     (tmp_path / "in" / "notes.txt").write_text("not an image")
-    names = [n for _, n in find_images([str(tmp_path / "in")])]
+    with pytest.warns(UserWarning, match="not read .skipped.*notes.txt"):
+        names = [n for _, n in find_images([str(tmp_path / "in")])]
     assert names == ["a.jpg", "a_1.png"]  # same stem: made unique (also for xml/<stem>.xml)
-    assert [n for _, n in find_images([str(tmp_path / "in")], recursive=True)] == ["a.jpg", "a_1.png", "sub/b.png"]
-    assert [n for _, n in find_images([str(tmp_path / "in" / "*.png"), str(a), str(a)])] == ["a.png", "a_1.jpg"]
+    with pytest.warns(UserWarning, match="not read .skipped.*notes.txt"):
+        assert [n for _, n in find_images([str(tmp_path / "in")], recursive=True)] == ["a.jpg", "a_1.png", "sub/b.png"]
+    with pytest.warns(UserWarning, match="name a file already named"):
+        assert [n for _, n in find_images([str(tmp_path / "in" / "*.png"), str(a), str(a)])] == ["a.png", "a_1.jpg"]
     with pytest.raises(RetinaNetError, match="no such file or folder"):
         find_images([str(tmp_path / "missing.jpg")])
     (tmp_path / "empty").mkdir()
@@ -230,3 +233,17 @@ def test_every_predict_output_is_written_atomically(tmp_path, checkpoint, monkey
     on_disk = sorted(p for p in out.rglob("*") if p.is_file())
     assert len(on_disk) == 8 and sorted(written) == on_disk  # 2 drawn, 2 XML, 2 TXT, data.yaml, predictions.json
     assert Image.open(out / "images" / "a.jpg").format == "JPEG" and Image.open(out / "images" / "b.png").format == "PNG"
+
+
+def test_a_file_named_twice_is_read_once_with_a_warning(tmp_path):
+    a = write_image(tmp_path / "a.jpg")
+    with pytest.warns(UserWarning, match=r"1 input\(s\) name a file already named, each read once: .*a.jpg"):
+        assert [n for _, n in find_images([str(a), str(tmp_path / "*.jpg")])] == ["a.jpg"]
+
+
+def test_files_of_a_folder_that_are_not_images_are_named(tmp_path):
+    write_image(tmp_path / "in" / "a.jpg")
+    (tmp_path / "in" / "b.gif").write_bytes(b"GIF89a")  # today: skipped without a word
+    (tmp_path / "in" / ".DS_Store").write_bytes(b"")
+    with pytest.warns(UserWarning, match=r"in: 1 file\(s\) not read \(skipped\), not one of the image types .*b.gif$"):
+        assert [n for _, n in find_images([str(tmp_path / "in")])] == ["a.jpg"]

@@ -22,6 +22,7 @@ import glob
 import json
 import os
 import sys
+import warnings
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +34,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from retinanet.files import write_atomic
-from retinanet.data.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, open_rgb
+from retinanet.data.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, is_image_file, not_read, open_rgb
 from retinanet.engine.infer.detector import Detections, Detector, class_names_of, filter_detections
 from retinanet.engine.infer.draw import draw_detections
 from retinanet.errors import RetinaNetError
@@ -93,9 +94,10 @@ class PredictSummary:
 def find_images(inputs: list[str], recursive: bool = False) -> list[tuple[Path, str]]:
     """Image files named by ``inputs`` (files, folders, globs), each with a unique output name.
 
-    Folders give their files with an image extension (descending when ``recursive``), named by
-    their path inside the folder; a file or glob match is named by its file name. Repeated files
-    are listed once; equal names get ``_1``, ``_2``... before the extension.
+    Folders give their files of an image type (``data.images.is_image_file``, the types every
+    dataset reader reads; descending when ``recursive``; other files are named in a warning), named by
+    their path inside the folder; a file or glob match is named by its file name. A file named
+    again is listed once, with a warning; equal names get ``_1``, ``_2``... before the extension.
 
     Raises:
         RetinaNetError: an input that is neither a file, a folder nor a matching pattern, or no
@@ -106,8 +108,11 @@ def find_images(inputs: list[str], recursive: bool = False) -> list[tuple[Path, 
         p = Path(item)
         if p.is_dir():
             pattern = "**/*" if recursive else "*"
-            files = sorted(f for f in p.glob(pattern) if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            every = [f for f in p.glob(pattern) if f.is_file()]
+            files = sorted(f for f in every if is_image_file(f))
             found += [(f, f.relative_to(p).as_posix()) for f in files]
+            for msg in not_read([f for f in every if not is_image_file(f)], p, " (skipped)"):
+                warnings.warn(msg, stacklevel=2)
         elif p.is_file():
             found.append((p, p.name))
         elif glob.has_magic(item):
@@ -120,10 +125,11 @@ def find_images(inputs: list[str], recursive: bool = False) -> list[tuple[Path, 
     if not found:
         raise RetinaNetError(f"no images found in {', '.join(inputs)} (extensions: {' '.join(IMAGE_SUFFIXES)}"
                              f"{'' if recursive else '; use --recursive for sub-folders'})")
-    seen_files, taken, out = set(), set(), []
+    seen_files, taken, out, again = set(), set(), [], []
     for path, name in found:
         key = path.resolve()
         if key in seen_files:
+            again.append(str(path))
             continue
         seen_files.add(key)
         stem, suffix = os.path.splitext(name)
@@ -133,6 +139,9 @@ def find_images(inputs: list[str], recursive: bool = False) -> list[tuple[Path, 
             unique = f"{stem}_{n}{suffix}"
         taken.add(os.path.splitext(unique)[0].lower())
         out.append((path, unique))
+    if again:
+        warnings.warn(f"{len(again)} input(s) name a file already named, each read once: {', '.join(again[:5])}"
+                      f"{' ...' if len(again) > 5 else ''}", stacklevel=2)
     return out
 
 
