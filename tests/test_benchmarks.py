@@ -68,3 +68,11 @@ def test_bench_gpu_counts_sync_warnings_by_site():
     sites = bench_gpu.count_sync_warnings(step, 3, torch.device("cpu"))
     assert sum(sites.values()) == 6 and len(sites) == 2
     assert all("test_benchmarks.py" in s and " in step: warnings.warn(" in s for s in sites)
+
+
+def test_bench_matcher_same_matches_and_less_memory():
+    out = run("bench_matcher.py", "--batch-size", "2", "--boxes", "200", "--ignore", "5", "--height", "64",
+              "--width", "96", "--iters", "1", "--chunk-elements", "20000")  # 17 boxes per chunk
+    line = next(line for line in out.splitlines() if line.startswith("chunked/today"))
+    assert "same matches: True" in line
+    assert float(line.split("peak memory ")[1].split("x")[0]) < 1
