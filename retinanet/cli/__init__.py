@@ -20,6 +20,7 @@ from retinanet.cli.options import add_amp_options, add_data_options, add_image_o
 from retinanet.cli.train import add_train_parser, cmd_train
 from retinanet.config import ModelConfig
 from retinanet.data import check_dataset, make_synthetic
+from retinanet.data.synthetic import LARGE
 from retinanet.data.check import anchor_hint, write_check_outputs
 from retinanet.engine.distributed import cleanup, is_main_process, local_device
 from retinanet.engine.evaluate import EvalOptions, run_eval
@@ -44,16 +45,35 @@ class _Parser(argparse.ArgumentParser):
 def _add_make_synthetic(sub) -> None:
     p = sub.add_parser("make-synthetic", help="write the embedded synthetic VOC-format dataset")
     p.add_argument("out", metavar="OUT", help="output folder (VOCdevkit/VOC2012 layout + classes.json)")
-    p.add_argument("--num-train", type=int, default=400, help="training images [400]")
-    p.add_argument("--num-val", type=int, default=100, help="validation images [100]")
-    p.add_argument("--image-size", type=int, default=256, help="side of the square images, pixels [256]")
+    p.add_argument("--num-train", type=int, help=f"training images [400; --large: {LARGE['num_train']}]")
+    p.add_argument("--num-val", type=int, help=f"validation images [100; --large: {LARGE['num_val']}]")
+    p.add_argument("--image-size", type=int, help=f"side of the square images, pixels [256; --large: {LARGE['image_size']}]")
     p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes [0]")
+    g = p.add_argument_group("large images crowded with small objects (tiled prediction, crop training)")
+    g.add_argument("--large", action="store_true",
+                   help=f"a few big images with many small objects: the bracketed --large defaults, "
+                   f"--object-size {' '.join(map(str, LARGE['object_size']))} --objects {LARGE['objects']}")
+    g.add_argument("--object-size", type=int, nargs=2, metavar=("MIN", "MAX"),
+                   help="object extent range in pixels, whatever the image size (implies --large)")
+    g.add_argument("--objects", type=int, metavar="N", help="objects placed per image (implies --large)")
     p.set_defaults(func=cmd_make_synthetic)
 
 
 def cmd_make_synthetic(args: argparse.Namespace) -> int:
-    s = make_synthetic(args.out, num_train=args.num_train, num_val=args.num_val, image_size=args.image_size, seed=args.seed)
-    print(f"wrote {s['train']} train + {s['val']} val images ({args.image_size}x{args.image_size}), {s['objects']} objects "
+    large = args.large or args.object_size is not None or args.objects is not None
+    base = LARGE if large else {"num_train": 400, "num_val": 100, "image_size": 256}
+    o = {k: base[k] if getattr(args, k) is None else getattr(args, k) for k in ("num_train", "num_val", "image_size")}
+    if large:
+        o["object_size"] = tuple(args.object_size or LARGE["object_size"])
+        o["objects"] = LARGE["objects"] if args.objects is None else args.objects
+        lo, hi = o["object_size"]
+        if not 4 <= lo <= hi <= o["image_size"] or o["objects"] < 1:
+            raise RetinaNetError(f"make-synthetic: --object-size {lo} {hi} --objects {o['objects']}: need 4 <= MIN <= MAX "
+                                 f"<= image size ({o['image_size']}) and at least 1 object")
+    s = make_synthetic(args.out, seed=args.seed, **o)
+    size = o["image_size"]
+    kind = f", up to {o['objects']} objects of {lo}-{hi} px per image" if large else ""
+    print(f"wrote {s['train']} train + {s['val']} val images ({size}x{size}{kind}), {s['objects']} objects "
           f"of {s['classes']} classes to {args.out} (VOCdevkit/VOC2012, class map {args.out}/classes.json)")
     return 0
 
