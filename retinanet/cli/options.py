@@ -60,6 +60,9 @@ def add_data_options(p: argparse.ArgumentParser, *, from_config: bool = False, a
     a.add_argument("--hflip-prob", type=float, default=default(d.hflip_prob), help=f"horizontal flip probability [{d.hflip_prob}]")
     a.add_argument("--photometric", **switch, help="random photometric distortion (brightness, contrast, saturation, hue)")
     a.add_argument("--iou-crop", **switch, help="random IoU crop (SSD-style)")
+    a.add_argument("--crop", type=int, metavar="PX", default=default(None),
+                   help="train on random PX x PX crops at native resolution (large images, small objects); the model's "
+                   "input size becomes PX; cut objects with < 50%% of their area inside become ignore regions [off]")
     if from_config:
         a.add_argument("--aspect-grouping", **switch, help="batch portrait and landscape images apart [on]")
     else:

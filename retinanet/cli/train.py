@@ -16,6 +16,7 @@ from retinanet.cli.options import add_amp_options, add_data_options, given_optio
 from retinanet.config import (RECIPES_DIR, SECTIONS, DataConfig, ModelConfig, TrainConfig, find_config, read_config_file,
                               recipe_names, resolve_config)
 from retinanet.checkpoint_io import read_file
+from retinanet.data.crop import crop_model_config, crop_rule
 from retinanet.engine.report import format_run_summary
 from retinanet.engine.train import resume_file, train
 from retinanet.errors import RetinaNetError
@@ -88,6 +89,10 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
 
 def cmd_train(args: argparse.Namespace) -> int:
     model_cfg, data_cfg, train_cfg = train_configs(args)
+    model_cfg, note = crop_model_config(model_cfg, data_cfg, min_size_given="min_size" in vars(args))
+    for line in (note, data_cfg.crop and crop_rule(data_cfg.crop)):
+        if line and not args.quiet:
+            print(line)
     summary = train(model_cfg, data_cfg, train_cfg, progress=not args.quiet, exist_ok=args.exist_ok)
     if summary["rank"] == 0:  # the process group is gone by now: the rank is in the summary
         print(format_run_summary(summary))

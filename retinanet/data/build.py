@@ -203,7 +203,8 @@ def build_datasets(cfg: DataConfig, *, min_size: int, max_size: int, splits: tup
         warnings.warn(msg, stacklevel=2)
     if "train" in records and not records["train"]:
         raise DataError([f"{root}: the training split {cfg.train_split!r} has no usable images"])
-    aug = {"train_sizes": cfg.train_sizes, "hflip_prob": cfg.hflip_prob, "photometric": cfg.photometric, "iou_crop": cfg.iou_crop}
+    aug = {"train_sizes": cfg.train_sizes, "hflip_prob": cfg.hflip_prob, "photometric": cfg.photometric, "iou_crop": cfg.iou_crop,
+           "crop": cfg.crop}
     train_tf = ItemTransform(min_size, max_size, train=True, **aug)
     val_tf = ItemTransform(min_size, max_size, train=False)
     images = {"skip_bad": cfg.skip_bad, "exif": cfg.exif, "max_pixels": cfg.max_image_pixels}
