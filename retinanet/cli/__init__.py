@@ -21,7 +21,7 @@ from retinanet.cli.train import add_train_parser, cmd_train
 from retinanet.config import ModelConfig
 from retinanet.data import check_dataset, make_synthetic
 from retinanet.data.synthetic import LARGE
-from retinanet.data.check import anchor_hint, write_check_outputs
+from retinanet.data.check import anchor_hint, tile_hint, write_check_outputs
 from retinanet.engine.distributed import cleanup, is_main_process, local_device
 from retinanet.engine.evaluate import EvalOptions, run_eval
 from retinanet.engine.export import ExportOptions, export_checkpoint
@@ -103,6 +103,9 @@ def cmd_check_data(args: argparse.Namespace) -> int:
         print(f"report and plots: {', '.join(str(p) for p in paths)}")
         if report.class_map is not None:
             print(anchor_hint(report, args.min_size, args.max_size, sizes))
+    hint = tile_hint(report, args.min_size, args.max_size, tuple(args.anchor_sizes)) if report.class_map is not None else None
+    if hint:
+        print(hint)
     return 0 if report.ok else 1
 
 
