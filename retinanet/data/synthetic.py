@@ -5,10 +5,13 @@ gives), several colours, sizes from small (< 32 px) to large, overlapping up to 
 object stays identifiable. Boxes are the exact extent of each drawn shape (occluded parts
 included, as in VOC). Deterministic: the same seed gives the same bytes.
 
-The large-image variant (``make_synthetic(object_size=(12, 48), objects=400, image_size=3000)``,
+The large-image variant (``make_synthetic(object_size=(12, 48), objects=100, image_size=3000)``,
 ``retinanet make-synthetic --large``): images of several thousand pixels crowded with objects of a
 fixed pixel range, for tiled prediction and crop training; each shape is drawn on a patch of its own
-size, so writing a 3000 px image with 400 objects takes about a second.
+size, so writing a 3000 px image with 100 objects takes well under a second. 100 objects per image
+by default because COCO's metrics count at most 100 detections per image (``maxDets``): with more
+objects, AP and AR are capped below 1 for tiled and whole-image prediction alike (``--objects``
+goes higher for crowded scenes).
 
 ``default_synthetic_root(**options)`` is ``$RETINANET_CACHE/synthetic/<options>`` (default cache
 ``~/.cache/retinanet``), one folder per (sizes, seed); ``ensure_synthetic(root)`` writes it there once.
@@ -33,7 +36,7 @@ CLASSES = ("circle", "square", "star", "triangle")
 COLOURS = ((220, 40, 40), (40, 180, 60), (50, 90, 230), (240, 200, 30), (200, 60, 200), (30, 200, 210), (250, 250, 250), (20, 20, 20))
 DEFAULTS = {"num_train": 400, "num_val": 100, "image_size": 256, "seed": 0}
 # ``make-synthetic --large``: a few big images crowded with small objects (12..48 px)
-LARGE = {"num_train": 8, "num_val": 4, "image_size": 3000, "object_size": (12, 48), "objects": 400}
+LARGE = {"num_train": 8, "num_val": 4, "image_size": 3000, "object_size": (12, 48), "objects": 100}
 VERSION = 2  # of the drawing code: part of the cache folder name, so a changed generator never reuses old files
 _DONE = ".complete"
 
