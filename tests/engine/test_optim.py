@@ -1,4 +1,4 @@
-"""engine/optim.py: lr schedule, optimizer choice, EMA decay ramp, RNG state round trip."""
+"""engine/train/optim.py: lr schedule, optimizer choice, EMA decay ramp, RNG state round trip."""
 
 import math
 import random
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from retinanet.config import TrainConfig
-from retinanet.engine.optim import build_ema, build_optimizer, ema_multi_avg_fn, lr_factor, rng_state, set_lr, set_rng_state
+from retinanet.engine.train.optim import build_ema, build_optimizer, ema_multi_avg_fn, lr_factor, rng_state, set_lr, set_rng_state
 from retinanet.errors import RetinaNetError
 
 
