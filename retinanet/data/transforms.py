@@ -39,6 +39,7 @@ class ItemTransform:
         train_sizes: multi-scale short sides; empty = ``min_size``.
         hflip_prob, photometric, iou_crop: augmentation options (training only).
         crop: side of random crops at native resolution (training only; None = whole images).
+        resize: False = no resize (evaluation at native resolution, for tiled prediction).
     """
 
     min_size: int
@@ -49,6 +50,7 @@ class ItemTransform:
     photometric: bool = False
     iou_crop: bool = False
     crop: int | None = None
+    resize: bool = True
 
     def __post_init__(self):
         steps: list[v2.Transform] = []
@@ -74,7 +76,7 @@ class ItemTransform:
         short = random.choice(self.train_sizes) if self.train and self.train_sizes else self.min_size
         old_hw = tuple(img.shape[-2:])
         out = img.as_subclass(torch.Tensor)
-        out = out if cropping else resize_image(out, short, self.max_size)
+        out = out if cropping or not self.resize else resize_image(out, short, self.max_size)
         new_hw = tuple(out.shape[-2:])
         new_boxes = resize_boxes(target["boxes"].as_subclass(torch.Tensor), old_hw, new_hw)
         target["boxes"] = tv_tensors.BoundingBoxes(new_boxes, format="XYXY", canvas_size=new_hw)
