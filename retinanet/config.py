@@ -79,6 +79,7 @@ class DataConfig:
     hflip_prob: float = 0.5
     photometric: bool = False
     iou_crop: bool = False
+    crop: int | None = None  # train on random crops of this side at native resolution (retinanet.data.crop)
     aspect_grouping: bool = True  # batch portrait (w/h < 1) and landscape images apart
     workers: int = 2  # DataLoader processes
     synthetic_train: int = 400  # root None: images of the embedded synthetic dataset's train split

@@ -68,3 +68,30 @@ def test_bench_gpu_counts_sync_warnings_by_site():
     sites = bench_gpu.count_sync_warnings(step, 3, torch.device("cpu"))
     assert sum(sites.values()) == 6 and len(sites) == 2
     assert all("test_benchmarks.py" in s and " in step: warnings.warn(" in s for s in sites)
+
+
+def test_bench_matcher_same_matches_and_less_memory():
+    out = run("bench_matcher.py", "--batch-size", "2", "--boxes", "200", "--ignore", "5", "--height", "64",
+              "--width", "96", "--iters", "1", "--chunk-elements", "20000")  # 17 boxes per chunk
+    line = next(line for line in out.splitlines() if line.startswith("chunked/today"))
+    assert "same matches: True" in line
+    assert float(line.split("peak memory ")[1].split("x")[0]) < 1
+
+
+def test_bench_tiles_recall_and_memory(tmp_path):
+    from dataclasses import asdict
+
+    from retinanet.data import make_synthetic
+    from retinanet.engine.runtime.checkpoint import save_checkpoint
+    from retinanet.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model("resnet18_fpn", num_classes=5, min_size=64, max_size=64, norm="bn", fpn_channels=32, head_convs=1)
+    ckpt = tmp_path / "tiny.pt"
+    classes = {"circle": 1, "square": 2, "star": 3, "triangle": 4}
+    save_checkpoint({"model": model.state_dict(), "config": {"model": asdict(model.config)}, "class_map": classes}, ckpt)
+    make_synthetic(tmp_path / "big", num_train=1, num_val=1, image_size=160, object_size=(12, 30), objects=8)
+    out = run("bench_tiles.py", "recall", "--weights", str(ckpt), "--data", str(tmp_path / "big"))
+    assert "whole: recall@0.5" in out and "tiled: recall@0.5" in out and "tiles of 64 px" in out
+    out = run("bench_tiles.py", "memory", "--weights", str(ckpt), "--sizes", "128", "256", "--base", "128")
+    assert "   128 px:     9 tiles" in out and "   256 px:    25 tiles" in out and "peak 256 px / 128 px" in out

@@ -17,11 +17,13 @@ from retinanet import __version__
 from retinanet.files import check_output_path
 from retinanet.cli.demo import add_demo_parser, demo_options, run_demo
 from retinanet.cli.options import (CHANNELS_LAST_HELP, DEVICE_HELP, QUIET_HELP, WEIGHTS_HELP, add_amp_options, add_data_options,
-                                   add_image_options, add_input_size_options, data_config_from_args)
+                                   add_image_options, add_input_size_options, add_tile_options, data_config_from_args,
+                                   tile_options_from_args)
 from retinanet.cli.train import add_train_parser, cmd_train
 from retinanet.config import ModelConfig
 from retinanet.data import check_dataset, make_synthetic
-from retinanet.data.check import anchor_hint, write_check_outputs
+from retinanet.data.check import anchor_hint, tile_hint, write_check_outputs
+from retinanet.data.synthetic import LARGE
 from retinanet.engine.runtime.distributed import cleanup, is_main_process, local_device
 from retinanet.engine.evaluate.loop import EvalOptions, run_eval
 from retinanet.engine.export.onnx_export import ExportOptions, export_checkpoint
@@ -45,16 +47,35 @@ class _Parser(argparse.ArgumentParser):
 def _add_make_synthetic(sub) -> None:
     p = sub.add_parser("make-synthetic", help="write the embedded synthetic VOC-format dataset")
     p.add_argument("out", metavar="OUT", help="output folder (VOCdevkit/VOC2012 layout + classes.json)")
-    p.add_argument("--num-train", type=int, default=400, help="training images [400]")
-    p.add_argument("--num-val", type=int, default=100, help="validation images [100]")
-    p.add_argument("--image-size", type=int, default=256, help="side of the square images, pixels [256]")
+    p.add_argument("--num-train", type=int, help=f"training images [400; --large: {LARGE['num_train']}]")
+    p.add_argument("--num-val", type=int, help=f"validation images [100; --large: {LARGE['num_val']}]")
+    p.add_argument("--image-size", type=int, help=f"side of the square images, pixels [256; --large: {LARGE['image_size']}]")
     p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes [0]")
+    g = p.add_argument_group("large images crowded with small objects (tiled prediction, crop training)")
+    g.add_argument("--large", action="store_true",
+                   help=f"a few big images with many small objects: the bracketed --large defaults, "
+                   f"--object-size {' '.join(map(str, LARGE['object_size']))} --objects {LARGE['objects']}")
+    g.add_argument("--object-size", type=int, nargs=2, metavar=("MIN", "MAX"),
+                   help="object extent range in pixels, whatever the image size (implies --large)")
+    g.add_argument("--objects", type=int, metavar="N", help="objects placed per image (implies --large)")
     p.set_defaults(func=cmd_make_synthetic)
 
 
 def cmd_make_synthetic(args: argparse.Namespace) -> int:
-    s = make_synthetic(args.out, num_train=args.num_train, num_val=args.num_val, image_size=args.image_size, seed=args.seed)
-    print(f"wrote {s['train']} train + {s['val']} val images ({args.image_size}x{args.image_size}), {s['objects']} objects "
+    large = args.large or args.object_size is not None or args.objects is not None
+    base = LARGE if large else {"num_train": 400, "num_val": 100, "image_size": 256}
+    o = {k: base[k] if getattr(args, k) is None else getattr(args, k) for k in ("num_train", "num_val", "image_size")}
+    if large:
+        o["object_size"] = tuple(args.object_size or LARGE["object_size"])
+        o["objects"] = LARGE["objects"] if args.objects is None else args.objects
+        lo, hi = o["object_size"]
+        if not 4 <= lo <= hi <= o["image_size"] or o["objects"] < 1:
+            raise RetinaNetError(f"make-synthetic: --object-size {lo} {hi} --objects {o['objects']}: need 4 <= MIN <= MAX "
+                                 f"<= image size ({o['image_size']}) and at least 1 object")
+    s = make_synthetic(args.out, seed=args.seed, **o)
+    size = o["image_size"]
+    kind = f", up to {o['objects']} objects of {lo}-{hi} px per image" if large else ""
+    print(f"wrote {s['train']} train + {s['val']} val images ({size}x{size}{kind}), {s['objects']} objects "
           f"of {s['classes']} classes to {args.out} (VOCdevkit/VOC2012, class map {args.out}/classes.json)")
     return 0
 
@@ -84,6 +105,9 @@ def cmd_check_data(args: argparse.Namespace) -> int:
         print(f"report and plots: {', '.join(str(p) for p in paths)}")
         if report.class_map is not None:
             print(anchor_hint(report, args.min_size, args.max_size, sizes))
+    hint = tile_hint(report, args.min_size, args.max_size, tuple(args.anchor_sizes)) if report.class_map is not None else None
+    if hint:
+        print(hint)
     return 0 if report.ok else 1
 
 
@@ -103,7 +127,7 @@ def _add_eval(sub) -> None:
     p.add_argument("--split", help="split to evaluate (overrides --val-split)")
     p.add_argument("--out", default="runs/eval", metavar="DIR", help="output folder [runs/eval]")
     p.add_argument("--voc", action="store_true", help="also the VOC protocol: AP50 per class, 11-point and all-point mAP")
-    p.add_argument("--batch-size", type=int, default=2, help="images per batch and process [2]")
+    p.add_argument("--batch-size", type=int, default=2, help="images per batch and process; with --tile: tiles per batch [2]")
     p.add_argument("--workers", type=int, default=2, help="data loading processes [2]")
     p.add_argument("--device", default="auto", help=f"{DEVICE_HELP} [auto]")
     add_amp_options(p, "auto")
@@ -112,6 +136,7 @@ def _add_eval(sub) -> None:
     p.add_argument("--score-thresh", type=float, help="drop detections below this score (default: the checkpoint's, 0.05)")
     p.add_argument("--coco-backend", choices=["pycocotools", "faster_coco_eval"], default="pycocotools",
                    help="COCOeval implementation: pycocotools (reference) or faster_coco_eval (faster, equal to ~1e-16) [pycocotools]")
+    add_tile_options(p)
     p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     p.set_defaults(func=cmd_eval)
 
@@ -124,6 +149,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         weights=args.weights, out=args.out, voc=args.voc, batch_size=args.batch_size, workers=args.workers,
         device=args.device, amp=args.amp, channels_last=args.channels_last, progress=not args.quiet, backend=args.coco_backend,
         model_overrides={k: v for k, v in sizes.items() if v is not None},
+        tile=tile_options_from_args(args, args.batch_size),
     )
     try:
         run = run_eval(data_cfg, opts)
@@ -142,6 +168,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(f"\n{r.num_images} images, {len(r.detections)} detections: AP {100 * r.metrics['AP']:.2f}, "
           f"AP50 {100 * r.metrics['AP50']:.2f}; results in {args.out} (eval.json, detections.json, pr_curves.png)")
     print(f"precision: {run.precision}")
+    if run.tiling:
+        print(f"tiling: {run.tiling}")
     return 0
 
 
@@ -162,7 +190,7 @@ def _add_predict(sub) -> None:
     p.add_argument("--max-dets", type=int, default=100, help="at most this many detections per image [100]")
     p.add_argument("--device", default="auto", help=f"{DEVICE_HELP} [auto]")
     add_input_size_options(p)
-    p.add_argument("--batch-size", type=int, default=4, help="images per batch [4]")
+    p.add_argument("--batch-size", type=int, default=4, help="images per batch; with --tile: tiles per batch [4]")
     p.add_argument("--workers", type=int, default=2, help="decoding processes [2]")
     p.add_argument("--voc-xml", action="store_true", help="also write one VOC XML annotation per image")
     p.add_argument("--save-txt", action="store_true", help="also write YOLO labels per image (OUT/labels/, class = our id - 1, "
@@ -171,6 +199,7 @@ def _add_predict(sub) -> None:
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True, help=CHANNELS_LAST_HELP)
     add_amp_options(p, "auto")
     p.add_argument("--no-draw", action="store_true", help="do not write drawn images")
+    add_tile_options(p)
     add_image_options(p.add_argument_group("image files"))
     p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     p.set_defaults(func=cmd_predict)
@@ -186,13 +215,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
     detector = Detector.load(args.weights, local_device(args.device), channels_last=args.channels_last, amp=args.amp, exif=args.exif,
                              **pixels, **{k: v for k, v in sizes.items() if v})
     classes = tuple(n.strip() for group in args.classes_filter or () for n in group.split(",") if n.strip())
+    tile = detector.tile_options(tile_options_from_args(args, args.batch_size))
     opts = PredictOptions(
         out=args.out, score_thresh=args.score_thresh, classes=classes, max_dets=args.max_dets, batch_size=args.batch_size,
         workers=args.workers, draw=not args.no_draw, voc_xml=args.voc_xml, yolo_txt=args.save_txt,
-        save_conf=args.save_conf, progress=not args.quiet,
+        save_conf=args.save_conf, progress=not args.quiet, tile=tile,
     )
     summary = predict(detector, files, opts)
     print(summary.text())
+    if tile is not None:
+        print(f"tiling: {tile.describe()}")
     print(f"precision: {detector.precision.describe()}")
     return 1 if summary.num_images == 0 else 0
 

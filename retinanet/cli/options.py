@@ -16,6 +16,8 @@ from typing import Any
 from retinanet.config import SECTIONS, DataConfig, resolve_config
 from retinanet.data.images import EXIF_POLICIES
 from retinanet.engine.runtime.precision import AMP_MODES
+from retinanet.errors import RetinaNetError
+from retinanet.model.tiling import TileOptions
 
 OPTION_TO_FIELD = {"data": "root"}  # option destinations whose config field has another name
 
@@ -73,6 +75,9 @@ def add_data_options(p: argparse.ArgumentParser, *, from_config: bool = False, a
     a.add_argument("--hflip-prob", type=float, default=default(d.hflip_prob), help=f"horizontal flip probability [{d.hflip_prob}]")
     a.add_argument("--photometric", **switch, help="random photometric distortion (brightness, contrast, saturation, hue)")
     a.add_argument("--iou-crop", **switch, help="random IoU crop (SSD-style)")
+    a.add_argument("--crop", type=int, metavar="PX", default=default(None),
+                   help="train on random PX x PX crops at native resolution (large images, small objects); the model's "
+                   "input size becomes PX; cut objects with < 50%% of their area inside become ignore regions [off]")
     if from_config:
         a.add_argument("--aspect-grouping", **switch, help="batch portrait and landscape images apart [on]")
     else:
@@ -111,3 +116,34 @@ def data_config_from_args(args: argparse.Namespace, **overrides: Any) -> DataCon
     """``DataConfig`` defaults < the data options in ``args`` < ``overrides`` (eval, check-data)."""
     data = given_options(args, ("data",))["data"] | overrides
     return resolve_config(overrides={"data": data}, source="options")[1]
+
+
+def add_tile_options(p: argparse.ArgumentParser) -> None:
+    """``--tile [PX]``, ``--tile-overlap F``, ``--tile-whole-image`` (predict, eval)."""
+    t = p.add_argument_group("large images: tiled prediction (retinanet.model.tiling)")
+    t.add_argument("--tile", nargs="?", const="auto", metavar="PX",
+                   help="cut each image into overlapping PX x PX tiles at native resolution, run them in batches of "
+                   "--batch-size, merge the boxes (fragments at tile edges dropped when a neighbour holds the object "
+                   "whole, class-wise NMS); --tile alone: the model's input size (a --crop model's crop side) [off]")
+    t.add_argument("--tile-overlap", type=float, metavar="F", help="share of a tile that neighbours overlap, 0..0.9 [0.2]")
+    t.add_argument("--tile-whole-image", action="store_true",
+                   help="with --tile: also one pass over the whole image resized to the input size, for objects larger "
+                   "than the overlap (its memory grows with the image)")
+
+
+def tile_options_from_args(args: argparse.Namespace, batch_size: int) -> TileOptions | None:
+    """The ``TileOptions`` of ``--tile``, unresolved (the tile side None = the model's input size);
+    None without ``--tile``. Raises ``RetinaNetError`` for tile options without ``--tile`` or a bad PX."""
+    if args.tile is None:
+        if args.tile_overlap is not None or args.tile_whole_image:
+            raise RetinaNetError("--tile-overlap and --tile-whole-image set up tiled prediction: give --tile too")
+        return None
+    if args.tile == "auto":
+        tile = None
+    else:
+        try:
+            tile = int(args.tile)
+        except ValueError:
+            raise RetinaNetError(f"--tile {args.tile}: a tile side in pixels (or --tile alone for the model's input size)") from None
+    overlap = 0.2 if args.tile_overlap is None else args.tile_overlap
+    return TileOptions(tile=tile, overlap=overlap, batch_size=batch_size, whole_image=args.tile_whole_image)

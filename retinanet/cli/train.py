@@ -15,6 +15,7 @@ from typing import Any
 from retinanet.cli.options import DEVICE_HELP, add_amp_options, add_data_options, given_options
 from retinanet.config import (RECIPES_DIR, SECTIONS, DataConfig, ModelConfig, TrainConfig, find_config, read_config_file,
                               recipe_names, resolve_config)
+from retinanet.data.crop import crop_model_config
 from retinanet.engine.runtime.checkpoint import stored_config
 from retinanet.engine.runtime.run_dir import resume_file
 from retinanet.engine.train.loop import train
@@ -89,6 +90,7 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
 
 def cmd_train(args: argparse.Namespace) -> int:
     model_cfg, data_cfg, train_cfg = train_configs(args)
+    crop_model_config(model_cfg, data_cfg, min_size_given="min_size" in vars(args))  # refuses --crop with another --min-size
     summary = train(model_cfg, data_cfg, train_cfg, progress=not args.quiet, exist_ok=args.exist_ok)
     if summary["rank"] == 0:  # the process group is gone by now: the rank is in the summary
         print(format_run_summary(summary))

@@ -181,7 +181,7 @@ def read_records(cfg: DataConfig, splits: tuple[str, ...] = SPLITS, class_map: C
 
 
 def build_datasets(cfg: DataConfig, *, min_size: int, max_size: int, splits: tuple[str, ...] = SPLITS,
-                   class_map: ClassMap | None = None) -> Datasets:
+                   class_map: ClassMap | None = None, resize_val: bool = True) -> Datasets:
     """Read, validate and wrap the training and validation splits of ``cfg``.
 
     Args:
@@ -190,6 +190,7 @@ def build_datasets(cfg: DataConfig, *, min_size: int, max_size: int, splits: tup
         splits: the splits to read (``("val",)`` for evaluation); a split not read is an empty dataset.
         class_map: the class ids to read the annotations with (a checkpoint's, for evaluation);
             None = ``cfg.classes`` when given, else discovered from the annotations.
+        resize_val: False = validation items at native resolution (no resize; for tiled evaluation).
 
     Returns:
         ``Datasets(train, val, class_map, ...)``.
@@ -206,9 +207,10 @@ def build_datasets(cfg: DataConfig, *, min_size: int, max_size: int, splits: tup
         warnings.warn(msg, stacklevel=2)
     if "train" in records and not records["train"]:
         raise DataError([f"{root}: the training split {cfg.train_split!r} has no usable images"])
-    aug = {"train_sizes": cfg.train_sizes, "hflip_prob": cfg.hflip_prob, "photometric": cfg.photometric, "iou_crop": cfg.iou_crop}
+    aug = {"train_sizes": cfg.train_sizes, "hflip_prob": cfg.hflip_prob, "photometric": cfg.photometric, "iou_crop": cfg.iou_crop,
+           "crop": cfg.crop}
     train_tf = ItemTransform(min_size, max_size, train=True, **aug)
-    val_tf = ItemTransform(min_size, max_size, train=False)
+    val_tf = ItemTransform(min_size, max_size, train=False, resize=resize_val)
     images = {"skip_bad": cfg.skip_bad, "exif": cfg.exif, "max_pixels": cfg.max_image_pixels}
     return Datasets(
         train=DetectionDataset(records.get("train", []), train_tf, ignore_as_objects=cfg.train_difficult, **images),

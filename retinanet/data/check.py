@@ -260,6 +260,32 @@ def anchor_hint(report: CheckReport, min_size: int, max_size: int, anchor_sizes:
     return line + ": train with a larger --min-size (and lower --anchor-sizes)"
 
 
+def tile_hint(report: CheckReport, min_size: int, max_size: int, anchor_sizes: tuple[int, ...],
+              too_many: float = 0.15) -> str | None:
+    """A line suggesting native-resolution crops and tiles (``train --crop``, ``predict/eval --tile``)
+    when more than ``too_many`` of the boxes are too small for the smallest anchor at the model's
+    input size (``count_too_small``) and the images' downscaling is to blame: at native resolution
+    (scale 1, what a crop or a tile of side ``min_size`` gives) at most half as many are too small.
+    None when there is nothing to suggest (few small boxes, or boxes small in the original pixels too:
+    then ``anchor_hint``'s anchor sizes are the remedy).
+    """
+    resized = np.concatenate([np.zeros((0, 2)), *split_box_sizes(report, min_size, max_size).values()])
+    native = [r.boxes[:, 2:] - r.boxes[:, :2] for recs in report.records.values() for r in recs]
+    native = np.concatenate([np.zeros((0, 2)), *native]).astype(np.float64)
+    native = native[(native > 0).all(axis=1)]
+    total = len(resized)
+    small_resized, small_native = count_too_small(resized, anchor_sizes), count_too_small(native, anchor_sizes)
+    if not total or small_resized <= too_many * total or small_native > small_resized / 2:
+        return None
+    px = max(32, 32 * (min_size // 32))
+    line = (f"tiling: {small_resized} of {total} boxes ({100 * small_resized / total:.1f}%) are too small for the smallest anchor "
+            f"once the images are resized to min_size {min_size}, {small_native} ({100 * small_native / total:.1f}%) at native "
+            f"resolution: train on native-resolution crops and predict on tiles: train --crop {px}, predict/eval --tile {px}")
+    if small_native > too_many * total:
+        line += " (and lower --anchor-sizes for the boxes still too small)"
+    return line
+
+
 def box_sizes_figure(report: CheckReport, min_size: int, max_size: int, anchor_sizes: tuple[int, ...]) -> Figure:
     """Box width x height at the model's input scale (log-log), per split, with the anchor shapes;
     the title says how many boxes are too small for the smallest anchor (``count_too_small``)."""

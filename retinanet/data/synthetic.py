@@ -5,6 +5,14 @@ gives), several colours, sizes from small (< 32 px) to large, overlapping up to 
 object stays identifiable. Boxes are the exact extent of each drawn shape (occluded parts
 included, as in VOC). Deterministic: the same seed gives the same bytes.
 
+The large-image variant (``make_synthetic(object_size=(12, 48), objects=100, image_size=3000)``,
+``retinanet make-synthetic --large``): images of several thousand pixels crowded with objects of a
+fixed pixel range, for tiled prediction and crop training; each shape is drawn on a patch of its own
+size, so writing a 3000 px image with 100 objects takes well under a second. 100 objects per image
+by default because COCO's metrics count at most 100 detections per image (``maxDets``): with more
+objects, AP and AR are capped below 1 for tiled and whole-image prediction alike (``--objects``
+goes higher for crowded scenes).
+
 ``default_synthetic_root(**options)`` is ``$RETINANET_CACHE/synthetic/<options>`` (default cache
 ``~/.cache/retinanet``), one folder per (sizes, seed); ``ensure_synthetic(root)`` writes it there once.
 """
@@ -27,6 +35,8 @@ from retinanet.data.classes import ClassMap
 CLASSES = ("circle", "square", "star", "triangle")
 COLOURS = ((220, 40, 40), (40, 180, 60), (50, 90, 230), (240, 200, 30), (200, 60, 200), (30, 200, 210), (250, 250, 250), (20, 20, 20))
 DEFAULTS = {"num_train": 400, "num_val": 100, "image_size": 256, "seed": 0}
+# ``make-synthetic --large``: a few big images crowded with small objects (12..48 px)
+LARGE = {"num_train": 8, "num_val": 4, "image_size": 3000, "object_size": (12, 48), "objects": 100}
 VERSION = 2  # of the drawing code: part of the cache folder name, so a changed generator never reuses old files
 _DONE = ".complete"
 
@@ -52,8 +62,9 @@ def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> list[tu
     return [(cx + rad * math.cos(a), cy + rad * math.sin(a)) for a, rad in pts]
 
 
-def _shape_mask(kind: str, size: int, cx: float, cy: float, r: float, angle: float) -> Image.Image:
-    mask = Image.new("L", (size, size), 0)
+def _shape_mask(kind: str, size: int | tuple[int, int], cx: float, cy: float, r: float, angle: float) -> Image.Image:
+    """An ``L`` mask (255 inside the shape) on a canvas of side ``size`` (or ``(width, height)``)."""
+    mask = Image.new("L", (size, size) if isinstance(size, int) else size, 0)
     draw = ImageDraw.Draw(mask)
     if kind == "circle":
         draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=255)
@@ -111,6 +122,49 @@ def render_image(rng: np.random.Generator, size: int, max_objects: int = 6) -> t
     return img, objects
 
 
+def render_large_image(rng: np.random.Generator, size: int, object_size: tuple[float, float], objects: int,
+                       ) -> tuple[Image.Image, list[tuple[str, tuple[int, int, int, int]]]]:
+    """Draw one big image crowded with small objects (``render_image``'s shapes and colours).
+
+    Args:
+        size: side of the square image, pixels.
+        object_size: (smallest, largest) extent of a shape, pixels.
+        objects: shapes to place; one that finds no spot overlapping every placed box with IoU < 0.4
+            in 10 tries is left out (so crowding never hides an object).
+    Returns:
+        (RGB image, [(class name, (x1, y1, x2, y2) continuous pixel box)]).
+    """
+    img = Image.fromarray(_background(rng, size))
+    lo, hi = object_size
+    placed: list[tuple[str, tuple[int, int, int, int]]] = []
+    cells: dict[tuple[int, int], list[tuple[int, int, int, int]]] = {}  # boxes by grid cell of side `hi`
+    cell = max(1, int(math.ceil(hi)))
+    for _ in range(objects):
+        for _try in range(10):
+            kind = CLASSES[int(rng.integers(len(CLASSES)))]
+            r = rng.uniform(lo, hi) / 2
+            cx, cy = rng.uniform(r, size - r), rng.uniform(r, size - r)
+            x0, y0 = max(0, int(cx - r) - 1), max(0, int(cy - r) - 1)  # the shape's own patch
+            x1, y1 = min(size, int(math.ceil(cx + r)) + 2), min(size, int(math.ceil(cy + r)) + 2)
+            mask = _shape_mask(kind, (x1 - x0, y1 - y0), cx - x0, cy - y0, r, rng.uniform(0, 2 * math.pi))
+            local = mask.getbbox()
+            if local is None or min(local[2] - local[0], local[3] - local[1]) < 4:
+                continue
+            box = (local[0] + x0, local[1] + y0, local[2] + x0, local[3] + y0)
+            gx, gy = box[0] // cell, box[1] // cell
+            near = [b for dx in (-1, 0, 1) for dy in (-1, 0, 1) for b in cells.get((gx + dx, gy + dy), ())]
+            if all(_iou(box, b) < 0.4 for b in near):
+                colour = COLOURS[int(rng.integers(len(COLOURS)))]
+                shade = tuple(int(np.clip(c + rng.integers(-25, 26), 0, 255)) for c in colour)
+                img.paste(Image.new("RGB", mask.size, shade), (x0, y0), mask)
+                placed.append((kind, box))
+                cells.setdefault((gx, gy), []).append(box)
+                break
+    if rng.random() < 0.3:
+        img = img.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(0.3, 1.0))))
+    return img, placed
+
+
 def voc_xml(filename: str, size: int, objects: list[tuple[str, tuple[int, int, int, int]]]) -> str:
     """VOC XML for one image (1-based inclusive coordinates: xmin = x1 + 1, xmax = x2)."""
     objs = "".join(
@@ -127,7 +181,8 @@ def voc_xml(filename: str, size: int, objects: list[tuple[str, tuple[int, int, i
 
 
 def make_synthetic(
-    out: str | Path, *, num_train: int = 400, num_val: int = 100, image_size: int = 256, seed: int = 0
+    out: str | Path, *, num_train: int = 400, num_val: int = 100, image_size: int = 256, seed: int = 0,
+    object_size: tuple[float, float] | None = None, objects: int | None = None,
 ) -> dict[str, int]:
     """Write the synthetic dataset as ``out/VOCdevkit/VOC2012/{JPEGImages,Annotations,ImageSets/Main}``.
 
@@ -139,10 +194,16 @@ def make_synthetic(
         num_train, num_val: number of images per split.
         image_size: side of the square images, pixels (objects span 14/256 .. 128/256 of it).
         seed: RNG seed.
+        object_size, objects: the large-image variant (``render_large_image``): ``objects`` shapes
+            per image of (min, max) extent in pixels, whatever ``image_size``. Give both or neither.
 
     Returns:
         summary: {"train": images, "val": images, "objects": objects, "classes": K}.
     """
+    if (object_size is None) != (objects is None):
+        raise ValueError("make_synthetic: give object_size and objects together (the large-image variant) or neither")
+    if object_size is not None and not (4 <= object_size[0] <= object_size[1] <= image_size):
+        raise ValueError(f"make_synthetic: object sizes {object_size} must satisfy 4 <= min <= max <= image size {image_size}")
     out = Path(out)
     voc = out / "VOCdevkit" / "VOC2012"
     for d in ("JPEGImages", "Annotations", "ImageSets/Main"):
@@ -151,12 +212,15 @@ def make_synthetic(
     ids = {"train": [f"train_{i:05d}" for i in range(num_train)], "val": [f"val_{i:05d}" for i in range(num_val)]}
     n_obj = 0
     for stem in ids["train"] + ids["val"]:
-        img, objects = render_image(rng, image_size)
+        if object_size is None:
+            img, drawn = render_image(rng, image_size)
+        else:
+            img, drawn = render_large_image(rng, image_size, object_size, objects)
         buf = io.BytesIO()
         img.save(buf, format="JPEG", quality=92)
         (voc / "JPEGImages" / f"{stem}.jpg").write_bytes(buf.getvalue())
-        (voc / "Annotations" / f"{stem}.xml").write_text(voc_xml(f"{stem}.jpg", image_size, objects), encoding="utf-8")
-        n_obj += len(objects)
+        (voc / "Annotations" / f"{stem}.xml").write_text(voc_xml(f"{stem}.jpg", image_size, drawn), encoding="utf-8")
+        n_obj += len(drawn)
     for split, names in (*ids.items(), ("trainval", ids["train"] + ids["val"])):
         (voc / "ImageSets" / "Main" / f"{split}.txt").write_text("".join(n + "\n" for n in names), encoding="utf-8")
     ClassMap.discover(CLASSES).save(out / "classes.json")

@@ -5,6 +5,10 @@ Training: photometric distortion (optional), random IoU crop (optional), horizon
 (``retinanet.geometry.resize_image``) with the short side drawn from ``train_sizes``
 (multi-scale; empty = the model's ``min_size``), then ``SanitizeBoundingBoxes`` (drops boxes left
 smaller than 1 px, with their labels and ignore flags). Evaluation: only the resize.
+
+Crop training (``crop``): first a random ``crop x crop`` window at native resolution
+(``retinanet.data.crop.random_crop``: cut objects become ignore regions), then the augmentation,
+and no resize: the model's input size is the crop side.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from retinanet.data.crop import random_crop
 from retinanet.geometry import resize_boxes, resize_image
 
 
@@ -33,6 +38,8 @@ class ItemTransform:
         train: augment (and pick the short side from ``train_sizes``).
         train_sizes: multi-scale short sides; empty = ``min_size``.
         hflip_prob, photometric, iou_crop: augmentation options (training only).
+        crop: side of random crops at native resolution (training only; None = whole images).
+        resize: False = no resize (evaluation at native resolution, for tiled prediction).
     """
 
     min_size: int
@@ -42,6 +49,8 @@ class ItemTransform:
     hflip_prob: float = 0.5
     photometric: bool = False
     iou_crop: bool = False
+    crop: int | None = None
+    resize: bool = True
 
     def __post_init__(self):
         steps: list[v2.Transform] = []
@@ -55,6 +64,9 @@ class ItemTransform:
         self.sanitize = v2.SanitizeBoundingBoxes(min_size=1.0, labels_getter=_labels_getter)
 
     def __call__(self, image: torch.Tensor, target: dict) -> tuple[torch.Tensor, dict]:
+        cropping = self.train and self.crop is not None
+        if cropping:
+            image, target = random_crop(image, target, self.crop)
         hw = tuple(image.shape[-2:])
         img = tv_tensors.Image(image)
         boxes = tv_tensors.BoundingBoxes(target["boxes"], format="XYXY", canvas_size=hw)
@@ -63,7 +75,8 @@ class ItemTransform:
             img, target = self.augment(img, target)
         short = random.choice(self.train_sizes) if self.train and self.train_sizes else self.min_size
         old_hw = tuple(img.shape[-2:])
-        out = resize_image(img.as_subclass(torch.Tensor), short, self.max_size)
+        out = img.as_subclass(torch.Tensor)
+        out = out if cropping or not self.resize else resize_image(out, short, self.max_size)
         new_hw = tuple(out.shape[-2:])
         new_boxes = resize_boxes(target["boxes"].as_subclass(torch.Tensor), old_hw, new_hw)
         target["boxes"] = tv_tensors.BoundingBoxes(new_boxes, format="XYXY", canvas_size=new_hw)

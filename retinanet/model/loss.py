@@ -9,7 +9,7 @@ from torch.autograd.function import once_differentiable
 from torchvision.ops import generalized_box_iou_loss
 
 from retinanet.model import boxes as box_coder
-from retinanet.model.matcher import IGNORE, batched_overlaps, match, pad_targets
+from retinanet.model.matcher import IGNORE, match_anchors, pad_targets
 
 ALPHA = 0.25  # focal loss alpha; gamma is 2 (torchvision's defaults), built into the formulas below
 
@@ -93,8 +93,7 @@ def retinanet_loss(cls_logits: Tensor, bbox_reg: Tensor, anchors: Tensor, target
     B = cls_logits.shape[0]
     gt_boxes, gt_labels, gt_ignore = pad_targets(targets, cls_logits.device)
     valid = (gt_labels >= 0) & ~gt_ignore  # [B, M] rows that can be matched
-    iou, ignore_iof = batched_overlaps(gt_boxes, anchors, valid, gt_ignore)  # [B, M, N], [B, N]
-    matches = match(iou, valid, ignore_iof=ignore_iof)  # [B, N]
+    matches = match_anchors(gt_boxes, anchors, valid, gt_ignore)  # [B, N] (in chunks of boxes when large)
     fg = matches >= 0
     num_fg = fg.sum(dim=1).clamp(min=1).float()  # [B]
     labels = torch.gather(gt_labels, 1, matches.clamp(min=0)).masked_fill(~fg, -1)  # [B, N]

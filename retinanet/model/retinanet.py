@@ -79,15 +79,17 @@ class RetinaNet(nn.Module):
         anchors = self.anchor_cache([f.shape[-2:] for f in feats], batch.shape[-2:], batch.device)
         return *self._heads(feats), anchors
 
-    def forward(self, images: list[Tensor], targets: list[dict] | None = None, *, score_thresh: float | None = None):
+    def forward(self, images: list[Tensor], targets: list[dict] | None = None, *, score_thresh: float | None = None,
+                resize: bool = True):
         """Train mode: dict of losses. Eval mode: one dict per image (original pixel frame), with
         scores of at least ``score_thresh`` (None: ``config.score_thresh``; an argument, so calls
-        with different thresholds can share one model)."""
+        with different thresholds can share one model). ``resize=False``: the images enter the
+        network at their own size, not resized to ``min_size`` (native-resolution tiles)."""
         if self.training and targets is None:
             raise RetinaNetError("the model is in training mode: targets are required")
         c = self.config
         orig = [(int(i.shape[-2]), int(i.shape[-1])) for i in images]
-        batch, sizes = batch_images(images, c.min_size, c.max_size, self.memory_format)
+        batch, sizes = batch_images(images, c.min_size, c.max_size, self.memory_format, resize=resize)
         if self.training:
             targets = [dict(t, boxes=resize_boxes(t["boxes"], o, s)) if o != s else t
                        for t, o, s in zip(targets, orig, sizes)]

@@ -47,13 +47,14 @@ def normalize(image: Tensor) -> Tensor:
 
 
 def batch_images(images: list[Tensor], min_size: int, max_size: int,
-                 memory_format: torch.memory_format = torch.contiguous_format,
+                 memory_format: torch.memory_format = torch.contiguous_format, resize: bool = True,
                  ) -> tuple[Tensor, list[tuple[int, int]]]:
     """Normalise, resize (unless already resized) and zero-pad images into one batch.
 
     Args:
         images: list of ``[3, H_i, W_i]`` uint8 or float images.
         memory_format: of the batch (``torch.channels_last``: NHWC in memory, same values).
+        resize: False = keep every image at its own size (native-resolution tiles).
     Returns:
         batch ``[B, 3, H, W]`` (H, W multiples of 32) and the resized (unpadded) size per image.
     """
@@ -61,7 +62,7 @@ def batch_images(images: list[Tensor], min_size: int, max_size: int,
     for img in images:
         x = normalize(img)
         h, w = x.shape[-2:]
-        size = resized_size(int(h), int(w), min_size, max_size)
+        size = resized_size(int(h), int(w), min_size, max_size) if resize else (int(h), int(w))
         if size != (int(h), int(w)):
             x = F.interpolate(x[None], size=size, mode="bilinear", align_corners=False)[0]
         prepared.append(x)

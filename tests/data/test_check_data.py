@@ -131,3 +131,33 @@ def test_anchor_hint_counts_boxes_too_small_and_suggests_sizes(tmp_path, capsys)
     assert "--anchor-sizes" not in anchor_hint(report, 100, 100, (32, 64, 128, 256, 512), too_many=0.5)
     report.records["train"] = [rec(f"{s}.jpg", s) for s in (4, 5, 6, 60)]
     assert "larger --min-size" in anchor_hint(report, 100, 100, (32, 64, 128, 256, 512))
+
+
+def test_tile_hint_when_the_resize_makes_objects_too_small(tmp_path, capsys):
+    import numpy as np
+
+    from retinanet.cli import main
+    from retinanet.data import make_synthetic
+    from retinanet.data.check import CheckReport, tile_hint
+    from retinanet.data.classes import ClassMap
+    from retinanet.data.records import Record
+
+    def rec(file, side, image):
+        return Record(file, np.array([[0, 0, side, side]], np.float32), np.ones(1, np.int64), np.zeros(1, bool), 0,
+                      (image, image), file)
+
+    report = CheckReport(root="d", format="voc", class_map=ClassMap.discover(["a"]))
+    # 2000 px images with 30..60 px objects: resized to 500 px they are 7..15 px, under 32 / sqrt(2)
+    report.records["train"] = [rec(f"{s}.jpg", s, 2000) for s in (30, 40, 50, 60)]
+    hint = tile_hint(report, 500, 500, (32, 64, 128, 256, 512))
+    assert "4 of 4 boxes (100.0%)" in hint and "0 (0.0%) at native" in hint
+    assert "train --crop 480, predict/eval --tile 480" in hint and "lower --anchor-sizes" not in hint
+    assert tile_hint(report, 2000, 2000, (32, 64, 128, 256, 512)) is None  # no downscaling: nothing to tile
+    report.records["train"] = [rec(f"{s}.jpg", s, 2000) for s in (10, 12, 40, 60)]  # two tiny even natively
+    assert "lower --anchor-sizes" in tile_hint(report, 500, 500, (32, 64, 128, 256, 512))
+    report.records["train"] = [rec(f"{s}.jpg", s, 2000) for s in (4, 5, 6, 60)]  # small natively: not tiling's job
+    assert tile_hint(report, 500, 500, (32, 64, 128, 256, 512)) is None
+    # the command prints it for the large synthetic set at its default input size
+    make_synthetic(tmp_path / "big", num_train=1, num_val=1, image_size=1200, object_size=(12, 48), objects=30)
+    assert main(["check-data", "--data", str(tmp_path / "big"), "--quiet"]) == 0
+    assert "train --crop 800, predict/eval --tile 800" in capsys.readouterr().out

@@ -58,3 +58,27 @@ def test_ensure_synthetic_writes_once(tmp_path):
     assert ensure_synthetic(root, num_train=5) == root
     assert (root / "VOCdevkit" / "VOC2012" / "JPEGImages" / "train_00000.jpg").stat().st_mtime_ns == stamp
     assert sorted(p.name for p in root.parent.iterdir()) == ["synthetic"]  # no temporary folder left
+
+
+def test_large_variant_crowds_small_objects(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    s = make_synthetic(a, num_train=2, num_val=1, image_size=400, object_size=(12, 24), objects=60, seed=5)
+    make_synthetic(b, num_train=2, num_val=1, image_size=400, object_size=(12, 24), objects=60, seed=5)
+    assert _digest(a) == _digest(b)
+    assert 150 <= s["objects"] <= 180  # up to 60 per image; a shape without room is left out
+    voc = a / "VOCdevkit" / "VOC2012"
+    for stem in ("train_00000", "train_00001", "val_00000"):
+        ann = parse_voc_xml(voc / "Annotations" / f"{stem}.xml")
+        assert np.asarray(Image.open(voc / "JPEGImages" / f"{stem}.jpg")).shape == (400, 400, 3)
+        extent = (ann.boxes[:, 2:] - ann.boxes[:, :2]).max(1)
+        assert (ann.boxes >= 0).all() and (ann.boxes <= 400).all()
+        assert extent.min() >= 4 and extent.max() <= 25 and np.median(extent) >= 12
+
+
+def test_cli_large(tmp_path, capsys):
+    assert main(["make-synthetic", str(tmp_path / "s"), "--object-size", "12", "20", "--objects", "30",
+                 "--image-size", "200", "--num-train", "1", "--num-val", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "wrote 1 train + 1 val images (200x200, up to 30 objects of 12-20 px per image)" in out
+    assert main(["make-synthetic", str(tmp_path / "t"), "--object-size", "30", "12"]) == 2
+    assert "need 4 <= MIN <= MAX" in capsys.readouterr().err

@@ -79,3 +79,65 @@ def test_mismatched_ignore_flags_are_named():
     t = {"boxes": torch.zeros(2, 4), "labels": torch.tensor([1, 2]), "ignore": torch.tensor([True]), "file": "a.jpg"}
     with pytest.raises(RetinaNetError, match="a.jpg: 1 ignore flags for 2 labels"):
         pad_targets([t], "cpu")
+
+
+def _crowded_batch(g):
+    """Anchors on a grid and a batch with ties (duplicate boxes, duplicate anchors), ignore
+    regions, an image without boxes (all rows padding) and padded -1 labels."""
+    ys, xs = torch.meshgrid(torch.arange(0, 160, 8.0), torch.arange(0, 160, 8.0), indexing="ij")
+    centres = torch.stack([xs.reshape(-1), ys.reshape(-1)], 1)
+    anchors = torch.cat([torch.cat([centres - s / 2, centres + s / 2], 1) for s in (8.0, 16.0, 32.0)])
+    anchors = torch.cat([anchors, anchors[:50]])  # duplicate anchors: ties for a box's best anchor
+    crowd = _random_boxes(g, 40, size=150.0)
+    crowd = torch.cat([crowd, crowd[:6], anchors[[3, 400, 900]]])  # duplicate boxes: argmax ties; boxes = anchors
+    n = crowd.shape[0]
+    flags = torch.zeros(n, dtype=torch.bool)
+    flags[[1, 5, 17, 30]] = True
+    targets = [
+        {"boxes": crowd, "labels": torch.randint(1, 5, (n,), generator=g), "ignore": flags},
+        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)},  # empty target
+        {"boxes": crowd[:7], "labels": torch.ones(7, dtype=torch.int64)},  # padded rows (-1 labels)
+        {"boxes": crowd[1:2], "labels": torch.ones(1, dtype=torch.int64), "ignore": torch.tensor([True])},  # only ignore
+    ]
+    return anchors, targets
+
+
+@pytest.mark.parametrize("low_quality", [True, False])
+def test_chunked_matching_equals_unchunked(low_quality):
+    from retinanet.model.matcher import _lean_overlaps, match_anchors
+
+    g = torch.Generator().manual_seed(3)
+    anchors, targets = _crowded_batch(g)
+    boxes, labels, ignore = pad_targets(targets, "cpu")
+    valid = (labels >= 0) & ~ignore
+    B, M = labels.shape
+    N = anchors.shape[0]
+    iou, iof = batched_overlaps(boxes, anchors, valid, ignore)
+    ref = match(iou, valid, allow_low_quality=low_quality, ignore_iof=iof)
+    lean_iou, lean_iof = _lean_overlaps(boxes, anchors, valid, ignore)
+    assert torch.equal(lean_iou, iou) and torch.equal(lean_iof, iof)  # bit for bit
+    assert (iou == iou.max(dim=1, keepdim=True).values).sum(1).gt(1).any()  # the batch has argmax ties
+    assert ref.eq(IGNORE).any() and ref.ge(0).any() and ref.eq(BACKGROUND).any()
+    assert (ref[1] == BACKGROUND).all()  # the empty image
+    whole = match_anchors(boxes, anchors, valid, ignore, allow_low_quality=low_quality, chunk_elements=None)
+    assert torch.equal(whole, ref)
+    for rows in (1, 2, 7, M - 1):  # rows per chunk; M - 1: a short last chunk
+        chunked = match_anchors(boxes, anchors, valid, ignore, allow_low_quality=low_quality,
+                                chunk_elements=rows * B * N)
+        assert torch.equal(chunked, ref), rows
+    assert torch.equal(match_anchors(boxes, anchors, valid, ignore, allow_low_quality=low_quality,
+                                     chunk_elements=1), ref)  # below one row: still one row at a time
+
+
+def test_chunked_matching_in_the_loss_is_the_same_loss(monkeypatch):
+    from retinanet.model import matcher
+    from retinanet.model.loss import retinanet_loss
+
+    g = torch.Generator().manual_seed(4)
+    anchors, targets = _crowded_batch(g)
+    cls = torch.randn(len(targets), anchors.shape[0], 5, generator=g)
+    reg = torch.randn(len(targets), anchors.shape[0], 4, generator=g) * 0.1
+    ref = retinanet_loss(cls, reg, anchors, targets)
+    monkeypatch.setitem(matcher.match_anchors.__kwdefaults__, "chunk_elements", 1)  # one box row at a time
+    chunked = retinanet_loss(cls, reg, anchors, targets)
+    assert all(torch.equal(ref[k], chunked[k]) for k in ref)

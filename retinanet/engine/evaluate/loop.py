@@ -33,6 +33,7 @@ from retinanet.engine.evaluate.plots import plot_pr_curves
 from retinanet.engine.runtime.precision import resolve_precision
 from retinanet.engine.evaluate.voc import voc_metrics
 from retinanet.errors import RetinaNetError
+from retinanet.model.tiling import TileOptions, count_tiles, detect_tiled_model
 from retinanet.geometry import resize_boxes
 
 
@@ -139,6 +140,31 @@ def detections_to_host(outputs: list[dict[str, torch.Tensor]]) -> list[dict[str,
     return [{"boxes": p[:, :4], "scores": p[:, 4], "labels": p[:, 5].astype(np.int64)} for p in parts]
 
 
+def collect_tiled(model, loader, device: torch.device, tile: TileOptions, amp: str | bool = "off", progress: bool = True):
+    """``collect_predictions`` tile by tile: ``loader`` yields images at native resolution (a dataset
+    built with ``resize_val=False``); each runs through ``detect_tiled_model``; the bar counts tiles."""
+    precision = resolve_precision(amp, device)
+    gt, dets = [], []
+    with tqdm(total=0, desc="eval", unit="tile", file=sys.stderr, dynamic_ncols=True,
+              disable=not (progress and is_main_process())) as bar:
+        for images, targets in loader:
+            bar.total += sum(count_tiles(tuple(img.shape[-2:]), tile.tile, tile.overlap) for img in images)
+            bar.refresh()
+            for img, target in zip(images, targets):
+                done = [0]
+
+                def on_tiles(n: int, _total: int) -> None:
+                    bar.update(n - done[0])
+                    done[0] = n
+                with precision.autocast(device.type):
+                    boxes, scores, labels = detect_tiled_model(model, img, tile, model.config.score_thresh, on_tiles)
+                image_hw = tuple(int(v) for v in img.shape[-2:])
+                gt.append(_gt_record(target, image_hw))
+                out = {"boxes": boxes.double().numpy(), "scores": scores.double().numpy(), "labels": labels.numpy()}
+                dets.append(_det_record(out, image_hw, gt[-1]))
+    return gt, dets
+
+
 def collect_predictions(model, loader, device: torch.device, amp: str | bool = "off", progress: bool = True):
     """Run ``model`` over ``loader``: per-image ground truth and detections in original pixels.
 
@@ -197,7 +223,7 @@ def compute_metrics(gt, dets, class_map: dict[str, int] | None, voc: bool = Fals
 
 @torch.inference_mode()
 def evaluate(model, loader, *, device, class_map, amp: str | bool = "auto", progress: bool = True, voc: bool = False,
-             backend: str | None = None) -> EvalResult:
+             backend: str | None = None, tile: TileOptions | None = None) -> EvalResult:
     """Evaluate ``model`` on every batch of ``loader`` (all ranks must call it).
 
     Args:
@@ -212,6 +238,8 @@ def evaluate(model, loader, *, device, class_map, amp: str | bool = "auto", prog
         progress: tqdm bar on stderr (main process only).
         voc: also compute the VOC protocol AP50 (11-point and all-point).
         backend: COCOeval implementation, see ``coco_eval.run_cocoeval`` (default pycocotools).
+        tile: resolved ``TileOptions``: tiled prediction on native-resolution images (the loader's
+            dataset built with ``resize_val=False``); None: the model's own resize.
     Returns:
         The same ``EvalResult`` on every rank.
     """
@@ -219,7 +247,10 @@ def evaluate(model, loader, *, device, class_map, amp: str | bool = "auto", prog
     was_training = model.training
     model.eval()
     try:
-        gt, dets = collect_predictions(model, loader, torch.device(device), amp, progress)
+        if tile is not None:
+            gt, dets = collect_tiled(model, loader, torch.device(device), tile, amp, progress)
+        else:
+            gt, dets = collect_predictions(model, loader, torch.device(device), amp, progress)
     finally:
         model.train(was_training)
     gt, dets = gather_records(gt), gather_records(dets)
@@ -282,6 +313,7 @@ class EvalOptions:
     progress: bool = True
     backend: str | None = None
     model_overrides: dict[str, Any] = field(default_factory=dict)
+    tile: TileOptions | None = None  # tiled prediction; its tile side None = the model's input size
 
 
 @dataclass
@@ -292,6 +324,7 @@ class EvalRun:
     paths: dict[str, Path]
     warnings: list[str]
     precision: str = ""  # what ``opts.amp`` resolved to, and why (``Precision.describe``)
+    tiling: str = ""  # the tiling used (``TileOptions.describe``), "" when none
 
 
 def run_eval(data_cfg, opts: EvalOptions) -> EvalRun:
@@ -311,8 +344,9 @@ def run_eval(data_cfg, opts: EvalOptions) -> EvalRun:
     # our checkpoint knows its class ids: read the data with them, not rediscovered ones
     class_map = (ClassMap(model_map, source=f"class map of {Path(opts.weights).name}")
                  if model_map and data_cfg.classes is None else None)
+    tile = opts.tile.resolved(cfg.min_size) if opts.tile is not None else None
     datasets = build_datasets(data_cfg, min_size=cfg.min_size, max_size=cfg.max_size, splits=("val",),
-                              class_map=class_map)
+                              class_map=class_map, resize_val=tile is None)
     if not len(datasets.val):
         raise RetinaNetError(f"{datasets.root}: the split {data_cfg.val_split!r} has no images to evaluate")
     data_map = class_map_dict(datasets.class_map) or {}
@@ -324,7 +358,7 @@ def run_eval(data_cfg, opts: EvalOptions) -> EvalRun:
     loader = build_loader(datasets.val, batch_size=opts.batch_size, workers=opts.workers, train=False,
                           distributed=is_dist(), seed=0, aspect_grouping=False, pin_memory=device.type == "cuda")
     result = evaluate(model, loader, device=device, class_map=data_map, amp=precision.mode, progress=opts.progress,
-                      voc=opts.voc, backend=opts.backend)
+                      voc=opts.voc, backend=opts.backend, tile=tile)
     paths = write_eval_outputs(result, opts.out) if opts.out and is_main_process() else {}
     barrier()
-    return EvalRun(result, paths, warnings, precision.describe())
+    return EvalRun(result, paths, warnings, precision.describe(), tile.describe() if tile else "")

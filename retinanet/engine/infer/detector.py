@@ -14,6 +14,10 @@ mapped back to its own pixels.
 
 ``retinanet predict`` runs on the same object: its worker processes decode and resize, then call
 ``Detector.detect_resized``.
+
+Large images with small objects: ``predict(..., tile=TileOptions())`` (or ``tile=True``, or a tile
+side in pixels) cuts each image into overlapping native-resolution tiles, runs them in batches and
+merges the boxes in image pixels (``retinanet.model.tiling``); ``detect_tiled`` does one image.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from retinanet.engine.runtime.checkpoint import load_model
 from retinanet.engine.runtime.precision import resolve_precision
 from retinanet.errors import RetinaNetError
 from retinanet.geometry import resize_boxes, resize_image
+from retinanet.model.tiling import TileOptions, count_tiles, detect_tiled_model
 
 
 @dataclass
@@ -231,14 +236,45 @@ class Detector:
             results.append(Detections(boxes, scores, labels, names, orig, source))
         return results
 
+    def tile_options(self, tile: TileOptions | int | bool | None) -> TileOptions | None:
+        """``tile`` as resolved ``TileOptions`` (None/False: no tiling; True: the defaults; an int:
+        the tile side); the default tile side is the model's input size ``min_size``."""
+        if tile is None or tile is False:
+            return None
+        opts = tile if isinstance(tile, TileOptions) else TileOptions() if tile is True else TileOptions(tile=int(tile))
+        return opts.resolved(self.model.config.min_size)
+
+    @torch.inference_mode()
+    def detect_tiled(self, image: Tensor, tile: TileOptions, *, score_thresh: float = 0.3,
+                     classes: Sequence[str] | None = None, max_dets: int = 100, source: str | None = None,
+                     on_tiles=None) -> Detections:
+        """Detections of one ``uint8 [3, H, W]`` image, tile by tile (``retinanet.model.tiling``).
+
+        Args:
+            tile: resolved ``TileOptions`` (``tile_options``). on_tiles: progress callback
+                ``(tiles done, tiles of this image)`` after each batch of tiles.
+            score_thresh, classes, max_dets, source: as ``detect_resized``.
+        """
+        keep_labels = self.label_ids(classes)
+        if image.is_floating_point():
+            image = image.mul(255).round_().clamp_(0, 255).to(torch.uint8)
+        with self.precision.autocast(self.device.type):
+            boxes, scores, labels = detect_tiled_model(self.model, image, tile, score_thresh, on_tiles)
+        boxes, scores, labels = filter_detections({"boxes": boxes, "scores": scores, "labels": labels},
+                                                  score_thresh, keep_labels, max_dets)
+        names = [self.class_names.get(int(c), f"class {int(c)}") for c in labels.tolist()]
+        return Detections(boxes, scores, labels, names, (int(image.shape[-2]), int(image.shape[-1])), source)
+
     def predict(self, inputs: Any, *, score_thresh: float = 0.3, classes: Sequence[str] | None = None,
-                max_dets: int = 100, batch_size: int = 4) -> list[Detections]:
+                max_dets: int = 100, batch_size: int = 4, tile: TileOptions | int | bool | None = None) -> list[Detections]:
         """Detect objects in ``inputs`` (module docstring: paths, PIL, numpy, tensors, lists of them).
 
         Args:
             score_thresh: keep detections scoring at least this [0.3, as ``retinanet predict``].
             classes: class names to keep (None: all). max_dets: at most this many per image.
             batch_size: images per forward pass (the results do not depend on it beyond float noise).
+            tile: tiled prediction (``tile_options``: True, a tile side, or ``TileOptions``; its
+                ``batch_size`` is the tiles per pass); None: whole images resized to the input size.
         Returns:
             one ``Detections`` per image, in input order (a ``[B, 3, H, W]`` tensor gives B).
         Raises:
@@ -246,6 +282,11 @@ class Detector:
         """
         if batch_size < 1:
             raise RetinaNetError(f"batch_size must be at least 1, not {batch_size}")
+        tiling = self.tile_options(tile)
+        if tiling is not None:
+            self.label_ids(classes)
+            return [self.detect_tiled(image, tiling, score_thresh=score_thresh, classes=classes, max_dets=max_dets,
+                                      source=source) for image, source in self._as_images(inputs)]
         c = self.model.config
         results: list[Detections] = []
         batch: list[tuple[Tensor, str | None]] = []
@@ -274,4 +315,4 @@ class Detector:
                 f"device {self.device}, {self.precision.name}, exif={self.exif!r})")
 
 
-__all__ = ["Detections", "Detector", "class_names_of", "filter_detections"]
+__all__ = ["Detections", "Detector", "TileOptions", "class_names_of", "count_tiles", "filter_detections"]

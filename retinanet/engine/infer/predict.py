@@ -2,7 +2,9 @@
 
 Inputs are files, folders (``recursive`` to descend) or glob patterns. A ``DataLoader`` decodes
 (with the detector's EXIF rule and pixel limit) and resizes in worker processes;
-``Detector.detect_resized`` runs each batch and maps the boxes back to original pixels. A file
+``Detector.detect_resized`` runs each batch and maps the boxes back to original pixels. With
+``tile`` (``--tile``) each image is decoded at full size and run tile by tile
+(``Detector.detect_tiled``), ``batch_size`` tiles at a time; the progress bar counts tiles. A file
 that cannot be read or written is reported (file and reason) and skipped; the run goes on.
 
 Outputs under ``out``::
@@ -35,7 +37,8 @@ from tqdm import tqdm
 
 from retinanet.files import write_atomic
 from retinanet.data.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, is_image_file, not_read, open_rgb
-from retinanet.engine.infer.detector import Detections, Detector, class_names_of, filter_detections
+from retinanet.engine.infer.detector import (Detections, Detector, TileOptions, class_names_of, count_tiles,
+                                            filter_detections)
 from retinanet.engine.infer.draw import draw_detections
 from retinanet.errors import RetinaNetError
 from retinanet.geometry import resize_image
@@ -65,6 +68,7 @@ class PredictOptions:
     yolo_txt: bool = False
     save_conf: bool = False  # YOLO labels: append the score (as ultralytics' save_conf)
     progress: bool = True
+    tile: TileOptions | None = None  # tiled prediction (resolved: tile side set); batch_size then counts tiles
 
 
 @dataclass
@@ -154,8 +158,8 @@ class ImageFiles(torch.utils.data.Dataset):
     """
 
     def __init__(self, files: list[Path], min_size: int, max_size: int, keep_original: bool = False, *,
-                 exif: str = "auto", max_pixels: int | None = DEFAULT_MAX_PIXELS):
-        self.files, self.min_size, self.max_size = files, min_size, max_size
+                 exif: str = "auto", max_pixels: int | None = DEFAULT_MAX_PIXELS, resize: bool = True):
+        self.files, self.min_size, self.max_size, self.resize = files, min_size, max_size, resize
         self.keep_original, self.exif, self.max_pixels = keep_original, exif, max_pixels
 
     def __len__(self) -> int:
@@ -165,7 +169,7 @@ class ImageFiles(torch.utils.data.Dataset):
         try:
             img = open_rgb(self.files[index], exif=self.exif, max_pixels=self.max_pixels)  # raises on a corrupt file
             tensor = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)  # [3, H0, W0] uint8
-            resized = resize_image(tensor, self.min_size, self.max_size)
+            resized = resize_image(tensor, self.min_size, self.max_size) if self.resize else tensor
             original = tensor if self.keep_original else None
             return {"index": index, "image": resized, "original": original, "orig_size": (img.height, img.width), "error": None}
         except Exception as err:  # any decoder error: report the file and go on
@@ -261,12 +265,16 @@ def write_predictions_json(path: Path, records: list[dict[str, Any]], failures: 
     write_atomic(path, f'{{"images": {block(records)},\n"failures": {block(failed)}}}\n')
 
 
-def _process_batch(detector: Detector, batch, files, opts: PredictOptions):
+def _process_batch(detector: Detector, batch, files, opts: PredictOptions, on_tiles=None):
     """Run one batch and write its outputs: (records, failures) of these images."""
     good = [item for item in batch if item["error"] is None]
     failures = [(str(files[item["index"]][0]), item["error"]) for item in batch if item["error"] is not None]
-    dets = detector.detect_resized([item["image"] for item in good], [item["orig_size"] for item in good],
-                                   score_thresh=opts.score_thresh, classes=opts.classes, max_dets=opts.max_dets)
+    if opts.tile is not None:
+        dets = [detector.detect_tiled(item["image"], opts.tile, score_thresh=opts.score_thresh, classes=opts.classes,
+                                      max_dets=opts.max_dets, on_tiles=on_tiles) for item in good]
+    else:
+        dets = detector.detect_resized([item["image"] for item in good], [item["orig_size"] for item in good],
+                                       score_thresh=opts.score_thresh, classes=opts.classes, max_dets=opts.max_dets)
     records = []
     for item, det in zip(good, dets):
         path, name = files[item["index"]]
@@ -303,19 +311,32 @@ def predict(detector: Detector, files: list[tuple[Path, str]], opts: PredictOpti
     if opts.yolo_txt:
         write_atomic(out / "data.yaml", yolo_names_yaml(detector.class_names))
     c = detector.model.config
+    tiled = opts.tile is not None
     images = ImageFiles([p for p, _ in files], c.min_size, c.max_size, keep_original=opts.draw,
-                        exif=detector.exif, max_pixels=detector.max_image_pixels)
-    loader = torch.utils.data.DataLoader(images, batch_size=opts.batch_size, num_workers=opts.workers, collate_fn=_collate,
-                                         pin_memory=detector.device.type == "cuda")
+                        exif=detector.exif, max_pixels=detector.max_image_pixels, resize=not tiled)
+    # tiled: one image per loader item (its tiles are the batch), decoded ahead by the workers
+    loader = torch.utils.data.DataLoader(images, batch_size=1 if tiled else opts.batch_size, num_workers=opts.workers,
+                                         collate_fn=_collate, pin_memory=detector.device.type == "cuda")
     records, failures = [], []
-    with tqdm(total=len(files), desc="predict", unit="img", file=sys.stderr, dynamic_ncols=True, disable=not opts.progress) as bar:
+    total, unit = (0, "tile") if tiled else (len(files), "img")
+    with tqdm(total=total, desc="predict", unit=unit, file=sys.stderr, dynamic_ncols=True, disable=not opts.progress) as bar:
         for batch in loader:
-            new_records, new_failures = _process_batch(detector, batch, files, opts)
+            if tiled:  # the bar's total grows as images are decoded: tiles of the images seen so far
+                bar.total += sum(count_tiles(item["orig_size"], opts.tile.tile, opts.tile.overlap)
+                                 for item in batch if item["error"] is None)
+                bar.refresh()
+                done = [0]
+
+                def on_tiles(n: int, _total: int) -> None:
+                    bar.update(n - done[0])
+                    done[0] = n
+            new_records, new_failures = _process_batch(detector, batch, files, opts, on_tiles if tiled else None)
             records += new_records
             failures += new_failures
             for file, reason in new_failures:
                 tqdm.write(f"skipped {file}: {reason}", file=sys.stderr)
-            bar.update(len(batch))
+            if not tiled:
+                bar.update(len(batch))
     json_path = out / "predictions.json"
     write_predictions_json(json_path, records, failures)
     return PredictSummary(len(records), sum(len(r["detections"]) for r in records), failures, out, json_path)

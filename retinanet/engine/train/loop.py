@@ -52,6 +52,7 @@ from retinanet.engine.train.report import (LOSSES, RunLog, StepProgress, diverge
                                            tensorboard_writer_class, write_epoch_files)
 from retinanet.engine.train.setup import Run, RunState, check_train_config, checkpoint_state, read_datasets, restore, setup
 from retinanet.engine.train.start import resolve_start
+from retinanet.data.crop import crop_model_config, crop_rule
 from retinanet.errors import RetinaNetError
 from retinanet.model import build_model
 
@@ -78,6 +79,7 @@ def _train(model_cfg: ModelConfig, data_cfg: DataConfig, cfg: TrainConfig, progr
     writer_cls = tensorboard_writer_class() if cfg.tensorboard else None  # every rank fails alike, before any work
     check_train_config(cfg)
     model_cfg, cfg, start_notes = resolve_start(model_cfg, cfg)  # refuses a start that makes no sense, before any work
+    model_cfg, crop_note = crop_model_config(model_cfg, data_cfg)  # --crop PX: the input size is PX
     device = D.local_device(cfg.device)
     distributed = D.init_distributed(device)
     seed_everything(cfg.seed)
@@ -97,6 +99,9 @@ def _train(model_cfg: ModelConfig, data_cfg: DataConfig, cfg: TrainConfig, progr
                  f"{model_cfg.min_size}-{model_cfg.max_size} px")
         for note in start_notes:
             log.line(note)
+        for note in (crop_note, data_cfg.crop and crop_rule(data_cfg.crop)):
+            if note:
+                log.line(note)
         if replacing:
             log.line(replacing)
         run = setup(model, model_cfg, data_cfg, cfg, data, device, distributed, log, progress)

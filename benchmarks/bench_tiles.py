@@ -1,0 +1,157 @@
+"""Tiled prediction on large images: recall at IoU 0.5 tiled vs whole-image, and peak memory vs image size.
+
+    python benchmarks/bench_tiles.py recall --weights RUN/best.pt --data LARGE_SET
+    python benchmarks/bench_tiles.py memory --weights RUN/best.pt --sizes 2000 8000
+
+``recall``: every image of the dataset's val split (VOC layout, e.g. ``retinanet make-synthetic
+--large``), predicted whole (resized to the model's input size, ``Detector.predict``) and tiled
+(``Detector.predict(tile=...)``, native resolution), all detections scoring at least
+``--score-thresh``; a ground-truth box is found when a detection of its class, not already used
+by a better-scoring match, overlaps it with IoU >= 0.5 (greedy by score, one detection per box).
+
+``memory``: one image per size: a ``make-synthetic --large`` style image (12..48 px objects) of
+``--base`` px, repeated to fill ``SIZE x SIZE`` (same content density at every size). Each size
+runs in a fresh child process, which decodes nothing (the image is built as a uint8 tensor), resets
+the kernel's peak-RSS counter (``/proc/self/clear_refs``) and reads ``VmHWM`` after
+``Detector.detect_tiled``: the peak resident memory of the tiled prediction above what the process
+held with the model loaded and the image in memory (Linux only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from retinanet.data.synthetic import render_large_image  # noqa: E402
+from retinanet.data.voc import parse_voc_xml  # noqa: E402
+from retinanet.engine.infer.detector import Detector, TileOptions  # noqa: E402
+from torchvision.ops import box_iou  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("mode", choices=["recall", "memory"])
+    p.add_argument("--weights", required=True)
+    p.add_argument("--data", help="recall: dataset root with VOCdevkit/VOC2012 (make-synthetic layout)")
+    p.add_argument("--split", default="val")
+    p.add_argument("--tile", type=int, help="tile side [the model's input size]")
+    p.add_argument("--overlap", type=float, default=0.2)
+    p.add_argument("--tile-batch", type=int, default=4)
+    p.add_argument("--score-thresh", type=float, default=0.05)
+    p.add_argument("--sizes", type=int, nargs="+", default=[2000, 8000], help="memory: image sides")
+    p.add_argument("--base", type=int, default=2000, help="memory: side of the rendered image that is repeated")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--child-size", type=int, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def found(gt_boxes: torch.Tensor, gt_labels: torch.Tensor, det) -> int:
+    """Ground-truth boxes matched one-to-one by a same-class detection with IoU >= 0.5 (greedy by score)."""
+    if not len(gt_boxes) or not len(det):
+        return 0
+    iou = box_iou(det.boxes, gt_boxes) * (det.labels[:, None] == gt_labels[None])  # [D, G], detections by score
+    used = torch.zeros(len(gt_boxes), dtype=torch.bool)
+    for row in iou:
+        row = row.masked_fill(used, 0)
+        j = int(row.argmax())
+        if row[j] >= 0.5:
+            used[j] = True
+    return int(used.sum())
+
+
+def recall(args) -> None:
+    det = Detector.load(args.weights, amp="off")
+    tile = det.tile_options(TileOptions(tile=args.tile, overlap=args.overlap, batch_size=args.tile_batch))
+    voc = Path(args.data) / "VOCdevkit" / "VOC2012"
+    names = {n: i for i, n in det.class_names.items()}
+    stems = (voc / "ImageSets" / "Main" / f"{args.split}.txt").read_text().split()
+    totals = {"objects": 0, "whole": 0, "tiled": 0, "whole_dets": 0, "tiled_dets": 0, "whole_s": 0.0, "tiled_s": 0.0}
+    for stem in stems:
+        ann = parse_voc_xml(voc / "Annotations" / f"{stem}.xml")
+        gt = torch.from_numpy(ann.boxes.astype(np.float32)).reshape(-1, 4)
+        gt[:, :2] -= 1  # VOC 1-based xmin/ymin -> continuous pixels (our reader's convention)
+        labels = torch.tensor([names[n] for n in ann.names], dtype=torch.int64)
+        image = det.read_image(voc / "JPEGImages" / f"{stem}.jpg")
+        for kind, kw in (("whole", {}), ("tiled", {"tile": tile})):
+            t0 = time.perf_counter()
+            (r,) = det.predict(image, score_thresh=args.score_thresh, max_dets=100_000, **kw)
+            totals[f"{kind}_s"] += time.perf_counter() - t0
+            totals[kind] += found(gt, labels, r)
+            totals[f"{kind}_dets"] += len(r)
+        totals["objects"] += len(gt)
+    n = totals["objects"]
+    print(f"{len(stems)} images, {n} objects; model input {det.model.config.min_size} px; {tile.describe()}")
+    for kind in ("whole", "tiled"):
+        print(f"{kind:5s}: recall@0.5 {totals[kind] / n:.3f} ({totals[kind]}/{n}), {totals[f'{kind}_dets']} detections "
+              f">= {args.score_thresh}, {totals[f'{kind}_s']:.1f} s")
+    print(f"tiled/whole recall: {totals['tiled'] / max(totals['whole'], 1):.2f}x"
+          + (" (whole-image found none)" if totals["whole"] == 0 else ""))
+
+
+def _status(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def memory_child(args) -> None:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    det = Detector.load(args.weights, amp="off")
+    tile = det.tile_options(TileOptions(tile=args.tile, overlap=args.overlap, batch_size=args.tile_batch))
+    img, _ = render_large_image(np.random.default_rng(0), args.base, (12, 48), max(1, args.base ** 2 * 100 // 3000 ** 2))
+    base = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
+    reps = -(-args.child_size // args.base)
+    image = base.repeat(1, reps, reps)[:, :args.child_size, :args.child_size].contiguous()
+    det.detect_tiled(image[:, :tile.tile, :tile.tile].contiguous(), tile, score_thresh=args.score_thresh)  # warm-up
+    before = _status("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")
+    t0 = time.perf_counter()
+    tiles = []
+    r = det.detect_tiled(image, tile, score_thresh=args.score_thresh, max_dets=1_000_000,
+                         on_tiles=lambda d, n: tiles.append(n))
+    seconds = time.perf_counter() - t0
+    print(json.dumps({"size": args.child_size, "peak": _status("VmHWM") - before, "rss_before": before,
+                      "tiles": tiles[-1], "detections": len(r), "seconds": seconds}))
+
+
+def memory(args) -> None:
+    rows = []
+    for size in args.sizes:
+        cmd = [sys.executable, __file__, "memory", "--weights", args.weights, "--child-size", str(size),
+               "--base", str(args.base), "--overlap", str(args.overlap), "--tile-batch", str(args.tile_batch),
+               "--score-thresh", str(args.score_thresh)]
+        cmd += ["--tile", str(args.tile)] if args.tile else []
+        cmd += ["--threads", str(args.threads)] if args.threads else []
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"size {size}: child failed:\n{proc.stderr}")
+        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    for r in rows:
+        print(f"{r['size']:6d} px: {r['tiles']:5d} tiles, peak {r['peak'] / 2**20:8.1f} MiB above {r['rss_before'] / 2**20:7.1f} MiB "
+              f"(model + image), {r['detections']} detections, {r['seconds']:.1f} s")
+    print(f"peak {rows[-1]['size']} px / {rows[0]['size']} px: {rows[-1]['peak'] / rows[0]['peak']:.3f}x")
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.child_size:
+        return memory_child(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    (recall if args.mode == "recall" else memory)(args)
+
+
+if __name__ == "__main__":
+    main()
