@@ -97,7 +97,8 @@ class TrainConfig:
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    warmup_iters: int = 500
+    warmup_iters: int = 500  # linear warmup steps, at most warmup_max_fraction of the run's steps
+    warmup_max_fraction: float = 0.2  # cap on the warmup's share of the run (engine.optim.resolve_warmup)
     warmup_factor: float = 0.001
     scheduler: str = "multistep"  # "multistep" or "cosine"
     lr_steps: tuple[int, ...] = (8, 11)  # epochs at which multistep multiplies the lr by lr_gamma
