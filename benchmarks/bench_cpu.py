@@ -30,8 +30,8 @@ the first:
 - ``threads1``: ``torch.set_num_threads(1)`` while it runs
 - ``compile``: ``torch.compile`` (inductor) of the network (backbone, FPN and heads; the loss
   and post-processing stay eager); its compile time is printed apart
-- ``bnfold``: inference only: BatchNorm folded into the conv before it (``torch.fx``-free: an
-  eval-time copy of the model whose ``BatchNorm2d`` are frozen and folded, as ``frozen_bn`` does)
+- ``bn_unfolded``: inference only: the body's ``BatchNorm2d`` run as separate ops after each conv
+  (what the model did before it folded them into the conv in eval mode)
 - ``gn_fp32``: heads' GroupNorm replaced by ``F.group_norm`` on channels_last input made
   contiguous first (to see what GroupNorm costs in each layout)
 """
@@ -57,7 +57,7 @@ PRESETS = {
     "r50": dict(arch="resnet50_fpn", norm="frozen_bn", trainable_backbone_layers=3, fpn_channels=256, head_convs=4,
                 image_size=512, batch_size=4, num_classes=91, anchor_sizes=(32, 64, 128, 256, 512)),
 }
-VARIANTS = ("base", "nchw", "threads1", "compile", "bnfold", "gn_fp32")
+VARIANTS = ("base", "nchw", "threads1", "compile", "bn_unfolded", "gn_fp32")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -152,8 +152,8 @@ class Variant:
         model = copy.deepcopy(base_model)
         if name != "nchw":
             model.to(memory_format=torch.channels_last)
-        if name == "bnfold":
-            model = fold_bn(model.eval())
+        if name == "bn_unfolded":
+            unfold_bn(model)
         if name == "gn_fp32":
             patch_group_norm(model)
         self.model = model
@@ -190,21 +190,22 @@ class Variant:
             torch.set_num_threads(prev)
 
 
-def fold_bn(model):
-    """Eval copy with each trainable ``BatchNorm2d`` of the body replaced by the ``FrozenBatchNorm2d``
-    of its running statistics (which ``conv_norm`` folds into the conv); keys unchanged."""
+def unfold_bn(model) -> None:
+    """Wraps each ``BatchNorm2d`` of the body in a module that ``conv_norm`` does not fold (a timed copy only)."""
     from torch import nn
-    from torchvision.ops import FrozenBatchNorm2d
 
-    for parent in list(model.modules()):
+    class Unfolded(nn.Module):
+        def __init__(self, bn):
+            super().__init__()
+            self.bn = bn
+
+        def forward(self, x):
+            return self.bn(x)
+
+    for parent in list(model.backbone.body.modules()):
         for child_name, child in list(parent.named_children()):
             if isinstance(child, nn.BatchNorm2d):
-                frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
-                frozen.load_state_dict({k: v for k, v in child.state_dict().items() if k != "num_batches_tracked"})
-                setattr(parent, child_name, frozen)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
+                setattr(parent, child_name, Unfolded(child))
 
 
 def patch_group_norm(model) -> None:
@@ -275,7 +276,7 @@ def main(argv=None) -> None:
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     modes = ["train", "infer"] if args.mode == "both" else [args.mode]
     for mode in modes:
-        names_m = [n for n in names if not (mode == "train" and n == "bnfold")]
+        names_m = [n for n in names if not (mode == "train" and n == "bn_unfolded")]
         variants = [Variant(n, base_model, args, mode) for n in names_m]
         flops = count_flops(variants[0], mode, images, targets)
         first: dict[str, float] = {}
