@@ -58,7 +58,7 @@ START = time.perf_counter()  # --time-budget counts from here (after the imports
 import retinanet  # noqa: E402
 from bench_model import Runner, build_torchvision, load_average, machine, setup, time_mode  # noqa: E402
 from retinanet import build_model  # noqa: E402
-from retinanet.engine.precision import resolve_precision  # noqa: E402
+from retinanet.engine.runtime.precision import resolve_precision  # noqa: E402
 from retinanet.config import DataConfig  # noqa: E402
 from retinanet.data import build_datasets, build_loader, make_synthetic  # noqa: E402
 

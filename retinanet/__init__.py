@@ -10,7 +10,8 @@ The model alone: ``build_model`` + ``load_weights`` (inputs: ``[3, H, W]`` tenso
 
 __version__ = "0.1.0"
 
-from retinanet.engine.detector import Detections, Detector  # noqa: E402
-from retinanet.model import build_model, load_weights  # noqa: E402
+from retinanet.engine.infer.detector import Detections, Detector  # noqa: E402
+from retinanet.engine.runtime.checkpoint import load_weights  # noqa: E402
+from retinanet.model import build_model  # noqa: E402
 
 __all__ = ["Detections", "Detector", "__version__", "build_model", "load_weights"]

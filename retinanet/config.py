@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from retinanet.checkpoint_io import write_atomic
+from retinanet.files import write_atomic
 from retinanet.errors import RetinaNetError
 
 T = TypeVar("T")
@@ -45,7 +45,7 @@ class ModelConfig:
     nms_thresh: float = 0.5
     detections_per_img: int = 300
     topk_candidates: int = 1000  # per FPN level, before NMS
-    # None (the default): chosen by the run's start (retinanet.engine.start): with a pretrained
+    # None (the default): chosen by the run's start (retinanet.engine.train.start): with a pretrained
     # backbone "frozen_bn" and 3 stages trained, from scratch "bn" and all 5
     norm: str | None = None  # "frozen_bn" (frozen BatchNorm, pretrained start only) or "bn" (trainable)
     trainable_backbone_layers: int | None = None  # 0..5 ResNet stages trained (< 5: pretrained start only)
@@ -88,7 +88,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation and bookkeeping of a training run (see ``retinanet.engine.train``)."""
+    """Optimisation and bookkeeping of a training run (see ``retinanet.engine.train.loop``)."""
 
     out: str = "runs/train"
     epochs: int = 12
@@ -104,14 +104,14 @@ class TrainConfig:
     lr_steps: tuple[int, ...] = (8, 11)  # epochs at which multistep multiplies the lr by lr_gamma
     lr_gamma: float = 0.1
     clip_grad_norm: float | None = None
-    amp: str = "auto"  # mixed precision: auto | on | bf16 | fp16 | off (retinanet.engine.precision)
+    amp: str = "auto"  # mixed precision: auto | on | bf16 | fp16 | off (retinanet.engine.runtime.precision)
     channels_last: bool = True  # model and batches in NHWC memory (same math; faster on recent CPUs and GPUs)
     ema: bool = False
     ema_decay: float = 0.9998
     ema_ramp_iters: int = 2000  # EMA decay ramps up as ema_decay * (1 - exp(-updates / this)); 0 = constant
     seed: int = 0
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
-    # the start (retinanet.engine.start): "coco", "coco-v2" (torchvision's COCO detectors), a file
+    # the start (retinanet.engine.train.start): "coco", "coco-v2" (torchvision's COCO detectors), a file
     # (torchvision state_dict or our checkpoint), "none" (no detector weights); None: the arch's default
     weights: str | None = None
     backbone_weights: str | None = None  # "imagenet" or a torchvision ResNet file, for the body only; "none"

@@ -14,18 +14,19 @@ import sys
 from collections.abc import Sequence
 
 from retinanet import __version__
-from retinanet.checkpoint_io import check_output_path
+from retinanet.files import check_output_path
 from retinanet.cli.demo import add_demo_parser, demo_options, run_demo
-from retinanet.cli.options import add_amp_options, add_data_options, add_image_options, data_config_from_args
+from retinanet.cli.options import (CHANNELS_LAST_HELP, DEVICE_HELP, QUIET_HELP, WEIGHTS_HELP, add_amp_options, add_data_options,
+                                   add_image_options, add_input_size_options, data_config_from_args)
 from retinanet.cli.train import add_train_parser, cmd_train
 from retinanet.config import ModelConfig
 from retinanet.data import check_dataset, make_synthetic
 from retinanet.data.check import anchor_hint, write_check_outputs
-from retinanet.engine.distributed import cleanup, is_main_process, local_device
-from retinanet.engine.evaluate import EvalOptions, run_eval
-from retinanet.engine.export import ExportOptions, export_checkpoint
-from retinanet.engine.detector import Detector
-from retinanet.engine.predict import PredictOptions, find_images, predict
+from retinanet.engine.runtime.distributed import cleanup, is_main_process, local_device
+from retinanet.engine.evaluate.loop import EvalOptions, run_eval
+from retinanet.engine.export.onnx_export import ExportOptions, export_checkpoint
+from retinanet.engine.infer.detector import Detector
+from retinanet.engine.infer.predict import PredictOptions, find_images, predict
 from retinanet.errors import RetinaNetError
 
 __all__ = ["build_parser", "data_config_from_args", "main"]
@@ -70,7 +71,7 @@ def _add_check_data(sub) -> None:
     p.add_argument("--max-size", type=int, default=m.max_size, help=f"cap on the long side of the model input [{m.max_size}]")
     p.add_argument("--anchor-sizes", type=int, nargs=5, default=m.anchor_sizes, metavar="PX",
                    help=f"the model's base anchor sides, FPN levels P3..P7 (train --anchor-sizes) [{' '.join(map(str, m.anchor_sizes))}]")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     p.set_defaults(func=cmd_check_data)
 
 
@@ -86,7 +87,7 @@ def cmd_check_data(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-# --- eval / predict (retinanet.engine.evaluate, retinanet.engine.predict) -------------------------
+# --- eval / predict (retinanet.engine.evaluate.loop, retinanet.engine.infer.predict) -------------------------
 
 
 def _add_eval(sub) -> None:
@@ -97,22 +98,21 @@ def _add_eval(sub) -> None:
         "writes eval.json, detections.json (COCO results format) and pr_curves.png. Only the evaluated split is read: "
         "no training split is needed, and --data may be a COCO val JSON alone (instances_val2017.json). Runs under torchrun too.",
     )
-    p.add_argument("--weights", required=True, metavar="CKPT", help="our checkpoint, a torchvision RetinaNet state_dict, or coco / coco-v2 (torchvision's COCO files, downloaded once, hash-checked; labels are COCO category ids)")
+    p.add_argument("--weights", required=True, metavar="CKPT", help=WEIGHTS_HELP)
     add_data_options(p)
     p.add_argument("--split", help="split to evaluate (overrides --val-split)")
     p.add_argument("--out", default="runs/eval", metavar="DIR", help="output folder [runs/eval]")
     p.add_argument("--voc", action="store_true", help="also the VOC protocol: AP50 per class, 11-point and all-point mAP")
     p.add_argument("--batch-size", type=int, default=2, help="images per batch and process [2]")
     p.add_argument("--workers", type=int, default=2, help="data loading processes [2]")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... [auto]")
+    p.add_argument("--device", default="auto", help=f"{DEVICE_HELP} [auto]")
     add_amp_options(p, "auto")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True, help="run the model in channels_last (NHWC) memory layout: the same detections, usually faster [on]")
-    p.add_argument("--min-size", type=int, help="short side of the network input (default: the checkpoint's)")
-    p.add_argument("--max-size", type=int, help="cap on the long side (default: the checkpoint's)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True, help=CHANNELS_LAST_HELP)
+    add_input_size_options(p)
     p.add_argument("--score-thresh", type=float, help="drop detections below this score (default: the checkpoint's, 0.05)")
     p.add_argument("--coco-backend", choices=["pycocotools", "faster_coco_eval"], default="pycocotools",
                    help="COCOeval implementation: pycocotools (reference) or faster_coco_eval (faster, equal to ~1e-16) [pycocotools]")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     p.set_defaults(func=cmd_eval)
 
 
@@ -154,26 +154,25 @@ def _add_predict(sub) -> None:
         "--exif ignore: the stored pixels). A file that cannot be read is reported and skipped.",
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image file, folder or glob pattern (quote it)")
-    p.add_argument("--weights", required=True, metavar="CKPT", help="our checkpoint, a torchvision RetinaNet state_dict, or coco / coco-v2 (torchvision's COCO files, downloaded once, hash-checked; labels are COCO category ids)")
+    p.add_argument("--weights", required=True, metavar="CKPT", help=WEIGHTS_HELP)
     p.add_argument("--out", default="runs/predict", metavar="DIR", help="output folder [runs/predict]")
     p.add_argument("--recursive", action="store_true", help="descend into sub-folders (and ** in patterns)")
     p.add_argument("--score-thresh", type=float, default=0.3, help="keep detections scoring at least this [0.3]")
     p.add_argument("--classes-filter", action="append", metavar="NAMES", help="keep only these classes (comma-separated, repeatable)")
     p.add_argument("--max-dets", type=int, default=100, help="at most this many detections per image [100]")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... [auto]")
-    p.add_argument("--min-size", type=int, help="short side of the network input (default: the checkpoint's)")
-    p.add_argument("--max-size", type=int, help="cap on the long side (default: the checkpoint's)")
+    p.add_argument("--device", default="auto", help=f"{DEVICE_HELP} [auto]")
+    add_input_size_options(p)
     p.add_argument("--batch-size", type=int, default=4, help="images per batch [4]")
     p.add_argument("--workers", type=int, default=2, help="decoding processes [2]")
     p.add_argument("--voc-xml", action="store_true", help="also write one VOC XML annotation per image")
     p.add_argument("--save-txt", action="store_true", help="also write YOLO labels per image (OUT/labels/, class = our id - 1, "
                    "normalised cx cy w h) and their class names (OUT/data.yaml)")
     p.add_argument("--save-conf", action="store_true", help="with --save-txt: append each detection's score to its line")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True, help="run the model in channels_last (NHWC) memory layout: the same detections, usually faster [on]")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True, help=CHANNELS_LAST_HELP)
     add_amp_options(p, "auto")
     p.add_argument("--no-draw", action="store_true", help="do not write drawn images")
     add_image_options(p.add_argument_group("image files"))
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     p.set_defaults(func=cmd_predict)
 
 
@@ -198,7 +197,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 1 if summary.num_images == 0 else 0
 
 
-# --- export (retinanet.engine.export) -------------------------------------------------------------
+# --- export (retinanet.engine.export.onnx_export) -------------------------------------------------------------
 
 
 def _add_export(sub) -> None:
@@ -209,7 +208,7 @@ def _add_export(sub) -> None:
         "onnxruntime against PyTorch on sample images. Input: images [B,3,H,W] already resized to the "
         "model's input size; outputs: boxes [B,K,4], scores [B,K], labels [B,K], num_detections [B].",
     )
-    p.add_argument("--weights", required=True, metavar="CKPT", help="our checkpoint, a torchvision RetinaNet state_dict, or coco / coco-v2 (torchvision's COCO files, downloaded once, hash-checked; labels are COCO category ids)")
+    p.add_argument("--weights", required=True, metavar="CKPT", help=WEIGHTS_HELP)
     p.add_argument("--out", required=True, metavar="FILE", help="the .onnx file to write")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset [18]")
     p.add_argument("--image-size", type=int, nargs="+", default=[], metavar="N", help="example input size, S or H W; the only one accepted with --static [model min_size square]")

@@ -27,9 +27,11 @@ from pathlib import Path
 
 import torch
 
+from retinanet.cli.options import DEVICE_HELP
 from retinanet.config import DataConfig, find_config, read_config_file, resolve_config
 from retinanet.data import ensure_synthetic
-from retinanet.engine.precision import cpu_bf16_flags, cpu_has_native_bf16
+from retinanet.engine.runtime.precision import cpu_bf16_flags, cpu_has_native_bf16
+from retinanet.engine.runtime.run_dir import holds_run
 from retinanet.errors import RetinaNetError
 
 RECIPE = "demo_synthetic"
@@ -64,7 +66,7 @@ def add_demo_parser(sub) -> argparse.ArgumentParser:
         "'retinanet demo --epochs 2 -- --min-size 128 --max-size 128 --batch-size 4'.",
     )
     p.add_argument("--out", default="demo", metavar="DIR", help="output folder: DIR/train, DIR/eval, DIR/predict [demo]")
-    p.add_argument("--device", help="auto, cpu, cuda, cuda:1 ... (default: the recipe's, auto)")
+    p.add_argument("--device", help=f"{DEVICE_HELP} (default: the recipe's, auto)")
     p.add_argument("--epochs", type=int, help="training epochs (default: the recipe's)")
     p.add_argument("--workers", type=int, help="data loading processes of every step (default: each command's)")
     p.add_argument("--synthetic-train", type=int, metavar="N", help="synthetic training images (default: the recipe's)")
@@ -122,7 +124,7 @@ def demo_commands(opts: DemoOptions, root: Path, images: list[Path]) -> list[tup
         print(f"note: this CPU has native bf16 ({', '.join(cpu_bf16_flags())}): training with --amp bf16 "
               "(about 1.6x faster; --no-amp after '--' to train in fp32)", flush=True)
         train += ["--amp", "bf16"]
-    if _holds_run(out / "train") and "--exist-ok" not in opts.train_options:
+    if holds_run(out / "train") and "--exist-ok" not in opts.train_options:
         print(f"note: {out / 'train'} holds an earlier demo run: this demo replaces it (--exist-ok)", flush=True)
         train.append("--exist-ok")
     for key in ("epochs", "synthetic_train", "synthetic_val", "synthetic_size"):
@@ -219,11 +221,6 @@ def _native_bf16_cpu(opts: DemoOptions) -> bool:
     """The demo trains on a CPU (no GPU, or --device cpu) that computes bf16 natively."""
     on_cpu = opts.device == "cpu" or (opts.device in (None, "auto") and not torch.cuda.is_available())
     return on_cpu and cpu_has_native_bf16()
-
-
-def _holds_run(run: Path) -> bool:
-    """``run`` holds files of an earlier training run (the demo's own folder: it replaces them)."""
-    return any((run / name).exists() for name in ("best.pt", "last.pt", "interrupted.pt", "results.csv", "config.yaml"))
 
 
 def _written_since(path: Path, started: float) -> bool:

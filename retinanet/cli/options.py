@@ -15,9 +15,22 @@ from typing import Any
 
 from retinanet.config import SECTIONS, DataConfig, resolve_config
 from retinanet.data.images import EXIF_POLICIES
-from retinanet.engine.precision import AMP_MODES
+from retinanet.engine.runtime.precision import AMP_MODES
 
 OPTION_TO_FIELD = {"data": "root"}  # option destinations whose config field has another name
+
+# help texts several sub-commands share, written once
+WEIGHTS_HELP = ("our checkpoint, a torchvision RetinaNet state_dict, or coco / coco-v2 (torchvision's COCO files, "
+                "downloaded once, hash-checked; labels are COCO category ids)")
+DEVICE_HELP = "auto, cpu, cuda, cuda:1 ..."
+CHANNELS_LAST_HELP = "run the model in channels_last (NHWC) memory layout: the same detections, usually faster [on]"
+QUIET_HELP = "no progress bar"
+
+
+def add_input_size_options(p) -> None:
+    """``--min-size``/``--max-size`` of a command that runs a checkpoint (default: its own)."""
+    p.add_argument("--min-size", type=int, help="short side of the network input (default: the checkpoint's)")
+    p.add_argument("--max-size", type=int, help="cap on the long side (default: the checkpoint's)")
 
 
 def add_amp_options(p, default: str) -> None:

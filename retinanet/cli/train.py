@@ -12,12 +12,13 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from retinanet.cli.options import add_amp_options, add_data_options, given_options
+from retinanet.cli.options import DEVICE_HELP, add_amp_options, add_data_options, given_options
 from retinanet.config import (RECIPES_DIR, SECTIONS, DataConfig, ModelConfig, TrainConfig, find_config, read_config_file,
                               recipe_names, resolve_config)
-from retinanet.checkpoint_io import read_file
-from retinanet.engine.report import format_run_summary
-from retinanet.engine.train import resume_file, train
+from retinanet.engine.runtime.checkpoint import stored_config
+from retinanet.engine.runtime.run_dir import resume_file
+from retinanet.engine.train.loop import train
+from retinanet.engine.train.report import format_run_summary
 from retinanet.errors import RetinaNetError
 
 QUICK_RECIPE = RECIPES_DIR / "quick_synthetic.yaml"
@@ -81,7 +82,7 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
     t.add_argument("--eval-every", type=int, default=S, metavar="N", help=f"evaluate every N epochs and after the last; best.pt only changes then [{t0.eval_every}]")
     t.add_argument("--print-every", type=int, default=S, metavar="N", help=f"read the losses from the device every N steps: a progress line in train.log (on stdout when it is not a terminal), TensorBoard step scalars [{t0.print_every}]")
     t.add_argument("--seed", type=int, default=S, help=f"[{t0.seed}]")
-    t.add_argument("--device", default=S, help=f"auto, cpu, cuda, cuda:1 ... [{t0.device}]")
+    t.add_argument("--device", default=S, help=f"{DEVICE_HELP} [{t0.device}]")
     t.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=S, help="also log to RUN_DIR/tensorboard (needs: pip install 'retinanet[tensorboard]') [off]")
     t.add_argument("--quiet", action="store_true", help="no progress bars or lines on the terminal (train.log is still written)")
     return p
@@ -120,9 +121,9 @@ def config_file_sections(given: dict[str, Any]) -> tuple[dict[str, dict[str, Any
         return read_config_file(path), str(path)
     if given.get("resume"):
         ckpt = resume_file(given["resume"])
-        stored = read_file(ckpt).get("config")
-        if isinstance(stored, dict):
-            return {k: dict(stored.get(k) or {}) for k in SECTIONS}, str(ckpt)
+        stored = stored_config(ckpt)
+        if stored is not None:
+            return stored, str(ckpt)
     if given.get("data") is None and QUICK_RECIPE.is_file():
         return read_config_file(QUICK_RECIPE), str(QUICK_RECIPE)
     return {k: {} for k in SECTIONS}, "defaults"

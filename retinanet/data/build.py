@@ -34,7 +34,7 @@ from retinanet.data.classes import ClassMap
 from retinanet.data.coco import coco_class_map, coco_records, read_coco_json, val_json_path
 from retinanet.data.collate import collate
 from retinanet.data.dataset import DetectionDataset
-from retinanet.data.images import check_exif_policy
+from retinanet.data.images import ImageReading, check_exif_policy
 from retinanet.data.records import Record
 from retinanet.data.sampler import GroupedBatchSampler, aspect_groups, dist_info
 from retinanet.data.synthetic import ensure_synthetic
@@ -171,7 +171,8 @@ def read_records(cfg: DataConfig, splits: tuple[str, ...] = SPLITS, class_map: C
         keys = {"train": cfg.train_split, "val": cfg.val_split}
         if class_map is None and cfg.classes:
             class_map = ClassMap.load(cfg.classes)
-        records, class_map = yolo_records(root, {s: keys[s] for s in splits}, class_map, problems, warns)
+        reading = ImageReading(cfg.exif, cfg.max_image_pixels)
+        records, class_map = yolo_records(root, {s: keys[s] for s in splits}, class_map, problems, warns, reading)
     else:
         records, class_map = _voc_records(cfg, root, fmt, problems, warns, splits, class_map)
     return records, class_map, root, fmt, problems, warns

@@ -24,7 +24,7 @@ import numpy as np
 from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
 from tqdm import tqdm
 
-from retinanet.checkpoint_io import write_atomic
+from retinanet.files import write_atomic
 from retinanet.config import DataConfig
 from retinanet.data.build import read_records
 from retinanet.data.classes import ClassMap

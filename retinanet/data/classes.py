@@ -11,10 +11,11 @@ from pathlib import Path
 
 from torchvision.models.detection import RetinaNet_ResNet50_FPN_Weights
 
-from retinanet.checkpoint_io import write_atomic
 from retinanet.errors import DataError
+from retinanet.files import write_atomic
 
 PASCAL_VOC_CLASSES = Path(__file__).with_name("pascal_voc_classes.json")
+COCO_OUTPUTS = 91  # torchvision's COCO heads: one output per COCO category id (with gaps), 0 unused
 
 
 def coco_category_names() -> dict[int, str]:
@@ -22,6 +23,12 @@ def coco_category_names() -> dict[int, str]:
     index; the "N/A" gaps and the background output 0 left out)."""
     names = RetinaNet_ResNet50_FPN_Weights.COCO_V1.meta["categories"]
     return {i: n for i, n in enumerate(names) if i > 0 and n not in ("N/A", "__background__")}
+
+
+def default_class_names(num_classes: int) -> dict[int, str] | None:
+    """The class names a head of ``num_classes`` outputs has without a class map of its own:
+    COCO's for ``COCO_OUTPUTS`` (91, torchvision's COCO files), else None (unknown)."""
+    return coco_category_names() if num_classes == COCO_OUTPUTS else None
 
 
 class ClassMap:

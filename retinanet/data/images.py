@@ -47,6 +47,15 @@ _ORIENTATION_NAMES = {2: "mirrored", 3: "rotated 180", 4: "flipped vertically", 
 _PIL_LIMIT_LOCK = threading.Lock()  # guards the temporary lift of PIL's global limit
 
 
+@dataclass(frozen=True)
+class ImageReading:
+    """The rules an image file is read under (``DataConfig.exif``, ``DataConfig.max_image_pixels``):
+    every reader (datasets, YOLO sizes, predict, the Detector, export samples) passes them on."""
+
+    exif: str = "auto"
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+
+
 class ImageTooLargeError(ValueError):
     """An image whose header declares more pixels than the configured limit."""
 

@@ -41,16 +41,15 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 
 from retinanet.data.classes import ClassMap
-from retinanet.data.images import IMAGE_SUFFIXES
+from retinanet.data.images import IMAGE_SUFFIXES, ImageReading, oriented_size
 from retinanet.data.records import Record, clip_boxes
 from retinanet.errors import DataError
 
 TOLERANCE = 0.01  # normalised coordinates may overshoot 0..1 by this much (rounding in exports), as ultralytics allows
 SPLIT_KEYS = ("train", "val", "test", "minival")  # the yaml keys that name images, as in ultralytics
-_EXIF_ORIENTATION = 274  # EXIF tag; values 5..8 turn the image by 90 degrees (width and height swap)
 
 
 @dataclass
@@ -227,19 +226,6 @@ def orphan_labels(sources: list[Path], images: list[Path]) -> list[str]:
     return problems
 
 
-def displayed_size(path: Path) -> tuple[int, int]:
-    """``(height, width)`` of an image as displayed (EXIF rotation applied), from its header only.
-
-    Raises:
-        OSError / PIL.UnidentifiedImageError: unreadable file.
-    """
-    with Image.open(path) as img:
-        w, h = img.size
-        if img.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8):
-            w, h = h, w
-    return h, w
-
-
 def parse_label_lines(text: str, source: Path, names: list[str | None], keypoints: int = 0
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
     """Parse one label file's text.
@@ -324,15 +310,16 @@ def drop_duplicate_rows(classes: np.ndarray, norm: np.ndarray, line_nos: np.ndar
 
 
 def to_record(image: Path, image_id: int, spec: YoloSpec, id_table: np.ndarray, class_map: ClassMap,
-              problems: list[str], warnings: list[str]) -> Record | None:
+              problems: list[str], warnings: list[str], reading: ImageReading = ImageReading()) -> Record | None:
     """One image and its label file as a ``Record`` (None, with ``problems``, when bad).
 
     Args:
         id_table: ``[len(names)]`` int64, our class id of each YOLO id (0: not in ``class_map``).
+        reading: the EXIF rule and pixel limit the image's size is read under (``oriented_size``).
     """
     label = label_path(image)
     try:
-        hw = displayed_size(image)
+        hw = oriented_size(image, exif=reading.exif, max_pixels=reading.max_pixels)
         text = label.read_text(encoding="utf-8") if label.is_file() else ""
     except (OSError, UnidentifiedImageError, UnicodeDecodeError, ValueError) as err:
         problems.append(f"{image}: cannot read the image header or its label file {label} ({type(err).__name__}: {err})")
@@ -359,7 +346,8 @@ def to_record(image: Path, image_id: int, spec: YoloSpec, id_table: np.ndarray, 
     return Record(str(image), clipped[keep], ids[keep], np.zeros(int(keep.sum()), bool), image_id, hw, source)
 
 
-def split_records(spec: YoloSpec, key: str, class_map: ClassMap, problems: list[str], warnings: list[str]) -> list[Record]:
+def split_records(spec: YoloSpec, key: str, class_map: ClassMap, problems: list[str], warnings: list[str],
+                  reading: ImageReading = ImageReading()) -> list[Record]:
     """The ``Record`` of every image of the split ``key`` of ``spec``; problems and warnings appended."""
     if key not in spec.splits:
         problems.append(f"{spec.yaml}: no '{key}:' entry (splits: {', '.join(spec.splits) or 'none'})")
@@ -370,18 +358,19 @@ def split_records(spec: YoloSpec, key: str, class_map: ClassMap, problems: list[
     if images and not any(label_path(p).is_file() for p in images):
         warnings.append(f"{key}: none of the {len(images)} images has a label file (looked for {label_path(images[0])}, ...)")
     id_table = np.asarray([(class_map.id_of(n) or 0) if n is not None else 0 for n in spec.names], np.int64)
-    out = [to_record(p, i, spec, id_table, class_map, problems, warnings) for i, p in enumerate(images)]
+    out = [to_record(p, i, spec, id_table, class_map, problems, warnings, reading) for i, p in enumerate(images)]
     return [r for r in out if r is not None]
 
 
-def yolo_records(root: Path, keys: dict[str, str], class_map: ClassMap | None,
-                 problems: list[str], warnings: list[str]) -> tuple[dict[str, list[Record]], ClassMap]:
+def yolo_records(root: Path, keys: dict[str, str], class_map: ClassMap | None, problems: list[str], warnings: list[str],
+                 reading: ImageReading = ImageReading()) -> tuple[dict[str, list[Record]], ClassMap]:
     """Read the splits of a YOLO dataset.
 
     Args:
         root: the ``data.yaml`` (or a folder holding it).
         keys: our split name -> the yaml key read for it (e.g. ``{"train": "train", "val": "val"}``).
         class_map: map class names to these ids; None = ``names`` order (YOLO id i -> id i + 1).
+        reading: the EXIF rule and pixel limit image sizes are read under.
 
     Returns:
         ({split: [Record]}, the class map used). Problems and warnings are appended.
@@ -391,4 +380,4 @@ def yolo_records(root: Path, keys: dict[str, str], class_map: ClassMap | None,
     """
     spec = read_data_yaml(find_data_yaml(root))
     class_map = class_map or yolo_class_map(spec)
-    return {s: split_records(spec, k, class_map, problems, warnings) for s, k in keys.items()}, class_map
+    return {s: split_records(spec, k, class_map, problems, warnings, reading) for s, k in keys.items()}, class_map

@@ -79,8 +79,10 @@ class RetinaNet(nn.Module):
         anchors = self.anchor_cache([f.shape[-2:] for f in feats], batch.shape[-2:], batch.device)
         return *self._heads(feats), anchors
 
-    def forward(self, images: list[Tensor], targets: list[dict] | None = None):
-        """Train mode: dict of losses. Eval mode: one dict per image (original pixel frame)."""
+    def forward(self, images: list[Tensor], targets: list[dict] | None = None, *, score_thresh: float | None = None):
+        """Train mode: dict of losses. Eval mode: one dict per image (original pixel frame), with
+        scores of at least ``score_thresh`` (None: ``config.score_thresh``; an argument, so calls
+        with different thresholds can share one model)."""
         if self.training and targets is None:
             raise RetinaNetError("the model is in training mode: targets are required")
         c = self.config
@@ -95,7 +97,8 @@ class RetinaNet(nn.Module):
                 return retinanet_loss(torch.cat(cls_out, 1), torch.cat(reg_out, 1),
                                       torch.cat(anchors, 0), targets, self.box_loss)
         image_hw = torch.tensor(sizes, device=batch.device)
-        out = decode_batch(cls_out, reg_out, anchors, image_hw, c.score_thresh, c.nms_thresh,
+        thresh = c.score_thresh if score_thresh is None else float(score_thresh)
+        out = decode_batch(cls_out, reg_out, anchors, image_hw, thresh, c.nms_thresh,
                            c.detections_per_img, c.topk_candidates)
         dets = unpad_detections(*out)
         for d, o, s in zip(dets, orig, sizes):
@@ -144,7 +147,7 @@ def build_model(arch: str = "resnet50_fpn", num_classes: int = 91, **options) ->
         arch: one of ``ARCHS``. num_classes: classification outputs (id 0 never a real class).
         **options: other ``ModelConfig`` fields.
     ``norm`` and ``trainable_backbone_layers`` left None get the settings of a pretrained start
-    (``frozen_bn``, 3), as for loading torchvision's files; ``retinanet.engine.start`` resolves
+    (``frozen_bn``, 3), as for loading torchvision's files; ``retinanet.engine.train.start`` resolves
     them from a training run's start instead (from scratch: ``bn``, 5).
 
     Returns:

@@ -1,4 +1,5 @@
-"""Loading official torchvision weights, bare state_dicts and our checkpoints.
+"""torchvision's weights: official files, bare state_dicts (our own checkpoint format is
+``retinanet.engine.runtime.checkpoint``'s, which unwraps it and calls ``load_state`` here).
 
 Named weights (``coco``, ``coco-v2``, ``imagenet``) are torchvision's official files, fetched once
 through ``torch.hub``'s cache: ``$TORCH_HOME/hub/checkpoints/<file>`` (``~/.cache/torch`` without
@@ -9,7 +10,6 @@ cached file are both checked against it. Nothing else is ever downloaded.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import re
@@ -24,9 +24,9 @@ from torchvision.models import resnet
 from torchvision.models.detection.retinanet import RetinaNet_ResNet50_FPN_V2_Weights, RetinaNet_ResNet50_FPN_Weights
 from torchvision.ops import FrozenBatchNorm2d
 
-from retinanet.checkpoint_io import NOT_WEIGHTS as _NOT_WEIGHTS
-from retinanet.checkpoint_io import is_checkpoint, read_file, sha256_of
 from retinanet.errors import CheckpointError
+from retinanet.files import NOT_WEIGHTS as _NOT_WEIGHTS
+from retinanet.files import read_file, sha256_of
 
 # name -> URL of torchvision's official detector files (``--weights NAME``) and the arch they fit
 DETECTOR_URLS = {"coco": RetinaNet_ResNet50_FPN_Weights.COCO_V1.url,
@@ -57,13 +57,22 @@ def reset_cls_logits(model: nn.Module) -> None:
 
 
 def set_frozen_bn_eps(model: nn.Module, eps: float) -> None:
-    """Set the eps of every ``FrozenBatchNorm2d`` (and ``model.config.frozen_bn_eps``, if any)."""
+    """Set the eps of every ``FrozenBatchNorm2d`` of ``model`` (its config is the caller's to
+    record: ``frozen_bn_eps_of`` reads the eps back)."""
     for m in model.modules():
         if isinstance(m, FrozenBatchNorm2d):
             m.eps = eps
-    cfg = getattr(model, "config", None)
-    if cfg is not None and hasattr(cfg, "frozen_bn_eps"):
-        model.config = dataclasses.replace(cfg, frozen_bn_eps=eps)
+
+
+def frozen_bn_eps_of(model: nn.Module, default: float) -> float:
+    """The eps of ``model``'s ``FrozenBatchNorm2d`` layers (``default`` when it has none)."""
+    return next((float(m.eps) for m in model.modules() if isinstance(m, FrozenBatchNorm2d)), default)
+
+
+def torchvision_eps(arch: str, norm: str | None, eps: float) -> float:
+    """The FrozenBatchNorm eps a bare torchvision state_dict runs with: 0 for the official v1 COCO
+    file (a frozen-BN ``resnet50_fpn``, as torchvision's ``overwrite_eps`` sets), else ``eps``."""
+    return 0.0 if arch == "resnet50_fpn" and norm == "frozen_bn" else eps
 
 
 # --- named weights: torchvision's official files, fetched once into torch.hub's cache -------------
@@ -114,11 +123,6 @@ def fetch(url: str, source: str, progress: bool = True) -> tuple[Path, str]:
     return path, verify_hash(path, source)
 
 
-def is_weights_name(value: str | None) -> bool:
-    """True for a name of official weights (``coco``, ``coco-v2``, ``imagenet``), not a file path."""
-    return value is not None and value.lower() in (*DETECTOR_URLS, "imagenet")
-
-
 def weights_file(name_or_path: str, depth: str | None = None, progress: bool = True) -> tuple[Path, str]:
     """``(file, sha256)`` of ``--weights``/``--backbone-weights``: a name (``coco``, ``coco-v2``;
     ``imagenet`` with the ResNet ``depth``) fetched into the cache, or a path to a file.
@@ -163,33 +167,35 @@ def load_backbone_weights(model: nn.Module, path: str | os.PathLike) -> None:
                               f"unexpected: {_few(list(result.unexpected_keys)) or '-'})")
 
 
-def load_weights(model: nn.Module, path_or_state_dict: Any, *, source: str | None = None) -> list[str]:
-    """Load weights into ``model``; a different class count skips the final classification conv.
+def read_weights(path_or_state_dict: Any, source: str | None = None) -> tuple[dict[str, Any], str]:
+    """``(the dict, its name for messages)`` of a weights file (read with ``files.read_file``) or
+    of a dict given as it is; ``source`` names it (default: the path, or "state_dict")."""
+    if isinstance(path_or_state_dict, dict):
+        return path_or_state_dict, source or "state_dict"
+    return read_file(path_or_state_dict), source or str(path_or_state_dict)
 
-    A bare state_dict loaded into a frozen-BatchNorm ``resnet50_fpn`` is torchvision's v1 COCO
-    file: its FrozenBatchNorm eps becomes 0, as torchvision's ``overwrite_eps`` does (recorded in
-    ``model.config.frozen_bn_eps``). Our checkpoint keeps the model's eps: ``load_model`` builds
-    the model with the eps the checkpoint's config records.
+
+def load_torchvision_weights(model: nn.Module, path_or_state_dict: Any, *, source: str | None = None) -> list[str]:
+    """Load a bare torchvision RetinaNet state_dict (a file or the dict) into ``model``; a
+    different class count skips the final classification conv.
+
+    The FrozenBatchNorm eps becomes ``torchvision_eps`` (0 for the v1 COCO file in a frozen-BN
+    ``resnet50_fpn``, as torchvision's ``overwrite_eps`` does); ``frozen_bn_eps_of`` reads it back.
 
     Args:
         model: a ``RetinaNet``.
-        path_or_state_dict: file path, bare state_dict, or our checkpoint dict.
+        path_or_state_dict: file path or bare state_dict.
         source: name used in error messages (defaults to the path).
     Returns:
         keys that were skipped (re-initialised), empty when everything loaded.
     Raises:
         CheckpointError: unreadable file, or missing/unexpected/mis-shaped keys.
     """
-    if isinstance(path_or_state_dict, dict):
-        obj, name = path_or_state_dict, source or "state_dict"
-    else:
-        name = source or str(path_or_state_dict)
-        obj = read_file(path_or_state_dict)
-    is_ckpt = is_checkpoint(obj)
-    skipped = load_state(model, obj["model"] if is_ckpt else obj, name)
+    state, name = read_weights(path_or_state_dict, source)
+    skipped = load_state(model, state, name)
     cfg = getattr(model, "config", None)
-    if not is_ckpt and cfg is not None and cfg.arch == "resnet50_fpn" and cfg.norm == "frozen_bn":
-        set_frozen_bn_eps(model, 0.0)  # torchvision's overwrite_eps for the official v1 weights
+    if cfg is not None:
+        set_frozen_bn_eps(model, torchvision_eps(cfg.arch, cfg.norm, cfg.frozen_bn_eps))
     return skipped
 
 

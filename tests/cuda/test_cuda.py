@@ -89,7 +89,7 @@ def test_amp_training_overfits_one_batch(amp_dtype):
 
 def test_amp_auto_resolves_on_cuda():
     """``--amp auto`` (the default) on this card: bf16 where it has it, else fp16 with gradient scaling."""
-    from retinanet.engine.precision import resolve_precision
+    from retinanet.engine.runtime.precision import resolve_precision
 
     bf16 = torch.cuda.is_bf16_supported()
     p = resolve_precision("auto", "cuda")
@@ -112,9 +112,9 @@ def test_train_step_skips_a_non_finite_step_on_cuda():
     """The auto precision's step (fused optimizer; fp16: GradScaler): a NaN loss changes no weight.
     Host-device syncs of the whole step are counted by ``bench_gpu.py --sync-debug``."""
     from retinanet.config import TrainConfig
-    from retinanet.engine.optim import build_optimizer
-    from retinanet.engine.precision import resolve_precision
-    from retinanet.engine.train import train_step
+    from retinanet.engine.train.optim import build_optimizer
+    from retinanet.engine.runtime.precision import resolve_precision
+    from retinanet.engine.train.loop import train_step
 
     torch.manual_seed(0)
     net = _NanLoss(build_model("resnet18_fpn", num_classes=4, min_size=128, max_size=160, norm="bn",
@@ -251,7 +251,7 @@ def test_checkpoint_carries_cuda_rng_and_resume_runs_on_cuda(gpu_run, tmp_path):
 
 
 def test_rng_state_round_trip_includes_cuda(tmp_path):
-    from retinanet.engine.optim import rng_state, set_rng_state
+    from retinanet.engine.train.optim import rng_state, set_rng_state
 
     state = rng_state()
     assert "cuda" in state

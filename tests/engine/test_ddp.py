@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from retinanet.data import make_synthetic
-from retinanet.engine.coco_eval import METRIC_NAMES
+from retinanet.engine.evaluate.coco import METRIC_NAMES
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -28,8 +28,8 @@ def _free_port() -> int:
 def test_two_cpu_processes_train_and_evaluate(tmp_path):
     from retinanet.config import DataConfig
     from retinanet.data import build_datasets, build_loader
-    from retinanet.engine.checkpoint import load_model
-    from retinanet.engine.evaluate import evaluate
+    from retinanet.engine.runtime.checkpoint import load_model
+    from retinanet.engine.evaluate.loop import evaluate
 
     make_synthetic(tmp_path / "syn", num_train=8, num_val=5, image_size=64, seed=0)  # 5 val images: shards of 3 and 2
     cfg = tmp_path / "tiny.yaml"  # score_thresh 0: many detections, so a lost or doubled image would change the metrics
@@ -76,7 +76,7 @@ def test_two_cpu_processes_train_and_evaluate(tmp_path):
 def _main_first_worker(rank: int, port: int, fail: bool, results) -> None:
     import torch.distributed as dist
 
-    from retinanet.engine import distributed as D
+    from retinanet.engine.runtime import distributed as D
     from retinanet.errors import CheckpointError, RetinaNetError
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)

@@ -22,7 +22,7 @@ SIZE = (90, 130)  # H, W: not the model's input size (min_size 64 -> 64 x 92)
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """A tiny untrained model saved as our checkpoint (resnet18, 64-96 px, 32 FPN channels)."""
-    from retinanet.checkpoint_io import save_checkpoint
+    from retinanet.engine.runtime.checkpoint import save_checkpoint
     from retinanet.model import build_model
 
     torch.manual_seed(0)
@@ -45,7 +45,7 @@ def arrays() -> list[np.ndarray]:
 
 def manual(checkpoint, array: np.ndarray, k: int = 100):
     """Resize by hand, run the bare model, scale back: the reference for one image."""
-    from retinanet.engine.checkpoint import load_model
+    from retinanet.engine.runtime.checkpoint import load_model
 
     model, _ = load_model(checkpoint, "cpu", score_thresh=0.0)
     image = torch.from_numpy(array).permute(2, 0, 1)
@@ -127,6 +127,27 @@ def test_threshold_classes_and_max_dets(detector, arrays):
     assert detector.model.config.score_thresh == 0.05  # the per-call threshold does not stick
 
 
+def test_calls_with_other_thresholds_from_several_threads_match_the_same_calls_made_alone(detector, arrays):
+    """One shared Detector, four threads, each call its own threshold: the threshold travels as an
+    argument down to post-processing, so every result is the one the same call gives alone, and
+    the model's config is never touched."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    config = detector.model.config
+    thresholds = [0.0, 0.0105, 0.011, 0.05, 0.2] * 4
+    alone = {t: detector.predict(arrays, score_thresh=t, max_dets=300) for t in set(thresholds)}
+    assert len({sum(len(r) for r in res) for res in alone.values()}) > 2  # the thresholds change the results
+    with ThreadPoolExecutor(4) as pool:
+        threaded = list(pool.map(lambda t: detector.predict(arrays, score_thresh=t, max_dets=300), thresholds))
+    assert detector.model.config is config
+    for t, results in zip(thresholds, threaded):
+        for got, want in zip(results, alone[t]):
+            assert len(got) == len(want), t
+            torch.testing.assert_close(got.boxes, want.boxes)
+            torch.testing.assert_close(got.scores, want.scores)
+            assert torch.equal(got.labels, want.labels)
+
+
 def test_bad_inputs_are_named(tmp_path, detector, arrays):
     with pytest.raises(RetinaNetError, match="missing.jpg"):
         detector.predict(str(tmp_path / "missing.jpg"))
@@ -168,7 +189,7 @@ def test_torchvision_file_gets_coco_names(tmp_path):
     model = build_model("resnet18_fpn", num_classes=91, fpn_channels=32, head_convs=1, min_size=64, max_size=96)
     path = tmp_path / "tv.pth"
     torch.save(model.state_dict(), path)
-    from retinanet.engine.detector import class_names_of
+    from retinanet.engine.infer.detector import class_names_of
 
     names = class_names_of(None, 91)
     assert names[1] == "person" and names[90] == "toothbrush" and 12 not in names  # COCO id 12 is a gap

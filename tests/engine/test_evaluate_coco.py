@@ -8,7 +8,7 @@ import io
 import numpy as np
 import pytest
 
-from retinanet.engine.coco_eval import METRIC_NAMES, coco_metrics, evaluate_coco, per_class_table
+from retinanet.engine.evaluate.coco import METRIC_NAMES, coco_metrics, evaluate_coco, per_class_table
 
 CLASS_IDS = [1, 2, 3, 7]  # 7 has no ground truth at all (an empty class)
 

@@ -29,7 +29,7 @@ def tiny(tmp_path_factory, synthetic):
     """An untrained resnet18 model over the synthetic classes, and its checkpoint file."""
     from retinanet.config import DataConfig
     from retinanet.data import build_datasets
-    from retinanet.checkpoint_io import save_checkpoint
+    from retinanet.engine.runtime.checkpoint import save_checkpoint
     from retinanet.model import build_model
 
     class_map = build_datasets(DataConfig(root=str(synthetic)), min_size=MIN_SIZE, max_size=MAX_SIZE).class_map.to_dict()
@@ -47,7 +47,7 @@ def test_evaluate_rescales_to_original_size(synthetic, tiny):
 
     from retinanet.config import DataConfig
     from retinanet.data import build_datasets, build_loader
-    from retinanet.engine.evaluate import evaluate
+    from retinanet.engine.evaluate.loop import evaluate
 
     model, _ = tiny
     ds = build_datasets(DataConfig(root=str(synthetic)), min_size=MIN_SIZE, max_size=MAX_SIZE)
@@ -108,7 +108,7 @@ def test_evaluate_known_answers(synthetic, false_positives, expected):
     every AP (COCO at each IoU, VOC 11-point and all-point) is 0.5 and recall is still 1."""
     from retinanet.config import DataConfig
     from retinanet.data import build_datasets, build_loader
-    from retinanet.engine.evaluate import evaluate
+    from retinanet.engine.evaluate.loop import evaluate
 
     ds = build_datasets(DataConfig(root=str(synthetic)), min_size=MIN_SIZE, max_size=MAX_SIZE, splits=("val",))
     loader = build_loader(ds.val, batch_size=2, workers=0, train=False, distributed=False, seed=0, aspect_grouping=False)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from retinanet.engine import evaluate as evaluate_mod
-from retinanet.engine.evaluate import compute_metrics, evaluate, write_eval_outputs
+from retinanet.engine.evaluate import loop as evaluate_mod
+from retinanet.engine.evaluate.loop import compute_metrics, evaluate, write_eval_outputs
 
 CLASS_MAP = {"cat": 1, "dog": 2}
 

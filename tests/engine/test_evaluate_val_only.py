@@ -20,7 +20,7 @@ SIZE = 64
 @pytest.fixture(scope="module")
 def val_only(tmp_path_factory):
     """A synthetic VOC dataset whose train split file (and train images) are gone, and a tiny checkpoint."""
-    from retinanet.checkpoint_io import save_checkpoint
+    from retinanet.engine.runtime.checkpoint import save_checkpoint
     from retinanet.model import build_model
 
     root = tmp_path_factory.mktemp("valonly") / "data"

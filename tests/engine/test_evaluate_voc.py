@@ -7,7 +7,7 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
-from retinanet.engine.voc_eval import box_iou_np, voc_ap, voc_metrics
+from retinanet.engine.evaluate.voc import box_iou_np, voc_ap, voc_metrics
 
 
 def hand_case():

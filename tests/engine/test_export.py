@@ -16,11 +16,11 @@ import logging
 import pytest
 import torch
 
-from retinanet.checkpoint_io import save_checkpoint
+from retinanet.engine.runtime.checkpoint import save_checkpoint
 from retinanet.cli import main
-from retinanet.engine.checkpoint import load_model
-from retinanet.engine.export import ExportableDetector, read_metadata
-from retinanet.engine.onnx_verify import make_samples, verify_onnx
+from retinanet.engine.runtime.checkpoint import load_model
+from retinanet.engine.export.onnx_export import ExportableDetector, read_metadata
+from retinanet.engine.export.onnx_verify import make_samples, verify_onnx
 from retinanet.errors import RetinaNetError
 from retinanet.model import build_model
 

@@ -1,4 +1,4 @@
-"""engine/optim.py: lr schedule, optimizer choice, EMA decay ramp, RNG state round trip."""
+"""engine/train/optim.py: lr schedule, optimizer choice, EMA decay ramp, RNG state round trip."""
 
 import dataclasses
 import math
@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from retinanet.config import TrainConfig
-from retinanet.engine.optim import (build_ema, build_optimizer, describe_schedule, ema_multi_avg_fn, lr_factor, resolve_warmup,
-                                    rng_state, set_lr, set_rng_state)
+from retinanet.engine.train.optim import (build_ema, build_optimizer, describe_schedule, ema_multi_avg_fn, lr_factor,
+                                          resolve_warmup, rng_state, set_lr, set_rng_state)
 from retinanet.errors import RetinaNetError
 
 

@@ -7,7 +7,7 @@ import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.transforms import Bbox
 
-from retinanet.engine.plots_eval import grid_shape, plot_pr_curves, pr_curves_figure
+from retinanet.engine.evaluate.plots import grid_shape, plot_pr_curves, pr_curves_figure
 
 
 def curves_of(n: int) -> tuple[dict, dict]:

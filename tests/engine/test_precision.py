@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-import retinanet.engine.precision as P
+import retinanet.engine.runtime.precision as P
 from retinanet.cli import build_parser
 from retinanet.cli.train import train_configs
 from retinanet.config import TrainConfig
-from retinanet.engine.evaluate import detections_to_host
-from retinanet.engine.optim import build_optimizer
-from retinanet.engine.precision import resolve_precision
-from retinanet.engine.train import LOSSES, StepMeter, train_step
+from retinanet.engine.evaluate.loop import detections_to_host
+from retinanet.engine.train.optim import build_optimizer
+from retinanet.engine.runtime.precision import resolve_precision
+from retinanet.engine.train.loop import LOSSES, StepMeter, train_step
 from retinanet.errors import RetinaNetError
 from retinanet.model import build_model
 from retinanet.model.transform import normalize
@@ -163,7 +163,7 @@ def test_non_finite_step_is_skipped_on_the_device(optimizer):
 
 
 def test_training_reads_the_device_every_print_every_steps(tmp_path, monkeypatch):
-    import retinanet.engine.train as T
+    import retinanet.engine.train.loop as T
     from retinanet.config import DataConfig, ModelConfig
     from retinanet.data import make_synthetic
 
@@ -208,7 +208,7 @@ def test_detections_to_host_is_one_copy_per_batch_and_keeps_values():
 
 
 def test_step_meter_continues_the_sums_of_a_resumed_epoch():
-    from retinanet.engine.train import EpochStats
+    from retinanet.engine.train.loop import EpochStats
 
     start = EpochStats(sums={"loss": 3.0, "classification": 2.0, "bbox_regression": 1.0}, steps=2, images=4, skipped=1)
     meter = StepMeter(torch.device("cpu"), LOSSES, streak=1, limit=3, start=start)

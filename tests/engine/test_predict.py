@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from retinanet.cli import main
-from retinanet.engine.predict import filter_detections, find_images, voc_xml
+from retinanet.engine.infer.predict import filter_detections, find_images, voc_xml
 from retinanet.errors import RetinaNetError
 
 CLASS_MAP = {"cat": 1, "dog": 2}
@@ -28,7 +28,7 @@ def write_image(path: Path, size=(90, 120), seed=0) -> Path:
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """A tiny untrained model saved as our checkpoint (resnet18, 64-96 px)."""
-    from retinanet.checkpoint_io import save_checkpoint
+    from retinanet.engine.runtime.checkpoint import save_checkpoint
     from retinanet.model import build_model
 
     torch.manual_seed(0)
@@ -117,7 +117,7 @@ def test_predict_folder_with_corrupt_files(tmp_path, checkpoint, capsys):
 
 def test_predict_boxes_match_model_on_original_image(tmp_path, checkpoint):
     """Resizing in the workers and mapping back gives what the model gives on the original."""
-    from retinanet.engine.checkpoint import load_model
+    from retinanet.engine.runtime.checkpoint import load_model
 
     img_path = write_image(tmp_path / "one.png", size=(150, 110), seed=5)
     out = tmp_path / "out"
@@ -139,7 +139,7 @@ def test_predict_boxes_match_model_on_original_image(tmp_path, checkpoint):
 
 def test_load_model_memory_layout(checkpoint):
     """eval and predict run the model in channels_last by default; export and the API in NCHW."""
-    from retinanet.engine.checkpoint import load_model
+    from retinanet.engine.runtime.checkpoint import load_model
 
     nchw, _ = load_model(checkpoint, "cpu")
     nhwc, _ = load_model(checkpoint, "cpu", channels_last=True)
@@ -184,7 +184,7 @@ def test_predict_save_txt_yolo_labels_round_trip(tmp_path, checkpoint):
 
 
 def test_yolo_lines_format():
-    from retinanet.engine.predict import yolo_lines
+    from retinanet.engine.infer.predict import yolo_lines
 
     boxes = np.array([[10.0, 20.0, 30.0, 60.0], [-5.0, 0.0, 50.0, 120.0]])
     text = yolo_lines(boxes, [1, 3], [0.9, 0.25], (100, 50))
@@ -217,7 +217,7 @@ def test_predict_exif_option(tmp_path, checkpoint):
 def test_every_predict_output_is_written_atomically(tmp_path, checkpoint, monkeypatch):
     """Drawn images, XML, YOLO labels, data.yaml and predictions.json all go through write_atomic
     (a crash or full disk never leaves a half-written file)."""
-    import retinanet.engine.predict as predict_module
+    import retinanet.engine.infer.predict as predict_module
 
     written = []
     real = predict_module.write_atomic

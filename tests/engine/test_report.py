@@ -1,11 +1,11 @@
-"""engine/report.py: epoch line, results files and the end summary from hand-made epoch rows."""
+"""engine/train/report.py: epoch line, results files and the end summary from hand-made epoch rows."""
 
 import csv
 import json
 
 from retinanet.config import DataConfig
-from retinanet.engine.coco_eval import METRIC_NAMES
-from retinanet.engine.report import divergence_warning, eval_command, epoch_line, format_run_summary, make_summary, write_epoch_files
+from retinanet.engine.evaluate.coco import METRIC_NAMES
+from retinanet.engine.train.report import divergence_warning, eval_command, epoch_line, format_run_summary, make_summary, write_epoch_files
 
 
 def _row(epoch, ap=None, skipped=0):
@@ -44,8 +44,8 @@ def test_epoch_files_and_summary(tmp_path):
 
 
 def test_progress_eta_after_a_mid_epoch_resume_counts_this_runs_steps(tmp_path, monkeypatch):
-    import retinanet.engine.report as report
-    from retinanet.engine.report import RunLog, StepProgress
+    import retinanet.engine.train.report as report
+    from retinanet.engine.train.report import RunLog, StepProgress
 
     now = [100.0]
     monkeypatch.setattr(report.time, "time", lambda: now[0])
@@ -73,7 +73,7 @@ def test_divergence_warning_when_the_loss_more_than_doubles_its_lowest():
 
 def test_a_diverging_run_warns_in_its_log_and_summary(tmp_path, monkeypatch):
     """A real run whose lr jumps after epoch 1 (AdamW, lr 3): the loss explodes but stays finite."""
-    import retinanet.engine.train as T
+    import retinanet.engine.train.loop as T
     from retinanet.config import ModelConfig, TrainConfig
     from retinanet.data import make_synthetic
 

@@ -11,10 +11,10 @@ import signal
 import pytest
 import torch
 
-import retinanet.engine.train as T
+import retinanet.engine.train.loop as T
 from retinanet.config import DataConfig, ModelConfig, TrainConfig
 from retinanet.data import make_synthetic
-from retinanet.engine.train import train
+from retinanet.engine.train.loop import train
 from retinanet.errors import RetinaNetError
 
 STEPS_PER_EPOCH = 3  # 3 training images, batch size 1

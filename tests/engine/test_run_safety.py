@@ -12,14 +12,15 @@ import sys
 import pytest
 import torch
 
-from retinanet.checkpoint_io import check_output_path, save_checkpoint, write_atomic
 from retinanet.cli import main
 from retinanet.config import DataConfig, ModelConfig, TrainConfig, write_config_file
 from retinanet.data import ClassMap, make_synthetic
-from retinanet.engine.export import export_onnx, verify_onnx
-from retinanet.engine.predict import write_predictions_json
-from retinanet.engine.train import train
+from retinanet.engine.export.onnx_export import export_onnx, verify_onnx
+from retinanet.engine.infer.predict import write_predictions_json
+from retinanet.engine.runtime.checkpoint import save_checkpoint
+from retinanet.engine.train.loop import train
 from retinanet.errors import RetinaNetError
+from retinanet.files import check_output_path, write_atomic
 from retinanet.model import build_model
 
 OUTPUTS = ("best.pt", "last.pt", "results.csv", "metrics.json", "results.png", "config.yaml", "classes.json", "train.log")
@@ -108,7 +109,7 @@ def test_a_run_that_failed_before_its_first_checkpoint_does_not_block_the_retry(
 
 
 def test_a_full_disk_during_training_ends_with_a_message_naming_the_file(data_root, tmp_path, monkeypatch):
-    import retinanet.checkpoint_io as io_mod
+    import retinanet.files as io_mod
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

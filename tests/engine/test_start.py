@@ -1,4 +1,4 @@
-"""The start of a training run (retinanet.engine.start): defaults, refusals, what the log and
+"""The start of a training run (retinanet.engine.train.start): defaults, refusals, what the log and
 config.yaml say, and `retinanet eval` of best.pt reproducing the run's own validation metrics
 (frozen BN from a served "ImageNet" file, and BN from scratch). No network: TORCH_HOME is tmp_path
 and named files are served with file:// URLs."""
@@ -16,8 +16,8 @@ from retinanet.cli import build_parser, main
 from retinanet.cli.train import train_configs
 from retinanet.config import ModelConfig, TrainConfig
 from retinanet.data import make_synthetic
-from retinanet.engine.coco_eval import METRIC_NAMES
-from retinanet.engine.start import resolve_start
+from retinanet.engine.evaluate.coco import METRIC_NAMES
+from retinanet.engine.train.start import resolve_start
 from retinanet.errors import RetinaNetError
 
 

@@ -7,15 +7,15 @@ import json
 import pytest
 import torch
 
-import retinanet.engine.train as T
+import retinanet.engine.train.loop as T
 from retinanet.cli import build_parser
 from retinanet.cli.train import train_configs
 from retinanet.config import DataConfig, ModelConfig, TrainConfig
 from retinanet.data import make_synthetic
-from retinanet.engine.coco_eval import METRIC_NAMES
-from retinanet.engine.precision import resolve_precision
-from retinanet.engine.report import format_run_summary
-from retinanet.engine.train import train
+from retinanet.engine.evaluate.coco import METRIC_NAMES
+from retinanet.engine.runtime.precision import resolve_precision
+from retinanet.engine.train.report import format_run_summary
+from retinanet.engine.train.loop import train
 from retinanet.errors import RetinaNetError
 
 

@@ -10,7 +10,7 @@ from retinanet.cli import build_parser, main
 from retinanet.cli.train import train_configs
 from retinanet.config import DataConfig, ModelConfig, TrainConfig
 from retinanet.data import make_synthetic
-from retinanet.engine.train import train
+from retinanet.engine.train.loop import train
 from retinanet.errors import RetinaNetError
 
 

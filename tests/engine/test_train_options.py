@@ -5,13 +5,13 @@ import math
 import pytest
 import torch
 
-import retinanet.engine.train as T
+import retinanet.engine.train.loop as T
 from retinanet.cli import main
 from retinanet.config import DataConfig, ModelConfig, TrainConfig
 from retinanet.data import make_synthetic
-from retinanet.engine.checkpoint import load_model
-from retinanet.engine.precision import resolve_precision
-from retinanet.engine.train import train, train_step
+from retinanet.engine.runtime.checkpoint import load_model
+from retinanet.engine.runtime.precision import resolve_precision
+from retinanet.engine.train.loop import train, train_step
 from retinanet.model import build_model
 
 TINY = dict(arch="resnet18_fpn", norm="bn", min_size=64, max_size=64, fpn_channels=32, head_convs=1)

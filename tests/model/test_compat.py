@@ -8,7 +8,7 @@ from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from retinanet.errors import CheckpointError
-from retinanet.model import build_model, load_weights
+from retinanet import build_model, load_weights
 
 SMALL = dict(min_size=128, max_size=160, score_thresh=0.01)
 

@@ -120,8 +120,8 @@ def test_anchor_sizes_option(tmp_path):
     """--anchor-sizes: the levels' anchors scale, the weights do not change, the checkpoint keeps them."""
     from dataclasses import asdict
 
-    from retinanet.checkpoint_io import save_checkpoint
-    from retinanet.engine.checkpoint import load_model
+    from retinanet.engine.runtime.checkpoint import save_checkpoint
+    from retinanet.engine.runtime.checkpoint import load_model
     from retinanet.errors import RetinaNetError
 
     default, small = _model(), _model(anchor_sizes=[16, 32, 64, 128, 256])  # a config file's list

@@ -9,10 +9,10 @@ import torch
 from torchvision.ops import FrozenBatchNorm2d
 
 import retinanet.model.weights as W
-from retinanet.checkpoint_io import save_checkpoint
-from retinanet.engine.checkpoint import load_model, model_config_of
+from retinanet.engine.runtime.checkpoint import save_checkpoint
+from retinanet.engine.runtime.checkpoint import load_model, model_config_of
 from retinanet.errors import CheckpointError
-from retinanet.model import build_model, load_weights
+from retinanet import build_model, load_weights
 
 TINY = dict(min_size=64, max_size=64, fpn_channels=32, head_convs=1)
 

@@ -21,18 +21,19 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from retinanet.checkpoint_io import write_atomic
+from retinanet.files import write_atomic
 from retinanet.data import ClassMap, build_datasets, build_loader
-from retinanet.data.classes import coco_category_names
-from retinanet.engine.checkpoint import load_model
-from retinanet.engine.coco_eval import coco_results, evaluate_coco, per_class_table
-from retinanet.engine.distributed import (
+from retinanet.data.classes import default_class_names
+from retinanet.engine.runtime.checkpoint import load_model
+from retinanet.engine.evaluate.coco import coco_results, evaluate_coco, per_class_table
+from retinanet.engine.runtime.distributed import (
     all_gather_object, barrier, init_distributed, is_dist, is_main_process, local_device,
 )
-from retinanet.engine.plots_eval import plot_pr_curves
-from retinanet.engine.precision import resolve_precision
-from retinanet.engine.voc_eval import voc_metrics
+from retinanet.engine.evaluate.plots import plot_pr_curves
+from retinanet.engine.runtime.precision import resolve_precision
+from retinanet.engine.evaluate.voc import voc_metrics
 from retinanet.errors import RetinaNetError
+from retinanet.geometry import resize_boxes
 
 
 @dataclass
@@ -93,9 +94,7 @@ def class_map_dict(class_map: Any) -> dict[str, int] | None:
 
 def _to_original(boxes: torch.Tensor, size: tuple[int, int], orig_size: tuple[int, int]) -> np.ndarray:
     """``[N, 4]`` xyxy boxes in an image of ``size`` (H, W) -> pixels of ``orig_size`` (H0, W0)."""
-    (h, w), (h0, w0) = size, orig_size
-    scale = np.array([w0 / w, h0 / h, w0 / w, h0 / h], dtype=np.float64)
-    return boxes.detach().cpu().to(torch.float64).numpy().reshape(-1, 4) * scale
+    return resize_boxes(boxes.detach().cpu().to(torch.float64).reshape(-1, 4), size, orig_size).numpy()
 
 
 def _gt_record(target: dict[str, Any], image_hw: tuple[int, int]) -> dict[str, Any]:
@@ -144,7 +143,7 @@ def collect_predictions(model, loader, device: torch.device, amp: str | bool = "
     """Run ``model`` over ``loader``: per-image ground truth and detections in original pixels.
 
     Args:
-        amp: mixed precision mode (``retinanet.engine.precision.AMP_MODES``).
+        amp: mixed precision mode (``retinanet.engine.runtime.precision.AMP_MODES``).
     Returns:
         (gt, dets): lists of per-image dicts (``coco_eval`` formats; numpy arrays), this rank only.
     """
@@ -208,7 +207,7 @@ def evaluate(model, loader, *, device, class_map, amp: str | bool = "auto", prog
             ``size``).
         device: where the model runs.
         class_map: ``ClassMap`` or ``{"name": id}`` of the dataset; None = ids found in the data.
-        amp: mixed precision mode (``retinanet.engine.precision``: auto = bf16/fp16 where the
+        amp: mixed precision mode (``retinanet.engine.runtime.precision``: auto = bf16/fp16 where the
             hardware has it).
         progress: tqdm bar on stderr (main process only).
         voc: also compute the VOC protocol AP50 (11-point and all-point).
@@ -278,7 +277,7 @@ class EvalOptions:
     batch_size: int = 2
     workers: int = 2
     device: str = "auto"
-    amp: str | bool = "auto"  # retinanet.engine.precision.AMP_MODES
+    amp: str | bool = "auto"  # retinanet.engine.runtime.precision.AMP_MODES
     channels_last: bool = True
     progress: bool = True
     backend: str | None = None
@@ -317,8 +316,9 @@ def run_eval(data_cfg, opts: EvalOptions) -> EvalRun:
     if not len(datasets.val):
         raise RetinaNetError(f"{datasets.root}: the split {data_cfg.val_split!r} has no images to evaluate")
     data_map = class_map_dict(datasets.class_map) or {}
-    if model_map is None and cfg.num_classes == 91:
-        model_map = {n: i for i, n in coco_category_names().items()}
+    known = default_class_names(cfg.num_classes)  # an official torchvision file: COCO's ids
+    if model_map is None and known:
+        model_map = {n: i for i, n in known.items()}
     warnings = class_map_problems(model_map, data_map, cfg.num_classes)
     precision = resolve_precision(opts.amp, device)  # an impossible mode fails before the data is read
     loader = build_loader(datasets.val, batch_size=opts.batch_size, workers=opts.workers, train=False,

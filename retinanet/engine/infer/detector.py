@@ -18,7 +18,6 @@ mapped back to its own pixels.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -29,10 +28,10 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from retinanet.data.classes import coco_category_names
+from retinanet.data.classes import default_class_names
 from retinanet.data.images import DEFAULT_MAX_PIXELS, _to_rgb, check_exif_policy, open_rgb, pil_to_tensor
-from retinanet.engine.checkpoint import load_model
-from retinanet.engine.precision import resolve_precision
+from retinanet.engine.runtime.checkpoint import load_model
+from retinanet.engine.runtime.precision import resolve_precision
 from retinanet.errors import RetinaNetError
 from retinanet.geometry import resize_boxes, resize_image
 
@@ -72,9 +71,7 @@ def class_names_of(class_map: dict[str, int] | None, num_classes: int) -> dict[i
     "class N" for every id 1..num_classes-1."""
     if class_map:
         return {int(v): str(k) for k, v in class_map.items()}
-    if num_classes == 91:
-        return coco_category_names()
-    return {i: f"class {i}" for i in range(1, num_classes)}
+    return default_class_names(num_classes) or {i: f"class {i}" for i in range(1, num_classes)}
 
 
 def filter_detections(out: dict[str, Tensor], score_thresh: float, keep_labels: Tensor | None, max_dets: int):
@@ -122,7 +119,7 @@ class Detector:
         class_names: class id -> name (``class_names_of``).
         exif: EXIF rule for images read from paths: "auto" | "apply" | "ignore".
         max_image_pixels: larger images read from paths are refused; None = no limit.
-        amp: mixed precision mode (``retinanet.engine.precision``): "auto" = bf16 (fp16 on GPUs
+        amp: mixed precision mode (``retinanet.engine.runtime.precision``): "auto" = bf16 (fp16 on GPUs
             without bf16) where the hardware runs it fast, "on", "bf16", "fp16", "off".
     """
 
@@ -220,13 +217,8 @@ class Detector:
         keep_labels = self.label_ids(classes)
         if not images:
             return []
-        config = self.model.config
-        self.model.config = dataclasses.replace(config, score_thresh=float(score_thresh))  # for this call only
-        try:
-            with self.precision.autocast(self.device.type):
-                outputs = self.model([im.to(self.device, non_blocking=True) for im in images])
-        finally:
-            self.model.config = config
+        with self.precision.autocast(self.device.type):
+            outputs = self.model([im.to(self.device, non_blocking=True) for im in images], score_thresh=score_thresh)
         sources = list(sources) if sources is not None else [None] * len(images)
         results = []
         for image, orig, out, source in zip(images, orig_sizes, outputs, sources):

@@ -9,7 +9,7 @@ from typing import Any
 
 from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
 
-from retinanet.checkpoint_io import write_atomic
+from retinanet.files import write_atomic
 
 PANEL_W, PANEL_H = 3.0, 2.7  # inches per class panel
 MIN_W = 5.0  # inches: the two-line title fits even above a single panel

@@ -1,7 +1,7 @@
 """Checking an exported ONNX detector against PyTorch eager with onnxruntime, and the images to
 check it on (random, or image files resized to the model's input size).
 
-Used by ``retinanet.engine.export`` after writing the file; ``verify_onnx`` can also be called on
+Used by ``retinanet.engine.export.onnx_export`` after writing the file; ``verify_onnx`` can also be called on
 its own (tests do, with new sizes and batch sizes).
 """
 
@@ -14,12 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
 from torch import Tensor, nn
 
+from retinanet.data.images import load_image
 from retinanet.errors import RetinaNetError
 from retinanet.geometry import resized_size
 
@@ -239,8 +238,8 @@ def load_samples(model: nn.Module, files: Sequence[str | os.PathLike], input_dty
     """
     images = []
     for file in files:
-        size = _image_size_of(file)
-        images.append(_read_rgb(file, *model_input_size(model, *size)))
+        rgb = _read_image(file)
+        images.append(_resized(rgb, *model_input_size(model, *rgb.shape[-2:])))
     if not images:
         return []
     batches = images + [images[0].expand(2, -1, -1, -1).contiguous()]
@@ -272,27 +271,23 @@ def verification_samples(model: nn.Module, *, dynamic: bool, image_size: tuple[i
         )
     if not files:
         return [random_images(batch_size, height, width, input_dtype, seed=s) for s in (1, 2)]
-    images = [_read_rgb(f, height, width) for f in files]
+    images = [_resized(_read_image(f), height, width) for f in files]
     batch = torch.cat([images[i % len(images)] for i in range(batch_size)])
     return [batch if input_dtype == "uint8" else batch.to(torch.float32) / 255.0]
 
 
-def _image_size_of(file: str | os.PathLike) -> tuple[int, int]:
-    """``(height, width)`` of an image file; RetinaNetError naming it when it is not one."""
+def _read_image(file: str | os.PathLike) -> Tensor:
+    """An image file as ``uint8 [3, H, W]`` RGB, read as every reader reads it
+    (``retinanet.data.images.load_image``: the default EXIF rule and pixel limit); RetinaNetError
+    naming the file when it cannot be read."""
     try:
-        with Image.open(file) as im:
-            return im.height, im.width
-    except (OSError, UnidentifiedImageError) as err:
+        return load_image(file)
+    except (OSError, ValueError, SyntaxError) as err:
         raise RetinaNetError(f"{file}: cannot read the image ({err})") from None
 
 
-def _read_rgb(file: str | os.PathLike, height: int, width: int) -> Tensor:
-    """An image file as a ``[1, 3, height, width]`` uint8 RGB tensor (bilinear resize)."""
-    try:
-        with Image.open(file) as im:
-            rgb = torch.from_numpy(np.asarray(im.convert("RGB")).copy()).permute(2, 0, 1)
-    except (OSError, UnidentifiedImageError) as err:
-        raise RetinaNetError(f"{file}: cannot read the image ({err})") from None
+def _resized(rgb: Tensor, height: int, width: int) -> Tensor:
+    """``uint8 [3, H, W]`` -> ``[1, 3, height, width]`` uint8 (bilinear resize)."""
     if tuple(rgb.shape[1:]) == (height, width):
         return rgb[None]
     resized = F.interpolate(rgb[None].float(), size=(height, width), mode="bilinear", align_corners=False)

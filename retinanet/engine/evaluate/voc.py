@@ -1,6 +1,6 @@
 """Pascal VOC detection AP: AP50 per class, 11-point (VOC2007) and all-point (VOC2010+) mAP.
 
-Same per-image input format as ``retinanet.engine.coco_eval`` (continuous ``xyxy`` pixels;
+Same per-image input format as ``retinanet.engine.evaluate.coco`` (continuous ``xyxy`` pixels;
 ``ignore`` marks VOC "difficult" objects, or COCO crowd). The protocol follows the VOC devkit:
 
 - detections of a class are ranked by score over the whole set; each is matched to the
@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from retinanet.engine.coco_eval import as_array
+from retinanet.engine.evaluate.coco import as_array
 
 IOU_THRESHOLD = 0.5
 

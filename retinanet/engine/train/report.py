@@ -29,15 +29,15 @@ import torch
 from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
 from tqdm import tqdm
 
-from retinanet.checkpoint_io import write_atomic
 from retinanet.config import DataConfig
-from retinanet.engine import distributed as D
-from retinanet.engine.coco_eval import METRIC_NAMES
+from retinanet.engine.evaluate.coco import METRIC_NAMES
+from retinanet.engine.runtime import distributed as D
+from retinanet.engine.runtime.run_dir import SUMMARY_FILES
 from retinanet.errors import RetinaNetError
+from retinanet.files import write_atomic
 
 LOSSES = ("loss", "classification", "bbox_regression")
 TB_HINT = "pip install 'retinanet[tensorboard]'"
-RUN_FILES = ("best.pt", "last.pt", "results.csv", "metrics.json", "results.png", "config.yaml", "classes.json", "train.log")
 
 
 def hms(seconds: float) -> str:
@@ -256,7 +256,7 @@ def make_summary(out: Path, history: list[dict[str, Any]], best_ap: float, best_
     best_row = next((r for r in history if r["epoch"] == best_epoch), None)
     train_s = sum(r["time_s"] for r in history)
     images = sum(r["images_per_s"] * r["time_s"] for r in history)
-    files = {n: str(out / n) for n in RUN_FILES if (out / n).exists() or n == "train.log"}
+    files = {n: str(out / n) for n in SUMMARY_FILES if (out / n).exists() or n == "train.log"}
     if tensorboard:
         files["tensorboard"] = str(out / "tensorboard")
     weights = out / "best.pt" if (out / "best.pt").exists() else out / "last.pt"

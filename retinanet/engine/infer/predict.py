@@ -32,10 +32,10 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from retinanet.checkpoint_io import write_atomic
+from retinanet.files import write_atomic
 from retinanet.data.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, open_rgb
-from retinanet.engine.detector import Detections, Detector, class_names_of, filter_detections
-from retinanet.engine.draw import draw_detections
+from retinanet.engine.infer.detector import Detections, Detector, class_names_of, filter_detections
+from retinanet.engine.infer.draw import draw_detections
 from retinanet.errors import RetinaNetError
 from retinanet.geometry import resize_image
 

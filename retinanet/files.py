@@ -1,20 +1,13 @@
-"""The checkpoint file format, reading/writing weights files, and the file writing every output
-uses (atomic writes, the ``--out`` check), below ``model``, ``data`` and ``engine``.
-
-Our checkpoint is a dict::
-
-    {"format": "retinanet-checkpoint", "version": 1,
-     "model": state_dict, "config": {"model": {...}, "data": {...}, "train": {...}},
-     "class_map": {"name": id, ...} or None, "epoch": int, ... training state ...}
-
-An official torchvision file is a bare state_dict. Files are written atomically and read with
-``weights_only=True``. Building a model from a file is ``retinanet.engine.checkpoint.load_model``.
+"""Files every output goes through, below ``model``, ``data`` and ``engine``: atomic writes, the
+``--out`` check, reading a torch weights file safely, file hashes.
 
 Every output file (checkpoints, ``results.csv``, ``metrics.json``, ``config.yaml``, ``classes.json``,
 ``eval.json``, ``predictions.json``, the ONNX file) goes through ``write_atomic``: a temporary file
 in the same folder, fsync, ``os.replace``, with the mode the umask gives any new file (0644 under
 umask 022). ``check_output_path`` is the first thing ``train``/``eval``/``predict``/``export`` do
-with ``--out``.
+with ``--out``. ``read_file`` loads any torch file with ``weights_only=True``; what our checkpoint
+holds is ``retinanet.engine.runtime.checkpoint``'s business, torchvision's files
+``retinanet.model.weights``'.
 """
 
 from __future__ import annotations
@@ -30,19 +23,6 @@ from typing import IO, Any
 import torch
 
 from retinanet.errors import CheckpointError, RetinaNetError
-
-FORMAT = "retinanet-checkpoint"
-VERSION = 1
-
-
-def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Write ``state`` (plus ``format`` and ``version``) to ``path`` atomically (``write_atomic``).
-
-    A crash or Ctrl-C during the write leaves the previous file intact.
-    """
-    state = {"format": FORMAT, "version": VERSION, **state}
-    return write_atomic(path, lambda f: torch.save(state, f))
-
 
 def umask() -> int:
     """The process's file-creation mask (read by setting it and putting it back)."""
@@ -154,8 +134,3 @@ def sha256_of(path: str | os.PathLike) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def is_checkpoint(obj: dict[str, Any]) -> bool:
-    """True for our checkpoint format, False for a bare state_dict."""
-    return obj.get("format") == FORMAT and "model" in obj

@@ -17,7 +17,7 @@ model's functions (``retinanet.model.postprocess.decode_batch_static``). Its con
 (the padded layout of ``retinanet.model.postprocess``). B, H and W are dynamic unless exported
 with ``dynamic=False``. The exporter is ``torch.onnx.export(dynamo=True)`` (torch.export based,
 opset 18 by default); torchvision's ``nms`` becomes ONNX ``NonMaxSuppression``. The written file
-is compared with PyTorch eager through onnxruntime by ``retinanet.engine.onnx_verify``.
+is compared with PyTorch eager through onnxruntime by ``retinanet.engine.export.onnx_verify``.
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from retinanet.checkpoint_io import write_atomic
-from retinanet.engine.checkpoint import load_model
-from retinanet.engine.onnx_verify import (EXPORT_HINT, VerifyReport, opset_of, random_images, size_pair,
+from retinanet.files import write_atomic
+from retinanet.engine.runtime.checkpoint import load_model
+from retinanet.engine.export.onnx_verify import (EXPORT_HINT, VerifyReport, opset_of, random_images, size_pair,
                                           verification_samples, verify_onnx)
 from retinanet.errors import RetinaNetError
 from retinanet.model.retinanet import RetinaNet

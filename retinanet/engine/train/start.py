@@ -24,20 +24,27 @@ import dataclasses
 import torch
 
 from retinanet.config import ModelConfig, TrainConfig
-from retinanet.engine import distributed as D
+from retinanet.engine.runtime import distributed as D
+from retinanet.engine.runtime.checkpoint import load_weights
 from retinanet.errors import CheckpointError, RetinaNetError
-from retinanet.model import ARCHS, load_weights
+from retinanet.model import ARCHS
 from retinanet.model.weights import DETECTOR_ARCHS, load_backbone_weights, weights_file
 
 NONE = "none"
 ALL_STAGES = 5  # trainable_backbone_layers that trains the whole ResNet
 
 
+def fits_torchvision_head(model_cfg: ModelConfig, arch: str) -> bool:
+    """The model has the arch and widths of torchvision's ``arch`` detector (fpn_channels 256,
+    head_convs 4): its COCO file loads into it."""
+    return model_cfg.arch == arch and model_cfg.fpn_channels == 256 and model_cfg.head_convs == 4
+
+
 def default_start(model_cfg: ModelConfig) -> tuple[str, str]:
     """``(weights, backbone_weights)`` of a run that names none: the arch's COCO detector file when
     the model fits it, else ImageNet weights for the backbone."""
     for name, arch in DETECTOR_ARCHS.items():
-        if model_cfg.arch == arch and model_cfg.fpn_channels == 256 and model_cfg.head_convs == 4:
+        if fits_torchvision_head(model_cfg, arch):
             return name, NONE
     return NONE, "imagenet"
 
@@ -68,7 +75,7 @@ def resolve_start(model_cfg: ModelConfig, cfg: TrainConfig) -> tuple[ModelConfig
         notes.append(f"start: no weights given: {what} (--from-scratch for random weights)")
     weights, backbone = weights or NONE, backbone or NONE
     fits = DETECTOR_ARCHS.get(weights.lower())
-    if fits and (model_cfg.arch != fits or model_cfg.fpn_channels != 256 or model_cfg.head_convs != 4):
+    if fits and not fits_torchvision_head(model_cfg, fits):
         raise RetinaNetError(f"weights {weights!r} are torchvision's {fits} (fpn_channels 256, head_convs 4); the model "
                              f"is {model_cfg.arch} with fpn_channels {model_cfg.fpn_channels}, head_convs "
                              f"{model_cfg.head_convs}: use --arch {fits} with the default widths, or --backbone-weights imagenet")

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
+from retinanet.data.sampler import dist_info
 from retinanet.errors import RetinaNetError
 
 T = TypeVar("T")
@@ -24,11 +25,11 @@ def is_dist() -> bool:
 
 
 def get_rank() -> int:
-    return dist.get_rank() if is_dist() else 0
+    return dist_info()[0]
 
 
 def get_world_size() -> int:
-    return dist.get_world_size() if is_dist() else 1
+    return dist_info()[1]
 
 
 def is_main_process() -> bool:

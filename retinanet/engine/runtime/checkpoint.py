@@ -1,0 +1,176 @@
+"""Our checkpoint format, both ways: what is saved, how it is read back, and models from it.
+
+A checkpoint is a dict written by ``torch.save`` (atomically) and read with ``weights_only=True``::
+
+    {"format": "retinanet-checkpoint", "version": 1,
+     "model": state_dict, "ema": state_dict (with EMA: what eval/predict/export load),
+     "config": {"model": {...}, "data": {...}, "train": {...}},   # asdict of the configs
+     "class_map": {"name": id, ...} or None,
+     training state: "optimizer", "scaler", "ema_module", "epoch", "iteration", "best_ap",
+     "best_epoch", "rng", "history" and, in ``interrupted.pt``, "epoch_progress"}
+
+An official torchvision file is a bare state_dict (``retinanet.model.weights``). Legacy quirks of
+older checkpoints are upgraded on reading, each by one named function (``legacy_frozen_bn_eps``).
+Which checkpoint ``--resume`` names is the run folder's business (``retinanet.engine.runtime.run_dir``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from retinanet.config import SECTIONS, ModelConfig, from_dict
+from retinanet.errors import CheckpointError
+from retinanet.files import read_file, write_atomic
+from retinanet.model import build_model
+from retinanet.model.anchors import NUM_ANCHORS
+from retinanet.model.weights import (CLS_KEYS, DETECTOR_URLS, load_state, load_torchvision_weights, read_weights,
+                                     torchvision_eps, weights_file)
+
+FORMAT = "retinanet-checkpoint"
+VERSION = 1
+
+
+def is_checkpoint(obj: dict[str, Any]) -> bool:
+    """True for our checkpoint format, False for a bare state_dict."""
+    return obj.get("format") == FORMAT and "model" in obj
+
+
+def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write ``state`` (plus ``format`` and ``version``) to ``path`` atomically (``write_atomic``).
+
+    A crash or Ctrl-C during the write leaves the previous file intact.
+    """
+    state = {"format": FORMAT, "version": VERSION, **state}
+    return write_atomic(path, lambda f: torch.save(state, f))
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Our checkpoint at ``path``.
+
+    Raises:
+        CheckpointError: unreadable (``files.read_file``), or not our format (a bare state_dict).
+    """
+    obj = read_file(path)
+    if not is_checkpoint(obj):
+        raise CheckpointError(f"{path}: not a retinanet checkpoint (no format {FORMAT!r}): a bare state_dict "
+                              "cannot be resumed; start a run from it with --weights")
+    return obj
+
+
+def stored_config(path: str | os.PathLike) -> dict[str, dict[str, Any]] | None:
+    """The configs a checkpoint stores, ``{"model": {...}, "data": {...}, "train": {...}}`` (each
+    section a dict, empty where absent), or None for a file without them."""
+    stored = read_file(path).get("config")
+    if not isinstance(stored, dict):
+        return None
+    return {k: dict(stored.get(k) or {}) for k in SECTIONS}
+
+
+def training_checkpoint(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                        ema: torch.optim.swa_utils.AveragedModel | None, **state: Any) -> dict[str, Any]:
+    """What ``last.pt``/``best.pt``/``interrupted.pt`` hold: the states of ``model``, ``optimizer``,
+    ``scaler`` and ``ema`` (its weights as ``ema``, what eval/predict/export load, and the
+    averaging module with its update count as ``ema_module``, to resume), plus ``state`` (plain
+    types and tensors: epoch, iteration, best_ap, best_epoch, config, class_map, rng, history)."""
+    s = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), **state}
+    if ema is not None:
+        s["ema"] = ema.module.state_dict()
+        s["ema_module"] = ema.state_dict()
+    return s
+
+
+def load_training_state(ck: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                        scaler: torch.amp.GradScaler, ema: torch.optim.swa_utils.AveragedModel | None) -> None:
+    """Load the states ``training_checkpoint`` saved into ``model``, ``optimizer``, ``scaler`` and ``ema``."""
+    model.load_state_dict(ck["model"])
+    optimizer.load_state_dict(ck["optimizer"])
+    scaler.load_state_dict(ck["scaler"])
+    if ema is not None and "ema_module" in ck:
+        ema.load_state_dict(ck["ema_module"])
+
+
+# --- legacy quirks: one named upgrade each ---------------------------------------------------------
+
+
+def legacy_frozen_bn_eps(model: dict[str, Any], train: dict[str, Any]) -> float:
+    """The FrozenBatchNorm eps a checkpoint without ``frozen_bn_eps`` trained with.
+
+    Before it was recorded, loading a bare state_dict (torchvision's v1 COCO file) into a
+    frozen-BN ``resnet50_fpn`` set the eps to 0, and every other start kept 1e-5. So: 0 for a
+    frozen-BN ``resnet50_fpn`` that started from a weights file, else 1e-5 (a run that started
+    from one of our own checkpoints kept 1e-5 and is read wrongly here: retrain, or set
+    ``frozen_bn_eps`` in its config).
+    """
+    started_from_file = train.get("weights") not in (None, "none")
+    v1_frozen = model.get("arch", "resnet50_fpn") == "resnet50_fpn" and model.get("norm", "frozen_bn") == "frozen_bn"
+    return 0.0 if v1_frozen and started_from_file else 1e-5
+
+
+def model_config_of(obj: dict[str, Any], path: str | os.PathLike = "checkpoint") -> ModelConfig:
+    """The ``ModelConfig`` stored in one of our checkpoints (upgraded: ``legacy_frozen_bn_eps``
+    for those written before ``frozen_bn_eps`` was recorded)."""
+    try:
+        values = dict(obj["config"]["model"])
+        if "frozen_bn_eps" not in values:
+            values["frozen_bn_eps"] = legacy_frozen_bn_eps(values, dict(obj["config"].get("train") or {}))
+        return from_dict(ModelConfig, values, source=str(path))
+    except (KeyError, TypeError, AttributeError):
+        raise CheckpointError(f"{path}: checkpoint holds no model config") from None
+
+
+# --- models from weights files ---------------------------------------------------------------------
+
+
+def _torchvision_config(state: dict[str, Any], path: str | os.PathLike, norm: str | None) -> ModelConfig:
+    """The ``ModelConfig`` of a bare torchvision RetinaNet state_dict: v1 or v2 (v2 heads have
+    GroupNorm layers), the class count from the classification layer, and the FrozenBatchNorm eps
+    it runs with in a model of ``norm`` (None: torchvision's ``frozen_bn``)."""
+    key = CLS_KEYS[0]
+    if key not in state:
+        raise CheckpointError(f"{path}: neither our checkpoint nor a torchvision RetinaNet state_dict (no '{key}')")
+    arch = "resnet50_fpn_v2" if any(k.startswith("head.classification_head.conv.0.1.") for k in state) else "resnet50_fpn"
+    eps = torchvision_eps(arch, norm or "frozen_bn", ModelConfig.frozen_bn_eps)
+    return ModelConfig(arch=arch, num_classes=state[key].shape[0] // NUM_ANCHORS, frozen_bn_eps=eps)
+
+
+def load_weights(model: torch.nn.Module, path_or_state_dict: Any, *, source: str | None = None) -> list[str]:
+    """``retinanet.model.weights.load_torchvision_weights`` (same arguments, result and errors)
+    that also takes our checkpoint, a file or its dict: its ``model`` weights load, the model's
+    FrozenBatchNorm eps is kept (the public ``retinanet.load_weights``)."""
+    obj, name = read_weights(path_or_state_dict, source)
+    if is_checkpoint(obj):
+        return load_state(model, obj["model"], name)
+    return load_torchvision_weights(model, obj, source=name)
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", channels_last: bool = False, **overrides: Any):
+    """Build a model from our checkpoint or an official torchvision file, ready for inference.
+
+    ``path`` may also name official weights (``coco``, ``coco-v2``: fetched once into torch.hub's
+    cache, hash-checked). Our checkpoint is rebuilt with the config it stores, FrozenBatchNorm eps
+    included. For a bare torchvision state_dict the arch is detected (v1/v2), the class count read
+    from the classification layer and the eps is torchvision's (v1: 0). ``overrides`` replace
+    ``ModelConfig`` fields (for example ``score_thresh``, ``min_size``). ``channels_last`` puts
+    the model in NHWC memory layout (same results, usually faster; its batches follow).
+
+    Returns:
+        (model in eval mode on ``device``, class map ``{"name": id}`` or None for a bare file)
+    """
+    if str(path).lower() in DETECTOR_URLS:
+        path = weights_file(str(path))[0]
+    obj = read_file(path)
+    if is_checkpoint(obj):
+        cfg, class_map, state = model_config_of(obj, path), obj.get("class_map"), obj.get("ema") or obj["model"]
+    else:
+        cfg, class_map, state = _torchvision_config(obj, path, overrides.get("norm")), None, obj
+    model = build_model(**{**cfg.__dict__, **overrides})
+    load_state(model, state, str(path))
+    model = model.eval().to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model, class_map
+

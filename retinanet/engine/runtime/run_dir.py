@@ -1,0 +1,71 @@
+"""The run folder of ``retinanet train``, its one owner: the files a run writes there
+(``RUN_OUTPUTS``; ``SUMMARY_FILES``, those its summary lists), whether a folder holds a run to
+protect (``holds_run``), the check before a new run starts in it (``check_run_dir``), and which
+checkpoint ``--resume`` names (``resume_file``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from retinanet.files import check_output_path
+from retinanet.errors import RetinaNetError
+
+
+RUN_OUTPUTS = ("best.pt", "last.pt", "interrupted.pt", "results.csv", "metrics.json", "results.png", "config.yaml",
+               "classes.json", "train.log", "tensorboard")
+# what a run writes before its first checkpoint: a run that stopped there (a failed download, a bad
+# option met in set-up, a crash in epoch 1) leaves nothing to resume, and its folder is reused
+BEFORE_FIRST_CHECKPOINT = ("train.log", "config.yaml", "classes.json", "tensorboard")
+SUMMARY_FILES = tuple(n for n in RUN_OUTPUTS if n not in ("interrupted.pt", "tensorboard"))  # the summary's list
+
+
+def run_files_in(out: Path) -> list[str]:
+    """The names of ``RUN_OUTPUTS`` that exist in ``out``."""
+    return [name for name in RUN_OUTPUTS if (Path(out) / name).exists()]
+
+
+def holds_run(out: Path) -> bool:
+    """``out`` holds a run that got past its first checkpoint: a new run there needs ``--resume``
+    or ``--exist-ok`` (``check_run_dir``)."""
+    return not set(run_files_in(out)) <= set(BEFORE_FIRST_CHECKPOINT)
+
+
+def check_run_dir(out: Path, resume: str | None, exist_ok: bool) -> str:
+    """Refuse to start a new run in a directory that holds another run's files.
+
+    Resuming the run of ``out`` (a checkpoint inside it) is always allowed, and so is a new run in
+    the folder of a run that stopped before its first checkpoint. Returns "" or the line to log
+    that says which files this run replaces.
+
+    Raises:
+        RetinaNetError: ``out`` cannot be a writable folder (``check_output_path``), or it holds a
+            run and neither ``resume`` continues it nor ``exist_ok`` is given (the message names
+            ``--resume`` and ``--exist-ok``).
+    """
+    check_output_path(out, folder=True)
+    found = run_files_in(out)
+    if not found or (resume and same_file(resume_file(resume).parent, out)):
+        return ""
+    if not holds_run(out):  # nothing to resume, nothing lost: the log is appended to
+        return (f"{out} holds a run that stopped before its first checkpoint ({', '.join(found)}): this run starts "
+                "in it; train.log is appended to")
+    if not exist_ok:
+        raise RetinaNetError(f"{out} already holds a training run ({', '.join(found)}) and a new run does not overwrite "
+                             f"it: continue it with --resume {out}, choose another --out, or give --exist-ok to "
+                             "replace its files")
+    kept = {"train.log": "train.log is appended to", "interrupted.pt": "interrupted.pt is kept unless this run is stopped",
+            "tensorboard": "tensorboard/ gets a second event file"}
+    replaced = [name for name in found if name not in kept]
+    return (f"--exist-ok: {out} holds an earlier run; this run replaces its {', '.join(replaced) or 'nothing yet'}"
+            + "".join(f"; {kept[name]}" for name in found if name in kept))
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """``a`` and ``b`` name the same path (after resolving links and ``..``)."""
+    return Path(a).resolve() == Path(b).resolve()
+
+
+def resume_file(resume: str) -> Path:
+    """The checkpoint ``--resume`` names: ``RUN_DIR/last.pt`` for a run directory, else the path itself."""
+    p = Path(resume)
+    return p / "last.pt" if p.is_dir() else p

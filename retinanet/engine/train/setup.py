@@ -1,0 +1,185 @@
+"""Set-up of a training run: the ``Run`` the epoch functions use (``setup``), its ``RunState``,
+and the round trip of that state through a checkpoint (``checkpoint_state`` out, ``restore`` in).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from retinanet.config import DataConfig, ModelConfig, TrainConfig
+from retinanet.data import Datasets, build_datasets, build_loader
+from retinanet.engine.runtime import distributed as D
+from retinanet.engine.runtime.checkpoint import load_training_state, read_checkpoint, training_checkpoint
+from retinanet.engine.runtime.precision import Precision, normalize_mode, resolve_precision
+from retinanet.engine.train.meter import EpochStats
+from retinanet.engine.train.optim import build_ema, build_optimizer, rng_state, set_rng_state
+from retinanet.engine.train.report import RunLog
+from retinanet.engine.train.start import load_start
+from retinanet.errors import RetinaNetError
+from retinanet.model.weights import frozen_bn_eps_of
+
+
+class StopFlag:
+    """Set by SIGINT/SIGTERM; the loop checks it after every step. As a context manager it
+    installs itself for both signals and restores the previous handlers on exit (outside the
+    main thread, where Python allows no handlers, it is a flag nobody sets)."""
+
+    def __init__(self):
+        self.signal: str | None = None
+        self._old: dict[int, Any] = {}
+
+    def __call__(self, signum, frame) -> None:
+        self.signal = signal.Signals(signum).name
+
+    def __enter__(self) -> StopFlag:
+        with contextlib.suppress(ValueError):  # not the main thread
+            self._old = {s: signal.signal(s, self) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._old.items():
+            signal.signal(s, handler)
+        self._old = {}
+
+
+@dataclass
+class RunState:
+    """What carries from one epoch to the next; all but ``bad_in_a_row`` is in the checkpoint."""
+
+    epoch: int = 0  # the next epoch to run, 0-based
+    iteration: int = 0  # optimisation steps so far, over all epochs: the lr schedule's clock
+    best_ap: float = -1.0
+    best_epoch: int = -1  # 1-based epoch of best_ap; -1 = none evaluated yet
+    history: list[dict[str, Any]] = field(default_factory=list)  # one row per epoch (results.csv)
+    bad_in_a_row: int = 0  # consecutive non-finite losses (as of the last read of the step meter)
+    step: int = 0  # batches of epoch ``epoch`` already done (resumed mid-epoch from interrupted.pt)
+    epoch_stats: EpochStats | None = None  # and their sums
+
+
+@dataclass
+class Run:
+    """The parts of a training run that the epoch functions use (built by ``setup``)."""
+
+    cfg: TrainConfig
+    data_cfg: DataConfig
+    config: dict[str, dict[str, Any]]  # the resolved model/data/train configs, as saved
+    data: Datasets
+    model: torch.nn.Module  # the bare model: saved, and evaluated when there is no EMA
+    net: torch.nn.Module  # what the steps run: DistributedDataParallel(model) or model itself
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler  # enabled for fp16 only
+    precision: Precision  # the autocast dtype of the steps and evaluations
+    ema: torch.optim.swa_utils.AveragedModel | None
+    train_loader: Any
+    val_loader: Any
+    device: torch.device
+    out: Path
+    log: RunLog
+    progress: bool
+    reinitialised: list[str]
+    main: bool = field(default_factory=D.is_main_process)
+    world: int = field(default_factory=D.get_world_size)
+    stop: StopFlag = field(default_factory=StopFlag)
+    tb: Any = None  # a TensorBoard SummaryWriter (main process, --tensorboard)
+    resumed_interrupted: Path | None = None  # out/interrupted.pt when resumed from it: deleted once passed
+
+
+def check_train_config(cfg: TrainConfig) -> None:
+    """Raise ``RetinaNetError`` for counts that must be at least 1."""
+    for name in ("epochs", "batch_size", "eval_every", "print_every", "max_bad_steps"):
+        if getattr(cfg, name) < 1:
+            raise RetinaNetError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    normalize_mode(cfg.amp)
+
+
+def read_datasets(data_cfg: DataConfig, model_cfg: ModelConfig) -> Datasets:
+    """The train and val datasets at the model's input size; an empty val split is an error."""
+    data = build_datasets(data_cfg, min_size=model_cfg.min_size, max_size=model_cfg.max_size)
+    if len(data.val) == 0:
+        raise RetinaNetError(f"{data.root}: the validation split {data_cfg.val_split!r} has no images "
+                             "(training evaluates on it; give --val-split, or --val-fraction > 0 for a flat folder)")
+    return data
+
+
+def setup(model: torch.nn.Module, model_cfg: ModelConfig, data_cfg: DataConfig, cfg: TrainConfig, data: Datasets,
+          device: torch.device, distributed: bool, log: RunLog, progress: bool) -> Run:
+    """Start weights (``retinanet.engine.train.start``, not on resume), SyncBN/DDP, precision, optimizer,
+    scaler, EMA, loaders. The saved config holds the precision that runs (``amp``: bf16, fp16 or off)."""
+    reinit: list[str] = []
+    if not cfg.resume:
+        cfg, reinit, line = load_start(model, cfg, progress)  # cfg records the file's sha256
+        # the FrozenBatchNorm eps the start file implies (torchvision's v1 COCO file: 0), recorded once
+        model_cfg = dataclasses.replace(model_cfg, frozen_bn_eps=frozen_bn_eps_of(model, model_cfg.frozen_bn_eps))
+        model.config = model_cfg
+        log.line(line + (f"; re-initialised {len(reinit)} tensor(s) for {model_cfg.num_classes} outputs: "
+                         f"{', '.join(reinit)}" if reinit else ""))
+    if cfg.sync_bn and distributed:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    ddp_ids = [device.index] if device.type == "cuda" else None
+    net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ddp_ids) if distributed else model
+    precision = resolve_precision(cfg.amp, device)
+    log.line(f"precision: {precision.describe()}")
+    optimizer = build_optimizer(model, cfg, fused=device.type in ("cpu", "cuda"))  # fused: skips on the device
+    scaler = torch.amp.GradScaler(device.type, enabled=precision.grad_scaling)
+    ema = build_ema(model, cfg)
+    pin = device.type == "cuda"  # page-locked batches: the non_blocking copies to the GPU are asynchronous
+    train_loader = build_loader(data.train, batch_size=cfg.batch_size, workers=data_cfg.workers, train=True,
+                                distributed=distributed, seed=cfg.seed, aspect_grouping=data_cfg.aspect_grouping,
+                                pin_memory=pin)
+    val_loader = build_loader(data.val, batch_size=cfg.batch_size, workers=data_cfg.workers, train=False,
+                              distributed=distributed, pin_memory=pin)
+    config = {"model": dataclasses.asdict(model_cfg), "data": dataclasses.asdict(data_cfg),
+              "train": dataclasses.asdict(cfg) | {"amp": precision.mode}}
+    return Run(cfg=cfg, data_cfg=data_cfg, config=config, data=data, model=model, net=net, optimizer=optimizer,
+               scaler=scaler, precision=precision, ema=ema, train_loader=train_loader, val_loader=val_loader, device=device, out=Path(cfg.out),
+               log=log, progress=progress, reinitialised=reinit)
+
+
+
+def restore(run: Run, path: Path) -> RunState:
+    """Load model, optimizer, scaler, EMA and RNG states from checkpoint ``path``; its run state
+    (with the position in the epoch and its sums for an ``interrupted.pt``).
+
+    Raises:
+        RetinaNetError: an ``interrupted.pt`` of an epoch with another number of steps (batch size
+            or data changed): its position cannot be continued.
+    """
+    ck = read_checkpoint(path)
+    load_training_state(ck, run.model, run.optimizer, run.scaler, run.ema)
+    state = RunState(epoch=ck["epoch"] + 1, iteration=ck["iteration"], best_ap=ck["best_ap"], best_epoch=ck["best_epoch"],
+                     history=list(ck.get("history", [])))
+    if ck.get("epoch_progress"):
+        resume_mid_epoch(run, state, ck["epoch_progress"], path)
+    set_rng_state(ck["rng"])
+    where = f" at step {state.step + 1}/{len(run.train_loader)}" if state.step else ""
+    run.log.line(f"resumed from {path}: epoch {state.epoch + 1}{where} (global step {state.iteration})")
+    return state
+
+
+def resume_mid_epoch(run: Run, state: RunState, progress: dict[str, Any], path: Path) -> None:
+    """Put the position and sums of an interrupted epoch (``stop_run``) into ``state``."""
+    run.train_loader.batch_sampler.set_epoch(progress["epoch"])  # the epoch's length (DDP shards depend on it)
+    steps = len(run.train_loader)
+    if progress["epoch"] != state.epoch or progress["steps"] != steps:
+        raise RetinaNetError(f"{path}: stopped at step {progress['step']} of {progress['steps']} in epoch "
+                             f"{progress['epoch'] + 1}, but this run has {steps} steps per epoch (batch size, processes "
+                             "or data differ); resume with the same settings, or from last.pt")
+    state.step, state.bad_in_a_row = progress["step"], progress["bad_in_a_row"]
+    state.epoch_stats = EpochStats(sums=dict(progress["sums"]), steps=progress["finite_steps"], images=progress["images"],
+                                   skipped=progress["skipped"], seconds=progress["seconds"])
+
+
+def checkpoint_state(run: Run, state: RunState, epoch: int) -> dict[str, Any]:
+    """What ``last.pt``/``best.pt``/``interrupted.pt`` hold after (0-based) ``epoch``: plain types
+    and tensors only."""
+    return training_checkpoint(run.model, run.optimizer, run.scaler, run.ema, epoch=epoch, iteration=state.iteration,
+                               best_ap=state.best_ap, best_epoch=state.best_epoch, config=run.config,
+                               class_map=run.data.class_map.to_dict(), rng=rng_state(), history=state.history)
+
