@@ -46,7 +46,8 @@ from retinanet.engine.runtime import distributed as D
 from retinanet.engine.runtime.precision import Precision
 from retinanet.engine.runtime.run_dir import check_run_dir, resume_file, same_file
 from retinanet.engine.train.meter import EpochStats, MeterReading, StepMeter
-from retinanet.engine.train.optim import lr_factor, optimizer_step, seed_everything, set_lr
+from retinanet.engine.train.budget import Deadline, apply_fit, fit_run
+from retinanet.engine.train.optim import describe_schedule, lr_factor, optimizer_step, resolve_warmup, seed_everything, set_lr
 from retinanet.engine.train.report import (LOSSES, RunLog, StepProgress, divergence_warning, epoch_line, format_run_summary,
                                            make_summary, peak_memory_mb, tensorboard_epoch, tensorboard_step,
                                            tensorboard_writer_class, write_epoch_files)
@@ -103,6 +104,10 @@ def _train(model_cfg: ModelConfig, data_cfg: DataConfig, cfg: TrainConfig, progr
         state = restore(run, resume_file(cfg.resume)) if cfg.resume else RunState()
         if cfg.resume and same_file(resume_file(cfg.resume), out / "interrupted.pt"):
             run.resumed_interrupted = out / "interrupted.pt"
+        fit_time_budget(run, t_start)
+        steps = len(run.train_loader)
+        log.line(describe_schedule(run.cfg, resolve_warmup(run.cfg, run.cfg.epochs * steps), run.cfg.epochs * steps,
+                                   run.cfg.epochs))
         if main:
             data.class_map.save(out / "classes.json")
             write_config_file(out / "config.yaml", run.config)
@@ -113,6 +118,28 @@ def _train(model_cfg: ModelConfig, data_cfg: DataConfig, cfg: TrainConfig, progr
                                reinitialised=run.reinitialised)
         log.line(format_run_summary(summary), echo=False)
         return summary
+
+
+def fit_time_budget(run: Run, started: float) -> None:
+    """``--time``: a new run measures its speed and fits its epochs and evaluations to the budget
+    (``retinanet.engine.train.budget``), stored in ``run.cfg`` and the saved config, and gets a
+    deadline; a resumed run keeps the schedule it fitted, without a deadline."""
+    cfg = run.cfg
+    if cfg.time is None:
+        return
+    if cfg.time_fitted:
+        run.log.line(f"time budget {cfg.time:g} min: this run fitted {cfg.epochs} epoch(s) (evaluating every "
+                     f"{cfg.eval_every}) when it started; a resumed run keeps that schedule and runs to its end")
+        return
+    if cfg.resume:  # a run resumed from a checkpoint of a run without --time: nothing was fitted
+        raise RetinaNetError("--time with --resume: the checkpoint's run did not fit a schedule to a time budget; "
+                             "resume without --time")
+    fit = fit_run(run, lambda images, targets: train_step(run.net, run.optimizer, images, targets, cfg, run.device,
+                                                           run.scaler, run.precision), started)
+    run.log.line(fit.describe(cfg) + (f" (the config's {cfg.epochs} epochs are replaced)" if cfg.epochs != fit.epochs else ""))
+    run.cfg = apply_fit(cfg, fit)
+    run.config["train"] |= {"epochs": run.cfg.epochs, "eval_every": run.cfg.eval_every, "time_fitted": True}
+    run.deadline = Deadline(started, fit.budget_s, fit.eval_s)
 
 
 @contextlib.contextmanager
@@ -136,7 +163,9 @@ def run_epochs(run: Run, state: RunState) -> str:
         stats = train_one_epoch(run, state, epoch)
         if D.any_rank(run.stop.signal is not None):
             return stop_run(run, state, epoch, stats)
-        end_epoch(run, state, epoch, stats)
+        end_epoch(run, state, epoch, stats, last=state.out_of_time)
+        if state.out_of_time:
+            break
         if run.main and run.resumed_interrupted is not None:  # last.pt is past it now
             run.resumed_interrupted.unlink(missing_ok=True)
             run.resumed_interrupted = None
@@ -158,12 +187,13 @@ def train_one_epoch(run: Run, state: RunState, epoch: int) -> EpochStats:
     loader.batch_sampler.set_epoch(epoch, start=start)
     run.net.train()
     t0, steps = time.time(), len(loader)
+    warmup = resolve_warmup(cfg, cfg.epochs * steps)
     meter = StepMeter(run.device, LOSSES, state.bad_in_a_row, cfg.max_bad_steps, start=stats)
     seen = MeterReading(dict(stats.sums), stats.steps, stats.images, stats.skipped, state.bad_in_a_row, -1, {})
     with StepProgress(run.log, steps, f"epoch {epoch + 1}/{cfg.epochs}", cfg.print_every, show=run.progress,
                       start=start) as bar:
         for i, (images, targets) in enumerate(loader, start):
-            lr = set_lr(run.optimizer, cfg.lr * lr_factor(state.iteration, epoch + i / steps, cfg, cfg.epochs))
+            lr = set_lr(run.optimizer, cfg.lr * lr_factor(state.iteration, epoch + i / steps, cfg, cfg.epochs, warmup))
             step = train_step(run.net, run.optimizer, images, targets, cfg, run.device, run.scaler, run.precision)
             state.iteration += 1
             meter.add(step, len(images), i)
@@ -171,11 +201,17 @@ def train_one_epoch(run: Run, state: RunState, epoch: int) -> EpochStats:
                 run.ema.update_parameters(run.model)
             due = bar.due(i)
             stop = (due or not D.is_dist()) and D.any_rank(run.stop.signal is not None)  # all ranks: same i
+            late = run.deadline is not None and (due or not D.is_dist()) and D.any_rank(run.deadline.passed())
             loss = None
-            if due or stop:  # a stop: the sums of every step done, for interrupted.pt
+            if due or stop or late:  # a stop: the sums of every step done, for interrupted.pt (or the last epoch's row)
                 seen, loss = report_steps(run, state, stats, meter.read(), seen, lr, epoch)
             bar.update(i, lr, loss)
             if stop:
+                break
+            if late:
+                state.out_of_time = True
+                run.log.line(f"time budget: training stops after step {i + 1}/{steps} of epoch {epoch + 1}/{cfg.epochs} "
+                             "(slower than measured), to evaluate and save best.pt within the budget")
                 break
     stats.seconds += time.time() - t0
     return stats
@@ -256,13 +292,15 @@ def stop_run(run: Run, state: RunState, epoch: int, stats: EpochStats) -> str:
 # --- end of an epoch ------------------------------------------------------------------------------
 
 
-def end_epoch(run: Run, state: RunState, epoch: int, stats: EpochStats) -> None:
-    """Evaluate (on evaluation epochs), add the epoch's row to the history, save ``last.pt`` (and
-    ``best.pt`` when AP improved), rewrite the report files, log the epoch's line."""
+def end_epoch(run: Run, state: RunState, epoch: int, stats: EpochStats, last: bool = False) -> None:
+    """Evaluate (on evaluation epochs, the last one, or ``last``: a run that stops early at its
+    time budget), add the epoch's row to the history, save ``last.pt`` (and ``best.pt`` when AP
+    improved), rewrite the report files, log the epoch's line."""
     cfg = run.cfg
     row = {"epoch": epoch + 1, **epoch_losses(stats.sums, stats.steps, run.device), "lr": run.optimizer.param_groups[0]["lr"]}
     t_eval = time.time()
-    result = evaluate_epoch(run) if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs else None
+    due = last or (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
+    result = evaluate_epoch(run) if due else None
     row |= {**{k: result.metrics[k] if result else None for k in METRIC_NAMES}, "val_images": result.num_images if result else None,
             "time_s": stats.seconds, "eval_s": time.time() - t_eval if result else None,
             "images_per_s": stats.images * run.world / max(stats.seconds, 1e-9), "peak_mem_mb": peak_memory_mb(run.device),
