@@ -121,6 +121,7 @@ class TrainConfig:
     eval_every: int = 1  # evaluate every N epochs (and always after the last one)
     time: float | None = None  # minutes: fit epochs, evaluations and warmup to this budget (retinanet.engine.budget)
     time_fitted: bool = False  # the run fitted its schedule to ``time`` already (a resume keeps it)
+    max_steps: int | None = None  # stop after this many steps, the lr schedule ending there (set by the --time fit)
     print_every: int = 20  # every N steps: losses read from the device, a progress line in train.log (and on stdout
     # when it is not a terminal), TensorBoard step scalars; between these points a step does not wait for the device
     tensorboard: bool = False

@@ -9,35 +9,35 @@ from retinanet.engine.train.optim import resolve_warmup
 from retinanet.errors import RetinaNetError
 
 
-def test_fit_fills_the_budget_with_whole_epochs_and_the_last_evaluation():
+def test_fit_fills_the_budget_with_steps_and_the_last_evaluation():
     cfg = TrainConfig(epochs=14, eval_every=5, warmup_iters=300, warmup_max_fraction=0.2)
-    # the demo on a 2-core CPU: 63 steps of 1.5 s per epoch, 20 s per evaluation, 4 min, 10 s used
+    # the demo on an idle 2-core AVX2 CPU: 63 steps of 1.5 s per epoch, 20 s per evaluation, 4 min, 10 s used
     fit = fit_schedule(cfg, budget_s=240, used_s=10, step_s=1.5, steps_per_epoch=63, eval_s=20)
-    epoch_s = 1.5 * 63
-    total = fit.used_s + fit.epochs * epoch_s + fit.evaluations * fit.eval_s
-    assert total <= 240 * (1 - MARGIN)  # fits
-    assert total + epoch_s > 240 * (1 - MARGIN)  # one more epoch would not
-    assert fit.epochs == 2 and fit.evaluations == 1  # 2 x 94.5 s + 10 s used + 20 s eval; a second eval does not fit
-    assert fit.warmup_iters == int(0.2 * fit.epochs * 63)  # capped at the fitted run's share
+    total = fit.used_s + fit.steps * 1.5 + fit.evaluations * fit.eval_s
+    assert total <= 240 * (1 - MARGIN) < total + 1.5  # fits, and one more step would not
+    # 133 steps with the last evaluation only; a second one (after epoch 1) costs 13 steps, < 10% of them
+    assert fit.steps == 120 and fit.epochs == 2 and fit.evaluations == 2  # 1.9 epochs: the second stops part way
+    assert fit.warmup_iters == int(0.2 * 120)  # capped at the fitted run's share
     line = fit.describe(cfg)
-    assert "4.0 min" in line and "1.50 s/step" in line and f"{fit.epochs} epoch(s)" in line and "warmup" in line
+    assert "4.0 min" in line and "1.50 s/step" in line and "-> 120 steps (1.90 epochs" in line and "warmup 24" in line
 
 
-def test_a_longer_budget_adds_epochs_and_evaluations_within_their_share():
+def test_a_longer_budget_adds_steps_and_evaluations_within_their_share():
     cfg = TrainConfig(warmup_iters=100)
     short = fit_schedule(cfg, 600, 0, 0.5, 100, 10)
     long = fit_schedule(cfg, 6000, 0, 0.5, 100, 10)
-    assert long.epochs > 9 * short.epochs
+    assert long.steps > 9 * short.steps
     assert long.evaluations > 1 and (long.evaluations - 1) * 10 <= 0.1 * 6000
     assert long.warmup_iters == 100  # long enough: warmup_iters as given
     for fit in (short, long):
-        assert fit.epochs * 50 + fit.evaluations * 10 <= fit.budget_s * (1 - MARGIN)
+        assert fit.steps * 0.5 + fit.evaluations * 10 <= fit.budget_s * (1 - MARGIN)
+        assert fit.epochs == -(-fit.steps // 100)
 
 
-def test_a_budget_below_one_epoch_keeps_one_and_says_it_stops_at_the_budget():
-    fit = fit_schedule(TrainConfig(), budget_s=60, used_s=5, step_s=2.0, steps_per_epoch=100, eval_s=5)
-    assert fit.epochs == 1 and fit.eval_every == 1
-    assert "less than one epoch fits" in fit.describe(TrainConfig())
+def test_a_budget_below_one_step_keeps_one_and_says_so():
+    fit = fit_schedule(TrainConfig(), budget_s=60, used_s=55, step_s=2.0, steps_per_epoch=100, eval_s=5)
+    assert (fit.steps, fit.epochs, fit.eval_every) == (1, 1, 1)
+    assert "the start-up took the whole budget" in fit.describe(TrainConfig())
     with pytest.raises(RetinaNetError, match="--time must be > 0 minutes"):
         fit_schedule(TrainConfig(), 0, 0, 1, 1, 1)
 
@@ -46,8 +46,8 @@ def test_apply_fit_records_the_schedule_for_a_resume():
     given = TrainConfig(time=1000 / 60, warmup_iters=50)
     fit = fit_schedule(given, 1000, 0, 1.0, 10, 5)
     cfg = apply_fit(given, fit)
-    assert (cfg.epochs, cfg.eval_every, cfg.time_fitted) == (fit.epochs, fit.eval_every, True)
-    assert resolve_warmup(cfg, cfg.epochs * 10) == fit.warmup_iters  # the warmup follows from the stored epochs
+    assert (cfg.epochs, cfg.eval_every, cfg.max_steps, cfg.time_fitted) == (fit.epochs, fit.eval_every, fit.steps, True)
+    assert resolve_warmup(cfg, cfg.max_steps) == fit.warmup_iters  # the warmup follows from the stored steps
 
 
 def test_deadline_leaves_room_for_the_last_evaluation():
@@ -88,8 +88,8 @@ def data_root(tmp_path_factory):
 
 
 def _fixed_fit(monkeypatch, step_s=10.0, eval_s=5.0, calls=None):
-    """fit_run measures nothing: the same schedule on any machine (2 steps of 10 s per epoch, a
-    5 s evaluation: a 1-minute budget holds 2 epochs)."""
+    """fit_run measures nothing: the same schedule on any machine (2 steps per epoch of 10 s each,
+    a 5 s evaluation: a 1-minute budget holds 5 steps, 2.5 epochs)."""
     def fake(run, step, started):
         if calls is not None:
             calls.append(run.cfg.time)
@@ -102,22 +102,26 @@ def test_time_fits_the_epochs_and_a_resume_keeps_them(data_root, tmp_path, monke
     _fixed_fit(monkeypatch, calls=calls)
     monkeypatch.setattr(B.Deadline, "passed", lambda self: False)
     run = tmp_path / "run"
-    assert main(["train", "--data", data_root, *TINY, "--time", "1", "--out", str(run)]) == 0
+    assert main(["train", "--data", data_root, *TINY, "--time", "1", "--scheduler", "cosine", "--out", str(run)]) == 0
     log = (run / "train.log").read_text()
-    assert "time budget 1.0 min: measured 10.00 s/step" in log and "-> 2 epoch(s) (4 steps" in log
-    assert "(the config's 12 epochs are replaced)" in log and "lr schedule: 4 steps (2 epochs)" in log
+    assert "time budget 1.0 min: measured 10.00 s/step" in log and "-> 5 steps (2.50 epochs" in log
+    assert "(the config's 12 epochs are replaced)" in log and "lr schedule: 5 steps (2.5 epochs)" in log
     saved = yaml.safe_load((run / "config.yaml").read_text())["train"]
-    assert (saved["epochs"], saved["time"], saved["time_fitted"]) == (2, 1.0, True)
-    assert len(list(csv.DictReader((run / "results.csv").open()))) == 2 and (run / "best.pt").is_file()
+    assert (saved["epochs"], saved["max_steps"], saved["time"], saved["time_fitted"]) == (3, 5, 1.0, True)
+    rows = list(csv.DictReader((run / "results.csv").open()))
+    assert len(rows) == 3 and (run / "best.pt").is_file()
+    assert torch.load(run / "last.pt", weights_only=True)["iteration"] == 5  # the third epoch stopped after its first step
+    assert float(rows[-1]["lr"]) < 0.01 * 0.1  # the cosine schedule ends with the fitted steps
     assert calls == [1.0]
     # a resume keeps the fitted schedule: not measured again; refused with a new --time
     ck = torch.load(run / "last.pt", weights_only=True)
-    ck["epoch"] = 0  # as if it had stopped after epoch 1
+    ck["epoch"], ck["iteration"], ck["history"] = 0, 2, ck["history"][:1]  # as if it had stopped after epoch 1
     torch.save(ck, run / "mid.pt")
     assert main(["train", "--resume", str(run / "mid.pt"), "--quiet"]) == 0
     assert calls == [1.0]
     log = (run / "train.log").read_text()
-    assert "this run fitted 2 epoch(s)" in log and "keeps that schedule" in log
+    assert "this run fitted 5 steps in 3 epoch(s)" in log and "keeps that schedule" in log
+    assert torch.load(run / "last.pt", weights_only=True)["iteration"] == 5
     assert main(["train", "--resume", str(run / "mid.pt"), "--time", "2"]) == 2
     assert "--time and --resume together" in capsys.readouterr().err
 
@@ -181,3 +185,12 @@ def test_time_under_ddp_fits_once_and_every_rank_follows(tmp_path):
     assert log.count("time budget 1.5 min: measured") == 1 and "training finished" in log
     saved = yaml.safe_load((run / "config.yaml").read_text())["train"]
     assert saved["time_fitted"] is True and len(list(csv.DictReader((run / "results.csv").open()))) <= saved["epochs"]
+
+
+def test_a_slow_evaluation_moves_the_deadline_earlier():
+    d = Deadline(started=0.0, budget_s=100, eval_s=10, clock=lambda: 85.0)
+    assert not d.passed()
+    d.evaluated(5.0)  # faster than estimated: the estimate stays
+    assert not d.passed() and d.eval_s == 10
+    d.evaluated(20.0)  # the last evaluation will need as long: stop 10 s earlier
+    assert d.passed() and d.eval_s == 20

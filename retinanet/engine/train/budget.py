@@ -3,12 +3,12 @@
 The run measures how long a training step takes on its own first batches (``measure_step``:
 real batches, then the weights, optimizer, BatchNorm statistics and RNG states are put back, so
 the run starts exactly as it would have) and how long an evaluation will take, then
-``fit_schedule`` chooses the number of epochs, how often to evaluate and the warmup so that the
+``fit_schedule`` chooses the number of steps, how often to evaluate and the warmup so that the
 run, its evaluations included, ends within the budget; ``TimeFit.describe`` is the log line
 that says what was fitted and why. During the run ``Deadline`` stops training early if the
 machine turns out slower than measured (the final evaluation and ``best.pt`` still happen).
 
-The fit is stored in the run's config (``epochs``, ``eval_every``, ``warmup_iters``,
+The fit is stored in the run's config (``epochs``, ``eval_every``, ``max_steps``,
 ``time_fitted``), so a resumed run keeps its schedule: it is not fitted again, and it runs the
 remaining epochs without the deadline (the budget was the first session's wall time).
 """
@@ -45,7 +45,8 @@ class TimeFit:
     step_s: float
     steps_per_epoch: int
     eval_s: float
-    epochs: int
+    steps: int  # training steps that fit; the lr schedule ends with the last of them
+    epochs: int  # the epochs those steps start (the last one may stop part way)
     eval_every: int
     warmup_iters: int
     train_s: float  # predicted time of the training steps
@@ -56,53 +57,56 @@ class TimeFit:
 
     def describe(self, cfg: TrainConfig) -> str:
         """What was fitted and why: one line for the log."""
-        epoch_s = self.step_s * self.steps_per_epoch
         left = self.budget_s * (1 - MARGIN) - self.used_s - self.eval_s
-        short = (" (the start-up took the whole budget: one step, then the evaluation)" if left <= 0 else
-                 " (less than one epoch fits: the run stops at the budget within it)" if self.train_s > left else "")
-        return (f"time budget {self.budget_s / 60:.1f} min: measured {self.step_s:.2f} s/step ({epoch_s:.0f} s/epoch of "
-                f"{self.steps_per_epoch} steps) and {self.eval_s:.0f} s per evaluation, {self.used_s:.0f} s spent before "
-                f"training -> {self.epochs} epoch(s) ({self.epochs * self.steps_per_epoch} steps, about {self.train_s:.0f} s) "
-                f"with {self.evaluations} evaluation(s) (every {self.eval_every} epoch(s)), warmup {self.warmup_iters} steps, "
-                f"{cfg.scheduler} schedule over the fitted epochs; the run stops at the budget if it runs slower{short}")
+        short = " (the start-up took the whole budget: one step, then the evaluation)" if left <= self.step_s else ""
+        return (f"time budget {self.budget_s / 60:.1f} min: measured {self.step_s:.2f} s/step "
+                f"({self.step_s * self.steps_per_epoch:.0f} s/epoch of {self.steps_per_epoch} steps) and {self.eval_s:.0f} s "
+                f"per evaluation, {self.used_s:.0f} s spent before training -> {self.steps} steps ({self.steps / self.steps_per_epoch:.2f} "
+                f"epochs, about {self.train_s:.0f} s) with {self.evaluations} evaluation(s) (every {self.eval_every} epoch(s) "
+                f"and at the end), warmup {self.warmup_iters} steps, {cfg.scheduler} schedule ending with the last step; "
+                f"training stops at the budget if it runs slower{short}")
 
 
 def fit_schedule(cfg: TrainConfig, budget_s: float, used_s: float, step_s: float, steps_per_epoch: int,
                  eval_s: float) -> TimeFit:
-    """The epochs, evaluation interval and warmup that fit ``budget_s``.
+    """The steps, epochs, evaluation interval and warmup that fit ``budget_s``.
 
-    The time left after ``used_s``, less a ``MARGIN`` share, holds the epochs' steps and the
+    The time left after ``used_s``, less a ``MARGIN`` share, holds the training steps and the
     evaluations: the last one always, more (every ``eval_every`` epochs) while they take at most
-    ``EVAL_SHARE`` of the budget. At least one epoch (if even that does not fit, ``Deadline``
-    stops it at the budget). The warmup is ``cfg.warmup_iters`` capped by
-    ``cfg.warmup_max_fraction`` of the fitted steps (``resolve_warmup``). At most ``MAX_EVALS``
-    evaluations; they take epochs' time, which is why they are limited.
+    ``EVAL_SHARE`` of the budget and of the steps, at most ``MAX_EVALS`` in all. Fitted in steps,
+    not whole epochs (the last epoch may stop part way), so no budget is left unused; at least one
+    step. The warmup is ``cfg.warmup_iters`` capped by ``cfg.warmup_max_fraction`` of the fitted
+    steps (``resolve_warmup``).
 
     Raises:
         RetinaNetError: a budget that is not positive.
     """
     if not budget_s > 0:
         raise RetinaNetError(f"--time must be > 0 minutes, got {budget_s / 60:g}")
+    spe = max(1, steps_per_epoch)
+    step_s = max(step_s, 1e-9)
     left = budget_s * (1 - MARGIN) - used_s
-    epoch_s = max(step_s, 1e-9) * max(1, steps_per_epoch)
     extra_evals = int(EVAL_SHARE * budget_s // eval_s) if eval_s > 0 else 0
-    most = max(1, int((left - eval_s) // epoch_s))  # epochs with the last evaluation only
-    evals = 1 + min(extra_evals, most - 1, MAX_EVALS - 1)
-    epochs = max(1, int((left - evals * eval_s) // epoch_s))
-    while evals > 1 and epochs < (1 - EVAL_SHARE) * most:  # evaluations may cost at most that share of the epochs
+
+    def steps_with(evals: int) -> int:
+        return max(1, int((left - evals * eval_s) // step_s))
+
+    most = steps_with(1)  # the last evaluation only
+    evals = 1 + max(0, min(extra_evals, most // spe - 1, MAX_EVALS - 1))
+    steps = steps_with(evals)
+    while evals > 1 and steps < (1 - EVAL_SHARE) * most:  # evaluations may cost at most that share of the steps
         evals -= 1
-        epochs = max(1, int((left - evals * eval_s) // epoch_s))
-    evals = min(evals, epochs)
-    eval_every = max(1, math.ceil(epochs / evals))
-    warmup = resolve_warmup(cfg, epochs * steps_per_epoch)
-    return TimeFit(budget_s=budget_s, used_s=used_s, step_s=step_s, steps_per_epoch=steps_per_epoch, eval_s=eval_s,
-                   epochs=epochs, eval_every=eval_every, warmup_iters=warmup, train_s=epochs * epoch_s)
+        steps = steps_with(evals)
+    epochs = math.ceil(steps / spe)
+    eval_every = max(1, math.ceil(epochs / min(evals, epochs)))
+    return TimeFit(budget_s=budget_s, used_s=used_s, step_s=step_s, steps_per_epoch=spe, eval_s=eval_s, steps=steps,
+                   epochs=epochs, eval_every=eval_every, warmup_iters=resolve_warmup(cfg, steps), train_s=steps * step_s)
 
 
 def apply_fit(cfg: TrainConfig, fit: TimeFit) -> TrainConfig:
     """``cfg`` with the fitted schedule: what the run (and a resume of it) uses. The warmup is
-    not stored: ``resolve_warmup`` gives ``fit.warmup_iters`` again from the fitted epochs."""
-    return dataclasses.replace(cfg, epochs=fit.epochs, eval_every=fit.eval_every, time_fitted=True)
+    not stored: ``resolve_warmup`` gives ``fit.warmup_iters`` again from the fitted steps."""
+    return dataclasses.replace(cfg, epochs=fit.epochs, eval_every=fit.eval_every, max_steps=fit.steps, time_fitted=True)
 
 
 def measure_step(run: Any, step: Callable[[Any, Any], dict[str, torch.Tensor]], steps: int = 2) -> float:
@@ -140,8 +144,14 @@ def measure_step(run: Any, step: Callable[[Any, Any], dict[str, torch.Tensor]], 
 @torch.inference_mode()
 def measure_eval(run: Any) -> float:
     """Estimated seconds of one evaluation: the model in eval mode on a val batch (timed on the
-    second call), times the batches of this rank's share, plus 20% and 1 s for matching and metrics."""
+    second call), times the batches of this rank's share, plus 20% and 1 s for matching and metrics.
+
+    Timed with score threshold 0: every candidate goes through NMS, as many do once the model has
+    learnt a little (an untrained head's scores are all below the threshold, and its evaluation
+    takes a fraction of a later one's)."""
     model = run.ema.module if run.ema is not None else run.model
+    config = model.config
+    model.config = dataclasses.replace(config, score_thresh=0.0)
     model.eval()
     try:
         images, _ = next(iter(run.val_loader))
@@ -152,6 +162,7 @@ def measure_eval(run: Any) -> float:
             model(images)
             batch_s = time.perf_counter() - t0
     finally:
+        model.config = config
         model.train()
     return 1.2 * batch_s * len(run.val_loader) + 1.0
 
@@ -172,7 +183,14 @@ class Deadline:
 
     def __init__(self, started: float, budget_s: float | None, eval_s: float = 0.0, clock=time.time):
         self.clock = clock
+        self.eval_s = eval_s
         self.stop_at = None if budget_s is None else started + budget_s - eval_s
 
     def passed(self) -> bool:
         return self.stop_at is not None and self.clock() >= self.stop_at
+
+    def evaluated(self, seconds: float) -> None:
+        """An evaluation took ``seconds``: keep room for the last one at least that long."""
+        if self.stop_at is not None and seconds > self.eval_s:
+            self.stop_at -= seconds - self.eval_s
+            self.eval_s = seconds

@@ -105,9 +105,8 @@ def _train(model_cfg: ModelConfig, data_cfg: DataConfig, cfg: TrainConfig, progr
         if cfg.resume and same_file(resume_file(cfg.resume), out / "interrupted.pt"):
             run.resumed_interrupted = out / "interrupted.pt"
         fit_time_budget(run, t_start)
-        steps = len(run.train_loader)
-        log.line(describe_schedule(run.cfg, resolve_warmup(run.cfg, run.cfg.epochs * steps), run.cfg.epochs * steps,
-                                   run.cfg.epochs))
+        total = schedule_steps(run)
+        log.line(describe_schedule(run.cfg, resolve_warmup(run.cfg, total), total, total / len(run.train_loader)))
         if main:
             data.class_map.save(out / "classes.json")
             write_config_file(out / "config.yaml", run.config)
@@ -120,6 +119,11 @@ def _train(model_cfg: ModelConfig, data_cfg: DataConfig, cfg: TrainConfig, progr
         return summary
 
 
+def schedule_steps(run: Run) -> int:
+    """The run's training steps: ``max_steps`` (a ``--time`` fit) or every step of its epochs."""
+    return run.cfg.max_steps or run.cfg.epochs * len(run.train_loader)
+
+
 def fit_time_budget(run: Run, started: float) -> None:
     """``--time``: a new run measures its speed and fits its epochs and evaluations to the budget
     (``retinanet.engine.train.budget``), stored in ``run.cfg`` and the saved config, and gets a
@@ -128,8 +132,9 @@ def fit_time_budget(run: Run, started: float) -> None:
     if cfg.time is None:
         return
     if cfg.time_fitted:
-        run.log.line(f"time budget {cfg.time:g} min: this run fitted {cfg.epochs} epoch(s) (evaluating every "
-                     f"{cfg.eval_every}) when it started; a resumed run keeps that schedule and runs to its end")
+        run.log.line(f"time budget {cfg.time:g} min: this run fitted {cfg.max_steps} steps in {cfg.epochs} epoch(s) "
+                     f"(evaluating every {cfg.eval_every}) when it started; a resumed run keeps that schedule and runs to "
+                     "its end without a deadline")
         return
     if cfg.resume:  # a run resumed from a checkpoint of a run without --time: nothing was fitted
         raise RetinaNetError("--time with --resume: the checkpoint's run did not fit a schedule to a time budget; "
@@ -138,7 +143,8 @@ def fit_time_budget(run: Run, started: float) -> None:
                                                            run.scaler, run.precision), started)
     run.log.line(fit.describe(cfg) + (f" (the config's {cfg.epochs} epochs are replaced)" if cfg.epochs != fit.epochs else ""))
     run.cfg = apply_fit(cfg, fit)
-    run.config["train"] |= {"epochs": run.cfg.epochs, "eval_every": run.cfg.eval_every, "time_fitted": True}
+    run.config["train"] |= {"epochs": run.cfg.epochs, "eval_every": run.cfg.eval_every, "max_steps": run.cfg.max_steps,
+                            "time_fitted": True}
     run.deadline = Deadline(started, fit.budget_s, fit.eval_s)
 
 
@@ -163,8 +169,8 @@ def run_epochs(run: Run, state: RunState) -> str:
         stats = train_one_epoch(run, state, epoch)
         if D.any_rank(run.stop.signal is not None):
             return stop_run(run, state, epoch, stats)
-        end_epoch(run, state, epoch, stats, last=state.out_of_time)
-        if state.out_of_time:
+        end_epoch(run, state, epoch, stats, last=state.last_epoch)
+        if state.last_epoch:
             break
         if run.main and run.resumed_interrupted is not None:  # last.pt is past it now
             run.resumed_interrupted.unlink(missing_ok=True)
@@ -187,13 +193,14 @@ def train_one_epoch(run: Run, state: RunState, epoch: int) -> EpochStats:
     loader.batch_sampler.set_epoch(epoch, start=start)
     run.net.train()
     t0, steps = time.time(), len(loader)
-    warmup = resolve_warmup(cfg, cfg.epochs * steps)
+    total = schedule_steps(run)
+    warmup, schedule_epochs = resolve_warmup(cfg, total), total / steps
     meter = StepMeter(run.device, LOSSES, state.bad_in_a_row, cfg.max_bad_steps, start=stats)
     seen = MeterReading(dict(stats.sums), stats.steps, stats.images, stats.skipped, state.bad_in_a_row, -1, {})
     with StepProgress(run.log, steps, f"epoch {epoch + 1}/{cfg.epochs}", cfg.print_every, show=run.progress,
                       start=start) as bar:
         for i, (images, targets) in enumerate(loader, start):
-            lr = set_lr(run.optimizer, cfg.lr * lr_factor(state.iteration, epoch + i / steps, cfg, cfg.epochs, warmup))
+            lr = set_lr(run.optimizer, cfg.lr * lr_factor(state.iteration, epoch + i / steps, cfg, schedule_epochs, warmup))
             step = train_step(run.net, run.optimizer, images, targets, cfg, run.device, run.scaler, run.precision)
             state.iteration += 1
             meter.add(step, len(images), i)
@@ -202,16 +209,18 @@ def train_one_epoch(run: Run, state: RunState, epoch: int) -> EpochStats:
             due = bar.due(i)
             stop = (due or not D.is_dist()) and D.any_rank(run.stop.signal is not None)  # all ranks: same i
             late = run.deadline is not None and (due or not D.is_dist()) and D.any_rank(run.deadline.passed())
+            end = late or state.iteration >= total  # the same step on every rank
             loss = None
-            if due or stop or late:  # a stop: the sums of every step done, for interrupted.pt (or the last epoch's row)
+            if due or stop or end:  # a stop: the sums of every step done, for interrupted.pt (or the last epoch's row)
                 seen, loss = report_steps(run, state, stats, meter.read(), seen, lr, epoch)
             bar.update(i, lr, loss)
             if stop:
                 break
-            if late:
-                state.out_of_time = True
-                run.log.line(f"time budget: training stops after step {i + 1}/{steps} of epoch {epoch + 1}/{cfg.epochs} "
-                             "(slower than measured), to evaluate and save best.pt within the budget")
+            if end:
+                state.last_epoch = True
+                if late and state.iteration < total:
+                    run.log.line(f"time budget: training stops after step {i + 1}/{steps} of epoch {epoch + 1}/{cfg.epochs} "
+                                 "(slower than measured), to evaluate and save best.pt within the budget")
                 break
     stats.seconds += time.time() - t0
     return stats
@@ -301,6 +310,8 @@ def end_epoch(run: Run, state: RunState, epoch: int, stats: EpochStats, last: bo
     t_eval = time.time()
     due = last or (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
     result = evaluate_epoch(run) if due else None
+    if result is not None and run.deadline is not None:
+        run.deadline.evaluated(time.time() - t_eval)
     row |= {**{k: result.metrics[k] if result else None for k in METRIC_NAMES}, "val_images": result.num_images if result else None,
             "time_s": stats.seconds, "eval_s": time.time() - t_eval if result else None,
             "images_per_s": stats.images * run.world / max(stats.seconds, 1e-9), "peak_mem_mb": peak_memory_mb(run.device),

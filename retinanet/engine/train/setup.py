@@ -61,7 +61,7 @@ class RunState:
     bad_in_a_row: int = 0  # consecutive non-finite losses (as of the last read of the step meter)
     step: int = 0  # batches of epoch ``epoch`` already done (resumed mid-epoch from interrupted.pt)
     epoch_stats: EpochStats | None = None  # and their sums
-    out_of_time: bool = False  # the time budget's deadline passed (``--time``): the epoch in progress is the last
+    last_epoch: bool = False  # the epoch in progress is the last: max_steps reached or the --time deadline passed
 
 
 @dataclass
@@ -100,6 +100,8 @@ def check_train_config(cfg: TrainConfig) -> None:
             raise RetinaNetError(f"{name} must be >= 1, got {getattr(cfg, name)}")
     if cfg.time is not None and not cfg.time > 0:
         raise RetinaNetError(f"time must be > 0 minutes, got {cfg.time:g}")
+    if cfg.max_steps is not None and cfg.max_steps < 1:
+        raise RetinaNetError(f"max_steps must be >= 1, got {cfg.max_steps}")
     normalize_mode(cfg.amp)
 
 
