@@ -104,6 +104,8 @@ def train_configs(args: argparse.Namespace) -> tuple[ModelConfig, DataConfig, Tr
     check_time_options(given["train"])
     if "time" in given["train"]:  # a new budget: fitted when the run starts
         given["train"]["time_fitted"] = False
+    elif "epochs" in given["train"]:  # N whole epochs, not a schedule a config's --time run fitted
+        given["train"] |= {"time": None, "time_fitted": False, "max_steps": None}
     start = {k: v for k, v in given["train"].items() if k in START_OPTIONS}
     if getattr(args, "from_scratch", False):
         other = {k: v for k, v in start.items() if v.strip().lower() != "none"}

@@ -120,7 +120,7 @@ def test_time_fits_the_epochs_and_a_resume_keeps_them(data_root, tmp_path, monke
     assert main(["train", "--resume", str(run / "mid.pt"), "--quiet"]) == 0
     assert calls == [1.0]
     log = (run / "train.log").read_text()
-    assert "this run fitted 5 steps in 3 epoch(s)" in log and "keeps that schedule" in log
+    assert "fitted when the run started (5 steps in 3 epoch(s)" in log and "it is kept (a resumed run" in log
     assert torch.load(run / "last.pt", weights_only=True)["iteration"] == 5
     assert main(["train", "--resume", str(run / "mid.pt"), "--time", "2"]) == 2
     assert "--time and --resume together" in capsys.readouterr().err
@@ -194,3 +194,19 @@ def test_a_slow_evaluation_moves_the_deadline_earlier():
     assert not d.passed() and d.eval_s == 10
     d.evaluated(20.0)  # the last evaluation will need as long: stop 10 s earlier
     assert d.passed() and d.eval_s == 20
+
+
+def test_epochs_on_the_command_line_replace_a_fitted_schedule_of_a_config(tmp_path):
+    """`--config RUN_DIR/config.yaml` of a --time run keeps its fitted steps; `--epochs N` there means N whole epochs."""
+    from retinanet.cli import build_parser
+    from retinanet.cli.train import train_configs
+
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump({"train": {"epochs": 3, "max_steps": 5, "time": 1.0, "time_fitted": True}}))
+    parse = build_parser().parse_args
+    kept = train_configs(parse(["train", "--config", str(cfg)]))[2]
+    assert (kept.epochs, kept.max_steps, kept.time_fitted) == (3, 5, True)
+    replaced = train_configs(parse(["train", "--config", str(cfg), "--epochs", "7"]))[2]
+    assert (replaced.epochs, replaced.max_steps, replaced.time, replaced.time_fitted) == (7, None, None, False)
+    refit = train_configs(parse(["train", "--config", str(cfg), "--time", "2"]))[2]
+    assert (refit.time, refit.time_fitted) == (2.0, False)

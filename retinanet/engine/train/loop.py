@@ -132,9 +132,9 @@ def fit_time_budget(run: Run, started: float) -> None:
     if cfg.time is None:
         return
     if cfg.time_fitted:
-        run.log.line(f"time budget {cfg.time:g} min: this run fitted {cfg.max_steps} steps in {cfg.epochs} epoch(s) "
-                     f"(evaluating every {cfg.eval_every}) when it started; a resumed run keeps that schedule and runs to "
-                     "its end without a deadline")
+        run.log.line(f"time budget {cfg.time:g} min: the schedule was fitted when the run started ({cfg.max_steps} steps "
+                     f"in {cfg.epochs} epoch(s), evaluating every {cfg.eval_every}); it is kept (a resumed run, or a config "
+                     "saved by a --time run) and runs to its end without a deadline (--time MINUTES fits a new run again)")
         return
     if cfg.resume:  # a run resumed from a checkpoint of a run without --time: nothing was fitted
         raise RetinaNetError("--time with --resume: the checkpoint's run did not fit a schedule to a time budget; "
@@ -170,11 +170,11 @@ def run_epochs(run: Run, state: RunState) -> str:
         if D.any_rank(run.stop.signal is not None):
             return stop_run(run, state, epoch, stats)
         end_epoch(run, state, epoch, stats, last=state.last_epoch)
-        if state.last_epoch:
-            break
         if run.main and run.resumed_interrupted is not None:  # last.pt is past it now
             run.resumed_interrupted.unlink(missing_ok=True)
             run.resumed_interrupted = None
+        if state.last_epoch:  # max_steps reached or the time budget's deadline passed
+            break
     D.barrier()  # every rank leaves together, after rank 0's last writes
     return "finished"
 
