@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)  ## create .venv and install the package with its test and export extras
 
-demo: $(STAMP)  ## synthetic data -> a short training -> eval -> predictions (2-core CPU with bf16: about 4.5 minutes)
+demo: $(STAMP)  ## synthetic data -> a short training -> eval -> predictions, in a 5-minute budget (retinanet demo --time)
 	$(BIN)/retinanet demo --out demo
 
 test: $(STAMP)  ## the whole test suite (CPU-sized, parallel on the machine's cores)

@@ -29,11 +29,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--min-size", type=int, default=256, help="model input short side")
     p.add_argument("--max-size", type=int, default=512)
     p.add_argument("--iou-crop", action="store_true")
+    p.add_argument("--photometric", action=argparse.BooleanOptionalAction, default=True,
+                   help="photometric distortion (--no-photometric: off, as in the synthetic recipes) [on]")
     return p.parse_args(argv)
 
 
 def run(args: argparse.Namespace, root: str) -> dict:
-    cfg = DataConfig(root=root, photometric=True, iou_crop=args.iou_crop)
+    cfg = DataConfig(root=root, photometric=args.photometric, iou_crop=args.iou_crop)
     ds = build_datasets(cfg, min_size=args.min_size, max_size=args.max_size)
     loader = build_loader(ds.train, batch_size=args.batch_size, workers=args.workers, train=True, seed=0)
     it = iter(loader)

@@ -14,6 +14,9 @@ that is exactly ``retinanet_resnet50_fpn(weights=None)``); ours loads its state_
 hold the same weights. Images are random, already at ``--image-size`` (``min_size = max_size =
 image size``), so neither model has to resize (torchvision's transform still interpolates at
 scale 1). ``--fpn-channels`` / ``--head-convs`` build both with the same slimmer FPN/heads.
+
+``--avx2`` runs it again under ``ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2``: the AVX2 kernels
+(no AVX-512, no AMX) on any x86 CPU, as most laptops, notebook runtimes and CI runners have them.
 """
 
 from __future__ import annotations
@@ -22,12 +25,14 @@ import argparse
 import os
 import platform
 import statistics
+import sys
 import time
 from functools import partial
 
 import torch
 from torch import nn
 
+from bench_cpu import isa_line, reexec_avx2
 from retinanet.model import build_model
 from retinanet.model.retinanet import ARCHS
 
@@ -55,6 +60,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--amp-dtype", choices=["bf16", "fp16"], help="autocast dtype (default bf16 CPU, fp16 CUDA)")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--ours-only", action="store_true", help="do not build or time torchvision's model")
+    p.add_argument("--avx2", action="store_true",
+                   help="re-run with ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 (the AVX2 kernels of most laptops "
+                   "and CI runners, on any x86 CPU); fp32 unless --amp")
     return p.parse_args(argv)
 
 
@@ -67,7 +75,7 @@ def machine(device: torch.device) -> str:
     except (OSError, StopIteration):
         pass
     text = (f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
-            f"python {platform.python_version()}")
+            f"python {platform.python_version()}, {isa_line()}")
     if device.type == "cuda":
         text += f", {torch.cuda.get_device_name(device)}"
     return text
@@ -201,7 +209,10 @@ def time_mode(runners: dict[str, Runner], mode: str, images, targets, iters: int
 
 
 def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    if args.avx2:
+        reexec_avx2(__file__, argv)
     device = setup(args)
     amp_dtype = None
     if args.amp:

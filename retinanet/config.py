@@ -98,7 +98,8 @@ class TrainConfig:
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    warmup_iters: int = 500
+    warmup_iters: int = 500  # linear warmup steps, at most warmup_max_fraction of the run's steps
+    warmup_max_fraction: float = 0.2  # cap on the warmup's share of the run (engine.optim.resolve_warmup)
     warmup_factor: float = 0.001
     scheduler: str = "multistep"  # "multistep" or "cosine"
     lr_steps: tuple[int, ...] = (8, 11)  # epochs at which multistep multiplies the lr by lr_gamma
@@ -119,6 +120,9 @@ class TrainConfig:
     resume: str | None = None
     sync_bn: bool = False
     eval_every: int = 1  # evaluate every N epochs (and always after the last one)
+    time: float | None = None  # minutes: fit epochs, evaluations and warmup to this budget (retinanet.engine.budget)
+    time_fitted: bool = False  # the run fitted its schedule to ``time`` already (a resume keeps it)
+    max_steps: int | None = None  # stop after this many steps, the lr schedule ending there (set by the --time fit)
     print_every: int = 20  # every N steps: losses read from the device, a progress line in train.log (and on stdout
     # when it is not a terminal), TensorBoard step scalars; between these points a step does not wait for the device
     tensorboard: bool = False

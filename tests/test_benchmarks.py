@@ -95,3 +95,27 @@ def test_bench_tiles_recall_and_memory(tmp_path):
     assert "whole: recall@0.5" in out and "tiled: recall@0.5" in out and "tiles of 64 px" in out
     out = run("bench_tiles.py", "memory", "--weights", str(ckpt), "--sizes", "128", "256", "--base", "128")
     assert "   128 px:     9 tiles" in out and "   256 px:    25 tiles" in out and "peak 256 px / 128 px" in out
+
+
+def test_bench_cpu_avx2_mode_counts_flops_and_compares_variants():
+    """--avx2 re-runs under the AVX2 environment (the child says so); each variant gets images/s,
+    GFLOP/s against the fp32 peak, and its ratio to the first."""
+    out = run("bench_cpu.py", "--model", "demo", "--batch-size", "2", "--image-size", "64", "--iters", "1",
+              "--warmup", "1", "--variants", "base,nchw", "--avx2", "--ghz", "2.0")
+    assert "ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2" in out
+    assert "x 8 lanes x 2 flops x 2.000 GHz" in out  # AVX2: 8 fp32 lanes, whatever the CPU has
+    for label in ("train step:", "inference:"):
+        block = out[out.index(label):].splitlines()
+        assert "GFLOP per batch" in block[0] and float(block[0].split()[len(label.split())]) > 0
+        assert block[1].split()[0] == "base" and "ratio 1.00x" in block[1] and "% of peak" in block[1]
+        assert block[2].split()[0] == "nchw"
+
+
+def test_fp32_peak_is_cores_fma_units_lanes_flops_clock():
+    sys.path.insert(0, str(BENCH))
+    try:
+        from bench_cpu import fp32_peak_gflops
+    finally:
+        sys.path.remove(str(BENCH))
+    assert fp32_peak_gflops(2, 2.2, avx512=False) == pytest.approx(140.8)  # the issue's 2-core AVX2 EPYC
+    assert fp32_peak_gflops(2, 2.2, avx512=True) == pytest.approx(281.6)

@@ -91,3 +91,20 @@ def test_run_demo_runs_the_commands_through_the_runner_it_is_given(tmp_path, mon
     opts = DemoOptions(out=str(tmp_path / "d"), synthetic_train=2, synthetic_val=1, synthetic_size=32, num_images=1)
     assert run_demo(opts, run_command=lambda argv: ran.append(argv[0]) or 3) == 3  # train fails: stop there
     assert ran == ["train"] and "step train exited with status 3" in capsys.readouterr().err
+
+
+def test_the_demo_trains_for_what_is_left_of_its_time_budget(tmp_path, capsys):
+    from retinanet.cli.demo import DEFAULT_MINUTES, demo_budget, training_minutes
+
+    assert demo_budget(DemoOptions()) == DEFAULT_MINUTES == 5.0  # the default demo: 5 minutes in all
+    assert demo_budget(DemoOptions(epochs=3)) is None and demo_budget(DemoOptions(time=2.0)) == 2.0
+    assert training_minutes(5.0, spent_s=6.0) == pytest.approx((300 - 6 - 36) / 60)  # 12% (36 s) kept for eval + predict
+    assert training_minutes(1.0, spent_s=0.0) == pytest.approx((60 - 20) / 60)  # at least 20 s kept
+    assert training_minutes(0.2, spent_s=30.0) == 0.1  # never nothing
+    train = demo_commands(DemoOptions(out="d"), tmp_path, [], train_minutes=4.5)[0][1]  # 
+    assert train[train.index("--time") + 1] == "4.50" and "--epochs" not in train
+    for reserved in ("--time", "--epochs", "--eval-every"):
+        with pytest.raises(RetinaNetError, match="set by the demo itself"):
+            demo_commands(DemoOptions(train_options=(reserved, "3")), tmp_path, [])
+    assert main(["demo", "--out", str(tmp_path / "x"), "--time", "3", "--epochs", "2"]) == 2
+    assert "--time and --epochs together" in capsys.readouterr().err

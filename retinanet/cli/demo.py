@@ -36,7 +36,9 @@ from retinanet.errors import RetinaNetError
 
 RECIPE = "demo_synthetic"
 # options the demo sets itself: given after "--" they would train elsewhere than it evaluates
-RESERVED = ("--config", "--data", "--format", "--out", "--resume", "--synthetic-train", "--synthetic-val", "--synthetic-size")
+DEFAULT_MINUTES = 5.0  # the whole demo's wall time when neither --time nor --epochs is given
+AFTER_TRAINING = (20.0, 0.12)  # seconds kept for eval + predict: at least 20 s, or this share of the budget
+RESERVED = ("--time", "--epochs", "--eval-every", "--config", "--data", "--format", "--out", "--resume", "--synthetic-train", "--synthetic-val", "--synthetic-size")
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,7 @@ class DemoOptions:
     out: str = "demo"
     device: str | None = None
     epochs: int | None = None
+    time: float | None = None  # minutes for the whole demo (None: DEFAULT_MINUTES unless epochs is given)
     workers: int | None = None
     synthetic_train: int | None = None
     synthetic_val: int | None = None
@@ -67,7 +70,9 @@ def add_demo_parser(sub) -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default="demo", metavar="DIR", help="output folder: DIR/train, DIR/eval, DIR/predict [demo]")
     p.add_argument("--device", help=f"{DEVICE_HELP} (default: the recipe's, auto)")
-    p.add_argument("--epochs", type=int, help="training epochs (default: the recipe's)")
+    p.add_argument("--time", type=float, metavar="MINUTES", help=f"wall time of the whole demo: training gets what is left "
+                   f"after the data and before eval + predict, and fits its epochs to it (retinanet train --time) [{DEFAULT_MINUTES:g}]")
+    p.add_argument("--epochs", type=int, help="train this many epochs instead of fitting them to --time (the recipe's: 14)")
     p.add_argument("--workers", type=int, help="data loading processes of every step (default: each command's)")
     p.add_argument("--synthetic-train", type=int, metavar="N", help="synthetic training images (default: the recipe's)")
     p.add_argument("--synthetic-val", type=int, metavar="N", help="synthetic validation images (default: the recipe's)")
@@ -82,8 +87,12 @@ def demo_options(args: argparse.Namespace) -> DemoOptions:
     extra = list(args.train_options)
     if extra and extra[0] != "--":
         raise RetinaNetError(f"unexpected argument {extra[0]!r}: training options go after '--'")
+    if args.time is not None and args.epochs is not None:
+        raise RetinaNetError("--time and --epochs together: --time fits the epochs to the budget; give one of them")
+    if args.time is not None and not args.time > 0:
+        raise RetinaNetError(f"--time must be > 0 minutes, got {args.time:g}")
     return DemoOptions(
-        out=args.out, device=args.device, epochs=args.epochs, workers=args.workers, synthetic_train=args.synthetic_train,
+        out=args.out, device=args.device, epochs=args.epochs, time=args.time, workers=args.workers, synthetic_train=args.synthetic_train,
         synthetic_val=args.synthetic_val, synthetic_size=args.synthetic_size, num_images=args.num_images,
         train_options=tuple(extra[1:]),
     )
@@ -111,14 +120,29 @@ def _common(opts: DemoOptions) -> list[str]:
     return [a for k in ("device", "workers") if getattr(opts, k) is not None for a in (f"--{k}", str(getattr(opts, k)))]
 
 
-def demo_commands(opts: DemoOptions, root: Path, images: list[Path]) -> list[tuple[str, list[str]]]:
-    """``[(step name, argv of retinanet.cli.main)]``: train, eval, predict."""
+def demo_budget(opts: DemoOptions) -> float | None:
+    """The whole demo's budget in minutes: ``opts.time``, else ``DEFAULT_MINUTES`` unless ``opts.epochs`` is given."""
+    if opts.time is not None:
+        return opts.time
+    return None if opts.epochs is not None else DEFAULT_MINUTES
+
+
+def training_minutes(total_minutes: float, spent_s: float) -> float:
+    """What the training gets of the demo's budget: the rest after ``spent_s`` seconds (the data)
+    less the time kept for eval and predict (``AFTER_TRAINING``: 36 s of 5 minutes; an idle 2-core
+    CPU evaluates the 100 val images in well under that); at least 0.1 minutes."""
+    keep_s = max(AFTER_TRAINING[0], AFTER_TRAINING[1] * total_minutes * 60)
+    return max(0.1, (total_minutes * 60 - spent_s - keep_s) / 60)
+
+
+def demo_commands(opts: DemoOptions, root: Path, images: list[Path], train_minutes: float | None = None) -> list[tuple[str, list[str]]]:
+    """``[(step name, argv of retinanet.cli.main)]``: train (``--time train_minutes`` when given), eval, predict."""
     out = Path(opts.out)
     best = str(out / "train" / "best.pt")
     bad = [a for a in opts.train_options if a.split("=", 1)[0] in RESERVED]
     if bad:
         raise RetinaNetError(f"{', '.join(bad)}: set by the demo itself, not allowed after '--' "
-                             "(use the demo's --out and --synthetic-* options)")
+                             "(use the demo's --out, --time, --epochs and --synthetic-* options)")
     train = ["train", "--config", RECIPE, "--out", str(out / "train"), *_common(opts)]
     if _native_bf16_cpu(opts) and not any(a.split("=", 1)[0] in ("--amp", "--no-amp") for a in opts.train_options):
         print(f"note: this CPU has native bf16 ({', '.join(cpu_bf16_flags())}): training with --amp bf16 "
@@ -127,6 +151,8 @@ def demo_commands(opts: DemoOptions, root: Path, images: list[Path]) -> list[tup
     if holds_run(out / "train") and "--exist-ok" not in opts.train_options:
         print(f"note: {out / 'train'} holds an earlier demo run: this demo replaces it (--exist-ok)", flush=True)
         train.append("--exist-ok")
+    if train_minutes is not None:
+        train += ["--time", f"{train_minutes:.2f}"]
     for key in ("epochs", "synthetic_train", "synthetic_val", "synthetic_size"):
         if getattr(opts, key) is not None:
             train += [f"--{key.replace('_', '-')}", str(getattr(opts, key))]
@@ -177,7 +203,11 @@ def run_demo(opts: DemoOptions, run_command: Callable[[Sequence[str]], int]) -> 
     the first non-zero exit status stops it."""
     out = Path(opts.out)
     seconds: dict[str, float] = {}
-    t0 = time.time()
+    t0 = started = time.time()
+    budget = demo_budget(opts)
+    if budget is not None:
+        print(f"time budget: {budget:g} min for the whole demo (--time; --epochs N trains a fixed number of epochs instead)",
+              flush=True)
     data = demo_data_config(opts)
     if data.root is not None:
         raise RetinaNetError(f"recipe {RECIPE} sets data.root ({data.root}); the demo runs on the embedded synthetic dataset")
@@ -185,7 +215,8 @@ def run_demo(opts: DemoOptions, run_command: Callable[[Sequence[str]], int]) -> 
           "(written on first use, then reused)", flush=True)
     root = ensure_synthetic(num_train=data.synthetic_train, num_val=data.synthetic_val, image_size=data.synthetic_size)
     seconds["data"] = time.time() - t0
-    commands = demo_commands(opts, root, val_images(root, opts.num_images))
+    train_minutes = None if budget is None else training_minutes(budget, time.time() - started)
+    commands = demo_commands(opts, root, val_images(root, opts.num_images), train_minutes)
     for k, (name, argv) in enumerate(commands, start=2):
         print(f"\n[{k}/4] retinanet {shlex.join(argv)}", flush=True)
         t0 = time.time()

@@ -63,6 +63,7 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
     t.add_argument("--out", default=S, metavar="RUN_DIR", help=f"run directory for checkpoints, logs and plots; a new run refuses one that holds another run [{t0.out}]")
     t.add_argument("--exist-ok", action="store_true", help="let a new run replace the files of another run in --out (it says which)")
     t.add_argument("--epochs", type=int, default=S, help=f"[{t0.epochs}]")
+    t.add_argument("--time", type=float, default=S, metavar="MINUTES", help="train for this wall time instead of --epochs: the run measures its speed on its first batches, fits the epochs, evaluations and warmup to the budget (the log says what and why) and ends within it with best.pt; a resume keeps the fitted schedule [off]")
     t.add_argument("--batch-size", type=int, default=S, help=f"images per step and process [{t0.batch_size}]")
     t.add_argument("--workers", type=int, default=S, help=f"data loading processes per training process [{d0.workers}]")
     t.add_argument("--optimizer", choices=["sgd", "adamw"], default=S, help=f"[{t0.optimizer}]")
@@ -70,7 +71,8 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
     t.add_argument("--momentum", type=float, default=S, help=f"SGD momentum [{t0.momentum}]")
     t.add_argument("--weight-decay", type=float, default=S, help=f"[{t0.weight_decay}]")
     t.add_argument("--scheduler", choices=["multistep", "cosine"], default=S, help=f"learning rate schedule after warmup [{t0.scheduler}]")
-    t.add_argument("--warmup-iters", type=int, default=S, metavar="N", help=f"linear warmup steps [{t0.warmup_iters}]")
+    t.add_argument("--warmup-iters", type=int, default=S, metavar="N", help=f"linear warmup steps, at most --warmup-max-fraction of the run's [{t0.warmup_iters}]")
+    t.add_argument("--warmup-max-fraction", type=float, default=S, metavar="F", help=f"cap on the warmup: this share of the run's steps (0..1; the log says the warmup it resolved to) [{t0.warmup_max_fraction}]")
     t.add_argument("--lr-steps", type=int, nargs="+", default=S, metavar="EPOCH", help=f"multistep: epochs where the lr is multiplied by --lr-gamma [{' '.join(map(str, t0.lr_steps))}]")
     t.add_argument("--lr-gamma", type=float, default=S, help=f"multistep factor [{t0.lr_gamma}]")
     t.add_argument("--clip-grad", dest="clip_grad_norm", type=float, default=S, metavar="NORM", help="clip the gradient norm to this [off]")
@@ -101,6 +103,11 @@ def train_configs(args: argparse.Namespace) -> tuple[ModelConfig, DataConfig, Tr
     """The configs of ``retinanet train``: defaults < config file (``config_file_sections``) < options given."""
     sections, source = config_file_sections(vars(args))
     given = given_options(args)
+    check_time_options(given["train"])
+    if "time" in given["train"]:  # a new budget: fitted when the run starts
+        given["train"]["time_fitted"] = False
+    elif "epochs" in given["train"]:  # N whole epochs, not a schedule a config's --time run fitted
+        given["train"] |= {"time": None, "time_fitted": False, "max_steps": None}
     start = {k: v for k, v in given["train"].items() if k in START_OPTIONS}
     if getattr(args, "from_scratch", False):
         other = {k: v for k, v in start.items() if v.strip().lower() != "none"}
@@ -112,6 +119,21 @@ def train_configs(args: argparse.Namespace) -> tuple[ModelConfig, DataConfig, Tr
         sections["train"] = {k: v for k, v in sections["train"].items() if k not in (*START_OPTIONS, "start_sha256")}
         given["train"] |= start
     return resolve_config(sections, given, source=source)
+
+
+def check_time_options(train: dict[str, Any]) -> None:
+    """``--time`` fits the epochs itself, and a resumed run keeps the schedule it fitted: refuse
+    ``--time`` with ``--epochs``, ``--eval-every`` or ``--resume``."""
+    if "time" not in train:
+        return
+    for key in ("epochs", "eval_every", "resume"):
+        if key in train:
+            flag = "--" + key.replace("_", "-")
+            why = ("a resumed run keeps the schedule it fitted to its budget" if key == "resume"
+                   else "--time fits it to the budget")
+            raise RetinaNetError(f"--time and {flag} together: {why}; give one of them")
+    if not train["time"] > 0:
+        raise RetinaNetError(f"--time must be > 0 minutes, got {train['time']:g}")
 
 
 def config_file_sections(given: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], str]:

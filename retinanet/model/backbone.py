@@ -3,7 +3,8 @@
 The ResNet blocks are torchvision's with one change in ``forward``: a ``FrozenBatchNorm2d`` is
 folded into the convolution before it (``conv(x, W * s) + t`` instead of ``conv(x, W) * s + t``,
 the same function, in training too, since the frozen scale ``s`` and shift ``t`` are constants),
-which saves two passes over every activation. Trainable ``BatchNorm2d`` runs as in torchvision.
+which saves two passes over every activation. Trainable ``BatchNorm2d`` runs as in torchvision in
+training mode; in eval mode it is folded the same way (it then applies its running statistics).
 """
 
 from __future__ import annotations
@@ -22,11 +23,16 @@ STAGES = ("layer4", "layer3", "layer2", "layer1", "conv1")  # trainable from the
 
 
 def conv_norm(conv: nn.Conv2d, norm: nn.Module, x: Tensor) -> Tensor:
-    """``norm(conv(x))``; a ``FrozenBatchNorm2d`` is folded into the conv's weight and bias."""
-    if not isinstance(norm, FrozenBatchNorm2d):
+    """``norm(conv(x))``; a ``FrozenBatchNorm2d``, or a ``BatchNorm2d`` in eval mode (it then
+    applies its running statistics: the same affine map), is folded into the conv's weight and bias."""
+    if isinstance(norm, FrozenBatchNorm2d):
+        weight, bias = norm.weight, norm.bias
+    elif isinstance(norm, nn.BatchNorm2d) and not norm.training and norm.running_var is not None and norm.affine:
+        weight, bias = norm.weight, norm.bias
+    else:
         return norm(conv(x))
-    scale = norm.weight * (norm.running_var + norm.eps).rsqrt()
-    shift = norm.bias - norm.running_mean * scale
+    scale = weight * (norm.running_var + norm.eps).rsqrt()
+    shift = bias - norm.running_mean * scale
     if conv.bias is not None:
         shift = shift + conv.bias * scale
     weight = conv.weight * scale.reshape(-1, 1, 1, 1)

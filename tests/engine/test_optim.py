@@ -1,5 +1,6 @@
 """engine/train/optim.py: lr schedule, optimizer choice, EMA decay ramp, RNG state round trip."""
 
+import dataclasses
 import math
 import random
 
@@ -8,7 +9,8 @@ import pytest
 import torch
 
 from retinanet.config import TrainConfig
-from retinanet.engine.train.optim import build_ema, build_optimizer, ema_multi_avg_fn, lr_factor, rng_state, set_lr, set_rng_state
+from retinanet.engine.train.optim import (build_ema, build_optimizer, describe_schedule, ema_multi_avg_fn, lr_factor,
+                                          resolve_warmup, rng_state, set_lr, set_rng_state)
 from retinanet.errors import RetinaNetError
 
 
@@ -18,6 +20,36 @@ def test_warmup_then_multistep_multiplies_by_lr_gamma():
     assert lr_factor(5, 0.5, cfg, 4) == pytest.approx(0.55)  # linear: 0.1 * 0.5 + 0.5
     assert lr_factor(10, 1.9, cfg, 4) == 1.0
     assert lr_factor(100, 2.0, cfg, 4) == 0.5 and lr_factor(100, 3.5, cfg, 4) == 0.25  # times lr_gamma per step
+
+
+def test_warmup_is_capped_at_a_fraction_of_the_run():
+    """The issue's case: 283 images, batch 8 (36 steps an epoch), 10 epochs, warmup_iters 300: the
+    cap (default 0.2 of 360 steps) makes the warmup 72 steps, so the lr reaches its peak in epoch 3
+    instead of never passing a third of it."""
+    cfg = TrainConfig(warmup_iters=300, warmup_factor=0.001, scheduler="cosine", lr=0.01)
+    steps, epochs = 36 * 10, 10
+    warmup = resolve_warmup(cfg, steps)
+    assert warmup == 72
+    peak = max(lr_factor(it, it / 36, cfg, epochs, warmup) for it in range(steps))
+    uncapped = max(lr_factor(it, it / 36, cfg, epochs) for it in range(steps))
+    assert peak > 0.9 and uncapped < 0.4  # capped: 0.905 at step 72 (cosine already at epoch 2); uncapped below 40%
+    assert lr_factor(72, 2.0, cfg, epochs, warmup) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.2)))
+    # a long run keeps warmup_iters; fraction 0 turns warmup off; 1 never caps
+    assert resolve_warmup(cfg, 100_000) == 300
+    assert resolve_warmup(dataclasses.replace(cfg, warmup_max_fraction=0.0), 360) == 0
+    assert resolve_warmup(dataclasses.replace(cfg, warmup_max_fraction=1.0), 360) == 300
+    line = describe_schedule(cfg, warmup, steps, epochs)
+    assert "warmup 72 steps" in line and "warmup_iters 300 capped at warmup_max_fraction 0.2" in line
+    assert "peak 0.01 at step 72" in line and "cosine to 0 at epoch 10" in line
+    assert "capped" not in describe_schedule(cfg, 300, 100_000, 100)
+
+
+@pytest.mark.parametrize("field, value, match", [("warmup_max_fraction", 1.5, "warmup_max_fraction must be in 0..1"),
+                                                 ("warmup_max_fraction", -0.1, "warmup_max_fraction must be in 0..1"),
+                                                 ("warmup_iters", -1, "warmup_iters must be >= 0")])
+def test_warmup_settings_out_of_range_are_clear_errors(field, value, match):
+    with pytest.raises(RetinaNetError, match=match):
+        resolve_warmup(TrainConfig(**{field: value}), 100)
 
 
 def test_cosine_reaches_zero_at_the_last_epoch():

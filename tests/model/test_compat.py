@@ -43,27 +43,23 @@ def test_losses_and_detections_equal_torchvision(arch, tv_builder):
     tv = tv_builder(weights=None, weights_backbone=None, num_classes=5, **SMALL)
     ours = build_model(arch, num_classes=5, norm="bn", trainable_backbone_layers=5, **SMALL)
     assert list(ours.state_dict()) == list(tv.state_dict())
+    g = torch.Generator().manual_seed(1)
+    for m in tv.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):  # non-trivial running statistics, so that eval-mode folding matters
+            m.running_mean.normal_(0, 0.1, generator=g), m.running_var.uniform_(0.5, 2.0, generator=g)
     ours.load_state_dict(tv.state_dict())
     imgs, targets = _inputs()
-    ours.eval(), tv.eval()  # eval-mode BN so that both see identical statistics
+    ours.eval(), tv.eval()  # eval-mode BN: ours folds it into the convs (the same function up to float rounding)
     with torch.no_grad():
         a, b = ours(imgs), tv(imgs)
         ours.to(memory_format=torch.channels_last)
         nhwc = ours(imgs)
         ours.to(memory_format=torch.contiguous_format)
     for x, y, z in zip(a, b, nhwc):
-        assert torch.equal(x["scores"], y["scores"])
         assert len(x["boxes"]) > 0
-        torch.testing.assert_close(torch.tensor(_key(x)), torch.tensor(_key(y)))
-        # same order, except among exactly tied scores (whose order a sort may swap): checked by _key above
-        n = 100
-        untied = ((x["scores"][:n, None] == x["scores"][None]).sum(1) == 1)
-        assert untied.sum() > n // 2
-        assert torch.equal(x["labels"][:n][untied], y["labels"][:n][untied])
-        torch.testing.assert_close(x["boxes"][:n][untied], y["boxes"][:n][untied])
-        # ours in channels_last: the same detections up to float rounding
-        torch.testing.assert_close(z["scores"], y["scores"], rtol=1e-4, atol=1e-6)
-        assert _found_in(z, y, 100)
+        for mine in (x, z):  # NCHW and channels_last: the same detections up to float rounding
+            torch.testing.assert_close(mine["scores"], y["scores"], rtol=1e-4, atol=1e-6)
+            assert _found_in(mine, y, 100)
     ours.train(), tv.train()
     la, lb = ours(imgs, targets), tv(imgs, targets)
     for k in ("classification", "bbox_regression"):

@@ -99,3 +99,48 @@ def test_focal_loss_equals_torchvision_formula():
     (g_ref,) = torch.autograd.grad(ref, logits)
     torch.testing.assert_close(ours, ref)
     torch.testing.assert_close(g_ours, g_ref)
+
+
+def test_eval_mode_batchnorm_is_folded_into_the_convs():
+    """In eval mode the body's trainable BatchNorm2d runs no batch-norm op (folded into the conv
+    before it, as FrozenBatchNorm2d is), with the same outputs up to float rounding; training mode
+    still normalises with the batch statistics."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class CountBatchNorm(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.calls = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.calls += "batch_norm" in func.__name__
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    model = build_model("resnet18_fpn", num_classes=3, norm="bn", trainable_backbone_layers=5, min_size=64, max_size=64)
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.1, generator=g), m.running_var.uniform_(0.5, 2.0, generator=g)
+    x = torch.rand(2, 3, 64, 64, generator=g)
+    model.eval()
+    with torch.no_grad(), CountBatchNorm() as counted:
+        folded = model.backbone(x)
+    assert counted.calls == 0
+    reference = {}
+    with torch.no_grad():  # the unfolded function: each BatchNorm2d applied after its conv
+        body, feats = model.backbone.body, []
+        h = body.maxpool(body.relu(body.bn1(body.conv1(x))))
+        for layer in (body.layer1, body.layer2, body.layer3, body.layer4):
+            for block in layer:
+                out = block.relu(block.bn1(block.conv1(h)))
+                out = block.bn2(block.conv2(out))
+                h = (out + (h if block.downsample is None else block.downsample(h))).relu()
+            feats.append(h)
+        reference = model.backbone.fpn(dict(zip("012", feats[1:])))
+    for k in folded:
+        torch.testing.assert_close(folded[k], reference[k], rtol=1e-4, atol=1e-5)
+    model.train()
+    with torch.no_grad(), CountBatchNorm() as counted:
+        model.backbone(x)
+    assert counted.calls > 0

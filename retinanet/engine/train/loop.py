@@ -46,7 +46,8 @@ from retinanet.engine.runtime import distributed as D
 from retinanet.engine.runtime.precision import Precision
 from retinanet.engine.runtime.run_dir import check_run_dir, resume_file, same_file
 from retinanet.engine.train.meter import EpochStats, MeterReading, StepMeter
-from retinanet.engine.train.optim import lr_factor, optimizer_step, seed_everything, set_lr
+from retinanet.engine.train.budget import Deadline, apply_fit, fit_run
+from retinanet.engine.train.optim import describe_schedule, lr_factor, optimizer_step, resolve_warmup, seed_everything, set_lr
 from retinanet.engine.train.report import (LOSSES, RunLog, StepProgress, divergence_warning, epoch_line, format_run_summary,
                                            make_summary, peak_memory_mb, tensorboard_epoch, tensorboard_step,
                                            tensorboard_writer_class, write_epoch_files)
@@ -108,6 +109,9 @@ def _train(model_cfg: ModelConfig, data_cfg: DataConfig, cfg: TrainConfig, progr
         state = restore(run, resume_file(cfg.resume)) if cfg.resume else RunState()
         if cfg.resume and same_file(resume_file(cfg.resume), out / "interrupted.pt"):
             run.resumed_interrupted = out / "interrupted.pt"
+        fit_time_budget(run, t_start)
+        total = schedule_steps(run)
+        log.line(describe_schedule(run.cfg, resolve_warmup(run.cfg, total), total, total / len(run.train_loader)))
         if main:
             data.class_map.save(out / "classes.json")
             write_config_file(out / "config.yaml", run.config)
@@ -118,6 +122,35 @@ def _train(model_cfg: ModelConfig, data_cfg: DataConfig, cfg: TrainConfig, progr
                                reinitialised=run.reinitialised)
         log.line(format_run_summary(summary), echo=False)
         return summary
+
+
+def schedule_steps(run: Run) -> int:
+    """The run's training steps: ``max_steps`` (a ``--time`` fit) or every step of its epochs."""
+    return run.cfg.max_steps or run.cfg.epochs * len(run.train_loader)
+
+
+def fit_time_budget(run: Run, started: float) -> None:
+    """``--time``: a new run measures its speed and fits its epochs and evaluations to the budget
+    (``retinanet.engine.train.budget``), stored in ``run.cfg`` and the saved config, and gets a
+    deadline; a resumed run keeps the schedule it fitted, without a deadline."""
+    cfg = run.cfg
+    if cfg.time is None:
+        return
+    if cfg.time_fitted:
+        run.log.line(f"time budget {cfg.time:g} min: the schedule was fitted when the run started ({cfg.max_steps} steps "
+                     f"in {cfg.epochs} epoch(s), evaluating every {cfg.eval_every}); it is kept (a resumed run, or a config "
+                     "saved by a --time run) and runs to its end without a deadline (--time MINUTES fits a new run again)")
+        return
+    if cfg.resume:  # a run resumed from a checkpoint of a run without --time: nothing was fitted
+        raise RetinaNetError("--time with --resume: the checkpoint's run did not fit a schedule to a time budget; "
+                             "resume without --time")
+    fit = fit_run(run, lambda images, targets: train_step(run.net, run.optimizer, images, targets, cfg, run.device,
+                                                           run.scaler, run.precision), started)
+    run.log.line(fit.describe(cfg) + (f" (the config's {cfg.epochs} epochs are replaced)" if cfg.epochs != fit.epochs else ""))
+    run.cfg = apply_fit(cfg, fit)
+    run.config["train"] |= {"epochs": run.cfg.epochs, "eval_every": run.cfg.eval_every, "max_steps": run.cfg.max_steps,
+                            "time_fitted": True}
+    run.deadline = Deadline(started, fit.budget_s, fit.eval_s)
 
 
 @contextlib.contextmanager
@@ -141,10 +174,12 @@ def run_epochs(run: Run, state: RunState) -> str:
         stats = train_one_epoch(run, state, epoch)
         if D.any_rank(run.stop.signal is not None):
             return stop_run(run, state, epoch, stats)
-        end_epoch(run, state, epoch, stats)
+        end_epoch(run, state, epoch, stats, last=state.last_epoch)
         if run.main and run.resumed_interrupted is not None:  # last.pt is past it now
             run.resumed_interrupted.unlink(missing_ok=True)
             run.resumed_interrupted = None
+        if state.last_epoch:  # max_steps reached or the time budget's deadline passed
+            break
     D.barrier()  # every rank leaves together, after rank 0's last writes
     return "finished"
 
@@ -163,12 +198,14 @@ def train_one_epoch(run: Run, state: RunState, epoch: int) -> EpochStats:
     loader.batch_sampler.set_epoch(epoch, start=start)
     run.net.train()
     t0, steps = time.time(), len(loader)
+    total = schedule_steps(run)
+    warmup, schedule_epochs = resolve_warmup(cfg, total), total / steps
     meter = StepMeter(run.device, LOSSES, state.bad_in_a_row, cfg.max_bad_steps, start=stats)
     seen = MeterReading(dict(stats.sums), stats.steps, stats.images, stats.skipped, state.bad_in_a_row, -1, {})
     with StepProgress(run.log, steps, f"epoch {epoch + 1}/{cfg.epochs}", cfg.print_every, show=run.progress,
                       start=start) as bar:
         for i, (images, targets) in enumerate(loader, start):
-            lr = set_lr(run.optimizer, cfg.lr * lr_factor(state.iteration, epoch + i / steps, cfg, cfg.epochs))
+            lr = set_lr(run.optimizer, cfg.lr * lr_factor(state.iteration, epoch + i / steps, cfg, schedule_epochs, warmup))
             step = train_step(run.net, run.optimizer, images, targets, cfg, run.device, run.scaler, run.precision)
             state.iteration += 1
             meter.add(step, len(images), i)
@@ -176,11 +213,19 @@ def train_one_epoch(run: Run, state: RunState, epoch: int) -> EpochStats:
                 run.ema.update_parameters(run.model)
             due = bar.due(i)
             stop = (due or not D.is_dist()) and D.any_rank(run.stop.signal is not None)  # all ranks: same i
+            late = run.deadline is not None and (due or not D.is_dist()) and D.any_rank(run.deadline.passed())
+            end = late or state.iteration >= total  # the same step on every rank
             loss = None
-            if due or stop:  # a stop: the sums of every step done, for interrupted.pt
+            if due or stop or end:  # a stop: the sums of every step done, for interrupted.pt (or the last epoch's row)
                 seen, loss = report_steps(run, state, stats, meter.read(), seen, lr, epoch)
             bar.update(i, lr, loss)
             if stop:
+                break
+            if end:
+                state.last_epoch = True
+                if late and state.iteration < total:
+                    run.log.line(f"time budget: training stops after step {i + 1}/{steps} of epoch {epoch + 1}/{cfg.epochs} "
+                                 "(slower than measured), to evaluate and save best.pt within the budget")
                 break
     stats.seconds += time.time() - t0
     return stats
@@ -261,13 +306,17 @@ def stop_run(run: Run, state: RunState, epoch: int, stats: EpochStats) -> str:
 # --- end of an epoch ------------------------------------------------------------------------------
 
 
-def end_epoch(run: Run, state: RunState, epoch: int, stats: EpochStats) -> None:
-    """Evaluate (on evaluation epochs), add the epoch's row to the history, save ``last.pt`` (and
-    ``best.pt`` when AP improved), rewrite the report files, log the epoch's line."""
+def end_epoch(run: Run, state: RunState, epoch: int, stats: EpochStats, last: bool = False) -> None:
+    """Evaluate (on evaluation epochs, the last one, or ``last``: a run that stops early at its
+    time budget), add the epoch's row to the history, save ``last.pt`` (and ``best.pt`` when AP
+    improved), rewrite the report files, log the epoch's line."""
     cfg = run.cfg
     row = {"epoch": epoch + 1, **epoch_losses(stats.sums, stats.steps, run.device), "lr": run.optimizer.param_groups[0]["lr"]}
     t_eval = time.time()
-    result = evaluate_epoch(run) if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs else None
+    due = last or (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
+    result = evaluate_epoch(run) if due else None
+    if result is not None and run.deadline is not None:
+        run.deadline.evaluated(time.time() - t_eval)
     row |= {**{k: result.metrics[k] if result else None for k in METRIC_NAMES}, "val_images": result.num_images if result else None,
             "time_s": stats.seconds, "eval_s": time.time() - t_eval if result else None,
             "images_per_s": stats.images * run.world / max(stats.seconds, 1e-9), "peak_mem_mb": peak_memory_mb(run.device),

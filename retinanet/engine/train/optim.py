@@ -18,7 +18,33 @@ from retinanet.config import TrainConfig
 from retinanet.errors import RetinaNetError
 
 
-def lr_factor(it: int, epoch_float: float, cfg: TrainConfig, total_epochs: int) -> float:
+def resolve_warmup(cfg: TrainConfig, total_steps: int) -> int:
+    """Warmup steps of a run of ``total_steps`` steps: ``cfg.warmup_iters``, capped at
+    ``cfg.warmup_max_fraction`` of the run, so a short run (a small dataset, few epochs) does not
+    spend most of it warming up (300 steps of a 360-step run would keep the lr below a third of
+    ``cfg.lr`` for 8 of 10 epochs).
+
+    Raises:
+        RetinaNetError: ``warmup_iters`` < 0 or ``warmup_max_fraction`` outside 0..1.
+    """
+    if cfg.warmup_iters < 0:
+        raise RetinaNetError(f"warmup_iters must be >= 0, got {cfg.warmup_iters}")
+    if not 0 <= cfg.warmup_max_fraction <= 1:
+        raise RetinaNetError(f"warmup_max_fraction must be in 0..1, got {cfg.warmup_max_fraction}")
+    return min(cfg.warmup_iters, int(cfg.warmup_max_fraction * max(0, total_steps)))
+
+
+def describe_schedule(cfg: TrainConfig, warmup: int, total_steps: int, total_epochs: float) -> str:
+    """One log line: the warmup the run resolved to (and why) and the lr it peaks at."""
+    why = "" if warmup == cfg.warmup_iters else (
+        f", warmup_iters {cfg.warmup_iters} capped at warmup_max_fraction {cfg.warmup_max_fraction:g} of the run")
+    after = (f"cosine to 0 at epoch {total_epochs:.3g}" if cfg.scheduler == "cosine"
+             else f"x{cfg.lr_gamma:g} at epochs {', '.join(map(str, cfg.lr_steps)) or '-'}")
+    return (f"lr schedule: {total_steps} steps ({total_epochs:.3g} epochs); warmup {warmup} steps{why}, "
+            f"lr {cfg.lr * cfg.warmup_factor:.3g} -> peak {cfg.lr:g} at step {warmup}, then {after}")
+
+
+def lr_factor(it: int, epoch_float: float, cfg: TrainConfig, total_epochs: float, warmup_iters: int | None = None) -> float:
     """Multiplier of ``cfg.lr`` at global step ``it`` (linear warmup, then multistep or cosine).
 
     Args:
@@ -26,16 +52,19 @@ def lr_factor(it: int, epoch_float: float, cfg: TrainConfig, total_epochs: int) 
         epoch_float: epoch + fraction of it done (``epoch + i / steps_per_epoch``), 0-based.
         cfg: ``warmup_iters``, ``warmup_factor`` (the factor at step 0), ``scheduler``,
             ``lr_steps`` and ``lr_gamma`` (multistep: times ``lr_gamma`` at each step epoch).
-        total_epochs: the cosine schedule reaches 0 at this epoch.
+        total_epochs: the cosine schedule reaches 0 at this epoch (a fraction where a run ends
+            part way through its last epoch: ``max_steps / steps_per_epoch``).
+        warmup_iters: the run's warmup steps (``resolve_warmup``); None: ``cfg.warmup_iters``.
     Returns:
-        warmup factor (``warmup_factor`` -> 1 over ``warmup_iters`` steps) times the schedule's.
+        warmup factor (``warmup_factor`` -> 1 over the warmup steps) times the schedule's.
     """
+    warmup = cfg.warmup_iters if warmup_iters is None else warmup_iters
     warm = 1.0
-    if it < cfg.warmup_iters:
-        alpha = it / max(1, cfg.warmup_iters)
+    if it < warmup:
+        alpha = it / max(1, warmup)
         warm = cfg.warmup_factor * (1 - alpha) + alpha
     if cfg.scheduler == "cosine":
-        return warm * 0.5 * (1 + math.cos(math.pi * min(1.0, epoch_float / max(1, total_epochs))))
+        return warm * 0.5 * (1 + math.cos(math.pi * min(1.0, epoch_float / (total_epochs if total_epochs > 0 else 1))))
     if cfg.scheduler == "multistep":
         return warm * cfg.lr_gamma ** sum(int(epoch_float) >= s for s in cfg.lr_steps)
     raise RetinaNetError(f"unknown scheduler '{cfg.scheduler}' (multistep or cosine)")

@@ -61,6 +61,7 @@ class RunState:
     bad_in_a_row: int = 0  # consecutive non-finite losses (as of the last read of the step meter)
     step: int = 0  # batches of epoch ``epoch`` already done (resumed mid-epoch from interrupted.pt)
     epoch_stats: EpochStats | None = None  # and their sums
+    last_epoch: bool = False  # the epoch in progress is the last: max_steps reached or the --time deadline passed
 
 
 @dataclass
@@ -89,6 +90,7 @@ class Run:
     stop: StopFlag = field(default_factory=StopFlag)
     tb: Any = None  # a TensorBoard SummaryWriter (main process, --tensorboard)
     resumed_interrupted: Path | None = None  # out/interrupted.pt when resumed from it: deleted once passed
+    deadline: Any = None  # ``retinanet.engine.train.budget.Deadline`` of a ``--time`` run (None: no deadline)
 
 
 def check_train_config(cfg: TrainConfig) -> None:
@@ -96,6 +98,10 @@ def check_train_config(cfg: TrainConfig) -> None:
     for name in ("epochs", "batch_size", "eval_every", "print_every", "max_bad_steps"):
         if getattr(cfg, name) < 1:
             raise RetinaNetError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.time is not None and not cfg.time > 0:
+        raise RetinaNetError(f"time must be > 0 minutes, got {cfg.time:g}")
+    if cfg.max_steps is not None and cfg.max_steps < 1:
+        raise RetinaNetError(f"max_steps must be >= 1, got {cfg.max_steps}")
     normalize_mode(cfg.amp)
 
 
