@@ -10,11 +10,12 @@ options -> config dicts step in ``retinanet.cli.options``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from collections.abc import Sequence
 
 from retinanet import __version__
-from retinanet.files import check_output_path
+from retinanet.files import check_output_path, hold_folder
 from retinanet.cli.demo import add_demo_parser, demo_options, run_demo
 from retinanet.cli.options import (CHANNELS_LAST_HELP, DEVICE_HELP, QUIET_HELP, WEIGHTS_HELP, add_amp_options, add_data_options,
                                    add_image_options, add_input_size_options, data_config_from_args)
@@ -22,7 +23,7 @@ from retinanet.cli.train import add_train_parser, cmd_train
 from retinanet.config import ModelConfig
 from retinanet.data import check_dataset, make_synthetic
 from retinanet.data.check import anchor_hint, write_check_outputs
-from retinanet.engine.runtime.distributed import cleanup, is_main_process, local_device
+from retinanet.engine.runtime.distributed import cleanup, is_main_process, launch_rank, local_device
 from retinanet.engine.evaluate.loop import EvalOptions, run_eval
 from retinanet.engine.export.onnx_export import ExportOptions, export_checkpoint
 from retinanet.engine.infer.detector import Detector
@@ -118,6 +119,12 @@ def _add_eval(sub) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     check_output_path(args.out, folder=True)
+    # one evaluation writes a folder at a time (rank 0 writes it; torchrun stops the others if it cannot)
+    with hold_folder(args.out, "retinanet eval") if launch_rank() == 0 else contextlib.nullcontext():
+        return _eval(args)
+
+
+def _eval(args: argparse.Namespace) -> int:
     data_cfg = data_config_from_args(args, **({"val_split": args.split} if args.split else {}))
     sizes = {"min_size": args.min_size, "max_size": args.max_size, "score_thresh": args.score_thresh}
     opts = EvalOptions(
@@ -181,6 +188,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     files = find_images(args.inputs, recursive=args.recursive)  # fail before loading the model
     if args.save_conf and not args.save_txt:
         raise RetinaNetError("--save-conf adds scores to the YOLO labels of --save-txt: give --save-txt too")
+    with hold_folder(args.out, "retinanet predict"):  # one predict writes a folder at a time
+        return _predict(args, files)
+
+
+def _predict(args: argparse.Namespace, files) -> int:
     sizes = {"min_size": args.min_size, "max_size": args.max_size}
     pixels = {"max_image_pixels": args.max_image_pixels} if args.max_image_pixels else {}
     detector = Detector.load(args.weights, local_device(args.device), channels_last=args.channels_last, amp=args.amp, exif=args.exif,

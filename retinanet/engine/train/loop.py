@@ -13,7 +13,8 @@ prints). A run reads top-down:
   ``results.csv``, ``metrics.json``, ``results.png``); ``train.log`` keeps every line printed.
 
 A new run never writes into a run directory that holds another run (``check_run_dir`` in
-``retinanet.engine.runtime.run_dir``: resume it, or ``exist_ok``). SIGINT/SIGTERM stop after the
+``retinanet.engine.runtime.run_dir``: resume it, or ``exist_ok``), nor into one another process
+is using (``hold_run_dir``: rank 0 holds the folder's lock for the whole run). SIGINT/SIGTERM stop after the
 current step (under DDP: at the next logging point, every ``print_every`` steps) with ``interrupted.pt``, which also holds the position in the
 epoch: a resume from it continues at the next step with the same batches, lr and RNG states
 (bit-identical on CPU, with any number of loader workers). A run deletes only the ``interrupted.pt`` it resumed
@@ -44,7 +45,7 @@ from retinanet.engine.evaluate.coco import METRIC_NAMES
 from retinanet.engine.evaluate.loop import EvalResult, evaluate
 from retinanet.engine.runtime import distributed as D
 from retinanet.engine.runtime.precision import Precision
-from retinanet.engine.runtime.run_dir import check_run_dir, resume_file, same_file
+from retinanet.engine.runtime.run_dir import check_run_dir, hold_run_dir, resume_file, same_file
 from retinanet.engine.train.meter import EpochStats, MeterReading, StepMeter
 from retinanet.engine.train.optim import lr_factor, optimizer_step, seed_everything, set_lr
 from retinanet.engine.train.report import (LOSSES, RunLog, StepProgress, divergence_warning, epoch_line, format_run_summary,
@@ -65,14 +66,16 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, 
     run may replace the files of another run in ``train_cfg.out`` (``check_run_dir``).
     """
     own_group = not D.is_dist()
-    try:
-        return _train(model_cfg, data_cfg, train_cfg, progress, exist_ok)
+    try:  # rank 0 holds the run folder from before the first check of it to the end (others: torchrun stops them)
+        with hold_run_dir(Path(train_cfg.out)) if D.launch_rank() == 0 else contextlib.nullcontext("") as cleaned:
+            return _train(model_cfg, data_cfg, train_cfg, progress, exist_ok, cleaned)
     finally:
         if own_group:
             D.cleanup()
 
 
-def _train(model_cfg: ModelConfig, data_cfg: DataConfig, cfg: TrainConfig, progress: bool, exist_ok: bool) -> dict[str, Any]:
+def _train(model_cfg: ModelConfig, data_cfg: DataConfig, cfg: TrainConfig, progress: bool, exist_ok: bool,
+           cleaned: str) -> dict[str, Any]:
     t_start = time.time()
     replacing = check_run_dir(Path(cfg.out), cfg.resume, exist_ok)  # before any work, on every rank
     writer_cls = tensorboard_writer_class() if cfg.tensorboard else None  # every rank fails alike, before any work
@@ -97,8 +100,9 @@ def _train(model_cfg: ModelConfig, data_cfg: DataConfig, cfg: TrainConfig, progr
                  f"{model_cfg.min_size}-{model_cfg.max_size} px")
         for note in start_notes:
             log.line(note)
-        if replacing:
-            log.line(replacing)
+        for line in (replacing, cleaned):
+            if line:
+                log.line(line)
         run = setup(model, model_cfg, data_cfg, cfg, data, device, distributed, log, progress)
         state = restore(run, resume_file(cfg.resume)) if cfg.resume else RunState()
         if cfg.resume and same_file(resume_file(cfg.resume), out / "interrupted.pt"):
