@@ -204,14 +204,15 @@ def read_config_file(path: str | Path) -> dict[str, dict[str, Any]]:
     return sections
 
 
-def write_config_file(path: str | Path, configs: Mapping[str, Any]) -> None:
+def write_config_file(path: str | Path, configs: Mapping[str, Any], comment: str = "") -> None:
     """Write ``{"model": cfg, "data": cfg, "train": cfg}`` (dataclasses or dicts) as YAML that
-    ``read_config_file`` reads back to the same configs."""
+    ``read_config_file`` reads back to the same configs; ``comment``'s lines first, as YAML comments."""
     def plain(section: Any) -> dict[str, Any]:
         values = dataclasses.asdict(section) if dataclasses.is_dataclass(section) else dict(section)
         return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
 
-    write_atomic(path, yaml.safe_dump({name: plain(sec) for name, sec in configs.items()}, sort_keys=False))
+    head = "".join(f"# {line}\n" for line in comment.splitlines())
+    write_atomic(path, head + yaml.safe_dump({name: plain(sec) for name, sec in configs.items()}, sort_keys=False))
 
 
 def resolve_config(file_sections: Mapping[str, Mapping[str, Any]] | None = None,

@@ -19,6 +19,7 @@ from retinanet.engine.runtime.checkpoint import stored_config
 from retinanet.engine.runtime.run_dir import resume_file
 from retinanet.engine.train.loop import train
 from retinanet.engine.train.report import format_run_summary
+from retinanet.engine.train.resume import resume_setting
 from retinanet.errors import RetinaNetError
 
 QUICK_RECIPE = RECIPES_DIR / "quick_synthetic.yaml"
@@ -34,6 +35,9 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
         f"config file (--config FILE or a shipped recipe: {', '.join(recipe_names())}; without --config and --data: "
         "the quick_synthetic recipe; with --resume and no --config: the checkpoint's config), the options given here. "
         "The resolved config is written to RUN_DIR/config.yaml (train again with --config RUN_DIR/config.yaml). "
+        "--resume continues the run it names: settings that define the run (data, class map, model, batch size, "
+        "processes, schedule) must stay as they were (--resume-allow SETTING lets one change, said in the log); "
+        "epochs (multistep), workers, device and logging may change and are said aloud. "
         "Run with 'torchrun --nproc_per_node=N -m retinanet train ...' for DDP (NCCL on GPUs, gloo on CPU).",
     )
     add_data_options(p, from_config=True, augment=True)
@@ -58,7 +62,11 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
     w.add_argument("--weights", default=S, metavar="NAME_OR_FILE", help="start from a whole detector: coco or coco-v2 (torchvision's COCO RetinaNet files, downloaded once into $TORCH_HOME/hub/checkpoints, hash-checked), a torchvision RetinaNet state_dict or our checkpoint (a different class count re-initialises the classification layer); none: no detector weights")
     w.add_argument("--backbone-weights", default=S, metavar="NAME_OR_FILE", help="start the ResNet body from imagenet (torchvision's ImageNet weights, downloaded once like coco) or a torchvision ResNet state_dict; FPN and heads start fresh")
     w.add_argument("--from-scratch", action="store_true", default=S, help="random weights everywhere (same as --weights none); trains every layer with trainable BatchNorm")
-    t.add_argument("--resume", default=S, metavar="RUN_DIR_OR_CKPT", help="continue a run exactly from RUN_DIR/last.pt or a checkpoint")
+    t.add_argument("--resume", default=S, metavar="RUN_DIR_OR_CKPT", help="continue a run exactly from RUN_DIR/last.pt or a checkpoint, in its folder (--out: elsewhere), with the run's own settings (see --resume-allow)")
+    t.add_argument("--resume-allow", action="extend", nargs="+", type=resume_allow_type, default=[], metavar="SETTING",
+                   help="with --resume: let the resumed run change these settings that define a run (batch_size, lr, "
+                   "root, class_map, world_size, ...); without it a resume refuses them and lists each (old -> new). "
+                   "The log names each change, config.yaml records it")
     t.add_argument("--out", default=S, metavar="RUN_DIR", help=f"run directory for checkpoints, logs and plots; a new run refuses one that holds another run [{t0.out}]")
     t.add_argument("--exist-ok", action="store_true", help="let a new run replace the files of another run in --out (it says which)")
     t.add_argument("--epochs", type=int, default=S, help=f"[{t0.epochs}]")
@@ -87,9 +95,20 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
+def resume_allow_type(text: str) -> str:
+    """argparse type of ``--resume-allow``: a setting a resume may be allowed to change."""
+    try:
+        return resume_setting(text)
+    except RetinaNetError as err:
+        raise argparse.ArgumentTypeError(str(err).removeprefix("--resume-allow: ")) from None
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.resume_allow and not getattr(args, "resume", None):
+        raise RetinaNetError("--resume-allow lets a resumed run change settings: give --resume RUN_DIR too")
     model_cfg, data_cfg, train_cfg = train_configs(args)
-    summary = train(model_cfg, data_cfg, train_cfg, progress=not args.quiet, exist_ok=args.exist_ok)
+    summary = train(model_cfg, data_cfg, train_cfg, progress=not args.quiet, exist_ok=args.exist_ok,
+                    resume_allow=tuple(args.resume_allow))
     if summary["rank"] == 0:  # the process group is gone by now: the rank is in the summary
         print(format_run_summary(summary))
     return EXIT_CODES.get(summary["stopped"], 1)
@@ -109,6 +128,8 @@ def train_configs(args: argparse.Namespace) -> tuple[ModelConfig, DataConfig, Tr
     if start:  # the command line names the start: a config file's choice and recorded hash give way
         sections["train"] = {k: v for k, v in sections["train"].items() if k not in (*START_OPTIONS, "start_sha256")}
         given["train"] |= start
+    if given["train"].get("resume") and "out" not in given["train"]:  # the run named continues where it is now,
+        given["train"]["out"] = str(resume_file(given["train"]["resume"]).parent)  # also when its folder was moved
     return resolve_config(sections, given, source=source)
 
 
