@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from retinanet.cli.options import DEVICE_HELP
+from retinanet.cli.options import DEVICE_HELP, field_type, non_negative_int, positive_int
 from retinanet.config import DataConfig, find_config, read_config_file, resolve_config
 from retinanet.data import ensure_synthetic
 from retinanet.engine.runtime.precision import cpu_bf16_flags, cpu_has_native_bf16
@@ -67,12 +67,12 @@ def add_demo_parser(sub) -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default="demo", metavar="DIR", help="output folder: DIR/train, DIR/eval, DIR/predict [demo]")
     p.add_argument("--device", help=f"{DEVICE_HELP} (default: the recipe's, auto)")
-    p.add_argument("--epochs", type=int, help="training epochs (default: the recipe's)")
-    p.add_argument("--workers", type=int, help="data loading processes of every step (default: each command's)")
-    p.add_argument("--synthetic-train", type=int, metavar="N", help="synthetic training images (default: the recipe's)")
-    p.add_argument("--synthetic-val", type=int, metavar="N", help="synthetic validation images (default: the recipe's)")
-    p.add_argument("--synthetic-size", type=int, metavar="PX", help="side of the synthetic images (default: the recipe's)")
-    p.add_argument("--num-images", type=int, default=8, metavar="N", help="validation images to draw predictions on [8]")
+    p.add_argument("--epochs", type=positive_int, help="training epochs (default: the recipe's)")
+    p.add_argument("--workers", type=non_negative_int, help="data loading processes of every step (default: each command's)")
+    p.add_argument("--synthetic-train", type=positive_int, metavar="N", help="synthetic training images (default: the recipe's)")
+    p.add_argument("--synthetic-val", type=positive_int, metavar="N", help="synthetic validation images (default: the recipe's)")
+    p.add_argument("--synthetic-size", type=field_type("synthetic_size"), metavar="PX", help="side of the synthetic images (default: the recipe's)")
+    p.add_argument("--num-images", type=positive_int, default=8, metavar="N", help="validation images to draw predictions on [8]")
     p.add_argument("train_options", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return p
 
