@@ -15,7 +15,7 @@ the demo all use it); sections are plain dicts ``{"model": {...}, "data": {...},
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -133,6 +133,99 @@ class TrainConfig:
             object.__setattr__(self, "amp", "on" if self.amp else "off")
 
 
+# --- limits of the numeric settings: one table, read by from_dict (config files, checkpoints, the
+# command line through resolve_config) and by the command line's argparse types (retinanet.cli.options)
+
+
+def _number(value: Any, kind: type) -> int | float:
+    """``value`` (a number, or the text of one) as ``kind``; ValueError saying what it is not."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"must be {'a whole number' if kind is int else 'a number'}, not {value!r}")
+    try:
+        number = kind(value) if isinstance(value, str) else value
+    except ValueError:
+        raise ValueError(f"must be {'a whole number' if kind is int else 'a number'}, not {value!r}") from None
+    if kind is int and (isinstance(number, float) and not number.is_integer()):
+        raise ValueError(f"must be a whole number, not {value!r}")
+    if kind is float and number != number:
+        raise ValueError("must be a number, not nan")
+    return kind(number)
+
+
+def at_least(low: int | float, kind: type = int) -> Callable[[Any], Any]:
+    """A check: a ``kind`` number >= ``low``."""
+    def check(value: Any) -> Any:
+        number = _number(value, kind)
+        if number < low:
+            raise ValueError(f"must be at least {low}, not {number}")
+        return number
+    check.__name__ = f"at_least_{low}"
+    return check
+
+
+def between(low: float, high: float, kind: type = float, *, low_open: bool = False, high_open: bool = False):
+    """A check: a ``kind`` number in ``[low, high]`` (``low_open``/``high_open``: the end excluded)."""
+    def check(value: Any) -> Any:
+        number = _number(value, kind)
+        if number < low or number > high or (low_open and number == low) or (high_open and number == high):
+            raise ValueError(f"must be in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}, not {number}")
+        return number
+    check.__name__ = f"between_{low}_{high}"
+    return check
+
+
+def above(low: float) -> Callable[[Any], float]:
+    """A check: a number > ``low``."""
+    def check(value: Any) -> float:
+        number = _number(value, float)
+        if not number > low or number == float("inf"):
+            raise ValueError(f"must be a finite number above {low}, not {number}")
+        return number
+    check.__name__ = f"above_{low}"
+    return check
+
+
+positive_int, non_negative_int = at_least(1), at_least(0)
+fraction = between(0.0, 1.0)  # a probability or a threshold
+positive_number, non_negative_number = above(0.0), between(0.0, float("inf"), high_open=True)
+MIN_SYNTHETIC_SIZE = 16  # the synthetic generator fails on smaller images
+
+# field -> check; a sequence field checks each item; None passes where the field allows it
+LIMITS: dict[str, Callable[[Any], Any]] = {
+    "num_classes": at_least(2), "min_size": positive_int, "max_size": positive_int, "score_thresh": fraction,
+    "nms_thresh": fraction, "detections_per_img": positive_int, "topk_candidates": positive_int,
+    "trainable_backbone_layers": between(0, 5, int), "frozen_bn_eps": non_negative_number, "fpn_channels": positive_int,
+    "head_convs": between(1, 4, int), "anchor_sizes": positive_int,
+    "val_fraction": between(0.0, 1.0, high_open=True), "max_image_pixels": positive_int, "train_sizes": positive_int,
+    "hflip_prob": fraction, "workers": non_negative_int, "synthetic_train": positive_int, "synthetic_val": positive_int,
+    "synthetic_size": at_least(MIN_SYNTHETIC_SIZE),
+    "epochs": positive_int, "batch_size": positive_int, "lr": positive_number, "momentum": between(0.0, 1.0, high_open=True),
+    "weight_decay": non_negative_number, "warmup_iters": non_negative_int,
+    "warmup_factor": between(0.0, 1.0, low_open=True), "lr_steps": non_negative_int, "lr_gamma": positive_number,
+    "clip_grad_norm": positive_number, "ema_decay": between(0.0, 1.0, high_open=True), "ema_ramp_iters": non_negative_int,
+    "eval_every": positive_int, "print_every": positive_int, "max_bad_steps": positive_int,
+    "crop": at_least(MIN_SYNTHETIC_SIZE), "warmup_max_fraction": fraction, "time": positive_number, "max_steps": positive_int,
+}
+
+
+def check_limits(values: Mapping[str, Any], section: str, source: str) -> None:
+    """Raise ``RetinaNetError`` naming ``source``, the setting and its limit for each value of
+    ``values`` (one config section) outside ``LIMITS``."""
+    problems = []
+    for name, value in values.items():
+        check = LIMITS.get(name)
+        if check is None or value is None:
+            continue
+        for item in (value if isinstance(value, list | tuple) else (value,)):
+            try:
+                check(item)
+            except ValueError as err:
+                problems.append(f"{section}.{name} {err}")
+                break
+    if problems:
+        raise RetinaNetError(f"{source}: {'; '.join(problems)}")
+
+
 SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
 # fields that no longer exist but old checkpoints and config.yaml files still hold: dropped on read
 REMOVED_FIELDS: dict[type, tuple[str, ...]] = {TrainConfig: ("extra",)}
@@ -149,6 +242,7 @@ def from_dict(cls: type[T], values: dict[str, Any], source: str = "config") -> T
     unknown = sorted(set(values) - set(names))
     if unknown:
         raise RetinaNetError(f"{source}: unknown option(s) for {cls.__name__}: {', '.join(unknown)}")
+    check_limits(values, next((k for k, c in SECTIONS.items() if c is cls), cls.__name__), source)
     kwargs = {}
     for key, value in values.items():
         if isinstance(value, list) and "tuple" in str(names[key].type):
@@ -209,14 +303,15 @@ def read_config_file(path: str | Path) -> dict[str, dict[str, Any]]:
     return sections
 
 
-def write_config_file(path: str | Path, configs: Mapping[str, Any]) -> None:
+def write_config_file(path: str | Path, configs: Mapping[str, Any], comment: str = "") -> None:
     """Write ``{"model": cfg, "data": cfg, "train": cfg}`` (dataclasses or dicts) as YAML that
-    ``read_config_file`` reads back to the same configs."""
+    ``read_config_file`` reads back to the same configs; ``comment``'s lines first, as YAML comments."""
     def plain(section: Any) -> dict[str, Any]:
         values = dataclasses.asdict(section) if dataclasses.is_dataclass(section) else dict(section)
         return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
 
-    write_atomic(path, yaml.safe_dump({name: plain(sec) for name, sec in configs.items()}, sort_keys=False))
+    head = "".join(f"# {line}\n" for line in comment.splitlines())
+    write_atomic(path, head + yaml.safe_dump({name: plain(sec) for name, sec in configs.items()}, sort_keys=False))
 
 
 def resolve_config(file_sections: Mapping[str, Mapping[str, Any]] | None = None,

@@ -8,15 +8,23 @@ umask 022). ``check_output_path`` is the first thing ``train``/``eval``/``predic
 with ``--out``. ``read_file`` loads any torch file with ``weights_only=True``; what our checkpoint
 holds is ``retinanet.engine.runtime.checkpoint``'s business, torchvision's files
 ``retinanet.model.weights``'.
+
+An output folder is held by one process at a time (``hold_folder``: an advisory ``flock`` on
+``FOLDER/.lock``, released by the OS when the process ends, however it ends); a write that was
+killed leaves its temporary file, which ``remove_stale_temporaries`` clears under that lock.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import pickle
+import re
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -68,6 +76,62 @@ def write_atomic(path: str | os.PathLike, content: bytes | str | Callable[[IO[by
             raise RetinaNetError(f"{path}: cannot be written ({err.strerror or err}); {kept}") from err
         raise
     return path
+
+
+# write_atomic's temporaries: mkstemp(prefix=".NAME.", suffix=".tmp") puts 8 of [a-z0-9_] between
+TEMPORARY = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp$")
+LOCK_FILE = ".lock"
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, names: Iterable[str]) -> list[str]:
+    """Delete the temporary files ``write_atomic`` leaves when it is killed mid-write
+    (``.last.pt.k3j_x9a2.tmp``) for the files ``names`` in ``folder``; only call it while holding
+    the folder (``hold_folder``), when no write of ours can be under way there.
+
+    Returns:
+        one "NAME (SIZE)" per file removed.
+    """
+    names, removed = set(names), []
+    for path in sorted(Path(folder).glob(".*.tmp")):
+        match = TEMPORARY.match(path.name)
+        if match and match["name"] in names and path.is_file():
+            size = path.stat().st_size
+            path.unlink(missing_ok=True)
+            removed.append(f"{path.name} ({size / 1e6:.1f} MB)" if size >= 100_000 else f"{path.name} ({size} bytes)")
+    return removed
+
+
+@contextlib.contextmanager
+def hold_folder(folder: str | os.PathLike, what: str, option: str = "--out") -> Iterator[Path]:
+    """Hold output folder ``folder`` for this process while the block runs: an exclusive advisory
+    lock (``fcntl.flock``) on ``FOLDER/.lock``, which holds this process's pid and ``what``. The OS
+    releases it when the process ends, also when it is killed: a folder is never left locked.
+    ``folder`` is checked (``check_output_path``) and created first.
+
+    Raises:
+        RetinaNetError: another process holds ``folder``: the message names its pid and command.
+    """
+    folder = check_output_path(folder, folder=True, option=option)
+    lock = folder / LOCK_FILE
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as err:
+        raise RetinaNetError(f"{option} {folder}: cannot create {lock.name} in it ({err.strerror or err})") from err
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 500, 0).decode("utf-8", "replace").strip() or "a process that has not written its pid yet"
+            raise RetinaNetError(f"{option} {folder}: in use by another process ({holder}); two runs in one folder "
+                                 "overwrite each other's files: wait for it to end, stop it, or choose another "
+                                 f"{option}") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}: {what}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
+        yield folder
+        os.ftruncate(fd, 0)  # the pid of a process that no longer holds the folder is not left behind
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def check_output_path(path: str | os.PathLike, *, folder: bool, option: str = "--out") -> Path:

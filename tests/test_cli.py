@@ -106,3 +106,103 @@ def test_readme_commands_use_existing_options(capsys):
                       if not _has_flag(helps[target], f)]
     assert not wrong, "README options missing from --help:\n" + "\n".join(wrong)
     assert seen == set(helps), f"README shows no command line for {sorted(set(helps) - seen)}"
+
+
+# --- counts and limits checked when the command line is parsed; output paths before work (issue 22) --
+
+def _subparsers():
+    parser = build_parser()
+    action = next(a for a in parser._actions if a.choices and "train" in a.choices)
+    return action.choices
+
+
+def test_no_numeric_option_of_any_command_takes_an_unchecked_int_or_float():
+    """Every numeric option has a type that checks its limits (cli/options: positive_int,
+    non_negative_int, fraction, field_type(...) from config.LIMITS), not bare int/float."""
+    bare = [f"{name} {'/'.join(a.option_strings)}" for name, p in _subparsers().items() for a in p._actions
+            if a.type in (int, float)]
+    assert bare == []
+
+
+BAD_VALUES = [  # (command line, option the message names)
+    (["make-synthetic", "OUT", "--num-train", "0"], "--num-train"),
+    (["make-synthetic", "OUT", "--num-val", "-1"], "--num-val"),
+    (["make-synthetic", "OUT", "--image-size", "8"], "--image-size"),
+    (["check-data", "--val-fraction", "1.5"], "--val-fraction"),
+    (["check-data", "--min-size", "0"], "--min-size"),
+    (["check-data", "--anchor-sizes", "32", "64", "0", "256", "512"], "--anchor-sizes"),
+    (["check-data", "--max-image-pixels", "-5"], "--max-image-pixels"),
+    (["train", "--batch-size", "0"], "--batch-size"),
+    (["train", "--workers", "-1"], "--workers"),
+    (["train", "--epochs", "0"], "--epochs"),
+    (["train", "--epochs", "2.5"], "--epochs"),
+    (["train", "--lr", "-0.1"], "--lr"),
+    (["train", "--lr", "nan"], "--lr"),
+    (["train", "--momentum", "1"], "--momentum"),
+    (["train", "--weight-decay", "-1"], "--weight-decay"),
+    (["train", "--warmup-iters", "-1"], "--warmup-iters"),
+    (["train", "--lr-steps", "-2"], "--lr-steps"),
+    (["train", "--lr-gamma", "0"], "--lr-gamma"),
+    (["train", "--clip-grad", "0"], "--clip-grad"),
+    (["train", "--ema-decay", "1.5"], "--ema-decay"),
+    (["train", "--eval-every", "0"], "--eval-every"),
+    (["train", "--print-every", "0"], "--print-every"),
+    (["train", "--hflip-prob", "2"], "--hflip-prob"),
+    (["train", "--train-sizes", "0"], "--train-sizes"),
+    (["train", "--synthetic-train", "0"], "--synthetic-train"),
+    (["train", "--synthetic-size", "4"], "--synthetic-size"),
+    (["train", "--min-size", "0"], "--min-size"),
+    (["train", "--fpn-channels", "0"], "--fpn-channels"),
+    (["train", "--head-convs", "0"], "--head-convs"),
+    (["train", "--trainable-backbone-layers", "6"], "--trainable-backbone-layers"),
+    (["eval", "--weights", "w", "--batch-size", "0"], "--batch-size"),
+    (["eval", "--weights", "w", "--workers", "-1"], "--workers"),
+    (["eval", "--weights", "w", "--score-thresh", "-0.1"], "--score-thresh"),
+    (["eval", "--weights", "w", "--max-size", "-1"], "--max-size"),
+    (["predict", "x", "--weights", "w", "--max-dets", "0"], "--max-dets"),
+    (["predict", "x", "--weights", "w", "--batch-size", "0"], "--batch-size"),
+    (["predict", "x", "--weights", "w", "--workers", "-2"], "--workers"),
+    (["predict", "x", "--weights", "w", "--score-thresh", "1.5"], "--score-thresh"),
+    (["export", "--weights", "w", "--out", "m.onnx", "--opset", "0"], "--opset"),
+    (["export", "--weights", "w", "--out", "m.onnx", "--batch-size", "0"], "--batch-size"),
+    (["export", "--weights", "w", "--out", "m.onnx", "--image-size", "-64"], "--image-size"),
+    (["demo", "--epochs", "0"], "--epochs"),
+    (["demo", "--workers", "-1"], "--workers"),
+    (["demo", "--num-images", "0"], "--num-images"),
+]
+
+
+@pytest.mark.parametrize("argv, option", BAD_VALUES, ids=[" ".join(a[:1] + a[-2:]) for a, _ in BAD_VALUES])
+def test_bad_counts_and_limits_are_refused_when_parsed(argv, option, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert f"argument {option}" in err and ("must be" in err), err
+
+
+@pytest.mark.parametrize("content, message", [
+    ("train: {batch_size: 0}\n", "train.batch_size must be at least 1, not 0"),
+    ("data: {workers: -1}\n", "data.workers must be at least 0, not -1"),
+    ("train: {lr: -0.01, warmup_factor: 0}\n", "train.lr must be a finite number above 0.0, not -0.01; "
+                                                "train.warmup_factor must be in (0.0, 1.0], not 0.0"),
+    ("model: {anchor_sizes: [32, 0, 128, 256, 512]}\n", "model.anchor_sizes must be at least 1, not 0"),
+    ("train: {epochs: ten}\n", "train.epochs must be a whole number, not 'ten'"),
+])
+def test_the_same_limits_hold_for_a_config_file(tmp_path, capsys, content, message):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(content)
+    assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{cfg}: {message}" in err, err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("argv", [["make-synthetic", "{file}/sub"], ["check-data", "--data", "{tmp}", "--out", "{file}/sub"]],
+                         ids=["make-synthetic", "check-data"])
+def test_output_paths_under_a_file_are_refused_before_work(tmp_path, capsys, argv):
+    file = tmp_path / "file"
+    file.write_text("x")
+    assert main([a.format(file=file, tmp=tmp_path) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{file} is a file, not a folder" in err, err

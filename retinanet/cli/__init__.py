@@ -10,23 +10,25 @@ options -> config dicts step in ``retinanet.cli.options``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from collections.abc import Sequence
 
 from retinanet import __version__
-from retinanet.files import check_output_path
+from retinanet.files import check_output_path, hold_folder
 from retinanet.cli.demo import add_demo_parser, demo_options, run_demo
 from retinanet.cli.options import (CHANNELS_LAST_HELP, DEVICE_HELP, QUIET_HELP, WEIGHTS_HELP, add_amp_options, add_data_options,
-                                   add_image_options, add_input_size_options, add_tile_options, data_config_from_args,
+                                   add_image_options, add_input_size_options, add_tile_options, any_int, arg_type,
+                                   data_config_from_args, field_type, fraction, non_negative_int, positive_int,
                                    tile_options_from_args)
 from retinanet.cli.train import add_train_parser, cmd_train
-from retinanet.config import ModelConfig
+from retinanet.config import ModelConfig, at_least
 from retinanet.data import check_dataset, make_synthetic
 from retinanet.data.check import anchor_hint, tile_hint, write_check_outputs
 from retinanet.data.synthetic import LARGE
-from retinanet.engine.runtime.distributed import cleanup, is_main_process, local_device
+from retinanet.engine.runtime.distributed import cleanup, is_main_process, launch_rank, local_device
 from retinanet.engine.evaluate.loop import EvalOptions, run_eval
-from retinanet.engine.export.onnx_export import ExportOptions, export_checkpoint
+from retinanet.engine.export.onnx_export import DEFAULT_OPSET, ExportOptions, export_checkpoint
 from retinanet.engine.infer.detector import Detector
 from retinanet.engine.infer.predict import PredictOptions, find_images, predict
 from retinanet.errors import RetinaNetError
@@ -47,21 +49,22 @@ class _Parser(argparse.ArgumentParser):
 def _add_make_synthetic(sub) -> None:
     p = sub.add_parser("make-synthetic", help="write the embedded synthetic VOC-format dataset")
     p.add_argument("out", metavar="OUT", help="output folder (VOCdevkit/VOC2012 layout + classes.json)")
-    p.add_argument("--num-train", type=int, help=f"training images [400; --large: {LARGE['num_train']}]")
-    p.add_argument("--num-val", type=int, help=f"validation images [100; --large: {LARGE['num_val']}]")
-    p.add_argument("--image-size", type=int, help=f"side of the square images, pixels [256; --large: {LARGE['image_size']}]")
-    p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes [0]")
+    p.add_argument("--num-train", type=positive_int, help=f"training images [400; --large: {LARGE['num_train']}]")
+    p.add_argument("--num-val", type=non_negative_int, help=f"validation images [100; --large: {LARGE['num_val']}]")
+    p.add_argument("--image-size", type=field_type("synthetic_size"), help=f"side of the square images, pixels [256; --large: {LARGE['image_size']}]")
+    p.add_argument("--seed", type=any_int, default=0, help="random seed; same seed, same bytes [0]")
     g = p.add_argument_group("large images crowded with small objects (tiled prediction, crop training)")
     g.add_argument("--large", action="store_true",
                    help=f"a few big images with many small objects: the bracketed --large defaults, "
                    f"--object-size {' '.join(map(str, LARGE['object_size']))} --objects {LARGE['objects']}")
-    g.add_argument("--object-size", type=int, nargs=2, metavar=("MIN", "MAX"),
+    g.add_argument("--object-size", type=positive_int, nargs=2, metavar=("MIN", "MAX"),
                    help="object extent range in pixels, whatever the image size (implies --large)")
-    g.add_argument("--objects", type=int, metavar="N", help="objects placed per image (implies --large)")
+    g.add_argument("--objects", type=positive_int, metavar="N", help="objects placed per image (implies --large)")
     p.set_defaults(func=cmd_make_synthetic)
 
 
 def cmd_make_synthetic(args: argparse.Namespace) -> int:
+    check_output_path(args.out, folder=True, option="OUT")
     large = args.large or args.object_size is not None or args.objects is not None
     base = LARGE if large else {"num_train": 400, "num_val": 100, "image_size": 256}
     o = {k: base[k] if getattr(args, k) is None else getattr(args, k) for k in ("num_train", "num_val", "image_size")}
@@ -88,15 +91,17 @@ def _add_check_data(sub) -> None:
                        "model's input scale against the anchor sizes) and image_sizes.png.")
     add_data_options(p)
     p.add_argument("--out", metavar="DIR", help="write report.txt and the PNG plots here")
-    p.add_argument("--min-size", type=int, default=m.min_size, help=f"short side of the model input the box plot scales to [{m.min_size}]")
-    p.add_argument("--max-size", type=int, default=m.max_size, help=f"cap on the long side of the model input [{m.max_size}]")
-    p.add_argument("--anchor-sizes", type=int, nargs=5, default=m.anchor_sizes, metavar="PX",
+    p.add_argument("--min-size", type=positive_int, default=m.min_size, help=f"short side of the model input the box plot scales to [{m.min_size}]")
+    p.add_argument("--max-size", type=positive_int, default=m.max_size, help=f"cap on the long side of the model input [{m.max_size}]")
+    p.add_argument("--anchor-sizes", type=positive_int, nargs=5, default=m.anchor_sizes, metavar="PX",
                    help=f"the model's base anchor sides, FPN levels P3..P7 (train --anchor-sizes) [{' '.join(map(str, m.anchor_sizes))}]")
     p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     p.set_defaults(func=cmd_check_data)
 
 
 def cmd_check_data(args: argparse.Namespace) -> int:
+    if args.out:
+        check_output_path(args.out, folder=True)  # before the dataset is read
     report = check_dataset(data_config_from_args(args), progress=not args.quiet)
     print(report.summary())
     if args.out:
@@ -127,13 +132,13 @@ def _add_eval(sub) -> None:
     p.add_argument("--split", help="split to evaluate (overrides --val-split)")
     p.add_argument("--out", default="runs/eval", metavar="DIR", help="output folder [runs/eval]")
     p.add_argument("--voc", action="store_true", help="also the VOC protocol: AP50 per class, 11-point and all-point mAP")
-    p.add_argument("--batch-size", type=int, default=2, help="images per batch and process; with --tile: tiles per batch [2]")
-    p.add_argument("--workers", type=int, default=2, help="data loading processes [2]")
+    p.add_argument("--batch-size", type=positive_int, default=2, help="images per batch and process; with --tile: tiles per batch [2]")
+    p.add_argument("--workers", type=non_negative_int, default=2, help="data loading processes [2]")
     p.add_argument("--device", default="auto", help=f"{DEVICE_HELP} [auto]")
     add_amp_options(p, "auto")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True, help=CHANNELS_LAST_HELP)
     add_input_size_options(p)
-    p.add_argument("--score-thresh", type=float, help="drop detections below this score (default: the checkpoint's, 0.05)")
+    p.add_argument("--score-thresh", type=fraction, help="drop detections below this score (default: the checkpoint's, 0.05)")
     p.add_argument("--coco-backend", choices=["pycocotools", "faster_coco_eval"], default="pycocotools",
                    help="COCOeval implementation: pycocotools (reference) or faster_coco_eval (faster, equal to ~1e-16) [pycocotools]")
     add_tile_options(p)
@@ -143,6 +148,12 @@ def _add_eval(sub) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     check_output_path(args.out, folder=True)
+    # one evaluation writes a folder at a time (rank 0 writes it; torchrun stops the others if it cannot)
+    with hold_folder(args.out, "retinanet eval") if launch_rank() == 0 else contextlib.nullcontext():
+        return _eval(args)
+
+
+def _eval(args: argparse.Namespace) -> int:
     data_cfg = data_config_from_args(args, **({"val_split": args.split} if args.split else {}))
     sizes = {"min_size": args.min_size, "max_size": args.max_size, "score_thresh": args.score_thresh}
     opts = EvalOptions(
@@ -185,13 +196,13 @@ def _add_predict(sub) -> None:
     p.add_argument("--weights", required=True, metavar="CKPT", help=WEIGHTS_HELP)
     p.add_argument("--out", default="runs/predict", metavar="DIR", help="output folder [runs/predict]")
     p.add_argument("--recursive", action="store_true", help="descend into sub-folders (and ** in patterns)")
-    p.add_argument("--score-thresh", type=float, default=0.3, help="keep detections scoring at least this [0.3]")
+    p.add_argument("--score-thresh", type=fraction, default=0.3, help="keep detections scoring at least this [0.3]")
     p.add_argument("--classes-filter", action="append", metavar="NAMES", help="keep only these classes (comma-separated, repeatable)")
-    p.add_argument("--max-dets", type=int, default=100, help="at most this many detections per image [100]")
+    p.add_argument("--max-dets", type=positive_int, default=100, help="at most this many detections per image [100]")
     p.add_argument("--device", default="auto", help=f"{DEVICE_HELP} [auto]")
     add_input_size_options(p)
-    p.add_argument("--batch-size", type=int, default=4, help="images per batch; with --tile: tiles per batch [4]")
-    p.add_argument("--workers", type=int, default=2, help="decoding processes [2]")
+    p.add_argument("--batch-size", type=positive_int, default=4, help="images per batch; with --tile: tiles per batch [4]")
+    p.add_argument("--workers", type=non_negative_int, default=2, help="decoding processes [2]")
     p.add_argument("--voc-xml", action="store_true", help="also write one VOC XML annotation per image")
     p.add_argument("--save-txt", action="store_true", help="also write YOLO labels per image (OUT/labels/, class = our id - 1, "
                    "normalised cx cy w h) and their class names (OUT/data.yaml)")
@@ -210,6 +221,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     files = find_images(args.inputs, recursive=args.recursive)  # fail before loading the model
     if args.save_conf and not args.save_txt:
         raise RetinaNetError("--save-conf adds scores to the YOLO labels of --save-txt: give --save-txt too")
+    with hold_folder(args.out, "retinanet predict"):  # one predict writes a folder at a time
+        return _predict(args, files)
+
+
+def _predict(args: argparse.Namespace, files) -> int:
     sizes = {"min_size": args.min_size, "max_size": args.max_size}
     pixels = {"max_image_pixels": args.max_image_pixels} if args.max_image_pixels else {}
     detector = Detector.load(args.weights, local_device(args.device), channels_last=args.channels_last, amp=args.amp, exif=args.exif,
@@ -242,14 +258,14 @@ def _add_export(sub) -> None:
     )
     p.add_argument("--weights", required=True, metavar="CKPT", help=WEIGHTS_HELP)
     p.add_argument("--out", required=True, metavar="FILE", help="the .onnx file to write")
-    p.add_argument("--opset", type=int, default=18, help="ONNX opset [18]")
-    p.add_argument("--image-size", type=int, nargs="+", default=[], metavar="N", help="example input size, S or H W; the only one accepted with --static [model min_size square]")
-    p.add_argument("--batch-size", type=int, default=1, help="example batch size; the only one accepted with --static [1]")
+    p.add_argument("--opset", type=arg_type(at_least(DEFAULT_OPSET), "opset"), default=DEFAULT_OPSET, help=f"ONNX opset, {DEFAULT_OPSET} or newer [{DEFAULT_OPSET}]")
+    p.add_argument("--image-size", type=positive_int, nargs="+", default=[], metavar="N", help="example input size, S or H W; the only one accepted with --static [model min_size square]")
+    p.add_argument("--batch-size", type=positive_int, default=1, help="example batch size; the only one accepted with --static [1]")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--dynamic", dest="dynamic", action="store_true", default=True, help="dynamic batch size, height and width (default)")
     mode.add_argument("--static", dest="dynamic", action="store_false", help="fixed input shape: --batch-size x 3 x --image-size")
     p.add_argument("--input-dtype", choices=["uint8", "float32"], default="uint8", help="graph input: uint8 0..255 or float32 0..1 RGB [uint8]")
-    p.add_argument("--score-thresh", type=float, help="score threshold baked into the graph [the checkpoint's]")
+    p.add_argument("--score-thresh", type=fraction, help="score threshold baked into the graph [the checkpoint's]")
     p.add_argument("--sample", nargs="+", default=[], metavar="IMAGE", help="images to verify on (default: random images)")
     p.add_argument("--no-verify", dest="verify", action="store_false", help="skip the onnxruntime vs PyTorch check")
     p.set_defaults(func=cmd_export)

@@ -27,7 +27,8 @@ from pathlib import Path
 
 import torch
 
-from retinanet.cli.options import DEVICE_HELP
+from retinanet.cli.options import DEVICE_HELP, arg_type, field_type, non_negative_int, positive_int
+from retinanet.config import positive_number
 from retinanet.config import DataConfig, find_config, read_config_file, resolve_config
 from retinanet.data import ensure_synthetic
 from retinanet.engine.runtime.precision import cpu_bf16_flags, cpu_has_native_bf16
@@ -70,14 +71,14 @@ def add_demo_parser(sub) -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default="demo", metavar="DIR", help="output folder: DIR/train, DIR/eval, DIR/predict [demo]")
     p.add_argument("--device", help=f"{DEVICE_HELP} (default: the recipe's, auto)")
-    p.add_argument("--time", type=float, metavar="MINUTES", help=f"wall time of the whole demo: training gets what is left "
+    p.add_argument("--time", type=arg_type(positive_number, "time"), metavar="MINUTES", help=f"wall time of the whole demo: training gets what is left "
                    f"after the data and before eval + predict, and fits its epochs to it (retinanet train --time) [{DEFAULT_MINUTES:g}]")
-    p.add_argument("--epochs", type=int, help="train this many epochs instead of fitting them to --time (the recipe's: 14)")
-    p.add_argument("--workers", type=int, help="data loading processes of every step (default: each command's)")
-    p.add_argument("--synthetic-train", type=int, metavar="N", help="synthetic training images (default: the recipe's)")
-    p.add_argument("--synthetic-val", type=int, metavar="N", help="synthetic validation images (default: the recipe's)")
-    p.add_argument("--synthetic-size", type=int, metavar="PX", help="side of the synthetic images (default: the recipe's)")
-    p.add_argument("--num-images", type=int, default=8, metavar="N", help="validation images to draw predictions on [8]")
+    p.add_argument("--epochs", type=positive_int, help="train this many epochs instead of fitting them to --time (the recipe's: 14)")
+    p.add_argument("--workers", type=non_negative_int, help="data loading processes of every step (default: each command's)")
+    p.add_argument("--synthetic-train", type=positive_int, metavar="N", help="synthetic training images (default: the recipe's)")
+    p.add_argument("--synthetic-val", type=positive_int, metavar="N", help="synthetic validation images (default: the recipe's)")
+    p.add_argument("--synthetic-size", type=field_type("synthetic_size"), metavar="PX", help="side of the synthetic images (default: the recipe's)")
+    p.add_argument("--num-images", type=positive_int, default=8, metavar="N", help="validation images to draw predictions on [8]")
     p.add_argument("train_options", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return p
 

@@ -13,7 +13,8 @@ import argparse
 import dataclasses
 from typing import Any
 
-from retinanet.config import SECTIONS, DataConfig, resolve_config
+import retinanet.config as C
+from retinanet.config import LIMITS, SECTIONS, DataConfig, resolve_config
 from retinanet.data.images import EXIF_POLICIES
 from retinanet.engine.runtime.precision import AMP_MODES
 from retinanet.errors import RetinaNetError
@@ -31,8 +32,8 @@ QUIET_HELP = "no progress bar"
 
 def add_input_size_options(p) -> None:
     """``--min-size``/``--max-size`` of a command that runs a checkpoint (default: its own)."""
-    p.add_argument("--min-size", type=int, help="short side of the network input (default: the checkpoint's)")
-    p.add_argument("--max-size", type=int, help="cap on the long side (default: the checkpoint's)")
+    p.add_argument("--min-size", type=positive_int, help="short side of the network input (default: the checkpoint's)")
+    p.add_argument("--max-size", type=positive_int, help="cap on the long side (default: the checkpoint's)")
 
 
 def add_amp_options(p, default: str) -> None:
@@ -63,19 +64,19 @@ def add_data_options(p: argparse.ArgumentParser, *, from_config: bool = False, a
     g.add_argument("--train-split", default=default(d.train_split), help=f"training split (VOC ImageSets/Main name, COCO split or YOLO data.yaml key) [{d.train_split}]")
     g.add_argument("--val-split", default=default(d.val_split), help=f"validation split [{d.val_split}]; COCO: or the val JSON; flat layout: or a .txt list of val images")
     g.add_argument("--classes", metavar="JSON", default=default(None), help='class map JSON {"name": id, ...}; default: discovered from the annotations')
-    g.add_argument("--val-fraction", type=float, default=default(d.val_fraction), help=f"flat layout: share of images held out for validation [{d.val_fraction}]")
-    g.add_argument("--split-seed", type=int, default=default(d.split_seed), help=f"flat layout: seed of the deterministic split [{d.split_seed}]")
+    g.add_argument("--val-fraction", type=field_type("val_fraction"), default=default(d.val_fraction), help=f"flat layout: share of images held out for validation [{d.val_fraction}]")
+    g.add_argument("--split-seed", type=any_int, default=default(d.split_seed), help=f"flat layout: seed of the deterministic split [{d.split_seed}]")
     g.add_argument("--skip-bad", **switch, help="skip bad items (each reported) instead of stopping")
     g.add_argument("--train-difficult", **switch, help="train on VOC 'difficult' / COCO crowd objects too (default: ignore regions)")
     add_image_options(g, default)
     if not augment:
         return
     a = p.add_argument_group("augmentation (training only)")
-    a.add_argument("--train-sizes", type=int, nargs="+", metavar="PX", default=default(()), help="multi-scale training: random short side from these (default: the model's min size)")
-    a.add_argument("--hflip-prob", type=float, default=default(d.hflip_prob), help=f"horizontal flip probability [{d.hflip_prob}]")
+    a.add_argument("--train-sizes", type=positive_int, nargs="+", metavar="PX", default=default(()), help="multi-scale training: random short side from these (default: the model's min size)")
+    a.add_argument("--hflip-prob", type=fraction, default=default(d.hflip_prob), help=f"horizontal flip probability [{d.hflip_prob}]")
     a.add_argument("--photometric", **switch, help="random photometric distortion (brightness, contrast, saturation, hue)")
     a.add_argument("--iou-crop", **switch, help="random IoU crop (SSD-style)")
-    a.add_argument("--crop", type=int, metavar="PX", default=default(None),
+    a.add_argument("--crop", type=field_type("crop"), metavar="PX", default=default(None),
                    help="train on random PX x PX crops at native resolution (large images, small objects); the model's "
                    "input size becomes PX; cut objects with < 50%% of their area inside become ignore regions [off]")
     if from_config:
@@ -84,12 +85,27 @@ def add_data_options(p: argparse.ArgumentParser, *, from_config: bool = False, a
         a.add_argument("--no-aspect-grouping", dest="aspect_grouping", action="store_false", help="do not batch portrait and landscape images apart")
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
+def arg_type(check, name: str):
+    """An argparse ``type=`` from one of ``retinanet.config``'s limit checks (the same limits a
+    config file's values meet): a bad value is one line naming the option, exit 2."""
+    def parse(text: str):
+        try:
+            return check(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+    parse.__name__ = name
+    return parse
+
+
+def field_type(name: str):
+    """The argparse ``type=`` of the option that sets config field ``name`` (``LIMITS``)."""
+    return arg_type(LIMITS[name], name)
+
+
+positive_int = arg_type(C.positive_int, "positive_int")
+non_negative_int = arg_type(C.non_negative_int, "non_negative_int")
+fraction = arg_type(C.fraction, "fraction")
+any_int = arg_type(lambda text: C._number(text, int), "int")
 
 
 def add_image_options(g, default=lambda value: value) -> None:
@@ -125,7 +141,7 @@ def add_tile_options(p: argparse.ArgumentParser) -> None:
                    help="cut each image into overlapping PX x PX tiles at native resolution, run them in batches of "
                    "--batch-size, merge the boxes (fragments at tile edges dropped when a neighbour holds the object "
                    "whole, class-wise NMS); --tile alone: the model's input size (a --crop model's crop side) [off]")
-    t.add_argument("--tile-overlap", type=float, metavar="F", help="share of a tile that neighbours overlap, 0..0.9 [0.2]")
+    t.add_argument("--tile-overlap", type=arg_type(C.between(0.0, 0.9), "tile_overlap"), metavar="F", help="share of a tile that neighbours overlap, 0..0.9 [0.2]")
     t.add_argument("--tile-whole-image", action="store_true",
                    help="with --tile: also one pass over the whole image resized to the input size, for objects larger "
                    "than the overlap (its memory grows with the image)")

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from retinanet.data import make_synthetic
@@ -46,7 +47,9 @@ def test_two_cpu_processes_train_and_evaluate(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     names = {"results.csv", "metrics.json", "results.png", "config.yaml", "classes.json", "train.log", "last.pt", "best.pt"}
-    assert {p.name for p in run.iterdir()} == names  # one set of outputs, no leftovers from another rank
+    assert {p.name for p in run.iterdir()} == names | {".lock"}  # one set of outputs, no leftovers from another rank
+    assert (run / ".lock").read_text() == ""  # rank 0 held the folder, and let it go
+    assert torch.load(run / "last.pt", weights_only=True)["world_size"] == 2  # a resume compares it
     rows = list(csv.DictReader((run / "results.csv").open()))
     assert len(rows) == 1 and rows[0]["val_images"] == "5" and float(rows[0]["loss"]) > 0
     # 8 images, 2 processes, 1 image per step: 4 steps each, so 2 progress lines from rank 0 only

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import asdict
 from pathlib import Path
 
@@ -127,16 +128,34 @@ def test_threshold_classes_and_max_dets(detector, arrays):
     assert detector.model.config.score_thresh == 0.05  # the per-call threshold does not stick
 
 
-def test_calls_with_other_thresholds_from_several_threads_match_the_same_calls_made_alone(detector, arrays):
+def test_calls_with_other_thresholds_from_several_threads_match_the_same_calls_made_alone(detector, arrays, monkeypatch):
     """One shared Detector, four threads, each call its own threshold: the threshold travels as an
     argument down to post-processing, so every result is the one the same call gives alone, and
-    the model's config is never touched."""
+    the model's config is never touched.
+
+    The four calls meet at a barrier just before the model runs (in ``detect_resized``, at the
+    autocast), so a per-call write to shared state before that point (the old
+    ``model.config = replace(config, score_thresh=...)``) is overwritten by the others every
+    time: the test fails on that code deterministically, not by chance of the scheduling."""
     from concurrent.futures import ThreadPoolExecutor
 
     config = detector.model.config
     thresholds = [0.0, 0.0105, 0.011, 0.05, 0.2] * 4
     alone = {t: detector.predict(arrays, score_thresh=t, max_dets=300) for t in set(thresholds)}
     assert len({sum(len(r) for r in res) for res in alone.values()}) > 2  # the thresholds change the results
+
+    class MeetFirst:  # the detector's precision, whose autocast waits for all four calls
+        def __init__(self, precision):
+            self.precision, self.barrier = precision, threading.Barrier(4, timeout=60)
+
+        def __getattr__(self, name):
+            return getattr(self.precision, name)
+
+        def autocast(self, *args, **kwargs):
+            self.barrier.wait()
+            return self.precision.autocast(*args, **kwargs)
+
+    monkeypatch.setattr(detector, "precision", MeetFirst(detector.precision))
     with ThreadPoolExecutor(4) as pool:
         threaded = list(pool.map(lambda t: detector.predict(arrays, score_thresh=t, max_dets=300), thresholds))
     assert detector.model.config is config

@@ -6,6 +6,8 @@ The interruption is deterministic: SIGTERM is raised in this process right after
 """
 
 import contextlib
+import dataclasses
+import json
 import signal
 
 import pytest
@@ -94,6 +96,125 @@ def test_interrupted_epoch_of_another_length_is_refused(data_root, tmp_path):
     out = tmp_path / "run"
     with stop_after(1):
         train(*_cfgs(data_root, out), progress=False)
-    with pytest.raises(RetinaNetError, match=r"stopped at step 1 of 3 in epoch 1, but this run has 2 steps per epoch"):
+    with pytest.raises(RetinaNetError, match=r"batch_size 1 -> 2\n.*--resume-allow batch_size"):
         train(*_cfgs(data_root, out, resume=str(out / "interrupted.pt"), batch_size=2), progress=False)
+    # allowed to change, the batch size still cannot continue an epoch cut at another length
+    with pytest.raises(RetinaNetError, match=r"stopped at step 1 of 3 in epoch 1, but this run has 2 steps per epoch"):
+        train(*_cfgs(data_root, out, resume=str(out / "interrupted.pt"), batch_size=2), progress=False,
+              resume_allow=("batch_size",))
     assert (out / "interrupted.pt").is_file()
+
+
+# --- a resume continues the run it names (issue 22, family 1) --------------------------------------
+
+TINY_CLI = ["--arch", "resnet18_fpn", "--norm", "bn", "--min-size", "64", "--max-size", "64", "--fpn-channels", "32",
+            "--head-convs", "1", "--epochs", "1", "--batch-size", "2", "--warmup-iters", "1", "--workers", "0",
+            "--device", "cpu", "--from-scratch", "--quiet", "--eval-every", "5"]
+
+
+def _cli(argv):
+    import contextlib
+    import io
+
+    from retinanet.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        status = main(argv)
+    return status, err.getvalue()
+
+
+def _renamed(root, tmp_path, rename):
+    """A copy of the synthetic VOC dataset at ``root`` whose class names are ``rename``d."""
+    import shutil
+
+    copy = tmp_path / "renamed" / "VOCdevkit"
+    shutil.copytree(root, copy)
+    for xml in (copy / "VOC2012" / "Annotations").glob("*.xml"):
+        text = xml.read_text()
+        for old, new in rename.items():
+            text = text.replace(f"<name>{old}</name>", f"<name>{new}</name>")
+        xml.write_text(text)
+    return str(copy)
+
+
+@pytest.fixture(scope="module")
+def finished_run(data_root, tmp_path_factory):
+    """A one-epoch CLI run (batch size 2) to resume; each test copies it."""
+    out = tmp_path_factory.mktemp("base") / "run"
+    status, err = _cli(["train", "--data", data_root, "--out", str(out), *TINY_CLI])
+    assert status == 0, err
+    return out
+
+
+@pytest.fixture
+def run_copy(finished_run, tmp_path):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(finished_run, out)
+    return out
+
+
+def test_resume_with_another_batch_size_is_refused_listing_it_and_the_way_out(run_copy):
+    config = (run_copy / "config.yaml").read_text()
+    status, err = _cli(["train", "--resume", str(run_copy), "--batch-size", "1", "--lr", "0.02", "--epochs", "2"])
+    assert status == 2
+    assert "batch_size 2 -> 1" in err and "lr 0.01 -> 0.02" in err and "epochs" not in err
+    assert f"--weights {run_copy / 'last.pt'}" in err and "--resume-allow batch_size lr" in err
+    assert (run_copy / "config.yaml").read_text() == config  # not rewritten as if the run had used 1
+
+
+def test_resume_allow_continues_names_the_change_and_config_yaml_records_it(run_copy):
+    status, err = _cli(["train", "--resume", str(run_copy), "--batch-size", "1", "--epochs", "2", "--workers", "1",
+                        "--resume-allow", "batch-size"])
+    assert status == 0, err
+    log = (run_copy / "train.log").read_text()
+    assert "resume: --resume-allow: the run continues with batch_size 2 -> 1" in log
+    assert "resume: settings changed from the checkpoint's: workers 0 -> 1, epochs 1 -> 2" in log
+    config = (run_copy / "config.yaml").read_text()
+    assert config.startswith("# this run was resumed with settings changed by --resume-allow")
+    assert "#   from epoch 2: batch_size 2 -> 1" in config
+    ck = torch.load(run_copy / "last.pt", weights_only=True)
+    assert ck["changes"] == ["from epoch 2: batch_size 2 -> 1"] and ck["world_size"] == 1
+
+
+def test_resume_on_data_with_the_same_class_count_under_other_names_is_refused(data_root, run_copy, tmp_path):
+    classes = (run_copy / "classes.json").read_text()
+    names = list(json.loads(classes))
+    other = _renamed(data_root, tmp_path, {names[0]: "zebra"})
+    status, err = _cli(["train", "--resume", str(run_copy), "--data", other, "--epochs", "2"])
+    assert status == 2, err
+    assert f"root {data_root!r} -> {other!r}" in err and "class map: " in err and "zebra" in err
+    assert (run_copy / "classes.json").read_text() == classes
+    assert "class_map" in err.split("--resume-allow")[-1]
+
+
+def test_resume_on_data_with_another_class_count_is_a_message_not_a_size_mismatch(data_root, run_copy, tmp_path):
+    names = list(json.loads((run_copy / "classes.json").read_text()))
+    other = _renamed(data_root, tmp_path, {names[0]: names[1]})  # one class fewer
+    status, err = _cli(["train", "--resume", str(run_copy), "--data", other, "--epochs", "2",
+                        "--resume-allow", "root", "class_map"])
+    assert status == 2, err
+    assert "num_classes" in err and "cannot change: the checkpoint's tensors depend on it" in err
+    assert f"classes -> {len(names) - 1}" in err and "size mismatch" not in err and "Traceback" not in err
+
+
+def test_weights_given_on_resume_are_refused_not_ignored(run_copy, tmp_path):
+    status, err = _cli(["train", "--resume", str(run_copy), "--weights", str(run_copy / "best.pt"), "--epochs", "2"])
+    assert status == 2 and "weights 'none' -> " in err, err
+
+
+def test_every_config_field_has_a_resume_rule_and_resume_allow_names_are_checked_when_parsed(capsys):
+    from retinanet.cli import main
+    from retinanet.config import SECTIONS
+    from retinanet.engine.train.resume import RESUME_RULES
+
+    fields = {f.name for cls in SECTIONS.values() for f in dataclasses.fields(cls)}
+    assert fields - set(RESUME_RULES) == set()  # a new setting needs its line in RESUME_RULES
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--resume", "x", "--resume-allow", "arch"])
+    assert exit_.value.code == 2 and "arch cannot change on resume" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--resume", "x", "--resume-allow", "bogus"])
+    assert "unknown setting 'bogus'" in capsys.readouterr().err

@@ -96,7 +96,7 @@ def test_a_run_that_failed_before_its_first_checkpoint_does_not_block_the_retry(
             "--max-size", "64", "--epochs", "1", "--batch-size", "2", "--workers", "0", "--device", "cpu"]
     status, err = _cli([*argv, "--backbone-weights", "imagenet"])
     assert status == 2 and "delete it and run the command again" in err, err
-    assert {p.name for p in run.iterdir()} == {"train.log"}
+    assert {p.name for p in run.iterdir()} == {"train.log", ".lock"}  # .lock: the run folder's lock file, free now
 
     status, err = _cli([*argv, "--from-scratch"])  # the retry (here without the broken file's weights)
     assert status == 0, err

@@ -65,7 +65,7 @@ def test_resume_without_config_uses_the_checkpoint_config(tmp_path):
 def test_removed_extra_field_of_old_checkpoints_and_config_files_is_ignored(tmp_path):
     stored = {"model": {"arch": "resnet18_fpn"}, "data": {}, "train": {"epochs": 2, "extra": {"note": "old"}}}
     torch.save({"config": stored, "model": {}}, tmp_path / "last.pt")
-    assert _configs("--resume", str(tmp_path))[2] == TrainConfig(epochs=2, resume=str(tmp_path))
+    assert _configs("--resume", str(tmp_path))[2] == TrainConfig(out=str(tmp_path), epochs=2, resume=str(tmp_path))
     cfg = tmp_path / "old.yaml"
     cfg.write_text(yaml.safe_dump(stored))
     assert _configs("--config", str(cfg))[2] == TrainConfig(epochs=2)

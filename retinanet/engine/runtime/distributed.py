@@ -36,6 +36,12 @@ def is_main_process() -> bool:
     return get_rank() == 0
 
 
+def launch_rank() -> int:
+    """This process's rank as the launcher (torchrun's ``RANK``) gave it, before or after joining
+    the process group: 0 for a single process."""
+    return int(os.environ.get("RANK", "0")) if launched_by_torchrun() else 0
+
+
 def launched_by_torchrun() -> bool:
     """True when torchrun (or another launcher) set WORLD_SIZE > 1 in the environment."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1

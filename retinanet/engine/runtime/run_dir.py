@@ -1,13 +1,16 @@
 """The run folder of ``retinanet train``, its one owner: the files a run writes there
 (``RUN_OUTPUTS``; ``SUMMARY_FILES``, those its summary lists), whether a folder holds a run to
 protect (``holds_run``), the check before a new run starts in it (``check_run_dir``), and which
-checkpoint ``--resume`` names (``resume_file``)."""
+checkpoint ``--resume`` names (``resume_file``), and holding it (``hold_run_dir``: one run at a time,
+stale temporaries of a killed write cleared)."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
-from retinanet.files import check_output_path
+from retinanet.files import check_output_path, hold_folder, remove_stale_temporaries
 from retinanet.errors import RetinaNetError
 
 
@@ -58,6 +61,22 @@ def check_run_dir(out: Path, resume: str | None, exist_ok: bool) -> str:
     replaced = [name for name in found if name not in kept]
     return (f"--exist-ok: {out} holds an earlier run; this run replaces its {', '.join(replaced) or 'nothing yet'}"
             + "".join(f"; {kept[name]}" for name in found if name in kept))
+
+
+@contextlib.contextmanager
+def hold_run_dir(out: Path) -> Iterator[str]:
+    """Hold run folder ``out`` for this run (``files.hold_folder``: an advisory lock on
+    ``out/.lock`` with this process's pid, released by the OS when the process ends) and, under
+    it, delete the temporary files a killed checkpoint or results write left there. Yields ""
+    or the line to log that names what was deleted. Under torchrun only rank 0 holds it.
+
+    Raises:
+        RetinaNetError: ``out`` is not a writable folder, or another process holds it (its pid named).
+    """
+    with hold_folder(out, "retinanet train"):
+        removed = remove_stale_temporaries(out, RUN_OUTPUTS)
+        yield (f"removed {len(removed)} temporary file(s) that an interrupted write left in {out}: {', '.join(removed)}"
+               if removed else "")
 
 
 def same_file(a: Path, b: Path) -> bool:

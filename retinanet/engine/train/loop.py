@@ -13,7 +13,8 @@ prints). A run reads top-down:
   ``results.csv``, ``metrics.json``, ``results.png``); ``train.log`` keeps every line printed.
 
 A new run never writes into a run directory that holds another run (``check_run_dir`` in
-``retinanet.engine.runtime.run_dir``: resume it, or ``exist_ok``). SIGINT/SIGTERM stop after the
+``retinanet.engine.runtime.run_dir``: resume it, or ``exist_ok``), nor into one another process
+is using (``hold_run_dir``: rank 0 holds the folder's lock for the whole run). SIGINT/SIGTERM stop after the
 current step (under DDP: at the next logging point, every ``print_every`` steps) with ``interrupted.pt``, which also holds the position in the
 epoch: a resume from it continues at the next step with the same batches, lr and RNG states
 (bit-identical on CPU, with any number of loader workers). A run deletes only the ``interrupted.pt`` it resumed
@@ -32,19 +33,19 @@ import contextlib
 import dataclasses
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from retinanet.engine.runtime.checkpoint import save_checkpoint
+from retinanet.engine.runtime.checkpoint import read_checkpoint, save_checkpoint
 from retinanet.config import DataConfig, ModelConfig, TrainConfig, write_config_file
 from retinanet.engine.evaluate.coco import METRIC_NAMES
 from retinanet.engine.evaluate.loop import EvalResult, evaluate
 from retinanet.engine.runtime import distributed as D
 from retinanet.engine.runtime.precision import Precision
-from retinanet.engine.runtime.run_dir import check_run_dir, resume_file, same_file
+from retinanet.engine.runtime.run_dir import check_run_dir, hold_run_dir, resume_file, same_file
 from retinanet.engine.train.meter import EpochStats, MeterReading, StepMeter
 from retinanet.engine.train.budget import Deadline, apply_fit, fit_run
 from retinanet.engine.train.optim import describe_schedule, lr_factor, optimizer_step, resolve_warmup, seed_everything, set_lr
@@ -52,6 +53,7 @@ from retinanet.engine.train.report import (LOSSES, RunLog, StepProgress, diverge
                                            make_summary, peak_memory_mb, tensorboard_epoch, tensorboard_step,
                                            tensorboard_writer_class, write_epoch_files)
 from retinanet.engine.train.setup import Run, RunState, check_train_config, checkpoint_state, read_datasets, restore, setup
+from retinanet.engine.train.resume import changes_comment, check_resume
 from retinanet.engine.train.start import resolve_start
 from retinanet.data.crop import crop_model_config, crop_rule
 from retinanet.errors import RetinaNetError
@@ -59,7 +61,7 @@ from retinanet.model import build_model
 
 
 def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, progress: bool = True,
-          exist_ok: bool = False) -> dict[str, Any]:
+          exist_ok: bool = False, resume_allow: Sequence[str] = ()) -> dict[str, Any]:
     """Train a RetinaNet; returns the summary dict (``report.make_summary``).
 
     Under torchrun this joins the process group (and leaves it at the end if it created it).
@@ -68,24 +70,33 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, 
     """
     own_group = not D.is_dist()
     try:
-        return _train(model_cfg, data_cfg, train_cfg, progress, exist_ok)
+        with contextlib.ExitStack() as held:  # the run folder, held from before the first check of it to the end
+            return _train(model_cfg, data_cfg, train_cfg, progress, exist_ok, held, resume_allow)
     finally:
         if own_group:
             D.cleanup()
 
 
-def _train(model_cfg: ModelConfig, data_cfg: DataConfig, cfg: TrainConfig, progress: bool, exist_ok: bool) -> dict[str, Any]:
+def _train(model_cfg: ModelConfig, data_cfg: DataConfig, cfg: TrainConfig, progress: bool, exist_ok: bool,
+           held: contextlib.ExitStack, resume_allow: Sequence[str]) -> dict[str, Any]:
     t_start = time.time()
-    replacing = check_run_dir(Path(cfg.out), cfg.resume, exist_ok)  # before any work, on every rank
     writer_cls = tensorboard_writer_class() if cfg.tensorboard else None  # every rank fails alike, before any work
     check_train_config(cfg)
     model_cfg, cfg, start_notes = resolve_start(model_cfg, cfg)  # refuses a start that makes no sense, before any work
     model_cfg, crop_note = crop_model_config(model_cfg, data_cfg)  # --crop PX: the input size is PX
+    # rank 0 holds the run folder to the end (torchrun stops the other ranks when it cannot); then, on every rank:
+    cleaned = held.enter_context(hold_run_dir(Path(cfg.out))) if D.launch_rank() == 0 else ""
+    replacing = check_run_dir(Path(cfg.out), cfg.resume, exist_ok)  # before any work
     device = D.local_device(cfg.device)
     distributed = D.init_distributed(device)
     seed_everything(cfg.seed)
     data = read_datasets(data_cfg, model_cfg)
     model_cfg = dataclasses.replace(model_cfg, num_classes=data.class_map.num_classes)
+    resumed = read_checkpoint(resume_file(cfg.resume)) if cfg.resume else None
+    if resumed is not None:  # a resume continues the run it names: its settings against this run's
+        check = check_resume(resumed, resume_file(cfg.resume), model_cfg, data_cfg, cfg, data.class_map.to_dict(),
+                             D.get_world_size(), resume_allow)
+        cfg = dataclasses.replace(cfg, **check.recorded)
     out, main = Path(cfg.out), D.is_main_process()
     model = build_model(**dataclasses.asdict(model_cfg)).to(device)
     if cfg.channels_last:  # before the optimizer, DDP and EMA see the parameters
@@ -103,10 +114,15 @@ def _train(model_cfg: ModelConfig, data_cfg: DataConfig, cfg: TrainConfig, progr
         for note in (crop_note, data_cfg.crop and crop_rule(data_cfg.crop)):
             if note:
                 log.line(note)
-        if replacing:
-            log.line(replacing)
+        for line in (replacing, cleaned, *(check.lines if resumed is not None else ())):
+            if line:
+                log.line(line)
         run = setup(model, model_cfg, data_cfg, cfg, data, device, distributed, log, progress)
-        state = restore(run, resume_file(cfg.resume)) if cfg.resume else RunState()
+        state = RunState()
+        if resumed is not None:
+            state = restore(run, resume_file(cfg.resume), resumed)
+            state.changes += [f"from epoch {state.epoch + 1}: {change}" for change in check.allowed]
+            resumed = None  # not kept for the whole run
         if cfg.resume and same_file(resume_file(cfg.resume), out / "interrupted.pt"):
             run.resumed_interrupted = out / "interrupted.pt"
         fit_time_budget(run, t_start)
@@ -114,7 +130,7 @@ def _train(model_cfg: ModelConfig, data_cfg: DataConfig, cfg: TrainConfig, progr
         log.line(describe_schedule(run.cfg, resolve_warmup(run.cfg, total), total, total / len(run.train_loader)))
         if main:
             data.class_map.save(out / "classes.json")
-            write_config_file(out / "config.yaml", run.config)
+            write_config_file(out / "config.yaml", run.config, comment=changes_comment(state.changes))
         with _tensorboard(writer_cls, out / "tensorboard" if main else None) as run.tb, run.stop:
             stopped = run_epochs(run, state)
         summary = make_summary(out, state.history, state.best_ap, state.best_epoch, stopped, time.time() - t_start,

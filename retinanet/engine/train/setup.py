@@ -62,6 +62,7 @@ class RunState:
     step: int = 0  # batches of epoch ``epoch`` already done (resumed mid-epoch from interrupted.pt)
     epoch_stats: EpochStats | None = None  # and their sums
     last_epoch: bool = False  # the epoch in progress is the last: max_steps reached or the --time deadline passed
+    changes: list[str] = field(default_factory=list)  # settings changed on resume by --resume-allow, with the epoch
 
 
 @dataclass
@@ -149,18 +150,19 @@ def setup(model: torch.nn.Module, model_cfg: ModelConfig, data_cfg: DataConfig, 
 
 
 
-def restore(run: Run, path: Path) -> RunState:
-    """Load model, optimizer, scaler, EMA and RNG states from checkpoint ``path``; its run state
-    (with the position in the epoch and its sums for an ``interrupted.pt``).
+def restore(run: Run, path: Path, ck: dict[str, Any] | None = None) -> RunState:
+    """Load model, optimizer, scaler, EMA and RNG states from checkpoint ``path`` (``ck``: its
+    content, already read); its run state (with the position in the epoch and its sums for an
+    ``interrupted.pt``).
 
     Raises:
         RetinaNetError: an ``interrupted.pt`` of an epoch with another number of steps (batch size
             or data changed): its position cannot be continued.
     """
-    ck = read_checkpoint(path)
+    ck = read_checkpoint(path) if ck is None else ck
     load_training_state(ck, run.model, run.optimizer, run.scaler, run.ema)
     state = RunState(epoch=ck["epoch"] + 1, iteration=ck["iteration"], best_ap=ck["best_ap"], best_epoch=ck["best_epoch"],
-                     history=list(ck.get("history", [])))
+                     history=list(ck.get("history", [])), changes=list(ck.get("changes", [])))
     if ck.get("epoch_progress"):
         resume_mid_epoch(run, state, ck["epoch_progress"], path)
     set_rng_state(ck["rng"])
@@ -187,5 +189,6 @@ def checkpoint_state(run: Run, state: RunState, epoch: int) -> dict[str, Any]:
     and tensors only."""
     return training_checkpoint(run.model, run.optimizer, run.scaler, run.ema, epoch=epoch, iteration=state.iteration,
                                best_ap=state.best_ap, best_epoch=state.best_epoch, config=run.config,
-                               class_map=run.data.class_map.to_dict(), rng=rng_state(), history=state.history)
+                               class_map=run.data.class_map.to_dict(), rng=rng_state(), history=state.history,
+                               world_size=run.world, changes=state.changes)
 

@@ -1,0 +1,155 @@
+"""Concurrent use of an output folder: a run folder (and eval's and predict's ``--out``) is held by
+one process at a time (an advisory lock on ``FOLDER/.lock``, released by the OS when its holder
+dies); a killed write's temporary files are cleared at the next start, and the log says so.
+
+The other process is real: a second Python process that runs ``retinanet train`` (its epochs
+replaced by a long sleep) or holds the folder's lock itself.
+"""
+
+import contextlib
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from retinanet.cli import main
+from retinanet.config import DataConfig, ModelConfig, TrainConfig
+from retinanet.data import make_synthetic
+from retinanet.engine.train.loop import train
+from retinanet.errors import RetinaNetError
+from retinanet.files import hold_folder
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = ["--arch", "resnet18_fpn", "--norm", "bn", "--min-size", "64", "--max-size", "64", "--fpn-channels", "32",
+        "--head-convs", "1", "--epochs", "1", "--batch-size", "2", "--warmup-iters", "1", "--workers", "0",
+        "--device", "cpu", "--from-scratch", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("syn")
+    make_synthetic(root, num_train=2, num_val=1, image_size=64, seed=0)
+    return str(root / "VOCdevkit")
+
+
+def _cli(argv: list[str]) -> tuple[int, str]:
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        status = main(argv)
+    return status, err.getvalue()
+
+
+def _python(code: str, *args: str) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.Popen([sys.executable, "-c", code, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def _wait_for(predicate, proc: subprocess.Popen, seconds: float = 120.0) -> None:
+    end = time.time() + seconds
+    while not predicate():
+        if proc.poll() is not None:
+            raise AssertionError(f"the other process ended first: {proc.communicate()}")
+        if time.time() > end:
+            proc.kill()
+            raise AssertionError("the other process did not get there in time")
+        time.sleep(0.1)
+
+
+HOLD = "import sys, time; from retinanet.files import hold_folder\nwith hold_folder(sys.argv[1], 'test holder'):\n" \
+       "    print('held', flush=True); time.sleep(600)"
+
+
+@contextlib.contextmanager
+def held_by_another_process(folder: Path):
+    """A second process holding ``folder`` (``files.hold_folder``) until the block ends, then SIGKILLed."""
+    proc = _python(HOLD, str(folder))
+    try:
+        assert proc.stdout.readline().strip() == "held", proc.communicate()
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_second_train_into_a_running_runs_folder_is_refused_naming_its_pid(data_root, tmp_path):
+    """Two real `retinanet train` processes into one --out: the second is refused (exit 2) with the
+    first's pid, before it writes anything; the first holds the folder until it dies (SIGKILL),
+    after which the folder is free again. Today the second runs, and both write the same files."""
+    out = tmp_path / "run"
+    slow = ("import sys, time; import retinanet.engine.train.loop as L\n"
+            "L.run_epochs = lambda run, state: time.sleep(600) or 'finished'\n"
+            "from retinanet.cli import main; sys.exit(main(sys.argv[1:]))")
+    first = _python(slow, "train", "--data", data_root, "--out", str(out), *TINY)
+    try:
+        _wait_for(lambda: (out / "config.yaml").exists(), first)  # past set-up: in its epochs
+        status, err = _cli(["train", "--data", data_root, "--out", str(out), *TINY])
+        assert status == 2, err
+        assert f"pid {first.pid}" in err and "in use by another process" in err and "retinanet train" in err
+        assert not (out / "last.pt").exists()
+    finally:
+        first.kill()
+        first.wait()
+    with hold_folder(out, "test"):  # the OS released the killed run's lock
+        pass
+
+
+def test_eval_and_predict_refuse_a_folder_another_process_holds(tmp_path):
+    out = tmp_path / "busy"
+    with held_by_another_process(out) as holder:
+        for argv in (["eval", "--weights", str(tmp_path / "w.pt"), "--out", str(out)],
+                     ["predict", str(tmp_path), "--weights", str(tmp_path / "w.pt"), "--out", str(out)]):
+            (tmp_path / "a.png").write_bytes(b"")  # predict finds one image name before it takes the folder
+            status, err = _cli(argv)
+            assert status == 2 and f"pid {holder.pid}" in err and "test holder" in err, (argv, err)
+
+
+def test_train_api_refuses_a_held_folder_and_a_killed_holder_leaves_it_free(data_root, tmp_path):
+    out = tmp_path / "run"
+    model = ModelConfig(arch="resnet18_fpn", norm="bn", min_size=64, max_size=64, fpn_channels=32, head_convs=1)
+    cfg = TrainConfig(out=str(out), epochs=1, batch_size=2, warmup_iters=1, device="cpu", weights="none")
+    with held_by_another_process(out) as holder:
+        with pytest.raises(RetinaNetError, match=f"pid {holder.pid}"):
+            train(model, DataConfig(root=data_root, workers=0), cfg, progress=False)
+    assert not (out / "train.log").exists()
+    with hold_folder(out, "test"):  # SIGKILL: no clean-up ran, the OS released the lock
+        pass
+
+
+def test_stale_temporaries_of_a_killed_write_are_removed_at_the_next_start_and_logged(data_root, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    stale = [".last.pt.k3j_x9a2.tmp", ".results.csv.abcdefgh.tmp"]
+    kept = [".notes.txt.abcdefgh.tmp", "mine.tmp", ".last.pt.tmp"]  # not write_atomic's temporaries of run files
+    for name in stale + kept:
+        (out / name).write_bytes(b"x" * 10)
+    status, err = _cli(["train", "--data", data_root, "--out", str(out), *TINY])
+    assert status == 0, err
+    assert not any((out / n).exists() for n in stale) and all((out / n).exists() for n in kept)
+    log = (out / "train.log").read_text()
+    assert "removed 2 temporary file(s) that an interrupted write left" in log
+    assert all(n in log for n in stale)
+
+
+def test_the_lock_is_released_when_the_block_ends_and_held_against_this_process_too(tmp_path):
+    with hold_folder(tmp_path, "first"):
+        with pytest.raises(RetinaNetError, match=f"pid {os.getpid()}: first"):
+            with hold_folder(tmp_path, "second"):
+                pass
+    with hold_folder(tmp_path, "third"):
+        pass
+    assert (tmp_path / ".lock").read_text() == ""  # no pid of a process that no longer holds it
+
+
+def test_sigterm_of_the_holder_also_releases(tmp_path):
+    proc = _python(HOLD, str(tmp_path))
+    assert proc.stdout.readline().strip() == "held"
+    proc.send_signal(signal.SIGTERM)
+    proc.wait()
+    with hold_folder(tmp_path, "after"):
+        pass
