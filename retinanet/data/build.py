@@ -6,7 +6,7 @@ Dataset kinds (``cfg.format``, detected from ``cfg.root`` when None):
   ``default_synthetic_root(...)``, written on first use by ``ensure_synthetic``.
 - ``coco``: ``root`` is an ``instances_*.json`` file (see ``retinanet.data.coco``).
 - ``voc``: ``root`` is a VOCdevkit parent, a VOCdevkit folder, or a VOC20xx folder.
-- ``voc-flat``: any other folder: images + XML matched by stem (see ``retinanet.data.voc``).
+- ``voc-flat``: any other folder: images + XML matched by stem (see ``retinanet.data.voc_layout``).
 - ``yolo``: ``root`` is an ultralytics ``data.yaml`` (or a folder holding ``data.yaml``; see
   ``retinanet.data.yolo``); ``train_split`` / ``val_split`` name its keys.
 
@@ -39,8 +39,9 @@ from retinanet.data.records import Record
 from retinanet.data.sampler import GroupedBatchSampler, aspect_groups, dist_info
 from retinanet.data.synthetic import ensure_synthetic
 from retinanet.data.transforms import ItemTransform
-from retinanet.data.voc import (
-    flat_split, is_voc_standard, parse_all, to_record, unannotated_images, voc_flat_pairs, voc_standard_pairs,
+from retinanet.data.voc import to_record
+from retinanet.data.voc_layout import (
+    flat_split, is_voc_standard, parse_all, unannotated_images, voc_flat_pairs, voc_standard_pairs,
 )
 from retinanet.data.yolo import yolo_records
 from retinanet.errors import DataError, RetinaNetError

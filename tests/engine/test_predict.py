@@ -168,7 +168,7 @@ def test_predict_user_errors(tmp_path, checkpoint, capsys):
 def test_predict_save_txt_yolo_labels_round_trip(tmp_path, checkpoint):
     """--save-txt: one YOLO label file per image (class = our id - 1, normalised cx cy w h), the
     score with --save-conf, and a data.yaml our YOLO reader takes the names from."""
-    from retinanet.data.yolo import read_data_yaml
+    from retinanet.data.yolo_yaml import read_data_yaml
 
     img = write_image(tmp_path / "in" / "a.jpg", size=(90, 120))
     out = tmp_path / "out"

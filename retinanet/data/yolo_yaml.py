@@ -1,0 +1,164 @@
+"""YOLO (ultralytics) ``data.yaml`` reading: class names, dataset root and split sources.
+
+``data.yaml`` keys read: ``path`` (dataset root; relative to the yaml's folder; absent = that
+folder), ``train`` / ``val`` / ``test`` (``validation`` is taken for a missing ``val``), each a
+folder of images (searched recursively), a ``.txt`` list of image paths, or a list of those;
+``names`` (a list, or an ``{id: name}`` map) or ``nc`` alone (names ``class0``, ``class1``, ...);
+``kpt_shape`` (pose datasets: the keypoints after the box are not used). A split entry is resolved
+against the root; when that does not exist and it starts with ``../`` (Roboflow writes ``train:
+../train/images`` next to a yaml in the dataset folder) the entry without ``../`` is used. Lines
+of a ``.txt`` list are image paths, relative ones relative to the list's folder.
+
+Which split is read: ``train_split`` / ``val_split`` name the yaml keys (``--val-split test``
+evaluates the ``test:`` images).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from retinanet.errors import DataError
+
+SPLIT_KEYS = ("train", "val", "test", "minival")  # the yaml keys that name images, as in ultralytics
+
+
+@dataclass
+class YoloSpec:
+    """A parsed ``data.yaml``.
+
+    Attributes:
+        yaml: the file.
+        root: the dataset root its split entries are relative to.
+        names: class names, index = YOLO class id (``None`` for ids absent from an ``{id: name}`` map).
+        splits: yaml key -> image sources (folders or ``.txt`` lists), resolved.
+        keypoints: values per line after the box (pose datasets), 0 otherwise.
+    """
+
+    yaml: Path
+    root: Path
+    names: list[str | None]
+    splits: dict[str, list[Path]]
+    keypoints: int = 0
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (PyYAML keeps the last
+    without a word: a second ``names:`` would silently replace the first)."""
+
+
+def _mapping_once(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    lines: dict = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        try:
+            if key in lines:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice (lines {lines[key]} and {line}); which one is meant cannot be known",
+                    key_node.start_mark)
+            lines[key] = line
+        except TypeError:  # an unhashable key: construct_mapping says so
+            pass
+    return loader.construct_mapping(node, deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_once)
+
+
+def find_data_yaml(root: Path) -> Path:
+    """``root`` itself when a file, else ``root/data.yaml`` or the one ``*.yaml``/``*.yml`` in it."""
+    if root.is_file():
+        return root
+    if (root / "data.yaml").is_file():
+        return root / "data.yaml"
+    found = sorted(p for p in root.glob("*.y*ml") if p.suffix.lower() in (".yaml", ".yml"))
+    if len(found) != 1:
+        what = f"{len(found)} yaml files ({', '.join(p.name for p in found)})" if found else "no data.yaml"
+        raise DataError([f"{root}: {what}; give the YOLO dataset's yaml file as --data"])
+    return found[0]
+
+
+def _names(data: dict, path: Path) -> list[str | None]:
+    """Class names indexed by YOLO id, from ``names`` (list or ``{id: name}``) or ``nc``."""
+    names, nc = data.get("names"), data.get("nc")
+    if names is None:
+        if isinstance(nc, int) and not isinstance(nc, bool) and nc > 0:
+            return [f"class{i}" for i in range(nc)]
+        raise DataError([f"{path}: no 'names:' (a list of class names, or {{id: name}}) and no 'nc:'"])
+    if isinstance(names, dict):
+        bad = [k for k in names if isinstance(k, bool) or not isinstance(k, int) or k < 0]
+        if bad:
+            raise DataError([f"{path}: 'names:' keys must be class ids 0, 1, ...; not {', '.join(map(repr, bad))}"])
+        table: list[str | None] = [None] * (max(names) + 1 if names else 0)
+        for k, v in names.items():
+            table[k] = v
+        names = table
+    if not isinstance(names, list) or not any(n is not None for n in names):
+        raise DataError([f"{path}: 'names:' must be a non-empty list of class names or an {{id: name}} map"])
+    problems = [f"{path}: class {i} has name {n!r}; names are non-empty strings" for i, n in enumerate(names)
+                if n is not None and not (isinstance(n, (str, int)) and str(n).strip())]
+    names = [None if n is None else str(n).strip() for n in names]
+    seen: dict[str, int] = {}
+    for i, n in enumerate(names):
+        if n is not None and n in seen:
+            problems.append(f"{path}: classes {seen[n]} and {i} are both named {n!r}")
+        seen.setdefault(n, i)
+    count = len([n for n in names if n is not None])
+    if isinstance(nc, int) and nc != count:
+        problems.append(f"{path}: 'nc: {nc}' but 'names:' has {count} classes")
+    if problems:
+        raise DataError(problems, summary=f"invalid class names in {path}")
+    return names
+
+
+def _absolute(p: Path) -> Path:
+    """``p`` made absolute with ``..`` collapsed, symlinks kept (messages show the paths as written)."""
+    return Path(os.path.abspath(p))
+
+
+def _split_sources(root: Path, value, key: str, path: Path) -> list[Path]:
+    """The folders / list files of one split entry (a string or a list of strings)."""
+    entries = value if isinstance(value, list) else [value]
+    if not entries or not all(isinstance(e, str) and e.strip() for e in entries):
+        raise DataError([f"{path}: '{key}:' must be a folder or .txt file path, or a list of them; not {value!r}"])
+    out = []
+    for e in entries:
+        p = _absolute(root / Path(e.strip()).expanduser())
+        if not p.exists() and e.strip().startswith("../"):
+            p = _absolute(root / e.strip()[3:])  # Roboflow: "../train/images" written for a yaml one level down
+        out.append(p)
+    return out
+
+
+def read_data_yaml(path: str | Path) -> YoloSpec:
+    """Parse and check a YOLO ``data.yaml`` (see the module docstring).
+
+    Raises:
+        DataError: unreadable yaml, no names, malformed entries; the message names ``path``.
+    """
+    path = Path(path)
+    try:
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # a SafeLoader
+    except FileNotFoundError:
+        raise DataError([f"{path}: YOLO data yaml not found"]) from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise DataError([f"{path}: not a readable yaml file ({err})"]) from None
+    if not isinstance(data, dict):
+        raise DataError([f"{path}: a YOLO data yaml is a mapping with 'train:', 'val:' and 'names:'"])
+    if "val" not in data and "validation" in data:
+        data["val"] = data["validation"]
+    base = _absolute(path.parent)
+    root = _absolute(base / Path(str(data["path"])).expanduser()) if data.get("path") else base
+    keypoints = 0
+    if data.get("kpt_shape") is not None:
+        try:
+            keypoints = math.prod(int(k) for k in data["kpt_shape"])
+        except (TypeError, ValueError):
+            raise DataError([f"{path}: 'kpt_shape:' must be a list of integers, not {data['kpt_shape']!r}"]) from None
+    splits = {k: _split_sources(root, data[k], k, path) for k in SPLIT_KEYS if data.get(k) is not None}
+    return YoloSpec(path, root, _names(data, path), splits, keypoints)
