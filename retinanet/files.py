@@ -106,13 +106,16 @@ def hold_folder(folder: str | os.PathLike, what: str, option: str = "--out") -> 
     """Hold output folder ``folder`` for this process while the block runs: an exclusive advisory
     lock (``fcntl.flock``) on ``FOLDER/.lock``, which holds this process's pid and ``what``. The OS
     releases it when the process ends, also when it is killed: a folder is never left locked.
-    ``folder`` is checked (``check_output_path``) and created first.
+    ``folder`` is checked (``check_output_path``) and created first; when the block ends and the
+    folders this call created hold nothing but the lock (a command that failed before writing),
+    they are removed again, so a failed command leaves no empty output folder behind.
 
     Raises:
         RetinaNetError: another process holds ``folder``: the message names its pid and command.
     """
     folder = check_output_path(folder, folder=True, option=option)
     lock = folder / LOCK_FILE
+    created = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
@@ -131,7 +134,22 @@ def hold_folder(folder: str | os.PathLike, what: str, option: str = "--out") -> 
         yield folder
         os.ftruncate(fd, 0)  # the pid of a process that no longer holds the folder is not left behind
     finally:
+        if created:
+            _remove_if_only_lock(created, lock)
         os.close(fd)  # releases the lock
+
+
+def _remove_if_only_lock(created: list[Path], lock: Path) -> None:
+    """Remove ``lock`` and the folders ``created`` (deepest first) when they hold nothing else; a
+    folder another process has written into meanwhile stays (``rmdir`` refuses it)."""
+    try:
+        if any(p.name != LOCK_FILE for p in created[0].iterdir()):
+            return
+        lock.unlink(missing_ok=True)
+        for path in created:
+            path.rmdir()
+    except OSError:
+        pass
 
 
 def check_output_path(path: str | os.PathLike, *, folder: bool, option: str = "--out") -> Path:

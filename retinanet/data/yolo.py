@@ -32,7 +32,7 @@ from PIL import UnidentifiedImageError
 from retinanet.data.classes import ClassMap
 from retinanet.data.images import IMAGE_SUFFIXES, ImageReading, is_image_file, not_read, oriented_size
 from retinanet.data.records import Record, clip_boxes, not_finite, repeated_objects
-from retinanet.data.yolo_yaml import YoloSpec, _absolute, find_data_yaml, read_data_yaml
+from retinanet.data.yolo_yaml import YoloSpec, absolute_path, find_data_yaml, read_data_yaml
 
 TOLERANCE = 0.01  # normalised coordinates may overshoot 0..1 by this much (rounding in exports), as ultralytics allows
 
@@ -79,7 +79,7 @@ def list_images(sources: list[Path], problems: list[str], warnings: list[str] | 
                 line = line.strip()
                 if not line:
                     continue
-                p = _absolute(src.parent / Path(line).expanduser())
+                p = absolute_path(src.parent / Path(line).expanduser())
                 if not p.is_file():
                     problems.append(f"{src}:{n}: image {line} not found ({p})")
                 elif not _is_image(p):

@@ -116,7 +116,7 @@ def _names(data: dict, path: Path) -> list[str | None]:
     return names
 
 
-def _absolute(p: Path) -> Path:
+def absolute_path(p: Path) -> Path:
     """``p`` made absolute with ``..`` collapsed, symlinks kept (messages show the paths as written)."""
     return Path(os.path.abspath(p))
 
@@ -128,9 +128,9 @@ def _split_sources(root: Path, value, key: str, path: Path) -> list[Path]:
         raise DataError([f"{path}: '{key}:' must be a folder or .txt file path, or a list of them; not {value!r}"])
     out = []
     for e in entries:
-        p = _absolute(root / Path(e.strip()).expanduser())
+        p = absolute_path(root / Path(e.strip()).expanduser())
         if not p.exists() and e.strip().startswith("../"):
-            p = _absolute(root / e.strip()[3:])  # Roboflow: "../train/images" written for a yaml one level down
+            p = absolute_path(root / e.strip()[3:])  # Roboflow: "../train/images" written for a yaml one level down
         out.append(p)
     return out
 
@@ -152,8 +152,8 @@ def read_data_yaml(path: str | Path) -> YoloSpec:
         raise DataError([f"{path}: a YOLO data yaml is a mapping with 'train:', 'val:' and 'names:'"])
     if "val" not in data and "validation" in data:
         data["val"] = data["validation"]
-    base = _absolute(path.parent)
-    root = _absolute(base / Path(str(data["path"])).expanduser()) if data.get("path") else base
+    base = absolute_path(path.parent)
+    root = absolute_path(base / Path(str(data["path"])).expanduser()) if data.get("path") else base
     keypoints = 0
     if data.get("kpt_shape") is not None:
         try:

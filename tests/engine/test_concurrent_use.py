@@ -153,3 +153,20 @@ def test_sigterm_of_the_holder_also_releases(tmp_path):
     proc.wait()
     with hold_folder(tmp_path, "after"):
         pass
+
+
+def test_a_command_that_fails_leaves_no_output_folder_it_created(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"")
+    new = tmp_path / "runs" / "predict"
+    status, err = _cli(["predict", str(tmp_path / "a.png"), "--weights", str(tmp_path / "missing.pt"), "--out", str(new)])
+    assert status != 0 and "missing.pt" in err, err
+    assert not (tmp_path / "runs").exists()  # nor the parent it created
+    existing = tmp_path / "mine"
+    existing.mkdir()
+    with pytest.raises(RuntimeError):
+        with hold_folder(existing, "test"):
+            raise RuntimeError("fails before writing")
+    assert existing.is_dir()  # a folder that was there stays
+    with hold_folder(tmp_path / "kept", "test") as folder:
+        (folder / "out.txt").write_text("x")
+    assert (tmp_path / "kept" / "out.txt").exists()
