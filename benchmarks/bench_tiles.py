@@ -4,8 +4,9 @@
     python benchmarks/bench_tiles.py memory --weights RUN/best.pt --sizes 2000 8000
 
 ``recall``: every image of the dataset's val split (VOC layout, e.g. ``retinanet make-synthetic
---large``), predicted whole (resized to the model's input size, ``Detector.predict``) and tiled
-(``Detector.predict(tile=...)``, native resolution), all detections scoring at least
+--large``), predicted whole (resized to the model's input size, ``Detector.predict``; with
+``--whole-size PX`` also resized to PX) and tiled (``Detector.predict(tile=...)``, native
+resolution), all detections scoring at least
 ``--score-thresh``; a ground-truth box is found when a detection of its class, not already used
 by a better-scoring match, overlaps it with IoU >= 0.5 (greedy by score, one detection per box).
 
@@ -48,6 +49,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--overlap", type=float, default=0.2)
     p.add_argument("--tile-batch", type=int, default=4)
     p.add_argument("--score-thresh", type=float, default=0.05)
+    p.add_argument("--whole-size", type=int, nargs="*", default=[], metavar="PX",
+                   help="recall: also predict whole images resized to these input sizes (short side; long side "
+                   "capped at the same), e.g. 800 as most toolkits would")
     p.add_argument("--sizes", type=int, nargs="+", default=[2000, 8000], help="memory: image sides")
     p.add_argument("--base", type=int, default=2000, help="memory: side of the rendered image that is repeated")
     p.add_argument("--threads", type=int)
@@ -75,27 +79,33 @@ def recall(args) -> None:
     voc = Path(args.data) / "VOCdevkit" / "VOC2012"
     names = {n: i for i, n in det.class_names.items()}
     stems = (voc / "ImageSets" / "Main" / f"{args.split}.txt").read_text().split()
-    totals = {"objects": 0, "whole": 0, "tiled": 0, "whole_dets": 0, "tiled_dets": 0, "whole_s": 0.0, "tiled_s": 0.0}
+    passes = [("whole", det, {}), ("tiled", det, {"tile": tile})]
+    passes += [(f"whole@{px}", Detector.load(args.weights, amp="off", min_size=px, max_size=px), {}) for px in args.whole_size]
+    totals = {"objects": 0} | {f"{kind}{k}": 0 for kind, _, _ in passes for k in ("", "_dets")} \
+        | {f"{kind}_s": 0.0 for kind, _, _ in passes}
     for stem in stems:
         ann = parse_voc_xml(voc / "Annotations" / f"{stem}.xml")
         gt = torch.from_numpy(ann.boxes.astype(np.float32)).reshape(-1, 4)
         gt[:, :2] -= 1  # VOC 1-based xmin/ymin -> continuous pixels (our reader's convention)
         labels = torch.tensor([names[n] for n in ann.names], dtype=torch.int64)
         image = det.read_image(voc / "JPEGImages" / f"{stem}.jpg")
-        for kind, kw in (("whole", {}), ("tiled", {"tile": tile})):
+        for kind, model, kw in passes:
             t0 = time.perf_counter()
-            (r,) = det.predict(image, score_thresh=args.score_thresh, max_dets=100_000, **kw)
+            (r,) = model.predict(image, score_thresh=args.score_thresh, max_dets=100_000, **kw)
             totals[f"{kind}_s"] += time.perf_counter() - t0
             totals[kind] += found(gt, labels, r)
             totals[f"{kind}_dets"] += len(r)
         totals["objects"] += len(gt)
     n = totals["objects"]
     print(f"{len(stems)} images, {n} objects; model input {det.model.config.min_size} px; {tile.describe()}")
-    for kind in ("whole", "tiled"):
-        print(f"{kind:5s}: recall@0.5 {totals[kind] / n:.3f} ({totals[kind]}/{n}), {totals[f'{kind}_dets']} detections "
+    for kind, _, _ in passes:
+        print(f"{kind:9s}: recall@0.5 {totals[kind] / n:.3f} ({totals[kind]}/{n}), {totals[f'{kind}_dets']} detections "
               f">= {args.score_thresh}, {totals[f'{kind}_s']:.1f} s")
     print(f"tiled/whole recall: {totals['tiled'] / max(totals['whole'], 1):.2f}x"
           + (" (whole-image found none)" if totals["whole"] == 0 else ""))
+    for kind, _, _ in passes[2:]:
+        print(f"tiled/{kind} recall: {totals['tiled'] / max(totals[kind], 1):.2f}x"
+              + (f" ({kind} found none)" if totals[kind] == 0 else ""))
 
 
 def _status(field: str) -> int:

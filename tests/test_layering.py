@@ -253,3 +253,14 @@ def test_architecture_import_table_is_the_real_one():
     documented = text.split(TABLE_START, 1)[1].split(TABLE_END, 1)[0].strip()
     expected = import_table()
     assert documented == expected, f"{ARCHITECTURE}: the import table is out of date; the real one:\n{expected}"
+
+
+def test_engine_tests_mirror_the_rooms():
+    """``tests/engine/<room>/`` for each engine room and no test file outside them, so a room's tests are found
+    where its code is."""
+    tests = Path(__file__).resolve().parent / "engine"
+    flat = sorted(p.name for p in tests.glob("test_*.py"))
+    assert not flat, f"engine tests outside tests/engine/<room>/: {flat}"
+    folders = {p.name for p in tests.iterdir() if p.is_dir() and p.name != "__pycache__"}
+    assert folders <= set(ENGINE_ROOMS), f"tests/engine folders that are no engine room: {sorted(folders - set(ENGINE_ROOMS))}"
+    assert all(any((tests / room).glob("test_*.py")) for room in ENGINE_ROOMS), "an engine room without tests"

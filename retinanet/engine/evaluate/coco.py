@@ -8,12 +8,12 @@ COCOeval.
 
 Backend: ``pycocotools`` by default, because its numbers are the reference. The C++
 ``faster_coco_eval`` (1.8.0) is about 5x faster (0.47 s vs 2.56 s for ``evaluate_coco`` on
-``random_case(0, 2000)`` of ``tests/engine/test_evaluate_coco.py``: 2,000 images, 12,525
+``random_case(0, 2000)`` of ``tests/engine/evaluate/test_evaluate_coco.py``: 2,000 images, 12,525
 detections, one CPU core) but it is *not* bit-exact: pycocotools
 divides ``tp / (tp + fp + np.spacing(1))``, so some precision entries differ in the last bit
 (``1.0`` vs ``0.9999999999999998``) and in 5 of 40 random cases one of the 12 numbers differed by
 1.1e-16 (the printed 3-decimal summary was identical every time). ``backend="faster_coco_eval"``
-selects it; ``tests/engine/test_evaluate_coco.py`` checks both. It is an optional dependency
+selects it; ``tests/engine/evaluate/test_evaluate_coco.py`` checks both. It is an optional dependency
 (``pip install 'retinanet[fast-eval]'``), imported only when selected.
 
 Input formats (arrays may be numpy, torch or lists)::

@@ -1,7 +1,7 @@
 """Optimisation helpers of the training loop: optimizer, learning-rate schedule, EMA, RNG state.
 
 Pure functions of a ``TrainConfig`` (and the model), so the loop in ``retinanet.engine.train.loop``
-only calls them; each is tested on its own (``tests/engine/test_optim.py``).
+only calls them; each is tested on its own (``tests/engine/train/test_optim.py``).
 """
 
 from __future__ import annotations

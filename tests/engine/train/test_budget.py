@@ -75,7 +75,7 @@ import retinanet.engine.train.loop as L  # noqa: E402
 from retinanet.cli import main  # noqa: E402
 from retinanet.data import make_synthetic  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 TINY = ["--arch", "resnet18_fpn", "--from-scratch", "--min-size", "64", "--max-size", "64", "--fpn-channels", "32",
         "--head-convs", "1", "--batch-size", "2", "--workers", "0", "--device", "cpu", "--lr", "0.01", "--quiet"]
 

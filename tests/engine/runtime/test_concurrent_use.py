@@ -24,7 +24,7 @@ from retinanet.engine.train.loop import train
 from retinanet.errors import RetinaNetError
 from retinanet.files import hold_folder
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 TINY = ["--arch", "resnet18_fpn", "--norm", "bn", "--min-size", "64", "--max-size", "64", "--fpn-channels", "32",
         "--head-convs", "1", "--epochs", "1", "--batch-size", "2", "--warmup-iters", "1", "--workers", "0",
         "--device", "cpu", "--from-scratch", "--quiet"]

@@ -17,7 +17,7 @@ import yaml
 from retinanet.data import make_synthetic
 from retinanet.engine.evaluate.coco import METRIC_NAMES
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def _free_port() -> int:
