@@ -14,8 +14,9 @@ Peak memory: each measurement runs in a fresh child process, which builds its in
 kernel's peak-RSS counter (``/proc/self/clear_refs``, 5), matches once and reads ``VmHWM`` from
 ``/proc/self/status``: the peak resident memory of the matching step above what the process held
 before it (torch's CPU allocator returns large blocks to the OS, so this is the memory the step
-touched). Linux only. Time: the median of ``--iters`` runs in the same child after one warm-up;
-the rounds alternate today / chunked. The children print a SHA-256 of the matches, compared here.
+touched). Linux only. Time: the median of ``--iters`` runs in the same child (the first, whose
+memory is measured, included), then the median over the children; the rounds alternate today /
+chunked. The children print a SHA-256 of the matches, compared here.
 
 "today" is skipped (with its estimated need) when ``36 * B*M*N`` bytes exceed ``MemAvailable``:
 at the goal size (B=8, M=2000, 800x1333) it would need about 108 GiB.
