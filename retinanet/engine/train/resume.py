@@ -176,6 +176,10 @@ def check_resume(ck: Mapping[str, Any], path: Path, model_cfg: ModelConfig, data
             + "\n".join(lines) + f"\nresume with the run's own settings (leave these options out), or start a new run "
             f"from its weights with --weights {path} (and another --out){unless}")
     lines = []
+    if stored.get(WORLD_SIZE) is None:
+        lines.append(f"resume: {path.name} does not record its process count (written before checkpoints did), so "
+                     f"this run's {world_size} process(es) cannot be checked against it; the effective batch is "
+                     f"{world_size} x batch_size")
     if found[MAY_CHANGE]:
         lines.append(f"resume: settings changed from the checkpoint's: {', '.join(c for _, c in found[MAY_CHANGE])}")
     if allowed:

@@ -218,3 +218,19 @@ def test_every_config_field_has_a_resume_rule_and_resume_allow_names_are_checked
     with pytest.raises(SystemExit):
         main(["train", "--resume", "x", "--resume-allow", "bogus"])
     assert "unknown setting 'bogus'" in capsys.readouterr().err
+
+
+def test_a_checkpoint_without_a_process_count_is_resumed_and_the_log_says_it_was_not_checked(finished_run):
+    from pathlib import Path
+
+    from retinanet.engine.train.resume import check_resume
+
+    path = Path(finished_run) / "last.pt"
+    ck = torch.load(path, weights_only=True)
+    model, data, cfg = (ModelConfig(**ck["config"]["model"]), DataConfig(**ck["config"]["data"]),
+                        TrainConfig(**ck["config"]["train"]))
+    assert check_resume(ck, path, model, data, cfg, ck["class_map"], world_size=1).lines == []
+    del ck["world_size"]
+    lines = check_resume(ck, path, model, data, cfg, ck["class_map"], world_size=4).lines
+    assert lines == ["resume: last.pt does not record its process count (written before checkpoints did), so this "
+                     "run's 4 process(es) cannot be checked against it; the effective batch is 4 x batch_size"]
