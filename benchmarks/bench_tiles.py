@@ -99,13 +99,11 @@ def recall(args) -> None:
     n = totals["objects"]
     print(f"{len(stems)} images, {n} objects; model input {det.model.config.min_size} px; {tile.describe()}")
     for kind, _, _ in passes:
-        print(f"{kind:9s}: recall@0.5 {totals[kind] / n:.3f} ({totals[kind]}/{n}), {totals[f'{kind}_dets']} detections "
+        print(f"{kind}: recall@0.5 {totals[kind] / n:.3f} ({totals[kind]}/{n}), {totals[f'{kind}_dets']} detections "
               f">= {args.score_thresh}, {totals[f'{kind}_s']:.1f} s")
-    print(f"tiled/whole recall: {totals['tiled'] / max(totals['whole'], 1):.2f}x"
-          + (" (whole-image found none)" if totals["whole"] == 0 else ""))
-    for kind, _, _ in passes[2:]:
-        print(f"tiled/{kind} recall: {totals['tiled'] / max(totals[kind], 1):.2f}x"
-              + (f" ({kind} found none)" if totals[kind] == 0 else ""))
+    for kind, _, _ in passes[:1] + passes[2:]:
+        ratio = f"{totals['tiled'] / totals[kind]:.2f}x" if totals[kind] else f"no ratio: {kind} found none, tiled {totals['tiled']}"
+        print(f"tiled/{kind} recall: {ratio}")
 
 
 def _status(field: str) -> int:

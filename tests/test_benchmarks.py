@@ -91,8 +91,9 @@ def test_bench_tiles_recall_and_memory(tmp_path):
     classes = {"circle": 1, "square": 2, "star": 3, "triangle": 4}
     save_checkpoint({"model": model.state_dict(), "config": {"model": asdict(model.config)}, "class_map": classes}, ckpt)
     make_synthetic(tmp_path / "big", num_train=1, num_val=1, image_size=160, object_size=(12, 30), objects=8)
-    out = run("bench_tiles.py", "recall", "--weights", str(ckpt), "--data", str(tmp_path / "big"))
+    out = run("bench_tiles.py", "recall", "--weights", str(ckpt), "--data", str(tmp_path / "big"), "--whole-size", "96")
     assert "whole: recall@0.5" in out and "tiled: recall@0.5" in out and "tiles of 64 px" in out
+    assert "whole@96: recall@0.5" in out and "tiled/whole recall: " in out and "tiled/whole@96 recall: " in out
     out = run("bench_tiles.py", "memory", "--weights", str(ckpt), "--sizes", "128", "256", "--base", "128")
     assert "   128 px:     9 tiles" in out and "   256 px:    25 tiles" in out and "peak 256 px / 128 px" in out
 
