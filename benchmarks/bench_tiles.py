@@ -15,13 +15,18 @@ by a better-scoring match, overlaps it with IoU >= 0.5 (greedy by score, one det
 runs in a fresh child process, which decodes nothing (the image is built as a uint8 tensor), resets
 the kernel's peak-RSS counter (``/proc/self/clear_refs``) and reads ``VmHWM`` after
 ``Detector.detect_tiled``: the peak resident memory of the tiled prediction above what the process
-held with the model loaded and the image in memory (Linux only).
+held with the model loaded and the image in memory (Linux only), after a warm-up on full batches
+of tiles. The children fix glibc's mmap threshold as ``predict/eval --tile`` do
+(``--mmap-threshold 0``: glibc's moving default, under which the peak creeps up with the tiles and
+scatters from run to run); each size runs ``--repeats`` times, the sizes interleaved, and the
+medians are compared.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -36,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 from retinanet.data.synthetic import render_large_image  # noqa: E402
 from retinanet.data.voc import parse_voc_xml  # noqa: E402
 from retinanet.engine.infer.detector import Detector, TileOptions  # noqa: E402
+from retinanet.engine.runtime.allocator import MMAP_THRESHOLD, fix_mmap_threshold  # noqa: E402
 from torchvision.ops import box_iou  # noqa: E402
 
 
@@ -55,6 +61,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sizes", type=int, nargs="+", default=[2000, 8000], help="memory: image sides")
     p.add_argument("--base", type=int, default=2000, help="memory: side of the rendered image that is repeated")
     p.add_argument("--threads", type=int)
+    p.add_argument("--repeats", type=int, default=3, help="memory: child runs per size (peak RSS varies run to run)")
+    p.add_argument("--trace", action="store_true", help="memory: print the peak after each batch of tiles")
+    p.add_argument("--mmap-threshold", type=int, default=MMAP_THRESHOLD, metavar="BYTES",
+                   help="memory: glibc's mmap threshold in the children, fixed as predict/eval --tile fix it "
+                   "(fix_mmap_threshold) [32 MiB]; 0: glibc's moving default")
     p.add_argument("--child-size", type=int, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -114,6 +125,7 @@ def _status(field: str) -> int:
 
 
 def memory_child(args) -> None:
+    allocator = fix_mmap_threshold(args.mmap_threshold)  # first, as the CLI does before its work
     if args.threads:
         torch.set_num_threads(args.threads)
     det = Detector.load(args.weights, amp="off")
@@ -122,34 +134,53 @@ def memory_child(args) -> None:
     base = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
     reps = -(-args.child_size // args.base)
     image = base.repeat(1, reps, reps)[:, :args.child_size, :args.child_size].contiguous()
-    det.detect_tiled(image[:, :tile.tile, :tile.tile].contiguous(), tile, score_thresh=args.score_thresh)  # warm-up
+    det.detect_tiled(image[:, :tile.tile, :tile.tile * tile.batch_size].contiguous(), tile,
+                     score_thresh=args.score_thresh)  # warm-up: full batches of tiles
     before = _status("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")
     t0 = time.perf_counter()
-    tiles = []
-    r = det.detect_tiled(image, tile, score_thresh=args.score_thresh, max_dets=1_000_000,
-                         on_tiles=lambda d, n: tiles.append(n))
+    tiles, trace = [], []
+
+    def on_tiles(done: int, n: int) -> None:
+        tiles.append(n)
+        trace.append((done, _status("VmHWM") - before))
+
+    r = det.detect_tiled(image, tile, score_thresh=args.score_thresh, max_dets=1_000_000, on_tiles=on_tiles)
     seconds = time.perf_counter() - t0
     print(json.dumps({"size": args.child_size, "peak": _status("VmHWM") - before, "rss_before": before,
-                      "tiles": tiles[-1], "detections": len(r), "seconds": seconds}))
+                      "tiles": tiles[-1], "detections": len(r), "seconds": seconds, "trace": trace,
+                      "allocator": allocator}))
 
 
 def memory(args) -> None:
-    rows = []
-    for size in args.sizes:
-        cmd = [sys.executable, __file__, "memory", "--weights", args.weights, "--child-size", str(size),
-               "--base", str(args.base), "--overlap", str(args.overlap), "--tile-batch", str(args.tile_batch),
-               "--score-thresh", str(args.score_thresh)]
-        cmd += ["--tile", str(args.tile)] if args.tile else []
-        cmd += ["--threads", str(args.threads)] if args.threads else []
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise SystemExit(f"size {size}: child failed:\n{proc.stderr}")
-        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    for r in rows:
-        print(f"{r['size']:6d} px: {r['tiles']:5d} tiles, peak {r['peak'] / 2**20:8.1f} MiB above {r['rss_before'] / 2**20:7.1f} MiB "
-              f"(model + image), {r['detections']} detections, {r['seconds']:.1f} s")
-    print(f"peak {rows[-1]['size']} px / {rows[0]['size']} px: {rows[-1]['peak'] / rows[0]['peak']:.3f}x")
+    rows: dict[int, list[dict]] = {size: [] for size in args.sizes}
+    for _ in range(args.repeats):  # sizes interleaved: a drift of the machine hits every size alike
+        for size in args.sizes:
+            cmd = [sys.executable, __file__, "memory", "--weights", args.weights, "--child-size", str(size),
+                   "--base", str(args.base), "--overlap", str(args.overlap), "--tile-batch", str(args.tile_batch),
+                   "--score-thresh", str(args.score_thresh)]
+            cmd += ["--tile", str(args.tile)] if args.tile else []
+            cmd += ["--threads", str(args.threads)] if args.threads else []
+            cmd += ["--mmap-threshold", str(args.mmap_threshold)]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise SystemExit(f"size {size}: child failed:\n{proc.stderr}")
+            rows[size].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            if args.trace:
+                print(f"{size} px trace (tiles done: peak MiB): "
+                      + ", ".join(f"{d}: {p / 2**20:.0f}" for d, p in rows[size][-1]["trace"]), flush=True)
+    mib = 2 ** 20
+    print(rows[args.sizes[0]][0]["allocator"])
+    for size, rs in rows.items():
+        peaks = [r["peak"] / mib for r in rs]
+        r = rs[0]
+        print(f"{size:6d} px: {r['tiles']:5d} tiles, peak {statistics.median(peaks):8.1f} MiB median of "
+              f"{' '.join(f'{p:.1f}' for p in peaks)} above {r['rss_before'] / mib:7.1f} MiB (model + image), "
+              f"{r['detections']} detections, {statistics.median(x['seconds'] for x in rs):.1f} s")
+    first, last = (statistics.median(r["peak"] for r in rows[s]) for s in (args.sizes[0], args.sizes[-1]))
+    worst = max(r["peak"] for r in rows[args.sizes[-1]]) / min(r["peak"] for r in rows[args.sizes[0]])
+    print(f"peak {args.sizes[-1]} px / {args.sizes[0]} px: {last / first:.3f}x (medians of {args.repeats}); "
+          f"largest / smallest single run: {worst:.3f}x")
 
 
 def main(argv=None) -> None:

@@ -94,8 +94,11 @@ def test_bench_tiles_recall_and_memory(tmp_path):
     out = run("bench_tiles.py", "recall", "--weights", str(ckpt), "--data", str(tmp_path / "big"), "--whole-size", "96")
     assert "whole: recall@0.5" in out and "tiled: recall@0.5" in out and "tiles of 64 px" in out
     assert "whole@96: recall@0.5" in out and "tiled/whole recall: " in out and "tiled/whole@96 recall: " in out
-    out = run("bench_tiles.py", "memory", "--weights", str(ckpt), "--sizes", "128", "256", "--base", "128")
+    out = run("bench_tiles.py", "memory", "--weights", str(ckpt), "--sizes", "128", "256", "--base", "128",
+              "--repeats", "2", "--trace", "--mmap-threshold", "0")
     assert "   128 px:     9 tiles" in out and "   256 px:    25 tiles" in out and "peak 256 px / 128 px" in out
+    assert "(medians of 2)" in out and "memory: C allocator left at its defaults" in out
+    assert "128 px trace (tiles done: peak MiB): 4: " in out
 
 
 def test_bench_cpu_avx2_mode_counts_flops_and_compares_variants():

@@ -26,6 +26,7 @@ from retinanet.config import ModelConfig, at_least
 from retinanet.data import check_dataset, make_synthetic
 from retinanet.data.check import anchor_hint, tile_hint, write_check_outputs
 from retinanet.data.synthetic import LARGE
+from retinanet.engine.runtime.allocator import fix_mmap_threshold
 from retinanet.engine.runtime.distributed import cleanup, is_main_process, launch_rank, local_device
 from retinanet.engine.evaluate.loop import EvalOptions, run_eval
 from retinanet.engine.export.onnx_export import DEFAULT_OPSET, ExportOptions, export_checkpoint
@@ -162,6 +163,7 @@ def _eval(args: argparse.Namespace) -> int:
         model_overrides={k: v for k, v in sizes.items() if v is not None},
         tile=tile_options_from_args(args, args.batch_size),
     )
+    memory = fix_mmap_threshold() if opts.tile is not None else None  # the process's allocator, said below
     try:
         run = run_eval(data_cfg, opts)
         main_rank = is_main_process()  # before cleanup(): afterwards every process looks like rank 0
@@ -181,6 +183,8 @@ def _eval(args: argparse.Namespace) -> int:
     print(f"precision: {run.precision}")
     if run.tiling:
         print(f"tiling: {run.tiling}")
+    if memory:
+        print(memory)
     return 0
 
 
@@ -237,10 +241,12 @@ def _predict(args: argparse.Namespace, files) -> int:
         workers=args.workers, draw=not args.no_draw, voc_xml=args.voc_xml, yolo_txt=args.save_txt,
         save_conf=args.save_conf, progress=not args.quiet, tile=tile,
     )
+    memory = fix_mmap_threshold() if tile is not None else None  # the process's allocator, said below
     summary = predict(detector, files, opts)
     print(summary.text())
     if tile is not None:
         print(f"tiling: {tile.describe()}")
+        print(memory)
     print(f"precision: {detector.precision.describe()}")
     return 1 if summary.num_images == 0 else 0
 

@@ -141,6 +141,7 @@ def test_predict_and_eval_cli_tile(tmp_path, checkpoint, capsys):
                  "--no-draw", "--workers", "0", "--quiet"]) == 0
     text = capsys.readouterr().out
     assert "tiling: tiles of 64 px at native resolution, overlap 0.2, 4 per batch" in text
+    assert "memory: glibc's mmap threshold fixed at 32 MiB" in text or "memory: C allocator left" in text
     rec = json.loads((out / "predictions.json").read_text())["images"][0]
     assert (rec["width"], rec["height"]) == (200, 150)
     assert main(["predict", str(img), "--weights", str(checkpoint), "--out", str(out), "--tile-overlap", "0.3"]) == 2
@@ -149,5 +150,5 @@ def test_predict_and_eval_cli_tile(tmp_path, checkpoint, capsys):
     assert main(["eval", "--weights", str(checkpoint), "--data", str(root), "--val-split", str(root / "val.txt"),
                  "--tile", "96", "--tile-overlap", "0.25", "--out", str(tmp_path / "ev"), "--workers", "0", "--quiet"]) == 0
     text = capsys.readouterr().out
-    assert "1 images" in text and "tiling: tiles of 96 px" in text
+    assert "1 images" in text and "tiling: tiles of 96 px" in text and "\nmemory: " in text
     assert json.loads((tmp_path / "ev" / "eval.json").read_text())["num_images"] == 1
