@@ -10,8 +10,27 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 # (tests of the download path serve their own files into their own TORCH_HOME).
 os.environ["TORCH_HOME"] = tempfile.mkdtemp(prefix="retinanet-tests-torch-home-")
 
+import pytest  # noqa: E402
 import torch  # noqa: E402
 
 # Under pytest-xdist each worker gets its share of the cores instead of all of them.
 _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 torch.set_num_threads(max(1, (os.cpu_count() or 1) // _workers))
+
+
+class NanLoss(torch.nn.Module):
+    """A model whose losses turn to NaN when ``poison`` is set (its weights stay finite)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.poison = model, False
+
+    def forward(self, images, targets):
+        losses = self.model(images, targets)
+        return {k: v * float("nan") for k, v in losses.items()} if self.poison else losses
+
+
+@pytest.fixture
+def nan_loss():
+    """``NanLoss``: wraps a model so a test can make its next loss non-finite (the CPU and CUDA step tests)."""
+    return NanLoss

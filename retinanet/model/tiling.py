@@ -152,15 +152,14 @@ def detect_tiled(run: Callable[[list[Tensor]], list[tuple[Tensor, Tensor, Tensor
     for start in range(0, len(grid), batch_size):
         windows = grid[start:start + batch_size]
         results = run([crop_tile(image, w, tile) for w in windows])
-        for t, (w, (b, s, lab)) in enumerate(zip(windows, results)):
-            x0, y0, x1, y1 = (float(v) for v in w)
-            b = b.float().cpu()
-            b = torch.stack([b[:, 0].clamp(max=x1 - x0), b[:, 1].clamp(max=y1 - y0), b[:, 2].clamp(max=x1 - x0),
-                             b[:, 3].clamp(max=y1 - y0)], 1) + torch.tensor([x0, y0, x0, y0])  # padding cut off
-            ok = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
-            b, s, lab = b[ok], s.float().cpu()[ok], lab.cpu()[ok]
-            frag = fragments(b, w, inner[start + t])
-            parts.append((b, s, lab, torch.full_like(lab, start + t), frag))
+        # the batch's detections at once: tile index of each, boxes cut to the tile (padding off), shifted to image pixels
+        index = torch.arange(start, start + len(windows)).repeat_interleave(torch.tensor([len(r[0]) for r in results]))
+        b, s, lab = (torch.cat([r[i] for r in results]).cpu() for i in range(3))
+        w = grid[index].to(torch.float32)
+        b = torch.minimum(b.float(), (w[:, 2:] - w[:, :2]).repeat(1, 2)) + w[:, :2].repeat(1, 2)
+        ok = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
+        b, s, lab, index = b[ok], s.float()[ok], lab[ok], index[ok]
+        parts.append((b, s, lab, index, fragments(b, grid[index], inner[index])))
         if on_tiles is not None:
             on_tiles(min(start + batch_size, len(grid)), len(grid))
     if extra is not None:

@@ -96,19 +96,7 @@ def test_amp_auto_resolves_on_cuda():
     assert p.dtype == (torch.bfloat16 if bf16 else torch.float16) and p.grad_scaling == (not bf16), p
 
 
-class _NanLoss(torch.nn.Module):
-    """``model`` whose losses turn to NaN when ``poison`` is set (its weights stay finite)."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model, self.poison = model, False
-
-    def forward(self, images, targets):
-        losses = self.model(images, targets)
-        return {k: v * float("nan") for k, v in losses.items()} if self.poison else losses
-
-
-def test_train_step_skips_a_non_finite_step_on_cuda():
+def test_train_step_skips_a_non_finite_step_on_cuda(nan_loss):
     """The auto precision's step (fused optimizer; fp16: GradScaler): a NaN loss changes no weight.
     Host-device syncs of the whole step are counted by ``bench_gpu.py --sync-debug``."""
     from retinanet.config import TrainConfig
@@ -117,8 +105,8 @@ def test_train_step_skips_a_non_finite_step_on_cuda():
     from retinanet.engine.train.loop import train_step
 
     torch.manual_seed(0)
-    net = _NanLoss(build_model("resnet18_fpn", num_classes=4, min_size=128, max_size=160, norm="bn",
-                               trainable_backbone_layers=5, fpn_channels=64, head_convs=2).cuda().train())
+    net = nan_loss(build_model("resnet18_fpn", num_classes=4, min_size=128, max_size=160, norm="bn",
+                              trainable_backbone_layers=5, fpn_channels=64, head_convs=2).cuda().train())
     precision = resolve_precision("auto", "cuda")
     cfg = TrainConfig(optimizer="adamw", lr=0.01)
     opt = build_optimizer(net.model, cfg, fused=True)

@@ -4,7 +4,7 @@ glibc's ``malloc`` serves a buffer above its mmap threshold with its own mapping
 system when freed; smaller ones come from the heap. By default the threshold moves: each time a
 mapped buffer is freed, it rises to that buffer's size (up to 32 MiB). A tiled run frees the same
 large buffers batch after batch, so the threshold climbs in steps, more of each batch lands on the
-heap, and the peak memory creeps up with the number of tiles: measured 128 -> 156 MiB over the
+heap, and the peak memory creeps up with the number of tiles: measured 128 -> 154 MiB over the
 324 tiles of an 8,000 px image, and peaks that scatter from run to run (BENCHMARKS.md, "Crop
 training and tiled prediction"). Fixed at the top of that range from the start
 (``MMAP_THRESHOLD``), the heap reaches its size in the first batch and stays there: the same peak

@@ -122,22 +122,10 @@ def test_train_step_reads_nothing_from_the_device(monkeypatch, optimizer, amp, c
     assert r.steps + r.skipped == 2 and r.images == 2 * r.steps and all(math.isfinite(v) for v in r.sums.values())
 
 
-class NanLoss(torch.nn.Module):
-    """A model whose loss turns non-finite on demand (its weights stay finite)."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model, self.poison = model, False
-
-    def forward(self, images, targets):
-        losses = self.model(images, targets)
-        return {k: v * float("nan") for k, v in losses.items()} if self.poison else losses
-
-
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
-def test_non_finite_step_is_skipped_on_the_device(optimizer):
+def test_non_finite_step_is_skipped_on_the_device(optimizer, nan_loss):
     torch.manual_seed(0)
-    net = NanLoss(build_model(num_classes=5, **TINY).train())
+    net = nan_loss(build_model(num_classes=5, **TINY).train())
     cfg = TrainConfig(optimizer=optimizer, amp="off", lr=0.01)
     opt = build_optimizer(net.model, cfg, fused=True)
     scaler, precision = torch.amp.GradScaler("cpu", enabled=False), resolve_precision("off", "cpu")
