@@ -3,9 +3,11 @@
     python benchmarks/bench_cpu.py --model demo --avx2 --iters 6
     python benchmarks/bench_cpu.py --model quick --avx2 --variants base,nchw,threads1 --iters 6
     python benchmarks/bench_cpu.py --model r50 --avx2 --mode infer --profile 15
+    python benchmarks/bench_cpu.py --model demo --avx2 --archs resnet18_fpn_v2,regnet_x_400mf_fpn_v2
 
-``--model`` picks one of three shapes: ``demo`` (the demo recipe's ResNet-18 FPN v2, 32 channels,
-2-conv heads, batch 16 at 160 px, trained from scratch), ``quick`` (the quick recipe's: 64 channels,
+``--model`` picks one of three shapes: ``demo`` (the demo recipe's RegNetX-400MF FPN v2, 32
+channels, 2-conv heads, batch 16 at 160 px, trained from scratch; ResNet-18 FPN v2 until
+2026-12-04: ``--archs resnet18_fpn_v2`` gives that model), ``quick`` (the quick recipe's: 64 channels,
 4-conv heads, batch 8 at 160 px) and ``r50`` (ResNet-50 FPN, 256 channels, frozen BN and 3 trained
 stages as when fine-tuning, batch 4 at 512 px, 91 classes). A training step is what ``retinanet
 train`` runs (forward with the loss, backward, fused AdamW step); inference is ``model.eval()``
@@ -34,6 +36,9 @@ the first:
   (what the model did before it folded them into the conv in eval mode)
 - ``gn_fp32``: heads' GroupNorm replaced by ``F.group_norm`` on channels_last input made
   contiguous first (to see what GroupNorm costs in each layout)
+
+``--archs A,B,...`` compares backbones instead: the preset with each arch (``base`` setting),
+interleaved the same way, each with its own FLOPs and GFLOP/s; the ratio is in images/s.
 """
 
 from __future__ import annotations
@@ -50,7 +55,7 @@ from pathlib import Path
 AVX2_ENV = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
 
 PRESETS = {
-    "demo": dict(arch="resnet18_fpn_v2", norm="bn", trainable_backbone_layers=5, fpn_channels=32, head_convs=2,
+    "demo": dict(arch="regnet_x_400mf_fpn_v2", norm="bn", trainable_backbone_layers=5, fpn_channels=32, head_convs=2,
                  image_size=160, batch_size=16, num_classes=5, anchor_sizes=(24, 48, 96, 192, 384)),
     "quick": dict(arch="resnet18_fpn_v2", norm="bn", trainable_backbone_layers=5, fpn_channels=64, head_convs=4,
                   image_size=160, batch_size=8, num_classes=5, anchor_sizes=(24, 48, 96, 192, 384)),
@@ -69,6 +74,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--iters", type=int, default=5, help="timed rounds per mode")
     p.add_argument("--warmup", type=int, default=2, help="untimed rounds per mode")
     p.add_argument("--variants", default="base", help=f"comma-separated, from {', '.join(VARIANTS)}")
+    p.add_argument("--archs", help="comma-separated archs to compare, interleaved, in the base setting "
+                   "(instead of --variants), e.g. resnet18_fpn_v2,regnet_x_400mf_fpn_v2")
     p.add_argument("--threads", type=int, help="torch.set_num_threads for every variant (default: torch's choice)")
     p.add_argument("--profile", type=int, default=0, metavar="N",
                    help="after timing, torch.profiler of 2 steps of the first variant: the top N ops by self CPU time")
@@ -144,10 +151,10 @@ def make_inputs(batch: int, size: int, num_classes: int, boxes: int = 5):
 class Variant:
     """One setting of the model: builds it, runs a training step or inference."""
 
-    def __init__(self, name: str, base_model, args, mode: str):
+    def __init__(self, name: str, base_model, args, mode: str, label: str | None = None):
         import torch
 
-        self.name = name
+        self.name, self.label = name, label or name
         self.threads = 1 if name == "threads1" else (args.threads or torch.get_num_threads())
         model = copy.deepcopy(base_model)
         if name != "nchw":
@@ -257,8 +264,10 @@ def main(argv=None) -> None:
     preset = dict(PRESETS[args.model])
     preset["batch_size"] = args.batch_size or preset["batch_size"]
     preset["image_size"] = args.image_size or preset["image_size"]
+    archs = [a.strip() for a in (args.archs or "").split(",") if a.strip()]
     torch.manual_seed(0)
     base_model = build(preset)
+    arch_models = {a: build(preset | {"arch": a}) for a in archs}
     images, targets = make_inputs(preset["batch_size"], preset["image_size"], preset["num_classes"])
 
     cpu, mhz, flags = cpu_info()
@@ -270,34 +279,39 @@ def main(argv=None) -> None:
     print(f"machine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {threads} threads; {isa_line()}")
     print(f"fp32 peak: {threads} cores x 2 FMA units x {16 if avx512 else 8} lanes x 2 flops x {ghz:.3f} GHz "
           f"= {peak:.1f} GFLOP/s")
-    print(f"model {args.model}: {preset['arch']}, norm {preset['norm']}, {preset['trainable_backbone_layers']} trained "
+    print(f"model {args.model}: {' | '.join(archs) if archs else preset['arch']}, norm {preset['norm']}, {preset['trainable_backbone_layers']} trained "
           f"stages, fpn {preset['fpn_channels']}x{preset['head_convs']} convs, {preset['num_classes']} classes; batch "
           f"{preset['batch_size']} x {preset['image_size']} px; fp32; {args.iters} timed rounds after {args.warmup}")
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     modes = ["train", "infer"] if args.mode == "both" else [args.mode]
     for mode in modes:
         names_m = [n for n in names if not (mode == "train" and n == "bn_unfolded")]
-        variants = [Variant(n, base_model, args, mode) for n in names_m]
-        flops = count_flops(variants[0], mode, images, targets)
+        if archs:
+            variants = [Variant("base", arch_models[a], args, mode, label=a) for a in archs]
+        else:
+            variants = [Variant(n, base_model, args, mode) for n in names_m]
+        flops_of = {v.label: count_flops(v, mode, images, targets) for v in (variants if archs else variants[:1])}
+        flops = next(iter(flops_of.values()))
         first: dict[str, float] = {}
         for v in variants:  # first call: compile (if any) and warm caches
-            first[v.name] = v.run(mode, images, targets)
-        times: dict[str, list[float]] = {v.name: [] for v in variants}
+            first[v.label] = v.run(mode, images, targets)
+        times: dict[str, list[float]] = {v.label: [] for v in variants}
         for r in range(args.warmup - 1 + args.iters):
             for v in variants if r % 2 == 0 else variants[::-1]:
                 dt = v.run(mode, images, targets)
                 if r >= args.warmup - 1:
-                    times[v.name].append(dt)
+                    times[v.label].append(dt)
         label = "train step" if mode == "train" else "inference"
-        print(f"{label}: {flops / 1e9:.2f} GFLOP per batch ({flops / 1e9 / preset['batch_size']:.2f} per image)")
-        ref = None
+        for name, f in flops_of.items():
+            print(f"{label}{' ' + name if archs else ''}: {f / 1e9:.2f} GFLOP per batch ({f / 1e9 / preset['batch_size']:.2f} per image)")
+        ref, width = None, max(9, *(len(v.label) for v in variants))
         for v in variants:
-            med = statistics.median(times[v.name])
+            med = statistics.median(times[v.label])
             ips = preset["batch_size"] / med
-            rate = flops / med / 1e9
+            rate = flops_of.get(v.label, flops) / med / 1e9
             ref = ref or ips
-            extra = f", first call {first[v.name]:.1f} s" if v.name == "compile" else ""
-            print(f"  {v.name:9s} {ips:8.2f} images/s  {med * 1000:8.1f} ms/batch  {rate:6.1f} GFLOP/s "
+            extra = f", first call {first[v.label]:.1f} s" if v.name == "compile" else ""
+            print(f"  {v.label:{width}s} {ips:8.2f} images/s  {med * 1000:8.1f} ms/batch  {rate:6.1f} GFLOP/s "
                   f"= {100 * rate / peak:4.1f}% of peak  ratio {ips / ref:.2f}x{extra}")
         if args.profile:
             print(profile(variants[0], mode, images, targets, args.profile))

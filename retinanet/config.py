@@ -48,7 +48,7 @@ class ModelConfig:
     # None (the default): chosen by the run's start (retinanet.engine.train.start): with a pretrained
     # backbone "frozen_bn" and 3 stages trained, from scratch "bn" and all 5
     norm: str | None = None  # "frozen_bn" (frozen BatchNorm, pretrained start only) or "bn" (trainable)
-    trainable_backbone_layers: int | None = None  # 0..5 ResNet stages trained (< 5: pretrained start only)
+    trainable_backbone_layers: int | None = None  # 0..5 backbone stages trained (< 5: pretrained start only)
     frozen_bn_eps: float = 1e-5  # eps of the frozen BatchNorm; 0 for torchvision's v1 COCO file (its overwrite_eps)
     box_loss: str | None = None  # "l1" or "giou"; None = the arch's default (v1: l1, v2: giou)
     fpn_channels: int = 256  # FPN and head width; 256 = torchvision's (needed for its weights)
@@ -115,7 +115,7 @@ class TrainConfig:
     # the start (retinanet.engine.train.start): "coco", "coco-v2" (torchvision's COCO detectors), a file
     # (torchvision state_dict or our checkpoint), "none" (no detector weights); None: the arch's default
     weights: str | None = None
-    backbone_weights: str | None = None  # "imagenet" or a torchvision ResNet file, for the body only; "none"
+    backbone_weights: str | None = None  # "imagenet" or a torchvision ResNet/RegNet file, for the body only; "none"
     start_sha256: str | None = None  # sha256 of the start file, written by the run; if given, checked
     resume: str | None = None
     sync_bn: bool = False

@@ -115,6 +115,18 @@ def test_bench_cpu_avx2_mode_counts_flops_and_compares_variants():
         assert block[2].split()[0] == "nchw"
 
 
+def test_bench_cpu_compares_archs_each_with_its_own_flops():
+    out = run("bench_cpu.py", "--model", "demo", "--batch-size", "2", "--image-size", "64", "--iters", "1",
+              "--warmup", "1", "--mode", "train", "--archs", "resnet18_fpn_v2,regnet_x_400mf_fpn_v2")
+    flops = {}
+    for arch in ("resnet18_fpn_v2", "regnet_x_400mf_fpn_v2"):
+        line = next(x for x in out.splitlines() if x.startswith(f"train step {arch}: "))
+        flops[arch] = float(line.split()[3])
+    assert flops["regnet_x_400mf_fpn_v2"] < 0.5 * flops["resnet18_fpn_v2"]  # a RegNetX-400MF body: a fraction of the FLOPs
+    rows = out[out.index("train step regnet_x_400mf_fpn_v2:"):].splitlines()[1:3]
+    assert [r.split()[0] for r in rows] == ["resnet18_fpn_v2", "regnet_x_400mf_fpn_v2"] and "ratio 1.00x" in rows[0]
+
+
 def test_fp32_peak_is_cores_fma_units_lanes_flops_clock():
     sys.path.insert(0, str(BENCH))
     try:

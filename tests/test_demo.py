@@ -98,8 +98,8 @@ def test_the_demo_trains_for_what_is_left_of_its_time_budget(tmp_path, capsys):
 
     assert demo_budget(DemoOptions()) == DEFAULT_MINUTES == 5.0  # the default demo: 5 minutes in all
     assert demo_budget(DemoOptions(epochs=3)) is None and demo_budget(DemoOptions(time=2.0)) == 2.0
-    assert training_minutes(5.0, spent_s=6.0) == pytest.approx((300 - 6 - 36) / 60)  # 12% (36 s) kept for eval + predict
-    assert training_minutes(1.0, spent_s=0.0) == pytest.approx((60 - 20) / 60)  # at least 20 s kept
+    assert training_minutes(5.0, spent_s=6.0) == pytest.approx((300 - 6 - 18) / 60)  # 6% (18 s) kept for eval + predict
+    assert training_minutes(1.0, spent_s=0.0) == pytest.approx((60 - 15) / 60)  # at least 15 s kept
     assert training_minutes(0.2, spent_s=30.0) == 0.1  # never nothing
     train = demo_commands(DemoOptions(out="d"), tmp_path, [], train_minutes=4.5)[0][1]  # 
     assert train[train.index("--time") + 1] == "4.50" and "--epochs" not in train

@@ -12,7 +12,7 @@ from retinanet.config import ModelConfig
 from retinanet.errors import RetinaNetError
 from retinanet.geometry import resize_boxes
 from retinanet.model.anchors import NUM_ANCHORS, AnchorCache
-from retinanet.model.backbone import build_backbone, group_norm_32
+from retinanet.model.backbone import REGNETS, build_backbone, group_norm_32
 from retinanet.model.loss import retinanet_loss
 from retinanet.model.postprocess import decode_batch, decode_batch_static, unpad_detections
 from retinanet.model.transform import batch_images, normalize, pad_to_divisible
@@ -23,6 +23,7 @@ ARCHS = {
     "resnet18_fpn_v2": ("resnet18", True), "resnet34_fpn_v2": ("resnet34", True),
     "resnet50_fpn_v2": ("resnet50", True), "resnet101_fpn_v2": ("resnet101", True),
     "resnet152_fpn": ("resnet152", False), "resnet152_fpn_v2": ("resnet152", True),
+    **{f"{name}_fpn{v}": (name, v == "_v2") for name in REGNETS for v in ("", "_v2")},
 }
 PRETRAINED_TRAINABLE_LAYERS = 3  # torchvision's default for a pretrained backbone (5 = all, from scratch)
 

@@ -20,7 +20,7 @@ from urllib.parse import urlparse
 
 import torch
 from torch import nn
-from torchvision.models import resnet
+from torchvision.models import regnet, resnet
 from torchvision.models.detection.retinanet import RetinaNet_ResNet50_FPN_V2_Weights, RetinaNet_ResNet50_FPN_Weights
 from torchvision.ops import FrozenBatchNorm2d
 
@@ -32,12 +32,18 @@ from retinanet.files import read_file, sha256_of
 DETECTOR_URLS = {"coco": RetinaNet_ResNet50_FPN_Weights.COCO_V1.url,
                  "coco-v2": RetinaNet_ResNet50_FPN_V2_Weights.COCO_V1.url}
 DETECTOR_ARCHS = {"coco": "resnet50_fpn", "coco-v2": "resnet50_fpn_v2"}
-# ResNet depth -> URL of torchvision's ImageNet classification file (``--backbone-weights imagenet``)
+# body -> URL of torchvision's ImageNet classification file (``--backbone-weights imagenet``): the
+# ResNets' IMAGENET1K_V1 (what torchvision's detection references start from), the RegNets'
+# IMAGENET1K_V2 (torchvision's better recipe; V1 is the pycls original)
 IMAGENET_URLS = {"resnet18": resnet.ResNet18_Weights.IMAGENET1K_V1.url,
                  "resnet34": resnet.ResNet34_Weights.IMAGENET1K_V1.url,
                  "resnet50": resnet.ResNet50_Weights.IMAGENET1K_V1.url,
                  "resnet101": resnet.ResNet101_Weights.IMAGENET1K_V1.url,
-                 "resnet152": resnet.ResNet152_Weights.IMAGENET1K_V1.url}
+                 "resnet152": resnet.ResNet152_Weights.IMAGENET1K_V1.url,
+                 "regnet_x_400mf": regnet.RegNet_X_400MF_Weights.IMAGENET1K_V2.url,
+                 "regnet_x_800mf": regnet.RegNet_X_800MF_Weights.IMAGENET1K_V2.url,
+                 "regnet_x_1_6gf": regnet.RegNet_X_1_6GF_Weights.IMAGENET1K_V2.url,
+                 "regnet_x_3_2gf": regnet.RegNet_X_3_2GF_Weights.IMAGENET1K_V2.url}
 HASH_IN_NAME = re.compile(r"-([a-f0-9]{8,})\.")  # torch.hub's convention: name-<sha256 prefix>.pth
 
 CLS_KEYS = ("head.classification_head.cls_logits.weight", "head.classification_head.cls_logits.bias")
@@ -145,7 +151,7 @@ def weights_file(name_or_path: str, depth: str | None = None, progress: bool = T
 
 
 def load_backbone_weights(model: nn.Module, path: str | os.PathLike) -> None:
-    """Load a torchvision ResNet classification state_dict (ImageNet) into ``model.backbone.body``;
+    """Load a torchvision ResNet or RegNet classification state_dict (ImageNet) into ``model.backbone.body``;
     its ``fc`` layer is left out, the FPN and heads keep their fresh initialisation.
 
     Raises:
@@ -155,7 +161,7 @@ def load_backbone_weights(model: nn.Module, path: str | os.PathLike) -> None:
     body = model.backbone.body
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     if not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path}: not a ResNet state_dict (values must all be tensors)")
+        raise CheckpointError(f"{path}: not a classification state_dict (values must all be tensors)")
     own = body.state_dict()
     bad = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items() if k in own and v.shape != own[k].shape]
     if bad:
@@ -163,7 +169,7 @@ def load_backbone_weights(model: nn.Module, path: str | os.PathLike) -> None:
     result = body.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
     if missing or result.unexpected_keys:
-        raise CheckpointError(f"{path}: not a ResNet body for {model.config.arch} (missing: {_few(missing) or '-'}; "
+        raise CheckpointError(f"{path}: not a backbone for {model.config.arch} (missing: {_few(missing) or '-'}; "
                               f"unexpected: {_few(list(result.unexpected_keys)) or '-'})")
 
 

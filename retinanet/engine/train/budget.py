@@ -7,6 +7,9 @@ the run starts exactly as it would have) and how long an evaluation will take, t
 run, its evaluations included, ends within the budget; ``TimeFit.describe`` is the log line
 that says what was fitted and why. During the run ``Deadline`` stops training early if the
 machine turns out slower than measured (the final evaluation and ``best.pt`` still happen).
+Once, after ``REFIT_AT`` of the fitted steps, ``refit_steps`` fits the steps again from the speed
+the run has shown so far (the first steps, measured before, are often slower than the rest):
+the schedule then ends at the budget instead of a minute early or cut by the deadline.
 
 The fit is stored in the run's config (``epochs``, ``eval_every``, ``max_steps``,
 ``time_fitted``), so a resumed run keeps its schedule: it is not fitted again, and it runs the
@@ -34,6 +37,9 @@ from retinanet.errors import RetinaNetError
 EVAL_SHARE = 0.1  # at most this share of the budget goes to evaluations before the last one
 MAX_EVALS = 10  # evaluations of a fitted run at most (each one can give best.pt)
 MARGIN = 0.04  # share of the budget kept free for what is not measured (checkpoints, logs, jitter)
+REFIT_AT = 0.2  # share of the fitted steps after which the steps are fitted again, once, from the run's own speed
+REFIT_MIN_STEPS = 10  # ... and not before this many steps (a shorter run keeps its first fit)
+REFIT_TOLERANCE = 0.02  # a refit that changes the steps by less than this share keeps the schedule
 
 
 @dataclass(frozen=True)
@@ -177,20 +183,73 @@ def fit_run(run: Any, step: Callable[[Any, Any], dict[str, torch.Tensor]], start
     return fit_schedule(run.cfg, run.cfg.time * 60, used_s, step_s, len(run.train_loader), eval_s)
 
 
+def refit_steps(done: int, step_s: float, left_s: float, eval_s: float, steps_per_epoch: int, eval_every: int) -> int:
+    """The run's steps in all, fitted again after ``done`` of them: as many more as fit in
+    ``left_s`` (the seconds until training must stop for the last evaluation, less ``MARGIN``) at
+    ``step_s`` seconds a step, less the evaluations at the ends of epochs before the last one
+    (every ``eval_every`` epochs). At least one more step."""
+    spe, step_s = max(1, steps_per_epoch), max(step_s, 1e-9)
+    left = left_s * (1 - MARGIN)
+    current = (done - 1) // spe + 1 if done > 0 else 1  # the (1-based) epoch being trained: its end is still ahead
+    more = max(1, int(left // step_s))
+    for _ in range(3):  # the evaluations depend on the epochs the steps reach
+        last = math.ceil((done + more) / spe)
+        between = sum(1 for e in range(current, last) if e % eval_every == 0)
+        more = max(1, int((left - between * eval_s) // step_s))
+    return done + more
+
+
 class Deadline:
     """When training must stop so that the last evaluation still ends within the budget
-    (``started`` and ``clock``: ``time.time()`` by default)."""
+    (``started`` and ``clock``: ``time.time()`` by default), and the once-only refit of the steps:
+    ``refit_at`` (the step after which it happens; None: never) and the training seconds so far
+    (the time since ``begin_training``, less the evaluations)."""
 
-    def __init__(self, started: float, budget_s: float | None, eval_s: float = 0.0, clock=time.time):
+    def __init__(self, started: float, budget_s: float | None, eval_s: float = 0.0, clock=time.time,
+                 refit_at: int | None = None):
         self.clock = clock
         self.eval_s = eval_s
         self.stop_at = None if budget_s is None else started + budget_s - eval_s
+        self.refit_at = refit_at
+        self.training_from = clock()
+        self.evaluating_s = 0.0
+
+    def begin_training(self) -> None:
+        """The first step starts now (``training_s`` counts from here)."""
+        self.training_from, self.evaluating_s = self.clock(), 0.0
+
+    def training_s(self) -> float:
+        return self.clock() - self.training_from - self.evaluating_s
+
+    def left_s(self) -> float:
+        return self.stop_at - self.clock()
 
     def passed(self) -> bool:
         return self.stop_at is not None and self.clock() >= self.stop_at
 
     def evaluated(self, seconds: float) -> None:
         """An evaluation took ``seconds``: keep room for the last one at least that long."""
+        self.evaluating_s += seconds
         if self.stop_at is not None and seconds > self.eval_s:
             self.stop_at -= seconds - self.eval_s
             self.eval_s = seconds
+
+
+def refit_at(fit: TimeFit) -> int | None:
+    """The step after which a fitted run refits its steps (``REFIT_AT``); None for a short run."""
+    at = max(REFIT_MIN_STEPS, math.ceil(REFIT_AT * fit.steps))
+    return at if at < fit.steps else None
+
+
+def refit_run(run: Any, done: int) -> tuple[int, str] | None:
+    """After step ``done`` of a fitted run: ``(the new number of steps, the log line)``, or None
+    when the run's speed keeps the schedule (within ``REFIT_TOLERANCE``). Rank 0's times decide,
+    sent to every rank (all ranks call this after the same step)."""
+    deadline, cfg = run.deadline, run.cfg
+    step_s, left_s = D.all_gather_object((deadline.training_s() / done, deadline.left_s()))[0]
+    total = refit_steps(done, step_s, left_s, deadline.eval_s, len(run.train_loader), cfg.eval_every)
+    if abs(total - cfg.max_steps) <= REFIT_TOLERANCE * cfg.max_steps:
+        return None
+    return total, (f"time budget: the {done} steps so far took {step_s:.2f} s each ({cfg.max_steps} steps were fitted "
+                   f"to the first steps' speed): the schedule now ends after step {total} instead "
+                   f"({total / len(run.train_loader):.2f} epochs), warmup {resolve_warmup(cfg, total)} steps")

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -47,7 +48,7 @@ from retinanet.engine.runtime import distributed as D
 from retinanet.engine.runtime.precision import Precision
 from retinanet.engine.runtime.run_dir import check_run_dir, hold_run_dir, resume_file, same_file
 from retinanet.engine.train.meter import EpochStats, MeterReading, StepMeter
-from retinanet.engine.train.budget import Deadline, apply_fit, fit_run
+from retinanet.engine.train.budget import Deadline, apply_fit, fit_run, refit_at, refit_run
 from retinanet.engine.train.optim import describe_schedule, lr_factor, optimizer_step, resolve_warmup, seed_everything, set_lr
 from retinanet.engine.train.report import (LOSSES, RunLog, StepProgress, divergence_warning, epoch_line, format_run_summary,
                                            make_summary, peak_memory_mb, tensorboard_epoch, tensorboard_step,
@@ -131,6 +132,8 @@ def _train(model_cfg: ModelConfig, data_cfg: DataConfig, cfg: TrainConfig, progr
         if main:
             data.class_map.save(out / "classes.json")
             write_config_file(out / "config.yaml", run.config, comment=changes_comment(state.changes))
+        if run.deadline is not None:
+            run.deadline.begin_training()
         with _tensorboard(writer_cls, out / "tensorboard" if main else None) as run.tb, run.stop:
             stopped = run_epochs(run, state)
         summary = make_summary(out, state.history, state.best_ap, state.best_epoch, stopped, time.time() - t_start,
@@ -166,7 +169,22 @@ def fit_time_budget(run: Run, started: float) -> None:
     run.cfg = apply_fit(cfg, fit)
     run.config["train"] |= {"epochs": run.cfg.epochs, "eval_every": run.cfg.eval_every, "max_steps": run.cfg.max_steps,
                             "time_fitted": True}
-    run.deadline = Deadline(started, fit.budget_s, fit.eval_s)
+    run.deadline = Deadline(started, fit.budget_s, fit.eval_s, refit_at=refit_at(fit))
+
+
+def refit_time_budget(run: Run, state: RunState) -> None:
+    """The once-only refit of a ``--time`` run's steps after its step ``state.iteration``
+    (``budget.refit_run``): ``run.cfg``, the checkpoints' config and ``config.yaml`` get the new
+    steps and epochs, and the log says why."""
+    refit = refit_run(run, state.iteration)
+    if refit is None:
+        return
+    total, line = refit
+    run.cfg = dataclasses.replace(run.cfg, max_steps=total, epochs=math.ceil(total / len(run.train_loader)))
+    run.config["train"] |= {"epochs": run.cfg.epochs, "max_steps": run.cfg.max_steps}
+    if run.main:
+        write_config_file(run.out / "config.yaml", run.config, comment=changes_comment(state.changes))
+    run.log.line(line)
 
 
 @contextlib.contextmanager
@@ -186,7 +204,8 @@ def _tensorboard(writer_cls, path: Path | None) -> Iterator[Any]:
 def run_epochs(run: Run, state: RunState) -> str:
     """Epochs ``state.epoch`` .. ``cfg.epochs - 1``; returns how the run ended: "finished" or the
     name of the signal that stopped it."""
-    for epoch in range(state.epoch, run.cfg.epochs):
+    epoch = state.epoch
+    while epoch < run.cfg.epochs:  # a --time run's refit may change the epochs part way
         stats = train_one_epoch(run, state, epoch)
         if D.any_rank(run.stop.signal is not None):
             return stop_run(run, state, epoch, stats)
@@ -196,6 +215,7 @@ def run_epochs(run: Run, state: RunState) -> str:
             run.resumed_interrupted = None
         if state.last_epoch:  # max_steps reached or the time budget's deadline passed
             break
+        epoch += 1
     D.barrier()  # every rank leaves together, after rank 0's last writes
     return "finished"
 
@@ -224,6 +244,10 @@ def train_one_epoch(run: Run, state: RunState, epoch: int) -> EpochStats:
             lr = set_lr(run.optimizer, cfg.lr * lr_factor(state.iteration, epoch + i / steps, cfg, schedule_epochs, warmup))
             step = train_step(run.net, run.optimizer, images, targets, cfg, run.device, run.scaler, run.precision)
             state.iteration += 1
+            if run.deadline is not None and state.iteration == run.deadline.refit_at:
+                refit_time_budget(run, state)
+                cfg, total = run.cfg, schedule_steps(run)
+                warmup, schedule_epochs = resolve_warmup(cfg, total), total / steps
             meter.add(step, len(images), i)
             if run.ema is not None:  # a skipped step left the weights as they were
                 run.ema.update_parameters(run.model)

@@ -5,7 +5,7 @@ the model config:
 
 - no weights given (both None): the arch's default start, said aloud: ``coco`` for
   ``resnet50_fpn``, ``coco-v2`` for ``resnet50_fpn_v2`` (torchvision's COCO detectors; their heads
-  fit when ``fpn_channels`` is 256 and ``head_convs`` 4), else ImageNet weights for the ResNet
+  fit when ``fpn_channels`` is 256 and ``head_convs`` 4), else ImageNet weights for the ResNet or RegNet
   body (``backbone_weights: imagenet``) with a fresh FPN and heads;
 - ``weights: none`` (``--from-scratch``): random weights;
 - a detector file and backbone weights together: refused (the detector file holds the backbone).
@@ -31,7 +31,7 @@ from retinanet.model import ARCHS
 from retinanet.model.weights import DETECTOR_ARCHS, load_backbone_weights, weights_file
 
 NONE = "none"
-ALL_STAGES = 5  # trainable_backbone_layers that trains the whole ResNet
+ALL_STAGES = 5  # trainable_backbone_layers that trains the whole body (ResNet or RegNet)
 
 
 def fits_torchvision_head(model_cfg: ModelConfig, arch: str) -> bool:
@@ -88,7 +88,7 @@ def resolve_start(model_cfg: ModelConfig, cfg: TrainConfig) -> tuple[ModelConfig
                                  "with a pretrained backbone, and this run starts from scratch: use --norm bn, or "
                                  "start from --backbone-weights imagenet or --weights")
         if layers is not None and layers < ALL_STAGES:
-            raise RetinaNetError(f"trainable_backbone_layers {layers} freezes {ALL_STAGES - layers} ResNet stage(s) at "
+            raise RetinaNetError(f"trainable_backbone_layers {layers} freezes {ALL_STAGES - layers} backbone stage(s) at "
                                  "their random initial values, which never learn, and this run starts from scratch: "
                                  f"use --trainable-backbone-layers {ALL_STAGES}, or start from --backbone-weights "
                                  "imagenet or --weights")

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from retinanet.config import TrainConfig
-from retinanet.engine.train.budget import MARGIN, Deadline, apply_fit, fit_schedule
+from retinanet.engine.train.budget import MARGIN, Deadline, apply_fit, fit_schedule, refit_at, refit_steps
 from retinanet.engine.train.optim import resolve_warmup
 from retinanet.errors import RetinaNetError
 
@@ -58,6 +58,27 @@ def test_deadline_leaves_room_for_the_last_evaluation():
     now[0] = 150.0
     assert d.passed()
     assert not Deadline(started=0.0, budget_s=None, clock=lambda: 1e9).passed()
+
+
+def test_refit_fills_the_time_left_at_the_speed_seen_with_the_evaluations_between():
+    # the demo's case: 1.10 s measured at the start, 1.00 s seen over the first 40 steps, 200 s left
+    total = refit_steps(done=40, step_s=1.0, left_s=200, eval_s=5, steps_per_epoch=63, eval_every=2)
+    # 192 s after the margin; the steps reach epoch 4, so the evaluation after epoch 2 comes first
+    assert total == 40 + (192 - 5) // 1 == 227
+    assert refit_steps(40, 1.0, 200, 5, 63, eval_every=5) == 40 + 192  # no evaluation before the last
+    assert refit_steps(40, 10.0, 1.0, 5, 63, 1) == 41  # slower than the time left: one more step
+    fit = fit_schedule(TrainConfig(), 300, 5, 1.1, 63, 4)
+    assert refit_at(fit) == -(-fit.steps // 5) and refit_at(fit_schedule(TrainConfig(), 60, 0, 10.0, 2, 5)) is None
+
+
+def test_deadline_counts_training_seconds_without_the_evaluations():
+    now = [0.0]
+    d = Deadline(started=0.0, budget_s=100, eval_s=10, clock=lambda: now[0], refit_at=12)
+    now[0] = 4.0
+    d.begin_training()
+    now[0] = 30.0
+    d.evaluated(6.0)
+    assert d.training_s() == 20.0 and d.left_s() == 60.0 and d.refit_at == 12
 
 
 # --- the training run under --time ----------------------------------------------------------------
@@ -214,3 +235,26 @@ def test_epochs_on_the_command_line_replace_a_fitted_schedule_of_a_config(tmp_pa
     assert (replaced.epochs, replaced.max_steps, replaced.time, replaced.time_fitted) == (7, None, None, False)
     refit = train_configs(parse(["train", "--config", str(cfg), "--time", "2"]))[2]
     assert (refit.time, refit.time_fitted) == (2.0, False)
+
+
+def test_a_run_faster_than_its_first_steps_refits_once_and_ends_at_the_budget(data_root, tmp_path, monkeypatch):
+    """Fitted to 2 s steps (26 in 1 minute, evaluating every 3 epochs of 2 steps); after step 10
+    the run has taken 1 s a step and has 30 s left: 28.8 s after the margin, less 4 evaluations of
+    1 s (after epochs 6, 9, 12, 15) hold 24 more steps. It refits once, says so, and stores them."""
+    _fixed_fit(monkeypatch, step_s=2.0, eval_s=1.0)
+    monkeypatch.setattr(B.Deadline, "passed", lambda self: False)
+    monkeypatch.setattr(B.Deadline, "training_s", lambda self: 10.0)
+    monkeypatch.setattr(B.Deadline, "left_s", lambda self: 30.0)
+    run = tmp_path / "run"
+    assert main(["train", "--data", data_root, *TINY, "--time", "1", "--scheduler", "cosine",
+                 "--out", str(run)]) == 0
+    log = (run / "train.log").read_text()
+    assert "-> 26 steps (13.00 epochs" in log
+    assert "time budget: the 10 steps so far took 1.00 s each (26 steps were fitted" in log
+    assert "the schedule now ends after step 34 instead (17.00 epochs)" in log
+    saved = yaml.safe_load((run / "config.yaml").read_text())["train"]
+    assert (saved["max_steps"], saved["epochs"]) == (34, 17)
+    ck = torch.load(run / "last.pt", weights_only=True)
+    assert ck["iteration"] == 34 and ck["epoch"] == 16
+    assert len(list(csv.DictReader((run / "results.csv").open()))) == 17
+    assert float(list(csv.DictReader((run / "results.csv").open()))[-1]["lr"]) < 0.01 * 0.01  # the cosine ends with step 34

@@ -47,7 +47,7 @@ def test_from_scratch_trains_everything_and_says_so():
 
 @pytest.mark.parametrize("model, train, why", [
     ({"norm": "frozen_bn"}, {"weights": "none"}, "norm frozen_bn freezes BatchNorm at its initial values"),
-    ({"trainable_backbone_layers": 3}, {"weights": "none"}, "trainable_backbone_layers 3 freezes 2 ResNet stage"),
+    ({"trainable_backbone_layers": 3}, {"weights": "none"}, "trainable_backbone_layers 3 freezes 2 backbone stage"),
     ({}, {"weights": "coco", "backbone_weights": "imagenet"}, "the detector file already holds a backbone"),
     ({"arch": "resnet18_fpn"}, {"weights": "coco"}, "weights 'coco' are torchvision's resnet50_fpn"),
     ({"arch": "resnet50_fpn", "head_convs": 2}, {"weights": "coco"}, "head_convs 2"),
