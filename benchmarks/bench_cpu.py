@@ -5,9 +5,9 @@
     python benchmarks/bench_cpu.py --model r50 --avx2 --mode infer --profile 15
     python benchmarks/bench_cpu.py --model demo --avx2 --archs resnet18_fpn_v2,regnet_x_400mf_fpn_v2
 
-``--model`` picks one of three shapes: ``demo`` (the demo recipe's RegNetX-400MF FPN v2, 32
-channels, 2-conv heads, batch 16 at 160 px, trained from scratch; ResNet-18 FPN v2 until
-2026-12-04: ``--archs resnet18_fpn_v2`` gives that model), ``quick`` (the quick recipe's: 64 channels,
+``--model`` picks one of three shapes: ``demo`` (the demo recipe's ResNet-18 FPN v2, 32 channels,
+2-conv heads, batch 16 at 160 px, trained from scratch; ``--archs resnet18_fpn_v2,regnet_x_400mf_fpn_v2``
+adds the RegNetX-400MF body a time-budgeted fp32 demo trains), ``quick`` (the quick recipe's: 64 channels,
 4-conv heads, batch 8 at 160 px) and ``r50`` (ResNet-50 FPN, 256 channels, frozen BN and 3 trained
 stages as when fine-tuning, batch 4 at 512 px, 91 classes). A training step is what ``retinanet
 train`` runs (forward with the loss, backward, fused AdamW step); inference is ``model.eval()``
@@ -55,7 +55,7 @@ from pathlib import Path
 AVX2_ENV = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
 
 PRESETS = {
-    "demo": dict(arch="regnet_x_400mf_fpn_v2", norm="bn", trainable_backbone_layers=5, fpn_channels=32, head_convs=2,
+    "demo": dict(arch="resnet18_fpn_v2", norm="bn", trainable_backbone_layers=5, fpn_channels=32, head_convs=2,
                  image_size=160, batch_size=16, num_classes=5, anchor_sizes=(24, 48, 96, 192, 384)),
     "quick": dict(arch="resnet18_fpn_v2", norm="bn", trainable_backbone_layers=5, fpn_channels=64, head_convs=4,
                   image_size=160, batch_size=8, num_classes=5, anchor_sizes=(24, 48, 96, 192, 384)),

@@ -68,6 +68,22 @@ def test_bf16_on_cpus_that_have_it_said_aloud(tmp_path, monkeypatch, capsys, nat
     assert "bf16" not in train  # the user's choice stands
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_a_time_budgeted_fp32_cpu_demo_trains_the_regnet_body_and_says_so(tmp_path, monkeypatch, capsys, native):
+    monkeypatch.setattr("retinanet.cli.demo.cpu_has_native_bf16", lambda: native)
+    train = demo_commands(DemoOptions(out="d", device="cpu"), tmp_path, [], train_minutes=4.0)[0][1]
+    said = capsys.readouterr().out
+    assert ("--arch" in train) == (not native) and ("RegNetX-400MF body" in said) == (not native)
+    if not native:
+        assert train[train.index("--arch") + 1] == "regnet_x_400mf_fpn_v2" and "--amp" not in train
+    # a fixed number of epochs, the user's --arch, or a GPU: the recipe's body
+    assert "--arch" not in demo_commands(DemoOptions(out="d", device="cpu", epochs=14), tmp_path, [])[0][1]
+    mine = demo_commands(DemoOptions(out="d", device="cpu", train_options=("--arch", "resnet18_fpn_v2")), tmp_path, [],
+                         train_minutes=4.0)[0][1]
+    assert mine.count("--arch") == 1 and mine[-2:] == ["--arch", "resnet18_fpn_v2"]
+    assert "--arch" not in demo_commands(DemoOptions(out="d", device="cuda"), tmp_path, [], train_minutes=4.0)[0][1]
+
+
 def test_a_second_demo_replaces_the_first_and_says_so(tmp_path, capsys):
     (tmp_path / "d" / "train").mkdir(parents=True)
     (tmp_path / "d" / "train" / "best.pt").write_bytes(b"earlier demo")

@@ -9,6 +9,7 @@ import json
 import pytest
 import torch
 import yaml
+import torchvision
 from torchvision.models import resnet
 
 import retinanet.model.weights as W
@@ -75,18 +76,19 @@ def data_root(tmp_path_factory):
     return str(root / "VOCdevkit")
 
 
-def _imagenet_like_resnet50(folder):
-    """A ResNet-50 classification file whose BatchNorm variances are 1e-5, so the eps (1e-5 vs 0)
-    changes every activation: an eval with the wrong eps gives other detections."""
+def _imagenet_like_resnet50(folder, body="resnet50"):
+    """A ResNet-50 (or ``body``: a torchvision classification model) file whose BatchNorm
+    variances are 1e-5, so the eps (1e-5 vs 0) changes every activation: an eval with the wrong
+    eps gives other detections."""
     torch.manual_seed(0)
-    state = resnet.resnet50().state_dict()
+    state = (resnet.resnet50() if body == "resnet50" else getattr(torchvision.models, body)()).state_dict()
     for k in [k for k in state if k.endswith("running_var")]:
         state[k].fill_(1e-5)
         state[k.replace("running_var", "weight")].fill_(2e-5 ** 0.5)  # scale 1 with eps 1e-5
     tmp = folder / "tmp.pth"
     torch.save(state, tmp)
     digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
-    path = folder / f"resnet50-{digest[:8]}.pth"
+    path = folder / f"{body}-{digest[:8]}.pth"
     tmp.rename(path)
     return path, digest
 
@@ -95,7 +97,7 @@ TINY = ["--min-size", "64", "--max-size", "64", "--fpn-channels", "32", "--head-
         "--batch-size", "4", "--workers", "0", "--device", "cpu", "--warmup-iters", "1", "--lr", "0.01", "--quiet"]
 
 
-@pytest.mark.parametrize("start", ["imagenet_frozen_bn", "scratch_bn"])
+@pytest.mark.parametrize("start", ["imagenet_frozen_bn", "imagenet_regnet_frozen_bn", "scratch_bn"])
 def test_eval_of_best_pt_reproduces_the_runs_validation_metrics(start, data_root, tmp_path, monkeypatch):
     run, cfg = tmp_path / "run", tmp_path / "all_detections.yaml"
     cfg.write_text(yaml.safe_dump({"model": {"score_thresh": 0.0}}))  # many detections: metrics far from 0
@@ -103,12 +105,16 @@ def test_eval_of_best_pt_reproduces_the_runs_validation_metrics(start, data_root
         path, digest = _imagenet_like_resnet50(tmp_path)
         monkeypatch.setitem(W.IMAGENET_URLS, "resnet50", path.as_uri())
         argv = ["--arch", "resnet50_fpn"]  # no weights given: coco does not fit these widths, so imagenet
+    elif start == "imagenet_regnet_frozen_bn":  # RegNetX body: torchvision's file, frozen BN folded, 3 stages trained
+        path, digest = _imagenet_like_resnet50(tmp_path, "regnet_x_400mf")
+        monkeypatch.setitem(W.IMAGENET_URLS, "regnet_x_400mf", path.as_uri())
+        argv = ["--arch", "regnet_x_400mf_fpn"]
     else:
         argv = ["--arch", "resnet18_fpn", "--from-scratch"]
     assert main(["train", "--config", str(cfg), "--data", data_root, *argv, *TINY, "--out", str(run)]) == 0
     log = (run / "train.log").read_text()
     config = yaml.safe_load((run / "config.yaml").read_text())
-    if start == "imagenet_frozen_bn":
+    if start.startswith("imagenet"):
         assert "backbone_weights: loaded imagenet" in log and f"sha256 {digest}" in log
         assert config["train"]["backbone_weights"] == "imagenet" and config["train"]["start_sha256"] == digest
         assert config["model"]["norm"] == "frozen_bn" and config["model"]["frozen_bn_eps"] == 1e-5
