@@ -12,6 +12,7 @@ os.environ["TORCH_HOME"] = tempfile.mkdtemp(prefix="retinanet-tests-torch-home-"
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+import torch.utils._python_dispatch  # noqa: E402
 
 # Under pytest-xdist each worker gets its share of the cores instead of all of them.
 _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
@@ -28,6 +29,24 @@ class NanLoss(torch.nn.Module):
     def forward(self, images, targets):
         losses = self.model(images, targets)
         return {k: v * float("nan") for k, v in losses.items()} if self.poison else losses
+
+
+class CountBatchNorm(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the batch-norm ops run inside ``with CountBatchNorm() as counted:`` (``counted.calls``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls += "batch_norm" in func.__name__
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.fixture
+def count_batch_norm():
+    """``CountBatchNorm``: checks that BatchNorm is folded into the convs (ResNet and RegNet bodies)."""
+    return CountBatchNorm
 
 
 @pytest.fixture

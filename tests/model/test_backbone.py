@@ -4,23 +4,12 @@ stages frozen from the bottom, ImageNet classification files loaded into the bod
 import pytest
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 from torchvision.models import regnet, resnet
 
 from retinanet.errors import CheckpointError
 from retinanet.model import build_model
 from retinanet.model import weights as W
 from retinanet.model.backbone import REGNETS
-
-
-class CountBatchNorm(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.calls = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.calls += "batch_norm" in func.__name__
-        return func(*args, **(kwargs or {}))
 
 
 def _torchvision_regnet(name="regnet_x_400mf"):
@@ -57,7 +46,7 @@ def test_every_regnet_arch_builds_with_its_stage_widths():
             assert m.backbone.fpn.extra_blocks.p6.in_channels == (widths[name][2] if suffix == "_fpn_v2" else 32)
 
 
-def test_regnet_body_is_torchvisions_trunk_in_train_and_eval_mode():
+def test_regnet_body_is_torchvisions_trunk_in_train_and_eval_mode(count_batch_norm):
     tv = _torchvision_regnet()
     state = {k: v for k, v in tv.state_dict().items() if not k.startswith("fc.")}
     model = build_model("regnet_x_400mf_fpn_v2", num_classes=3, norm="bn", trainable_backbone_layers=5,
@@ -79,7 +68,7 @@ def test_regnet_body_is_torchvisions_trunk_in_train_and_eval_mode():
         if not name.startswith("fc."):
             assert (grads[name].grad - p.grad).norm() <= 1e-4 * p.grad.norm(), name  # float rounding only
     body.eval(), tv.eval()
-    with torch.no_grad(), CountBatchNorm() as counted:
+    with torch.no_grad(), count_batch_norm() as counted:
         folded = body(x)
     assert counted.calls == 0  # every BatchNorm2d folded into the conv before it
     with torch.no_grad():

@@ -101,21 +101,10 @@ def test_focal_loss_equals_torchvision_formula():
     torch.testing.assert_close(g_ours, g_ref)
 
 
-def test_eval_mode_batchnorm_is_folded_into_the_convs():
+def test_eval_mode_batchnorm_is_folded_into_the_convs(count_batch_norm):
     """In eval mode the body's trainable BatchNorm2d runs no batch-norm op (folded into the conv
     before it, as FrozenBatchNorm2d is), with the same outputs up to float rounding; training mode
     still normalises with the batch statistics."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class CountBatchNorm(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.calls = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.calls += "batch_norm" in func.__name__
-            return func(*args, **(kwargs or {}))
-
     torch.manual_seed(0)
     model = build_model("resnet18_fpn", num_classes=3, norm="bn", trainable_backbone_layers=5, min_size=64, max_size=64)
     g = torch.Generator().manual_seed(1)
@@ -124,7 +113,7 @@ def test_eval_mode_batchnorm_is_folded_into_the_convs():
             m.running_mean.normal_(0, 0.1, generator=g), m.running_var.uniform_(0.5, 2.0, generator=g)
     x = torch.rand(2, 3, 64, 64, generator=g)
     model.eval()
-    with torch.no_grad(), CountBatchNorm() as counted:
+    with torch.no_grad(), count_batch_norm() as counted:
         folded = model.backbone(x)
     assert counted.calls == 0
     reference = {}
@@ -141,6 +130,6 @@ def test_eval_mode_batchnorm_is_folded_into_the_convs():
     for k in folded:
         torch.testing.assert_close(folded[k], reference[k], rtol=1e-4, atol=1e-5)
     model.train()
-    with torch.no_grad(), CountBatchNorm() as counted:
+    with torch.no_grad(), count_batch_norm() as counted:
         model.backbone(x)
     assert counted.calls > 0
