@@ -3,7 +3,7 @@
 The demo runs exactly what a user would type, through ``retinanet.cli.main`` (passed in as
 ``run_command``, so this module does not import the parser that imports it)::
 
-    retinanet train --config demo_synthetic --out OUT/train [--amp bf16] [overrides]
+    retinanet train --config demo_synthetic --out OUT/train [--amp bf16 | --arch regnet_x_400mf_fpn_v2] [overrides]
     retinanet eval --weights OUT/train/best.pt --data SYNTHETIC_ROOT --out OUT/eval
     retinanet predict VAL_IMAGES... --weights OUT/train/best.pt --out OUT/predict
 
@@ -66,7 +66,8 @@ def add_demo_parser(sub) -> argparse.ArgumentParser:
         "demo", help="synthetic data -> a short training -> eval -> predictions, on a CPU",
         usage="retinanet demo [options] [-- TRAIN_OPTIONS ...]",
         description="Generate the embedded synthetic dataset, train the shipped demo_synthetic recipe "
-        "(retinanet train --config demo_synthetic --out DIR/train; with --amp bf16 on CPUs with native bf16), evaluate its best checkpoint (retinanet eval, "
+        "(retinanet train --config demo_synthetic --out DIR/train; with --amp bf16 on CPUs with native bf16; with a time budget "
+        "on other CPUs, in fp32, with the faster RegNetX-400MF body: --arch regnet_x_400mf_fpn_v2), evaluate its best checkpoint (retinanet eval, "
         "DIR/eval) and draw its detections on validation images (retinanet predict, DIR/predict), then print the "
         "results and where everything is. Stops at the first command that fails.",
         epilog="Options after '--' go to 'retinanet train' unchanged, e.g. "
