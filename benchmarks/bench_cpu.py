@@ -265,8 +265,10 @@ def main(argv=None) -> None:
     preset["batch_size"] = args.batch_size or preset["batch_size"]
     preset["image_size"] = args.image_size or preset["image_size"]
     archs = [a.strip() for a in (args.archs or "").split(",") if a.strip()]
+    if archs and names != ["base"]:
+        sys.exit(f"--archs compares the archs in the base setting: --variants {args.variants} with it would be ignored")
     torch.manual_seed(0)
-    base_model = build(preset)
+    base_model = None if archs else build(preset)
     arch_models = {a: build(preset | {"arch": a}) for a in archs}
     images, targets = make_inputs(preset["batch_size"], preset["image_size"], preset["num_classes"])
 

@@ -125,6 +125,9 @@ def test_bench_cpu_compares_archs_each_with_its_own_flops():
     assert flops["regnet_x_400mf_fpn_v2"] < 0.5 * flops["resnet18_fpn_v2"]  # a RegNetX-400MF body: a fraction of the FLOPs
     rows = out[out.index("train step regnet_x_400mf_fpn_v2:"):].splitlines()[1:3]
     assert [r.split()[0] for r in rows] == ["resnet18_fpn_v2", "regnet_x_400mf_fpn_v2"] and "ratio 1.00x" in rows[0]
+    refused = subprocess.run([sys.executable, str(BENCH / "bench_cpu.py"), "--archs", "resnet18_fpn_v2", "--variants", "nchw"],
+                             capture_output=True, text=True, timeout=300)
+    assert refused.returncode != 0 and "--variants nchw with it would be ignored" in refused.stderr
 
 
 def test_fp32_peak_is_cores_fma_units_lanes_flops_clock():

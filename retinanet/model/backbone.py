@@ -3,8 +3,10 @@ torchvision's (the body's are those of its ImageNet classification model, withou
 
 RegNetX bodies (``regnet_x_400mf`` ... ``regnet_x_3_2gf``, the RetinaNet backbones detectron2 and
 mmdetection also ship) are torchvision's ``RegNet`` trunk: grouped 3x3 convolutions, a fraction of
-a ResNet's FLOPs for the same ImageNet accuracy (400MF: 0.4 GFLOPs at 224 px against ResNet-18's
-1.8, top-1 74.9% against 69.8%), so a CPU trains and runs them several times faster.
+a ResNet's FLOPs (400MF: 0.41 GFLOPs at 224 px against ResNet-18's 1.81; torchvision's top-1 74.9%
+with its V2 weights against 69.8%). On a 2-core AVX2 CPU the demo-sized RegNetX-400MF detector
+trains 2.4x and runs 2.6x the images/s of the ResNet-18 one, but from scratch it learned less per
+epoch (BENCHMARKS.md, "RegNetX bodies").
 
 The ResNet blocks are torchvision's with one change in ``forward``: a ``FrozenBatchNorm2d`` is
 folded into the convolution before it (``conv(x, W * s) + t`` instead of ``conv(x, W) * s + t``,

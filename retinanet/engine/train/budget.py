@@ -246,6 +246,8 @@ def refit_run(run: Any, done: int) -> tuple[int, str] | None:
     when the run's speed keeps the schedule (within ``REFIT_TOLERANCE``). Rank 0's times decide,
     sent to every rank (all ranks call this after the same step)."""
     deadline, cfg = run.deadline, run.cfg
+    if run.device.type == "cuda":  # the steps queued on the GPU belong to the time so far: the run's one sync for this
+        torch.cuda.synchronize(run.device)
     step_s, left_s = D.all_gather_object((deadline.training_s() / done, deadline.left_s()))[0]
     total = refit_steps(done, step_s, left_s, deadline.eval_s, len(run.train_loader), cfg.eval_every)
     if abs(total - cfg.max_steps) <= REFIT_TOLERANCE * cfg.max_steps:
