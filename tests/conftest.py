@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 # No test may download or find weights in the user's cache: the torch hub cache is an empty folder
 # (tests of the download path serve their own files into their own TORCH_HOME).
 os.environ["TORCH_HOME"] = tempfile.mkdtemp(prefix="retinanet-tests-torch-home-")
+atexit.register(shutil.rmtree, os.environ["TORCH_HOME"], ignore_errors=True)  # one per worker: none left behind
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
