@@ -22,6 +22,7 @@ import hashlib
 import os
 import pickle
 import re
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -173,6 +174,29 @@ def check_output_path(path: str | os.PathLike, *, folder: bool, option: str = "-
     if not os.access(nearest, os.W_OK | os.X_OK):
         raise RetinaNetError(f"{option} {path}: cannot write into {nearest} (permission denied or read-only)")
     return path
+
+
+def megabytes(n: int) -> str:
+    """``n`` bytes for a message: "207 MB", "1.6 GB"."""
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
+
+
+def check_free_space(folder: str | os.PathLike, need: int, what: str, option: str = "--out") -> None:
+    """Refuse, before any work, a ``folder`` whose disk has less than ``need`` bytes free.
+
+    The disk is that of ``folder`` or the nearest existing folder above it. A file system that
+    reports no size at all (some network and FUSE mounts) is not judged.
+
+    Raises:
+        RetinaNetError: naming ``option``, the folder, the free and the needed space and ``what``
+            needs it.
+    """
+    folder = Path(folder)
+    nearest = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
+    usage = shutil.disk_usage(nearest)
+    if usage.total > 0 and usage.free < need:
+        raise RetinaNetError(f"{option} {folder}: its disk has {megabytes(usage.free)} free, and {what} need about "
+                             f"{megabytes(need)}: free some space or give another {option}")
 
 
 NOT_WEIGHTS = "neither our checkpoint nor a torchvision state_dict"

@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 
-from retinanet.engine.runtime.checkpoint import read_checkpoint, save_checkpoint
+from retinanet.engine.runtime.checkpoint import checkpoint_bytes, check_checkpoint_space, read_checkpoint, save_checkpoint
 from retinanet.config import DataConfig, ModelConfig, TrainConfig, write_config_file
 from retinanet.engine.evaluate.coco import METRIC_NAMES
 from retinanet.engine.evaluate.loop import EvalResult, evaluate
@@ -102,7 +102,8 @@ def _train(model_cfg: ModelConfig, data_cfg: DataConfig, cfg: TrainConfig, progr
     model = build_model(**dataclasses.asdict(model_cfg)).to(device)
     if cfg.channels_last:  # before the optimizer, DDP and EMA see the parameters
         model.to(memory_format=torch.channels_last)
-    if main:
+    if main:  # before any training: a disk that cannot hold the checkpoints would fail at the first one
+        check_checkpoint_space(out, checkpoint_bytes(model, cfg.optimizer, cfg.momentum, cfg.ema))
         out.mkdir(parents=True, exist_ok=True)
     with RunLog(out / "train.log" if main else None, echo=progress and main) as log:
         log.line(f"retinanet train {time.strftime('%Y-%m-%d %H:%M:%S')}: {D.get_world_size()} process(es) on "
