@@ -159,11 +159,7 @@ def compare_with_torchvision(arch: str, tv_builder, device) -> None:
     imgs, targets = compat._inputs()
     imgs = [im.to(device) for im in imgs]
     targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
-    with torch.no_grad():
-        a, b = ours(imgs), tv(imgs)
-        ours.to(memory_format=torch.channels_last)
-        nhwc = ours(imgs)
-        ours.to(memory_format=torch.contiguous_format)
+    a, b, nhwc = compat._detect_both_layouts(ours, tv, imgs)
     for x, y, z in zip(a, b, nhwc):
         assert x["boxes"].device.type == torch.device(device).type
         assert len(x["boxes"]) > 0 and abs(len(x["boxes"]) - len(y["boxes"])) <= max(2, len(y["boxes"]) // 100)

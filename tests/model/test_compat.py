@@ -36,6 +36,16 @@ def _key(d):
     return sorted(map(tuple, rows.tolist()))
 
 
+def _detect_both_layouts(ours, tv, imgs):
+    """The detections of ``ours`` and ``tv``, and of ``ours`` again in channels_last (left in NCHW)."""
+    with torch.no_grad():
+        a, b = ours(imgs), tv(imgs)
+        ours.to(memory_format=torch.channels_last)
+        nhwc = ours(imgs)
+        ours.to(memory_format=torch.contiguous_format)
+    return a, b, nhwc
+
+
 @pytest.mark.parametrize("arch,tv_builder", [("resnet50_fpn", retinanet_resnet50_fpn),
                                              ("resnet50_fpn_v2", retinanet_resnet50_fpn_v2)])
 def test_losses_and_detections_equal_torchvision(arch, tv_builder):
@@ -50,11 +60,7 @@ def test_losses_and_detections_equal_torchvision(arch, tv_builder):
     ours.load_state_dict(tv.state_dict())
     imgs, targets = _inputs()
     ours.eval(), tv.eval()  # eval-mode BN: ours folds it into the convs (the same function up to float rounding)
-    with torch.no_grad():
-        a, b = ours(imgs), tv(imgs)
-        ours.to(memory_format=torch.channels_last)
-        nhwc = ours(imgs)
-        ours.to(memory_format=torch.contiguous_format)
+    a, b, nhwc = _detect_both_layouts(ours, tv, imgs)
     for x, y, z in zip(a, b, nhwc):
         assert len(x["boxes"]) > 0
         for mine in (x, z):  # NCHW and channels_last: the same detections up to float rounding
