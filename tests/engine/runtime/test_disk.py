@@ -2,9 +2,7 @@
 64 px): the estimate of a checkpoint's size, the refusal, and what an existing run's files count."""
 
 import collections
-import contextlib
 import dataclasses
-import io
 
 import pytest
 
@@ -50,14 +48,11 @@ def test_the_estimate_is_the_size_of_the_checkpoint_written(data_root, tmp_path,
     assert written <= estimate <= written + 1_000_000, (estimate, written)
 
 
-def _cli(argv):
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+def test_a_disk_too_full_for_the_checkpoints_is_refused_before_training(data_root, tmp_path, monkeypatch, capsys):
+    def _cli(argv):
         status = main(argv)
-    return status, err.getvalue()
+        return status, capsys.readouterr().err
 
-
-def test_a_disk_too_full_for_the_checkpoints_is_refused_before_training(data_root, tmp_path, monkeypatch):
     run = tmp_path / "runs" / "r"
     argv = ["train", "--data", data_root, "--out", str(run), "--arch", "resnet18_fpn", "--from-scratch", "--min-size", "64",
             "--max-size", "64", "--fpn-channels", "32", "--head-convs", "1", "--epochs", "1", "--batch-size", "2",
