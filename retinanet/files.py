@@ -4,7 +4,8 @@
 Every output file (checkpoints, ``results.csv``, ``metrics.json``, ``config.yaml``, ``classes.json``,
 ``eval.json``, ``predictions.json``, the ONNX file) goes through ``write_atomic``: a temporary file
 in the same folder, fsync, ``os.replace``, with the mode the umask gives any new file (0644 under
-umask 022). ``check_output_path`` is the first thing ``train``/``eval``/``predict``/``export`` do
+umask 022). A ``best.pt`` equal to the ``last.pt`` just written is that file again (``link_atomic``: a
+hard link, also replaced in one step), not a second write of the same bytes. ``check_output_path`` is the first thing ``train``/``eval``/``predict``/``export`` do
 with ``--out``. ``read_file`` loads any torch file with ``weights_only=True``; what our checkpoint
 holds is ``retinanet.engine.runtime.checkpoint``'s business, torchvision's files
 ``retinanet.model.weights``'.
@@ -22,6 +23,7 @@ import hashlib
 import os
 import pickle
 import re
+import secrets
 import shutil
 import tempfile
 import time
@@ -77,6 +79,35 @@ def write_atomic(path: str | os.PathLike, content: bytes | str | Callable[[IO[by
             raise RetinaNetError(f"{path}: cannot be written ({err.strerror or err}); {kept}") from err
         raise
     return path
+
+
+def link_atomic(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Make ``dst`` the same file as ``src`` in one step, without writing its bytes again: a hard
+    link under a temporary name (``write_atomic``'s naming), then ``os.replace`` over ``dst``.
+
+    Sound because every write of ours replaces a file (``write_atomic``) and none changes one in
+    place: a later write of ``src`` gives ``src`` a new file and leaves ``dst`` as it is. Where the
+    file system has no hard links (FAT, some network mounts) ``dst`` becomes a copy (``write_atomic``).
+
+    Raises:
+        RetinaNetError: the file system refused (as ``write_atomic``).
+    """
+    src, dst = Path(src), Path(dst)
+    tmp = dst.parent / f".{dst.name}.{secrets.token_hex(4)}.tmp"
+    try:
+        os.link(src, tmp)
+    except OSError:
+        with src.open("rb") as f:
+            return write_atomic(dst, lambda out: shutil.copyfileobj(f, out, 1 << 24))
+    try:
+        os.replace(tmp, dst)
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            kept = "the previous version is left as it was" if dst.exists() else "nothing was written"
+            raise RetinaNetError(f"{dst}: cannot be written ({err.strerror or err}); {kept}") from err
+        raise
+    return dst
 
 
 # write_atomic's temporaries: mkstemp(prefix=".NAME.", suffix=".tmp") puts 8 of [a-z0-9_] between

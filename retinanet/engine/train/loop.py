@@ -58,6 +58,7 @@ from retinanet.engine.train.resume import changes_comment, check_resume
 from retinanet.engine.train.start import resolve_start
 from retinanet.data.crop import crop_model_config, crop_rule
 from retinanet.errors import RetinaNetError
+from retinanet.files import link_atomic
 from retinanet.model import build_model
 
 
@@ -369,8 +370,8 @@ def end_epoch(run: Run, state: RunState, epoch: int, stats: EpochStats, last: bo
     if run.main:
         ck = checkpoint_state(run, state, epoch)
         save_checkpoint(ck, run.out / "last.pt")
-        if improved:
-            save_checkpoint(ck, run.out / "best.pt")
+        if improved:  # the same checkpoint: best.pt becomes that file too (its bytes are not written twice)
+            link_atomic(run.out / "last.pt", run.out / "best.pt")
         write_epoch_files(run.out, state.history, state.best_ap, state.best_epoch)
         if run.tb is not None:
             tensorboard_epoch(run.tb, row)

@@ -3,6 +3,7 @@
 
 import collections
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -86,3 +87,48 @@ def test_a_file_system_that_reports_no_size_is_not_judged(tmp_path, monkeypatch)
     monkeypatch.setattr(files.shutil, "disk_usage", lambda path: Usage(10**9, 10**9 - 5, 5))
     with pytest.raises(files.RetinaNetError, match=r"--out .*run: its disk has 0 MB free, and checkpoints need about 1.0 GB"):
         files.check_free_space(tmp_path / "new" / "run", 10**9, "checkpoints")
+
+
+def test_best_pt_is_the_last_pt_just_written_and_keeps_it_when_last_pt_moves_on(data_root, tmp_path):
+    run = tmp_path / "run"
+    summary = train(_model(), DataConfig(root=data_root, workers=0), _train_cfg(run), progress=False)
+    assert summary["best_epoch"] == 1
+    assert (run / "best.pt").samefile(run / "last.pt")  # one file on disk, written once
+    before = (run / "best.pt").read_bytes()
+    files.write_atomic(run / "last.pt", b"the next epoch's checkpoint")  # how every write of ours happens
+    assert (run / "best.pt").read_bytes() == before and not (run / "best.pt").samefile(run / "last.pt")
+
+
+def test_link_atomic_replaces_in_one_step_and_copies_where_there_are_no_hard_links(tmp_path, monkeypatch):
+    files.write_atomic(tmp_path / "last.pt", b"epoch 1")
+    files.write_atomic(tmp_path / "best.pt", b"epoch 0")
+    files.link_atomic(tmp_path / "last.pt", tmp_path / "best.pt")
+    assert (tmp_path / "best.pt").samefile(tmp_path / "last.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]  # no temporary left
+
+    def no_links(src, dst):
+        raise OSError(1, "Operation not permitted")  # FAT, some network mounts
+
+    monkeypatch.setattr(files.os, "link", no_links)
+    files.write_atomic(tmp_path / "last.pt", b"epoch 2")
+    files.link_atomic(tmp_path / "last.pt", tmp_path / "best.pt")
+    assert (tmp_path / "best.pt").read_bytes() == b"epoch 2" and not (tmp_path / "best.pt").samefile(tmp_path / "last.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]
+
+
+def test_a_link_stopped_midway_leaves_best_pt_and_no_temporary_and_its_name_is_one_the_next_run_clears(tmp_path, monkeypatch):
+    files.write_atomic(tmp_path / "last.pt", b"epoch 2")
+    files.write_atomic(tmp_path / "best.pt", b"epoch 1")
+    made, real_link = [], files.os.link
+    monkeypatch.setattr(files.os, "link", lambda src, dst: made.append(Path(dst).name) or real_link(src, dst))
+
+    def ctrl_c(src, dst):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(files.os, "replace", ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        files.link_atomic(tmp_path / "last.pt", tmp_path / "best.pt")
+    assert (tmp_path / "best.pt").read_bytes() == b"epoch 1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]
+    # a SIGKILL there would leave the temporary: write_atomic's naming, which the next run in the folder removes
+    assert len(made) == 1 and files.TEMPORARY.match(made[0])["name"] == "best.pt"

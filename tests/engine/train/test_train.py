@@ -37,12 +37,16 @@ def test_outputs_eval_every_summary_and_config_round_trip(data_root, tmp_path, c
     saved = []
     real_save = T.save_checkpoint
     monkeypatch.setattr(T, "save_checkpoint", lambda state, path: saved.append((state["epoch"], path.name)) or real_save(state, path))
+    real_link = T.link_atomic
+    monkeypatch.setattr(T, "link_atomic", lambda src, dst: saved.append((T.read_checkpoint(src)["epoch"], dst.name))
+                        or real_link(src, dst))
     model_cfg, data_cfg, train_cfg = _cfgs(data_root, tmp_path / "run", epochs=2, eval_every=2, print_every=1)
     s = train(model_cfg, data_cfg, train_cfg, progress=True)  # stdout is not a terminal: one line per step
     run = tmp_path / "run"
     for name in ("results.csv", "metrics.json", "results.png", "classes.json", "config.yaml", "train.log", "last.pt", "best.pt"):
         assert (run / name).is_file(), name
     assert saved == [(0, "last.pt"), (1, "last.pt"), (1, "best.pt")]  # best.pt only on evaluated epochs
+    assert (run / "best.pt").samefile(run / "last.pt")  # written once (files.link_atomic)
     rows = list(csv.DictReader((run / "results.csv").open()))
     metrics = list(METRIC_NAMES)
     assert set(metrics + ["lr", "loss", "time_s", "images_per_s", "peak_mem_mb", "skipped_steps"]) <= set(rows[0])
