@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
+import io
 import os
 import shutil
 import tempfile
@@ -56,3 +58,18 @@ def count_batch_norm():
 def nan_loss():
     """``NanLoss``: wraps a model so a test can make its next loss non-finite (the CPU and CUDA step tests)."""
     return NanLoss
+
+
+def _run_cli(argv: list[str]) -> tuple[int, str]:
+    from retinanet.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        status = main(argv)
+    return status, err.getvalue()
+
+
+@pytest.fixture(scope="session")
+def run_cli():
+    """``run_cli(argv) -> (exit status, stderr)``: ``retinanet ARGV`` in this process, its stdout dropped."""
+    return _run_cli

@@ -7,7 +7,6 @@ replaced by a long sleep) or holds the folder's lock itself.
 """
 
 import contextlib
-import io
 import os
 import signal
 import subprocess
@@ -17,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from retinanet.cli import main
 from retinanet.config import DataConfig, ModelConfig, TrainConfig
 from retinanet.data import make_synthetic
 from retinanet.engine.train.loop import train
@@ -35,13 +33,6 @@ def data_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("syn")
     make_synthetic(root, num_train=2, num_val=1, image_size=64, seed=0)
     return str(root / "VOCdevkit")
-
-
-def _cli(argv: list[str]) -> tuple[int, str]:
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        status = main(argv)
-    return status, err.getvalue()
 
 
 def _python(code: str, *args: str) -> subprocess.Popen:
@@ -77,7 +68,7 @@ def held_by_another_process(folder: Path):
         proc.wait()
 
 
-def test_a_second_train_into_a_running_runs_folder_is_refused_naming_its_pid(data_root, tmp_path):
+def test_a_second_train_into_a_running_runs_folder_is_refused_naming_its_pid(data_root, tmp_path, run_cli):
     """Two real `retinanet train` processes into one --out: the second is refused (exit 2) with the
     first's pid, before it writes anything; the first holds the folder until it dies (SIGKILL),
     after which the folder is free again. Today the second runs, and both write the same files."""
@@ -88,7 +79,7 @@ def test_a_second_train_into_a_running_runs_folder_is_refused_naming_its_pid(dat
     first = _python(slow, "train", "--data", data_root, "--out", str(out), *TINY)
     try:
         _wait_for(lambda: (out / "config.yaml").exists(), first)  # past set-up: in its epochs
-        status, err = _cli(["train", "--data", data_root, "--out", str(out), *TINY])
+        status, err = run_cli(["train", "--data", data_root, "--out", str(out), *TINY])
         assert status == 2, err
         assert f"pid {first.pid}" in err and "in use by another process" in err and "retinanet train" in err
         assert not (out / "last.pt").exists()
@@ -99,13 +90,13 @@ def test_a_second_train_into_a_running_runs_folder_is_refused_naming_its_pid(dat
         pass
 
 
-def test_eval_and_predict_refuse_a_folder_another_process_holds(tmp_path):
+def test_eval_and_predict_refuse_a_folder_another_process_holds(tmp_path, run_cli):
     out = tmp_path / "busy"
     with held_by_another_process(out) as holder:
         for argv in (["eval", "--weights", str(tmp_path / "w.pt"), "--out", str(out)],
                      ["predict", str(tmp_path), "--weights", str(tmp_path / "w.pt"), "--out", str(out)]):
             (tmp_path / "a.png").write_bytes(b"")  # predict finds one image name before it takes the folder
-            status, err = _cli(argv)
+            status, err = run_cli(argv)
             assert status == 2 and f"pid {holder.pid}" in err and "test holder" in err, (argv, err)
 
 
@@ -121,14 +112,14 @@ def test_train_api_refuses_a_held_folder_and_a_killed_holder_leaves_it_free(data
         pass
 
 
-def test_stale_temporaries_of_a_killed_write_are_removed_at_the_next_start_and_logged(data_root, tmp_path):
+def test_stale_temporaries_of_a_killed_write_are_removed_at_the_next_start_and_logged(data_root, tmp_path, run_cli):
     out = tmp_path / "run"
     out.mkdir()
     stale = [".last.pt.k3j_x9a2.tmp", ".results.csv.abcdefgh.tmp"]
     kept = [".notes.txt.abcdefgh.tmp", "mine.tmp", ".last.pt.tmp"]  # not write_atomic's temporaries of run files
     for name in stale + kept:
         (out / name).write_bytes(b"x" * 10)
-    status, err = _cli(["train", "--data", data_root, "--out", str(out), *TINY])
+    status, err = run_cli(["train", "--data", data_root, "--out", str(out), *TINY])
     assert status == 0, err
     assert not any((out / n).exists() for n in stale) and all((out / n).exists() for n in kept)
     log = (out / "train.log").read_text()
@@ -155,10 +146,10 @@ def test_sigterm_of_the_holder_also_releases(tmp_path):
         pass
 
 
-def test_a_command_that_fails_leaves_no_output_folder_it_created(tmp_path):
+def test_a_command_that_fails_leaves_no_output_folder_it_created(tmp_path, run_cli):
     (tmp_path / "a.png").write_bytes(b"")
     new = tmp_path / "runs" / "predict"
-    status, err = _cli(["predict", str(tmp_path / "a.png"), "--weights", str(tmp_path / "missing.pt"), "--out", str(new)])
+    status, err = run_cli(["predict", str(tmp_path / "a.png"), "--weights", str(tmp_path / "missing.pt"), "--out", str(new)])
     assert status != 0 and "missing.pt" in err, err
     assert not (tmp_path / "runs").exists()  # nor the parent it created
     existing = tmp_path / "mine"

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from retinanet.cli import main
 from retinanet.config import DataConfig, ModelConfig, TrainConfig
 from retinanet.data import make_synthetic
 from retinanet.engine.runtime.checkpoint import checkpoint_bytes
@@ -49,11 +48,7 @@ def test_the_estimate_is_the_size_of_the_checkpoint_written(data_root, tmp_path,
     assert written <= estimate <= written + 1_000_000, (estimate, written)
 
 
-def test_a_disk_too_full_for_the_checkpoints_is_refused_before_training(data_root, tmp_path, monkeypatch, capsys):
-    def _cli(argv):
-        status = main(argv)
-        return status, capsys.readouterr().err
-
+def test_a_disk_too_full_for_the_checkpoints_is_refused_before_training(data_root, tmp_path, monkeypatch, run_cli):
     run = tmp_path / "runs" / "r"
     argv = ["train", "--data", data_root, "--out", str(run), "--arch", "resnet18_fpn", "--from-scratch", "--min-size", "64",
             "--max-size", "64", "--fpn-channels", "32", "--head-convs", "1", "--epochs", "1", "--batch-size", "2",
@@ -62,7 +57,7 @@ def test_a_disk_too_full_for_the_checkpoints_is_refused_before_training(data_roo
     size = checkpoint_bytes(model, "sgd", 0.9, False)  # what --from-scratch trains
     free = [3 * size - 1]  # one byte short of last.pt + best.pt + the temporary
     monkeypatch.setattr(files.shutil, "disk_usage", lambda path: Usage(10**12, 0, free[0]))
-    status, err = _cli(argv)
+    status, err = run_cli(argv)
     assert status == 2, err
     assert f"--out {run}: its disk has {files.megabytes(free[0])} free, and this run's checkpoints (last.pt and best.pt" in err
     assert f"need about {files.megabytes(3 * size)}: free some space or give another --out" in err
@@ -70,14 +65,14 @@ def test_a_disk_too_full_for_the_checkpoints_is_refused_before_training(data_roo
     assert not run.exists() and not run.parent.exists()  # refused before anything was written
 
     free[0] = 3 * size
-    status, err = _cli(argv)
+    status, err = run_cli(argv)
     assert status == 0, err
     # the next run into that folder replaces last.pt and best.pt: it needs the temporary only
     free[0] = size
-    status, err = _cli([*argv, "--exist-ok"])
+    status, err = run_cli([*argv, "--exist-ok"])
     assert status == 0, err
     free[0] = size - 1
-    status, err = _cli([*argv, "--exist-ok"])
+    status, err = run_cli([*argv, "--exist-ok"])
     assert status == 2 and "(the replaced last.pt and best.pt of about" in err, err
 
 

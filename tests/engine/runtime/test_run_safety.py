@@ -5,14 +5,12 @@ mode the umask gives (tiny resnet18, 64 px, one step per epoch)."""
 import contextlib
 import dataclasses
 import errno
-import io
 import os
 import sys
 
 import pytest
 import torch
 
-from retinanet.cli import main
 from retinanet.config import DataConfig, ModelConfig, TrainConfig, write_config_file
 from retinanet.data import ClassMap, make_synthetic
 from retinanet.engine.export.onnx_export import export_onnx, verify_onnx
@@ -49,17 +47,10 @@ def umask(mask: int):
         os.umask(old)
 
 
-def _cli(argv: list[str]) -> tuple[int, str]:
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        status = main(argv)
-    return status, err.getvalue()
-
-
 # --- item 3: a second run does not overwrite the first --------------------------------------------
 
 
-def test_new_run_refuses_a_run_dir_and_exist_ok_says_what_it_replaces(data_root, tmp_path):
+def test_new_run_refuses_a_run_dir_and_exist_ok_says_what_it_replaces(data_root, tmp_path, run_cli):
     run = tmp_path / "run"
     with umask(0o022):
         train(*_cfgs(data_root, run), progress=False)
@@ -67,7 +58,7 @@ def test_new_run_refuses_a_run_dir_and_exist_ok_says_what_it_replaces(data_root,
             assert (run / name).stat().st_mode & 0o777 == 0o644, name
     before = {name: (run / name).read_bytes() for name in OUTPUTS}
 
-    status, err = _cli(["train", "--data", data_root, "--out", str(run), "--workers", "0", "--device", "cpu"])
+    status, err = run_cli(["train", "--data", data_root, "--out", str(run), "--workers", "0", "--device", "cpu"])
     assert status == 2
     assert f"{run} already holds a training run (best.pt, last.pt" in err
     assert f"--resume {run}" in err and "--exist-ok" in err
@@ -85,7 +76,7 @@ def test_new_run_refuses_a_run_dir_and_exist_ok_says_what_it_replaces(data_root,
     assert (run / "interrupted.pt").read_bytes() == foreign  # finished, but it deletes only its own
 
 
-def test_a_run_that_failed_before_its_first_checkpoint_does_not_block_the_retry(data_root, tmp_path, monkeypatch):
+def test_a_run_that_failed_before_its_first_checkpoint_does_not_block_the_retry(data_root, tmp_path, monkeypatch, run_cli):
     """The failed fetch's message says "run the command again": the same command must then work."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "home"))
     cached = tmp_path / "home" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
@@ -94,21 +85,21 @@ def test_a_run_that_failed_before_its_first_checkpoint_does_not_block_the_retry(
     run = tmp_path / "run"
     argv = ["train", "--data", data_root, "--out", str(run), "--arch", "resnet18_fpn", "--min-size", "64",
             "--max-size", "64", "--epochs", "1", "--batch-size", "2", "--workers", "0", "--device", "cpu"]
-    status, err = _cli([*argv, "--backbone-weights", "imagenet"])
+    status, err = run_cli([*argv, "--backbone-weights", "imagenet"])
     assert status == 2 and "delete it and run the command again" in err, err
     assert {p.name for p in run.iterdir()} == {"train.log", ".lock"}  # .lock: the run folder's lock file, free now
 
-    status, err = _cli([*argv, "--from-scratch"])  # the retry (here without the broken file's weights)
+    status, err = run_cli([*argv, "--from-scratch"])  # the retry (here without the broken file's weights)
     assert status == 0, err
     log = (run / "train.log").read_text()
     assert log.count("retinanet train 2") == 2  # both runs' headers: nothing of the first lost
     assert f"{run} holds a run that stopped before its first checkpoint (train.log): this run starts in it" in log
     assert (run / "last.pt").exists()
-    status, err = _cli([*argv, "--from-scratch"])  # a run with checkpoints is still protected
+    status, err = run_cli([*argv, "--from-scratch"])  # a run with checkpoints is still protected
     assert status == 2 and "already holds a training run" in err
 
 
-def test_a_full_disk_during_training_ends_with_a_message_naming_the_file(data_root, tmp_path, monkeypatch):
+def test_a_full_disk_during_training_ends_with_a_message_naming_the_file(data_root, tmp_path, monkeypatch, run_cli):
     import retinanet.files as io_mod
 
     def full(*args, **kwargs):
@@ -116,7 +107,7 @@ def test_a_full_disk_during_training_ends_with_a_message_naming_the_file(data_ro
 
     monkeypatch.setattr(io_mod.torch, "save", full)
     run = tmp_path / "run"
-    status, err = _cli(["train", "--data", data_root, "--out", str(run), "--arch", "resnet18_fpn", "--from-scratch",
+    status, err = run_cli(["train", "--data", data_root, "--out", str(run), "--arch", "resnet18_fpn", "--from-scratch",
                         "--min-size", "64", "--max-size", "64", "--epochs", "1", "--batch-size", "2", "--workers", "0",
                         "--device", "cpu"])
     assert status == 2, err
@@ -132,21 +123,21 @@ def test_a_full_disk_during_training_ends_with_a_message_naming_the_file(data_ro
     ["eval", "--weights", "{tmp}/no_such.pt", "--data", "{tmp}/no_such_data"],
     ["predict", "{tmp}/no_such.jpg", "--weights", "{tmp}/no_such.pt"],
 ], ids=["train", "eval", "predict"])
-def test_out_that_is_a_file_fails_first_naming_it(tmp_path, command):
+def test_out_that_is_a_file_fails_first_naming_it(tmp_path, command, run_cli):
     taken = tmp_path / "taken"
     taken.write_text("a file")
     argv = [a.format(tmp=tmp_path) for a in command]
-    status, err = _cli([*argv, "--out", str(taken)])
+    status, err = run_cli([*argv, "--out", str(taken)])
     assert status == 2 and f"--out {taken}: exists and is not a folder" in err, err  # not the missing data/weights
-    status, err = _cli([*argv, "--out", str(taken / "sub")])
+    status, err = run_cli([*argv, "--out", str(taken / "sub")])
     assert status == 2 and f"--out {taken / 'sub'}: cannot be created: {taken} is a file, not a folder" in err, err
 
 
-def test_export_out_that_is_a_folder_or_under_a_file_fails_first(tmp_path):
+def test_export_out_that_is_a_folder_or_under_a_file_fails_first(tmp_path, run_cli):
     (tmp_path / "taken").write_text("a file")
-    status, err = _cli(["export", "--weights", str(tmp_path / "no_such.pt"), "--out", str(tmp_path)])
+    status, err = run_cli(["export", "--weights", str(tmp_path / "no_such.pt"), "--out", str(tmp_path)])
     assert status == 2 and f"--out {tmp_path}: is a folder (give a file name)" in err, err
-    status, err = _cli(["export", "--weights", str(tmp_path / "no_such.pt"), "--out", str(tmp_path / "taken" / "m.onnx")])
+    status, err = run_cli(["export", "--weights", str(tmp_path / "no_such.pt"), "--out", str(tmp_path / "taken" / "m.onnx")])
     assert status == 2 and f"cannot be created: {tmp_path / 'taken'} is a file, not a folder" in err, err
 
 
@@ -187,11 +178,11 @@ def test_export_without_onnx_names_the_extra(tmp_path, monkeypatch, missing):
     assert not (tmp_path / "m.onnx").exists()
 
 
-def test_cli_export_without_onnx_exits_2_with_the_hint(tmp_path, monkeypatch):
+def test_cli_export_without_onnx_exits_2_with_the_hint(tmp_path, monkeypatch, run_cli):
     model = _tiny_model()
     ckpt = save_checkpoint({"model": model.state_dict(), "config": {"model": dataclasses.asdict(model.config)}}, tmp_path / "t.pt")
     monkeypatch.setitem(sys.modules, "onnx", None)
-    status, err = _cli(["export", "--weights", str(ckpt), "--out", str(tmp_path / "m.onnx")])
+    status, err = run_cli(["export", "--weights", str(ckpt), "--out", str(tmp_path / "m.onnx")])
     assert status == 2 and "retinanet export: error: export needs the onnx package: pip install 'retinanet[export]'" in err
 
 

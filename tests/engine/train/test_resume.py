@@ -112,18 +112,6 @@ TINY_CLI = ["--arch", "resnet18_fpn", "--norm", "bn", "--min-size", "64", "--max
             "--device", "cpu", "--from-scratch", "--quiet", "--eval-every", "5"]
 
 
-def _cli(argv):
-    import contextlib
-    import io
-
-    from retinanet.cli import main
-
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        status = main(argv)
-    return status, err.getvalue()
-
-
 def _renamed(root, tmp_path, rename):
     """A copy of the synthetic VOC dataset at ``root`` whose class names are ``rename``d."""
     import shutil
@@ -139,10 +127,10 @@ def _renamed(root, tmp_path, rename):
 
 
 @pytest.fixture(scope="module")
-def finished_run(data_root, tmp_path_factory):
+def finished_run(data_root, tmp_path_factory, run_cli):
     """A one-epoch CLI run (batch size 2) to resume; each test copies it."""
     out = tmp_path_factory.mktemp("base") / "run"
-    status, err = _cli(["train", "--data", data_root, "--out", str(out), *TINY_CLI])
+    status, err = run_cli(["train", "--data", data_root, "--out", str(out), *TINY_CLI])
     assert status == 0, err
     return out
 
@@ -156,17 +144,17 @@ def run_copy(finished_run, tmp_path):
     return out
 
 
-def test_resume_with_another_batch_size_is_refused_listing_it_and_the_way_out(run_copy):
+def test_resume_with_another_batch_size_is_refused_listing_it_and_the_way_out(run_copy, run_cli):
     config = (run_copy / "config.yaml").read_text()
-    status, err = _cli(["train", "--resume", str(run_copy), "--batch-size", "1", "--lr", "0.02", "--epochs", "2"])
+    status, err = run_cli(["train", "--resume", str(run_copy), "--batch-size", "1", "--lr", "0.02", "--epochs", "2"])
     assert status == 2
     assert "batch_size 2 -> 1" in err and "lr 0.01 -> 0.02" in err and "epochs" not in err
     assert f"--weights {run_copy / 'last.pt'}" in err and "--resume-allow batch_size lr" in err
     assert (run_copy / "config.yaml").read_text() == config  # not rewritten as if the run had used 1
 
 
-def test_resume_allow_continues_names_the_change_and_config_yaml_records_it(run_copy):
-    status, err = _cli(["train", "--resume", str(run_copy), "--batch-size", "1", "--epochs", "2", "--workers", "1",
+def test_resume_allow_continues_names_the_change_and_config_yaml_records_it(run_copy, run_cli):
+    status, err = run_cli(["train", "--resume", str(run_copy), "--batch-size", "1", "--epochs", "2", "--workers", "1",
                         "--resume-allow", "batch-size"])
     assert status == 0, err
     log = (run_copy / "train.log").read_text()
@@ -179,29 +167,29 @@ def test_resume_allow_continues_names_the_change_and_config_yaml_records_it(run_
     assert ck["changes"] == ["from epoch 2: batch_size 2 -> 1"] and ck["world_size"] == 1
 
 
-def test_resume_on_data_with_the_same_class_count_under_other_names_is_refused(data_root, run_copy, tmp_path):
+def test_resume_on_data_with_the_same_class_count_under_other_names_is_refused(data_root, run_copy, tmp_path, run_cli):
     classes = (run_copy / "classes.json").read_text()
     names = list(json.loads(classes))
     other = _renamed(data_root, tmp_path, {names[0]: "zebra"})
-    status, err = _cli(["train", "--resume", str(run_copy), "--data", other, "--epochs", "2"])
+    status, err = run_cli(["train", "--resume", str(run_copy), "--data", other, "--epochs", "2"])
     assert status == 2, err
     assert f"root {data_root!r} -> {other!r}" in err and "class map: " in err and "zebra" in err
     assert (run_copy / "classes.json").read_text() == classes
     assert "class_map" in err.split("--resume-allow")[-1]
 
 
-def test_resume_on_data_with_another_class_count_is_a_message_not_a_size_mismatch(data_root, run_copy, tmp_path):
+def test_resume_on_data_with_another_class_count_is_a_message_not_a_size_mismatch(data_root, run_copy, tmp_path, run_cli):
     names = list(json.loads((run_copy / "classes.json").read_text()))
     other = _renamed(data_root, tmp_path, {names[0]: names[1]})  # one class fewer
-    status, err = _cli(["train", "--resume", str(run_copy), "--data", other, "--epochs", "2",
+    status, err = run_cli(["train", "--resume", str(run_copy), "--data", other, "--epochs", "2",
                         "--resume-allow", "root", "class_map"])
     assert status == 2, err
     assert "num_classes" in err and "cannot change: the checkpoint's tensors depend on it" in err
     assert f"classes -> {len(names) - 1}" in err and "size mismatch" not in err and "Traceback" not in err
 
 
-def test_weights_given_on_resume_are_refused_not_ignored(run_copy, tmp_path):
-    status, err = _cli(["train", "--resume", str(run_copy), "--weights", str(run_copy / "best.pt"), "--epochs", "2"])
+def test_weights_given_on_resume_are_refused_not_ignored(run_copy, tmp_path, run_cli):
+    status, err = run_cli(["train", "--resume", str(run_copy), "--weights", str(run_copy / "best.pt"), "--epochs", "2"])
     assert status == 2 and "weights 'none' -> " in err, err
 
 
