@@ -7,7 +7,11 @@ import contextlib
 import io
 import os
 import shutil
+import socket
+import subprocess
+import sys
 import tempfile
+from pathlib import Path
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 # No test may download or find weights in the user's cache: the torch hub cache is an empty folder
@@ -73,3 +77,33 @@ def _run_cli(argv: list[str]) -> tuple[int, str]:
 def run_cli():
     """``run_cli(argv) -> (exit status, stderr)``: ``retinanet ARGV`` in this process, its stdout dropped."""
     return _run_cli
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def free_port():
+    """``free_port() -> int``: a TCP port of 127.0.0.1 that nothing listens on now (a process group's rendezvous)."""
+    return _free_port
+
+
+@pytest.fixture
+def torchrun(tmp_path):
+    """``torchrun(*args, timeout=240) -> CompletedProcess``: ``torchrun --nproc_per_node=2 -m retinanet
+    ARGS`` on this checkout, one thread per process, output captured. Its temporary files (torchrun
+    leaves a ``torchelastic_*`` log folder per launch) go under ``tmp_path``, not the system's /tmp."""
+    repo = Path(__file__).resolve().parents[1]
+    # the checkout first, then what PYTHONPATH already holds (packages installed with --target, as on the GPU image)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")]))}
+
+    def run(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+               "-m", "retinanet", *args]
+        return subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
+
+    return run

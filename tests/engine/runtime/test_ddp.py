@@ -4,11 +4,6 @@ weights), and only rank 0 writes files and prints."""
 
 import csv
 import json
-import os
-import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,16 +12,8 @@ import yaml
 from retinanet.data import make_synthetic
 from retinanet.engine.evaluate.coco import METRIC_NAMES
 
-REPO = Path(__file__).resolve().parents[3]
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_two_cpu_processes_train_and_evaluate(tmp_path):
+def test_two_cpu_processes_train_and_evaluate(tmp_path, torchrun):
     from retinanet.config import DataConfig
     from retinanet.data import build_datasets, build_loader
     from retinanet.engine.runtime.checkpoint import load_model
@@ -36,14 +23,10 @@ def test_two_cpu_processes_train_and_evaluate(tmp_path):
     cfg = tmp_path / "tiny.yaml"  # score_thresh 0: many detections, so a lost or doubled image would change the metrics
     cfg.write_text(yaml.safe_dump({"model": {"score_thresh": 0.0, "fpn_channels": 32, "head_convs": 1}}))
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
-           "-m", "retinanet", "train", "--config", str(cfg), "--data", str(tmp_path / "syn"), "--arch", "resnet18_fpn",
-           "--from-scratch", "--min-size", "64", "--max-size", "64", "--epochs", "1", "--batch-size", "1", "--lr", "0.01",
-           "--warmup-iters", "2", "--print-every", "2", "--device", "cpu", "--workers", "0", "--out", str(run)]
-    # the checkout first, then what PYTHONPATH already holds (packages installed with --target, as on the GPU image)
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    proc = torchrun("train", "--config", str(cfg), "--data", str(tmp_path / "syn"), "--arch", "resnet18_fpn",
+                    "--from-scratch", "--min-size", "64", "--max-size", "64", "--epochs", "1", "--batch-size", "1",
+                    "--lr", "0.01", "--warmup-iters", "2", "--print-every", "2", "--device", "cpu", "--workers", "0",
+                    "--out", str(run))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     names = {"results.csv", "metrics.json", "results.png", "config.yaml", "classes.json", "train.log", "last.pt", "best.pt"}
@@ -68,10 +51,8 @@ def test_two_cpu_processes_train_and_evaluate(tmp_path):
 
     # `retinanet eval` under torchrun: shards gathered to the same exact numbers, printed once
     ev = tmp_path / "eval"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
-           "-m", "retinanet", "eval", "--weights", str(run / "last.pt"), "--data", str(tmp_path / "syn"),
-           "--device", "cpu", "--workers", "0", "--batch-size", "1", "--quiet", "--out", str(ev)]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    proc = torchrun("eval", "--weights", str(run / "last.pt"), "--data", str(tmp_path / "syn"), "--device", "cpu",
+                    "--workers", "0", "--batch-size", "1", "--quiet", "--out", str(ev))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads((ev / "eval.json").read_text())
     assert result["num_images"] == 5 and result["metrics"] == ref.metrics
@@ -102,11 +83,11 @@ def _main_first_worker(rank: int, port: int, fail: bool, results) -> None:
 
 
 @pytest.mark.parametrize("fail", [False, True], ids=["fetched", "failed"])
-def test_main_first_runs_on_rank_0_first_and_a_failure_there_stops_every_rank_with_a_message(fail):
+def test_main_first_runs_on_rank_0_first_and_a_failure_there_stops_every_rank_with_a_message(fail, free_port):
     import torch.multiprocessing as mp
 
     results = mp.Manager().dict()
-    mp.spawn(_main_first_worker, args=(_free_port(), fail, results), nprocs=2, join=True)
+    mp.spawn(_main_first_worker, args=(free_port(), fail, results), nprocs=2, join=True)
     if not fail:
         assert results[0] == ("ok", "path from rank 0", [0]) and results[1] == ("ok", "path from rank 1", [1])
     else:

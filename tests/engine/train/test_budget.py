@@ -84,10 +84,6 @@ def test_deadline_counts_training_seconds_without_the_evaluations():
 # --- the training run under --time ----------------------------------------------------------------
 
 import csv  # noqa: E402
-import os  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 import yaml  # noqa: E402
 
@@ -96,7 +92,6 @@ import retinanet.engine.train.loop as L  # noqa: E402
 from retinanet.cli import main  # noqa: E402
 from retinanet.data import make_synthetic  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[3]
 TINY = ["--arch", "resnet18_fpn", "--from-scratch", "--min-size", "64", "--max-size", "64", "--fpn-channels", "32",
         "--head-convs", "1", "--batch-size", "2", "--workers", "0", "--device", "cpu", "--lr", "0.01", "--quiet"]
 
@@ -191,20 +186,13 @@ def test_measuring_leaves_the_run_as_it_was(data_root, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_time_under_ddp_fits_once_and_every_rank_follows(tmp_path):
+def test_time_under_ddp_fits_once_and_every_rank_follows(tmp_path, torchrun):
     """torchrun with 2 CPU processes: rank 0's measurement decides, every rank runs the fitted
     epochs (a rank with other epochs would hang or fail the run), one fit line."""
-    import socket
-
     make_synthetic(tmp_path / "syn", num_train=8, num_val=2, image_size=64, seed=0)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", "-m", "retinanet",
-           "train", "--data", str(tmp_path / "syn"), *[a for a in TINY if a != "--quiet"], "--time", "1.5", "--out", str(run)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    proc = torchrun("train", "--data", str(tmp_path / "syn"), *[a for a in TINY if a != "--quiet"], "--time", "1.5",
+                    "--out", str(run), timeout=400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     log = (run / "train.log").read_text()
     assert log.count("time budget 1.5 min: measured") == 1 and "training finished" in log
