@@ -151,6 +151,8 @@ def check_dataset(cfg: DataConfig, *, progress: bool = True) -> CheckReport:
     except DataError as err:
         return CheckReport(str(cfg.root), cfg.format or "?", None, errors=list(err.problems))
     report = CheckReport(str(root), fmt, class_map, errors=list(problems), warnings=list(warns), records=records)
+    if not records.get("train"):  # what `train` refuses, said here too (the reasons, if any, are above)
+        report.errors.append(f"{root}: the training split {cfg.train_split!r} has no usable images")
     for split, recs in records.items():
         report.splits[split] = split_stats(recs, class_map)
         empty = [Path(r.file).name for r in recs if len(r.labels) == 0]

@@ -82,7 +82,7 @@ class ClassMap:
         path = Path(path)
         repeated: list[str] = []
         try:
-            mapping = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=lambda pairs: _keys_once(pairs, repeated))
+            mapping = json.loads(path.read_text(encoding="utf-8-sig"), object_pairs_hook=lambda pairs: _keys_once(pairs, repeated))
         except FileNotFoundError:
             raise DataError([f"{path}: class map file not found"]) from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:

@@ -6,11 +6,13 @@ coco/annotations/instances_train2017.json``. The validation file is ``--val-spli
 (``instances_train2017.json`` -> ``instances_val2017.json`` for ``--train-split train --val-split
 val``). Images of ``instances_<split>.json`` are looked for, in order, in ``<root>/<split>`` where
 ``<root>`` is the folder above ``annotations/`` (the official layout: ``coco/train2017``), in the
-JSON's folder (``file_name`` relative to it), and in ``<json folder>/images``; the first folder
-holding the first image wins.
+JSON's folder (``file_name`` relative to it), and in ``<json folder>/images``; the folder holding
+most of a sample of the images wins (one missing file does not send the reader elsewhere).
 
-Boxes ``[x, y, w, h]`` become xyxy; category ids are the class ids as they are (the 91-output
-COCO head indexes them); names come from ``categories``. ``iscrowd`` objects are ignore regions.
+Boxes ``[x, y, w, h]`` become xyxy. Without a class map of its own (``--classes``, a checkpoint's)
+the category ids are the class ids as they are (the 91-output COCO head indexes them) and names
+come from ``categories``; with one, each category is found in it by name, and ids that differ are
+said aloud. ``iscrowd`` objects are ignore regions.
 """
 
 from __future__ import annotations
@@ -43,13 +45,16 @@ def val_json_path(train_json: Path, train_split: str, val_split: str) -> Path:
 def read_coco_json(path: Path) -> dict:
     """Load and shape-check a COCO annotation file. Raises ``DataError`` naming ``path``."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = json.loads(Path(path).read_text(encoding="utf-8-sig"))  # a byte-order mark (Windows editors) is not content
     except FileNotFoundError:
         raise DataError([f"{path}: COCO annotation file not found"]) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise DataError([f"{path}: not a readable COCO JSON ({err})"]) from None
+    if not isinstance(data, dict):
+        raise DataError([f"{path}: not a COCO instances file (the top level is {_kind(data)}; expected an object "
+                         "with 'images', 'annotations' and 'categories' lists)"])
     missing = [k for k in ("images", "annotations", "categories") if not isinstance(data.get(k), list)]
-    if not isinstance(data, dict) or missing:
+    if missing:
         raise DataError([f"{path}: not a COCO instances file (missing list(s): {', '.join(missing)})"])
     return data
 
@@ -123,17 +128,40 @@ def coco_box_fault(xywh: np.ndarray, hw: tuple[int, int]) -> str:
     return no_area_reason(np.asarray([x, y, x + w, y + h]), hw)
 
 
-def image_folder(path: Path, data: dict) -> Path:
-    """Folder that ``file_name`` is relative to (see the module docstring)."""
+def image_folders(path: Path) -> list[Path]:
+    """The folders ``file_name`` may be relative to, in order (see the module docstring)."""
     split = path.stem.split("_", 1)[-1]
     parent = path.parent.parent if path.parent.name == "annotations" else path.parent
-    candidates = [parent / split, path.parent, path.parent / "images", parent / "images" / split]
-    names = (im.get("file_name") for im in data["images"] if isinstance(im, dict))
-    first = next((n for n in names if isinstance(n, str) and n), None)
-    for c in candidates:
-        if first is None or (c / first).is_file():
-            return c
-    return candidates[0]
+    return list(dict.fromkeys([parent / split, path.parent, path.parent / "images", parent / "images" / split]))
+
+
+def image_folder(path: Path, data: dict, sample: int = 20) -> tuple[Path, bool]:
+    """(the folder that ``file_name`` is relative to, whether any image was found there).
+
+    The candidate (``image_folders``) holding most of ``sample`` file names spread over the list
+    wins, the earlier one on a tie; none holding any: the first, and False.
+    """
+    candidates = image_folders(path)
+    names = [im["file_name"] for im in data["images"] if isinstance(im, dict) and isinstance(im.get("file_name"), str)
+             and im["file_name"]]
+    if not names:
+        return candidates[0], True
+    picked = names[:: max(1, len(names) // sample)][:sample]
+    found = [sum((c / n).is_file() for n in picked) for c in candidates]
+    best = max(range(len(candidates)), key=lambda i: (found[i], -i))
+    return candidates[best], found[best] > 0
+
+
+def category_ids(path: Path, cats: dict[int, str], class_map: ClassMap, warnings: list[str]) -> dict[int, int]:
+    """File category id -> class id, by name (``cats``: the file's id -> name). A category the class
+    map lacks is left out (its annotations are reported). Ids that change are said in ``warnings``."""
+    to_class = {cid: class_map.id_of(name) for cid, name in cats.items()}
+    to_class = {cid: k for cid, k in to_class.items() if k is not None}
+    moved = [f"{cats[cid]!r} {cid} -> {k}" for cid, k in to_class.items() if cid != k]
+    if moved:
+        warnings.append(f"{path}: category ids differ from those of the class map ({class_map.source}), so objects are "
+                        f"read by category name: {', '.join(moved[:10])}{' ...' if len(moved) > 10 else ''}")
+    return to_class
 
 
 def _valid_images(path: Path, data: dict, problems: list[str]) -> tuple[dict[int, dict], set]:
@@ -216,23 +244,27 @@ def coco_records(path: Path, data: dict, class_map: ClassMap, problems: list[str
     ``_valid_images``, ``_valid_annotations``), annotations of unknown images or categories,
     missing image files. Boxes with no area after clipping are dropped with a warning saying why.
     """
-    valid_categories(data, path, problems)  # reported here; the class map left them out
+    cats = valid_categories(data, path, problems)  # malformed ones reported here; the class map left them out
+    to_class = category_ids(path, cats, class_map, warnings)
     images, declared = _valid_images(path, data, problems)
     by_image, bad_images = _valid_annotations(path, data, problems)
     for iid in sorted(set(by_image) - declared):
         ids = [a["id"] for a in by_image[iid]]
         problems.append(f"{path}: annotation(s) {ids[:10]}{' ...' if len(ids) > 10 else ''} refer to image id {iid}, which is not in 'images'")
-    folder = image_folder(path, data)
-    known = set(class_map.ids)
+    folder, found = image_folder(path, data)
+    if not found:
+        problems.append(f"{path}: none of its images was found; looked for the file_name values in "
+                        f"{', '.join(str(c) for c in image_folders(path))}")
     records = []
     for iid, im in images.items():
         where = f"{path}#image {iid}"
         file, h, w = folder / im["file_name"], im["height"], im["width"]
         anns = by_image.get(iid, [])
-        unknown = [a for a in anns if a["category_id"] not in known]
+        unknown = sorted({a["category_id"] for a in anns if a["category_id"] not in to_class})
         if unknown:
-            problems.append(f"{where}: annotation(s) {[a['id'] for a in unknown]} have category id(s) not in the class map "
-                            f"({class_map.source}): {sorted({a['category_id'] for a in unknown})}")
+            what = [f"{cats[c]!r} (id {c})" if c in cats else f"id {c} (not in 'categories')" for c in unknown]
+            problems.append(f"{where}: annotation(s) {[a['id'] for a in anns if a['category_id'] in unknown]} have "
+                            f"categories not in the class map ({class_map.source}): {', '.join(what)}")
             continue
         if iid in bad_images:
             continue  # its problem is already reported
@@ -244,11 +276,18 @@ def coco_records(path: Path, data: dict, class_map: ClassMap, problems: list[str
             continue
         xywh = np.asarray([a["bbox"] for a in anns], np.float32).reshape(-1, 4)
         boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
-        boxes, keep = clip_boxes(boxes, (h, w))  # finite: _valid_annotations refused the rest
+        clipped, keep = clip_boxes(boxes, (h, w))  # finite: _valid_annotations refused the rest
+        # clipped silently by up to 1 px (float rounding of x + w, common in exported files); more is said
+        moved = np.flatnonzero(keep & (np.abs(clipped - boxes) > 1).any(axis=1))
+        if len(moved):
+            warnings.append(f"{where} ({file.name}): {len(moved)} box(es) extend over 1 px outside the {w}x{h} image; clipped: "
+                            + "; ".join(f"annotation {anns[i]['id']} {anns[i]['bbox']}" for i in moved[:5])
+                            + (" ..." if len(moved) > 5 else ""))
+        boxes = clipped
         if not keep.all():
             bad = [f"annotation {anns[i]['id']} {anns[i]['bbox']}: {coco_box_fault(xywh[i], (h, w))}" for i in np.flatnonzero(~keep)]
             warnings.append(f"{where} ({file.name}): dropped {len(bad)} box(es) with no area: {'; '.join(bad)}")
-        labels = np.asarray([a["category_id"] for a in anns], np.int64).reshape(-1)
+        labels = np.asarray([to_class[a["category_id"]] for a in anns], np.int64).reshape(-1)
         crowd = np.asarray([bool(a.get("iscrowd", 0)) for a in anns], bool).reshape(-1)
         repeated = repeated_objects(labels, xywh, crowd)
         if repeated.any():

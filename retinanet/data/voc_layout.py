@@ -59,7 +59,7 @@ def read_list_file(f: Path, warnings: list[str]) -> list[str]:
     once: a word listed again is read once, with a warning naming its lines (it would otherwise be
     trained or evaluated twice)."""
     lines: dict[str, list[int]] = {}
-    for n, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(f.read_text(encoding="utf-8-sig").splitlines(), 1):  # a byte-order mark is not a name
         if line.strip():
             lines.setdefault(line.split()[0], []).append(n)
     repeated = {w: ns for w, ns in lines.items() if len(ns) > 1}
@@ -128,6 +128,16 @@ def flat_folders(root: Path) -> tuple[Path, Path]:
     return img_dir, xml_dir
 
 
+def xml_files(xml_dir: Path) -> dict[str, Path]:
+    """Stem -> XML file of a flat export's XML folder; the suffix in any case (``.xml``, ``.XML``:
+    Windows tools write both), lower case first when a stem has both."""
+    found: dict[str, Path] = {}
+    for p in sorted(xml_dir.iterdir(), key=lambda p: (p.suffix != ".xml", p.name)):
+        if p.suffix.lower() == ".xml" and p.is_file():
+            found.setdefault(p.stem, p)
+    return dict(sorted(found.items()))
+
+
 def _read_list(f: Path, warnings: list[str]) -> list[str]:
     """Stems named by a list file (stems or file names), each once (``read_list_file``)."""
     return list(dict.fromkeys(Path(w).stem for w in read_list_file(f, warnings)))
@@ -152,7 +162,7 @@ def flat_split(
     """
     split_dir = Path(split_dir or Path(root) / "splits")
     _, xml_dir = flat_folders(root)
-    stems = sorted(p.stem for p in xml_dir.glob("*.xml"))
+    stems = sorted(xml_files(xml_dir))
     if not stems:
         return {"train": [], "val": []}, [f"{xml_dir}: no .xml annotation files found"], []
     files = {s: split_dir / f"{s}.txt" for s in ("train", "val")}
@@ -176,6 +186,13 @@ def flat_split(
         listed = set(split["train"]) | set(split["val"])
         new = [s for s in stems if s not in listed]
         warns += [f"{split_dir}: {len(new)} annotated image(s) in no split file are not used (delete the split files to redraw)"] if new else []
+        for n, f in files.items():  # items deleted since the split was drawn: left out, and said
+            gone = [s for s in split[n] if s not in set(stems)]
+            if gone:
+                warns.append(f"{f}: {len(gone)} listed image(s) have no XML in {xml_dir} any more and are left out: "
+                             f"{', '.join(gone[:5])}{' ...' if len(gone) > 5 else ''} (remove those lines, or delete "
+                             f"{split_dir} to draw the split again)")
+                split[n] = [s for s in split[n] if s not in set(gone)]
         return split, problems, warns
     order = list(stems)
     random.Random(seed).shuffle(order)
@@ -193,8 +210,8 @@ def flat_split(
 def voc_flat_pairs(root: Path, stems: list[str]) -> list[tuple[Path, ImageSlot]]:
     """``(xml, image slot)`` for ``stems`` of a flat export (the image is picked by ``pick_image``)."""
     img_dir, xml_dir = flat_folders(root)
-    index = stem_index(img_dir)
-    return [(xml_dir / f"{s}.xml", ImageSlot(img_dir, s, tuple(index.get(s, ())))) for s in stems]
+    index, xmls = stem_index(img_dir), xml_files(xml_dir)
+    return [(xmls.get(s, xml_dir / f"{s}.xml"), ImageSlot(img_dir, s, tuple(index.get(s, ())))) for s in stems]
 
 
 def unannotated_images(root: Path) -> list[str]:
@@ -202,7 +219,7 @@ def unannotated_images(root: Path) -> list[str]:
     have no XML (left out, not negatives), and files of other types (not images, not XML; one
     named like an XML without an image is a problem of ``pick_image`` instead)."""
     img_dir, xml_dir = flat_folders(root)
-    stems = {p.stem for p in xml_dir.glob("*.xml")}
+    stems = set(xml_files(xml_dir))
     files = [p for p in sorted(img_dir.iterdir()) if p.is_file()]
     lonely = [p.name for p in files if is_image_file(p) and p.stem not in stems]
     image_stems = {p.stem for p in files if is_image_file(p)}

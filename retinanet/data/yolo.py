@@ -65,13 +65,18 @@ def list_images(sources: list[Path], problems: list[str], warnings: list[str] | 
             files = [p for p in src.rglob("*") if p.is_file()]
             images = [p for p in files if _is_image(p)]
             found += images
+            if not images:
+                txt = sum(p.suffix.lower() == ".txt" for p in files)
+                problems.append(f"{src}: no image files in this folder" + (
+                    f" (it holds {txt} .txt file(s): a labels folder? the split names the images folder, "
+                    "e.g. images/train)" if txt else ""))
             if warnings is not None:  # .txt files are labels when no images/ folder separates them
                 warnings += not_read([p for p in files if not _is_image(p) and p.suffix.lower() != ".txt"], src)
             for p in images:
                 where.setdefault(p, []).append(str(src))
         elif src.is_file():
             try:
-                lines = src.read_text(encoding="utf-8").splitlines()
+                lines = src.read_text(encoding="utf-8-sig").splitlines()  # a byte-order mark is not a path
             except (OSError, UnicodeDecodeError) as err:
                 problems.append(f"{src}: unreadable image list ({err})")
                 continue
@@ -96,8 +101,22 @@ def list_images(sources: list[Path], problems: list[str], warnings: list[str] | 
     return sorted(set(found))
 
 
+def shared_labels(images: list[Path]) -> tuple[list[Path], list[str]]:
+    """(the images whose label file no other image of the split has, a problem for each file that
+    several images would read: ``a.jpg`` and ``a.png`` both take ``a.txt``, and which one its boxes
+    belong to cannot be known)."""
+    by_label: dict[Path, list[Path]] = {}
+    for p in images:
+        by_label.setdefault(label_path(p), []).append(p)
+    shared = {lab: ps for lab, ps in by_label.items() if len(ps) > 1}
+    problems = [f"{lab}: the label file of {len(ps)} images ({', '.join(p.name for p in ps)}), which cannot be told apart; "
+                "give each image its own name" for lab, ps in shared.items()]
+    return [p for p in images if label_path(p) not in shared], problems
+
+
 def orphan_labels(sources: list[Path], images: list[Path]) -> list[str]:
-    """Problems for the label files of the split's folders whose image is not there."""
+    """Problems for the label files of the split's folders whose image is not there (LabelImg's
+    ``classes.txt`` at the top of the labels folder is not a label file)."""
     expected = {label_path(p) for p in images}
     problems = []
     for src in sources:
@@ -107,7 +126,7 @@ def orphan_labels(sources: list[Path], images: list[Path]) -> list[str]:
         if labels == src:
             continue  # images and labels in one folder: every .txt is checked through its image
         for txt in sorted(labels.rglob("*.txt")) if labels.is_dir() else []:
-            if txt not in expected:
+            if txt not in expected and txt != labels / "classes.txt":  # LabelImg's class list, not labels
                 problems.append(f"{txt}: label file without its image (no {txt.stem}.* image in {src})")
     return problems
 
@@ -205,7 +224,7 @@ def to_record(image: Path, image_id: int, spec: YoloSpec, id_table: np.ndarray, 
     label = label_path(image)
     try:
         hw = oriented_size(image, exif=reading.exif, max_pixels=reading.max_pixels)
-        text = label.read_text(encoding="utf-8") if label.is_file() else ""
+        text = label.read_text(encoding="utf-8-sig") if label.is_file() else ""  # a byte-order mark is not a class
     except (OSError, UnidentifiedImageError, UnicodeDecodeError, ValueError) as err:
         problems.append(f"{image}: cannot read the image header or its label file {label} ({type(err).__name__}: {err})")
         return None
@@ -240,6 +259,8 @@ def split_records(spec: YoloSpec, key: str, class_map: ClassMap, problems: list[
     sources = spec.splits[key]
     images = list_images(sources, problems, warnings)
     problems += orphan_labels(sources, images)
+    images, shared = shared_labels(images)
+    problems += shared
     if images and not any(label_path(p).is_file() for p in images):
         warnings.append(f"{key}: none of the {len(images)} images has a label file (looked for {label_path(images[0])}, ...)")
     id_table = np.asarray([(class_map.id_of(n) or 0) if n is not None else 0 for n in spec.names], np.int64)

@@ -161,3 +161,12 @@ def test_tile_hint_when_the_resize_makes_objects_too_small(tmp_path, capsys):
     make_synthetic(tmp_path / "big", num_train=1, num_val=1, image_size=1200, object_size=(12, 48), objects=30)
     assert main(["check-data", "--data", str(tmp_path / "big"), "--quiet"]) == 0
     assert "train --crop 800, predict/eval --tile 800" in capsys.readouterr().out
+
+
+def test_an_empty_training_split_is_an_error_it_names(tmp_path):
+    """Not "0 errors ... NOT OK: fix the errors above": the reason is listed."""
+    voc = make_voc(tmp_path, {"train": [("a", [obj()])], "val": [("b", [obj()])]})
+    (voc / "ImageSets" / "Main" / "train.txt").write_text("\n")
+    report = check_dataset(DataConfig(root=str(tmp_path)), progress=False)
+    assert not report.ok and report.errors and report.errors[-1].endswith("the training split 'train' has no usable images")
+    assert "0 errors" not in report.summary()

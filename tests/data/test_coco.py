@@ -63,7 +63,7 @@ def test_coco_problems_are_reported(coco, tmp_path):
     with pytest.raises(DataError) as err:
         build_datasets(DataConfig(root=str(coco), train_split="train2017", val_split="val2017"), **SIZES)
     text = str(err.value)
-    assert "image 2: annotation(s) [4] have category id(s) not in the class map" in text and ": [99]" in text
+    assert "image 2: annotation(s) [4] have categories not in the class map" in text and "id 99 (not in 'categories')" in text
     assert "annotation(s) [5] refer to image id 42" in text and "gone.jpg: image file missing" in text
     assert str(coco) in text
 
@@ -188,3 +188,59 @@ def test_an_annotation_repeated_under_another_id_is_dropped_with_a_warning(coco)
     with pytest.warns(UserWarning, match=r"image 1 \(000000000001.jpg\): dropped 1 repeated annotation\(s\) \[5\]"):
         ds = _build(coco)  # today: the dog twice, one of them a false negative no detection can match
     assert ds.train.records[0].labels.tolist() == [18, 1]
+
+
+def test_a_given_class_map_is_matched_by_category_name_and_changed_ids_are_said(coco, tmp_path):
+    """A checkpoint's map (or --classes) whose ids differ from the file's: objects keep their names."""
+    from retinanet.data.build import read_records
+    from retinanet.data.classes import ClassMap
+
+    given = ClassMap({"dog": 1, "person": 2}, source="best.pt")
+    records, class_map, _, _, problems, warns = read_records(
+        DataConfig(root=str(coco), train_split="train2017", val_split="val2017"), class_map=given)
+    assert not problems and class_map is given
+    assert records["train"][0].labels.tolist() == [1, 2]  # dog (file id 18), person (file id 1)
+    said = [w for w in warns if "category ids differ" in w]
+    assert len(said) == 2 and "'person' 1 -> 2, 'dog' 18 -> 1" in said[0] and "(best.pt)" in said[0]
+    # a map without one of the file's used categories: the images concerned are problems, named by category
+    _, _, _, _, problems, _ = read_records(DataConfig(root=str(coco), train_split="train2017", val_split="val2017"),
+                                           class_map=ClassMap({"person": 1}, source="m.json"))
+    assert any("have categories not in the class map (m.json): 'dog' (id 18)" in p for p in problems)
+
+
+def test_the_top_level_must_be_an_object_and_a_byte_order_mark_is_read(coco, tmp_path):
+    bad = tmp_path / "list.json"
+    bad.write_text('[{"id": 1}]')
+    with pytest.raises(DataError, match="list.json: not a COCO instances file \\(the top level is a list"):
+        build_datasets(DataConfig(root=str(bad)), **SIZES)
+    coco.write_text("\ufeff" + coco.read_text(), encoding="utf-8")  # Windows editors write one
+    assert len(_build(coco).train) == 2
+
+
+def test_the_image_folder_is_where_most_images_are(tmp_path):
+    """One missing file is one error, in the folder of the others (Roboflow: images beside the JSON)."""
+    im = lambda i: {"id": i, "file_name": f"{i}.jpg", "height": 64, "width": 80}  # noqa: E731
+    folder = tmp_path / "train"
+    for i in range(1, 6):
+        write_image(folder / f"{i}.jpg", (64, 80), seed=i)
+    (folder / "1.jpg").unlink()
+    path = folder / "_annotations.coco.json"
+    path.write_text(json.dumps({"images": [im(i) for i in range(1, 6)], "annotations": [], "categories": CATS}))
+    with pytest.raises(DataError) as err:
+        build_datasets(DataConfig(root=str(path), val_split=str(path)), **SIZES)
+    assert [p for p in err.value.problems if "missing" in p] == [f"{folder / '1.jpg'}: image file missing ({path}#image 1)"] * 2
+    (folder / "2.jpg").rename(tmp_path / "elsewhere.jpg")
+    for i in range(3, 6):
+        (folder / f"{i}.jpg").unlink()
+    with pytest.raises(DataError, match="none of its images was found; looked for the file_name values in"):
+        build_datasets(DataConfig(root=str(path), val_split=str(path)), **SIZES)
+
+
+def test_boxes_over_1_px_outside_are_said_and_sub_pixel_ones_clipped_quietly(coco):
+    def change(d):
+        d["annotations"][0]["bbox"] = [10, 5, 70.4, 30]  # x + w = 80.4 on an 80 px image: rounding
+    _edit(coco, change)
+    ds = _build(coco)
+    said = [w for w in ds.warnings if "outside" in w]
+    assert len(said) == 1 and "annotation 3 [70, 50, 30, 30]" in said[0] and "over 1 px outside the 80x64 image" in said[0]
+    assert ds.train[0][1]["boxes"][0].tolist() == [10, 5, 80, 35]

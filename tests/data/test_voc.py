@@ -260,3 +260,23 @@ def test_an_object_listed_twice_is_dropped_with_a_warning(tmp_path):
     with pytest.warns(UserWarning, match=r"a.xml: dropped 1 repeated object\(s\): object 3 \(cat\) \(same class, box"):
         ds = build_datasets(DataConfig(root=str(tmp_path)), **SIZES)  # today: two cat objects, one unmatchable
     assert ds.train.records[0].labels.tolist() == [1, 2, 1] and ds.train.records[0].ignore.tolist() == [False, False, True]
+
+
+def test_flat_layout_reads_upper_case_xml_and_says_which_split_items_are_gone(tmp_path):
+    root = _flat(tmp_path / "flat", n=6)
+    (root / "im0.xml").rename(root / "im0.XML")  # Windows tools write both
+    ds = build_datasets(DataConfig(root=str(root), val_fraction=0.5, split_seed=0), **SIZES)
+    assert len(ds.train) + len(ds.val) == 6 and not any("without an XML" in w for w in ds.warnings)
+    listed = (root / "splits" / "val.txt").read_text().split()
+    (root / f"{listed[0]}.xml").unlink(missing_ok=True), (root / f"{listed[0]}.XML").unlink(missing_ok=True)
+    with pytest.warns(UserWarning, match="1 listed image.s. have no XML in .* any more and are left out: " + listed[0]):
+        ds = build_datasets(DataConfig(root=str(root), val_fraction=0.5, split_seed=0), **SIZES)
+    assert len(ds.val) == len(listed) - 1 and not ds.skipped  # not "annotation file missing"
+
+
+def test_a_byte_order_mark_in_a_split_file_is_not_part_of_the_first_id(tmp_path):
+    voc = make_voc(tmp_path, {"train": [("a", [obj()]), ("b", [obj()])], "val": [("c", [obj()])]})
+    split = voc / "ImageSets" / "Main" / "train.txt"
+    split.write_text("\ufeffa\r\nb\r\n", encoding="utf-8")  # Notepad's UTF-8
+    ds = build_datasets(DataConfig(root=str(tmp_path)), **SIZES)
+    assert [r.file.rsplit("/", 1)[1] for r in ds.train.records] == ["a.jpg", "b.jpg"]

@@ -326,3 +326,31 @@ def test_a_key_given_twice_in_data_yaml_is_an_error_naming_both_lines(tmp_path):
     data.write_text(data.read_text() + "names: [dog, cat, bird]\n")  # today: the second names: wins, classes swapped
     with pytest.raises(DataError, match=r"data.yaml: not a readable yaml file \(.*key 'names' is given twice \(lines \d+ and \d+\)"):
         build_datasets(DataConfig(root=str(data)), min_size=64, max_size=64)
+
+
+def test_two_images_of_one_label_file_are_a_problem_naming_both(tmp_path):
+    data = tiny_yolo(tmp_path, {"a": "0 0.5 0.5 0.2 0.2\n", "b": "1 0.5 0.5 0.2 0.2\n"})
+    write_image(tmp_path / "images" / "train" / "a.jpg", (40, 50), seed=9)  # another picture, a.txt's boxes
+    records, *_, problems, _ = read_records(DataConfig(root=str(data)))
+    label = tmp_path / "labels" / "train" / "a.txt"
+    assert f"{label}: the label file of 2 images (a.jpg, a.png), which cannot be told apart; give each image its own name" in problems
+    assert [Path(r.file).name for r in records["train"]] == ["b.png"]
+
+
+def test_labelimg_classes_txt_is_not_a_label_file_and_a_labels_folder_as_split_is_named(tmp_path):
+    data = tiny_yolo(tmp_path, {"a": "0 0.5 0.5 0.2 0.2\n"})
+    (tmp_path / "labels" / "train" / "classes.txt").write_text("circle\nsquare\n")  # LabelImg writes it
+    records, *_, problems, _ = read_records(DataConfig(root=str(data)))
+    assert not problems and len(records["train"]) == 1
+    data.write_text(data.read_text().replace("train: images/train", "train: labels/train"))
+    _, *_, problems, _ = read_records(DataConfig(root=str(data)))
+    assert f"{tmp_path / 'labels' / 'train'}: no image files in this folder (it holds 2 .txt file(s): a labels folder? " \
+           "the split names the images folder, e.g. images/train)" in problems
+
+
+def test_a_byte_order_mark_in_an_image_list_or_label_file_is_not_content(tmp_path):
+    data = tiny_yolo(tmp_path, {"a": "\ufeff0 0.5 0.5 0.2 0.2\n"})
+    (tmp_path / "val.txt").write_text("\ufeffimages/train/a.png\n", encoding="utf-8")
+    data.write_text(data.read_text().replace("val: images/train", "val: val.txt"))
+    records, *_, problems, _ = read_records(DataConfig(root=str(data)))
+    assert not problems and len(records["val"]) == 1 and records["train"][0].labels.tolist() == [1]
