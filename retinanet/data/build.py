@@ -99,10 +99,10 @@ def _class_map(cfg: DataConfig, names: list[str], given: ClassMap | None = None,
         return given
     if cfg.classes:
         return ClassMap.load(cfg.classes)
-    if not names:  # when every annotation was bad, those problems are the news
-        why = "no object in the annotations that could be read" if problems else "no objects found in the annotations"
-        raise DataError([*problems, f"{why}: cannot discover the classes (give --classes)"],
-                        summary=f"{len(problems)} problem(s) in the dataset, and no class to train" if problems else None)
+    if not names:  # when every annotation was bad, those problems are the news (not a class map to give)
+        if problems:
+            raise DataError(problems, summary=f"{len(problems)} problem(s) in the dataset, and no class to train")
+        raise DataError(["no objects found in the annotations: cannot discover the classes (give --classes)"])
     return ClassMap.discover(names)
 
 
@@ -145,7 +145,12 @@ def _coco_records(cfg: DataConfig, root: Path, problems: list[str], warns: list[
                   splits: tuple[str, ...] = SPLITS, class_map: ClassMap | None = None,
                   ) -> tuple[dict[str, list[Record]], ClassMap]:
     files = coco_files(cfg, root, splits)
-    data = {s: read_coco_json(p) for s, p in files.items()}
+    data = {}
+    for s, p in files.items():  # train first: its problems come before the val file's name
+        if s == "val" and p != root and not cfg.val_split.endswith(".json") and not p.exists():
+            raise DataError([f"{p}: COCO annotation file not found (the validation file is looked for by this name "
+                             "beside the training file; give it with --val-split PATH.json)"])
+        data[s] = read_coco_json(p)
     first = splits[0]
     if class_map is None:
         class_map = ClassMap.load(cfg.classes) if cfg.classes else coco_class_map(data[first], files[first])

@@ -108,11 +108,17 @@ def valid_categories(data: dict, path: Path, problems: list[str]) -> dict[int, s
     return {cid: name for _, cid, name in ok if cid not in bad}
 
 
+def used_ids(data: dict) -> set:
+    """The ``category_id`` values the annotations use."""
+    return {a.get("category_id") for a in data["annotations"] if isinstance(a, dict)}
+
+
 def coco_class_map(data: dict, path: Path) -> ClassMap:
-    """Category ids and names from ``categories`` (malformed entries left out; ``coco_records``
-    reports them). Raises ``DataError`` when no category is usable."""
+    """Category ids and names from ``categories`` (malformed entries left out, and a category of id
+    0 no annotation uses: Roboflow names the dataset so; ``coco_records`` reports both). Raises
+    ``DataError`` when no category is usable."""
     problems: list[str] = []
-    cats = valid_categories(data, path, problems)
+    cats = {cid: name for cid, name in valid_categories(data, path, problems).items() if cid != 0 or 0 in used_ids(data)}
     if not cats:
         raise DataError(problems or [f"{path}: 'categories' is empty"], summary=f"{path}: no usable category")
     return ClassMap({name: cid for cid, name in cats.items()}, source=str(path))
@@ -245,6 +251,9 @@ def coco_records(path: Path, data: dict, class_map: ClassMap, problems: list[str
     missing image files. Boxes with no area after clipping are dropped with a warning saying why.
     """
     cats = valid_categories(data, path, problems)  # malformed ones reported here; the class map left them out
+    if 0 in cats and 0 not in used_ids(data):
+        warnings.append(f"{path}: category {cats.pop(0)!r} has id 0 and no annotation uses it: left out (Roboflow "
+                        "exports name the dataset so; id 0 is the background)")
     to_class = category_ids(path, cats, class_map, warnings)
     images, declared = _valid_images(path, data, problems)
     by_image, bad_images = _valid_annotations(path, data, problems)

@@ -89,7 +89,11 @@ def read_split_ids(year_dirs: list[Path], split: str, warnings: list[str] | None
             problems.append(f"{f}: split file is empty")
         pairs += [(ydir, i) for i in ids]
     if not pairs and not problems:
-        problems.append(f"split {split!r}: no split file found (looked for {', '.join(looked)})")
+        there = sorted({f.stem for y in year_dirs if (y / "ImageSets" / "Main").is_dir()
+                        for f in (y / "ImageSets" / "Main").glob("*.txt") if "_" not in f.stem})  # not the per-class lists
+        hint = (f"; ImageSets/Main has {', '.join(f'{t}.txt' for t in there[:8])}: name the splits with --train-split/"
+                "--val-split (e.g. a CVAT export's 'default'), or --format voc-flat draws a split" if there else "")
+        problems.append(f"split {split!r}: no split file found (looked for {', '.join(looked)}){hint}")
     return pairs, problems
 
 
@@ -128,6 +132,19 @@ def flat_folders(root: Path) -> tuple[Path, Path]:
     return img_dir, xml_dir
 
 
+def other_format_hint(root: Path) -> str:
+    """What a folder without VOC XML seems to hold instead, said as a hint ("" when nothing known):
+    a COCO JSON (Roboflow COCO: ``train/_annotations.coco.json``), YOLO labels without a data.yaml
+    (Label Studio, LabelImg)."""
+    jsons = sorted(root.glob("*.json")) + sorted(root.glob("*/*.json"))
+    if jsons:
+        return f"; for COCO JSON annotations give the file as --data (found {jsons[0]})"
+    if (root / "labels").is_dir() or (root / "classes.txt").is_file():
+        return ("; this looks like YOLO labels without a data.yaml: write one (path, train, val, names: the lines of "
+                "classes.txt) and give it as --data")
+    return ""
+
+
 def xml_files(xml_dir: Path) -> dict[str, Path]:
     """Stem -> XML file of a flat export's XML folder; the suffix in any case (``.xml``, ``.XML``:
     Windows tools write both), lower case first when a stem has both."""
@@ -164,7 +181,7 @@ def flat_split(
     _, xml_dir = flat_folders(root)
     stems = sorted(xml_files(xml_dir))
     if not stems:
-        return {"train": [], "val": []}, [f"{xml_dir}: no .xml annotation files found"], []
+        return {"train": [], "val": []}, [f"{xml_dir}: no .xml annotation files found{other_format_hint(Path(root))}"], []
     files = {s: split_dir / f"{s}.txt" for s in ("train", "val")}
     if val_list is not None:
         if not val_list.is_file():

@@ -244,3 +244,20 @@ def test_boxes_over_1_px_outside_are_said_and_sub_pixel_ones_clipped_quietly(coc
     said = [w for w in ds.warnings if "outside" in w]
     assert len(said) == 1 and "annotation 3 [70, 50, 30, 30]" in said[0] and "over 1 px outside the 80x64 image" in said[0]
     assert ds.train[0][1]["boxes"][0].tolist() == [10, 5, 80, 35]
+
+
+def test_roboflow_s_unused_category_0_is_left_out_and_a_guessed_val_file_is_explained(tmp_path):
+    im = {"id": 1, "file_name": "1.jpg", "height": 64, "width": 80}
+    write_image(tmp_path / "train" / "1.jpg", (64, 80))
+    path = tmp_path / "train" / "_annotations.coco.json"
+    cats = [{"id": 0, "name": "shapes", "supercategory": "none"}, {"id": 1, "name": "cat", "supercategory": "shapes"}]
+    data = {"images": [im], "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 9, 9]}], "categories": cats}
+    path.write_text(json.dumps(data))
+    with pytest.raises(DataError, match="instances_val.json: COCO annotation file not found .* give it with --val-split PATH.json"):
+        build_datasets(DataConfig(root=str(path)), **SIZES)
+    ds = build_datasets(DataConfig(root=str(path), val_split=str(path)), **SIZES)
+    assert ds.class_map.to_dict() == {"cat": 1} and any("category 'shapes' has id 0 and no annotation uses it" in w for w in ds.warnings)
+    data["annotations"][0]["category_id"] = 0  # used: an error, as before
+    path.write_text(json.dumps(data))
+    with pytest.raises(DataError, match="class 'shapes' has id 0"):
+        build_datasets(DataConfig(root=str(path), val_split=str(path)), **SIZES)

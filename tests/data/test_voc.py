@@ -251,7 +251,7 @@ def test_when_every_annotation_is_bad_the_problems_are_reported(tmp_path):
         build_datasets(DataConfig(root=str(tmp_path)), **SIZES)
     problems = err.value.problems
     assert any("a.xml: malformed XML" in p for p in problems) and any("b.xml: object 'cat' has no <bndbox>" in p for p in problems)
-    assert problems[-1].startswith("no object in the annotations that could be read")
+    assert len(problems) == 2 and "no class to train" in str(err.value)  # not "give --classes": the annotations are the fault
 
 
 def test_an_object_listed_twice_is_dropped_with_a_warning(tmp_path):
@@ -280,3 +280,23 @@ def test_a_byte_order_mark_in_a_split_file_is_not_part_of_the_first_id(tmp_path)
     split.write_text("\ufeffa\r\nb\r\n", encoding="utf-8")  # Notepad's UTF-8
     ds = build_datasets(DataConfig(root=str(tmp_path)), **SIZES)
     assert [r.file.rsplit("/", 1)[1] for r in ds.train.records] == ["a.jpg", "b.jpg"]
+
+
+def test_missing_split_files_name_the_ones_there_and_other_formats_are_recognised(tmp_path):
+    voc = make_voc(tmp_path / "cvat", {"default": [("a", [obj()])]})  # CVAT's "Pascal VOC 1.1" export
+    with pytest.raises(DataError) as err:
+        build_datasets(DataConfig(root=str(tmp_path / "cvat")), **SIZES)
+    assert "ImageSets/Main has default.txt: name the splits with --train-split/--val-split" in str(err.value)
+    assert "give --classes" not in str(err.value)  # the problems say why, not a missing class map
+    assert len(build_datasets(DataConfig(root=str(voc), format="voc-flat", val_fraction=0), **SIZES).train) == 1
+    ls = tmp_path / "ls"  # Label Studio YOLO: images/, labels/, classes.txt, no data.yaml
+    write_image(ls / "images" / "a.jpg")
+    (ls / "labels").mkdir()
+    (ls / "labels" / "a.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    (ls / "classes.txt").write_text("cat\n")
+    with pytest.raises(DataError, match="looks like YOLO labels without a data.yaml: write one"):
+        build_datasets(DataConfig(root=str(ls)), **SIZES)
+    (ls / "train").mkdir()
+    (ls / "train" / "_annotations.coco.json").write_text("{}")  # Roboflow COCO: a folder per split
+    with pytest.raises(DataError, match=r"give the file as --data \(found .*train/_annotations.coco.json\)"):
+        build_datasets(DataConfig(root=str(ls)), **SIZES)
