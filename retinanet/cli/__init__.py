@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
+import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 from retinanet import __version__
 from retinanet.files import check_output_path, hold_folder
@@ -177,9 +179,9 @@ def _eval(args: argparse.Namespace) -> int:
     r = run.result
     print(r.summary_text, r.table(), sep="\n\n")
     if r.voc:
-        print(f"\nVOC AP50 (continuous IoU): mAP {100 * r.voc['mAP']:.2f} (all-point), {100 * r.voc['mAP_07']:.2f} (11-point VOC2007)")
-    print(f"\n{r.num_images} images, {len(r.detections)} detections: AP {100 * r.metrics['AP']:.2f}, "
-          f"AP50 {100 * r.metrics['AP50']:.2f}; results in {args.out} (eval.json, detections.json, pr_curves.png)")
+        print(f"\nVOC AP50 (continuous IoU): mAP {r.voc['mAP']:.4f} (all-point), {r.voc['mAP_07']:.4f} (11-point VOC2007)")
+    print(f"\n{r.num_images} images, {len(r.detections)} detections: AP {r.metrics['AP']:.4f}, "
+          f"AP50 {r.metrics['AP50']:.4f}; results in {args.out} (eval.json, detections.json, pr_curves.png)")
     print(f"precision: {run.precision}")
     if run.tiling:
         print(f"tiling: {run.tiling}")
@@ -323,10 +325,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def plain_warnings(command: str):
+    """Inside: the package's own warnings print as ``retinanet COMMAND: warning: MESSAGE`` (not
+    Python's ``file:line: UserWarning`` and the source line); others as Python shows them."""
+    package = str(Path(__file__).resolve().parents[1])
+    python_show = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if not str(filename).startswith(package):
+            return python_show(message, category, filename, lineno, file, line)
+        print(f"retinanet {command}: warning: {message}", file=file or sys.stderr, flush=True)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = python_show
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        with plain_warnings(args.command):
+            return int(args.func(args) or 0)
     except RetinaNetError as err:
         print(f"retinanet {args.command}: error: {err}", file=sys.stderr)
         return 2

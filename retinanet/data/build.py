@@ -66,6 +66,10 @@ class Datasets:
     skipped: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
+    def notes(self) -> list[str]:
+        """What reading left out or changed, a line each: ``skipped: ...`` then ``warning: ...``."""
+        return [f"skipped: {m}" for m in self.skipped] + [f"warning: {m}" for m in self.warnings]
+
 
 def detect_format(root: Path) -> str:
     """"coco" for a .json file, "yolo" for a .yaml/.yml file, "voc" for a standard layout, "yolo" for
@@ -187,7 +191,7 @@ def read_records(cfg: DataConfig, splits: tuple[str, ...] = SPLITS, class_map: C
 
 
 def build_datasets(cfg: DataConfig, *, min_size: int, max_size: int, splits: tuple[str, ...] = SPLITS,
-                   class_map: ClassMap | None = None, resize_val: bool = True) -> Datasets:
+                   class_map: ClassMap | None = None, resize_val: bool = True, warn: bool = True) -> Datasets:
     """Read, validate and wrap the training and validation splits of ``cfg``.
 
     Args:
@@ -197,6 +201,8 @@ def build_datasets(cfg: DataConfig, *, min_size: int, max_size: int, splits: tup
         class_map: the class ids to read the annotations with (a checkpoint's, for evaluation);
             None = ``cfg.classes`` when given, else discovered from the annotations.
         resize_val: False = validation items at native resolution (no resize; for tiled evaluation).
+        warn: issue each item left out (``skip_bad``) and each warning as a ``UserWarning``; False:
+            the caller reports ``Datasets.notes()`` itself (the trainer writes them to train.log).
 
     Returns:
         ``Datasets(train, val, class_map, ...)``.
@@ -207,9 +213,7 @@ def build_datasets(cfg: DataConfig, *, min_size: int, max_size: int, splits: tup
     records, class_map, root, fmt, problems, warns = read_records(cfg, splits, class_map)
     if problems and not cfg.skip_bad:
         raise DataError(problems, summary=f"{len(problems)} problem(s) in the dataset {root} (fix them, or --skip-bad to leave those items out)")
-    for msg in problems:
-        warnings.warn(f"skipped: {msg}", stacklevel=2)
-    for msg in warns:
+    for msg in [f"skipped: {m}" for m in problems] + warns if warn else ():
         warnings.warn(msg, stacklevel=2)
     if "train" in records and not records["train"]:
         raise DataError([f"{root}: the training split {cfg.train_split!r} has no usable images"])

@@ -253,7 +253,8 @@ def per_class_ap(precision: np.ndarray, class_ids: Sequence[int], class_names: S
 
 
 def per_class_table(per_class: Sequence[dict[str, Any]], voc: dict[str, Any] | None = None) -> str:
-    """A plain-text table of the per-class AP (percent), with VOC AP columns when given."""
+    """A plain-text table of the per-class AP (fractions, as COCO's summary and ``train`` print
+    them), with VOC AP columns when given; "-" for a class without ground truth."""
     width = max([len("class")] + [len(r["class"]) for r in per_class])
     voc_rows = {r["class"]: r for r in (voc or {}).get("per_class", [])}
     head = f"{'class':<{width}}  {'id':>4}  {'AP':>6}  {'AP50':>6}"
@@ -261,7 +262,7 @@ def per_class_table(per_class: Sequence[dict[str, Any]], voc: dict[str, Any] | N
         head += f"  {'VOC07':>6}  {'VOC12':>6}"
 
     def pct(v: float) -> str:
-        return f"{100 * v:6.2f}" if v >= 0 else f"{'-':>6}"
+        return f"{v:6.3f}" if v >= 0 else f"{'-':>6}"
 
     lines = [head, "-" * len(head)]
     for r in per_class:

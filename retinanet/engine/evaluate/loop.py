@@ -62,7 +62,7 @@ class EvalResult:
     num_images: int = 0
 
     def table(self) -> str:
-        """Per-class AP table (percent), with VOC columns when the VOC protocol was run."""
+        """Per-class AP table (fractions), with VOC columns when the VOC protocol was run."""
         return per_class_table(self.per_class, self.voc)
 
     def to_dict(self, include_detections: bool = False) -> dict[str, Any]:

@@ -44,7 +44,7 @@ def pr_curves_figure(curves: dict[str, Any], per_class_ap: dict[str, float] | No
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
         ap = (per_class_ap or {}).get(name)
-        ax.set_title(name if ap is None else f"{name} (AP50 {100 * ap:.1f})", fontsize=9)
+        ax.set_title(name if ap is None else f"{name} (AP50 {ap:.3f})", fontsize=9)
     if not names:
         axes[0, 0].set_visible(True)
         axes[0, 0].text(0.5, 0.5, "no class with ground truth", ha="center", va="center")

@@ -53,7 +53,8 @@ from retinanet.engine.train.optim import describe_schedule, lr_factor, optimizer
 from retinanet.engine.train.report import (LOSSES, RunLog, StepProgress, divergence_warning, epoch_line, format_run_summary,
                                            make_summary, peak_memory_mb, tensorboard_epoch, tensorboard_step,
                                            tensorboard_writer_class, write_epoch_files)
-from retinanet.engine.train.setup import Run, RunState, check_train_config, checkpoint_state, read_datasets, restore, setup
+from retinanet.engine.train.setup import (Run, RunState, check_train_config, checkpoint_state, log_data_notes, read_datasets,
+                                          restore, setup)
 from retinanet.engine.train.resume import changes_comment, check_resume
 from retinanet.engine.train.start import resolve_start
 from retinanet.data.crop import crop_model_config, crop_rule
@@ -112,6 +113,7 @@ def _train(model_cfg: ModelConfig, data_cfg: DataConfig, cfg: TrainConfig, progr
         log.line(f"data: {data.root} ({data.format}), {len(data.train)} train / {len(data.val)} val images, "
                  f"{len(data.class_map.ids)} classes; model {model_cfg.arch} ({model_cfg.num_classes} outputs), "
                  f"{model_cfg.min_size}-{model_cfg.max_size} px")
+        log_data_notes(log, data)
         for note in start_notes:
             log.line(note)
         for note in (crop_note, data_cfg.crop and crop_rule(data_cfg.crop)):

@@ -64,9 +64,11 @@ class RunLog:
         self.file = path.open("a") if path is not None else None
         self.echo = echo
 
-    def line(self, msg: str, echo: bool = True) -> None:
-        if self.echo and echo:
-            print(msg, flush=True)
+    def line(self, msg: str, echo: bool = True, warn: bool = False) -> None:
+        """Log ``msg``; print it when ``echo`` (and the log echoes). ``warn``: news even without echo
+        (``--quiet``): then printed to stderr by the process that writes the log."""
+        if echo and (self.echo or (warn and self.file)):
+            print(msg, flush=True, file=sys.stdout if self.echo else sys.stderr)
         if self.file:
             self.file.write(msg + "\n")
             self.file.flush()

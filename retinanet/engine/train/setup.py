@@ -107,8 +107,9 @@ def check_train_config(cfg: TrainConfig) -> None:
 
 
 def read_datasets(data_cfg: DataConfig, model_cfg: ModelConfig) -> Datasets:
-    """The train and val datasets at the model's input size; an empty val split is an error."""
-    data = build_datasets(data_cfg, min_size=model_cfg.min_size, max_size=model_cfg.max_size)
+    """The train and val datasets at the model's input size; an empty val split is an error. What
+    reading left out or changed is not issued as warnings: ``log_data_notes`` logs it."""
+    data = build_datasets(data_cfg, min_size=model_cfg.min_size, max_size=model_cfg.max_size, warn=False)  # logged
     if len(data.val) == 0:
         raise RetinaNetError(f"{data.root}: the validation split {data_cfg.val_split!r} has no images "
                              "(training evaluates on it; give --val-split, or --val-fraction > 0 for a flat folder)")
@@ -192,3 +193,14 @@ def checkpoint_state(run: Run, state: RunState, epoch: int) -> dict[str, Any]:
                                class_map=run.data.class_map.to_dict(), rng=rng_state(), history=state.history,
                                world_size=run.world, changes=state.changes)
 
+
+
+def log_data_notes(log: RunLog, data: Datasets, shown: int = 10) -> None:
+    """Every item the data left out (``--skip-bad``) and every warning, in train.log; the first
+    ``shown`` echoed, then a count (a dataset can have thousands)."""
+    notes = data.notes()
+    for i, note in enumerate(notes):
+        log.line(f"data: {note}", echo=i < shown, warn=True)
+    if notes:
+        log.line(warn=True, msg=f"data: {len(data.skipped)} item(s) left out, {len(data.warnings)} warning(s)"
+                 + (f" ({len(notes) - shown} of them only in train.log)" if len(notes) > shown else ""))

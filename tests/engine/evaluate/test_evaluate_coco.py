@@ -121,7 +121,7 @@ def test_per_class_ap_from_precision_array():
     assert np.mean([r["AP"] for r in per_class[:3]]) == pytest.approx(ref.stats[0])
     table = per_class_table(per_class)
     assert table.splitlines()[0].split() == ["class", "id", "AP", "AP50"]
-    assert f"{100 * per_class[0]['AP']:6.2f}" in table.splitlines()[2]
+    assert f"{per_class[0]['AP']:6.3f}" in table.splitlines()[2] and "-" in table.splitlines()[5]  # fractions, as train's
 
 
 def test_perfect_and_empty_detections():

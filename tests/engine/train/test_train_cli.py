@@ -112,3 +112,38 @@ def test_tensorboard_writes_events(tmp_path):
               progress=False)
     events = list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0 and s["files"]["tensorboard"] == str(tmp_path / "run" / "tensorboard")
+
+
+def test_what_the_data_left_out_is_in_train_log_and_said_plainly_even_quiet(tmp_path, capsys):
+    """--skip-bad: the items left out and boxes dropped are the run's record, not a terminal's
+    ``file:line: UserWarning`` lines."""
+    make_synthetic(tmp_path / "syn", num_train=3, num_val=1, image_size=64)
+    xml = tmp_path / "syn" / "VOCdevkit" / "VOC2012" / "Annotations"
+    (xml / "train_00001.xml").write_text("<annotation><object>")
+    run = tmp_path / "run"
+    argv = ["train", "--data", str(tmp_path / "syn"), "--arch", "resnet18_fpn", "--from-scratch", "--min-size", "64",
+            "--max-size", "64", "--fpn-channels", "32", "--epochs", "1", "--batch-size", "2", "--device", "cpu",
+            "--workers", "0", "--skip-bad", "--quiet", "--out", str(run)]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    line = f"data: skipped: {xml / 'train_00001.xml'}: malformed XML"
+    log = (run / "train.log").read_text()
+    assert line in log and "data: 1 item(s) left out, 0 warning(s)" in log
+    assert line in err and "UserWarning" not in err
+
+
+def test_the_package_s_warnings_print_as_one_plain_line_and_others_as_python_shows_them(capsys):
+    import warnings
+
+    import retinanet.data.build
+    from retinanet.cli import plain_warnings
+
+    with pytest.warns(UserWarning, match="from elsewhere") as seen:  # Python's way: to whoever records
+        python_show = warnings.showwarning
+        with plain_warnings("x"):
+            warnings.warn_explicit("from the package", UserWarning, retinanet.data.build.__file__, 1)
+            warnings.warn_explicit("from elsewhere", UserWarning, __file__, 1)
+        assert warnings.showwarning is python_show  # given back
+    assert [str(w.message) for w in seen] == ["from elsewhere"]
+    err = capsys.readouterr().err
+    assert err == "retinanet x: warning: from the package\n"
