@@ -98,7 +98,8 @@ def resolve_root(cfg: DataConfig) -> tuple[Path, str]:
     return root, fmt
 
 
-def _class_map(cfg: DataConfig, names: list[str], given: ClassMap | None = None, problems: list[str] = ()) -> ClassMap:
+def _class_map(cfg: DataConfig, names: list[str], given: ClassMap | None = None, problems: list[str] = (),
+               warnings: list[str] | None = None) -> ClassMap:
     if given is not None:
         return given
     if cfg.classes:
@@ -107,7 +108,7 @@ def _class_map(cfg: DataConfig, names: list[str], given: ClassMap | None = None,
         if problems:
             raise DataError(problems, summary=f"{len(problems)} problem(s) in the dataset, and no class to train")
         raise DataError(["no objects found in the annotations: cannot discover the classes (give --classes)"])
-    return ClassMap.discover(names)
+    return ClassMap.discover(names, warnings)
 
 
 SPLITS = ("train", "val")
@@ -127,7 +128,7 @@ def _voc_records(cfg: DataConfig, root: Path, fmt: str, problems: list[str], war
         pairs = {s: voc_flat_pairs(root, split[s]) for s in splits}
         warns += unannotated_images(root)
     parsed = {s: parse_all(p, problems) for s, p in pairs.items()}
-    class_map = _class_map(cfg, [n for anns in parsed.values() for a, _, _ in anns for n in a.names], class_map, problems)
+    class_map = _class_map(cfg, [n for anns in parsed.values() for a, _, _ in anns for n in a.names], class_map, problems, warns)
     records = {}
     for s, anns in parsed.items():
         out = [to_record(a, img, xml, i, class_map, problems, warns) for i, (a, xml, img) in enumerate(anns)]

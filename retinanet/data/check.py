@@ -149,7 +149,7 @@ def check_dataset(cfg: DataConfig, *, progress: bool = True) -> CheckReport:
     try:
         records, class_map, root, fmt, problems, warns = read_records(cfg)
     except DataError as err:
-        return CheckReport(str(cfg.root), cfg.format or "?", None, errors=list(err.problems))
+        return CheckReport(str(cfg.root), cfg.format or "format not known: reading stopped", None, errors=list(err.problems))
     report = CheckReport(str(root), fmt, class_map, errors=list(problems), warnings=list(warns), records=records)
     if not records.get("train"):  # what `train` refuses, said here too (the reasons, if any, are above)
         report.errors.append(f"{root}: the training split {cfg.train_split!r} has no usable images")

@@ -72,9 +72,18 @@ class ClassMap:
         self.source = source
 
     @classmethod
-    def discover(cls, names: Iterable[str]) -> ClassMap:
-        """Class map from the names found in annotations: sorted names get ids 1..K."""
-        return cls({n: i + 1 for i, n in enumerate(sorted(set(names)))}, source="discovered from the annotations")
+    def discover(cls, names: Iterable[str], warnings: list[str] | None = None) -> ClassMap:
+        """Class map from the names found in annotations: sorted names get ids 1..K. Names that
+        differ only in case (``Dog``, ``dog``: a typo in a labelling tool, most likely) stay
+        distinct classes, said in ``warnings``."""
+        found = sorted(set(names))
+        alike: dict[str, list[str]] = {}
+        for n in found:
+            alike.setdefault(n.casefold(), []).append(n)
+        if warnings is not None:
+            warnings += [f"class names {', '.join(map(repr, g))} differ only in case: they are different classes "
+                         "(rename them in the annotations if they are one)" for g in alike.values() if len(g) > 1]
+        return cls({n: i + 1 for i, n in enumerate(found)}, source="discovered from the annotations")
 
     @classmethod
     def load(cls, path: str | Path) -> ClassMap:

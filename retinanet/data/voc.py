@@ -93,7 +93,7 @@ def parse_voc_xml(path: str | Path) -> VocAnnotation:
         name_el = obj.find("name")
         name = (name_el.text or "").strip() if name_el is not None else ""
         if not name:
-            raise ValueError(f"{path}: an <object> has no <name>")
+            raise ValueError(f"{path}: object {k} has no <name> (or an empty one)")
         bb = obj.find("bndbox")
         if bb is None:
             raise ValueError(f"{path}: object {name!r} has no <bndbox>")

@@ -63,3 +63,11 @@ def test_a_class_name_given_twice_is_an_error_naming_both_ids(tmp_path):
     with pytest.raises(DataError) as err:
         ClassMap.load(path)
     assert err.value.problems == [f"{path}: class name 'cat' is given 2 times (ids 1, 3)"]
+
+
+def test_discovered_names_that_differ_only_in_case_are_said():
+    said: list[str] = []
+    m = ClassMap.discover(["dog", "Dog", "cat", "dog"], said)
+    assert m.to_dict() == {"Dog": 1, "cat": 2, "dog": 3}
+    assert said == ["class names 'Dog', 'dog' differ only in case: they are different classes "
+                    "(rename them in the annotations if they are one)"]
