@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from retinanet.config import SECTIONS, ModelConfig, from_dict
+from retinanet.engine.runtime.device import usable_device
 from retinanet.errors import CheckpointError
 from retinanet.files import check_free_space, megabytes, read_file, write_atomic
 from retinanet.model import build_model
@@ -187,6 +188,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", chan
     Returns:
         (model in eval mode on ``device``, class map ``{"name": id}`` or None for a bare file)
     """
+    device = usable_device(device)  # before the file is read: a device this machine lacks is named first
     if str(path).lower() in DETECTOR_URLS:
         path = weights_file(str(path))[0]
     obj = read_file(path)

@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 
 from retinanet.data.sampler import dist_info
+from retinanet.engine.runtime.device import usable_device
 from retinanet.errors import RetinaNetError
 
 T = TypeVar("T")
@@ -62,12 +63,11 @@ def init_distributed(device: torch.device, timeout_min: float = 30.0) -> bool:
 
 
 def local_device(requested: str = "auto") -> torch.device:
-    """The device this process should use: ``cuda:LOCAL_RANK`` under torchrun with GPUs."""
-    if requested == "auto":
-        requested = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(requested)
+    """The device this process should use: ``cuda:LOCAL_RANK`` under torchrun with GPUs (checked:
+    ``device.usable_device``)."""
+    device = usable_device(requested)
     if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        device = usable_device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
     return device
 
 
