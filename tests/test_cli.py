@@ -206,3 +206,12 @@ def test_output_paths_under_a_file_are_refused_before_work(tmp_path, capsys, arg
     assert main([a.format(file=file, tmp=tmp_path) for a in argv]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{file} is a file, not a folder" in err, err
+
+
+def test_a_min_size_above_max_size_is_refused_before_any_work(tmp_path, run_cli):
+    """The long side's cap would decide every scale: `--max-size 10` trained on 10 px images without a word."""
+    for argv in (["train", "--data", str(tmp_path / "none"), "--min-size", "200", "--max-size", "100", "--out", str(tmp_path / "r")],
+                 ["train", "--data", str(tmp_path / "none"), "--max-size", "10", "--out", str(tmp_path / "r")]):
+        status, err = run_cli(argv)
+        assert status == 2 and " is above max_size " in err and "give a max_size of at least" in err, err
+        assert not (tmp_path / "r").exists()

@@ -191,4 +191,19 @@ def build_model(arch: str = "resnet50_fpn", num_classes: int = 91, **options) ->
         raise RetinaNetError(f"frozen_bn_eps must be >= 0, got {config.frozen_bn_eps}")
     if config.num_classes < 1:
         raise RetinaNetError(f"num_classes must be >= 1, got {config.num_classes}")
+    check_input_size(config.min_size, config.max_size)
     return RetinaNet(config)
+
+
+def check_input_size(min_size: int, max_size: int) -> None:
+    """Raise ``RetinaNetError`` for an input size that cannot be what was meant: a side below 1,
+    or ``min_size`` above ``max_size`` (the long side's cap then decides every scale, and the short
+    side never reaches ``min_size``: ``--min-size 320`` on a checkpoint of ``max_size`` 160 would
+    change nothing)."""
+    for name, value in (("min_size", min_size), ("max_size", max_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise RetinaNetError(f"{name} must be a whole number of pixels >= 1, got {value!r}")
+    if min_size > max_size:
+        raise RetinaNetError(f"min_size {min_size} is above max_size {max_size}: the long side's cap would decide "
+                             f"every image's scale and the short side would never reach {min_size}; give a max_size "
+                             f"of at least {min_size} (--max-size), or a smaller min_size")

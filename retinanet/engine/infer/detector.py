@@ -32,6 +32,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from retinanet.config import LIMITS
 from retinanet.data.classes import default_class_names
 from retinanet.data.images import DEFAULT_MAX_PIXELS, _to_rgb, check_exif_policy, open_rgb, pil_to_tensor
 from retinanet.engine.runtime.checkpoint import load_model
@@ -92,6 +93,18 @@ def filter_detections(out: dict[str, Tensor], score_thresh: float, keep_labels: 
     return boxes[order], scores[order], labels[order]
 
 
+def check_call(score_thresh: float, max_dets: int, batch_size: int = 1) -> None:
+    """Raise ``RetinaNetError`` for per-call settings outside the command line's limits
+    (``config.LIMITS``): a negative ``max_dets`` would otherwise slice off the last detections."""
+    checks = {"score_thresh": (score_thresh, LIMITS["score_thresh"]), "max_dets": (max_dets, LIMITS["detections_per_img"]),
+              "batch_size": (batch_size, LIMITS["batch_size"])}
+    for name, (value, check) in checks.items():
+        try:
+            check(value)
+        except ValueError as err:
+            raise RetinaNetError(f"{name} {err}") from None
+
+
 def _describe(item: Any) -> str:
     if isinstance(item, (Tensor, np.ndarray)):
         return f"{type(item).__name__} of shape {tuple(item.shape)} and dtype {item.dtype}"
@@ -104,16 +117,24 @@ def _tensor_images(x: Tensor) -> list[Tensor]:
         raise RetinaNetError(f"an image tensor is [3, H, W] or [B, 3, H, W] RGB, not {_describe(x)}")
     if x.dtype != torch.uint8 and not x.is_floating_point():
         raise RetinaNetError(f"an image tensor is uint8 (0..255) or float (0..1), not {_describe(x)}")
+    if x.shape[-1] == 0 or x.shape[-2] == 0:
+        raise RetinaNetError(f"an image has at least one pixel, not {_describe(x)}")
     if x.is_floating_point() and x.numel() and float(x.max()) > 1.0 + 1e-3:
         raise RetinaNetError(f"float image tensors are 0..1, this one reaches {float(x.max()):.4g}: "
                              "divide by 255 or pass a uint8 tensor")
+    if x.is_floating_point() and x.dtype != torch.float32:
+        x = x.float()  # float64 (numpy's default) or float16: the model's input is float32 (or uint8)
     return list(x) if x.dim() == 4 else [x]
 
 
 def _numpy_image(a: np.ndarray) -> Tensor:
     if a.ndim != 3 or a.shape[2] != 3 or a.dtype != np.uint8:
         raise RetinaNetError(f"a numpy image is H x W x 3 uint8 RGB (OpenCV's BGR: a[..., ::-1]), not {_describe(a)}")
-    return torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)
+    if a.shape[0] == 0 or a.shape[1] == 0:
+        raise RetinaNetError(f"an image has at least one pixel, not {_describe(a)}")
+    # a copy when read-only (np.asarray of a PIL image): torch warns on those and may not write to them
+    a = np.ascontiguousarray(a) if a.flags.writeable else np.array(a)
+    return torch.from_numpy(a).permute(2, 0, 1)
 
 
 class Detector:
@@ -197,6 +218,8 @@ class Detector:
         """
         if not classes:
             return None
+        if isinstance(classes, str):  # one name, not its letters
+            classes = [classes]
         ids = {n: i for i, n in self.class_names.items()}
         unknown = [n for n in classes if n not in ids]
         if unknown:
@@ -219,6 +242,7 @@ class Detector:
         Returns:
             one ``Detections`` per image, best score first.
         """
+        check_call(score_thresh, max_dets)
         keep_labels = self.label_ids(classes)
         if not images:
             return []
@@ -255,6 +279,7 @@ class Detector:
                 ``(tiles done, tiles of this image)`` after each batch of tiles.
             score_thresh, classes, max_dets, source: as ``detect_resized``.
         """
+        check_call(score_thresh, max_dets)
         keep_labels = self.label_ids(classes)
         if image.is_floating_point():
             image = image.mul(255).round_().clamp_(0, 255).to(torch.uint8)
@@ -280,8 +305,7 @@ class Detector:
         Raises:
             RetinaNetError: an input of an unknown kind or shape, or a file that cannot be read (named).
         """
-        if batch_size < 1:
-            raise RetinaNetError(f"batch_size must be at least 1, not {batch_size}")
+        check_call(score_thresh, max_dets, batch_size)
         tiling = self.tile_options(tile)
         if tiling is not None:
             self.label_ids(classes)

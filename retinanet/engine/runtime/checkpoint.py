@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from retinanet.config import SECTIONS, ModelConfig, from_dict
+from retinanet.config import SECTIONS, ModelConfig, check_limits, from_dict
 from retinanet.engine.runtime.device import usable_device
 from retinanet.errors import CheckpointError
 from retinanet.files import check_free_space, megabytes, read_file, write_atomic
@@ -189,6 +189,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", chan
         (model in eval mode on ``device``, class map ``{"name": id}`` or None for a bare file)
     """
     device = usable_device(device)  # before the file is read: a device this machine lacks is named first
+    check_limits(overrides, "model", "model settings")  # min_size=0 and the like, as the command line refuses them
     if str(path).lower() in DETECTOR_URLS:
         path = weights_file(str(path))[0]
     obj = read_file(path)

@@ -60,7 +60,7 @@ from retinanet.engine.train.start import resolve_start
 from retinanet.data.crop import crop_model_config, crop_rule
 from retinanet.errors import RetinaNetError
 from retinanet.files import link_atomic
-from retinanet.model import build_model
+from retinanet.model import build_model, check_input_size
 
 
 def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, progress: bool = True,
@@ -87,6 +87,7 @@ def _train(model_cfg: ModelConfig, data_cfg: DataConfig, cfg: TrainConfig, progr
     check_train_config(cfg)
     model_cfg, cfg, start_notes = resolve_start(model_cfg, cfg)  # refuses a start that makes no sense, before any work
     model_cfg, crop_note = crop_model_config(model_cfg, data_cfg)  # --crop PX: the input size is PX
+    check_input_size(model_cfg.min_size, model_cfg.max_size)  # before the data is read (build_model checks it too)
     # rank 0 holds the run folder to the end (torchrun stops the other ranks when it cannot); then, on every rank:
     cleaned = held.enter_context(hold_run_dir(Path(cfg.out))) if D.launch_rank() == 0 else ""
     replacing = check_run_dir(Path(cfg.out), cfg.resume, exist_ok)  # before any work

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -183,6 +184,34 @@ def test_bad_inputs_are_named(tmp_path, detector, arrays):
         detector.predict({"image": arrays[0]})
     with pytest.raises(RetinaNetError, match="zebra"):
         detector.predict(arrays[0], classes=["zebra"])
+
+
+def test_call_settings_and_odd_inputs_as_the_command_line_takes_them(detector, checkpoint, arrays):
+    """Refused: a negative max_dets (it sliced off the last detections), a threshold outside 0..1,
+    an image without pixels, an input size that cannot be meant. Taken: float64 tensors, one class
+    name as a string, read-only arrays (np.asarray of a PIL image)."""
+    for kwargs, message in [({"max_dets": -1}, "max_dets must be at least 1, not -1"),
+                            ({"score_thresh": 1.5}, r"score_thresh must be in \[0.0, 1.0\], not 1.5"),
+                            ({"score_thresh": float("nan")}, "score_thresh must be a number, not nan"),
+                            ({"batch_size": 0}, "batch_size must be at least 1, not 0")]:
+        with pytest.raises(RetinaNetError, match=message):
+            detector.predict(arrays[0], **kwargs)
+    with pytest.raises(RetinaNetError, match="an image has at least one pixel"):
+        detector.predict(np.zeros((0, 0, 3), np.uint8))
+    with pytest.raises(RetinaNetError, match="model.min_size must be at least 1, not 0"):
+        retinanet.Detector.load(checkpoint, min_size=0)
+    with pytest.raises(RetinaNetError, match="min_size 320 is above max_size 96: .* give a max_size of at least 320"):
+        retinanet.Detector.load(checkpoint, min_size=320)
+    image = torch.from_numpy(arrays[0]).permute(2, 0, 1).float() / 255
+    a, b = detector.predict(image, score_thresh=0.0)[0], detector.predict(image.double(), score_thresh=0.0)[0]
+    assert torch.equal(a.boxes, b.boxes) and torch.equal(a.labels, b.labels)
+    name = "cat"
+    assert set(detector.predict(arrays[0], classes=name, score_thresh=0.0)[0].names) <= {name}
+    frozen = arrays[0].copy()
+    frozen.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch warns of a non-writable array
+        assert len(detector.predict(frozen, score_thresh=0.0)[0]) == len(detector.predict(arrays[0], score_thresh=0.0)[0])
 
 
 def test_exif_rule_for_paths(tmp_path, checkpoint):
