@@ -8,7 +8,9 @@ Two paths over the same raw head outputs, built from the same pieces (``_topk_pe
 - ``decode_batch_static`` (export): every shape is fixed by the input shape (top-k on every
   level, NMS over all candidates, the threshold applied after NMS), as an ONNX graph needs.
 
-Both give the same detections (``tests/model/test_postprocess.py``) in one padded layout::
+A box that clipping leaves with no area (it lay in the batch padding, beside a narrow image) is
+not a detection in either path; torchvision keeps such boxes. Both give the same detections
+(``tests/model/test_postprocess.py``) in one padded layout::
 
     boxes   [B, D, 4] float32 xyxy pixels of the (resized, unpadded) image
     scores  [B, D]    float32, decreasing within each image
@@ -43,6 +45,11 @@ def clip_boxes(boxes: Tensor, image_hw: Tensor) -> Tensor:
         ``[..., 4]`` clipped boxes.
     """
     return torch.minimum(boxes.clamp(min=0), image_hw[..., [1, 0, 1, 0]].to(boxes.dtype))
+
+
+def has_area(boxes: Tensor) -> Tensor:
+    """``[...]`` bool: the ``[..., 4]`` xyxy boxes with positive width and height."""
+    return (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])
 
 
 def _logit(p: float) -> float:
@@ -155,7 +162,7 @@ def decode_batch(cls_levels: list[Tensor], reg_levels: list[Tensor], anchor_leve
         parts.append((*_decode_candidates(reg, anchors, img, idx, C), torch.sigmoid(logit.float()), img))
     fb, fl, fs, fi = (torch.cat(t) for t in zip(*parts))
     fb = clip_boxes(fb, image_hw[fi])
-    valid = fs > score_thresh
+    valid = (fs > score_thresh) & has_area(fb)  # a box left with no area by the clip (it lay in the padding): none
     fb, fs, fl, fi = fb[valid], fs[valid], fl[valid], fi[valid]
     keep = batched_nms(fb, fs, fi * C + fl, nms_thresh)  # sorted by score
     return _pad_per_image(fb, fs, fl, fi, keep, score_thresh, B, detections_per_img)
@@ -185,6 +192,7 @@ def decode_batch_static(cls_levels: list[Tensor], reg_levels: list[Tensor], anch
     boxes, labels, scores, image = (torch.cat(t, 1) for t in zip(*parts))  # [B, N, ...]
     boxes = clip_boxes(boxes, image_hw.view(-1, 1, 2)).reshape(-1, 4)
     scores, labels, image = scores.reshape(-1), labels.reshape(-1), image.reshape(-1)
+    scores = torch.where(has_area(boxes), scores, torch.zeros_like(scores))  # below any threshold, as decode_batch drops them
     shift = (image * C + labels).to(boxes.dtype) * (boxes.max() + 1)  # ONNX NMS is single-class
     keep = nms(boxes + shift[:, None], scores, nms_thresh)  # best first
     return _pad_per_image(boxes, scores, labels, image, keep, score_thresh, B, detections_per_img)
