@@ -85,6 +85,13 @@ def same_file(a: Path, b: Path) -> bool:
 
 
 def resume_file(resume: str) -> Path:
-    """The checkpoint ``--resume`` names: ``RUN_DIR/last.pt`` for a run directory, else the path itself."""
+    """The checkpoint ``--resume`` names: a file as it is; for a run directory its ``interrupted.pt``
+    when that was written after its ``last.pt`` (a stop in the epoch after it: those steps are
+    kept; an older one is stale), else ``last.pt``."""
     p = Path(resume)
-    return p / "last.pt" if p.is_dir() else p
+    if not p.is_dir():
+        return p
+    last, stopped = p / "last.pt", p / "interrupted.pt"
+    if stopped.is_file() and (not last.is_file() or stopped.stat().st_mtime_ns > last.stat().st_mtime_ns):
+        return stopped
+    return last

@@ -96,9 +96,10 @@ def _train(model_cfg: ModelConfig, data_cfg: DataConfig, cfg: TrainConfig, progr
     seed_everything(cfg.seed)
     data = read_datasets(data_cfg, model_cfg)
     model_cfg = dataclasses.replace(model_cfg, num_classes=data.class_map.num_classes)
-    resumed = read_checkpoint(resume_file(cfg.resume)) if cfg.resume else None
+    resume_path = resume_file(cfg.resume) if cfg.resume else None  # once: a run folder's newest checkpoint
+    resumed = read_checkpoint(resume_path) if resume_path else None
     if resumed is not None:  # a resume continues the run it names: its settings against this run's
-        check = check_resume(resumed, resume_file(cfg.resume), model_cfg, data_cfg, cfg, data.class_map.to_dict(),
+        check = check_resume(resumed, resume_path, model_cfg, data_cfg, cfg, data.class_map.to_dict(),
                              D.get_world_size(), resume_allow)
         cfg = dataclasses.replace(cfg, **check.recorded)
     out, main = Path(cfg.out), D.is_main_process()
@@ -120,16 +121,19 @@ def _train(model_cfg: ModelConfig, data_cfg: DataConfig, cfg: TrainConfig, progr
         for note in (crop_note, data_cfg.crop and crop_rule(data_cfg.crop)):
             if note:
                 log.line(note)
-        for line in (replacing, cleaned, *(check.lines if resumed is not None else ())):
+        chose = (f"resume: {cfg.resume} is a run folder; its interrupted.pt, written after its last.pt, continues the "
+                 f"stopped epoch (--resume {Path(cfg.resume) / 'last.pt'} would start that epoch again)"
+                 if resume_path and Path(cfg.resume).is_dir() and resume_path.name == "interrupted.pt" else "")
+        for line in (chose, replacing, cleaned, *(check.lines if resumed is not None else ())):
             if line:
                 log.line(line)
         run = setup(model, model_cfg, data_cfg, cfg, data, device, distributed, log, progress)
         state = RunState()
         if resumed is not None:
-            state = restore(run, resume_file(cfg.resume), resumed)
+            state = restore(run, resume_path, resumed)
             state.changes += [f"from epoch {state.epoch + 1}: {change}" for change in check.allowed]
             resumed = None  # not kept for the whole run
-        if cfg.resume and same_file(resume_file(cfg.resume), out / "interrupted.pt"):
+        if resume_path and same_file(resume_path, out / "interrupted.pt"):
             run.resumed_interrupted = out / "interrupted.pt"
         fit_time_budget(run, t_start)
         total = schedule_steps(run)

@@ -251,3 +251,17 @@ def test_failed_onnx_export_leaves_the_old_file(tmp_path, monkeypatch):
     with pytest.raises(RetinaNetError, match="ONNX export failed: exporter crashed"):
         export_onnx(_tiny_model(), path)
     assert path.read_bytes() == b"OLD" and os.listdir(tmp_path) == ["m.onnx"]
+
+
+def test_resume_of_a_run_folder_takes_its_newer_interrupted_pt_and_not_a_stale_one(tmp_path):
+    from retinanet.engine.runtime.run_dir import resume_file
+
+    last, stopped = tmp_path / "last.pt", tmp_path / "interrupted.pt"
+    stopped.write_bytes(b"")
+    assert resume_file(str(tmp_path)) == stopped  # stopped in epoch 1: no last.pt yet
+    last.write_bytes(b"")
+    os.utime(stopped, ns=(1, 10**18)), os.utime(last, ns=(1, 2 * 10**18))
+    assert resume_file(str(tmp_path)) == last  # resumed from last.pt meanwhile: the old interrupted.pt is stale
+    os.utime(stopped, ns=(1, 3 * 10**18))
+    assert resume_file(str(tmp_path)) == stopped  # stopped again after that epoch
+    assert resume_file(str(last)) == last  # a file is taken as named

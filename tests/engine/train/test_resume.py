@@ -64,7 +64,7 @@ def uninterrupted(data_root, tmp_path_factory):
 
 
 @pytest.mark.parametrize("k, workers", [(2, 0), (3, 0), (5, 0), (2, 2)],  # mid epoch 1, after its last step, mid epoch 2
-                         ids=["step2", "step3", "step5", "step2-workers2"])
+                         ids=["step2", "step3", "step5-by-folder", "step2-workers2"])
 def test_resume_from_interrupted_is_bit_identical(data_root, tmp_path, uninterrupted, k, workers):
     out = tmp_path / "run"
     with stop_after(k):
@@ -75,8 +75,11 @@ def test_resume_from_interrupted_is_bit_identical(data_root, tmp_path, uninterru
     assert ck["iteration"] == k and ck["epoch_progress"]["epoch"] == epoch
     assert ck["epoch_progress"]["step"] == step + 1 and ck["epoch_progress"]["steps"] == STEPS_PER_EPOCH
 
-    resumed = train(*_cfgs(data_root, out, workers=workers, resume=str(out / "interrupted.pt")), progress=False)
+    by_folder = k == 5  # --resume RUN: its interrupted.pt is newer than its last.pt (of epoch 1), and is taken
+    resumed = train(*_cfgs(data_root, out, workers=workers, resume=str(out if by_folder else out / "interrupted.pt")),
+                    progress=False)
     assert resumed["stopped"] == "finished"
+    assert ("its interrupted.pt, written after its last.pt, continues the stopped epoch" in (out / "train.log").read_text()) == by_folder
     full_summary, full = uninterrupted
     got = torch.load(out / "last.pt", weights_only=True)
     for key in ("model", "ema"):
