@@ -63,7 +63,7 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
     w.add_argument("--weights", default=S, metavar="NAME_OR_FILE", help="start from a whole detector: coco or coco-v2 (torchvision's COCO RetinaNet files, downloaded once into $TORCH_HOME/hub/checkpoints, hash-checked), a torchvision RetinaNet state_dict or our checkpoint (a different class count re-initialises the classification layer); none: no detector weights")
     w.add_argument("--backbone-weights", default=S, metavar="NAME_OR_FILE", help="start the ResNet or RegNet body from imagenet (torchvision's ImageNet weights, downloaded once like coco) or a torchvision ResNet/RegNet classification state_dict; FPN and heads start fresh")
     w.add_argument("--from-scratch", action="store_true", default=S, help="random weights everywhere (same as --weights none); trains every layer with trainable BatchNorm")
-    t.add_argument("--resume", default=S, metavar="RUN_DIR_OR_CKPT", help="continue a run exactly from RUN_DIR/last.pt or a checkpoint, in its folder (--out: elsewhere), with the run's own settings (see --resume-allow)")
+    t.add_argument("--resume", default=S, metavar="RUN_DIR_OR_CKPT", help="continue a run exactly from RUN_DIR/last.pt (or its interrupted.pt when written after it) or a checkpoint, in its folder (--out: elsewhere), with the run's own settings (see --resume-allow)")
     t.add_argument("--resume-allow", action="extend", nargs="+", type=resume_allow_type, default=[], metavar="SETTING",
                    help="with --resume: let the resumed run change these settings that define a run (batch_size, lr, "
                    "root, class_map, world_size, ...); without it a resume refuses them and lists each (old -> new). "
