@@ -255,14 +255,17 @@ def _write_outputs(item: dict[str, Any], path: Path, name: str, det: Detections,
         write_atomic((out / "labels" / name).with_suffix(".txt"), yolo_lines(boxes, labels, scores, det.size, opts.save_conf))
 
 
-def write_predictions_json(path: Path, records: list[dict[str, Any]], failures: list[tuple[str, str]]) -> None:
-    """``{"images": [...], "failures": [...]}`` with one image or failure per line (greppable)."""
+def write_predictions_json(path: Path, records: list[dict[str, Any]], failures: list[tuple[str, str]],
+                           not_processed: list[str] | None = None) -> None:
+    """``{"images": [...], "failures": [...]}`` with one image or failure per line (greppable);
+    a run stopped early adds ``"not_processed": [files]`` (the inputs it did not reach)."""
 
-    def block(items: list[dict[str, Any]]) -> str:
+    def block(items: list[Any]) -> str:
         return "[\n" + ",\n".join(json.dumps(r) for r in items) + "\n]" if items else "[]"
 
     failed = [{"file": f, "error": e} for f, e in failures]
-    write_atomic(path, f'{{"images": {block(records)},\n"failures": {block(failed)}}}\n')
+    rest = f',\n"not_processed": {block(not_processed)}' if not_processed is not None else ""
+    write_atomic(path, f'{{"images": {block(records)},\n"failures": {block(failed)}{rest}}}\n')
 
 
 def _process_batch(detector: Detector, batch, files, opts: PredictOptions, on_tiles=None):
@@ -318,6 +321,24 @@ def predict(detector: Detector, files: list[tuple[Path, str]], opts: PredictOpti
     loader = torch.utils.data.DataLoader(images, batch_size=1 if tiled else opts.batch_size, num_workers=opts.workers,
                                          collate_fn=_collate, pin_memory=detector.device.type == "cuda")
     records, failures = [], []
+    json_path = out / "predictions.json"
+    try:
+        _run_batches(detector, loader, files, opts, records, failures)
+    except KeyboardInterrupt:  # what is done is kept: the detections so far, and the inputs not reached
+        seen = {r["file"] for r in records} | {f for f, _ in failures}
+        rest = [str(p) for p, _ in files if str(p) not in seen]
+        write_predictions_json(json_path, records, failures, rest)
+        print(f"predict: interrupted after {len(records)} of {len(files)} image(s): their detections are in {json_path} "
+              f"(its \"not_processed\" lists the {len(rest)} not reached)", file=sys.stderr, flush=True)
+        raise
+    write_predictions_json(json_path, records, failures)
+    return PredictSummary(len(records), sum(len(r["detections"]) for r in records), failures, out, json_path)
+
+
+def _run_batches(detector: Detector, loader, files: list[tuple[Path, str]], opts: PredictOptions,
+                 records: list[dict[str, Any]], failures: list[tuple[str, str]]) -> None:
+    """``predict``'s loop with its progress bar: each batch's records and failures are appended as it ends."""
+    tiled = opts.tile is not None
     total, unit = (0, "tile") if tiled else (len(files), "img")
     with tqdm(total=total, desc="predict", unit=unit, file=sys.stderr, dynamic_ncols=True, disable=not opts.progress) as bar:
         for batch in loader:
@@ -331,12 +352,9 @@ def predict(detector: Detector, files: list[tuple[Path, str]], opts: PredictOpti
                     bar.update(n - done[0])
                     done[0] = n
             new_records, new_failures = _process_batch(detector, batch, files, opts, on_tiles if tiled else None)
-            records += new_records
-            failures += new_failures
+            records.extend(new_records)
+            failures.extend(new_failures)
             for file, reason in new_failures:
                 tqdm.write(f"skipped {file}: {reason}", file=sys.stderr)
             if not tiled:
                 bar.update(len(batch))
-    json_path = out / "predictions.json"
-    write_predictions_json(json_path, records, failures)
-    return PredictSummary(len(records), sum(len(r["detections"]) for r in records), failures, out, json_path)

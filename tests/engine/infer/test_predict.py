@@ -247,3 +247,30 @@ def test_files_of_a_folder_that_are_not_images_are_named(tmp_path):
     (tmp_path / "in" / ".DS_Store").write_bytes(b"")
     with pytest.warns(UserWarning, match=r"in: 1 file\(s\) not read \(skipped\), not one of the image types .*b.gif$"):
         assert [n for _, n in find_images([str(tmp_path / "in")])] == ["a.jpg"]
+
+
+def test_ctrl_c_keeps_the_detections_done_and_lists_the_inputs_not_reached(tmp_path, checkpoint, monkeypatch, capsys):
+    import json
+
+    import retinanet.engine.infer.predict as predict_module
+
+    for name in ("a.jpg", "b.jpg", "c.jpg"):
+        write_image(tmp_path / "in" / name, size=(60, 80))
+    real, calls = predict_module._process_batch, [0]
+
+    def second_batch_interrupted(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(predict_module, "_process_batch", second_batch_interrupted)
+    out = tmp_path / "out"
+    status = main(["predict", str(tmp_path / "in"), "--weights", str(checkpoint), "--out", str(out), "--score-thresh", "0",
+                   "--max-dets", "2", "--batch-size", "1", "--workers", "0", "--quiet"])
+    assert status == 130
+    saved = json.loads((out / "predictions.json").read_text())
+    assert [Path(r["file"]).name for r in saved["images"]] == ["a.jpg"] and len(saved["images"][0]["detections"]) == 2
+    assert [Path(f).name for f in saved["not_processed"]] == ["b.jpg", "c.jpg"]
+    err = capsys.readouterr().err
+    assert "predict: interrupted after 1 of 3 image(s): their detections are in" in err and "lists the 2 not reached" in err
