@@ -106,16 +106,16 @@ class DetectionDataset(Dataset):
         r = self.records[index]
         opened = open_image(r.file, r.size, exif=self.exif, max_pixels=self.max_pixels)
         if opened.note:
-            warnings.warn(f"{r.source}: {r.file}: {opened.note}", stacklevel=2)
+            warnings.warn(f"{r.source}: {r.file}: {opened.note}")
         image = pil_to_tensor(opened.image)
         hw = (int(image.shape[1]), int(image.shape[2]))
         if r.size is not None and hw != tuple(r.size):
             warnings.warn(f"{r.source}: annotation says {r.size[1]}x{r.size[0]} (WxH) but {r.file} is {hw[1]}x{hw[0]}; "
-                          "boxes clipped to the image", stacklevel=2)
+                          "boxes clipped to the image")
         # a no-op unless the annotation gave no size (VOC without <size>) or another one: then said aloud
         boxes, keep, said = clip_said(r.boxes, hw, f"{r.source} ({r.file})")
         for msg in said:
-            warnings.warn(msg, stacklevel=2)
+            warnings.warn(msg)
         target = {
             "boxes": torch.from_numpy(np.ascontiguousarray(boxes[keep], np.float32)).reshape(-1, 4),
             "labels": torch.from_numpy(r.labels[keep].astype(np.int64)),
@@ -136,7 +136,7 @@ class DetectionDataset(Dataset):
                 if not self.skip_bad:
                     raise BadImageError([msg]) from None
                 self.bad.append(msg)
-                warnings.warn(f"skipped: {msg}", stacklevel=2)
+                warnings.warn(f"skipped: {msg}")
                 continue
             if self.draws is None:
                 return self.transform(image, target)

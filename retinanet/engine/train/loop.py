@@ -54,7 +54,7 @@ from retinanet.engine.train.report import (LOSSES, RunLog, StepProgress, diverge
                                            make_summary, peak_memory_mb, tensorboard_epoch, tensorboard_step,
                                            tensorboard_writer_class, write_epoch_files)
 from retinanet.engine.train.setup import (Run, RunState, check_train_config, checkpoint_state, log_data_notes, read_datasets,
-                                          restore, setup)
+                                          restore, settings_without_effect, setup, shared_images)
 from retinanet.engine.train.resume import changes_comment, check_resume
 from retinanet.engine.train.start import resolve_start
 from retinanet.data.crop import crop_model_config, crop_rule
@@ -116,6 +116,9 @@ def _train(model_cfg: ModelConfig, data_cfg: DataConfig, cfg: TrainConfig, progr
                  f"{len(data.class_map.ids)} classes; model {model_cfg.arch} ({model_cfg.num_classes} outputs), "
                  f"{model_cfg.min_size}-{model_cfg.max_size} px")
         log_data_notes(log, data)
+        for note in (*settings_without_effect(model_cfg, data_cfg, cfg, data.format, D.get_world_size()), shared_images(data)):
+            if note:  # said, not silently recorded in config.yaml as if it applied
+                log.line(f"warning: {note}", warn=True)
         for note in start_notes:
             log.line(note)
         for note in (crop_note, data_cfg.crop and crop_rule(data_cfg.crop)):

@@ -204,3 +204,42 @@ def log_data_notes(log: RunLog, data: Datasets, shown: int = 10) -> None:
     if notes:
         log.line(warn=True, msg=f"data: {len(data.skipped)} item(s) left out, {len(data.warnings)} warning(s)"
                  + (f" ({len(notes) - shown} of them only in train.log)" if len(notes) > shown else ""))
+
+
+def settings_without_effect(model_cfg: ModelConfig, data_cfg: DataConfig, cfg: TrainConfig, data_format: str,
+                            world_size: int) -> list[str]:
+    """A warning for each setting, other than its default, that this run cannot use (it would
+    otherwise be recorded in config.yaml as if it applied): multistep's steps under another
+    schedule, a flat folder's split draw on a layout that names its splits, SyncBN with one
+    process or nothing to synchronise."""
+    def changed(section, default, keys) -> str:
+        """``lr_steps [1] has`` / ``lr_steps [1] and lr_gamma 0.5 have``: the settings other than their default."""
+        shown = [f"{k} {list(v) if isinstance(v, tuple) else v}" for k in keys
+                 if (v := getattr(section, k)) != getattr(default, k)]
+        return f"{' and '.join(shown)} {'has' if len(shown) == 1 else 'have'}" if shown else ""
+
+    out = []
+    said = changed(cfg, TrainConfig(), ("lr_steps", "lr_gamma"))
+    if cfg.scheduler != "multistep" and said:
+        out.append(f"{said} no effect: settings of the multistep schedule, and this run's is {cfg.scheduler}")
+    said = changed(data_cfg, DataConfig(), ("val_fraction", "split_seed"))
+    if data_format != "voc-flat" and said:
+        out.append(f"{said} no effect: settings of a flat VOC folder's validation draw, and this dataset "
+                   f"({data_format}) names its splits (--train-split/--val-split)")
+    if cfg.sync_bn and world_size == 1:
+        out.append("sync_bn has no effect: one process, so no batch statistics to synchronise")
+    elif cfg.sync_bn and model_cfg.norm == "frozen_bn":
+        out.append("sync_bn has no effect: the BatchNorm layers are frozen, so no batch statistics to synchronise")
+    return out
+
+
+def shared_images(data: Datasets) -> str:
+    """A warning when the training and validation splits share image files ("" when not): the AP
+    would be measured on images the model trains on."""
+    val = {r.file for r in data.val.records}
+    both = [f for f in dict.fromkeys(r.file for r in data.train.records) if f in val]
+    if not both:
+        return ""
+    return (f"the training and validation splits share {len(both)} of the {len(val)} validation image(s) "
+            f"({', '.join(Path(f).name for f in both[:3])}{' ...' if len(both) > 3 else ''}): the AP is measured on "
+            "images the model trains on")

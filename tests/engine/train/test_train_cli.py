@@ -123,13 +123,34 @@ def test_what_the_data_left_out_is_in_train_log_and_said_plainly_even_quiet(tmp_
     run = tmp_path / "run"
     argv = ["train", "--data", str(tmp_path / "syn"), "--arch", "resnet18_fpn", "--from-scratch", "--min-size", "64",
             "--max-size", "64", "--fpn-channels", "32", "--epochs", "1", "--batch-size", "2", "--device", "cpu",
-            "--workers", "0", "--skip-bad", "--quiet", "--out", str(run)]
+            "--workers", "0", "--skip-bad", "--sync-bn", "--quiet", "--out", str(run)]
     assert main(argv) == 0
     err = capsys.readouterr().err
     line = f"data: skipped: {xml / 'train_00001.xml'}: malformed XML"
     log = (run / "train.log").read_text()
     assert line in log and "data: 1 item(s) left out, 0 warning(s)" in log
     assert line in err and "UserWarning" not in err
+    said = "warning: sync_bn has no effect: one process, so no batch statistics to synchronise"  # not silently recorded
+    assert said in log and said in err
+
+
+def test_settings_a_run_cannot_use_and_shared_images_are_named():
+    from types import SimpleNamespace
+
+    from retinanet.engine.train.setup import settings_without_effect, shared_images
+
+    model = ModelConfig(norm="bn")
+    said = settings_without_effect(model, DataConfig(val_fraction=0.5), TrainConfig(scheduler="cosine", lr_steps=(1,)), "voc", 1)
+    assert said == ["lr_steps [1] has no effect: settings of the multistep schedule, and this run's is cosine",
+                    "val_fraction 0.5 has no effect: settings of a flat VOC folder's validation draw, and this dataset (voc) "
+                    "names its splits (--train-split/--val-split)"]
+    assert settings_without_effect(model, DataConfig(val_fraction=0.5), TrainConfig(lr_steps=(1,)), "voc-flat", 1) == []
+    assert settings_without_effect(model, DataConfig(), TrainConfig(sync_bn=True), "voc", 2) == []
+    assert "frozen" in settings_without_effect(ModelConfig(norm="frozen_bn"), DataConfig(), TrainConfig(sync_bn=True), "voc", 2)[0]
+    split = lambda *files: SimpleNamespace(records=[SimpleNamespace(file=f) for f in files])  # noqa: E731
+    assert shared_images(SimpleNamespace(train=split("a", "b"), val=split("c"))) == ""
+    assert shared_images(SimpleNamespace(train=split("/d/a.jpg", "/d/b.jpg"), val=split("/d/b.jpg", "/d/c.jpg"))).startswith(
+        "the training and validation splits share 1 of the 2 validation image(s) (b.jpg): the AP is measured on")
 
 
 def test_the_package_s_warnings_print_as_one_plain_line_and_others_as_python_shows_them(capsys):
