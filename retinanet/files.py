@@ -243,6 +243,10 @@ def read_file(path: str | os.PathLike, map_location: str | torch.device = "cpu")
             something other than a dict.
     """
     path = Path(path)
+    if path.is_dir():
+        inside = [n for n in ("best.pt", "last.pt") if (path / n).is_file()]
+        raise CheckpointError(f"{path}: a folder, not a checkpoint file" + (f"; give the file, e.g. {path / inside[0]}"
+                                                                            if inside else ""))
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
     with path.open("rb") as f:

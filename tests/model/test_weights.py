@@ -106,3 +106,14 @@ def test_eval_of_our_checkpoint_keeps_its_eps_and_a_torchvision_file_gets_eps_0(
     assert class_map is None and coco.config.num_classes == 91 and coco.config.frozen_bn_eps == 0.0
     assert {m.eps for m in coco.modules() if isinstance(m, FrozenBatchNorm2d)} == {0.0}
     assert (torch_home / "hub" / "checkpoints" / url.rsplit("/", 1)[1]).is_file()
+
+
+def test_a_run_folder_given_as_weights_names_its_checkpoint(tmp_path):
+    from retinanet.files import read_file
+
+    (tmp_path / "run").mkdir()
+    with pytest.raises(CheckpointError, match="run: a folder, not a checkpoint file$"):
+        read_file(tmp_path / "run")
+    (tmp_path / "run" / "best.pt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match=f"a folder, not a checkpoint file; give the file, e.g. {tmp_path / 'run' / 'best.pt'}"):
+        read_file(tmp_path / "run")

@@ -168,7 +168,14 @@ def restore(run: Run, path: Path, ck: dict[str, Any] | None = None) -> RunState:
         resume_mid_epoch(run, state, ck["epoch_progress"], path)
     set_rng_state(ck["rng"])
     where = f" at step {state.step + 1}/{len(run.train_loader)}" if state.step else ""
-    run.log.line(f"resumed from {path}: epoch {state.epoch + 1}{where} (global step {state.iteration})")
+    cfg = run.cfg
+    if state.epoch >= cfg.epochs or (cfg.max_steps is not None and state.iteration >= cfg.max_steps):
+        run.log.line(f"resumed from {path}: the run already finished its {state.epoch} epoch(s) (global step "
+                     f"{state.iteration}), so there is nothing to train; to train on, give a larger --epochs"
+                     + (" with --resume-allow epochs (a cosine schedule is redrawn over them)" if cfg.scheduler == "cosine"
+                        else ""), warn=True)
+    else:
+        run.log.line(f"resumed from {path}: epoch {state.epoch + 1}{where} (global step {state.iteration})")
     return state
 
 
