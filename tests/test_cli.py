@@ -215,3 +215,20 @@ def test_a_min_size_above_max_size_is_refused_before_any_work(tmp_path, run_cli)
         status, err = run_cli(argv)
         assert status == 2 and " is above max_size " in err and "give a max_size of at least" in err, err
         assert not (tmp_path / "r").exists()
+
+
+def test_tile_options_without_tile_name_only_what_was_given(tmp_path, run_cli):
+    image = tmp_path / "a.jpg"
+    image.write_bytes(b"")  # never read: the options are refused first
+    for extra, said in ((["--tile-whole-image"], "--tile-whole-image sets up tiled prediction: give --tile too"),
+                        (["--tile-overlap", "0.1", "--tile-whole-image"],
+                         "--tile-overlap and --tile-whole-image set up tiled prediction: give --tile too")):
+        status, err = run_cli(["predict", str(image), "--weights", str(tmp_path / "w.pt"), "--out", str(tmp_path / "o"), *extra])
+        assert status == 2 and said in err, err
+
+
+def test_predict_help_says_what_exif_auto_is_there(capsys):
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "'auto' the same as 'apply' (no annotation to say otherwise)" in text and "annotation's stated size" not in text

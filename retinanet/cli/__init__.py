@@ -217,7 +217,7 @@ def _add_predict(sub) -> None:
     add_amp_options(p, "auto")
     p.add_argument("--no-draw", action="store_true", help="do not write drawn images")
     add_tile_options(p)
-    add_image_options(p.add_argument_group("image files"))
+    add_image_options(p.add_argument_group("image files"), annotated=False)
     p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     p.set_defaults(func=cmd_predict)
 
@@ -234,10 +234,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace, files) -> int:
     sizes = {"min_size": args.min_size, "max_size": args.max_size}
     pixels = {"max_image_pixels": args.max_image_pixels} if args.max_image_pixels else {}
+    tiling = tile_options_from_args(args, args.batch_size)  # an option combination refused before the weights load
     detector = Detector.load(args.weights, local_device(args.device), channels_last=args.channels_last, amp=args.amp, exif=args.exif,
                              **pixels, **{k: v for k, v in sizes.items() if v})
     classes = tuple(n.strip() for group in args.classes_filter or () for n in group.split(",") if n.strip())
-    tile = detector.tile_options(tile_options_from_args(args, args.batch_size))
+    tile = detector.tile_options(tiling)
     opts = PredictOptions(
         out=args.out, score_thresh=args.score_thresh, classes=classes, max_dets=args.max_dets, batch_size=args.batch_size,
         workers=args.workers, draw=not args.no_draw, voc_xml=args.voc_xml, yolo_txt=args.save_txt,
@@ -287,6 +288,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         opset=args.opset, image_size=tuple(args.image_size), batch_size=args.batch_size, dynamic=args.dynamic,
         input_dtype=args.input_dtype, score_thresh=args.score_thresh, verify=args.verify, samples=tuple(args.sample),
     )
+    print(f"exporting {args.weights} to {args.out} (torch.export, then the onnxruntime check: about half a minute "
+          "for a small model on a CPU)", flush=True)
     path, report, seconds = export_checkpoint(args.weights, args.out, options)
     print(f"exported {path} in {seconds:.1f} s")
     if report is not None:

@@ -108,14 +108,16 @@ fraction = arg_type(C.fraction, "fraction")
 any_int = arg_type(lambda text: C._number(text, int), "int")
 
 
-def add_image_options(g, default=lambda value: value) -> None:
+def add_image_options(g, default=lambda value: value, annotated: bool = True) -> None:
     """``--exif`` and ``--max-image-pixels`` (``DataConfig.exif``, ``DataConfig.max_image_pixels``):
-    how image files are read, by every command that reads them (``default`` as in ``add_data_options``)."""
+    how image files are read, by every command that reads them (``default`` as in ``add_data_options``;
+    ``annotated``: images with annotations, whose stated size ``auto`` looks at; predict's have none)."""
     d = DataConfig()
+    auto = ("'auto' the displayed frame unless an annotation's stated size fits only the stored one" if annotated
+            else "'auto' the same as 'apply' (no annotation to say otherwise)")
     g.add_argument("--exif", choices=EXIF_POLICIES, default=default(d.exif),
                    help="EXIF orientation of photos: 'apply' reads the displayed frame (as viewers, CVAT and ultralytics show it), "
-                   "'ignore' the stored pixels (LabelImg's frame), 'auto' the displayed frame unless an annotation's stated size "
-                   f"fits only the stored one [{d.exif}]")
+                   f"'ignore' the stored pixels (LabelImg's frame), {auto} [{d.exif}]")
     g.add_argument("--max-image-pixels", type=positive_int, metavar="N", default=default(None),
                    help=f"images with more pixels (width x height) are refused as bad images [{d.max_image_pixels}]")
 
@@ -154,7 +156,10 @@ def tile_options_from_args(args: argparse.Namespace, batch_size: int) -> TileOpt
     None without ``--tile``. Raises ``RetinaNetError`` for tile options without ``--tile`` or a bad PX."""
     if args.tile is None:
         if args.tile_overlap is not None or args.tile_whole_image:
-            raise RetinaNetError("--tile-overlap and --tile-whole-image set up tiled prediction: give --tile too")
+            given = [o for o, v in (("--tile-overlap", args.tile_overlap is not None),
+                                    ("--tile-whole-image", args.tile_whole_image)) if v]
+            raise RetinaNetError(f"{' and '.join(given)} {'sets' if len(given) == 1 else 'set'} up tiled prediction: "
+                                 "give --tile too")
         return None
     if args.tile == "auto":
         tile = None

@@ -93,9 +93,9 @@ class ClassMap:
         try:
             mapping = json.loads(path.read_text(encoding="utf-8-sig"), object_pairs_hook=lambda pairs: _keys_once(pairs, repeated))
         except FileNotFoundError:
-            raise DataError([f"{path}: class map file not found"]) from None
+            raise DataError([f"{path}: class map file not found"], summary=f"invalid class map {path}") from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise DataError([f"{path}: not a readable JSON class map ({err})"]) from None
+            raise DataError([f"{path}: not a readable JSON class map ({err})"], summary=f"invalid class map {path}") from None
         if repeated:  # json.loads would keep the last silently: which one is meant cannot be known
             raise DataError([f"{path}: {r}" for r in repeated], summary=f"invalid class map {path}")
         return cls(mapping, source=str(path))

@@ -124,6 +124,8 @@ def find_images(inputs: list[str], recursive: bool = False) -> list[tuple[Path, 
             if not files:
                 raise RetinaNetError(f"{item}: the pattern matches no file")
             found += [(f, f.name) for f in files]
+        elif "://" in item:
+            raise RetinaNetError(f"{item}: URLs are not read; download the file and give its path")
         else:
             raise RetinaNetError(f"{item}: no such file or folder")
     if not found:

@@ -52,6 +52,8 @@ def test_find_images(tmp_path):
         assert [n for _, n in find_images([str(tmp_path / "in" / "*.png"), str(a), str(a)])] == ["a.png", "a_1.jpg"]
     with pytest.raises(RetinaNetError, match="no such file or folder"):
         find_images([str(tmp_path / "missing.jpg")])
+    with pytest.raises(RetinaNetError, match="URLs are not read; download the file and give its path"):
+        find_images(["https://example.org/a.jpg"])
     (tmp_path / "empty").mkdir()
     with pytest.raises(RetinaNetError, match="no images found"):
         find_images([str(tmp_path / "empty")])
