@@ -59,6 +59,21 @@ def _flag(obj: Element, tag: str) -> bool:
     return text in ("1", "true", "yes")
 
 
+def encoding_hint(path: Path) -> str:
+    """Why an XML may not parse, when its bytes say it: not UTF-8 and no ``encoding=`` declared
+    (a Windows tool's Latin-1 or cp1252 names), else ""."""
+    try:
+        data = path.read_bytes()
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        if b"encoding=" not in data[:200]:
+            return ("; the file is not UTF-8 and declares no encoding: save it as UTF-8, or start it with "
+                    "<?xml version=\"1.0\" encoding=\"windows-1252\"?> (or the encoding it has)")
+    except OSError:
+        pass
+    return ""
+
+
 def parse_voc_xml(path: str | Path) -> VocAnnotation:
     """Parse one VOC XML file (entity expansion disabled, via defusedxml).
 
@@ -75,7 +90,7 @@ def parse_voc_xml(path: str | Path) -> VocAnnotation:
     try:
         root = ET.parse(path).getroot()
     except ET.ParseError as err:
-        raise ValueError(f"{path}: malformed XML ({err})") from None
+        raise ValueError(f"{path}: malformed XML ({err}){encoding_hint(path)}") from None
     except Exception as err:  # defusedxml refuses entities, DTDs, ...
         raise ValueError(f"{path}: unreadable XML ({type(err).__name__}: {err})") from None
     if root.tag != "annotation":

@@ -300,3 +300,12 @@ def test_missing_split_files_name_the_ones_there_and_other_formats_are_recognise
     (ls / "train" / "_annotations.coco.json").write_text("{}")  # Roboflow COCO: a folder per split
     with pytest.raises(DataError, match=r"give the file as --data \(found .*train/_annotations.coco.json\)"):
         build_datasets(DataConfig(root=str(ls)), **SIZES)
+
+
+def test_an_xml_in_latin_1_without_a_declaration_says_so(tmp_path):
+    path = tmp_path / "a.xml"
+    path.write_bytes(xml_text("a.jpg", (64, 80), [obj("café")]).encode("latin-1"))
+    with pytest.raises(ValueError, match="a.xml: malformed XML .*the file is not UTF-8 and declares no encoding"):
+        parse_voc_xml(path)
+    path.write_bytes(b'<?xml version="1.0" encoding="latin-1"?>' + xml_text("a.jpg", (64, 80), [obj("café")]).encode("latin-1"))
+    assert parse_voc_xml(path).names == ["café"]

@@ -117,6 +117,10 @@ def find_images(inputs: list[str], recursive: bool = False) -> list[tuple[Path, 
             found += [(f, f.relative_to(p).as_posix()) for f in files]
             for msg in not_read([f for f in every if not is_image_file(f)], p, " (skipped)"):
                 warnings.warn(msg, stacklevel=2)
+            subs = [] if recursive else sorted(d.name for d in p.iterdir() if d.is_dir())
+            if subs:  # images there are not read: said, not silently left out
+                warnings.warn(f"{p}: {len(subs)} sub-folder(s) not searched ({', '.join(subs[:5])}"
+                              f"{' ...' if len(subs) > 5 else ''}): --recursive descends into them", stacklevel=2)
         elif p.is_file():
             found.append((p, p.name))
         elif glob.has_magic(item):

@@ -44,7 +44,8 @@ def test_find_images(tmp_path):
     write_image(tmp_path / "in" / "sub" / "b.png")
     (tmp_path / "in" / "notes.txt").write_text("not an image")
     with pytest.warns(UserWarning, match="not read .skipped.*notes.txt"):
-        names = [n for _, n in find_images([str(tmp_path / "in")])]
+        with pytest.warns(UserWarning, match=r"in: 1 sub-folder\(s\) not searched \(sub\): --recursive descends into them"):
+            names = [n for _, n in find_images([str(tmp_path / "in")])]
     assert names == ["a.jpg", "a_1.png"]  # same stem: made unique (also for xml/<stem>.xml)
     with pytest.warns(UserWarning, match="not read .skipped.*notes.txt"):
         assert [n for _, n in find_images([str(tmp_path / "in")], recursive=True)] == ["a.jpg", "a_1.png", "sub/b.png"]
