@@ -15,7 +15,7 @@ from retinanet.model.anchors import NUM_ANCHORS, AnchorCache
 from retinanet.model.backbone import REGNETS, build_backbone, group_norm_32
 from retinanet.model.loss import retinanet_loss
 from retinanet.model.postprocess import decode_batch, decode_batch_static, unpad_detections
-from retinanet.model.transform import batch_images, normalize, pad_to_divisible
+from retinanet.model.transform import batch_images, normalize, pad_to_divisible, padded_size_groups
 
 ARCHS = {
     "resnet18_fpn": ("resnet18", False), "resnet34_fpn": ("resnet34", False),
@@ -85,10 +85,23 @@ class RetinaNet(nn.Module):
         """Train mode: dict of losses. Eval mode: one dict per image (original pixel frame), with
         scores of at least ``score_thresh`` (None: ``config.score_thresh``; an argument, so calls
         with different thresholds can share one model). ``resize=False``: the images enter the
-        network at their own size, not resized to ``min_size`` (native-resolution tiles)."""
+        network at their own size, not resized to ``min_size`` (native-resolution tiles).
+
+        In eval mode images of different padded sizes run in one pass per size: each image's
+        detections are those it gets alone. Padded together, the smaller image's padding would
+        enter the statistics of the v2 heads' GroupNorm (and the features at its edges): its
+        scores, and an evaluation's AP, would depend on the batch (torchvision's do)."""
         if self.training and targets is None:
             raise RetinaNetError("the model is in training mode: targets are required")
         c = self.config
+        if not self.training:  # one pass per padded size: an image's detections never depend on its batch-mates
+            groups = padded_size_groups(images, c.min_size, c.max_size, resize)
+            if len(groups) > 1:
+                dets: list[dict] = [{}] * len(images)
+                for idx in groups:
+                    for i, d in zip(idx, self.forward([images[i] for i in idx], score_thresh=score_thresh, resize=resize)):
+                        dets[i] = d
+                return dets
         orig = [(int(i.shape[-2]), int(i.shape[-1])) for i in images]
         batch, sizes = batch_images(images, c.min_size, c.max_size, self.memory_format, resize=resize)
         if self.training:

@@ -80,6 +80,18 @@ def batch_images(images: list[Tensor], min_size: int, max_size: int,
     return batch, sizes
 
 
+def padded_size_groups(images: list[Tensor], min_size: int, max_size: int, resize: bool = True) -> list[list[int]]:
+    """Indices of ``images`` grouped by the padded size ``batch_images`` gives each alone (its
+    resized size rounded up to ``SIZE_DIVISIBLE``), groups in order of first appearance."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, img in enumerate(images):
+        h, w = int(img.shape[-2]), int(img.shape[-1])
+        h, w = resized_size(h, w, min_size, max_size) if resize else (h, w)
+        key = (math.ceil(h / SIZE_DIVISIBLE), math.ceil(w / SIZE_DIVISIBLE))
+        groups.setdefault(key, []).append(i)
+    return list(groups.values())
+
+
 def pad_to_divisible(batch: Tensor) -> Tensor:
     """Zero-pad a normalised ``[B, 3, H, W]`` batch at the bottom and right so that H and W are
     multiples of ``SIZE_DIVISIBLE`` (as ``batch_images`` pads; traceable with symbolic sizes)."""

@@ -37,11 +37,12 @@ def _key(d):
 
 
 def _tv_detections(tv, imgs):
-    """torchvision's detections as ours are: without the boxes its clip leaves with no area (we
-    drop them before NMS, where they suppress nothing), then its ``detections_per_img`` cut."""
+    """torchvision's detections as ours are: each image alone (ours never pads an image with a
+    batch-mate of another size), without the boxes its clip leaves with no area (we drop them
+    before NMS, where they suppress nothing), then its ``detections_per_img`` cut."""
     cap, tv.detections_per_img = tv.detections_per_img, 10 ** 6
     try:
-        out = tv(imgs)
+        out = [tv([im])[0] for im in imgs]
     finally:
         tv.detections_per_img = cap
     keep = [(d["boxes"][:, 2] > d["boxes"][:, 0]) & (d["boxes"][:, 3] > d["boxes"][:, 1]) for d in out]

@@ -41,6 +41,28 @@ def test_batched_equals_single():
             assert torch.equal(dets[i]["labels"][:50], one["labels"][:50])
 
 
+def test_an_image_s_detections_do_not_depend_on_batch_mates_of_another_size(monkeypatch):
+    """v2 heads (GroupNorm over the whole padded map): padded with a larger image, an image's
+    scores changed (and with them an evaluation's AP at another --batch-size)."""
+    import retinanet.model.retinanet as R
+
+    torch.manual_seed(0)
+    m = build_model("resnet18_fpn_v2", num_classes=3, min_size=96, max_size=256, norm="bn", fpn_channels=32, score_thresh=0.0).eval()
+    g = torch.Generator().manual_seed(2)
+    imgs = [torch.rand(3, 96, 96, generator=g), torch.rand(3, 57, 203, generator=g), torch.rand(3, 96, 96, generator=g)]
+    with torch.no_grad():
+        together = m(imgs)
+        alone = [m([im])[0] for im in imgs]
+        with monkeypatch.context() as mp:  # one padded batch, as before (and as torchvision does): scores move
+            mp.setattr(R, "padded_size_groups", lambda images, *a: [list(range(len(images)))])
+            mixed = m(imgs)
+    assert not torch.allclose(mixed[0]["scores"][:10], alone[0]["scores"][:10])
+    for a, b in zip(together, alone):
+        assert len(a["scores"]) == len(b["scores"]) > 0
+        torch.testing.assert_close(a["scores"], b["scores"])
+        torch.testing.assert_close(a["boxes"][:50], b["boxes"][:50], atol=1e-3, rtol=1e-5)
+
+
 def test_empty_targets_and_uint8():
     m = _model()
     img = (torch.rand(3, 64, 80) * 255).to(torch.uint8)
