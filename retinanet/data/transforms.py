@@ -68,6 +68,8 @@ class ItemTransform:
         if cropping:
             image, target = random_crop(image, target, self.crop)
         hw = tuple(image.shape[-2:])
+        if not self.train:  # evaluation scores the boxes as read, not a float32 round trip through the resized frame
+            target = {**target, "orig_boxes": target["boxes"].float()}
         img = tv_tensors.Image(image)
         boxes = tv_tensors.BoundingBoxes(target["boxes"], format="XYXY", canvas_size=hw)
         target = {**target, "boxes": boxes}

@@ -104,9 +104,13 @@ def _gt_record(target: dict[str, Any], image_hw: tuple[int, int]) -> dict[str, A
     size = tuple(int(v) for v in target.get("size", image_hw))  # the frame of target["boxes"]
     labels = target["labels"].cpu().numpy().astype(np.int64)
     ignore = target.get("ignore", torch.zeros(len(labels), dtype=torch.bool))
+    # the boxes as read when the dataset kept them: a round trip through the resized frame in float32
+    # moves a 32 x 32 box to area 1024.00003, out of COCO's "small" (pycocotools, on the file, keeps it)
+    boxes = (target["orig_boxes"].detach().cpu().to(torch.float64).reshape(-1, 4).numpy() if "orig_boxes" in target
+             else _to_original(target["boxes"], size, orig))
     return {
         "image_id": int(target["image_id"]),
-        "boxes": _to_original(target["boxes"], size, orig),
+        "boxes": boxes,
         "labels": labels,
         "ignore": ignore.cpu().numpy().astype(bool),
         "height": orig[0],

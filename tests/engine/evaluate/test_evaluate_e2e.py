@@ -141,3 +141,18 @@ def test_eval_cli_writes_outputs(tmp_path, synthetic, tiny, capsys):
     dets = json.loads((out / "detections.json").read_text())
     assert len(dets) == data["num_detections"]
     assert (out / "pr_curves.png").stat().st_size > 1000
+
+
+def test_ground_truth_is_scored_as_read_not_after_a_round_trip_through_the_resized_frame():
+    """A 32 x 32 box of a 96 px image evaluated at 160 px came back with area 1024.00003: out of
+    COCO's "small" range, which pycocotools on the file keeps it in."""
+    from retinanet.data.transforms import ItemTransform
+    from retinanet.engine.evaluate.loop import _gt_record
+
+    box = torch.tensor([[46.0, 15.0, 78.0, 47.0]])
+    image, target = ItemTransform(160, 160, train=False)(torch.zeros(3, 96, 96, dtype=torch.uint8), {
+        "boxes": box, "labels": torch.tensor([1]), "image_id": 0, "orig_size": (96, 96)})
+    assert target["size"] == (160, 160) and not torch.equal(target["boxes"], box)
+    gt = _gt_record(target, (160, 160))
+    (x1, y1, x2, y2), = gt["boxes"].tolist()
+    assert [x1, y1, x2, y2] == [46.0, 15.0, 78.0, 47.0] and (x2 - x1) * (y2 - y1) == 1024.0
