@@ -18,6 +18,7 @@ said aloud. ``iscrowd`` objects are ignore regions.
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -304,5 +305,9 @@ def coco_records(path: Path, data: dict, class_map: ClassMap, problems: list[str
             warnings.append(f"{where} ({file.name}): dropped {len(ids)} repeated annotation(s) {ids} (same category, bbox "
                             "and iscrowd as an earlier annotation of the image)")
             keep &= ~repeated
-        records.append(Record(str(file), boxes[keep], labels[keep], crowd[keep], iid, (h, w), where))
+        # the stated area decides COCO's size ranges in pycocotools (the mask's, on COCO); absent: the box's
+        areas = np.asarray([a["area"] if isinstance(a.get("area"), (int, float)) and not isinstance(a.get("area"), bool)
+                            and math.isfinite(a["area"]) and a["area"] > 0 else float(a["bbox"][2]) * float(a["bbox"][3])
+                            for a in anns], np.float64).reshape(-1)
+        records.append(Record(str(file), boxes[keep], labels[keep], crowd[keep], iid, (h, w), where, areas[keep]))
     return records

@@ -124,6 +124,8 @@ class DetectionDataset(Dataset):
             "orig_size": hw,
             "file": r.file,
         }
+        if r.areas is not None:  # the annotation's own areas, for evaluation (COCO's size ranges)
+            target["area"] = torch.from_numpy(r.areas[keep].astype(np.float64))
         return image, target
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:

@@ -20,6 +20,8 @@ class Record:
         image_id: int, unique within a split.
         size: ``(height, width)`` stated by the annotation, or None when unknown.
         source: annotation file (or "file#id" for COCO), named in messages.
+        areas: ``[N]`` float64 object areas the annotation states (COCO's ``area``: the mask's, which
+            COCO's small/medium/large ranges are judged by), or None: the box areas.
     """
 
     file: str
@@ -29,6 +31,7 @@ class Record:
     image_id: int
     size: tuple[int, int] | None
     source: str
+    areas: np.ndarray | None = None
 
 
 def not_finite(values) -> str | None:

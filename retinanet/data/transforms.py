@@ -70,6 +70,8 @@ class ItemTransform:
         hw = tuple(image.shape[-2:])
         if not self.train:  # evaluation scores the boxes as read, not a float32 round trip through the resized frame
             target = {**target, "orig_boxes": target["boxes"].float()}
+        else:  # stated areas are for evaluation; crops and flips would leave them beside boxes they no longer fit
+            target = {k: v for k, v in target.items() if k != "area"}
         img = tv_tensors.Image(image)
         boxes = tv_tensors.BoundingBoxes(target["boxes"], format="XYXY", canvas_size=hw)
         target = {**target, "boxes": boxes}

@@ -261,3 +261,23 @@ def test_roboflow_s_unused_category_0_is_left_out_and_a_guessed_val_file_is_expl
     path.write_text(json.dumps(data))
     with pytest.raises(DataError, match="class 'shapes' has id 0"):
         build_datasets(DataConfig(root=str(path), val_split=str(path)), **SIZES)
+
+
+def test_the_stated_area_reaches_evaluation_and_training_targets_have_none(coco):
+    """pycocotools judges COCO's small/medium/large by the annotation's ``area`` (the mask's on
+    COCO), not the box's: eval used the box area, so APs/APm/APl differed from pycocotools on the file."""
+    from retinanet.engine.evaluate.coco import coco_ground_truth
+    from retinanet.engine.evaluate.loop import _gt_record
+
+    _edit(coco, lambda d: d["annotations"][0].update(area=123.5))  # a mask smaller than its 20 x 30 box
+    ds = _build(coco)
+    _, target = ds.val[0]
+    assert "area" in target
+    _, target = ds.train[0]
+    assert "area" not in target  # augmentations would leave it beside boxes it no longer fits
+    val = build_datasets(DataConfig(root=str(coco), train_split="train2017", val_split="train2017"), **SIZES).val
+    _, target = val[0]
+    gt = _gt_record(target, tuple(target["size"]))
+    assert gt["areas"].tolist() == [123.5, 1200.0]  # as stated (the second states its 30 x 40 box)
+    anns = coco_ground_truth([gt], [1, 18])["annotations"]
+    assert [a["area"] for a in anns] == [123.5, 1200.0]

@@ -118,7 +118,8 @@ def coco_ground_truth(gt: Sequence[dict[str, Any]], class_ids: Sequence[int], cl
     """In-memory COCO dataset dict of ``gt`` (see the module docstring for the per-image format).
 
     Annotation ids start at 1 (COCOeval treats id 0 as "unmatched"). Ignored objects become
-    ``iscrowd=1``; ``area`` is the box area ``w * h``.
+    ``iscrowd=1``; ``area`` is the item's ``areas`` when given (COCO's stated areas, which its
+    size ranges are judged by), else the box area ``w * h``.
     """
     names = list(class_names) if class_names is not None else [f"class {c}" for c in class_ids]
     images, annotations = [], []
@@ -128,14 +129,16 @@ def coco_ground_truth(gt: Sequence[dict[str, Any]], class_ids: Sequence[int], cl
         labels = as_array(item["labels"], dtype=np.int64).ravel()
         ignore = as_array(item.get("ignore", np.zeros(len(labels))), dtype=bool).ravel()
         images.append({"id": image_id, "height": int(item.get("height", 0)), "width": int(item.get("width", 0))})
-        for box, label, crowd in zip(xywh.tolist(), labels.tolist(), ignore.tolist()):
+        areas = (as_array(item["areas"], dtype=np.float64).ravel().tolist() if item.get("areas") is not None
+                 else [b[2] * b[3] for b in xywh.tolist()])
+        for box, label, crowd, area in zip(xywh.tolist(), labels.tolist(), ignore.tolist(), areas):
             annotations.append(
                 {
                     "id": len(annotations) + 1,
                     "image_id": image_id,
                     "category_id": int(label),
                     "bbox": box,
-                    "area": box[2] * box[3],
+                    "area": area,
                     "iscrowd": int(crowd),
                 }
             )

@@ -108,9 +108,11 @@ def _gt_record(target: dict[str, Any], image_hw: tuple[int, int]) -> dict[str, A
     # moves a 32 x 32 box to area 1024.00003, out of COCO's "small" (pycocotools, on the file, keeps it)
     boxes = (target["orig_boxes"].detach().cpu().to(torch.float64).reshape(-1, 4).numpy() if "orig_boxes" in target
              else _to_original(target["boxes"], size, orig))
+    areas = {"areas": target["area"].cpu().numpy().astype(np.float64)} if "area" in target else {}
     return {
         "image_id": int(target["image_id"]),
         "boxes": boxes,
+        **areas,
         "labels": labels,
         "ignore": ignore.cpu().numpy().astype(bool),
         "height": orig[0],
