@@ -16,7 +16,8 @@ from torch import Tensor
 
 def _torchvision_size(h: int, w: int, min_size: int, max_size: int) -> tuple[int, int]:
     scale = min(min_size / min(h, w), max_size / max(h, w))
-    return int(math.floor(h * scale)), int(math.floor(w * scale))
+    # at least 1 pixel a side: a 30 x 5000 strip capped at 160 px would floor to 0 rows (torchvision fails there)
+    return max(1, int(math.floor(h * scale))), max(1, int(math.floor(w * scale)))
 
 
 def resized_size(h: int, w: int, min_size: int, max_size: int) -> tuple[int, int]:

@@ -62,6 +62,16 @@ def test_resized_size_idempotent_and_torchvision_like():
             assert s == (math.floor(h * scale), math.floor(w * scale))
 
 
+def test_a_thin_strip_keeps_at_least_one_pixel_a_side_and_runs():
+    """30 x 5000 capped at 160 px: 0 rows by the floor, a traceback in predict, eval and training's eval."""
+    assert resized_size(30, 5000, 160, 160) == (1, 160) and resized_size(5000, 30, 160, 160) == (160, 1)
+    assert resized_size(1, 160, 160, 160) == (1, 160)  # idempotent
+    m = build_model("resnet18_fpn", num_classes=3, min_size=160, max_size=160, norm="bn", fpn_channels=32, head_convs=1).eval()
+    with torch.no_grad():
+        out = m([torch.rand(3, 30, 5000), torch.rand(3, 5000, 30)])
+    assert len(out) == 2 and all(o["boxes"].shape[-1] == 4 for o in out)
+
+
 def test_pre_resized_input_gives_same_detections():
     torch.manual_seed(0)
     m = build_model("resnet18_fpn", num_classes=4, min_size=96, max_size=128, score_thresh=0.01).eval()
