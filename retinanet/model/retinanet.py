@@ -81,11 +81,12 @@ class RetinaNet(nn.Module):
         return *self._heads(feats), anchors
 
     def forward(self, images: list[Tensor], targets: list[dict] | None = None, *, score_thresh: float | None = None,
-                resize: bool = True):
+                resize: bool = True, max_dets: int | None = None):
         """Train mode: dict of losses. Eval mode: one dict per image (original pixel frame), with
         scores of at least ``score_thresh`` (None: ``config.score_thresh``; an argument, so calls
-        with different thresholds can share one model). ``resize=False``: the images enter the
-        network at their own size, not resized to ``min_size`` (native-resolution tiles).
+        with different thresholds can share one model), at most ``max_dets`` per image (None:
+        ``config.detections_per_img``). ``resize=False``: the images enter the network at their own
+        size, not resized to ``min_size`` (native-resolution tiles).
 
         In eval mode images of different padded sizes run in one pass per size: each image's
         detections are those it gets alone. Padded together, the smaller image's padding would
@@ -99,7 +100,8 @@ class RetinaNet(nn.Module):
             if len(groups) > 1:
                 dets: list[dict] = [{}] * len(images)
                 for idx in groups:
-                    for i, d in zip(idx, self.forward([images[i] for i in idx], score_thresh=score_thresh, resize=resize)):
+                    for i, d in zip(idx, self.forward([images[i] for i in idx], score_thresh=score_thresh, resize=resize,
+                                                      max_dets=max_dets)):
                         dets[i] = d
                 return dets
         orig = [(int(i.shape[-2]), int(i.shape[-1])) for i in images]
@@ -115,7 +117,7 @@ class RetinaNet(nn.Module):
         image_hw = torch.tensor(sizes, device=batch.device)
         thresh = c.score_thresh if score_thresh is None else float(score_thresh)
         out = decode_batch(cls_out, reg_out, anchors, image_hw, thresh, c.nms_thresh,
-                           c.detections_per_img, c.topk_candidates)
+                           c.detections_per_img if max_dets is None else int(max_dets), c.topk_candidates)
         dets = unpad_detections(*out)
         for d, o, s in zip(dets, orig, sizes):
             if o != s:

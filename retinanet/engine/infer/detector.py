@@ -247,7 +247,10 @@ class Detector:
         if not images:
             return []
         with self.precision.autocast(self.device.type):
-            outputs = self.model([im.to(self.device, non_blocking=True) for im in images], score_thresh=score_thresh)
+            # the model's own cap (detections_per_img, 300) would cut a larger max_dets without a word
+            cap = max(max_dets, self.model.config.detections_per_img)
+            outputs = self.model([im.to(self.device, non_blocking=True) for im in images], score_thresh=score_thresh,
+                                 max_dets=cap)
         sources = list(sources) if sources is not None else [None] * len(images)
         results = []
         for image, orig, out, source in zip(images, orig_sizes, outputs, sources):

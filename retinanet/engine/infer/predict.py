@@ -80,12 +80,17 @@ class PredictSummary:
     failures: list[tuple[str, str]] = field(default_factory=list)
     out: Path = Path(".")
     json_path: Path = Path("predictions.json")
+    at_cap: int = 0  # images whose detections reached max_dets (more above the threshold were cut)
+    max_dets: int = 100
 
     def text(self) -> str:
         lines = [
             f"{self.num_images} image(s) processed, {self.num_detections} detection(s), {len(self.failures)} failure(s)",
             f"detections: {self.json_path}",
         ]
+        if self.at_cap:
+            lines.append(f"warning: {self.at_cap} image(s) reached --max-dets {self.max_dets}: detections above "
+                         "--score-thresh beyond it were cut; give a larger --max-dets to keep them")
         if (self.out / "images").is_dir():
             lines.append(f"drawn images: {self.out / 'images'}")
         if (self.out / "xml").is_dir():
@@ -338,7 +343,9 @@ def predict(detector: Detector, files: list[tuple[Path, str]], opts: PredictOpti
               f"(its \"not_processed\" lists the {len(rest)} not reached)", file=sys.stderr, flush=True)
         raise
     write_predictions_json(json_path, records, failures)
-    return PredictSummary(len(records), sum(len(r["detections"]) for r in records), failures, out, json_path)
+    at_cap = sum(len(r["detections"]) >= opts.max_dets for r in records)
+    return PredictSummary(len(records), sum(len(r["detections"]) for r in records), failures, out, json_path, at_cap,
+                          opts.max_dets)
 
 
 def _run_batches(detector: Detector, loader, files: list[tuple[Path, str]], opts: PredictOptions,

@@ -244,3 +244,11 @@ def test_torchvision_file_gets_coco_names(tmp_path):
     det = retinanet.Detector(model, names)
     r = det.predict(torch.zeros(3, 64, 64, dtype=torch.uint8), score_thresh=0.0, max_dets=5)[0]
     assert all(n == names[i] for n, i in zip(r.names, r.labels.tolist()))
+
+
+def test_a_max_dets_above_the_model_s_own_cap_is_honoured(checkpoint, arrays):
+    """--max-dets 1000 gave 300: the model's detections_per_img cut first, without a word."""
+    capped = retinanet.Detector.load(checkpoint, detections_per_img=20)
+    many = capped.predict(arrays[0], score_thresh=0.0, max_dets=60)[0]
+    assert len(many) > 20 and len(capped.predict(arrays[0], score_thresh=0.0, max_dets=10)[0]) == 10  # was 20
+    assert capped.model.config.detections_per_img == 20  # a per-call setting, not written to the shared model

@@ -277,3 +277,12 @@ def test_ctrl_c_keeps_the_detections_done_and_lists_the_inputs_not_reached(tmp_p
     assert [Path(f).name for f in saved["not_processed"]] == ["b.jpg", "c.jpg"]
     err = capsys.readouterr().err
     assert "predict: interrupted after 1 of 3 image(s): their detections are in" in err and "lists the 2 not reached" in err
+
+
+def test_images_that_reach_max_dets_are_counted_in_the_summary(tmp_path, checkpoint, capsys):
+    for name in ("a.jpg", "b.jpg"):
+        write_image(tmp_path / "in" / name, size=(60, 80))
+    assert main(["predict", str(tmp_path / "in"), "--weights", str(checkpoint), "--out", str(tmp_path / "out"),
+                 "--score-thresh", "0", "--max-dets", "3", "--workers", "0", "--quiet", "--no-draw"]) == 0
+    assert ("warning: 2 image(s) reached --max-dets 3: detections above --score-thresh beyond it were cut; "
+            "give a larger --max-dets to keep them") in capsys.readouterr().out
