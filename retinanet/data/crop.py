@@ -130,5 +130,5 @@ def crop_model_config(model: ModelConfig, data: DataConfig, min_size_given: bool
                              f"size is {data.crop}; --min-size {model.min_size} contradicts it (leave it out)")
     new = dataclasses.replace(model, min_size=data.crop, max_size=max(model.max_size, data.crop))
     return new, (f"--crop {data.crop}: model input size set to {new.min_size}-{new.max_size} px (was "
-                 f"{model.min_size}-{model.max_size}), so crops enter the network unresized; evaluation during "
-                 f"training resizes whole images to it")
+                 f"{model.min_size}-{model.max_size}), so crops enter the network unresized; each evaluation "
+                 f"tiles the native-resolution val images with {data.crop} px tiles, as eval/predict --tile do")

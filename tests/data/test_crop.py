@@ -106,3 +106,25 @@ def test_train_cli_refuses_a_crop_with_another_input_size(tmp_path, capsys):
     code = main(["train", "--crop", "64", "--min-size", "128", "--out", str(tmp_path / "run"), "--epochs", "1"])
     assert code == 2 and "--crop 64 trains at native resolution" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_crop_run_evaluates_native_resolution_tiles_and_suggests_tiled_commands(tmp_path, monkeypatch):
+    """Resized whole, the val images of a crop run scored AP ~0 and best.pt was chosen by noise."""
+    import retinanet.engine.train.loop as L
+    from retinanet.config import TrainConfig
+    from retinanet.engine.train.budget import val_tiles
+
+    make_synthetic(tmp_path / "syn", num_train=4, num_val=2, image_size=160, seed=0)
+    seen = []
+    real = L.evaluate
+    monkeypatch.setattr(L, "evaluate", lambda model, loader, **kw: seen.append((kw["tile"], loader)) or real(model, loader, **kw))
+    model = ModelConfig(arch="resnet18_fpn", norm="bn", fpn_channels=32, head_convs=1)
+    data = DataConfig(root=str(tmp_path / "syn"), workers=0, crop=64)
+    summary = L.train(model, data, TrainConfig(out=str(tmp_path / "run"), epochs=1, batch_size=2, device="cpu",
+                                               weights="none", warmup_iters=1), progress=False)
+    (tile, loader), = seen
+    assert tile is not None and tile.tile == 64 and tile.batch_size == 2
+    images, _ = next(iter(loader))
+    assert tuple(images[0].shape[-2:]) == (160, 160)  # native resolution, not resized to the crop's 64
+    assert summary["commands"]["eval"].endswith("--tile") and summary["commands"]["predict"].endswith("--tile")
+    assert val_tiles(loader.dataset, 64) == 2 * 9  # 160 px in tiles of 64, overlap 0.2: 3 x 3 each

@@ -30,9 +30,11 @@ from typing import Any
 import torch
 
 from retinanet.config import TrainConfig
+from retinanet.data.images import oriented_size
 from retinanet.engine.runtime import distributed as D
 from retinanet.engine.train.optim import resolve_warmup, rng_state, set_rng_state
 from retinanet.errors import RetinaNetError
+from retinanet.model.tiling import TileOptions, count_tiles
 
 EVAL_SHARE = 0.1  # at most this share of the budget goes to evaluations before the last one
 MAX_EVALS = 10  # evaluations of a fitted run at most (each one can give best.pt)
@@ -159,18 +161,30 @@ def measure_eval(run: Any) -> float:
     config = model.config
     model.config = dataclasses.replace(config, score_thresh=0.0)
     model.eval()
+    crop = run.data_cfg.crop  # a --crop run evaluates native-resolution tiles of the crop's side
     try:
-        images, _ = next(iter(run.val_loader))
-        images = [im.to(run.device) for im in images]
+        if crop:
+            images = [torch.randint(0, 256, (3, crop, crop), dtype=torch.uint8, device=run.device)
+                      for _ in range(run.cfg.batch_size)]
+            batches = math.ceil(val_tiles(run.data.val, crop) / run.cfg.batch_size / D.get_world_size())
+        else:
+            images = [im.to(run.device) for im in next(iter(run.val_loader))[0]]
+            batches = len(run.val_loader)
         with run.precision.autocast(run.device.type):
-            model(images)
+            model(images, resize=not crop)
             t0 = time.perf_counter()
-            model(images)
+            model(images, resize=not crop)
             batch_s = time.perf_counter() - t0
     finally:
         model.config = config
         model.train()
-    return 1.2 * batch_s * len(run.val_loader) + 1.0
+    return 1.2 * batch_s * batches + 1.0
+
+
+def val_tiles(dataset: Any, tile: int, overlap: float = TileOptions().overlap) -> int:
+    """Tiles of side ``tile`` in the images of ``dataset`` (sizes as annotated, else read from the header)."""
+    sizes = [r.size or oriented_size(r.file, exif=dataset.exif, max_pixels=None) for r in dataset.records]
+    return sum(count_tiles(hw, tile, overlap) for hw in sizes)
 
 
 def fit_run(run: Any, step: Callable[[Any, Any], dict[str, torch.Tensor]], started: float) -> TimeFit:

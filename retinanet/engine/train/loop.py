@@ -54,7 +54,7 @@ from retinanet.engine.train.report import (LOSSES, RunLog, StepProgress, diverge
                                            make_summary, peak_memory_mb, tensorboard_epoch, tensorboard_step,
                                            tensorboard_writer_class, write_epoch_files)
 from retinanet.engine.train.setup import (Run, RunState, check_train_config, checkpoint_state, log_data_notes, read_datasets,
-                                          restore, settings_without_effect, setup, shared_images)
+                                          restore, settings_without_effect, setup, shared_images, val_tiling)
 from retinanet.engine.train.resume import changes_comment, check_resume
 from retinanet.engine.train.start import resolve_start
 from retinanet.data.crop import crop_model_config, crop_rule
@@ -397,7 +397,7 @@ def evaluate_epoch(run: Run) -> EvalResult:
     model = run.ema.module if run.ema is not None else run.model
     D.broadcast_module(model)
     return evaluate(model, run.val_loader, device=run.device, class_map=run.data.class_map, amp=run.precision.mode,
-                    progress=run.progress and run.main and sys.stderr.isatty())
+                    progress=run.progress and run.main and sys.stderr.isatty(), tile=val_tiling(run.data_cfg, run.cfg.batch_size))
 
 
 def epoch_losses(sums: dict[str, float], steps: int, device: torch.device) -> dict[str, float | None]:

@@ -248,6 +248,8 @@ def eval_command(data_cfg: DataConfig, root: Path, weights: Path) -> str:
             parts += [f"--{name.replace('_', '-')}", str(getattr(data_cfg, name))]
     if data_cfg.skip_bad:
         parts.append("--skip-bad")
+    if data_cfg.crop:  # a crop-trained model sees native-resolution tiles (as its evaluations did)
+        parts.append("--tile")
     return shlex.join(parts)
 
 
@@ -272,7 +274,8 @@ def make_summary(out: Path, history: list[dict[str, Any]], best_ap: float, best_
         "best": str(out / "best.pt"), "last": str(out / "last.pt"),
         "commands": {} if not weights.exists() else {
             "eval": eval_command(data_cfg, root, weights),
-            "predict": shlex.join(["retinanet", "predict", "IMAGES", "--weights", str(weights), "--out", str(out / "predict")]),
+            "predict": shlex.join(["retinanet", "predict", "IMAGES", "--weights", str(weights), "--out", str(out / "predict"),
+                                   *(["--tile"] if data_cfg.crop else [])]),
             "export": shlex.join(["retinanet", "export", "--weights", str(weights), "--out", str(out / "model.onnx")])},
     }
     if stopped != "finished":

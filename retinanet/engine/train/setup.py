@@ -23,6 +23,7 @@ from retinanet.engine.train.optim import build_ema, build_optimizer, rng_state, 
 from retinanet.engine.train.report import RunLog
 from retinanet.engine.train.start import load_start
 from retinanet.errors import RetinaNetError
+from retinanet.model.tiling import TileOptions
 from retinanet.model.weights import frozen_bn_eps_of
 
 
@@ -109,7 +110,9 @@ def check_train_config(cfg: TrainConfig) -> None:
 def read_datasets(data_cfg: DataConfig, model_cfg: ModelConfig) -> Datasets:
     """The train and val datasets at the model's input size; an empty val split is an error. What
     reading left out or changed is not issued as warnings: ``log_data_notes`` logs it."""
-    data = build_datasets(data_cfg, min_size=model_cfg.min_size, max_size=model_cfg.max_size, warn=False)  # logged
+    # --crop: the model sees native-resolution crops, so its evaluations tile native-resolution images (val_tiling)
+    data = build_datasets(data_cfg, min_size=model_cfg.min_size, max_size=model_cfg.max_size, warn=False,  # logged
+                          resize_val=data_cfg.crop is None)
     if len(data.val) == 0:
         raise RetinaNetError(f"{data.root}: the validation split {data_cfg.val_split!r} has no images "
                              "(training evaluates on it; give --val-split, or --val-fraction > 0 for a flat folder)")
@@ -250,3 +253,11 @@ def shared_images(data: Datasets) -> str:
     return (f"the training and validation splits share {len(both)} of the {len(val)} validation image(s) "
             f"({', '.join(Path(f).name for f in both[:3])}{' ...' if len(both) > 3 else ''}): the AP is measured on "
             "images the model trains on")
+
+
+def val_tiling(data_cfg: DataConfig, batch_size: int) -> TileOptions | None:
+    """How a ``--crop PX`` run evaluates: tiles of PX at native resolution (as ``eval --tile`` and
+    ``predict --tile``), ``batch_size`` tiles a pass; None (whole resized images) without a crop.
+    Resized whole, a 3000 px image shrinks its objects below every anchor: AP ~0, and best.pt
+    chosen by noise."""
+    return TileOptions(tile=data_cfg.crop, batch_size=batch_size).resolved(data_cfg.crop) if data_cfg.crop else None
