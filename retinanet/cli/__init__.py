@@ -288,8 +288,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         opset=args.opset, image_size=tuple(args.image_size), batch_size=args.batch_size, dynamic=args.dynamic,
         input_dtype=args.input_dtype, score_thresh=args.score_thresh, verify=args.verify, samples=tuple(args.sample),
     )
-    print(f"exporting {args.weights} to {args.out} (torch.export, then the onnxruntime check: about half a minute "
-          "for a small model on a CPU)", flush=True)
+    check = ", then the onnxruntime check" if args.verify else ""
+    print(f"exporting {args.weights} to {args.out} (torch.export{check}: about half a minute for a small model on a CPU)",
+          flush=True)
     path, report, seconds = export_checkpoint(args.weights, args.out, options)
     print(f"exported {path} in {seconds:.1f} s")
     if report is not None:

@@ -88,7 +88,7 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
     t.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=S, help="run the model in channels_last (NHWC) memory layout: the same results, usually faster (BENCHMARKS.md) [on]")
     t.add_argument("--ema", action=argparse.BooleanOptionalAction, default=S, help="keep an exponential moving average of the weights; it is evaluated and saved as 'ema' [off]")
     t.add_argument("--ema-decay", type=field_type("ema_decay"), default=S, help=f"EMA decay, ramped up over the first steps [{t0.ema_decay}]")
-    t.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=S, help="SyncBatchNorm across processes (DDP with --norm bn) [off]")
+    t.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=S, help="SyncBatchNorm across GPU processes (DDP with --norm bn; no effect on CPU, said in the log) [off]")
     t.add_argument("--eval-every", type=field_type("eval_every"), default=S, metavar="N", help=f"evaluate every N epochs and after the last; best.pt only changes then [{t0.eval_every}]")
     t.add_argument("--print-every", type=field_type("print_every"), default=S, metavar="N", help=f"read the losses from the device every N steps: a progress line in train.log (on stdout when it is not a terminal), TensorBoard step scalars [{t0.print_every}]")
     t.add_argument("--seed", type=any_int, default=S, help=f"[{t0.seed}]")

@@ -133,8 +133,10 @@ def export_onnx(
         raise RetinaNetError(f"export needs the onnx package: {EXPORT_HINT}") from None
 
     path = Path(path)
-    if opset < DEFAULT_OPSET:
-        raise RetinaNetError(f"{path}: opset {opset} is not supported; the exporter writes opset {DEFAULT_OPSET} or newer")
+    newest = onnx.defs.onnx_opset_version()  # what this onnx package knows: asked for more, the converter fails late
+    if not DEFAULT_OPSET <= opset <= newest:
+        raise RetinaNetError(f"{path}: opset {opset} is not supported; the exporter writes opset {DEFAULT_OPSET} to "
+                             f"{newest} (the newest this onnx {onnx.__version__} knows)")
     wrapper = ExportableDetector(model.eval(), input_dtype=input_dtype).eval()
     height, width = size_pair(image_size if image_size is not None else model.config.min_size)
     if dynamic:  # see _MIN_TRACE_SIZE; batch 1 would likewise be specialised
@@ -254,17 +256,17 @@ def export_checkpoint(weights: str | os.PathLike, out: str | os.PathLike, option
     overrides = {} if options.score_thresh is None else {"score_thresh": options.score_thresh}
     model, class_map = load_model(weights, device="cpu", **overrides)
     size = options.image_size or None
+    samples = []
+    if options.verify:  # before the export: a static size eager would resize, an unreadable --sample, fail first
+        samples = verification_samples(model, dynamic=options.dynamic, image_size=options.image_size,
+                                       batch_size=options.batch_size, input_dtype=options.input_dtype,
+                                       files=options.samples)
     start = time.perf_counter()
     path = export_onnx(
         model, out, opset=options.opset, image_size=size, batch_size=options.batch_size,
         dynamic=options.dynamic, input_dtype=options.input_dtype, class_map=class_map,
     )
     seconds = time.perf_counter() - start
-    samples = []
-    if options.verify:
-        samples = verification_samples(model, dynamic=options.dynamic, image_size=options.image_size,
-                                       batch_size=options.batch_size, input_dtype=options.input_dtype,
-                                       files=options.samples)
     report = verify_onnx(model, path, samples)
     if not report.ok:
         raise RetinaNetError(f"{path}: ONNX output differs from PyTorch\n{report.format()}")

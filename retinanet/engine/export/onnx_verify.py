@@ -74,8 +74,11 @@ class VerifyReport:
         ]
         if "class_map" in self.metadata:
             lines.append(f"classes: {len(json.loads(self.metadata['class_map']))} names in metadata 'class_map'")
+        compared = sum(sum(b.counts_torch) for b in self.batches)
         if self.batches:
-            lines.append("verification: " + ("passed" if self.ok else "FAILED"))
+            lines.append("verification: " + ("passed" if self.ok else "FAILED") + (
+                "" if compared or not self.ok else " (but no image gave a detection above the score threshold, so "
+                "no box or score was compared: give --sample images with objects)"))
         else:
             lines.append("verification: skipped")
         return "\n".join(lines)
@@ -272,8 +275,10 @@ def verification_samples(model: nn.Module, *, dynamic: bool, image_size: tuple[i
     if not files:
         return [random_images(batch_size, height, width, input_dtype, seed=s) for s in (1, 2)]
     images = [_resized(_read_image(f), height, width) for f in files]
-    batch = torch.cat([images[i % len(images)] for i in range(batch_size)])
-    return [batch if input_dtype == "uint8" else batch.to(torch.float32) / 255.0]
+    # every file checked: batches of batch_size, the last one filled up from the first files
+    batches = [torch.cat([images[(start + i) % len(images)] for i in range(batch_size)])
+               for start in range(0, len(images), batch_size)]
+    return [b if input_dtype == "uint8" else b.to(torch.float32) / 255.0 for b in batches]
 
 
 def _read_image(file: str | os.PathLike) -> Tensor:

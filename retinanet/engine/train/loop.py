@@ -116,7 +116,7 @@ def _train(model_cfg: ModelConfig, data_cfg: DataConfig, cfg: TrainConfig, progr
                  f"{len(data.class_map.ids)} classes; model {model_cfg.arch} ({model_cfg.num_classes} outputs), "
                  f"{model_cfg.min_size}-{model_cfg.max_size} px")
         log_data_notes(log, data)
-        for note in (*settings_without_effect(model_cfg, data_cfg, cfg, data.format, D.get_world_size()), shared_images(data)):
+        for note in (*settings_without_effect(model_cfg, data_cfg, cfg, data.format, D.get_world_size(), device.type), shared_images(data)):
             if note:  # said, not silently recorded in config.yaml as if it applied
                 log.line(f"warning: {note}", warn=True)
         for note in start_notes:

@@ -131,7 +131,7 @@ def setup(model: torch.nn.Module, model_cfg: ModelConfig, data_cfg: DataConfig, 
         model.config = model_cfg
         log.line(line + (f"; re-initialised {len(reinit)} tensor(s) for {model_cfg.num_classes} outputs: "
                          f"{', '.join(reinit)}" if reinit else ""))
-    if cfg.sync_bn and distributed:
+    if cfg.sync_bn and distributed and device.type == "cuda":  # PyTorch's SyncBatchNorm runs on GPUs only (said)
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ddp_ids = [device.index] if device.type == "cuda" else None
     net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ddp_ids) if distributed else model
@@ -217,7 +217,7 @@ def log_data_notes(log: RunLog, data: Datasets, shown: int = 10) -> None:
 
 
 def settings_without_effect(model_cfg: ModelConfig, data_cfg: DataConfig, cfg: TrainConfig, data_format: str,
-                            world_size: int) -> list[str]:
+                            world_size: int, device_type: str = "cuda") -> list[str]:
     """A warning for each setting, other than its default, that this run cannot use (it would
     otherwise be recorded in config.yaml as if it applied): multistep's steps under another
     schedule, a flat folder's split draw on a layout that names its splits, SyncBN with one
@@ -238,6 +238,9 @@ def settings_without_effect(model_cfg: ModelConfig, data_cfg: DataConfig, cfg: T
                    f"({data_format}) names its splits (--train-split/--val-split)")
     if cfg.sync_bn and world_size == 1:
         out.append("sync_bn has no effect: one process, so no batch statistics to synchronise")
+    elif cfg.sync_bn and device_type != "cuda":
+        out.append(f"sync_bn has no effect on {device_type}: PyTorch's SyncBatchNorm runs on GPUs only, so each "
+                   "process keeps its own batch statistics")
     elif cfg.sync_bn and model_cfg.norm == "frozen_bn":
         out.append("sync_bn has no effect: the BatchNorm layers are frozen, so no batch statistics to synchronise")
     return out

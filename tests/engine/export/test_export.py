@@ -142,3 +142,33 @@ def test_exportable_detector_rejects_bad_arguments():
         ExportableDetector(_tiny_model(), input_dtype="float16")
     with pytest.raises(RetinaNetError, match="only retinanet's own RetinaNet"):
         ExportableDetector(torch.nn.Linear(2, 2))
+
+
+def test_refusals_come_before_the_export_and_leave_no_file(exported, tmp_path, capsys):
+    """A static size eager would resize, an unreadable --sample, an opset onnx does not know: each
+    refused in a second, not after the ~25 s export and with the unverified file left at --out."""
+    ckpt = str(exported[0])
+    for extra, said in ((["--static", "--image-size", "117", "150"], "the model resizes it to"),
+                        (["--static", "--sample", str(tmp_path / "nope.jpg")], "nope.jpg: cannot read the image"),
+                        (["--opset", "99"], "opset 99 is not supported; the exporter writes opset 18 to")):
+        out = tmp_path / "x.onnx"
+        assert main(["export", "--weights", ckpt, "--out", str(out), *extra]) == 2
+        assert said in capsys.readouterr().err and not out.exists()
+
+
+def test_every_static_sample_is_checked_and_a_check_without_detections_says_so(tmp_path):
+    from PIL import Image
+
+    from retinanet.engine.export.onnx_verify import BatchComparison, VerifyReport, verification_samples
+
+    files = []
+    for i in range(3):
+        files.append(tmp_path / f"{i}.png")
+        Image.new("RGB", (40, 30), (i * 60, 10, 10)).save(files[-1])
+    batches = verification_samples(_tiny_model(), dynamic=False, image_size=(), batch_size=2, input_dtype="uint8",
+                                   files=files)
+    assert [tuple(b.shape) for b in batches] == [(2, 3, 128, 128)] * 2  # 3 files in batches of 2: all of them
+    report = VerifyReport(tmp_path / "m.onnx", 1.0, 18, [], [], {}, [BatchComparison((1, 3, 8, 8), [0], [0])])
+    assert "passed (but no image gave a detection above the score threshold, so no box or score was compared" in report.format()
+    report.batches[0].counts_torch = report.batches[0].counts_onnx = [2]
+    assert report.format().endswith("verification: passed")

@@ -147,6 +147,8 @@ def test_settings_a_run_cannot_use_and_shared_images_are_named():
     assert settings_without_effect(model, DataConfig(val_fraction=0.5), TrainConfig(lr_steps=(1,)), "voc-flat", 1) == []
     assert settings_without_effect(model, DataConfig(), TrainConfig(sync_bn=True), "voc", 2) == []
     assert "frozen" in settings_without_effect(ModelConfig(norm="frozen_bn"), DataConfig(), TrainConfig(sync_bn=True), "voc", 2)[0]
+    assert settings_without_effect(model, DataConfig(), TrainConfig(sync_bn=True), "voc", 2, "cpu") == [
+        "sync_bn has no effect on cpu: PyTorch's SyncBatchNorm runs on GPUs only, so each process keeps its own batch statistics"]
     split = lambda *files: SimpleNamespace(records=[SimpleNamespace(file=f) for f in files])  # noqa: E731
     assert shared_images(SimpleNamespace(train=split("a", "b"), val=split("c"))) == ""
     assert shared_images(SimpleNamespace(train=split("/d/a.jpg", "/d/b.jpg"), val=split("/d/b.jpg", "/d/c.jpg"))).startswith(
