@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import random
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -40,6 +41,22 @@ def crop_rule(size: int) -> str:
             f"crop holds the centre of a random object, else uniform; a cut object keeps its box if >= "
             f"{CROP_KEEP:.0%} of its area is inside, else becomes an ignore region; images smaller than the crop are "
             "padded")
+
+
+def too_large_for_crop(records, size: int) -> str:
+    """A warning when objects of ``records`` (the training split) can never have ``CROP_KEEP`` of
+    their area inside a ``size`` crop: they are always ignore regions, never learnt; "" when none."""
+    boxes = [r.boxes[~r.ignore.astype(bool)] for r in records]
+    wh = np.concatenate([b[:, 2:] - b[:, :2] for b in boxes]) if boxes else np.zeros((0, 2), np.float32)
+    if not len(wh):
+        return ""
+    inside = np.minimum(wh, size).prod(1) / np.maximum(wh.prod(1), 1e-6)  # the most of each a crop can hold
+    never = int((inside < CROP_KEEP).sum())
+    if not never:
+        return ""
+    return (f"{never} of the {len(wh)} training objects are too large for a {size} px crop to hold {CROP_KEEP:.0%} of "
+            f"them (up to {int(wh[:, 0].max())} px wide, {int(wh[:, 1].max())} px high): they are always ignore regions and never "
+            "learnt; give a larger --crop, or train without --crop for them")
 
 
 def crop_window(hw: tuple[int, int], boxes: Tensor, size: int, on_object: float = CROP_ON_OBJECT) -> tuple[int, int]:

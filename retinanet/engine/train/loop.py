@@ -57,7 +57,7 @@ from retinanet.engine.train.setup import (Run, RunState, check_train_config, che
                                           restore, settings_without_effect, setup, shared_images, val_tiling)
 from retinanet.engine.train.resume import changes_comment, check_resume
 from retinanet.engine.train.start import resolve_start
-from retinanet.data.crop import crop_model_config, crop_rule
+from retinanet.data.crop import crop_model_config, crop_rule, too_large_for_crop
 from retinanet.errors import RetinaNetError
 from retinanet.files import link_atomic
 from retinanet.model import build_model, check_input_size
@@ -116,7 +116,9 @@ def _train(model_cfg: ModelConfig, data_cfg: DataConfig, cfg: TrainConfig, progr
                  f"{len(data.class_map.ids)} classes; model {model_cfg.arch} ({model_cfg.num_classes} outputs), "
                  f"{model_cfg.min_size}-{model_cfg.max_size} px")
         log_data_notes(log, data)
-        for note in (*settings_without_effect(model_cfg, data_cfg, cfg, data.format, D.get_world_size(), device.type), shared_images(data)):
+        large = too_large_for_crop(data.train.records, data_cfg.crop) if data_cfg.crop else ""
+        for note in (*settings_without_effect(model_cfg, data_cfg, cfg, data.format, D.get_world_size(), device.type),
+                     shared_images(data), large):
             if note:  # said, not silently recorded in config.yaml as if it applied
                 log.line(f"warning: {note}", warn=True)
         for note in start_notes:
