@@ -23,7 +23,9 @@ from tqdm import tqdm
 
 from retinanet.files import write_atomic
 from retinanet.data import ClassMap, build_datasets, build_loader
+from retinanet.data.build import coco_files
 from retinanet.data.classes import default_class_names
+from retinanet.data.coco import read_coco_json
 from retinanet.engine.runtime.checkpoint import load_model
 from retinanet.engine.evaluate.coco import coco_results, evaluate_coco, per_class_table
 from retinanet.engine.runtime.distributed import (
@@ -263,21 +265,46 @@ def evaluate(model, loader, *, device, class_map, amp: str | bool = "auto", prog
     return compute_metrics(gt, dets, class_map_dict(class_map), voc, backend)
 
 
-def write_eval_outputs(result: EvalResult, out_dir: str | os.PathLike) -> dict[str, Path]:
+def write_eval_outputs(result: EvalResult, out_dir: str | os.PathLike, *, category_ids: dict[int, int] | None = None,
+                       image_files: dict[int, str] | None = None) -> dict[str, Path]:
     """Write ``eval.json`` (everything but the detections), ``detections.json`` (COCO results
     format) and ``pr_curves.png`` (per-class precision-recall grid) into ``out_dir``.
 
+    Args:
+        category_ids: class id -> the dataset's own category id, where they differ (a COCO file read
+            by name into a checkpoint's class map): ``detections.json`` then scores against that file.
+        image_files: image id -> file, written to ``eval.json`` (``image_files``): VOC and YOLO ids
+            are positions in the split.
     Returns:
         ``{"eval": path, "detections": path, "pr_curves": path}``.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"eval": out / "eval.json", "detections": out / "detections.json", "pr_curves": out / "pr_curves.png"}
-    write_atomic(paths["eval"], result.to_json() + "\n")
-    write_atomic(paths["detections"], json.dumps(result.detections) + "\n")
+    info = result.to_dict()
+    if image_files:
+        info["image_files"] = {str(k): v for k, v in sorted(image_files.items())}
+    dets = result.detections
+    if category_ids:
+        dets = [dict(d, category_id=category_ids.get(d["category_id"], d["category_id"])) for d in dets]
+        info["detections_category_ids"] = "the dataset's own category ids (class id -> category id: " + ", ".join(
+            f"{k} -> {v}" for k, v in sorted(category_ids.items())) + ")"
+    write_atomic(paths["eval"], json.dumps(info, indent=2) + "\n")
+    write_atomic(paths["detections"], json.dumps(dets) + "\n")
     ap50 = {r["class"]: r["AP50"] for r in result.per_class}
     plot_pr_curves(result.pr_curves or {"iou": 0.5, "recall": [], "precision": {}}, paths["pr_curves"], ap50)
     return paths
+
+
+def dataset_category_ids(data_cfg, datasets) -> dict[int, int] | None:
+    """Class id -> the COCO file's own category id of the same name, where some differ (the file
+    was read by name into another class map); None for other formats or when every id agrees."""
+    if datasets.format != "coco":
+        return None
+    path = coco_files(data_cfg, datasets.root, ("val",))["val"]
+    names = {c["name"]: c["id"] for c in read_coco_json(path)["categories"] if isinstance(c, dict) and "name" in c}
+    ids = {cid: names[n] for n, cid in datasets.class_map.to_dict().items() if n in names}
+    return ids if any(k != v for k, v in ids.items()) else None
 
 
 def class_map_problems(model_map: dict[str, int] | None, data_map: dict[str, int], num_outputs: int) -> list[str]:
@@ -365,6 +392,8 @@ def run_eval(data_cfg, opts: EvalOptions) -> EvalRun:
                           distributed=is_dist(), seed=0, aspect_grouping=False, pin_memory=device.type == "cuda")
     result = evaluate(model, loader, device=device, class_map=data_map, amp=precision.mode, progress=opts.progress,
                       voc=opts.voc, backend=opts.backend, tile=tile)
-    paths = write_eval_outputs(result, opts.out) if opts.out and is_main_process() else {}
+    paths = (write_eval_outputs(result, opts.out, category_ids=dataset_category_ids(data_cfg, datasets),
+                                image_files={int(r.image_id): r.file for r in datasets.val.records})
+             if opts.out and is_main_process() else {})
     barrier()
     return EvalRun(result, paths, warnings, precision.describe(), tile.describe() if tile else "")

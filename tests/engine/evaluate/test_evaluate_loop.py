@@ -152,3 +152,28 @@ def test_write_eval_outputs(tmp_path):
     redo = [{"image_id": d["image_id"], "boxes": [[d["bbox"][0], d["bbox"][1], d["bbox"][0] + d["bbox"][2],
              d["bbox"][1] + d["bbox"][3]]], "scores": [d["score"]], "labels": [d["category_id"]]} for d in dets]
     assert compute_metrics(gt, redo, CLASS_MAP).metrics == pytest.approx(result.metrics, abs=1e-12)
+
+
+def test_detections_json_carries_the_dataset_s_category_ids_and_eval_json_the_files(tmp_path):
+    """A COCO file read by name into a checkpoint's class map (ids 7, 3 -> 1, 2): detections.json
+    held the class ids, and scored against the file gave AP 0.001 instead of 0.068."""
+    from types import SimpleNamespace
+
+    from retinanet.data import ClassMap
+    from retinanet.engine.evaluate.loop import dataset_category_ids
+
+    gt = [{"image_id": 5, "boxes": np.array([[0.0, 0, 10, 10]]), "labels": np.array([1]), "height": 20, "width": 20}]
+    dets = [{"image_id": 5, "boxes": np.array([[0.0, 0, 10, 10]]), "scores": np.array([0.9]), "labels": np.array([1])}]
+    result = compute_metrics(gt, dets, {"cat": 1, "dog": 2})
+    paths = write_eval_outputs(result, tmp_path / "ev", category_ids={1: 7, 2: 3}, image_files={5: "a.jpg"})
+    assert [d["category_id"] for d in json.loads(paths["detections"].read_text())] == [7]
+    info = json.loads(paths["eval"].read_text())
+    assert info["image_files"] == {"5": "a.jpg"} and "1 -> 7, 2 -> 3" in info["detections_category_ids"]
+    coco = tmp_path / "instances_val.json"
+    coco.write_text(json.dumps({"images": [], "annotations": [], "categories": [{"id": 7, "name": "cat"}, {"id": 3, "name": "dog"}]}))
+    data = SimpleNamespace(format="coco", root=coco, class_map=ClassMap({"cat": 1, "dog": 2}))
+    from retinanet.config import DataConfig
+
+    assert dataset_category_ids(DataConfig(root=str(coco)), data) == {1: 7, 2: 3}
+    data.class_map = ClassMap({"cat": 7, "dog": 3})
+    assert dataset_category_ids(DataConfig(root=str(coco)), data) is None  # the file's own ids: nothing to map
