@@ -347,8 +347,13 @@ def stop_run(run: Run, state: RunState, epoch: int, stats: EpochStats) -> str:
     steps done in this epoch and their sums, from which ``restore`` continues."""
     reason = run.stop.signal or "signal on another rank"
     done = stats.steps + stats.skipped
+    # every rank restores these sums: the mean over ranks (rank 0's alone would stand for every rank's
+    # share of the stopped epoch in its loss); every rank is here, so the collective is safe
+    keys = sorted(stats.sums)
+    sums = dict(zip(keys, D.all_reduce_mean(torch.tensor([stats.sums[k] for k in keys], dtype=torch.float64,
+                                                          device=run.device)).tolist())) if keys else {}
     if run.main:
-        progress = {"epoch": epoch, "step": done, "steps": len(run.train_loader), "sums": dict(stats.sums),
+        progress = {"epoch": epoch, "step": done, "steps": len(run.train_loader), "sums": sums,
                     "finite_steps": stats.steps, "images": stats.images, "skipped": stats.skipped,
                     "seconds": stats.seconds, "bad_in_a_row": state.bad_in_a_row}
         save_checkpoint(checkpoint_state(run, state, epoch - 1) | {"epoch_progress": progress}, run.out / "interrupted.pt")

@@ -232,3 +232,22 @@ def test_a_checkpoint_without_a_process_count_is_resumed_and_the_log_says_it_was
     lines = check_resume(ck, path, model, data, cfg, ck["class_map"], world_size=4).lines
     assert lines == ["resume: last.pt does not record its process count (written before checkpoints did), so this "
                      "run's 4 process(es) cannot be checked against it; the effective batch is 4 x batch_size"]
+
+
+def test_interrupted_pt_holds_the_epoch_s_loss_sums_averaged_over_ranks(data_root, tmp_path, monkeypatch):
+    """Under DDP rank 0's own sums stood for every rank's share of the stopped epoch: the resumed
+    run's row for it held rank 0's mean loss. Here a second rank with zero sums is simulated by the
+    mean: the saved sums must be the reduced ones."""
+    import retinanet.engine.runtime.distributed as D
+
+    out = tmp_path / "run"
+    real = D.all_reduce_mean
+    monkeypatch.setattr(D, "all_reduce_mean", lambda v: real(v) / 2)  # this rank's sums and another rank's zeros
+    seen = {}
+    real_stop = T.stop_run
+    monkeypatch.setattr(T, "stop_run", lambda run, state, epoch, stats: seen.setdefault("sums", dict(stats.sums))
+                        and real_stop(run, state, epoch, stats))
+    with stop_after(2):
+        train(*_cfgs(data_root, out), progress=False)
+    saved = torch.load(out / "interrupted.pt", weights_only=True)["epoch_progress"]["sums"]
+    assert saved and saved == pytest.approx({k: v / 2 for k, v in seen["sums"].items()})
