@@ -107,13 +107,14 @@ def cmd_check_data(args: argparse.Namespace) -> int:
         check_output_path(args.out, folder=True)  # before the dataset is read
     report = check_dataset(data_config_from_args(args), progress=not args.quiet)
     print(report.summary())
+    sizes = tuple(args.anchor_sizes)
+    hint = tile_hint(report, args.min_size, args.max_size, sizes) if report.class_map is not None else None
     if args.out:
-        sizes = tuple(args.anchor_sizes)
         paths = write_check_outputs(report, args.out, min_size=args.min_size, max_size=args.max_size, anchor_sizes=sizes)
         print(f"report and plots: {', '.join(str(p) for p in paths)}")
-        if report.class_map is not None:
-            print(anchor_hint(report, args.min_size, args.max_size, sizes))
-    hint = tile_hint(report, args.min_size, args.max_size, tuple(args.anchor_sizes)) if report.class_map is not None else None
+        if report.class_map is not None:  # with the tiling line: these anchors are for whole resized images only
+            print(anchor_hint(report, args.min_size, args.max_size, sizes)
+                  + (" [whole images resized to min_size; for crops and tiles, the tiling line's]" if hint else ""))
     if hint:
         print(hint)
     return 0 if report.ok else 1

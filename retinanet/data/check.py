@@ -253,13 +253,22 @@ def anchor_hint(report: CheckReport, min_size: int, max_size: int, anchor_sizes:
             f"({min(anchor_sizes)} px at min_size {min_size}: IoU < 0.5)")
     if small <= too_many * total:
         return line
+    sizes = smaller_anchors(wh, anchor_sizes, too_many)
+    if sizes:
+        return line + f": train with --anchor-sizes {' '.join(map(str, sizes))} (or a larger --min-size)"
+    return line + ": train with a larger --min-size (and lower --anchor-sizes)"
+
+
+def smaller_anchors(wh: np.ndarray, anchor_sizes: tuple[int, ...], too_many: float) -> tuple[int, ...] | None:
+    """The largest of ``anchor_sizes`` scaled by 3/4, 1/2, 3/8 or 1/4 (smallest >= 8 px) that
+    leaves at most ``too_many`` of the boxes ``wh`` too small; None when none does."""
     for factor in (3 / 4, 1 / 2, 3 / 8, 1 / 4):
         sizes = tuple(round(s * factor) for s in anchor_sizes)
         if sizes[0] < 8:
             break
-        if count_too_small(wh, sizes) <= too_many * total:
-            return line + f": train with --anchor-sizes {' '.join(map(str, sizes))} (or a larger --min-size)"
-    return line + ": train with a larger --min-size (and lower --anchor-sizes)"
+        if count_too_small(wh, sizes) <= too_many * len(wh):
+            return sizes
+    return None
 
 
 def tile_hint(report: CheckReport, min_size: int, max_size: int, anchor_sizes: tuple[int, ...],
@@ -280,10 +289,14 @@ def tile_hint(report: CheckReport, min_size: int, max_size: int, anchor_sizes: t
     if not total or small_resized <= too_many * total or small_native > small_resized / 2:
         return None
     px = max(32, 32 * (min_size // 32))
+    # the anchors for the boxes still too small are judged at native resolution, the scale crops and tiles have
+    sizes = smaller_anchors(native, anchor_sizes, too_many) if small_native > too_many * total else None
+    anchors = f" --anchor-sizes {' '.join(map(str, sizes))}" if sizes else ""
     line = (f"tiling: {small_resized} of {total} boxes ({100 * small_resized / total:.1f}%) are too small for the smallest anchor "
             f"once the images are resized to min_size {min_size}, {small_native} ({100 * small_native / total:.1f}%) at native "
-            f"resolution: train on native-resolution crops and predict on tiles: train --crop {px}, predict/eval --tile {px}")
-    if small_native > too_many * total:
+            f"resolution: train on native-resolution crops and predict on tiles: train --crop {px}{anchors}, "
+            f"predict/eval --tile {px}")
+    if small_native > too_many * total and not sizes:
         line += " (and lower --anchor-sizes for the boxes still too small)"
     return line
 

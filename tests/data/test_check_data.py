@@ -154,13 +154,16 @@ def test_tile_hint_when_the_resize_makes_objects_too_small(tmp_path, capsys):
     assert "train --crop 480, predict/eval --tile 480" in hint and "lower --anchor-sizes" not in hint
     assert tile_hint(report, 2000, 2000, (32, 64, 128, 256, 512)) is None  # no downscaling: nothing to tile
     report.records["train"] = [rec(f"{s}.jpg", s, 2000) for s in (10, 12, 40, 60)]  # two tiny even natively
+    # the anchors for them at native resolution (the crops' scale), in the train command itself
+    assert "train --crop 480 --anchor-sizes 12 24 48 96 192, predict/eval --tile 480" in tile_hint(report, 500, 500, (32, 64, 128, 256, 512))
+    report.records["train"] = [rec(f"{s}.jpg", s, 2000) for s in (3, 4, 40, 60)]  # too tiny for any anchor offered
     assert "lower --anchor-sizes" in tile_hint(report, 500, 500, (32, 64, 128, 256, 512))
     report.records["train"] = [rec(f"{s}.jpg", s, 2000) for s in (4, 5, 6, 60)]  # small natively: not tiling's job
     assert tile_hint(report, 500, 500, (32, 64, 128, 256, 512)) is None
     # the command prints it for the large synthetic set at its default input size
     make_synthetic(tmp_path / "big", num_train=1, num_val=1, image_size=1200, object_size=(12, 48), objects=30)
     assert main(["check-data", "--data", str(tmp_path / "big"), "--quiet"]) == 0
-    assert "train --crop 800, predict/eval --tile 800" in capsys.readouterr().out
+    assert "train --crop 800 --anchor-sizes 24 48 96 192 384, predict/eval --tile 800" in capsys.readouterr().out
 
 
 def test_an_empty_training_split_is_an_error_it_names(tmp_path):
