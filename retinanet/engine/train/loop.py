@@ -55,7 +55,7 @@ from retinanet.engine.train.report import (LOSSES, RunLog, StepProgress, diverge
                                            tensorboard_writer_class, write_epoch_files)
 from retinanet.engine.train.setup import (Run, RunState, check_train_config, checkpoint_state, log_data_notes, read_datasets,
                                           restore, settings_without_effect, setup, shared_images, val_tiling)
-from retinanet.engine.train.resume import changes_comment, check_resume
+from retinanet.engine.train.resume import absolute_paths, changes_comment, check_resume
 from retinanet.engine.train.start import resolve_start
 from retinanet.data.crop import crop_model_config, crop_rule, too_large_for_crop
 from retinanet.errors import RetinaNetError
@@ -88,6 +88,7 @@ def _train(model_cfg: ModelConfig, data_cfg: DataConfig, cfg: TrainConfig, progr
     model_cfg, cfg, start_notes = resolve_start(model_cfg, cfg)  # refuses a start that makes no sense, before any work
     model_cfg, crop_note = crop_model_config(model_cfg, data_cfg)  # --crop PX: the input size is PX
     check_input_size(model_cfg.min_size, model_cfg.max_size)  # before the data is read (build_model checks it too)
+    data_cfg = absolute_paths(data_cfg)  # config.yaml then repeats the run from any folder
     # rank 0 holds the run folder to the end (torchrun stops the other ranks when it cannot); then, on every rank:
     cleaned = held.enter_context(hold_run_dir(Path(cfg.out))) if D.launch_rank() == 0 else ""
     replacing = check_run_dir(Path(cfg.out), cfg.resume, exist_ok)  # before any work

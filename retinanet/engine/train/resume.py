@@ -20,6 +20,7 @@ A new setting is one line in ``RESUME_RULES`` (a test fails for a config field w
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,6 +134,23 @@ def _class_map_change(old: dict[str, int], new: dict[str, int]) -> str:
     return f"{count} ({'; '.join(diff[:10])}{' ...' if len(diff) > 10 else ''})"
 
 
+PATH_SETTINGS = ("root", "classes", "val_split")  # data settings that may name a file or folder
+
+
+def _path_value(name: str, value: Any) -> Any:
+    """A path setting as an absolute path (``val_split`` only when it names a .txt/.json file); else as it is."""
+    if not isinstance(value, str) or (name == "val_split" and not value.endswith((".txt", ".json"))):
+        return value
+    return os.path.abspath(os.path.expanduser(value))
+
+
+def absolute_paths(data_cfg: DataConfig) -> DataConfig:
+    """``data_cfg`` with its paths absolute (``PATH_SETTINGS``): the run's config.yaml then names
+    the same files from whatever folder ``--config RUN/config.yaml`` is run (relative, it named
+    another folder's ``data``, or nothing)."""
+    return dataclasses.replace(data_cfg, **{k: _path_value(k, getattr(data_cfg, k)) for k in PATH_SETTINGS})
+
+
 def check_resume(ck: Mapping[str, Any], path: Path, model_cfg: ModelConfig, data_cfg: DataConfig, cfg: TrainConfig,
                  class_map: dict[str, int], world_size: int, allow: Iterable[str] = ()) -> ResumeCheck:
     """Compare the settings of checkpoint ``ck`` (at ``path``) with this run's, by ``RESUME_RULES``.
@@ -155,6 +173,8 @@ def check_resume(ck: Mapping[str, Any], path: Path, model_cfg: ModelConfig, data
     for name, rule in RESUME_RULES.items():
         kind = rule(stored) if callable(rule) else rule
         old, new = stored.get(name), now.get(name)
+        if name in PATH_SETTINGS:  # a run stored with a relative path, resumed from the folder it ran in: the same
+            old, new = _path_value(name, old), _path_value(name, new)
         if kind == NOT_COMPARED or old == new or (name == WORLD_SIZE and old is None):
             continue
         if kind == RECORDED:

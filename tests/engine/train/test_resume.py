@@ -251,3 +251,23 @@ def test_interrupted_pt_holds_the_epoch_s_loss_sums_averaged_over_ranks(data_roo
         train(*_cfgs(data_root, out), progress=False)
     saved = torch.load(out / "interrupted.pt", weights_only=True)["epoch_progress"]["sums"]
     assert saved and saved == pytest.approx({k: v / 2 for k, v in seen["sums"].items()})
+
+
+def test_config_yaml_names_the_data_by_absolute_path_and_an_older_relative_one_still_resumes(tmp_path, monkeypatch):
+    """`--config RUN/config.yaml` from another folder read `root: data` there: not found, or another dataset."""
+    import yaml
+
+    from retinanet.data import make_synthetic
+    from retinanet.engine.runtime.checkpoint import read_checkpoint, save_checkpoint
+
+    make_synthetic(tmp_path / "syn", num_train=4, num_val=1, image_size=64, seed=0)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "run"
+    model, data, cfg = _cfgs("syn", out, epochs=1, ema=False)
+    train(model, data, cfg, progress=False)
+    assert yaml.safe_load((out / "config.yaml").read_text())["data"]["root"] == str(tmp_path / "syn")
+    ck = read_checkpoint(out / "last.pt")  # as runs before this change stored it: relative
+    ck["config"]["data"]["root"] = "syn"
+    save_checkpoint(ck, out / "last.pt")
+    resumed = train(*_cfgs("syn", out, epochs=2, ema=False, resume=str(out)), progress=False)
+    assert resumed["stopped"] == "finished" and len(resumed["history"]) == 2
