@@ -278,8 +278,9 @@ def make_summary(out: Path, history: list[dict[str, Any]], best_ap: float, best_
                                    *(["--tile"] if data_cfg.crop else [])]),
             "export": shlex.join(["retinanet", "export", "--weights", str(weights), "--out", str(out / "model.onnx")])},
     }
-    if stopped != "finished":
-        summary["resume"] = shlex.join(["retinanet", "train", "--resume", str(out / "interrupted.pt")])
+    if stopped != "finished":  # under torchrun, resumed by the same number of processes (a resume checks it)
+        launcher = ["torchrun", f"--nproc_per_node={world}", "-m", "retinanet"] if world > 1 else ["retinanet"]
+        summary["resume"] = shlex.join([*launcher, "train", "--resume", str(out / "interrupted.pt")])
     return summary
 
 
