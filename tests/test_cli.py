@@ -232,3 +232,9 @@ def test_predict_help_says_what_exif_auto_is_there(capsys):
         main(["predict", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "'auto' the same as 'apply' (no annotation to say otherwise)" in text and "annotation's stated size" not in text
+
+
+def test_eval_refuses_two_different_splits_to_evaluate(tmp_path, run_cli):
+    status, err = run_cli(["eval", "--weights", str(tmp_path / "w.pt"), "--data", str(tmp_path), "--split", "train",
+                           "--val-split", "test", "--out", str(tmp_path / "ev")])
+    assert status == 2 and "--split train and --val-split test both name the split to evaluate: give one" in err

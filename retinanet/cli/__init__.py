@@ -21,10 +21,10 @@ from retinanet.files import check_output_path, hold_folder
 from retinanet.cli.demo import add_demo_parser, demo_options, run_demo
 from retinanet.cli.options import (CHANNELS_LAST_HELP, DEVICE_HELP, QUIET_HELP, WEIGHTS_HELP, add_amp_options, add_data_options,
                                    add_image_options, add_input_size_options, add_tile_options, any_int, arg_type,
-                                   data_config_from_args, field_type, fraction, non_negative_int, positive_int,
-                                   tile_options_from_args)
+                                   data_config_from_args, field_type, fraction, given_options, non_negative_int,
+                                   positive_int, tile_options_from_args)
 from retinanet.cli.train import add_train_parser, cmd_train
-from retinanet.config import ModelConfig, at_least
+from retinanet.config import DataConfig, ModelConfig, at_least
 from retinanet.data import check_dataset, make_synthetic
 from retinanet.data.check import anchor_hint, tile_hint, write_check_outputs
 from retinanet.data.synthetic import LARGE
@@ -158,6 +158,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    val_split = given_options(args, ("data",))["data"].get("val_split")  # eval's options hold their defaults
+    if args.split and val_split not in (None, DataConfig().val_split, args.split):
+        raise RetinaNetError(f"--split {args.split} and --val-split {val_split} both name the split to evaluate: give one")
     data_cfg = data_config_from_args(args, **({"val_split": args.split} if args.split else {}))
     sizes = {"min_size": args.min_size, "max_size": args.max_size, "score_thresh": args.score_thresh}
     opts = EvalOptions(

@@ -380,8 +380,9 @@ def run_eval(data_cfg, opts: EvalOptions) -> EvalRun:
     tile = opts.tile.resolved(cfg.min_size) if opts.tile is not None else None
     datasets = build_datasets(data_cfg, min_size=cfg.min_size, max_size=cfg.max_size, splits=("val",),
                               class_map=class_map, resize_val=tile is None)
-    if not len(datasets.val):
-        raise RetinaNetError(f"{datasets.root}: the split {data_cfg.val_split!r} has no images to evaluate")
+    if not len(datasets.val):  # named by the file read (a COCO root is the training file)
+        where = coco_files(data_cfg, datasets.root, ("val",))["val"] if datasets.format == "coco" else datasets.root
+        raise RetinaNetError(f"{where}: the split {data_cfg.val_split!r} has no images to evaluate")
     data_map = class_map_dict(datasets.class_map) or {}
     known = default_class_names(cfg.num_classes)  # an official torchvision file: COCO's ids
     if model_map is None and known:

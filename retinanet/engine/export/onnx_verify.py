@@ -58,9 +58,9 @@ class VerifyReport:
         return all(b.ok for b in self.batches)
 
     def format(self) -> str:
-        lines = [
+        lines = [  # the table only when something was compared (--no-verify: none)
             f"{'batch shape':<20} {'onnx dets':<16} {'torch dets':<16} {'max |d box| px':>15} {'max |d score|':>14}  result"
-        ]
+        ] if self.batches else []
         for b in self.batches:
             lines.append(
                 f"{'x'.join(map(str, b.shape)):<20} {str(b.counts_onnx):<16} {str(b.counts_torch):<16} "

@@ -38,8 +38,10 @@ def describe_schedule(cfg: TrainConfig, warmup: int, total_steps: int, total_epo
     """One log line: the warmup the run resolved to (and why) and the lr it peaks at."""
     why = "" if warmup == cfg.warmup_iters else (
         f", warmup_iters {cfg.warmup_iters} capped at warmup_max_fraction {cfg.warmup_max_fraction:g} of the run")
+    beyond = [s for s in cfg.lr_steps if s >= total_epochs]  # milestones a shorter run never reaches
     after = (f"cosine to 0 at epoch {total_epochs:.3g}" if cfg.scheduler == "cosine"
-             else f"x{cfg.lr_gamma:g} at epochs {', '.join(map(str, cfg.lr_steps)) or '-'}")
+             else f"x{cfg.lr_gamma:g} at epochs {', '.join(map(str, cfg.lr_steps)) or '-'}"
+             + (f" (epoch(s) {', '.join(map(str, beyond))} beyond this run's {total_epochs:.3g}: not reached)" if beyond else ""))
     return (f"lr schedule: {total_steps} steps ({total_epochs:.3g} epochs); warmup {warmup} steps{why}, "
             f"lr {cfg.lr * cfg.warmup_factor:.3g} -> peak {cfg.lr:g} at step {warmup}, then {after}")
 

@@ -170,7 +170,8 @@ def restore(run: Run, path: Path, ck: dict[str, Any] | None = None) -> RunState:
     if ck.get("epoch_progress"):
         resume_mid_epoch(run, state, ck["epoch_progress"], path)
     set_rng_state(ck["rng"])
-    where = f" at step {state.step + 1}/{len(run.train_loader)}" if state.step else ""
+    n = len(run.train_loader)  # stopped after an epoch's last step: its evaluation and checkpoint are still to come
+    where = f" at step {state.step + 1}/{n}" if 0 < state.step < n else f" after its last step ({n}/{n})" if state.step else ""
     cfg = run.cfg
     if state.epoch >= cfg.epochs or (cfg.max_steps is not None and state.iteration >= cfg.max_steps):
         run.log.line(f"resumed from {path}: the run already finished its {state.epoch} epoch(s) (global step "

@@ -94,3 +94,12 @@ def test_a_diverging_run_warns_in_its_log_and_summary(tmp_path, monkeypatch):
     assert "consider a lower --lr (now 3) or gradient clipping (--clip-grad NORM)" in log
     assert ("warning: the loss rose over 2x its lowest in epoch(s) 2: training has probably diverged"
             in format_run_summary(summary))
+
+
+def test_schedule_line_says_which_milestones_a_short_run_never_reaches():
+    from retinanet.config import TrainConfig
+    from retinanet.engine.train.optim import describe_schedule
+
+    line = describe_schedule(TrainConfig(lr_steps=(16, 22), warmup_iters=0), 0, 10, 1.0)
+    assert "x0.1 at epochs 16, 22 (epoch(s) 16, 22 beyond this run's 1: not reached)" in line
+    assert "not reached" not in describe_schedule(TrainConfig(lr_steps=(8, 11), warmup_iters=0), 0, 120, 12.0)
