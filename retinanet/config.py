@@ -241,7 +241,10 @@ def from_dict(cls: type[T], values: dict[str, Any], source: str = "config") -> T
     values = {k: v for k, v in values.items() if k not in REMOVED_FIELDS.get(cls, ())}
     unknown = sorted(set(values) - set(names))
     if unknown:
-        raise RetinaNetError(f"{source}: unknown option(s) for {cls.__name__}: {', '.join(unknown)}")
+        section = next((k for k, c in SECTIONS.items() if c is cls), cls.__name__)
+        home = {k: next((n for n, c in SECTIONS.items() if k in {f.name for f in dataclasses.fields(c)}), None) for k in unknown}
+        said = [f"{k} (it belongs in {home[k]}:)" if home[k] else k for k in unknown]
+        raise RetinaNetError(f"{source}: unknown option(s) in {section}: {', '.join(said)}")
     check_limits(values, next((k for k, c in SECTIONS.items() if c is cls), cls.__name__), source)
     kwargs = {}
     for key, value in values.items():

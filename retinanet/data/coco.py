@@ -45,6 +45,10 @@ def val_json_path(train_json: Path, train_split: str, val_split: str) -> Path:
 
 def read_coco_json(path: Path) -> dict:
     """Load and shape-check a COCO annotation file. Raises ``DataError`` naming ``path``."""
+    if Path(path).is_dir():
+        raise DataError([f"{path}: a folder, not a COCO annotation file (the format is coco: --format coco, or a "
+                         "recipe's data.format as --config coco sets it); give the instances_*.json file as --data, "
+                         "or --format for the folder's layout"])
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8-sig"))  # a byte-order mark (Windows editors) is not content
     except FileNotFoundError:

@@ -281,3 +281,8 @@ def test_the_stated_area_reaches_evaluation_and_training_targets_have_none(coco)
     assert gt["areas"].tolist() == [123.5, 1200.0]  # as stated (the second states its 30 x 40 box)
     anns = coco_ground_truth([gt], [1, 18])["annotations"]
     assert [a["area"] for a in anns] == [123.5, 1200.0]
+
+
+def test_a_folder_read_as_coco_says_where_the_format_came_from(tmp_path):
+    with pytest.raises(DataError, match="a folder, not a COCO annotation file .*--config coco sets it"):
+        build_datasets(DataConfig(root=str(tmp_path), format="coco"), **SIZES)

@@ -72,7 +72,8 @@ def test_removed_extra_field_of_old_checkpoints_and_config_files_is_ignored(tmp_
 
 
 @pytest.mark.parametrize("content,message", [
-    ("model: {arch: resnet18_fpn, colour: red}\n", "unknown option(s) for ModelConfig: colour"),
+    ("model: {arch: resnet18_fpn, colour: red}\n", "unknown option(s) in model: colour"),
+    ("model: {lr: 0.1}\n", "unknown option(s) in model: lr (it belongs in train:)"),
     ("model: {}\noptimiser: {lr: 1}\n", "unknown section(s) optimiser"),
     ("- just\n- a list\n", "a config file is a mapping"),
     ("train: 3\n", "section 'train' must be a mapping"),
