@@ -204,7 +204,7 @@ LIMITS: dict[str, Callable[[Any], Any]] = {
     "warmup_factor": between(0.0, 1.0, low_open=True), "lr_steps": non_negative_int, "lr_gamma": positive_number,
     "clip_grad_norm": positive_number, "ema_decay": between(0.0, 1.0, high_open=True), "ema_ramp_iters": non_negative_int,
     "eval_every": positive_int, "print_every": positive_int, "max_bad_steps": positive_int,
-    "crop": at_least(MIN_SYNTHETIC_SIZE), "warmup_max_fraction": fraction, "time": positive_number, "max_steps": positive_int,
+    "crop": at_least(32), "warmup_max_fraction": fraction, "time": positive_number, "max_steps": positive_int,
 }
 
 

@@ -238,3 +238,11 @@ def test_eval_refuses_two_different_splits_to_evaluate(tmp_path, run_cli):
     status, err = run_cli(["eval", "--weights", str(tmp_path / "w.pt"), "--data", str(tmp_path), "--split", "train",
                            "--val-split", "test", "--out", str(tmp_path / "ev")])
     assert status == 2 and "--split train and --val-split test both name the split to evaluate: give one" in err
+
+
+def test_an_input_taken_as_the_tile_side_is_named(tmp_path, run_cli):
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "a.jpg").write_bytes(b"")  # never read: the option is refused first
+    status, err = run_cli(["predict", str(tmp_path / "a.jpg"), "--weights", str(tmp_path / "w.pt"), "--tile",
+                           str(tmp_path / "photos"), "--out", str(tmp_path / "o")])
+    assert status == 2 and "it looks like an input: give the inputs before --tile, or --tile PX" in err, err

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 import retinanet.config as C
@@ -167,6 +168,8 @@ def tile_options_from_args(args: argparse.Namespace, batch_size: int) -> TileOpt
         try:
             tile = int(args.tile)
         except ValueError:
-            raise RetinaNetError(f"--tile {args.tile}: a tile side in pixels (or --tile alone for the model's input size)") from None
+            looks = " (it looks like an input: give the inputs before --tile, or --tile PX)" if Path(args.tile).exists() else ""
+            raise RetinaNetError(f"--tile {args.tile}: a tile side in pixels (or --tile alone for the model's input size)"
+                                 f"{looks}") from None
     overlap = 0.2 if args.tile_overlap is None else args.tile_overlap
     return TileOptions(tile=tile, overlap=overlap, batch_size=batch_size, whole_image=args.tile_whole_image)

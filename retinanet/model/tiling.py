@@ -211,8 +211,10 @@ class TileOptions:
 
     def describe(self) -> str:
         whole = ", plus one whole-image pass" if self.whole_image else ""
-        return (f"tiles of {self.tile} px at native resolution, overlap {self.overlap:g}, {self.batch_size} per batch, "
-                f"fragments at inner tile edges merged into whole boxes, class-wise NMS{whole}")
+        cut = (" (overlap 0: no tile holds an object on a tile edge whole, so it comes out as its pieces)"
+               if self.overlap == 0 else "")
+        return (f"tiles of {self.tile} px at native resolution, overlap {self.overlap:g}{cut}, {self.batch_size} per "
+                f"batch, fragments at inner tile edges merged into whole boxes, class-wise NMS{whole}")
 
 
 def count_tiles(hw: tuple[int, int], tile: int, overlap: float) -> int:

@@ -142,3 +142,10 @@ def test_merging_many_tiles_keeps_memory_to_one_row_of_the_tile_table():
     assert frag.tolist() == [True, False]
     keep = merge_tiles(boxes, torch.tensor([0.9, 0.8]), torch.tensor([1, 1]), tiles, frag, grid, 0.5, 100)
     assert keep.tolist() == [1]  # the fragment inside the larger box of the overlapping tile is dropped
+
+
+def test_overlap_0_is_said_to_cut_edge_objects():
+    from retinanet.model.tiling import TileOptions
+
+    assert "overlap 0: no tile holds an object on a tile edge whole" in TileOptions(tile=64, overlap=0.0).describe()
+    assert "no tile holds" not in TileOptions(tile=64).describe()

@@ -268,6 +268,8 @@ class Detector:
         the tile side); the default tile side is the model's input size ``min_size``."""
         if tile is None or tile is False:
             return None
+        if not isinstance(tile, (TileOptions, bool, int)):
+            raise RetinaNetError(f"tile={tile!r}: True, a tile side in pixels, or TileOptions(...)")
         opts = tile if isinstance(tile, TileOptions) else TileOptions() if tile is True else TileOptions(tile=int(tile))
         return opts.resolved(self.model.config.min_size)
 
