@@ -198,6 +198,8 @@ def test_call_settings_and_odd_inputs_as_the_command_line_takes_them(detector, c
             detector.predict(arrays[0], **kwargs)
     with pytest.raises(RetinaNetError, match="an image has at least one pixel"):
         detector.predict(np.zeros((0, 0, 3), np.uint8))
+    with pytest.raises(RetinaNetError, match=r"tile='abc': True, a tile side in pixels, or TileOptions"):
+        detector.predict(arrays[0], tile="abc")
     with pytest.raises(RetinaNetError, match="model.min_size must be at least 1, not 0"):
         retinanet.Detector.load(checkpoint, min_size=0)
     with pytest.raises(RetinaNetError, match="min_size 320 is above max_size 96: .* give a max_size of at least 320"):
