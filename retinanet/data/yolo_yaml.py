@@ -90,7 +90,8 @@ def _names(data: dict, path: Path) -> list[str | None]:
         if isinstance(nc, int) and not isinstance(nc, bool) and nc > 0:
             return [f"class{i}" for i in range(nc)]
         raise DataError([f"{path}: no 'names:' (a list of class names, or {{id: name}}) and no 'nc:'"])
-    if isinstance(names, dict):
+    if isinstance(names, dict):  # quoted ids ("0": cat, as some exporters write them) are the ids they spell
+        names = {int(k) if isinstance(k, str) and k.strip().isdigit() else k: v for k, v in names.items()}
         bad = [k for k in names if isinstance(k, bool) or not isinstance(k, int) or k < 0]
         if bad:
             raise DataError([f"{path}: 'names:' keys must be class ids 0, 1, ...; not {', '.join(map(repr, bad))}"])

@@ -354,3 +354,9 @@ def test_a_byte_order_mark_in_an_image_list_or_label_file_is_not_content(tmp_pat
     data.write_text(data.read_text().replace("val: images/train", "val: val.txt"))
     records, *_, problems, _ = read_records(DataConfig(root=str(data)))
     assert not problems and len(records["val"]) == 1 and records["train"][0].labels.tolist() == [1]
+
+
+def test_quoted_class_ids_in_names_are_the_ids_they_spell(tmp_path):
+    data = tiny_yolo(tmp_path, {"a": "1 0.5 0.5 0.2 0.2\n"}, names={"0": "cat", "1": "dog"})
+    records, class_map, *_ = read_records(DataConfig(root=str(data)))
+    assert class_map.to_dict() == {"cat": 1, "dog": 2} and records["train"][0].labels.tolist() == [2]
