@@ -93,6 +93,10 @@ def parse_voc_xml(path: str | Path) -> VocAnnotation:
         raise ValueError(f"{path}: malformed XML ({err}){encoding_hint(path)}") from None
     except Exception as err:  # defusedxml refuses entities, DTDs, ...
         raise ValueError(f"{path}: unreadable XML ({type(err).__name__}: {err})") from None
+    if root.tag.startswith("{"):  # a default namespace (xmlns="..."): the VOC element names are what count
+        for el in root.iter():
+            if isinstance(el.tag, str):
+                el.tag = el.tag.split("}", 1)[-1]
     if root.tag != "annotation":
         raise ValueError(f"{path}: root element is <{root.tag}>, expected <annotation>")
     size, size_note = None, None

@@ -309,3 +309,10 @@ def test_an_xml_in_latin_1_without_a_declaration_says_so(tmp_path):
         parse_voc_xml(path)
     path.write_bytes(b'<?xml version="1.0" encoding="latin-1"?>' + xml_text("a.jpg", (64, 80), [obj("café")]).encode("latin-1"))
     assert parse_voc_xml(path).names == ["café"]
+
+
+def test_an_xml_with_a_default_namespace_is_read(tmp_path):
+    path = tmp_path / "a.xml"
+    path.write_text(xml_text("a.jpg", (64, 80), [obj("cat")]).replace("<annotation>", '<annotation xmlns="http://example.org/voc">', 1))
+    ann = parse_voc_xml(path)
+    assert ann.names == ["cat"] and ann.boxes.tolist() == [[4.0, 5.0, 30.0, 40.0]]
