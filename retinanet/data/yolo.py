@@ -285,5 +285,7 @@ def yolo_records(root: Path, keys: dict[str, str], class_map: ClassMap | None, p
         DataError: the yaml itself cannot be used.
     """
     spec = read_data_yaml(find_data_yaml(root))
+    if spec.note:
+        warnings.append(spec.note)
     class_map = class_map or yolo_class_map(spec)
     return {s: split_records(spec, k, class_map, problems, warnings, reading) for s, k in keys.items()}, class_map

@@ -44,6 +44,7 @@ class YoloSpec:
     names: list[str | None]
     splits: dict[str, list[Path]]
     keypoints: int = 0
+    note: str = ""  # how the root was found when ``path:`` does not exist here (a warning for the reader)
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -161,5 +162,14 @@ def read_data_yaml(path: str | Path) -> YoloSpec:
             keypoints = math.prod(int(k) for k in data["kpt_shape"])
         except (TypeError, ValueError):
             raise DataError([f"{path}: 'kpt_shape:' must be a list of integers, not {data['kpt_shape']!r}"]) from None
+    note = ""
+    if data.get("path") and not root.is_dir():  # written on another machine (Colab's /content/...): the yaml's folder?
+        if base != root and any((base / str(data[k])).exists() for k in SPLIT_KEYS if isinstance(data.get(k), str)):
+            note = (f"{path}: 'path: {data['path']}' is not a folder here; the splits were found under the yaml's "
+                    f"folder {base} and read from there")
+            root = base
+        else:
+            raise DataError([f"{path}: 'path: {data['path']}' is not a folder here ({root}); the splits are looked for "
+                             "under it (fix path:, or leave it out to use the yaml's folder)"])
     splits = {k: _split_sources(root, data[k], k, path) for k in SPLIT_KEYS if data.get(k) is not None}
-    return YoloSpec(path, root, _names(data, path), splits, keypoints)
+    return YoloSpec(path, root, _names(data, path), splits, keypoints, note)

@@ -360,3 +360,17 @@ def test_quoted_class_ids_in_names_are_the_ids_they_spell(tmp_path):
     data = tiny_yolo(tmp_path, {"a": "1 0.5 0.5 0.2 0.2\n"}, names={"0": "cat", "1": "dog"})
     records, class_map, *_ = read_records(DataConfig(root=str(data)))
     assert class_map.to_dict() == {"cat": 1, "dog": 2} and records["train"][0].labels.tolist() == [2]
+
+
+def test_a_path_key_of_another_machine_is_named_or_read_from_the_yaml_s_folder(tmp_path):
+    """Colab's `path: /content/datasets/x`: every split 'not found', and path: never named."""
+    data = tiny_yolo(tmp_path, {"a": "0 0.5 0.5 0.2 0.2\n"})
+    data.write_text(data.read_text().replace(f"path: {tmp_path}", "path: /content/datasets/shapes"))
+    records, *_, problems, warns = read_records(DataConfig(root=str(data)))
+    assert not problems and len(records["train"]) == 1
+    assert any("'path: /content/datasets/shapes' is not a folder here; the splits were found under the yaml's folder" in w
+               for w in warns)
+    data.write_text(data.read_text().replace("train: images/train", "train: elsewhere/train").replace(
+        "val: images/train", "val: elsewhere/val"))
+    with pytest.raises(DataError, match="'path: /content/datasets/shapes' is not a folder here .*fix path:"):
+        read_records(DataConfig(root=str(data)))
