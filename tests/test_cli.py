@@ -246,3 +246,12 @@ def test_an_input_taken_as_the_tile_side_is_named(tmp_path, run_cli):
     status, err = run_cli(["predict", str(tmp_path / "a.jpg"), "--weights", str(tmp_path / "w.pt"), "--tile",
                            str(tmp_path / "photos"), "--out", str(tmp_path / "o")])
     assert status == 2 and "it looks like an input: give the inputs before --tile, or --tile PX" in err, err
+
+
+def test_make_synthetic_over_a_larger_earlier_set_says_what_is_left(tmp_path, capsys):
+    out = tmp_path / "syn"
+    assert main(["make-synthetic", str(out), "--num-train", "4", "--num-val", "2", "--image-size", "32"]) == 0
+    assert "warning" not in capsys.readouterr().out
+    assert main(["make-synthetic", str(out), "--num-train", "2", "--num-val", "1", "--image-size", "32"]) == 0
+    said = capsys.readouterr().out
+    assert "warning: 6 file(s) of an earlier dataset in" in said and "delete the folder first" in said

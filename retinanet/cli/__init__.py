@@ -83,6 +83,12 @@ def cmd_make_synthetic(args: argparse.Namespace) -> int:
     kind = f", up to {o['objects']} objects of {lo}-{hi} px per image" if large else ""
     print(f"wrote {s['train']} train + {s['val']} val images ({size}x{size}{kind}), {s['objects']} objects "
           f"of {s['classes']} classes to {args.out} (VOCdevkit/VOC2012, class map {args.out}/classes.json)")
+    voc = Path(args.out) / "VOCdevkit" / "VOC2012"
+    listed = {n for f in ("train", "val") for n in (voc / "ImageSets" / "Main" / f"{f}.txt").read_text().split()}
+    stale = [f for d in ("JPEGImages", "Annotations") for f in (voc / d).iterdir() if f.stem not in listed]
+    if stale:  # an earlier, larger set in the same folder: the split files are right, a flat read of the folder is not
+        print(f"warning: {len(stale)} file(s) of an earlier dataset in {voc} are not part of this one (e.g. "
+              f"{stale[0].name}); the split files list only this one's: delete the folder first for a clean set")
     return 0
 
 
