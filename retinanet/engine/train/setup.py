@@ -237,6 +237,10 @@ def settings_without_effect(model_cfg: ModelConfig, data_cfg: DataConfig, cfg: T
     if data_format != "voc-flat" and said:
         out.append(f"{said} no effect: settings of a flat VOC folder's validation draw, and this dataset "
                    f"({data_format}) names its splits (--train-split/--val-split)")
+    above = [t for t in data_cfg.train_sizes if t > model_cfg.max_size]
+    if above:  # the long side's cap decides those scales: they train at max_size (or less), not as asked
+        out.append(f"train_sizes {', '.join(map(str, above))} are above max_size {model_cfg.max_size}: the long side's cap "
+                   "makes them smaller (raise --max-size, or give smaller --train-sizes)")
     if cfg.sync_bn and world_size == 1:
         out.append("sync_bn has no effect: one process, so no batch statistics to synchronise")
     elif cfg.sync_bn and device_type != "cuda":

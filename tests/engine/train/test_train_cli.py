@@ -148,6 +148,10 @@ def test_settings_a_run_cannot_use_and_shared_images_are_named():
     assert settings_without_effect(model, DataConfig(val_fraction=0.5), TrainConfig(lr_steps=(1,)), "voc-flat", 1) == []
     assert settings_without_effect(model, DataConfig(), TrainConfig(sync_bn=True), "voc", 2) == []
     assert "frozen" in settings_without_effect(ModelConfig(norm="frozen_bn"), DataConfig(), TrainConfig(sync_bn=True), "voc", 2)[0]
+    assert settings_without_effect(ModelConfig(norm="bn", min_size=96, max_size=96), DataConfig(train_sizes=(64, 128, 160)),
+                                   TrainConfig(), "voc", 1) == [
+        "train_sizes 128, 160 are above max_size 96: the long side's cap makes them smaller (raise --max-size, or give "
+        "smaller --train-sizes)"]
     assert settings_without_effect(model, DataConfig(), TrainConfig(sync_bn=True), "voc", 2, "cpu") == [
         "sync_bn has no effect on cpu: PyTorch's SyncBatchNorm runs on GPUs only, so each process keeps its own batch statistics"]
     split = lambda *files: SimpleNamespace(records=[SimpleNamespace(file=f) for f in files])  # noqa: E731
