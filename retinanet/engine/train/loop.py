@@ -254,7 +254,7 @@ def train_one_epoch(run: Run, state: RunState, epoch: int) -> EpochStats:
     meter = StepMeter(run.device, LOSSES, state.bad_in_a_row, cfg.max_bad_steps, start=stats)
     seen = MeterReading(dict(stats.sums), stats.steps, stats.images, stats.skipped, state.bad_in_a_row, -1, {})
     with StepProgress(run.log, steps, f"epoch {epoch + 1}/{cfg.epochs}", cfg.print_every, show=run.progress,
-                      start=start) as bar:
+                      start=start, loss_name="loss" if D.get_world_size() == 1 else "rank-0 loss") as bar:
         for i, (images, targets) in enumerate(loader, start):
             lr = set_lr(run.optimizer, cfg.lr * lr_factor(state.iteration, epoch + i / steps, cfg, schedule_epochs, warmup))
             step = train_step(run.net, run.optimizer, images, targets, cfg, run.device, run.scaler, run.precision)

@@ -88,8 +88,10 @@ class StepProgress:
     ``start``: the steps already done (an epoch resumed mid-way): the bar starts there and the ETA
     is timed on the steps of this run only. A context manager: the bar is closed on exit."""
 
-    def __init__(self, log: RunLog, total: int, desc: str, every: int, show: bool, start: int = 0):
+    def __init__(self, log: RunLog, total: int, desc: str, every: int, show: bool, start: int = 0,
+                 loss_name: str = "loss"):
         self.log, self.total, self.desc, self.every, self.start = log, total, desc, max(1, every), start
+        self.loss_name = loss_name  # "rank-0 loss" under DDP: the epoch line's mean is over every rank
         self.bar = (tqdm(total=total, initial=start, desc=desc, unit="step", file=sys.stderr, dynamic_ncols=True,
                          leave=False, mininterval=0.5)
                     if show and log.echo and sys.stderr.isatty() else None)
@@ -109,7 +111,7 @@ class StepProgress:
         if self.due(i):
             eta = (time.time() - self.t0) / max(1, i + 1 - self.start) * (self.total - i - 1)
             shown = "nan" if loss is None else f"{loss:.4f}"
-            self.log.line(f"{self.desc} step {i + 1}/{self.total} loss {shown} lr {lr:.4g} eta {hms(eta)}",
+            self.log.line(f"{self.desc} step {i + 1}/{self.total} {self.loss_name} {shown} lr {lr:.4g} eta {hms(eta)}",
                           echo=self.bar is None)
 
     def __enter__(self) -> StepProgress:

@@ -38,6 +38,7 @@ def test_two_cpu_processes_train_and_evaluate(tmp_path, torchrun):
     # 8 images, 2 processes, 1 image per step: 4 steps each, so 2 progress lines from rank 0 only
     out = proc.stdout
     assert out.count("epoch 1/1 step ") == 2 and out.count("epoch 1/1: loss") == 1 and out.count("training finished") == 1
+    assert out.count("rank-0 loss") == 2  # the progress lines' running loss is rank 0's; the epoch line's, every rank's
     assert "2 process(es)" in out
     log = (run / "train.log").read_text()
     assert log.count("epoch 1/1: loss") == 1 and log.count("training finished") == 1
