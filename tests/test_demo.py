@@ -84,9 +84,14 @@ def test_a_time_budgeted_fp32_cpu_demo_trains_the_regnet_body_and_says_so(tmp_pa
     assert "--arch" not in demo_commands(DemoOptions(out="d", device="cuda"), tmp_path, [], train_minutes=4.0)[0][1]
 
 
-def test_a_second_demo_replaces_the_first_and_says_so(tmp_path, capsys):
+def test_a_second_demo_replaces_the_first_and_says_so_but_never_a_run_no_demo_wrote(tmp_path, capsys):
+    from retinanet.cli.demo import DEMO_MARKER
+
     (tmp_path / "d" / "train").mkdir(parents=True)
-    (tmp_path / "d" / "train" / "best.pt").write_bytes(b"earlier demo")
+    (tmp_path / "d" / "train" / "best.pt").write_bytes(b"a run of the user's own")
+    with pytest.raises(RetinaNetError, match="holds a training run that no demo wrote: the demo would replace it"):
+        demo_commands(DemoOptions(out=str(tmp_path / "d")), tmp_path, [])  # `retinanet train --out d/train`: kept
+    (tmp_path / "d" / DEMO_MARKER).write_text("")  # what a demo writes into its --out
     train = demo_commands(DemoOptions(out=str(tmp_path / "d")), tmp_path, [])[0][1]
     assert train[-1] == "--exist-ok" and "replaces it" in capsys.readouterr().out
 

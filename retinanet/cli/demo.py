@@ -34,8 +34,10 @@ from retinanet.data import ensure_synthetic
 from retinanet.engine.runtime.precision import cpu_bf16_flags, cpu_has_native_bf16
 from retinanet.engine.runtime.run_dir import holds_run
 from retinanet.errors import RetinaNetError
+from retinanet.files import write_atomic
 
 RECIPE = "demo_synthetic"
+DEMO_MARKER = ".retinanet-demo"  # in a demo's --out: its train/ is a demo run, which the next demo may replace
 # options the demo sets itself: given after "--" they would train elsewhere than it evaluates
 DEFAULT_MINUTES = 5.0  # the whole demo's wall time when neither --time nor --epochs is given
 # the body of a time-budgeted demo trained in fp32 on a CPU: on a 2-core AVX2 CPU it trains 2.4x the
@@ -160,6 +162,9 @@ def demo_commands(opts: DemoOptions, root: Path, images: list[Path], train_minut
               "1.5x its AP in 5 minutes on a 2-core AVX2 CPU ('-- --arch resnet18_fpn_v2' keeps the recipe's)", flush=True)
         train += ["--arch", FP32_CPU_ARCH]
     if holds_run(out / "train") and "--exist-ok" not in opts.train_options:
+        if not (out / DEMO_MARKER).is_file():  # a run of the user's own (`retinanet train --out DIR/train`): kept
+            raise RetinaNetError(f"{out / 'train'} holds a training run that no demo wrote: the demo would replace it; "
+                                 "give the demo another --out (or '-- --exist-ok' to replace it)")
         print(f"note: {out / 'train'} holds an earlier demo run: this demo replaces it (--exist-ok)", flush=True)
         train.append("--exist-ok")
     if train_minutes is not None:
@@ -228,6 +233,8 @@ def run_demo(opts: DemoOptions, run_command: Callable[[Sequence[str]], int]) -> 
     seconds["data"] = time.time() - t0
     train_minutes = None if budget is None else training_minutes(budget, time.time() - started)
     commands = demo_commands(opts, root, val_images(root, opts.num_images), train_minutes)
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / DEMO_MARKER, "written by retinanet demo: train/ here is a demo run, which the next demo may replace\n")
     for k, (name, argv) in enumerate(commands, start=2):
         print(f"\n[{k}/4] retinanet {shlex.join(argv)}", flush=True)
         t0 = time.time()

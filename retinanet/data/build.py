@@ -127,6 +127,9 @@ def _voc_records(cfg: DataConfig, root: Path, fmt: str, problems: list[str], war
         warns += split_warnings
         pairs = {s: voc_flat_pairs(root, split[s]) for s in splits}
         warns += unannotated_images(root)
+        if (root / "predictions.json").is_file():  # `predict --voc-xml` output: its images/ have the boxes drawn in
+            warns.append(f"{root} looks like the output of retinanet predict: its images have the detections drawn "
+                         "in; train on the original images with the corrected XML")
     parsed = {s: parse_all(p, problems) for s, p in pairs.items()}
     class_map = _class_map(cfg, [n for anns in parsed.values() for a, _, _ in anns for n in a.names], class_map, problems, warns)
     records = {}

@@ -316,3 +316,10 @@ def test_an_xml_with_a_default_namespace_is_read(tmp_path):
     path.write_text(xml_text("a.jpg", (64, 80), [obj("cat")]).replace("<annotation>", '<annotation xmlns="http://example.org/voc">', 1))
     ann = parse_voc_xml(path)
     assert ann.names == ["cat"] and ann.boxes.tolist() == [[4.0, 5.0, 30.0, 40.0]]
+
+
+def test_a_predict_output_folder_read_as_a_dataset_is_named(tmp_path):
+    root = _flat(tmp_path / "out", n=4, separate=True)
+    (root / "predictions.json").write_text('{"images": [], "failures": []}')
+    ds = build_datasets(DataConfig(root=str(root), val_fraction=0.5), **SIZES)
+    assert any("looks like the output of retinanet predict: its images have the detections drawn in" in w for w in ds.warnings)

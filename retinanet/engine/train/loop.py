@@ -143,7 +143,8 @@ def _train(model_cfg: ModelConfig, data_cfg: DataConfig, cfg: TrainConfig, progr
             run.resumed_interrupted = out / "interrupted.pt"
         fit_time_budget(run, t_start)
         total = schedule_steps(run)
-        log.line(describe_schedule(run.cfg, resolve_warmup(run.cfg, total), total, total / len(run.train_loader)))
+        if state.epoch < run.cfg.epochs and state.iteration < total:  # a finished run resumed: nothing scheduled
+            log.line(describe_schedule(run.cfg, resolve_warmup(run.cfg, total), total, total / len(run.train_loader)))
         if main:
             data.class_map.save(out / "classes.json")
             write_config_file(out / "config.yaml", run.config, comment=changes_comment(state.changes))

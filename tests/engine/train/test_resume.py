@@ -160,7 +160,8 @@ def test_resume_of_a_finished_run_says_there_is_nothing_to_train(run_copy, run_c
     status, err = run_cli(["train", "--resume", str(run_copy), "--quiet"])
     assert status == 0
     said = "the run already finished its 1 epoch(s) (global step 2), so there is nothing to train; to train on, give a larger --epochs"
-    assert said in err and said in (run_copy / "train.log").read_text()
+    log = (run_copy / "train.log").read_text()
+    assert said in err and said in log and log.count("lr schedule:") == 1  # the first run's, none for the resume
 
 
 def test_resume_allow_continues_names_the_change_and_config_yaml_records_it(run_copy, run_cli):
