@@ -140,6 +140,7 @@ def setup(model: torch.nn.Module, model_cfg: ModelConfig, data_cfg: DataConfig, 
     optimizer = build_optimizer(model, cfg, fused=device.type in ("cpu", "cuda"))  # fused: skips on the device
     scaler = torch.amp.GradScaler(device.type, enabled=precision.grad_scaling)
     ema = build_ema(model, cfg)
+    log.line(training_line(data_cfg, cfg, D.get_world_size()))
     pin = device.type == "cuda"  # page-locked batches: the non_blocking copies to the GPU are asynchronous
     train_loader = build_loader(data.train, batch_size=cfg.batch_size, workers=data_cfg.workers, train=True,
                                 distributed=distributed, seed=cfg.seed, aspect_grouping=data_cfg.aspect_grouping,
@@ -269,3 +270,16 @@ def val_tiling(data_cfg: DataConfig, batch_size: int) -> TileOptions | None:
     Resized whole, a 3000 px image shrinks its objects below every anchor: AP ~0, and best.pt
     chosen by noise."""
     return TileOptions(tile=data_cfg.crop, batch_size=batch_size).resolved(data_cfg.crop) if data_cfg.crop else None
+
+
+def training_line(data_cfg: DataConfig, cfg: TrainConfig, world_size: int) -> str:
+    """One log line of how the run trains: batch, optimizer, the augmentation and the EMA (its decay
+    ramps up over ``ema_ramp_iters`` steps: in a short run its weights follow the model closely)."""
+    aug = [f"hflip {data_cfg.hflip_prob:g}"] if data_cfg.hflip_prob else []
+    aug += [f"short sides {', '.join(map(str, data_cfg.train_sizes))}"] if data_cfg.train_sizes else []
+    aug += [name for name, on in (("photometric", data_cfg.photometric), ("IoU crop", data_cfg.iou_crop)) if on]
+    aug += [f"{data_cfg.crop} px crops"] if data_cfg.crop else []
+    ema = (f"EMA of the weights (decay {cfg.ema_decay:g}, ramped up over {cfg.ema_ramp_iters} steps), evaluated and saved"
+           if cfg.ema else "no EMA")
+    return (f"training: batch {cfg.batch_size} x {world_size} process(es), {cfg.optimizer} lr {cfg.lr:g}, augmentation: "
+            f"{', '.join(aug) or 'none'}; {ema}")

@@ -175,3 +175,12 @@ def test_the_package_s_warnings_print_as_one_plain_line_and_others_as_python_sho
     assert [str(w.message) for w in seen] == ["from elsewhere"]
     err = capsys.readouterr().err
     assert err == "retinanet x: warning: from the package\n"
+
+
+def test_the_log_says_how_the_run_trains():
+    from retinanet.engine.train.setup import training_line
+
+    line = training_line(DataConfig(train_sizes=(96, 128), photometric=True), TrainConfig(ema=True, batch_size=8), 2)
+    assert line == ("training: batch 8 x 2 process(es), sgd lr 0.01, augmentation: hflip 0.5, short sides 96, 128, photometric; "
+                    "EMA of the weights (decay 0.9998, ramped up over 2000 steps), evaluated and saved")
+    assert "augmentation: none; no EMA" in training_line(DataConfig(hflip_prob=0.0), TrainConfig(), 1)
