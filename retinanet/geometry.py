@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+SIZE_DIVISIBLE = 32  # the model pads a batch's height and width to multiples of this (the FPN's P5 stride)
+
 
 def _torchvision_size(h: int, w: int, min_size: int, max_size: int) -> tuple[int, int]:
     scale = min(min_size / min(h, w), max_size / max(h, w))
@@ -36,6 +38,13 @@ def resized_size(h: int, w: int, min_size: int, max_size: int) -> tuple[int, int
     if abs(nh - h) <= 1 and abs(nw - w) <= 1:
         return h, w
     return nh, nw
+
+
+def padded_size(h: int, w: int, min_size: int, max_size: int, resize: bool = True) -> tuple[int, int]:
+    """Size of the zero-padded input an ``h x w`` image gets alone: its ``resized_size`` (its own
+    size when not ``resize``) rounded up to multiples of ``SIZE_DIVISIBLE``."""
+    h, w = resized_size(h, w, min_size, max_size) if resize else (h, w)
+    return math.ceil(h / SIZE_DIVISIBLE) * SIZE_DIVISIBLE, math.ceil(w / SIZE_DIVISIBLE) * SIZE_DIVISIBLE
 
 
 def resize_image(image: Tensor, min_size: int, max_size: int) -> Tensor:

@@ -29,6 +29,19 @@ def test_bench_model_prints_both_models_and_the_ratio(layout):
         assert "ours" in line and "torchvision" in line and "ratio ours/torchvision" in line
 
 
+def test_bench_eval_batches_counts_fewer_passes_grouped(tmp_path):
+    from retinanet.data import make_synthetic
+    synthetic = tmp_path / "syn"
+    make_synthetic(synthetic, num_train=2, num_val=2, image_size=64, seed=0)
+    out = run("bench_eval_batches.py", "--num-images", "40", "--batch-sizes", "1", "8")
+    rows = {int(r.split()[0]): r.split() for r in out.splitlines() if r.strip()[:1].isdigit() and "images" not in r}
+    assert rows[1][1:3] == ["40", "40"]  # batch 1: one pass per image either way
+    assert int(rows[8][2]) < int(rows[8][1])  # mixed sizes: grouping saves passes
+    out = run("bench_eval_batches.py", "--data", str(synthetic), "--batch-sizes", "2", "--time", "--min-size", "64",
+              "--max-size", "64", "--repeats", "1")
+    assert "s in order" in out and out.strip().splitlines()[-1].split()[0] == "2"
+
+
 def test_bench_heads_times_loss_and_postprocess():
     out = run("bench_heads.py", "--batch-size", "2", "--image-size", "64", "--num-classes", "5",
               "--iters", "1", "--warmup", "0", "--device", "cpu")

@@ -45,6 +45,7 @@ from retinanet.data.voc_layout import (
 )
 from retinanet.data.yolo import yolo_records
 from retinanet.errors import DataError, RetinaNetError
+from retinanet.geometry import padded_size
 
 
 @dataclass
@@ -255,6 +256,19 @@ class EpochSeededLoader(DataLoader):
         return super().__iter__()
 
 
+def eval_groups(dataset: DetectionDataset) -> list[int]:
+    """Group id per item for evaluation: one per padded input size the model gives the image
+    (``geometry.padded_size`` at the dataset's resize; images of unknown size form one group), in
+    order of first appearance. The model runs a batch as one pass per padded size, so batches of
+    one group run in one pass."""
+    t = dataset.transform
+    if not hasattr(t, "min_size"):  # a custom transform: sizes unknown, no grouping
+        return [0] * len(dataset)
+    keys: dict[tuple[int, int] | None, int] = {}
+    return [keys.setdefault(padded_size(*hw, t.min_size, t.max_size, t.resize) if hw else None, len(keys))
+            for hw in dataset.image_sizes()]
+
+
 def build_loader(dataset: DetectionDataset, *, batch_size: int, workers: int, train: bool, distributed: bool = False,
                  seed: int = 0, aspect_grouping: bool = True, pin_memory: bool = False) -> DataLoader:
     """DataLoader yielding ``(images: list[Tensor [3, H, W] uint8], targets: list[dict])``.
@@ -264,12 +278,14 @@ def build_loader(dataset: DetectionDataset, *, batch_size: int, workers: int, tr
         batch_size: images per batch and process.
         workers: loader processes (0 = load in the main process).
         train: shuffle ((seed, epoch)-deterministic; call ``loader.batch_sampler.set_epoch(e)``);
-            False = sequential.
+            False = evaluation order (every item once, grouped by padded size).
         distributed: shard across the ranks of the initialised process group (training: padded
             to equal shards; evaluation: disjoint shards, no duplicates).
         seed: shuffling and augmentation seed (training: item i of epoch e is augmented with
             draws seeded by (seed, e, i), whatever ``workers`` is).
-        aspect_grouping: batch images of one aspect group (w/h < 1 vs >= 1) together.
+        aspect_grouping: training: batch images of one aspect group (w/h < 1 vs >= 1) together.
+            Evaluation always batches images of one padded input size together (``eval_groups``):
+            the order of evaluation changes, never its results.
         pin_memory: batches in page-locked memory (for a CUDA device: ``non_blocking`` copies are
             then asynchronous).
     """
@@ -278,7 +294,10 @@ def build_loader(dataset: DetectionDataset, *, batch_size: int, workers: int, tr
         if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
             raise RetinaNetError("build_loader(distributed=True) needs an initialised torch.distributed process group")
         rank, world = dist_info()
-    groups = aspect_groups(dataset.aspect_ratios()) if aspect_grouping else [0] * len(dataset)
+    if not train:
+        groups = eval_groups(dataset)
+    else:
+        groups = aspect_groups(dataset.aspect_ratios()) if aspect_grouping else [0] * len(dataset)
     sampler = GroupedBatchSampler(groups, batch_size, shuffle=train, seed=seed, rank=rank, world_size=world)
     return EpochSeededLoader(
         dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate, seed=seed,

@@ -87,19 +87,23 @@ class DetectionDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def aspect_ratios(self) -> list[float]:
-        """Width / height of each image, from the annotation (or the file header when absent)."""
-        out = []
+    def image_sizes(self) -> list[tuple[int, int] | None]:
+        """``(height, width)`` of each image, from the annotation (or the file header when absent;
+        None when that cannot be read either: the item's loading will say why)."""
+        out: list[tuple[int, int] | None] = []
         for r in self.records:
             if r.size is not None:
-                out.append(r.size[1] / r.size[0])
+                out.append((int(r.size[0]), int(r.size[1])))
             else:
                 try:
-                    h, w = oriented_size(r.file, exif=self.exif, max_pixels=None)
-                    out.append(w / h)
+                    out.append(tuple(oriented_size(r.file, exif=self.exif, max_pixels=None)))
                 except (OSError, ValueError):
-                    out.append(1.0)
+                    out.append(None)
         return out
+
+    def aspect_ratios(self) -> list[float]:
+        """Width / height of each image (``image_sizes``; 1.0 where unknown)."""
+        return [w / h if h > 0 else 1.0 for h, w in (hw or (1, 1) for hw in self.image_sizes())]
 
     def load(self, index: int) -> tuple[torch.Tensor, dict]:
         """The item before augmentation and resize: original image and target."""

@@ -4,8 +4,10 @@
 ``set_epoch`` each epoch; ``set_epoch(e, start=k)`` skips the epoch's first k batches), gives each rank its shard (the list padded by repetition to a multiple
 of the world size, as ``DistributedSampler`` does), and forms batches from images of one aspect
 group (width/height < 1 vs >= 1, as torchvision's references) so padding to a batch shape wastes
-little. Evaluation (``shuffle=False``): sequential, rank r takes items r, r+W, r+2W, ... with no
-padding, so no image is evaluated twice across ranks.
+little. Evaluation (``shuffle=False``): rank r takes items r, r+W, r+2W, ... with no padding, so
+no image is evaluated twice across ranks, and batches them group by group (``groups`` there: one
+per padded input size, ``build.eval_groups``): the model runs a batch of mixed padded sizes as one
+pass per size, so a sorted evaluation runs as few passes as it can.
 """
 
 from __future__ import annotations
@@ -34,9 +36,11 @@ class GroupedBatchSampler(Sampler[list[int]]):
     """Yields lists of dataset indices.
 
     Args:
-        groups: group id per dataset item (``aspect_groups``); all zeros = no grouping.
+        groups: group id per dataset item (training: ``aspect_groups``; evaluation:
+            ``build.eval_groups``); all zeros = no grouping.
         batch_size: items per batch (per process).
-        shuffle: training order (seed, epoch)-deterministic; False = sequential.
+        shuffle: training order (seed, epoch)-deterministic; False = evaluation: sorted by group,
+            in dataset order within a group.
         seed: shuffling seed.
         rank, world_size: this process's shard (defaults from ``torch.distributed``).
         drop_last: drop an incomplete last batch (training only).
@@ -80,6 +84,11 @@ class GroupedBatchSampler(Sampler[list[int]]):
 
     def batches(self) -> Iterator[list[int]]:
         """Every batch of the epoch, from the first."""
+        if not self.shuffle:  # evaluation: the shard sorted by group (stable), in consecutive batches
+            order = sorted(self.shard(), key=self.groups.__getitem__)
+            for i in range(0, len(order), self.batch_size):
+                yield order[i : i + self.batch_size]
+            return
         buckets: dict[int, list[int]] = {}
         leftovers: list[int] = []
         for idx in self.shard():
@@ -96,6 +105,8 @@ class GroupedBatchSampler(Sampler[list[int]]):
                 yield batch
 
     def __len__(self) -> int:
+        if not self.shuffle:
+            return -(-len(self.shard()) // self.batch_size)
         counts: dict[int, int] = {}
         for idx in self.shard():
             counts[self.groups[idx]] = counts.get(self.groups[idx], 0) + 1

@@ -13,11 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from retinanet.geometry import resized_size
+from retinanet.geometry import SIZE_DIVISIBLE, padded_size, resized_size
 
 IMAGE_MEAN = (0.485, 0.456, 0.406)
 IMAGE_STD = (0.229, 0.224, 0.225)
-SIZE_DIVISIBLE = 32
 
 
 _STATS: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor]] = {}
@@ -85,10 +84,7 @@ def padded_size_groups(images: list[Tensor], min_size: int, max_size: int, resiz
     resized size rounded up to ``SIZE_DIVISIBLE``), groups in order of first appearance."""
     groups: dict[tuple[int, int], list[int]] = {}
     for i, img in enumerate(images):
-        h, w = int(img.shape[-2]), int(img.shape[-1])
-        h, w = resized_size(h, w, min_size, max_size) if resize else (h, w)
-        key = (math.ceil(h / SIZE_DIVISIBLE), math.ceil(w / SIZE_DIVISIBLE))
-        groups.setdefault(key, []).append(i)
+        groups.setdefault(padded_size(int(img.shape[-2]), int(img.shape[-1]), min_size, max_size, resize), []).append(i)
     return list(groups.values())
 
 

@@ -8,7 +8,12 @@ import torch
 from retinanet.config import DataConfig
 from retinanet.data import ClassMap, build_datasets, build_loader
 from retinanet.errors import DataError
+from retinanet.data.build import eval_groups
+from retinanet.data.dataset import DetectionDataset
+from retinanet.data.records import Record
 from retinanet.data.sampler import GroupedBatchSampler, aspect_groups
+from retinanet.data.transforms import ItemTransform
+from retinanet.model.transform import padded_size_groups
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +59,27 @@ def test_eval_loader_is_sequential(datasets):
     loader = build_loader(datasets.val, batch_size=3, workers=0, train=False)
     ids = [t["image_id"] for _, targets in loader for t in targets]
     assert ids == list(range(4)) and len(loader) == 2
+
+
+def test_eval_batches_are_of_one_padded_size():
+    """Evaluation batches images of one padded input size together: the model runs a mixed batch as
+    one pass per size, so mixed batches would cost passes (VOC's sizes at 800/1333 give several)."""
+    import numpy as np
+    sizes = [(375, 500), (500, 375), (333, 500), (375, 500), (500, 333), (375, 500), (332, 500), (500, 375), (375, 500)]
+    empty = np.zeros((0, 4), np.float32)
+    records = [Record(f"missing{i}.jpg", empty, np.zeros(0, np.int64), np.zeros(0, bool), i, hw, "test")
+               for i, hw in enumerate(sizes)]
+    ds = DetectionDataset(records, ItemTransform(min_size=800, max_size=1333))
+    groups = eval_groups(ds)
+    assert groups == [0, 1, 2, 0, 3, 0, 2, 1, 0]  # 333 and 332 rows pad alike: (800, 1216)
+    batches = list(GroupedBatchSampler(groups, 3, shuffle=False, rank=0, world_size=1))
+    assert sorted(i for b in batches for i in b) == list(range(9)) and len(batches) == 3
+    fake = [torch.zeros(3, h, w) for h, w in sizes]
+    passes = sum(len(padded_size_groups([fake[i] for i in b], 800, 1333)) for b in batches)
+    in_order = sum(len(padded_size_groups(fake[i : i + 3], 800, 1333)) for i in range(0, 9, 3))
+    assert passes == 5 and in_order == 8  # one pass per size plus one per size boundary, vs 2.7 per batch
+    native = DetectionDataset(records, ItemTransform(min_size=800, max_size=1333, resize=False))
+    assert eval_groups(native) == [0, 1, 2, 0, 3, 0, 2, 1, 0]  # native tiles: 352 x 512 for 333 and 332
 
 
 def test_grouped_batches_by_aspect_ratio():

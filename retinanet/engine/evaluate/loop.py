@@ -390,7 +390,7 @@ def run_eval(data_cfg, opts: EvalOptions) -> EvalRun:
     warnings = class_map_problems(model_map, data_map, cfg.num_classes)
     precision = resolve_precision(opts.amp, device)  # an impossible mode fails before the data is read
     loader = build_loader(datasets.val, batch_size=opts.batch_size, workers=opts.workers, train=False,
-                          distributed=is_dist(), seed=0, aspect_grouping=False, pin_memory=device.type == "cuda")
+                          distributed=is_dist(), seed=0, pin_memory=device.type == "cuda")
     result = evaluate(model, loader, device=device, class_map=data_map, amp=precision.mode, progress=opts.progress,
                       voc=opts.voc, backend=opts.backend, tile=tile)
     paths = (write_eval_outputs(result, opts.out, category_ids=dataset_category_ids(data_cfg, datasets),
