@@ -82,6 +82,7 @@ class PredictSummary:
     json_path: Path = Path("predictions.json")
     at_cap: int = 0  # images whose detections reached max_dets (more above the threshold were cut)
     max_dets: int = 100
+    earlier: dict[str, int] = field(default_factory=dict)  # output folder -> files of an earlier run left beside this one's
 
     def text(self) -> str:
         lines = [
@@ -97,6 +98,11 @@ class PredictSummary:
             lines.append(f"VOC XML: {self.out / 'xml'}")
         if (self.out / "labels").is_dir():
             lines.append(f"YOLO labels: {self.out / 'labels'} (class names: {self.out / 'data.yaml'})")
+        if self.earlier:
+            where = ", ".join(f"{n} in {self.out / d}" for d, n in self.earlier.items())
+            lines.append(f"warning: {sum(self.earlier.values())} file(s) are from an earlier run into {self.out} "
+                         f"({where}), kept beside this run's: {self.json_path.name} lists only this run's images; "
+                         "give a new --out to keep runs apart")
         return "\n".join(lines)
 
 
@@ -250,20 +256,38 @@ def yolo_names_yaml(class_names: dict[int, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+OUTPUT_FOLDERS = ("images", "xml", "labels")  # per-image outputs under ``out``
+
+
+def output_paths(name: str, opts: PredictOptions) -> dict[str, Path]:
+    """Where the per-image outputs asked for by ``opts`` go for the input of output name ``name``:
+    ``{"images": drawn image, "xml": VOC XML, "labels": YOLO labels}`` (only those asked for)."""
+    out = Path(opts.out)
+    paths = {"images": out / "images" / _drawn_name(name), "xml": (out / "xml" / name).with_suffix(".xml"),
+             "labels": (out / "labels" / name).with_suffix(".txt")}
+    asked = {"images": opts.draw, "xml": opts.voc_xml, "labels": opts.yolo_txt}
+    return {k: v for k, v in paths.items() if asked[k]}
+
+
+def files_in_output_folders(out: Path) -> set[Path]:
+    """Every file under ``out``'s per-image output folders (``OUTPUT_FOLDERS``)."""
+    return {p for d in OUTPUT_FOLDERS if (out / d).is_dir() for p in (out / d).rglob("*") if p.is_file()}
+
+
 def _write_outputs(item: dict[str, Any], path: Path, name: str, det: Detections, opts: PredictOptions):
     """Drawn image, VOC XML and YOLO labels of one image (each only if asked; each written atomically)."""
-    out = Path(opts.out)
+    targets = output_paths(name, opts)
     boxes, labels, scores = det.boxes.double().numpy(), det.labels.tolist(), det.scores.tolist()
     if opts.draw:
-        target = out / "images" / _drawn_name(name)
+        target = targets["images"]
         original = Image.fromarray(item["original"].permute(1, 2, 0).numpy())
         drawn = draw_detections(original, boxes, labels, scores, det.names)
         image_format = Image.registered_extensions()[target.suffix.lower()]
         write_atomic(target, lambda f: drawn.save(f, format=image_format))
     if opts.voc_xml:
-        write_atomic((out / "xml" / name).with_suffix(".xml"), voc_xml(path, det.size, boxes, det.names))
+        write_atomic(targets["xml"], voc_xml(path, det.size, boxes, det.names))
     if opts.yolo_txt:
-        write_atomic((out / "labels" / name).with_suffix(".txt"), yolo_lines(boxes, labels, scores, det.size, opts.save_conf))
+        write_atomic(targets["labels"], yolo_lines(boxes, labels, scores, det.size, opts.save_conf))
 
 
 def write_predictions_json(path: Path, records: list[dict[str, Any]], failures: list[tuple[str, str]],
@@ -322,6 +346,7 @@ def predict(detector: Detector, files: list[tuple[Path, str]], opts: PredictOpti
     out = Path(opts.out)
     detector.label_ids(opts.classes)  # an unknown class name fails before any work
     out.mkdir(parents=True, exist_ok=True)
+    before = files_in_output_folders(out)
     if opts.yolo_txt:
         write_atomic(out / "data.yaml", yolo_names_yaml(detector.class_names))
     c = detector.model.config
@@ -344,8 +369,14 @@ def predict(detector: Detector, files: list[tuple[Path, str]], opts: PredictOpti
         raise
     write_predictions_json(json_path, records, failures)
     at_cap = sum(len(r["detections"]) >= opts.max_dets for r in records)
+    done = {r["file"] for r in records}
+    written = {p for path, name in files if str(path) in done for p in output_paths(name, opts).values()}
+    earlier: dict[str, int] = {}
+    for p in before - written:
+        folder = p.relative_to(out).parts[0]
+        earlier[folder] = earlier.get(folder, 0) + 1
     return PredictSummary(len(records), sum(len(r["detections"]) for r in records), failures, out, json_path, at_cap,
-                          opts.max_dets)
+                          opts.max_dets, dict(sorted(earlier.items())))
 
 
 def _run_batches(detector: Detector, loader, files: list[tuple[Path, str]], opts: PredictOptions,

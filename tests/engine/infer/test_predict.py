@@ -286,3 +286,20 @@ def test_images_that_reach_max_dets_are_counted_in_the_summary(tmp_path, checkpo
                  "--score-thresh", "0", "--max-dets", "3", "--workers", "0", "--quiet", "--no-draw"]) == 0
     assert ("warning: 2 image(s) reached --max-dets 3: detections above --score-thresh beyond it were cut; "
             "give a larger --max-dets to keep them") in capsys.readouterr().out
+
+
+def test_a_used_out_folder_says_which_files_are_from_an_earlier_run(tmp_path, checkpoint, capsys):
+    """Predicting into a used --out overwrites the outputs of the same inputs and names the earlier
+    files it leaves beside them (predictions.json lists only this run's images)."""
+    for name in ("a.jpg", "b.jpg", "c.jpg"):
+        write_image(tmp_path / "in" / name, size=(60, 80))
+    out = tmp_path / "out"
+    args = ["--weights", str(checkpoint), "--out", str(out), "--workers", "0", "--quiet", "--save-txt"]
+    assert main(["predict", str(tmp_path / "in"), *args]) == 0
+    assert "earlier run" not in capsys.readouterr().out
+    assert main(["predict", str(tmp_path / "in" / "a.jpg"), *args]) == 0  # same input again: overwritten, b and c left
+    said = capsys.readouterr().out
+    assert (f"warning: 4 file(s) are from an earlier run into {out} (2 in {out / 'images'}, 2 in {out / 'labels'}), "
+            "kept beside this run's: predictions.json lists only this run's images; give a new --out to keep runs apart") in said
+    assert [r["file"] for r in json.loads((out / "predictions.json").read_text())["images"]] == [str(tmp_path / "in" / "a.jpg")]
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["a.jpg", "b.jpg", "c.jpg"]  # kept, and said
