@@ -118,9 +118,9 @@ def cmd_check_data(args: argparse.Namespace) -> int:
     if args.out:
         paths = write_check_outputs(report, args.out, min_size=args.min_size, max_size=args.max_size, anchor_sizes=sizes)
         print(f"report and plots: {', '.join(str(p) for p in paths)}")
-        if report.class_map is not None:  # with the tiling line: these anchors are for whole resized images only
-            print(anchor_hint(report, args.min_size, args.max_size, sizes)
-                  + (" [whole images resized to min_size; for crops and tiles, the tiling line's]" if hint else ""))
+    if report.class_map is not None:  # with the tiling line: these anchors are for whole resized images only
+        print(anchor_hint(report, args.min_size, args.max_size, sizes)
+              + (" [whole images resized to min_size; for crops and tiles, the tiling line's]" if hint else ""))
     if hint:
         print(hint)
     return 0 if report.ok else 1
@@ -149,6 +149,9 @@ def _add_eval(sub) -> None:
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True, help=CHANNELS_LAST_HELP)
     add_input_size_options(p)
     p.add_argument("--score-thresh", type=fraction, help="drop detections below this score (default: the checkpoint's, 0.05)")
+    p.add_argument("--max-dets", type=positive_int, help="detections kept per image (per tile with --tile), best first; "
+                   "the summary counts the images that reached it (default: the checkpoint's, 300; COCO's AR100 and AP "
+                   "score each image's best 100 per class)")
     p.add_argument("--coco-backend", choices=["pycocotools", "faster_coco_eval"], default="pycocotools",
                    help="COCOeval implementation: pycocotools (reference) or faster_coco_eval (faster, equal to ~1e-16) [pycocotools]")
     add_tile_options(p)
@@ -168,7 +171,8 @@ def _eval(args: argparse.Namespace) -> int:
     if args.split and val_split not in (None, DataConfig().val_split, args.split):
         raise RetinaNetError(f"--split {args.split} and --val-split {val_split} both name the split to evaluate: give one")
     data_cfg = data_config_from_args(args, **({"val_split": args.split} if args.split else {}))
-    sizes = {"min_size": args.min_size, "max_size": args.max_size, "score_thresh": args.score_thresh}
+    sizes = {"min_size": args.min_size, "max_size": args.max_size, "score_thresh": args.score_thresh,
+             "detections_per_img": args.max_dets}
     opts = EvalOptions(
         weights=args.weights, out=args.out, voc=args.voc, batch_size=args.batch_size, workers=args.workers,
         device=args.device, amp=args.amp, channels_last=args.channels_last, progress=not args.quiet, backend=args.coco_backend,
@@ -192,6 +196,10 @@ def _eval(args: argparse.Namespace) -> int:
         print(f"\nVOC AP50 (continuous IoU): mAP {r.voc['mAP']:.4f} (all-point), {r.voc['mAP_07']:.4f} (11-point VOC2007)")
     print(f"\n{r.num_images} images, {len(r.detections)} detections: AP {r.metrics['AP']:.4f}, "
           f"AP50 {r.metrics['AP50']:.4f}; results in {args.out} (eval.json, detections.json, pr_curves.png)")
+    if r.at_cap:
+        where = "tile(s)" if run.tiling else "image(s)"
+        print(f"warning: {r.at_cap} {where} reached --max-dets {r.max_dets}: detections beyond it were cut (the "
+              "VOC AP and the PR curves count every detection); give a larger --max-dets to keep them")
     print(f"precision: {run.precision}")
     if run.tiling:
         print(f"tiling: {run.tiling}")

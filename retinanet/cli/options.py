@@ -49,7 +49,8 @@ def add_amp_options(p, default: str) -> None:
 
 
 def add_data_options(p: argparse.ArgumentParser, *, from_config: bool = False, augment: bool = False) -> None:
-    """Dataset options shared by train, eval and check-data (``augment``: the training augmentation too).
+    """Dataset options shared by train, eval and check-data (``augment``: train's own too,
+    ``--train-difficult`` and the augmentation).
 
     ``from_config`` (train): an option not given is absent from the parsed ``args`` (its value comes
     from the config file, else ``DataConfig``'s default, shown in brackets) and each switch also has
@@ -68,7 +69,8 @@ def add_data_options(p: argparse.ArgumentParser, *, from_config: bool = False, a
     g.add_argument("--val-fraction", type=field_type("val_fraction"), default=default(d.val_fraction), help=f"flat layout: share of images held out for validation [{d.val_fraction}]")
     g.add_argument("--split-seed", type=any_int, default=default(d.split_seed), help=f"flat layout: seed of the deterministic split [{d.split_seed}]")
     g.add_argument("--skip-bad", **switch, help="skip bad items (each reported) instead of stopping")
-    g.add_argument("--train-difficult", **switch, help="train on VOC 'difficult' / COCO crowd objects too (default: ignore regions)")
+    if augment:  # training only: evaluation always scores them as ignore regions, as pycocotools and the VOC devkit
+        g.add_argument("--train-difficult", **switch, help="train on VOC 'difficult' / COCO crowd objects too (default: ignore regions)")
     add_image_options(g, default)
     if not augment:
         return

@@ -253,10 +253,38 @@ def anchor_hint(report: CheckReport, min_size: int, max_size: int, anchor_sizes:
             f"({min(anchor_sizes)} px at min_size {min_size}: IoU < 0.5)")
     if small <= too_many * total:
         return line
+    return line + ": " + anchor_advice(wh, anchor_sizes, too_many)
+
+
+def anchor_advice(wh: np.ndarray, anchor_sizes: tuple[int, ...], too_many: float = 0.15) -> str:
+    """What to train with when too many boxes ``wh`` are too small: ``smaller_anchors``, else a larger input."""
     sizes = smaller_anchors(wh, anchor_sizes, too_many)
     if sizes:
-        return line + f": train with --anchor-sizes {' '.join(map(str, sizes))} (or a larger --min-size)"
-    return line + ": train with a larger --min-size (and lower --anchor-sizes)"
+        return f"train with --anchor-sizes {' '.join(map(str, sizes))} (or a larger --min-size)"
+    return "train with a larger --min-size (and lower --anchor-sizes)"
+
+
+def too_small_for_anchors(records: list[Record], image_hw: list[tuple[int, int] | None], min_size: int, max_size: int,
+                          anchor_sizes: tuple[int, ...], native: bool = False, too_many: float = 0.15) -> str:
+    """A training run's warning when more than ``too_many`` of the boxes of ``records`` are too
+    small for the smallest anchor (``count_too_small``) at the scale the model sees them (resized
+    to ``min_size``/``max_size``; ``native``: unresized, as crops); "" otherwise.
+
+    Args:
+        image_hw: each record's image size (``DetectionDataset.image_sizes``; None: left out).
+    """
+    if native:
+        wh = np.concatenate([np.zeros((0, 2)), *(r.boxes[:, 2:] - r.boxes[:, :2] for r in records)]).astype(np.float64)
+    else:
+        wh = model_box_sizes(records, {r.file: hw for r, hw in zip(records, image_hw) if hw}, min_size, max_size)
+    wh = wh[(wh > 0).all(axis=1)]
+    small = count_too_small(wh, anchor_sizes)
+    if not len(wh) or small <= too_many * len(wh):
+        return ""
+    scale = "at native resolution (crops)" if native else f"at min_size {min_size}"
+    return (f"{small} of the {len(wh)} training boxes ({100 * small / len(wh):.1f}%) are too small for the smallest "
+            f"anchor ({min(anchor_sizes)} px {scale}: IoU < 0.5, each gets at most its best anchor and is hard to "
+            f"learn): {anchor_advice(wh, anchor_sizes, too_many)}; `retinanet check-data --out DIR` plots the sizes")
 
 
 def smaller_anchors(wh: np.ndarray, anchor_sizes: tuple[int, ...], too_many: float) -> tuple[int, ...] | None:

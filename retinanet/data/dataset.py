@@ -21,12 +21,23 @@ class BadImageError(DataError):
     """An image that cannot be decoded, met while loading (``DataError`` with one problem).
 
     Accepts a plain message too, because the DataLoader re-raises a worker's exception in the
-    main process as ``type(err)(text)``.
+    main process as ``type(err)(text)``, the text holding the worker's traceback: the problems are
+    taken back out of it (the user gets the message, not PyTorch's worker traceback).
     """
 
     def __init__(self, problems: list[str] | str, summary: str | None = None):
-        super().__init__([problems] if isinstance(problems, str) else problems,
-                         summary or "a bad image was met while loading data (use --skip-bad to skip such images)")
+        if isinstance(problems, str):
+            problems = _problems_in_worker_text(problems) or [problems]
+        super().__init__(problems, summary or "a bad image was met while loading data (use --skip-bad to skip such images)")
+
+
+def _problems_in_worker_text(text: str) -> list[str] | None:
+    """The ``  - problem`` lines of the ``BadImageError`` message at the end of a DataLoader
+    worker's "Caught ... Original Traceback ..." text; None when ``text`` is not one."""
+    marker = f"{BadImageError.__name__}: "
+    if "Original Traceback" not in text or marker not in text:
+        return None
+    return [line[4:] for line in text.rsplit(marker, 1)[1].splitlines() if line.startswith("  - ")] or None
 
 
 def item_seed(seed: int, epoch: int, index: int) -> int:
@@ -79,6 +90,7 @@ class DetectionDataset(Dataset):
         self.exif, self.max_pixels = exif, max_pixels
         self.bad: list[str] = []
         self.draws: tuple[int, int] | None = None  # (seed, epoch) of set_epoch
+        self._sizes: list[tuple[int, int] | None] | None = None  # image_sizes, once read
 
     def set_epoch(self, seed: int, epoch: int) -> None:
         """Make item ``i``'s augmentation a function of ``(seed, epoch, i)`` alone (None: global RNGs)."""
@@ -89,7 +101,10 @@ class DetectionDataset(Dataset):
 
     def image_sizes(self) -> list[tuple[int, int] | None]:
         """``(height, width)`` of each image, from the annotation (or the file header when absent;
-        None when that cannot be read either: the item's loading will say why)."""
+        None when that cannot be read either: the item's loading will say why). Read once (headers
+        of a large YOLO set take a while): the records do not change."""
+        if self._sizes is not None and len(self._sizes) == len(self.records):
+            return list(self._sizes)
         out: list[tuple[int, int] | None] = []
         for r in self.records:
             if r.size is not None:
@@ -99,7 +114,8 @@ class DetectionDataset(Dataset):
                     out.append(tuple(oriented_size(r.file, exif=self.exif, max_pixels=None)))
                 except (OSError, ValueError):
                     out.append(None)
-        return out
+        self._sizes = out
+        return list(out)
 
     def aspect_ratios(self) -> list[float]:
         """Width / height of each image (``image_sizes``; 1.0 where unknown)."""

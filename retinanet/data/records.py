@@ -80,10 +80,19 @@ def clip_said(boxes: np.ndarray, hw: tuple[int, int], where: str) -> tuple[np.nd
     moved = keep & (clipped != boxes).any(axis=1)
     said = []
     if moved.any():
-        said.append(f"{where}: {int(moved.sum())} box(es) extend outside the {hw[1]}x{hw[0]} (WxH) image; clipped")
+        said.append(f"{where}: {int(moved.sum())} box(es) extend outside the {hw[1]}x{hw[0]} (WxH) image; clipped: "
+                    + _some_boxes(boxes[moved]))
     if not keep.all():
-        said.append(f"{where}: dropped {int((~keep).sum())} box(es) with no area inside the {hw[1]}x{hw[0]} (WxH) image")
+        said.append(f"{where}: dropped {int((~keep).sum())} box(es) with no area inside the {hw[1]}x{hw[0]} (WxH) image: "
+                    + _some_boxes(boxes[~keep]))
     return clipped, keep, said
+
+
+def _some_boxes(boxes: np.ndarray, shown: int = 5) -> str:
+    """The first ``shown`` boxes as ``x1,y1,x2,y2`` pixel-edge coordinates (a VOC file's xmin, ymin are
+    1 more: its pixels are numbered from 1), then how many more: so the object can be found in its file."""
+    text = " ".join("[" + ",".join(f"{v:g}" for v in b.tolist()) + "]" for b in boxes[:shown])
+    return text + (f" and {len(boxes) - shown} more" if len(boxes) > shown else "") + " (x1,y1,x2,y2)"
 
 
 def no_area_reason(box: np.ndarray, hw: tuple[int, int] | None) -> str:

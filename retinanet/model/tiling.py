@@ -19,7 +19,8 @@ side), so a 16 px object stays 16 px. Pieces, in the order ``detect_tiled`` uses
   class-wise NMS over everything, best ``max_det`` kept.
 
 Memory is bounded by the batch of tiles: tiles are cut from the ``uint8`` image one batch at a
-time, only the kept detections of each tile are held (at most ``detections_per_img`` each).
+time, only the kept detections of each tile are held (at most ``max_dets`` each: the model's
+``detections_per_img`` unless a caller asks for more).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -222,30 +224,48 @@ def count_tiles(hw: tuple[int, int], tile: int, overlap: float) -> int:
     return len(tile_starts(hw[0], tile, overlap)) * len(tile_starts(hw[1], tile, overlap))
 
 
+class TiledDetections(NamedTuple):
+    """``detect_tiled_model``'s result: detections in image pixels (CPU, best first) and how many
+    tiles (and whole-image passes) reached the per-tile cap (detections beyond it were cut)."""
+
+    boxes: Tensor
+    scores: Tensor
+    labels: Tensor
+    tiles_at_cap: int
+
+
 def detect_tiled_model(model: torch.nn.Module, image: Tensor, opts: TileOptions, score_thresh: float,
-                       on_tiles: Callable[[int, int], None] | None = None) -> tuple[Tensor, Tensor, Tensor]:
+                       on_tiles: Callable[[int, int], None] | None = None, max_dets: int | None = None) -> TiledDetections:
     """``detect_tiled`` with a ``RetinaNet`` (in eval mode; the caller sets autocast / inference mode).
 
     Args:
         image: ``[3, H, W]`` uint8, original pixels. opts: resolved ``TileOptions``.
         score_thresh: the model's threshold for these calls.
+        max_dets: detections kept per tile, best first (None: the model's ``detections_per_img``).
     Returns:
-        ``(boxes [D, 4] image pixels, scores [D], labels [D])`` on the CPU, best first; NMS with the
-        model's ``nms_thresh``; ``D`` at most ``detections_per_img`` per tile.
+        ``TiledDetections``: ``boxes [D, 4]`` image pixels, ``scores [D]``, ``labels [D]``, best
+        first, NMS with the model's ``nms_thresh``, at most ``max_dets`` from each tile; and the
+        count of tiles that reached ``max_dets``.
     """
     device = next(model.parameters()).device
     c = model.config
+    cap = c.detections_per_img if max_dets is None else int(max_dets)
+    at_cap = [0]
 
     def run(tiles: list[Tensor]) -> list[tuple[Tensor, Tensor, Tensor]]:
-        outs = model([t.to(device, non_blocking=True) for t in tiles], score_thresh=score_thresh, resize=False)
+        outs = model([t.to(device, non_blocking=True) for t in tiles], score_thresh=score_thresh, resize=False,
+                     max_dets=cap)
+        at_cap[0] += sum(len(o["scores"]) >= cap for o in outs)
         return [(o["boxes"], o["scores"], o["labels"]) for o in outs]
 
     extra = None
     if opts.whole_image:
         small = resize_image(image, c.min_size, c.max_size)
-        out = model([small.to(device)], score_thresh=score_thresh)[0]
+        out = model([small.to(device)], score_thresh=score_thresh, max_dets=cap)[0]
+        at_cap[0] += len(out["scores"]) >= cap
         scale = torch.tensor([image.shape[-1] / small.shape[-1], image.shape[-2] / small.shape[-2]] * 2)
         extra = (out["boxes"].float().cpu() * scale, out["scores"].float().cpu(), out["labels"].cpu())
-    n = count_tiles((int(image.shape[-2]), int(image.shape[-1])), opts.tile, opts.overlap)
-    return detect_tiled(run, image, opts.tile, opts.overlap, opts.batch_size, c.nms_thresh,
-                        max_det=n * c.detections_per_img, on_tiles=on_tiles, extra=extra)
+    n = count_tiles((int(image.shape[-2]), int(image.shape[-1])), opts.tile, opts.overlap) + opts.whole_image
+    boxes, scores, labels = detect_tiled(run, image, opts.tile, opts.overlap, opts.batch_size, c.nms_thresh,
+                                         max_det=n * cap, on_tiles=on_tiles, extra=extra)
+    return TiledDetections(boxes, scores, labels, int(at_cap[0]))

@@ -71,8 +71,10 @@ def test_corrupt_image_without_skip_bad_names_it(broken):
     with pytest.raises(DataError, match=r"corrupt.jpg: cannot decode image"):
         ds.train[1]
     loader = build_loader(ds.train, batch_size=2, workers=1, train=False)
-    with pytest.raises(DataError, match=r"corrupt.jpg: cannot decode image"):  # also from a worker process
+    with pytest.raises(DataError, match=r"corrupt.jpg: cannot decode image") as err:  # also from a worker process
         next(iter(loader))
+    assert "Traceback" not in str(err.value) and "worker" not in str(err.value)  # the message, not PyTorch's wrapping
+    assert len(err.value.problems) == 1 and err.value.problems[0].startswith(str(voc / "JPEGImages" / "corrupt.jpg"))
 
 
 def test_boxes_outside_are_clipped_and_empty_ones_dropped_with_a_warning(tmp_path):

@@ -70,6 +70,11 @@ def test_data_options_to_config():
     assert cfg == DataConfig(root="d", years=("2007", "2012"), train_split="trainval", skip_bad=True, workers=0)
     with pytest.raises(SystemExit):  # augmentation is a training option only
         build_parser().parse_args(["check-data", "--data", "d", "--photometric"])
+    # evaluation scores difficult / crowd objects as ignore regions always: --train-difficult is train's alone
+    for command in (["check-data"], ["eval", "--weights", "w.pt"]):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([*command, "--data", "d", "--train-difficult"])
+    assert build_parser().parse_args(["train", "--data", "d", "--train-difficult"]).train_difficult is True
 
 
 def test_check_data_out_writes_report_and_plots(synthetic, tmp_path, capsys):
@@ -131,6 +136,31 @@ def test_anchor_hint_counts_boxes_too_small_and_suggests_sizes(tmp_path, capsys)
     assert "--anchor-sizes" not in anchor_hint(report, 100, 100, (32, 64, 128, 256, 512), too_many=0.5)
     report.records["train"] = [rec(f"{s}.jpg", s) for s in (4, 5, 6, 60)]
     assert "larger --min-size" in anchor_hint(report, 100, 100, (32, 64, 128, 256, 512))
+
+
+def test_check_data_prints_the_anchor_line_without_out(synthetic, capsys):
+    assert main(["check-data", "--data", str(synthetic), "--min-size", "192", "--quiet"]) == 0
+    assert "are too small for the smallest anchor (32 px at min_size 192" in capsys.readouterr().out
+
+
+def test_training_warns_when_most_boxes_are_too_small_for_the_anchors():
+    import numpy as np
+
+    from retinanet.data.check import too_small_for_anchors
+    from retinanet.data.records import Record
+
+    def rec(file, side, size=(100, 100)):
+        return Record(file, np.array([[0, 0, side, side]], np.float32), np.ones(1, np.int64), np.zeros(1, bool), 0, size, file)
+
+    records = [rec(f"{s}.jpg", s) for s in (10, 20, 30, 60)]
+    sizes = [(100, 100)] * 4
+    said = too_small_for_anchors(records, sizes, 100, 100, (32, 64, 128, 256, 512))
+    assert said.startswith("2 of the 4 training boxes (50.0%) are too small for the smallest anchor (32 px at min_size 100")
+    assert "--anchor-sizes 12 24 48 96 192" in said
+    assert too_small_for_anchors(records, sizes, 200, 200, (32, 64, 128, 256, 512), too_many=0.3) == ""  # x2: 1 of 4
+    assert "native resolution" in too_small_for_anchors(records, sizes, 200, 200, (32, 64, 128, 256, 512), native=True)
+    unknown = [rec(f"{s}.jpg", s, size=None) for s in (10, 20, 30, 60)]
+    assert too_small_for_anchors(unknown, [None] * 4, 100, 100, (32, 64, 128, 256, 512)) == ""  # sizes unknown: no claim
 
 
 def test_tile_hint_when_the_resize_makes_objects_too_small(tmp_path, capsys):

@@ -76,6 +76,16 @@ def test_corrupt_file_raises(tmp_path):
         load_image(tmp_path / "c.jpg")
 
 
+@pytest.mark.parametrize("name", ["z.jpg", "z.bmp", "z.png", "z"])
+@pytest.mark.parametrize("data", [b"", b"B", b"BM", b"\xff\xd8\xff"])
+def test_a_file_of_0_to_3_bytes_is_an_unreadable_image_not_a_struct_error(tmp_path, name, data):
+    """A plugin's format test read past a 0-3 byte header (struct.error: a bare traceback in train and
+    check-data, even with --skip-bad); such a file is an image that cannot be read, as any corrupt one."""
+    (tmp_path / name).write_bytes(data)
+    with pytest.raises(OSError, match="cannot identify image file"):
+        load_image(tmp_path / name)
+
+
 def test_pils_global_limit_is_never_written_and_limits_are_per_call_in_threads(tmp_path, monkeypatch):
     """Today ``_open_limited`` sets ``Image.MAX_IMAGE_PIXELS = None`` (under a lock) to open an image
     over PIL's limit: any other thread's ``Image.open`` meanwhile has no limit at all."""

@@ -163,8 +163,10 @@ def test_boxes_outside_an_image_of_unstated_size_are_clipped_and_dropped_aloud(t
     with pytest.warns(UserWarning) as record:  # today: clipped and dropped without a word
         _, target = ds.train[0]
     said = "\n".join(str(w.message) for w in record)
-    assert f"{xml} ({voc / 'JPEGImages' / 'a.jpg'}): 1 box(es) extend outside the 80x64 (WxH) image; clipped" in said
-    assert f"{xml} ({voc / 'JPEGImages' / 'a.jpg'}): dropped 1 box(es) with no area inside the 80x64 (WxH) image" in said
+    assert (f"{xml} ({voc / 'JPEGImages' / 'a.jpg'}): 1 box(es) extend outside the 80x64 (WxH) image; clipped: "
+            "[59,9,120,40] (x1,y1,x2,y2)") in said  # the box named, so it can be found among many in its file
+    assert (f"{xml} ({voc / 'JPEGImages' / 'a.jpg'}): dropped 1 box(es) with no area inside the 80x64 (WxH) image: "
+            "[89,9,120,20] (x1,y1,x2,y2)") in said
     assert target["boxes"].tolist() == [[4, 5, 30, 40], [59, 9, 80, 40]]
     report = check_dataset(DataConfig(root=str(tmp_path)), progress=False)  # check-data says the same
     assert any("1 box(es) extend outside the 80x64 (WxH) image; clipped" in w and str(xml) in w for w in report.warnings)

@@ -10,6 +10,7 @@ model needed).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -53,6 +54,8 @@ class EvalResult:
             "AP50"}]}`` (VOC protocol, see ``voc_eval``).
         pr_curves: per-class precision at 101 recall points at IoU 0.5 (``CocoEvaluation.pr_curves``).
         num_images: images evaluated (after removing DDP padding duplicates).
+        max_dets: detections kept per image (per tile when tiled): the model's ``detections_per_img``.
+        at_cap: images (tiles when tiled) whose detections reached ``max_dets``: more were cut.
     """
 
     metrics: dict[str, float]
@@ -62,6 +65,8 @@ class EvalResult:
     voc: dict[str, Any] | None = None
     pr_curves: dict[str, Any] | None = field(default=None, repr=False)
     num_images: int = 0
+    max_dets: int = 0
+    at_cap: int = 0
 
     def table(self) -> str:
         """Per-class AP table (fractions), with VOC columns when the VOC protocol was run."""
@@ -72,6 +77,8 @@ class EvalResult:
         out = {
             "num_images": self.num_images,
             "num_detections": len(self.detections),
+            "max_dets": self.max_dets,
+            "at_max_dets": self.at_cap,
             "metrics": self.metrics,
             "summary_text": self.summary_text,
             "per_class": self.per_class,
@@ -122,13 +129,15 @@ def _gt_record(target: dict[str, Any], image_hw: tuple[int, int]) -> dict[str, A
     }
 
 
-def _det_record(out: dict[str, np.ndarray], image_hw: tuple[int, int], gt: dict[str, Any]) -> dict[str, Any]:
-    """The model's detections of one image (host arrays, in the frame of the image given) in original pixels."""
+def _det_record(out: dict[str, np.ndarray], image_hw: tuple[int, int], gt: dict[str, Any], at_cap: int) -> dict[str, Any]:
+    """The model's detections of one image (host arrays, in the frame of the image given) in original
+    pixels; ``at_cap``: 1 when they reached the model's cap (tiled: the tiles that reached it)."""
     return {
         "image_id": gt["image_id"],
         "boxes": _to_original(torch.from_numpy(out["boxes"]), image_hw, (gt["height"], gt["width"])),
         "scores": out["scores"],
         "labels": out["labels"],
+        "at_cap": int(at_cap),
     }
 
 
@@ -165,12 +174,17 @@ def collect_tiled(model, loader, device: torch.device, tile: TileOptions, amp: s
                     bar.update(n - done[0])
                     done[0] = n
                 with precision.autocast(device.type):
-                    boxes, scores, labels = detect_tiled_model(model, img, tile, model.config.score_thresh, on_tiles)
+                    boxes, scores, labels, at_cap = detect_tiled_model(model, img, tile, model.config.score_thresh, on_tiles)
                 image_hw = tuple(int(v) for v in img.shape[-2:])
                 gt.append(_gt_record(target, image_hw))
                 out = {"boxes": boxes.double().numpy(), "scores": scores.double().numpy(), "labels": labels.numpy()}
-                dets.append(_det_record(out, image_hw, gt[-1]))
+                dets.append(_det_record(out, image_hw, gt[-1], at_cap))
     return gt, dets
+
+
+def detections_cap(model) -> int | None:
+    """The model's detections per image (``config.detections_per_img``); None for a model without one."""
+    return getattr(getattr(model, "config", None), "detections_per_img", None)
 
 
 def collect_predictions(model, loader, device: torch.device, amp: str | bool = "off", progress: bool = True):
@@ -188,10 +202,11 @@ def collect_predictions(model, loader, device: torch.device, amp: str | bool = "
     for images, targets in batches:
         with precision.autocast(device.type):
             outputs = model([img.to(device, non_blocking=True) for img in images])
+        cap = detections_cap(model)
         for img, target, out in zip(images, targets, detections_to_host(outputs)):
             image_hw = tuple(int(v) for v in img.shape[-2:])
             gt.append(_gt_record(target, image_hw))
-            dets.append(_det_record(out, image_hw, gt[-1]))
+            dets.append(_det_record(out, image_hw, gt[-1], cap is not None and len(out["scores"]) >= cap))
     return gt, dets
 
 
@@ -262,7 +277,8 @@ def evaluate(model, loader, *, device, class_map, amp: str | bool = "auto", prog
     finally:
         model.train(was_training)
     gt, dets = gather_records(gt), gather_records(dets)
-    return compute_metrics(gt, dets, class_map_dict(class_map), voc, backend)
+    result = compute_metrics(gt, dets, class_map_dict(class_map), voc, backend)
+    return dataclasses.replace(result, max_dets=detections_cap(model) or 0, at_cap=sum(d.get("at_cap", 0) for d in dets))
 
 
 def write_eval_outputs(result: EvalResult, out_dir: str | os.PathLike, *, category_ids: dict[int, int] | None = None,

@@ -288,8 +288,9 @@ class Detector:
         keep_labels = self.label_ids(classes)
         if image.is_floating_point():
             image = image.mul(255).round_().clamp_(0, 255).to(torch.uint8)
-        with self.precision.autocast(self.device.type):
-            boxes, scores, labels = detect_tiled_model(self.model, image, tile, score_thresh, on_tiles)
+        with self.precision.autocast(self.device.type):  # each tile keeps max_dets, as a whole image would
+            boxes, scores, labels, _ = detect_tiled_model(self.model, image, tile, score_thresh, on_tiles,
+                                                          max_dets=max(max_dets, self.model.config.detections_per_img))
         boxes, scores, labels = filter_detections({"boxes": boxes, "scores": scores, "labels": labels},
                                                   score_thresh, keep_labels, max_dets)
         names = [self.class_names.get(int(c), f"class {int(c)}") for c in labels.tolist()]

@@ -57,6 +57,7 @@ from retinanet.engine.train.setup import (Run, RunState, check_train_config, che
                                           restore, settings_without_effect, setup, shared_images, val_tiling)
 from retinanet.engine.train.resume import absolute_paths, changes_comment, check_resume
 from retinanet.engine.train.start import resolve_start
+from retinanet.data.check import too_small_for_anchors
 from retinanet.data.crop import crop_model_config, crop_rule, too_large_for_crop
 from retinanet.errors import RetinaNetError
 from retinanet.files import link_atomic
@@ -118,8 +119,10 @@ def _train(model_cfg: ModelConfig, data_cfg: DataConfig, cfg: TrainConfig, progr
                  f"{model_cfg.min_size}-{model_cfg.max_size} px")
         log_data_notes(log, data)
         large = too_large_for_crop(data.train.records, data_cfg.crop) if data_cfg.crop else ""
+        small = too_small_for_anchors(data.train.records, data.train.image_sizes(), model_cfg.min_size, model_cfg.max_size,
+                                      tuple(model_cfg.anchor_sizes), native=bool(data_cfg.crop))
         for note in (*settings_without_effect(model_cfg, data_cfg, cfg, data.format, D.get_world_size(), device.type),
-                     shared_images(data), large):
+                     shared_images(data), large, small):
             if note:  # said, not silently recorded in config.yaml as if it applied
                 log.line(f"warning: {note}", warn=True)
         for note in start_notes:
@@ -231,6 +234,11 @@ def run_epochs(run: Run, state: RunState) -> str:
             run.resumed_interrupted = None
         if state.last_epoch:  # max_steps reached or the time budget's deadline passed
             break
+        if D.any_rank(run.stop.signal is not None):  # arrived during the evaluation: last.pt ends the epoch
+            reason = run.stop.signal or "signal on another rank"
+            run.log.line(f"stopped by {reason} after epoch {epoch + 1} and its evaluation; checkpoint {run.out / 'last.pt'}")
+            D.barrier()
+            return reason
         epoch += 1
     D.barrier()  # every rank leaves together, after rank 0's last writes
     return "finished"
@@ -375,7 +383,14 @@ def end_epoch(run: Run, state: RunState, epoch: int, stats: EpochStats, last: bo
     row = {"epoch": epoch + 1, **epoch_losses(stats.sums, stats.steps, run.device), "lr": run.optimizer.param_groups[0]["lr"]}
     t_eval = time.time()
     due = last or (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
-    result = evaluate_epoch(run) if due else None
+    try:
+        result = evaluate_epoch(run) if due else None
+    except RetinaNetError:  # a bad val image: the trained epoch is kept, the evaluation is not
+        if run.main:
+            save_checkpoint(checkpoint_state(run, state, epoch), run.out / "last.pt")
+            run.log.line(f"the evaluation after epoch {epoch + 1} failed: the epoch's weights are in {run.out / 'last.pt'} "
+                         "(--resume continues with the next epoch)", warn=True)
+        raise
     if result is not None and run.deadline is not None:
         run.deadline.evaluated(time.time() - t_eval)
     row |= {**{k: result.metrics[k] if result else None for k in METRIC_NAMES}, "val_images": result.num_images if result else None,
@@ -395,6 +410,11 @@ def end_epoch(run: Run, state: RunState, epoch: int, stats: EpochStats, last: bo
         if run.tb is not None:
             tensorboard_epoch(run.tb, row)
     run.log.line(epoch_line(row, cfg.epochs, improved))
+    if result is not None and result.at_cap:
+        where = "tile(s)" if run.data_cfg.crop else "val image(s)"
+        run.log.line(f"warning: {result.at_cap} {where} reached the model's detections_per_img {result.max_dets}: "
+                     "detections beyond it were cut from this evaluation; a larger detections_per_img (the config's "
+                     "model section) keeps them, and `retinanet eval --max-dets N` scores the checkpoint with more", warn=True)
     warning = divergence_warning(state.history, cfg.lr, cfg.clip_grad_norm)
     if warning:
         run.log.line(warning)

@@ -57,6 +57,15 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def ending_line(exc_type: type[BaseException], exc: BaseException | None) -> str:
+    """The log's last line for a run ended by an exception."""
+    if issubclass(exc_type, KeyboardInterrupt):
+        return "interrupted (a second Ctrl-C, or one before training began): nothing more saved"
+    if isinstance(exc, RetinaNetError):
+        return f"error: {exc}"
+    return f"error: {exc_type.__name__}: {exc}"
+
+
 class RunLog:
     """Lines of a run: appended to ``train.log`` (main process) and printed when ``echo``."""
 
@@ -76,8 +85,10 @@ class RunLog:
     def __enter__(self) -> RunLog:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, exc, tb) -> None:
         if self.file:
+            if exc_type is not None:  # what ends the run is in its log too, not only on the terminal
+                self.file.write(f"{ending_line(exc_type, exc)}\n")
             self.file.close()
             self.file = None
 

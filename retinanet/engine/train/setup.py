@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,16 +29,24 @@ from retinanet.model.weights import frozen_bn_eps_of
 
 
 class StopFlag:
-    """Set by SIGINT/SIGTERM; the loop checks it after every step. As a context manager it
-    installs itself for both signals and restores the previous handlers on exit (outside the
-    main thread, where Python allows no handlers, it is a flag nobody sets)."""
+    """Set by SIGINT/SIGTERM; the loop checks it after every step and after each epoch's
+    evaluation. As a context manager it installs itself for both signals and restores the
+    previous handlers on exit (outside the main thread, where Python allows no handlers, it is a
+    flag nobody sets). The first signal is acknowledged at once on stderr (``announce``: the main
+    process only); a second one raises ``KeyboardInterrupt``: stop now, without the checkpoint."""
 
-    def __init__(self):
+    def __init__(self, announce: bool = True):
         self.signal: str | None = None
+        self.announce = announce
         self._old: dict[int, Any] = {}
 
     def __call__(self, signum, frame) -> None:
+        if self.signal is not None:  # asked twice: the user wants out now
+            raise KeyboardInterrupt
         self.signal = signal.Signals(signum).name
+        if self.announce:  # os.write: safe in a signal handler, where print could re-enter a busy stream
+            os.write(2, (f"\nretinanet train: {self.signal}: stopping after the current step, or after the evaluation "
+                         "under way, with a checkpoint to resume from; again to stop at once (nothing more saved)\n").encode())
 
     def __enter__(self) -> StopFlag:
         with contextlib.suppress(ValueError):  # not the main thread
@@ -89,7 +98,7 @@ class Run:
     reinitialised: list[str]
     main: bool = field(default_factory=D.is_main_process)
     world: int = field(default_factory=D.get_world_size)
-    stop: StopFlag = field(default_factory=StopFlag)
+    stop: StopFlag = field(default_factory=lambda: StopFlag(announce=D.is_main_process()))
     tb: Any = None  # a TensorBoard SummaryWriter (main process, --tensorboard)
     resumed_interrupted: Path | None = None  # out/interrupted.pt when resumed from it: deleted once passed
     deadline: Any = None  # ``retinanet.engine.train.budget.Deadline`` of a ``--time`` run (None: no deadline)

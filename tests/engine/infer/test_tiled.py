@@ -19,6 +19,7 @@ from retinanet.engine.evaluate.loop import evaluate
 from retinanet.engine.infer.detector import Detector, TileOptions
 from retinanet.errors import RetinaNetError
 from retinanet.model import tiling
+from retinanet.model.tiling import count_tiles
 
 OBJECTS = [  # (x1, y1, x2, y2) squares of grey level 40 + 10 k; most cut by an edge of the 64 px tiles
     (40, 20, 56, 36), (58, 60, 74, 76), (100, 90, 118, 108), (150, 10, 166, 26), (10, 140, 28, 158),
@@ -35,7 +36,7 @@ class BoxFinder(torch.nn.Module):
         self.w = torch.nn.Parameter(torch.zeros(1))
         self.config = ModelConfig(num_classes=2, min_size=64, max_size=64)
 
-    def forward(self, images, targets=None, *, score_thresh=None, resize=True):
+    def forward(self, images, targets=None, *, score_thresh=None, resize=True, max_dets=None):
         assert not resize  # tiles enter at native resolution
         out = []
         for img in images:
@@ -152,3 +153,30 @@ def test_predict_and_eval_cli_tile(tmp_path, checkpoint, capsys):
     text = capsys.readouterr().out
     assert "1 images" in text and "tiling: tiles of 96 px" in text and "\nmemory: " in text
     assert json.loads((tmp_path / "ev" / "eval.json").read_text())["num_images"] == 1
+
+
+def test_tiles_keep_max_dets_and_eval_max_dets_counts_what_reached_it(tmp_path, checkpoint, capsys):
+    """A tile kept at most the model's detections_per_img whatever max_dets asked (crowded tiles lost
+    objects without a word); eval --max-dets sets the cap and counts the images (tiles) that reached it."""
+    from retinanet.engine.runtime.checkpoint import read_checkpoint, save_checkpoint
+    ck = read_checkpoint(checkpoint)
+    ck["config"]["model"]["detections_per_img"] = 5
+    small_cap = tmp_path / "cap5.pt"
+    save_checkpoint(ck, small_cap)
+    det = Detector.load(small_cap, amp="off")
+    image = torch.randint(0, 255, (3, 64, 64), dtype=torch.uint8)  # one 64 px tile
+    tiled = det.detect_tiled(image, det.tile_options(True), score_thresh=0.0, max_dets=40)
+    whole = det.predict(image, score_thresh=0.0, max_dets=40)[0]
+    assert len(tiled) == len(whole) > 5  # was at most 5, the model's own cap, per tile (26: label 0 never a class)
+    root = _scene(tmp_path / "scene", name="cat")
+    args = ["eval", "--weights", str(small_cap), "--data", str(root), "--val-split", str(root / "val.txt"),
+            "--workers", "0", "--quiet", "--score-thresh", "0"]
+    assert main([*args, "--out", str(tmp_path / "ev")]) == 0
+    assert "warning: 1 image(s) reached --max-dets 5: detections beyond it were cut" in capsys.readouterr().out
+    info = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert (info["max_dets"], info["at_max_dets"], info["num_detections"]) == (5, 1, 5)
+    assert main([*args, "--out", str(tmp_path / "ev2"), "--max-dets", "50", "--tile", "64", "--tile-overlap", "0.25"]) == 0
+    text = capsys.readouterr().out
+    info = json.loads((tmp_path / "ev2" / "eval.json").read_text())
+    assert info["max_dets"] == 50 and info["at_max_dets"] > 0 and info["num_detections"] > 5 * count_tiles((200, 260), 64, 0.25)
+    assert f"warning: {info['at_max_dets']} tile(s) reached --max-dets 50: detections beyond it were cut" in text

@@ -272,3 +272,56 @@ def test_config_yaml_names_the_data_by_absolute_path_and_an_older_relative_one_s
     save_checkpoint(ck, out / "last.pt")
     resumed = train(*_cfgs("syn", out, epochs=2, ema=False, resume=str(out)), progress=False)
     assert resumed["stopped"] == "finished" and len(resumed["history"]) == 2
+
+
+def test_a_signal_during_the_evaluation_stops_after_it_with_last_pt(data_root, tmp_path, uninterrupted, monkeypatch):
+    """Ctrl-C while an epoch is being evaluated: the evaluation ends, last.pt is written, and the run
+    stops there (it trained a step of the next epoch before); the resume from it ends as an uninterrupted run."""
+    real, calls = T.evaluate_epoch, []
+
+    def signal_inside(run):
+        calls.append(1)
+        if len(calls) == 1:
+            signal.raise_signal(signal.SIGTERM)
+        return real(run)
+
+    out = tmp_path / "run"
+    with monkeypatch.context() as mp:
+        mp.setattr(T, "evaluate_epoch", signal_inside)
+        stopped = train(*_cfgs(data_root, out, eval_every=1), progress=False)
+    assert stopped["stopped"] == "SIGTERM" and len(stopped["history"]) == 1
+    assert torch.load(out / "last.pt", weights_only=True)["iteration"] == STEPS_PER_EPOCH  # no step of epoch 2
+    assert not (out / "interrupted.pt").exists()
+    assert "stopped by SIGTERM after epoch 1 and its evaluation" in (out / "train.log").read_text()
+    resumed = train(*_cfgs(data_root, out, eval_every=1, resume=str(out)), progress=False)
+    got, (_, full) = torch.load(out / "last.pt", weights_only=True), uninterrupted
+    assert resumed["stopped"] == "finished" and got["iteration"] == full["iteration"]
+    assert all(torch.equal(full["model"][n], got["model"][n]) for n in full["model"])
+
+
+def test_a_second_signal_stops_at_once_and_the_first_is_acknowledged(capfd):
+    from retinanet.engine.train.setup import StopFlag
+
+    flag = StopFlag(announce=True)
+    flag(signal.SIGINT, None)
+    assert flag.signal == "SIGINT"
+    assert "SIGINT: stopping after the current step, or after the evaluation under way" in capfd.readouterr().err
+    with pytest.raises(KeyboardInterrupt):
+        flag(signal.SIGINT, None)
+    quiet = StopFlag(announce=False)  # the other ranks of a torchrun run say nothing
+    quiet(signal.SIGTERM, None)
+    assert quiet.signal == "SIGTERM" and capfd.readouterr().err == ""
+
+
+def test_a_bad_val_image_keeps_the_trained_epoch_and_the_error_is_in_train_log(tmp_path):
+    root = tmp_path / "syn"
+    make_synthetic(root, num_train=STEPS_PER_EPOCH, num_val=2, image_size=64, seed=0)
+    val = (root / "VOCdevkit" / "VOC2012" / "ImageSets" / "Main" / "val.txt").read_text().split()
+    (root / "VOCdevkit" / "VOC2012" / "JPEGImages" / f"{val[0]}.jpg").write_bytes(b"\xff\xd8\xff broken")
+    out = tmp_path / "run"
+    with pytest.raises(RetinaNetError, match="cannot decode image"):
+        train(*_cfgs(str(root / "VOCdevkit"), out, eval_every=1), progress=False)
+    assert torch.load(out / "last.pt", weights_only=True)["iteration"] == STEPS_PER_EPOCH  # the epoch was not lost
+    log = (out / "train.log").read_text()
+    assert "the evaluation after epoch 1 failed: the epoch's weights are in" in log
+    assert log.rstrip().splitlines()[-2].startswith("error: a bad image was met while loading data")
