@@ -147,7 +147,9 @@ def _train(model_cfg: ModelConfig, data_cfg: DataConfig, cfg: TrainConfig, progr
         fit_time_budget(run, t_start)
         total = schedule_steps(run)
         if state.epoch < run.cfg.epochs and state.iteration < total:  # a finished run resumed: nothing scheduled
-            log.line(describe_schedule(run.cfg, resolve_warmup(run.cfg, total), total, total / len(run.train_loader)))
+            log.line(describe_schedule(run.cfg, run_warmup(run, state, total), total, total / len(run.train_loader))
+                     + (" (the warmup was over when the checkpoint was saved: kept, not started again)"
+                        if state.warmup_over else ""))
         if main:
             data.class_map.save(out / "classes.json")
             write_config_file(out / "config.yaml", run.config, comment=changes_comment(state.changes))
@@ -160,6 +162,15 @@ def _train(model_cfg: ModelConfig, data_cfg: DataConfig, cfg: TrainConfig, progr
                                reinitialised=run.reinitialised)
         log.line(format_run_summary(summary), echo=False)
         return summary
+
+
+def run_warmup(run: Run, state: RunState, total: int) -> int:
+    """The run's warmup steps for a schedule of ``total`` steps (``resolve_warmup``), or, for a run
+    resumed past its warmup, the warmup it had: resuming with more epochs does not warm up again
+    (lr back to ``warmup_factor``) at a step long past it. Kept in ``state.warmup`` (saved)."""
+    if not state.warmup_over:
+        state.warmup = resolve_warmup(run.cfg, total)
+    return state.warmup
 
 
 def schedule_steps(run: Run) -> int:
@@ -259,7 +270,7 @@ def train_one_epoch(run: Run, state: RunState, epoch: int) -> EpochStats:
     run.net.train()
     t0, steps = time.time(), len(loader)
     total = schedule_steps(run)
-    warmup, schedule_epochs = resolve_warmup(cfg, total), total / steps
+    warmup, schedule_epochs = run_warmup(run, state, total), total / steps
     meter = StepMeter(run.device, LOSSES, state.bad_in_a_row, cfg.max_bad_steps, start=stats)
     seen = MeterReading(dict(stats.sums), stats.steps, stats.images, stats.skipped, state.bad_in_a_row, -1, {})
     with StepProgress(run.log, steps, f"epoch {epoch + 1}/{cfg.epochs}", cfg.print_every, show=run.progress,
@@ -271,7 +282,7 @@ def train_one_epoch(run: Run, state: RunState, epoch: int) -> EpochStats:
             if run.deadline is not None and state.iteration == run.deadline.refit_at:
                 refit_time_budget(run, state)
                 cfg, total = run.cfg, schedule_steps(run)
-                warmup, schedule_epochs = resolve_warmup(cfg, total), total / steps
+                warmup, schedule_epochs = run_warmup(run, state, total), total / steps
             meter.add(step, len(images), i)
             if run.ema is not None:  # a skipped step left the weights as they were
                 run.ema.update_parameters(run.model)

@@ -73,6 +73,8 @@ class RunState:
     epoch_stats: EpochStats | None = None  # and their sums
     last_epoch: bool = False  # the epoch in progress is the last: max_steps reached or the --time deadline passed
     changes: list[str] = field(default_factory=list)  # settings changed on resume by --resume-allow, with the epoch
+    warmup: int | None = None  # the warmup steps resolved for the schedule (saved); on resume, kept once passed
+    warmup_over: bool = False  # resumed past its warmup: a longer schedule (--epochs) does not warm up again
 
 
 @dataclass
@@ -177,6 +179,8 @@ def restore(run: Run, path: Path, ck: dict[str, Any] | None = None) -> RunState:
     load_training_state(ck, run.model, run.optimizer, run.scaler, run.ema)
     state = RunState(epoch=ck["epoch"] + 1, iteration=ck["iteration"], best_ap=ck["best_ap"], best_epoch=ck["best_epoch"],
                      history=list(ck.get("history", [])), changes=list(ck.get("changes", [])))
+    if ck.get("warmup") is not None and ck["iteration"] >= ck["warmup"]:
+        state.warmup, state.warmup_over = int(ck["warmup"]), True
     if ck.get("epoch_progress"):
         resume_mid_epoch(run, state, ck["epoch_progress"], path)
     set_rng_state(ck["rng"])
@@ -212,7 +216,7 @@ def checkpoint_state(run: Run, state: RunState, epoch: int) -> dict[str, Any]:
     return training_checkpoint(run.model, run.optimizer, run.scaler, run.ema, epoch=epoch, iteration=state.iteration,
                                best_ap=state.best_ap, best_epoch=state.best_epoch, config=run.config,
                                class_map=run.data.class_map.to_dict(), rng=rng_state(), history=state.history,
-                               world_size=run.world, changes=state.changes)
+                               world_size=run.world, changes=state.changes, warmup=state.warmup)
 
 
 

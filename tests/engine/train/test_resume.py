@@ -325,3 +325,25 @@ def test_a_bad_val_image_keeps_the_trained_epoch_and_the_error_is_in_train_log(t
     log = (out / "train.log").read_text()
     assert "the evaluation after epoch 1 failed: the epoch's weights are in" in log
     assert log.rstrip().splitlines()[-2].startswith("error: a bad image was met while loading data")
+
+
+def test_more_epochs_on_resume_do_not_start_the_warmup_again(data_root, tmp_path):
+    """A 2-epoch run (warmup 3 steps, over after epoch 1) resumed with --epochs 30: the warmup a
+    30-epoch schedule would resolve (20 steps: under half of 90) is not started again at step 7."""
+    out = tmp_path / "run"
+    train(*_cfgs(data_root, out, warmup_iters=20, warmup_max_fraction=0.5), progress=False)  # warmup 3 of 6 steps
+    assert torch.load(out / "last.pt", weights_only=True)["warmup"] == 3
+    seen = []
+    real = T.set_lr
+
+    def spy(optimizer, lr):
+        seen.append(lr)
+        return real(optimizer, lr)
+
+    with pytest.MonkeyPatch.context() as mp, stop_after(1):  # one step of epoch 3 is enough to see its lr
+        mp.setattr(T, "set_lr", spy)
+        train(*_cfgs(data_root, out, warmup_iters=20, warmup_max_fraction=0.5, epochs=30, resume=str(out)),
+              progress=False, resume_allow=("epochs",))
+    assert seen == [0.01]  # the peak lr (warming up again over 20 of the 90 steps gave 0.0037 at step 7)
+    log = (out / "train.log").read_text()
+    assert "warmup 3 steps" in log and "the warmup was over when the checkpoint was saved: kept, not started again" in log
