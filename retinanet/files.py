@@ -27,6 +27,7 @@ import secrets
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -256,10 +257,13 @@ def read_file(path: str | os.PathLike, map_location: str | torch.device = "cpu")
     if not head.startswith(_TORCH_MAGIC):
         raise CheckpointError(f"{path}: not a checkpoint: not a PyTorch file at all ({NOT_WEIGHTS})")
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch's "Detected pickle protocol N" on a plain pickle file: said below
+            warnings.filterwarnings("ignore", message=".*pickle protocol", category=UserWarning)
+            obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:  # torch's text here suggests weights_only=False: never do that
-        raise CheckpointError(f"{path}: not a checkpoint: it holds Python objects other than tensors and "
-                              f"plain types ({NOT_WEIGHTS}), which are not loaded") from None
+        raise CheckpointError(f"{path}: not a checkpoint: a pickle that is not PyTorch weights (a plain Python pickle, "
+                              f"or one holding objects other than tensors and plain types; {NOT_WEIGHTS}), "
+                              "not loaded") from None
     except Exception as err:  # torch raises many kinds for a truncated or corrupt file
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"{path}: not a readable PyTorch weights file, truncated or corrupt ({first})") from None

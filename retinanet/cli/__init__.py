@@ -35,6 +35,7 @@ from retinanet.engine.export.onnx_export import DEFAULT_OPSET, ExportOptions, ex
 from retinanet.engine.infer.detector import Detector
 from retinanet.engine.infer.predict import PredictOptions, find_images, predict
 from retinanet.errors import RetinaNetError
+from retinanet.model import check_anchor_sizes
 
 __all__ = ["build_parser", "data_config_from_args", "main"]
 
@@ -109,6 +110,7 @@ def _add_check_data(sub) -> None:
 
 
 def cmd_check_data(args: argparse.Namespace) -> int:
+    check_anchor_sizes(tuple(args.anchor_sizes))  # as train refuses them (5 4 3 2 1 was "OK")
     if args.out:
         check_output_path(args.out, folder=True)  # before the dataset is read
     report = check_dataset(data_config_from_args(args), progress=not args.quiet)

@@ -81,6 +81,9 @@ def detect_format(root: Path) -> str:
         return "yolo"
     if not root.exists():
         raise DataError([f"{root}: dataset not found"])
+    if not root.is_dir():
+        raise DataError([f"{root}: not a dataset: a file that is neither a COCO annotation .json nor a YOLO data.yaml "
+                         "(a VOC dataset is a folder: a VOCdevkit root, or images with their XML files)"])
     if is_voc_standard(root):
         return "voc"
     return "yolo" if (root / "data.yaml").is_file() else "voc-flat"
@@ -96,6 +99,9 @@ def resolve_root(cfg: DataConfig) -> tuple[Path, str]:
         raise RetinaNetError(f"unknown dataset format {fmt!r} (voc, voc-flat, coco or yolo)")
     if not root.exists():
         raise DataError([f"{root}: dataset not found"])
+    if fmt in ("voc", "voc-flat") and not root.is_dir():
+        raise DataError([f"{root}: --format {fmt} reads a folder (a VOCdevkit root, or images with their XML files), "
+                         "and this is a file"])
     return root, fmt
 
 

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.detection.retinanet import RetinaNetHead
 
-from retinanet.config import ModelConfig
+from retinanet.config import ModelConfig, check_limits
 from retinanet.errors import RetinaNetError
 from retinanet.geometry import resize_boxes
 from retinanet.model.anchors import NUM_ANCHORS, AnchorCache
@@ -92,6 +92,7 @@ class RetinaNet(nn.Module):
         detections are those it gets alone. Padded together, the smaller image's padding would
         enter the statistics of the v2 heads' GroupNorm (and the features at its edges): its
         scores, and an evaluation's AP, would depend on the batch (torchvision's do)."""
+        check_images(images)
         if self.training and targets is None:
             raise RetinaNetError("the model is in training mode: targets are required")
         c = self.config
@@ -158,6 +159,36 @@ class RetinaNet(nn.Module):
         return cls_out, reg_out
 
 
+def check_images(images) -> None:
+    """Raise ``RetinaNetError`` unless ``images`` is a list (or tuple) of ``[3, H, W]`` tensors: a
+    single ``[3, H, W]`` tensor would otherwise run as three one-channel "images"."""
+    if isinstance(images, (list, tuple)) and all(isinstance(i, Tensor) and i.dim() == 3 and i.shape[0] == 3 for i in images):
+        return
+    def what(x) -> str:
+        return f"a tensor of shape {list(x.shape)}" if isinstance(x, Tensor) else f"a {type(x).__name__}"
+
+    got, hint = what(images), ""
+    if isinstance(images, (list, tuple)):
+        got += " holding " + ", ".join(what(i) for i in list(images)[:3])
+    elif isinstance(images, Tensor) and images.dim() in (3, 4):
+        hint = "; give [image]" if images.dim() == 3 else "; give list(batch)"
+    raise RetinaNetError(f"the model takes a list of [3, H, W] image tensors (RGB, uint8 0..255 or float 0..1), got {got}{hint}")
+
+
+def check_anchor_sizes(sizes) -> None:
+    """Raise ``RetinaNetError`` unless ``sizes`` are 5 increasing whole numbers >= 4 (one per FPN level)."""
+    if (len(sizes) != 5 or not all(isinstance(s, int) and not isinstance(s, bool) for s in sizes)
+            or sizes[0] < 4 or any(b <= a for a, b in zip(sizes, sizes[1:]))):
+        raise RetinaNetError(f"anchor_sizes must be 5 increasing whole numbers >= 4 (pixels, one per FPN level "
+                             f"P3..P7), got {list(sizes)}")
+
+
+def check_arch(arch: str) -> None:
+    """Raise ``RetinaNetError`` for an ``arch`` not in ``ARCHS``, naming the ones there are."""
+    if arch not in ARCHS:
+        raise RetinaNetError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
+
+
 def build_model(arch: str = "resnet50_fpn", num_classes: int = 91, **options) -> RetinaNet:
     """Build a RetinaNet from ``ModelConfig`` fields.
 
@@ -178,8 +209,8 @@ def build_model(arch: str = "resnet50_fpn", num_classes: int = 91, **options) ->
     if unknown:
         raise RetinaNetError(f"unknown model option(s): {', '.join(unknown)}; "
                              f"known: {', '.join(sorted(fields))}")
-    if arch not in ARCHS:
-        raise RetinaNetError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
+    check_arch(arch)
+    check_limits({"num_classes": num_classes, **options}, "model", "build_model")  # score_thresh=5 and the like
     config = ModelConfig(arch=arch, num_classes=num_classes, **options)
     config = dataclasses.replace(config, norm=config.norm or "frozen_bn",
                                  trainable_backbone_layers=PRETRAINED_TRAINABLE_LAYERS
@@ -196,12 +227,8 @@ def build_model(arch: str = "resnet50_fpn", num_classes: int = 91, **options) ->
     if config.fpn_channels < 8 or (ARCHS[arch][1] and config.fpn_channels % 32):
         raise RetinaNetError(f"fpn_channels must be >= 8 (a multiple of 32 for the v2 GroupNorm heads), "
                              f"got {config.fpn_channels}")
-    sizes = config.anchor_sizes
-    if (len(sizes) != 5 or not all(isinstance(s, int) and not isinstance(s, bool) for s in sizes)
-            or sizes[0] < 4 or any(b <= a for a, b in zip(sizes, sizes[1:]))):
-        raise RetinaNetError(f"anchor_sizes must be 5 increasing whole numbers >= 4 (pixels, one per FPN level "
-                             f"P3..P7), got {list(sizes)}")
-    config = dataclasses.replace(config, anchor_sizes=tuple(sizes))
+    check_anchor_sizes(config.anchor_sizes)
+    config = dataclasses.replace(config, anchor_sizes=tuple(config.anchor_sizes))
     if not config.frozen_bn_eps >= 0:
         raise RetinaNetError(f"frozen_bn_eps must be >= 0, got {config.frozen_bn_eps}")
     if config.num_classes < 1:

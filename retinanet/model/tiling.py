@@ -204,7 +204,7 @@ class TileOptions:
         """
         tile = model_input if self.tile is None else int(self.tile)
         if tile < 32:
-            raise RetinaNetError(f"--tile {tile}: a tile side is at least 32 px")
+            raise RetinaNetError(f"tile {tile}: a tile side is at least 32 px")
         if not 0 <= self.overlap <= 0.9:
             raise RetinaNetError(f"--tile-overlap {self.overlap}: an overlap is a share of the tile, 0 to 0.9")
         if self.batch_size < 1:

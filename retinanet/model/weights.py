@@ -178,6 +178,8 @@ def read_weights(path_or_state_dict: Any, source: str | None = None) -> tuple[di
     of a dict given as it is; ``source`` names it (default: the path, or "state_dict")."""
     if isinstance(path_or_state_dict, dict):
         return path_or_state_dict, source or "state_dict"
+    if not isinstance(path_or_state_dict, (str, os.PathLike)):
+        raise CheckpointError(f"weights: a file path or a state_dict, not a {type(path_or_state_dict).__name__}")
     return read_file(path_or_state_dict), source or str(path_or_state_dict)
 
 

@@ -90,6 +90,11 @@ def test_boxes_outside_are_clipped_and_empty_ones_dropped_with_a_warning(tmp_pat
 def test_missing_dataset_and_split(tmp_path):
     with pytest.raises(DataError, match="nowhere: dataset not found"):
         build_datasets(DataConfig(root=str(tmp_path / "nowhere")), **SIZES)
+    (tmp_path / "t.jpg").write_text("hello")  # a file that is no annotation: NotADirectoryError before
+    with pytest.raises(DataError, match="t.jpg: not a dataset: a file that is neither a COCO annotation .json nor a YOLO"):
+        build_datasets(DataConfig(root=str(tmp_path / "t.jpg")), **SIZES)
+    with pytest.raises(DataError, match="t.jpg: --format voc-flat reads a folder"):
+        build_datasets(DataConfig(root=str(tmp_path / "t.jpg"), format="voc-flat"), **SIZES)
     make_voc(tmp_path, {"train": [("a", [obj()])]})
     with pytest.raises(DataError, match="no split file found.*val.txt"):
         build_datasets(DataConfig(root=str(tmp_path)), **SIZES)

@@ -142,6 +142,8 @@ def test_anchor_sizes_option(tmp_path):
     save_checkpoint({"model": small.state_dict(), "config": {"model": asdict(small.config)}, "class_map": {"a": 1}}, path)
     loaded, _ = load_model(path, "cpu")
     assert loaded.anchor_cache.sizes == (16, 32, 64, 128, 256)
-    for bad in ([16, 32, 64, 128], [32, 16, 64, 128, 256], [2, 4, 8, 16, 32], [16.5, 32, 64, 128, 256]):
+    for bad in ([16, 32, 64, 128], [32, 16, 64, 128, 256], [2, 4, 8, 16, 32]):
         with pytest.raises(RetinaNetError, match="anchor_sizes must be 5 increasing"):
             _model(anchor_sizes=bad)
+    with pytest.raises(RetinaNetError, match="anchor_sizes must be a whole number, not 16.5"):
+        _model(anchor_sizes=[16.5, 32, 64, 128, 256])

@@ -95,6 +95,21 @@ def test_unknown_arch_and_option():
         build_model("vgg16")
     with pytest.raises(RetinaNetError, match="unknown model option.*bogus"):
         build_model("resnet18_fpn", bogus=1)
+    for option, said in (({"score_thresh": 5}, "score_thresh must be in"), ({"detections_per_img": 0}, "at least 1"),
+                         ({"num_classes": 1}, "num_classes")):  # refused as the command line and Detector.load refuse them
+        with pytest.raises(RetinaNetError, match=f"build_model: model.*{said}"):
+            build_model("resnet18_fpn", **option)
+
+
+def test_the_model_refuses_what_is_not_a_list_of_images():
+    """A single [3, H, W] tensor ran as three one-channel images (3 results); an HWC one failed deep in torch."""
+    model = build_model("resnet18_fpn", num_classes=3, fpn_channels=16, head_convs=1).eval()
+    for images, said in ((torch.rand(3, 64, 64), r"got a tensor of shape \[3, 64, 64\]; give \[image\]"),
+                         (torch.rand(2, 3, 64, 64), r"got a tensor of shape \[2, 3, 64, 64\]; give list\(batch\)"),
+                         ([torch.rand(64, 64, 3)], r"got a list holding a tensor of shape \[64, 64, 3\]")):
+        with pytest.raises(RetinaNetError, match=f"the model takes a list of \\[3, H, W\\] image tensors.*{said}"):
+            model(images)
+    assert len(model([torch.rand(3, 64, 64)])) == 1
 
 
 def test_focal_loss_equals_torchvision_formula():

@@ -71,19 +71,26 @@ def test_offline_message_names_the_url_and_the_path(tmp_path, torch_home, monkey
 
 @pytest.mark.parametrize("content, says", [(b"", "empty file, not a checkpoint"),
                                            (b"hello, not weights\n", "not a checkpoint: not a PyTorch file"),
-                                           ("object", "not a checkpoint: it holds Python objects")])
-def test_a_file_that_is_not_weights_says_so(tmp_path, content, says):
+                                           ("object", "not a checkpoint: a pickle that is not PyTorch weights"),
+                                           ("pickle", "not a checkpoint: a pickle that is not PyTorch weights (a plain")])
+def test_a_file_that_is_not_weights_says_so(tmp_path, content, says, recwarn):
+    import pickle
     path = tmp_path / "w.pth"
     if content == "object":
         torch.save({"x": FrozenBatchNorm2d(2).__class__}, path)  # a class: refused by weights_only
+    elif content == "pickle":
+        path.write_bytes(pickle.dumps({"a": [1, 2, 3]}, protocol=4))  # torch warned "Detected pickle protocol 4"
     else:
         path.write_bytes(content)
     model = build_model("resnet18_fpn", num_classes=3, **TINY)
     with pytest.raises(CheckpointError) as err:
         load_weights(model, path)
+    assert not [w for w in recwarn if "pickle protocol" in str(w.message)]
     text = str(err.value)
     assert text.startswith(str(path)) and says in text and "neither our checkpoint nor a torchvision state_dict" in text
     assert "weights_only" not in text and "EOFError" not in text and "(101)" not in text
+    with pytest.raises(CheckpointError, match="weights: a file path or a state_dict, not a NoneType"):
+        load_weights(model, None)  # a bare TypeError before
 
 
 def test_eval_of_our_checkpoint_keeps_its_eps_and_a_torchvision_file_gets_eps_0(tmp_path, torch_home, monkeypatch):

@@ -269,5 +269,7 @@ def export_checkpoint(weights: str | os.PathLike, out: str | os.PathLike, option
     seconds = time.perf_counter() - start
     report = verify_onnx(model, path, samples)
     if not report.ok:
-        raise RetinaNetError(f"{path}: ONNX output differs from PyTorch\n{report.format()}")
+        raise RetinaNetError(f"{path}: ONNX output differs from PyTorch\n{report.format()}\nthe file is left on disk for "
+                             "inspection, not fit for use as it is; an untrained model at a low --score-thresh can give "
+                             "near-equal scores that the two runtimes order differently")
     return path, report, seconds

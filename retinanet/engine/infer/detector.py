@@ -119,9 +119,13 @@ def _tensor_images(x: Tensor) -> list[Tensor]:
         raise RetinaNetError(f"an image tensor is uint8 (0..255) or float (0..1), not {_describe(x)}")
     if x.shape[-1] == 0 or x.shape[-2] == 0:
         raise RetinaNetError(f"an image has at least one pixel, not {_describe(x)}")
-    if x.is_floating_point() and x.numel() and float(x.max()) > 1.0 + 1e-3:
-        raise RetinaNetError(f"float image tensors are 0..1, this one reaches {float(x.max()):.4g}: "
-                             "divide by 255 or pass a uint8 tensor")
+    if x.is_floating_point() and x.numel():
+        lo, hi = torch.aminmax(x)
+        if torch.isnan(x).any():  # NaN gave no detection without a word
+            raise RetinaNetError(f"a float image tensor holds NaN values ({_describe(x)})")
+        if float(hi) > 1.0 + 1e-3 or float(lo) < -1e-3:
+            raise RetinaNetError(f"float image tensors are 0..1, this one spans {float(lo):.4g}..{float(hi):.4g}: "
+                                 "divide by 255 or pass a uint8 tensor (normalisation is the model's own)")
     if x.is_floating_point() and x.dtype != torch.float32:
         x = x.float()  # float64 (numpy's default) or float16: the model's input is float32 (or uint8)
     return list(x) if x.dim() == 4 else [x]
@@ -200,6 +204,8 @@ class Detector:
             if isinstance(item, (str, os.PathLike)):
                 yield self.read_image(item), str(item)
             elif isinstance(item, Image.Image):
+                if item.width == 0 or item.height == 0:  # a ZeroDivisionError in the mode conversion before
+                    raise RetinaNetError(f"an image has at least one pixel, not a PIL image of {item.width}x{item.height}")
                 yield pil_to_tensor(_to_rgb(item)), None  # any PIL mode; taken as given (no EXIF turn)
             elif isinstance(item, np.ndarray):
                 yield _numpy_image(item), None

@@ -175,6 +175,10 @@ def load_weights(model: torch.nn.Module, path_or_state_dict: Any, *, source: str
     return load_torchvision_weights(model, obj, source=name)
 
 
+# settings that shape trained layers: ``load_model`` refuses overrides of them (only training may change them)
+INFERENCE_FIXED = ("arch", "num_classes", "fpn_channels", "head_convs")
+
+
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", channels_last: bool = False, **overrides: Any):
     """Build a model from our checkpoint or an official torchvision file, ready for inference.
 
@@ -197,6 +201,11 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", chan
         cfg, class_map, state = model_config_of(obj, path), obj.get("class_map"), obj.get("ema") or obj["model"]
     else:
         cfg, class_map, state = _torchvision_config(obj, path, overrides.get("norm")), None, obj
+    fixed = {k: (overrides[k], getattr(cfg, k)) for k in INFERENCE_FIXED if k in overrides and overrides[k] != getattr(cfg, k)}
+    if fixed:  # a model ready for inference keeps its trained layers: another class count would re-initialise one
+        raise CheckpointError(f"{path}: " + "; ".join(f"{k} {new} given, but the weights were trained with {old}"
+                                                      for k, (new, old) in fixed.items())
+                              + ": a loaded model keeps them (to train for other classes: retinanet train --weights FILE)")
     model = build_model(**{**cfg.__dict__, **overrides})
     load_state(model, state, str(path))
     model = model.eval().to(device)

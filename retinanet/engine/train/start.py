@@ -27,7 +27,7 @@ from retinanet.config import ModelConfig, TrainConfig
 from retinanet.engine.runtime import distributed as D
 from retinanet.engine.runtime.checkpoint import load_weights
 from retinanet.errors import CheckpointError, RetinaNetError
-from retinanet.model import ARCHS
+from retinanet.model import ARCHS, check_arch
 from retinanet.model.weights import DETECTOR_ARCHS, load_backbone_weights, weights_file
 
 NONE = "none"
@@ -63,6 +63,7 @@ def resolve_start(model_cfg: ModelConfig, cfg: TrainConfig) -> tuple[ModelConfig
     Raises:
         RetinaNetError: a combination that makes no sense, saying why.
     """
+    check_arch(model_cfg.arch)  # before the default start is looked up by it
     weights, backbone = _choice(cfg.weights), _choice(cfg.backbone_weights)
     notes = []
     if weights not in (None, NONE) and backbone not in (None, NONE):

@@ -114,6 +114,19 @@ def test_verify_catches_a_different_model(exported):
     assert not verify_onnx(default_anchors, out, make_samples(default_anchors, 128, batch_sizes=(1,))).ok
 
 
+def test_a_failed_check_says_the_file_is_left_and_not_fit_for_use(exported, tmp_path, monkeypatch, capsys):
+    import retinanet.engine.export.onnx_export as E
+    ckpt, out, _ = exported
+    other = _tiny_model(seed=1)
+    failing = verify_onnx(other, out, make_samples(other, 128, batch_sizes=(1,)))  # a real failed report
+    monkeypatch.setattr(E, "verify_onnx", lambda *a, **k: failing)
+    target = tmp_path / "bad.onnx"
+    assert main(["export", "--weights", str(ckpt), "--out", str(target), "--image-size", "128"]) == 2
+    err = capsys.readouterr().err
+    assert "ONNX output differs from PyTorch" in err and "the file is left on disk for inspection, not fit for use" in err
+    assert target.is_file()
+
+
 def test_cli_export_fails_clearly_on_missing_checkpoint(tmp_path, capsys):
     status = main(["export", "--weights", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "m.onnx")])
     assert status == 2

@@ -198,6 +198,12 @@ def test_call_settings_and_odd_inputs_as_the_command_line_takes_them(detector, c
             detector.predict(arrays[0], **kwargs)
     with pytest.raises(RetinaNetError, match="an image has at least one pixel"):
         detector.predict(np.zeros((0, 0, 3), np.uint8))
+    with pytest.raises(RetinaNetError, match="an image has at least one pixel, not a PIL image of 0x0"):
+        detector.predict(Image.new("RGB", (0, 0)))  # a ZeroDivisionError before
+    with pytest.raises(RetinaNetError, match=r"float image tensors are 0..1, this one spans -0.5..0.5"):
+        detector.predict(torch.full((3, 8, 8), 0.5).sub_(torch.eye(8)))  # accepted before, as NaN was
+    with pytest.raises(RetinaNetError, match="a float image tensor holds NaN values"):
+        detector.predict(torch.full((3, 8, 8), float("nan")))
     with pytest.raises(RetinaNetError, match=r"tile='abc': True, a tile side in pixels, or TileOptions"):
         detector.predict(arrays[0], tile="abc")
     with pytest.raises(RetinaNetError, match="model.min_size must be at least 1, not 0"):
@@ -254,3 +260,15 @@ def test_a_max_dets_above_the_model_s_own_cap_is_honoured(checkpoint, arrays):
     many = capped.predict(arrays[0], score_thresh=0.0, max_dets=60)[0]
     assert len(many) > 20 and len(capped.predict(arrays[0], score_thresh=0.0, max_dets=10)[0]) == 10  # was 20
     assert capped.model.config.detections_per_img == 20  # a per-call setting, not written to the shared model
+
+
+def test_a_load_that_would_re_initialise_trained_layers_is_refused(checkpoint):
+    """Detector.load(num_classes=9) re-initialised the trained classifier without a word (predictions
+    'class 7', repr still 3 classes); settings that shape trained layers are refused, the others apply."""
+    from retinanet.errors import CheckpointError
+    for option, said in (({"num_classes": 9}, "num_classes 9 given, but the weights were trained with 3"),
+                         ({"fpn_channels": 64}, "fpn_channels 64 given, but the weights were trained with 32"),
+                         ({"arch": "resnet34_fpn"}, "arch resnet34_fpn given")):
+        with pytest.raises(CheckpointError, match=f"tiny.pt: {said}"):
+            retinanet.Detector.load(checkpoint, **option)
+    assert retinanet.Detector.load(checkpoint, num_classes=3, score_thresh=0.2).model.config.score_thresh == 0.2

@@ -52,6 +52,7 @@ def test_from_scratch_trains_everything_and_says_so():
     ({}, {"weights": "coco", "backbone_weights": "imagenet"}, "the detector file already holds a backbone"),
     ({"arch": "resnet18_fpn"}, {"weights": "coco"}, "weights 'coco' are torchvision's resnet50_fpn"),
     ({"arch": "resnet50_fpn", "head_convs": 2}, {"weights": "coco"}, "head_convs 2"),
+    ({"arch": "resnet7_fpn"}, {}, "unknown arch 'resnet7_fpn'; choose one of"),  # a KeyError traceback before
 ])
 def test_combinations_that_make_no_sense_are_refused(model, train, why):
     with pytest.raises(RetinaNetError, match=why):
