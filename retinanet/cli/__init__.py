@@ -198,6 +198,9 @@ def _eval(args: argparse.Namespace) -> int:
         print(f"\nVOC AP50 (continuous IoU): mAP {r.voc['mAP']:.4f} (all-point), {r.voc['mAP_07']:.4f} (11-point VOC2007)")
     print(f"\n{r.num_images} images, {len(r.detections)} detections: AP {r.metrics['AP']:.4f}, "
           f"AP50 {r.metrics['AP50']:.4f}; results in {args.out} (eval.json, detections.json, pr_curves.png)")
+    if r.skipped:
+        print(f"warning: {len(r.skipped)} image(s) could not be decoded and are not in these numbers (--skip-bad): "
+              + "; ".join(r.skipped[:5]) + (f" (eval.json lists all {len(r.skipped)})" if len(r.skipped) > 5 else ""))
     if r.at_cap:
         where = "tile(s)" if run.tiling else "image(s)"
         print(f"warning: {r.at_cap} {where} reached --max-dets {r.max_dets}: detections beyond it were cut (the "

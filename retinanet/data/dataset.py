@@ -72,7 +72,9 @@ class DetectionDataset(Dataset):
             are trained as ordinary objects (``train_difficult``). Otherwise they stay in the
             target flagged, as ignore regions for the loss and the evaluation.
         skip_bad: an image that cannot be decoded is replaced by the next good one, with a warning
-            naming the file (counted in ``self.bad``, per worker process); otherwise ``DataError``.
+            naming the file (counted in ``self.bad``, per worker process, and listed in the
+            replacement's ``target["skipped"]``, which reaches the process that runs the loader);
+            otherwise ``DataError``.
         exif, max_pixels: the EXIF orientation rule and pixel limit (``retinanet.data.images.open_image``).
 
     Augmentation draws come from the global RNGs (torch, ``random``) unless ``set_epoch(seed,
@@ -149,6 +151,7 @@ class DetectionDataset(Dataset):
         return image, target
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
+        skipped: list[str] = []  # travels with the item (target["skipped"]): a worker's list is never seen by the run
         for attempt in range(len(self.records)):
             i = (index + attempt) % len(self.records)
             try:
@@ -158,10 +161,13 @@ class DetectionDataset(Dataset):
                 if not self.skip_bad:
                     raise BadImageError([msg]) from None
                 self.bad.append(msg)
+                skipped.append(msg)
                 warnings.warn(f"skipped: {msg}")
                 continue
             if self.draws is None:
-                return self.transform(image, target)
-            with seeded_rng(item_seed(*self.draws, index)):
-                return self.transform(image, target)
+                image, target = self.transform(image, target)
+            else:
+                with seeded_rng(item_seed(*self.draws, index)):
+                    image, target = self.transform(image, target)
+            return image, ({**target, "skipped": skipped} if skipped else target)
         raise DataError(self.bad, summary="no image of the dataset could be decoded")

@@ -56,6 +56,7 @@ class EvalResult:
         num_images: images evaluated (after removing DDP padding duplicates).
         max_dets: detections kept per image (per tile when tiled): the model's ``detections_per_img``.
         at_cap: images (tiles when tiled) whose detections reached ``max_dets``: more were cut.
+        skipped: images that could not be decoded (``skip_bad``), left out: "file: why".
     """
 
     metrics: dict[str, float]
@@ -67,6 +68,7 @@ class EvalResult:
     num_images: int = 0
     max_dets: int = 0
     at_cap: int = 0
+    skipped: list[str] = field(default_factory=list)
 
     def table(self) -> str:
         """Per-class AP table (fractions), with VOC columns when the VOC protocol was run."""
@@ -79,6 +81,7 @@ class EvalResult:
             "num_detections": len(self.detections),
             "max_dets": self.max_dets,
             "at_max_dets": self.at_cap,
+            "skipped_images": self.skipped,
             "metrics": self.metrics,
             "summary_text": self.summary_text,
             "per_class": self.per_class,
@@ -126,6 +129,7 @@ def _gt_record(target: dict[str, Any], image_hw: tuple[int, int]) -> dict[str, A
         "ignore": ignore.cpu().numpy().astype(bool),
         "height": orig[0],
         "width": orig[1],
+        **({"skipped": list(target["skipped"])} if target.get("skipped") else {}),  # undecodable images it replaced
     }
 
 
@@ -276,9 +280,12 @@ def evaluate(model, loader, *, device, class_map, amp: str | bool = "auto", prog
             gt, dets = collect_predictions(model, loader, torch.device(device), amp, progress)
     finally:
         model.train(was_training)
+    # before the merge keeps one record per image id: an undecodable image's replacement repeats an id
+    skipped = sorted({m for part in all_gather_object([m for g in gt for m in g.get("skipped", ())]) for m in part})
     gt, dets = gather_records(gt), gather_records(dets)
     result = compute_metrics(gt, dets, class_map_dict(class_map), voc, backend)
-    return dataclasses.replace(result, max_dets=detections_cap(model) or 0, at_cap=sum(d.get("at_cap", 0) for d in dets))
+    return dataclasses.replace(result, max_dets=detections_cap(model) or 0, at_cap=sum(d.get("at_cap", 0) for d in dets),
+                               skipped=skipped)
 
 
 def write_eval_outputs(result: EvalResult, out_dir: str | os.PathLike, *, category_ids: dict[int, int] | None = None,

@@ -160,6 +160,7 @@ def _train(model_cfg: ModelConfig, data_cfg: DataConfig, cfg: TrainConfig, progr
         summary = make_summary(out, state.history, state.best_ap, state.best_epoch, stopped, time.time() - t_start,
                                run.world, data_cfg, data.root, tensorboard=writer_cls is not None and main,
                                reinitialised=run.reinitialised)
+        summary["decode_skipped"] = sorted(run.decode_skips)
         log.line(format_run_summary(summary), echo=False)
         return summary
 
@@ -276,6 +277,7 @@ def train_one_epoch(run: Run, state: RunState, epoch: int) -> EpochStats:
     with StepProgress(run.log, steps, f"epoch {epoch + 1}/{cfg.epochs}", cfg.print_every, show=run.progress,
                       start=start, loss_name="loss" if D.get_world_size() == 1 else "rank-0 loss") as bar:
         for i, (images, targets) in enumerate(loader, start):
+            log_decode_skips(run, targets)
             lr = set_lr(run.optimizer, cfg.lr * lr_factor(state.iteration, epoch + i / steps, cfg, schedule_epochs, warmup))
             step = train_step(run.net, run.optimizer, images, targets, cfg, run.device, run.scaler, run.precision)
             state.iteration += 1
@@ -304,6 +306,16 @@ def train_one_epoch(run: Run, state: RunState, epoch: int) -> EpochStats:
                 break
     stats.seconds += time.time() - t0
     return stats
+
+
+def log_decode_skips(run: Run, targets: list[dict]) -> None:
+    """Images the loader skipped as undecodable (``--skip-bad``; ``target["skipped"]``), each logged
+    once in train.log and kept in ``run.decode_skips`` for the summary (the workers' own warnings
+    reach only the terminal)."""
+    for msg in (m for t in targets for m in t.get("skipped", ())):
+        if msg not in run.decode_skips:
+            run.decode_skips.add(msg)
+            run.log.line(f"data: skipped while loading: {msg}", warn=True)
 
 
 def train_step(model, optimizer, images, targets, cfg: TrainConfig, device, scaler,
@@ -391,6 +403,7 @@ def end_epoch(run: Run, state: RunState, epoch: int, stats: EpochStats, last: bo
     time budget), add the epoch's row to the history, save ``last.pt`` (and ``best.pt`` when AP
     improved), rewrite the report files, log the epoch's line."""
     cfg = run.cfg
+    check_epoch_trained(run, epoch, stats)
     row = {"epoch": epoch + 1, **epoch_losses(stats.sums, stats.steps, run.device), "lr": run.optimizer.param_groups[0]["lr"]}
     t_eval = time.time()
     due = last or (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
@@ -421,6 +434,8 @@ def end_epoch(run: Run, state: RunState, epoch: int, stats: EpochStats, last: bo
         if run.tb is not None:
             tensorboard_epoch(run.tb, row)
     run.log.line(epoch_line(row, cfg.epochs, improved))
+    if result is not None:
+        log_decode_skips(run, [{"skipped": result.skipped}])
     if result is not None and result.at_cap:
         where = "tile(s)" if run.data_cfg.crop else "val image(s)"
         run.log.line(f"warning: {result.at_cap} {where} reached the model's detections_per_img {result.max_dets}: "
@@ -429,6 +444,31 @@ def end_epoch(run: Run, state: RunState, epoch: int, stats: EpochStats, last: bo
     warning = divergence_warning(state.history, cfg.lr, cfg.clip_grad_norm)
     if warning:
         run.log.line(warning)
+
+
+def check_epoch_trained(run: Run, epoch: int, stats: EpochStats) -> None:
+    """Stop a diverged run before its evaluation and checkpoint: an epoch all of whose steps had a
+    non-finite loss trained nothing, and weights (or BatchNorm statistics: a skipped step's forward
+    still updates them) that are no longer finite would be saved as last.pt / best.pt. The earlier
+    checkpoints stay as they are.
+
+    Raises:
+        RetinaNetError: naming the epoch, what is wrong, and what to do.
+    """
+    keep = (f"{run.out / 'last.pt'} still holds epoch {epoch}" if epoch else "no checkpoint was written")
+    advice = f"{keep}; lower --lr or use --clip-grad (with --resume-allow lr clip_grad_norm to go on from it)"
+    if stats.skipped and not stats.steps:
+        raise RetinaNetError(f"epoch {epoch + 1} trained nothing: all its {stats.skipped} step(s) had a non-finite loss "
+                             f"(the run diverged); {advice}")
+    tensors = {**run.model.state_dict(), **({f"ema.{k}": v for k, v in run.ema.module.state_dict().items()}
+                                            if run.ema is not None else {})}
+    floats = {name: t for name, t in tensors.items() if t.is_floating_point()}
+    finite = torch.stack([torch.isfinite(t).all() for t in floats.values()]).tolist() if floats else []  # one sync
+    bad = [name for name, ok in zip(floats, finite) if not ok]
+    if bad:
+        raise RetinaNetError(f"after epoch {epoch + 1} {len(bad)} weight tensor(s) hold non-finite values ({', '.join(bad[:3])}"
+                             f"{' ...' if len(bad) > 3 else ''}; the steps skipped for a non-finite loss still update "
+                             f"BatchNorm statistics): the run diverged; {advice}")
 
 
 def evaluate_epoch(run: Run) -> EvalResult:

@@ -314,6 +314,9 @@ def format_run_summary(summary: dict[str, Any]) -> str:
                  f"peak memory {_fmt(summary['peak_mem_mb'], '.0f')} MiB (rank 0)")
     if summary["skipped_steps"]:
         lines.append(f"  skipped {summary['skipped_steps']} step(s) with a non-finite loss")
+    if summary.get("decode_skipped"):
+        lines.append(f"  skipped {len(summary['decode_skipped'])} image(s) that could not be decoded (--skip-bad; "
+                     "train.log names them)")
     diverged = diverged_epochs(summary["history"])
     if diverged:
         lines.append(f"  warning: the loss rose over {DIVERGED_FACTOR:g}x its lowest in epoch(s) "

@@ -103,6 +103,7 @@ class Run:
     stop: StopFlag = field(default_factory=lambda: StopFlag(announce=D.is_main_process()))
     tb: Any = None  # a TensorBoard SummaryWriter (main process, --tensorboard)
     resumed_interrupted: Path | None = None  # out/interrupted.pt when resumed from it: deleted once passed
+    decode_skips: set[str] = field(default_factory=set)  # images skipped as undecodable (--skip-bad), as logged
     deadline: Any = None  # ``retinanet.engine.train.budget.Deadline`` of a ``--time`` run (None: no deadline)
 
 

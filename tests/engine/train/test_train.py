@@ -29,8 +29,8 @@ def data_root(tmp_path_factory):
 def _cfgs(root, out, **train):
     model = ModelConfig(arch="resnet18_fpn", norm="bn", min_size=64, max_size=64, fpn_channels=32, head_convs=1)
     data = DataConfig(root=root, workers=0)
-    return model, data, TrainConfig(out=str(out), batch_size=4, warmup_iters=2, device="cpu", weights="none",
-                                    **{"lr": 0.01, "print_every": 100, **train})
+    return model, data, TrainConfig(out=str(out), device="cpu", weights="none",
+                                    **{"batch_size": 4, "warmup_iters": 2, "lr": 0.01, "print_every": 100, **train})
 
 
 def test_outputs_eval_every_summary_and_config_round_trip(data_root, tmp_path, capsys, monkeypatch):
@@ -107,11 +107,39 @@ def test_sigterm_writes_checkpoint_and_resume_command(data_root, tmp_path, monke
 
 def test_non_finite_losses_stop_with_clear_error(data_root, tmp_path):
     # lr 1e30: the first step (warmup factor 0.001 -> lr 1e27) sends the weights to inf, so every
-    # later forward pass gives a real non-finite loss; 3 epochs of 1 step: the stop comes at step 3
-    with pytest.raises(RetinaNetError, match=r"2 consecutive non-finite losses \(last at epoch 3, step 1\)"):
-        train(*_cfgs(data_root, tmp_path / "run", epochs=3, max_bad_steps=2, lr=1e30), progress=False)
-    rows = json.loads((tmp_path / "run" / "metrics.json").read_text())["epochs"]
-    assert rows[0]["skipped_steps"] == 0 and rows[1]["skipped_steps"] == 1 and rows[1]["loss"] is None
+    # later forward pass gives a real non-finite loss; 4 steps an epoch: the stop comes at step 3
+    with pytest.raises(RetinaNetError, match=r"2 consecutive non-finite losses \(last at epoch 1, step 3\)"):
+        train(*_cfgs(data_root, tmp_path / "run", epochs=3, max_bad_steps=2, lr=1e30, batch_size=1), progress=False)
+    assert "error: 2 consecutive non-finite losses" in (tmp_path / "run" / "train.log").read_text()  # in the log too
+
+
+def test_a_diverged_epoch_is_not_saved_and_stops_the_run(data_root, tmp_path, monkeypatch):
+    """A diverged run ended as "training finished" (exit 0) with inf in best.pt and last.pt: the
+    skipped steps' forward passes still moved the BatchNorm statistics, and epochs that trained
+    nothing went on. Now the epoch that leaves non-finite weights, or trains nothing, stops the run
+    before its checkpoint; the earlier ones are kept."""
+    out = tmp_path / "run"
+    with pytest.raises(RetinaNetError, match=r"after epoch 1 \d+ weight tensor\(s\) hold non-finite values .*the run "
+                                             r"diverged; no checkpoint was written; lower --lr"):
+        # 2 steps an epoch: the first finite (its lr of 1e27 sends the weights far), the second not: skipped,
+        # but its forward pass took the BatchNorm statistics to inf
+        train(*_cfgs(data_root, out, epochs=3, lr=1e30, batch_size=2), progress=False)
+    assert not (out / "last.pt").exists() and not (out / "best.pt").exists()
+    real, calls = T.train_step, []
+
+    def skipped_from_epoch_2(*args, **kwargs):  # as a step with a non-finite loss: nothing changes, finite False
+        calls.append(1)
+        step = real(*args, **kwargs) if len(calls) == 1 else {k: torch.tensor(float("nan")) for k in template}
+        template.update(step)
+        return step if len(calls) == 1 else {**step, "finite": torch.tensor(False)}
+
+    template = {}
+    monkeypatch.setattr(T, "train_step", skipped_from_epoch_2)
+    out = tmp_path / "run2"
+    with pytest.raises(RetinaNetError, match=r"epoch 2 trained nothing: all its 1 step\(s\) had a non-finite loss \(the "
+                                             rf"run diverged\); {out / 'last.pt'} still holds epoch 1"):
+        train(*_cfgs(data_root, out, epochs=3), progress=False)
+    assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 0  # epoch 1's, not overwritten
 
 
 def test_tensorboard_scalars_per_step_and_epoch(data_root, tmp_path, monkeypatch):
@@ -135,3 +163,31 @@ def test_tensorboard_scalars_per_step_and_epoch(data_root, tmp_path, monkeypatch
     s = train(*_cfgs(data_root, tmp_path / "run", epochs=1, tensorboard=True), progress=False)
     assert {("train/loss", 1), ("train/lr", 1), ("val/AP", 1), ("epoch/loss", 1), ("epoch/images_per_s", 1)} <= set(scalars)
     assert closed == [True] and s["files"]["tensorboard"] == str(tmp_path / "run" / "tensorboard")
+
+
+def test_images_skipped_while_loading_are_in_train_log_the_summary_and_eval_json(tmp_path, capsys):
+    """--skip-bad: an image that cannot be decoded was replaced in the loader workers, its warning
+    only on the terminal (once per worker process); train.log, the summary and eval now name it."""
+    from retinanet.cli import main
+    root = tmp_path / "syn"
+    make_synthetic(root, num_train=4, num_val=2, image_size=64, seed=0)
+    voc = root / "VOCdevkit" / "VOC2012"
+    train_ids = (voc / "ImageSets" / "Main" / "train.txt").read_text().split()
+    val_ids = (voc / "ImageSets" / "Main" / "val.txt").read_text().split()
+    for name in (train_ids[1], val_ids[0]):
+        (voc / "JPEGImages" / f"{name}.jpg").write_bytes(b"\xff\xd8\xff truncated")
+    out = tmp_path / "run"
+    model, data, cfg = _cfgs(str(root / "VOCdevkit"), out, epochs=2)
+    summary = train(model, dataclasses.replace(data, skip_bad=True, workers=2), cfg, progress=False)
+    bad_train, bad_val = (str(voc / "JPEGImages" / f"{n}.jpg") for n in (train_ids[1], val_ids[0]))
+    assert [m.split(":")[0] for m in summary["decode_skipped"]] == sorted([bad_train, bad_val])
+    log = (out / "train.log").read_text()
+    assert log.count(f"data: skipped while loading: {bad_train}: cannot decode image") == 1  # once, whatever the epochs
+    assert log.count(f"data: skipped while loading: {bad_val}: cannot decode image") == 1
+    assert "skipped 2 image(s) that could not be decoded (--skip-bad; train.log names them)" in format_run_summary(summary)
+    capsys.readouterr()
+    assert main(["eval", "--weights", str(out / "last.pt"), "--data", str(root / "VOCdevkit"), "--skip-bad",
+                 "--out", str(tmp_path / "ev"), "--workers", "0", "--quiet"]) == 0
+    assert f"warning: 1 image(s) could not be decoded and are not in these numbers (--skip-bad): {bad_val}" in capsys.readouterr().out
+    info = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert len(info["skipped_images"]) == 1 and info["skipped_images"][0].startswith(bad_val)
