@@ -7,6 +7,7 @@ stale temporaries of a killed write cleared)."""
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -82,6 +83,22 @@ def hold_run_dir(out: Path) -> Iterator[str]:
 def same_file(a: Path, b: Path) -> bool:
     """``a`` and ``b`` name the same path (after resolving links and ``..``)."""
     return Path(a).resolve() == Path(b).resolve()
+
+
+def rewind_problem(resume_path: Path, epochs_done: int, out: Path) -> str:
+    """Why resuming from ``resume_path`` (after ``epochs_done`` whole epochs) into ``out`` would set
+    the run back: ``out``'s results (``metrics.json``, written with each ``last.pt``) reach a later
+    epoch, which this run would train again, replacing ``last.pt`` and those rows; "" otherwise."""
+    try:
+        rows = json.loads((out / "metrics.json").read_text(encoding="utf-8")).get("epochs", [])
+        reached = max((int(r["epoch"]) for r in rows), default=0)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return ""  # no readable record of later epochs: nothing said to be lost
+    if reached <= epochs_done:
+        return ""
+    return (f"--resume {resume_path}: it ends after epoch {epochs_done}, and {out} holds the run up to epoch {reached} "
+            f"(last.pt, results): resuming from it there would train epochs {epochs_done + 1}..{reached} again and replace "
+            f"those; resume from {out} (its newest checkpoint), branch with --out NEW_DIR, or give --exist-ok to go back")
 
 
 def resume_file(resume: str) -> Path:

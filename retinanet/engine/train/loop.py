@@ -46,7 +46,7 @@ from retinanet.engine.evaluate.coco import METRIC_NAMES
 from retinanet.engine.evaluate.loop import EvalResult, evaluate
 from retinanet.engine.runtime import distributed as D
 from retinanet.engine.runtime.precision import Precision
-from retinanet.engine.runtime.run_dir import check_run_dir, hold_run_dir, resume_file, same_file
+from retinanet.engine.runtime.run_dir import check_run_dir, hold_run_dir, resume_file, rewind_problem, same_file
 from retinanet.engine.train.meter import EpochStats, MeterReading, StepMeter
 from retinanet.engine.train.budget import Deadline, apply_fit, fit_run, refit_at, refit_run
 from retinanet.engine.train.optim import describe_schedule, lr_factor, optimizer_step, resolve_warmup, seed_everything, set_lr
@@ -100,6 +100,10 @@ def _train(model_cfg: ModelConfig, data_cfg: DataConfig, cfg: TrainConfig, progr
     model_cfg = dataclasses.replace(model_cfg, num_classes=data.class_map.num_classes)
     resume_path = resume_file(cfg.resume) if cfg.resume else None  # once: a run folder's newest checkpoint
     resumed = read_checkpoint(resume_path) if resume_path else None
+    if resumed is not None and same_file(resume_path.parent, Path(cfg.out)) and not exist_ok:
+        rewind = rewind_problem(resume_path, int(resumed["epoch"]) + 1, Path(cfg.out))
+        if rewind:  # an older checkpoint of the folder (best.pt, a stale interrupted.pt) would set the run back
+            raise RetinaNetError(rewind)
     if resumed is not None:  # a resume continues the run it names: its settings against this run's
         check = check_resume(resumed, resume_path, model_cfg, data_cfg, cfg, data.class_map.to_dict(),
                              D.get_world_size(), resume_allow)

@@ -347,3 +347,23 @@ def test_more_epochs_on_resume_do_not_start_the_warmup_again(data_root, tmp_path
     assert seen == [0.01]  # the peak lr (warming up again over 20 of the 90 steps gave 0.0037 at step 7)
     log = (out / "train.log").read_text()
     assert "warmup 3 steps" in log and "the warmup was over when the checkpoint was saved: kept, not started again" in log
+
+
+def test_resuming_an_older_checkpoint_into_its_folder_is_refused_not_a_silent_rewind(data_root, tmp_path):
+    """--resume RUN/best.pt (epoch 1) where RUN/last.pt is at epoch 2: it trained epoch 2 again and
+    replaced last.pt and results.csv's row without a word. Refused, naming the ways out; --exist-ok
+    goes back on purpose; into a new --out it branches."""
+    import shutil
+    out = tmp_path / "run"
+    train(*_cfgs(data_root, out, eval_every=1), progress=False)
+    older = tmp_path / "epoch1.pt"
+    ck = torch.load(out / "last.pt", weights_only=True)
+    ck = {**ck, "epoch": 0, "history": ck["history"][:1]}  # what best.pt holds when epoch 1 was the best
+    torch.save(ck, older)
+    shutil.copy(older, out / "best_epoch1.pt")
+    with pytest.raises(RetinaNetError, match=rf"it ends after epoch 1, and {out} holds the run up to epoch 2 .* would "
+                                             r"train epochs 2..2 again .* resume from .* branch with --out NEW_DIR"):
+        train(*_cfgs(data_root, out, eval_every=1, resume=str(out / "best_epoch1.pt")), progress=False)
+    assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 1  # untouched
+    branched = train(*_cfgs(data_root, tmp_path / "branch", eval_every=1, resume=str(out / "best_epoch1.pt")), progress=False)
+    assert branched["stopped"] == "finished"
