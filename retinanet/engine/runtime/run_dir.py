@@ -109,6 +109,10 @@ def resume_file(resume: str) -> Path:
     if not p.is_dir():
         return p
     last, stopped = p / "last.pt", p / "interrupted.pt"
+    if not last.is_file() and not stopped.is_file():
+        raise RetinaNetError(f"--resume {p}: the folder holds no checkpoint (last.pt, interrupted.pt) to resume"
+                             + (": its run stopped before its first one; run the same command without --resume, it "
+                                "starts again there" if run_files_in(p) else ""))
     if stopped.is_file() and (not last.is_file() or stopped.stat().st_mtime_ns > last.stat().st_mtime_ns):
         return stopped
     return last

@@ -150,11 +150,12 @@ def _train(model_cfg: ModelConfig, data_cfg: DataConfig, cfg: TrainConfig, progr
             run.resumed_interrupted = out / "interrupted.pt"
         fit_time_budget(run, t_start)
         total = schedule_steps(run)
-        if state.epoch < run.cfg.epochs and state.iteration < total:  # a finished run resumed: nothing scheduled
+        to_train = state.epoch < run.cfg.epochs and state.iteration < total  # a finished run resumed: nothing scheduled
+        if to_train:
             log.line(describe_schedule(run.cfg, run_warmup(run, state, total), total, total / len(run.train_loader))
                      + (" (the warmup was over when the checkpoint was saved: kept, not started again)"
                         if state.warmup_over else ""))
-        if main:
+        if main and (to_train or not (out / "config.yaml").is_file()):  # nothing to train: the run's record stays
             data.class_map.save(out / "classes.json")
             write_config_file(out / "config.yaml", run.config, comment=changes_comment(state.changes))
         if run.deadline is not None:

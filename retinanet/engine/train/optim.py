@@ -42,8 +42,11 @@ def describe_schedule(cfg: TrainConfig, warmup: int, total_steps: int, total_epo
     after = (f"cosine to 0 at epoch {total_epochs:.3g}" if cfg.scheduler == "cosine"
              else f"x{cfg.lr_gamma:g} at epochs {', '.join(map(str, cfg.lr_steps)) or '-'}"
              + (f" (epoch(s) {', '.join(map(str, beyond))} beyond this run's {total_epochs:.3g}: not reached)" if beyond else ""))
+    # steps counted from 1, as the progress lines count them: step k runs at lr_factor(k - 1)
+    peak = (f"peak {cfg.lr:g} at step {warmup + 1}" if warmup < total_steps else
+            f"the peak {cfg.lr:g} is not reached within the run's {total_steps} steps")
     return (f"lr schedule: {total_steps} steps ({total_epochs:.3g} epochs); warmup {warmup} steps{why}, "
-            f"lr {cfg.lr * cfg.warmup_factor:.3g} -> peak {cfg.lr:g} at step {warmup}, then {after}")
+            f"lr {cfg.lr * cfg.warmup_factor:.3g} -> {peak}, then {after}")
 
 
 def lr_factor(it: int, epoch_float: float, cfg: TrainConfig, total_epochs: float, warmup_iters: int | None = None) -> float:

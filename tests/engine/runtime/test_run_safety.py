@@ -265,3 +265,12 @@ def test_resume_of_a_run_folder_takes_its_newer_interrupted_pt_and_not_a_stale_o
     os.utime(stopped, ns=(1, 3 * 10**18))
     assert resume_file(str(tmp_path)) == stopped  # stopped again after that epoch
     assert resume_file(str(last)) == last  # a file is taken as named
+
+
+def test_resume_of_a_folder_without_a_checkpoint_says_so(tmp_path):
+    """`--resume RUN` of a run stopped before its first checkpoint said "RUN/last.pt: no such file"."""
+    from retinanet.engine.runtime.run_dir import resume_file
+    (tmp_path / "train.log").write_text("retinanet train ...\n")
+    with pytest.raises(RetinaNetError, match=r"holds no checkpoint \(last.pt, interrupted.pt\) to resume: its run stopped "
+                                             r"before its first one; run the same command without --resume"):
+        resume_file(str(tmp_path))

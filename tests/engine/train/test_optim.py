@@ -40,8 +40,9 @@ def test_warmup_is_capped_at_a_fraction_of_the_run():
     assert resolve_warmup(dataclasses.replace(cfg, warmup_max_fraction=1.0), 360) == 300
     line = describe_schedule(cfg, warmup, steps, epochs)
     assert "warmup 72 steps" in line and "warmup_iters 300 capped at warmup_max_fraction 0.2" in line
-    assert "peak 0.01 at step 72" in line and "cosine to 0 at epoch 10" in line
+    assert "peak 0.01 at step 73" in line and "cosine to 0 at epoch 10" in line  # steps from 1, as progress lines
     assert "capped" not in describe_schedule(cfg, 300, 100_000, 100)
+    assert "the peak 0.01 is not reached within the run's 4 steps" in describe_schedule(cfg, 4, 4, 1)
 
 
 @pytest.mark.parametrize("field, value, match", [("warmup_max_fraction", 1.5, "warmup_max_fraction must be in 0..1"),
