@@ -71,8 +71,20 @@ class TimeFit:
                 f"({self.step_s * self.steps_per_epoch:.0f} s/epoch of {self.steps_per_epoch} steps) and {self.eval_s:.0f} s "
                 f"per evaluation, {self.used_s:.0f} s spent before training -> {self.steps} steps ({self.steps / self.steps_per_epoch:.2f} "
                 f"epochs, about {self.train_s:.0f} s) with {self.evaluations} evaluation(s) (every {self.eval_every} epoch(s) "
-                f"and at the end), warmup {self.warmup_iters} steps, {cfg.scheduler} schedule ending with the last step; "
+                f"and at the end), warmup {self.warmup_iters} steps, {self.schedule(cfg)}; "
                 f"training stops at the budget if it runs slower{short}")
+
+    def schedule(self, cfg: TrainConfig) -> str:
+        """The lr schedule over the fitted steps: cosine ends with the last step; multistep's
+        milestones are epochs, and those beyond the fitted epochs are never reached (said)."""
+        if cfg.scheduler == "cosine":
+            return "cosine schedule ending with the last step"
+        epochs = self.steps / self.steps_per_epoch
+        beyond = [m for m in cfg.lr_steps if m >= epochs]
+        if not beyond:
+            return f"multistep schedule (x{cfg.lr_gamma:g} at epochs {', '.join(map(str, cfg.lr_steps))})"
+        return (f"multistep schedule whose milestone(s) at epoch(s) {', '.join(map(str, beyond))} lie beyond the fitted "
+                f"{epochs:.2f} epochs, so the lr does not decay there (--scheduler cosine ends with the budget)")
 
 
 def fit_schedule(cfg: TrainConfig, budget_s: float, used_s: float, step_s: float, steps_per_epoch: int,

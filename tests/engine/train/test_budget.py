@@ -1,5 +1,7 @@
 """engine/budget.py: fitting epochs, evaluations and warmup to a time budget; the deadline."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -20,6 +22,11 @@ def test_fit_fills_the_budget_with_steps_and_the_last_evaluation():
     assert fit.warmup_iters == int(0.2 * 120)  # capped at the fitted run's share
     line = fit.describe(cfg)
     assert "4.0 min" in line and "1.50 s/step" in line and "-> 120 steps (1.90 epochs" in line and "warmup 24" in line
+    # the default multistep milestones (epochs 8, 11) lie beyond 1.9 epochs: said, not "ending with the last step"
+    assert ("multistep schedule whose milestone(s) at epoch(s) 8, 11 lie beyond the fitted 1.90 epochs, so the lr does "
+            "not decay there (--scheduler cosine ends with the budget)") in line
+    assert "cosine schedule ending with the last step" in fit.describe(dataclasses.replace(cfg, scheduler="cosine"))
+    assert "multistep schedule (x0.1 at epochs 1)" in fit.describe(dataclasses.replace(cfg, lr_steps=(1,)))
 
 
 def test_a_longer_budget_adds_steps_and_evaluations_within_their_share():
