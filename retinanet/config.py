@@ -271,12 +271,12 @@ def find_config(name_or_path: str) -> Path:
     path = Path(name_or_path).expanduser()
     if path.is_file():
         return path
+    shipped = RECIPES_DIR / f"{path.name.removesuffix('.yaml')}.yaml"
+    if path.parent == Path(".") and shipped.is_file():  # a recipe's name, even beside a folder of that name
+        return shipped
     if path.is_dir():
         inside = path / "config.yaml"
         raise RetinaNetError(f"{path}: a folder, not a config file" + (f"; give {inside}" if inside.is_file() else ""))
-    shipped = RECIPES_DIR / f"{path.name.removesuffix('.yaml')}.yaml"
-    if path.parent == Path(".") and shipped.is_file():
-        return shipped
     raise RetinaNetError(f"{name_or_path}: no such config file, nor a shipped recipe "
                          f"({', '.join(recipe_names())})")
 

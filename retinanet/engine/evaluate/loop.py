@@ -14,6 +14,7 @@ import dataclasses
 import json
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from retinanet.data.coco import read_coco_json
 from retinanet.engine.runtime.checkpoint import load_model
 from retinanet.engine.evaluate.coco import coco_results, evaluate_coco, per_class_table
 from retinanet.engine.runtime.distributed import (
-    all_gather_object, barrier, init_distributed, is_dist, is_main_process, local_device,
+    all_gather_object, any_rank, barrier, init_distributed, is_dist, is_main_process, local_device,
 )
 from retinanet.engine.evaluate.plots import plot_pr_curves
 from retinanet.engine.runtime.precision import resolve_precision
@@ -161,7 +162,13 @@ def detections_to_host(outputs: list[dict[str, torch.Tensor]]) -> list[dict[str,
     return [{"boxes": p[:, :4], "scores": p[:, 4], "labels": p[:, 5].astype(np.int64)} for p in parts]
 
 
-def collect_tiled(model, loader, device: torch.device, tile: TileOptions, amp: str | bool = "off", progress: bool = True):
+class EvaluationCut(Exception):
+    """``evaluate(stop=...)`` was asked to stop part way (a signal to the training run): its numbers
+    would cover part of the split, so there are none."""
+
+
+def collect_tiled(model, loader, device: torch.device, tile: TileOptions, amp: str | bool = "off", progress: bool = True,
+                  stop: Callable[[], bool] | None = None):
     """``collect_predictions`` tile by tile: ``loader`` yields images at native resolution (a dataset
     built with ``resize_val=False``); each runs through ``detect_tiled_model``; the bar counts tiles."""
     precision = resolve_precision(amp, device)
@@ -169,6 +176,8 @@ def collect_tiled(model, loader, device: torch.device, tile: TileOptions, amp: s
     with tqdm(total=0, desc="eval", unit="tile", file=sys.stderr, dynamic_ncols=True,
               disable=not (progress and is_main_process())) as bar:
         for images, targets in loader:
+            if stop is not None and stop():
+                break
             bar.total += sum(count_tiles(tuple(img.shape[-2:]), tile.tile, tile.overlap) for img in images)
             bar.refresh()
             for img, target in zip(images, targets):
@@ -191,7 +200,8 @@ def detections_cap(model) -> int | None:
     return getattr(getattr(model, "config", None), "detections_per_img", None)
 
 
-def collect_predictions(model, loader, device: torch.device, amp: str | bool = "off", progress: bool = True):
+def collect_predictions(model, loader, device: torch.device, amp: str | bool = "off", progress: bool = True,
+                        stop: Callable[[], bool] | None = None):
     """Run ``model`` over ``loader``: per-image ground truth and detections in original pixels.
 
     Args:
@@ -204,6 +214,8 @@ def collect_predictions(model, loader, device: torch.device, amp: str | bool = "
     batches = tqdm(loader, desc="eval", unit="batch", file=sys.stderr, dynamic_ncols=True,
                    disable=not (progress and is_main_process()))
     for images, targets in batches:
+        if stop is not None and stop():
+            break
         with precision.autocast(device.type):
             outputs = model([img.to(device, non_blocking=True) for img in images])
         cap = detections_cap(model)
@@ -250,7 +262,8 @@ def compute_metrics(gt, dets, class_map: dict[str, int] | None, voc: bool = Fals
 
 @torch.inference_mode()
 def evaluate(model, loader, *, device, class_map, amp: str | bool = "auto", progress: bool = True, voc: bool = False,
-             backend: str | None = None, tile: TileOptions | None = None) -> EvalResult:
+             backend: str | None = None, tile: TileOptions | None = None, stop: Callable[[], bool] | None = None,
+             ) -> EvalResult:
     """Evaluate ``model`` on every batch of ``loader`` (all ranks must call it).
 
     Args:
@@ -267,19 +280,25 @@ def evaluate(model, loader, *, device, class_map, amp: str | bool = "auto", prog
         backend: COCOeval implementation, see ``coco_eval.run_cocoeval`` (default pycocotools).
         tile: resolved ``TileOptions``: tiled prediction on native-resolution images (the loader's
             dataset built with ``resize_val=False``); None: the model's own resize.
+        stop: checked before each batch: True cuts the evaluation short (a training run's stop
+            signal); every rank must give it or none.
     Returns:
         The same ``EvalResult`` on every rank.
+    Raises:
+        EvaluationCut: ``stop`` said so on some rank (on every rank, together).
     """
     model = getattr(model, "module", model)  # DDP's forward would sync buffers for nothing
     was_training = model.training
     model.eval()
     try:
         if tile is not None:
-            gt, dets = collect_tiled(model, loader, torch.device(device), tile, amp, progress)
+            gt, dets = collect_tiled(model, loader, torch.device(device), tile, amp, progress, stop)
         else:
-            gt, dets = collect_predictions(model, loader, torch.device(device), amp, progress)
+            gt, dets = collect_predictions(model, loader, torch.device(device), amp, progress, stop)
     finally:
         model.train(was_training)
+    if stop is not None and any_rank(stop()):  # every rank asks, at the same point
+        raise EvaluationCut
     # before the merge keeps one record per image id: an undecodable image's replacement repeats an id
     skipped = sorted({m for part in all_gather_object([m for g in gt for m in g.get("skipped", ())]) for m in part})
     gt, dets = gather_records(gt), gather_records(dets)

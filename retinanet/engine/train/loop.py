@@ -43,7 +43,7 @@ import torch
 from retinanet.engine.runtime.checkpoint import checkpoint_bytes, check_checkpoint_space, read_checkpoint, save_checkpoint
 from retinanet.config import DataConfig, ModelConfig, TrainConfig, write_config_file
 from retinanet.engine.evaluate.coco import METRIC_NAMES
-from retinanet.engine.evaluate.loop import EvalResult, evaluate
+from retinanet.engine.evaluate.loop import EvaluationCut, EvalResult, evaluate
 from retinanet.engine.runtime import distributed as D
 from retinanet.engine.runtime.precision import Precision
 from retinanet.engine.runtime.run_dir import check_run_dir, hold_run_dir, resume_file, rewind_problem, same_file
@@ -253,7 +253,7 @@ def run_epochs(run: Run, state: RunState) -> str:
             break
         if D.any_rank(run.stop.signal is not None):  # arrived during the evaluation: last.pt ends the epoch
             reason = run.stop.signal or "signal on another rank"
-            run.log.line(f"stopped by {reason} after epoch {epoch + 1} and its evaluation; checkpoint {run.out / 'last.pt'}")
+            run.log.line(f"stopped by {reason} after epoch {epoch + 1}; checkpoint {run.out / 'last.pt'}")
             D.barrier()
             return reason
         epoch += 1
@@ -282,7 +282,7 @@ def train_one_epoch(run: Run, state: RunState, epoch: int) -> EpochStats:
     with StepProgress(run.log, steps, f"epoch {epoch + 1}/{cfg.epochs}", cfg.print_every, show=run.progress,
                       start=start, loss_name="loss" if D.get_world_size() == 1 else "rank-0 loss") as bar:
         for i, (images, targets) in enumerate(loader, start):
-            log_decode_skips(run, targets)
+            run.decode_pending += [m for t in targets for m in t.get("skipped", ())]  # logged at the epoch's end
             lr = set_lr(run.optimizer, cfg.lr * lr_factor(state.iteration, epoch + i / steps, cfg, schedule_epochs, warmup))
             step = train_step(run.net, run.optimizer, images, targets, cfg, run.device, run.scaler, run.precision)
             state.iteration += 1
@@ -313,14 +313,22 @@ def train_one_epoch(run: Run, state: RunState, epoch: int) -> EpochStats:
     return stats
 
 
-def log_decode_skips(run: Run, targets: list[dict]) -> None:
+def log_decode_skips(run: Run, messages: list[str]) -> None:
     """Images the loader skipped as undecodable (``--skip-bad``; ``target["skipped"]``), each logged
     once in train.log and kept in ``run.decode_skips`` for the summary (the workers' own warnings
     reach only the terminal)."""
-    for msg in (m for t in targets for m in t.get("skipped", ())):
+    for msg in messages:
         if msg not in run.decode_skips:
             run.decode_skips.add(msg)
             run.log.line(f"data: skipped while loading: {msg}", warn=True)
+
+
+def flush_decode_skips(run: Run) -> None:
+    """The training images every process skipped since the last call (``run.decode_pending``),
+    gathered (every rank calls it: at an epoch's end, at a stop) and logged by the main process."""
+    gathered = D.all_gather_object(sorted(set(run.decode_pending)))
+    run.decode_pending = []
+    log_decode_skips(run, sorted({m for part in gathered for m in part}))
 
 
 def train_step(model, optimizer, images, targets, cfg: TrainConfig, device, scaler,
@@ -384,6 +392,7 @@ def stop_run(run: Run, state: RunState, epoch: int, stats: EpochStats) -> str:
     EMA, RNG, global step) with ``epoch`` = the last finished epoch, and ``epoch_progress``: the
     steps done in this epoch and their sums, from which ``restore`` continues."""
     reason = run.stop.signal or "signal on another rank"
+    flush_decode_skips(run)  # every rank is here
     done = stats.steps + stats.skipped
     # every rank restores these sums: the mean over ranks (rank 0's alone would stand for every rank's
     # share of the stopped epoch in its loss); every rank is here, so the collective is safe
@@ -408,12 +417,17 @@ def end_epoch(run: Run, state: RunState, epoch: int, stats: EpochStats, last: bo
     time budget), add the epoch's row to the history, save ``last.pt`` (and ``best.pt`` when AP
     improved), rewrite the report files, log the epoch's line."""
     cfg = run.cfg
+    flush_decode_skips(run)
     check_epoch_trained(run, epoch, stats)
     row = {"epoch": epoch + 1, **epoch_losses(stats.sums, stats.steps, run.device), "lr": run.optimizer.param_groups[0]["lr"]}
     t_eval = time.time()
     due = last or (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
     try:
         result = evaluate_epoch(run) if due else None
+    except EvaluationCut:  # a stop signal: the trained epoch is saved below, unscored; run_epochs then stops
+        result = None
+        run.log.line(f"the evaluation of epoch {epoch + 1} was cut short by {run.stop.signal or 'a signal on another rank'}: "
+                     "the epoch is saved unscored")
     except RetinaNetError:  # a bad val image: the trained epoch is kept, the evaluation is not
         if run.main:
             save_checkpoint(checkpoint_state(run, state, epoch), run.out / "last.pt")
@@ -440,7 +454,7 @@ def end_epoch(run: Run, state: RunState, epoch: int, stats: EpochStats, last: bo
             tensorboard_epoch(run.tb, row)
     run.log.line(epoch_line(row, cfg.epochs, improved))
     if result is not None:
-        log_decode_skips(run, [{"skipped": result.skipped}])
+        log_decode_skips(run, result.skipped)
     if result is not None and result.at_cap:
         where = "tile(s)" if run.data_cfg.crop else "val image(s)"
         run.log.line(f"warning: {result.at_cap} {where} reached the model's detections_per_img {result.max_dets}: "
@@ -460,20 +474,28 @@ def check_epoch_trained(run: Run, epoch: int, stats: EpochStats) -> None:
     Raises:
         RetinaNetError: naming the epoch, what is wrong, and what to do.
     """
+    problem = epoch_problem(run, epoch, stats)
+    if D.any_rank(bool(problem)):  # every rank stops together (BatchNorm statistics are each rank's own)
+        raise RetinaNetError(problem or f"another process of the run found epoch {epoch + 1} diverged (its message is above)")
+
+
+def epoch_problem(run: Run, epoch: int, stats: EpochStats) -> str:
+    """``check_epoch_trained``'s finding in this process: "" when the epoch is sound."""
     keep = (f"{run.out / 'last.pt'} still holds epoch {epoch}" if epoch else "no checkpoint was written")
     advice = f"{keep}; lower --lr or use --clip-grad (with --resume-allow lr clip_grad_norm to go on from it)"
     if stats.skipped and not stats.steps:
-        raise RetinaNetError(f"epoch {epoch + 1} trained nothing: all its {stats.skipped} step(s) had a non-finite loss "
-                             f"(the run diverged); {advice}")
+        return (f"epoch {epoch + 1} trained nothing: all its {stats.skipped} step(s) had a non-finite loss "
+                f"(the run diverged); {advice}")
     tensors = {**run.model.state_dict(), **({f"ema.{k}": v for k, v in run.ema.module.state_dict().items()}
                                             if run.ema is not None else {})}
     floats = {name: t for name, t in tensors.items() if t.is_floating_point()}
     finite = torch.stack([torch.isfinite(t).all() for t in floats.values()]).tolist() if floats else []  # one sync
     bad = [name for name, ok in zip(floats, finite) if not ok]
     if bad:
-        raise RetinaNetError(f"after epoch {epoch + 1} {len(bad)} weight tensor(s) hold non-finite values ({', '.join(bad[:3])}"
-                             f"{' ...' if len(bad) > 3 else ''}; the steps skipped for a non-finite loss still update "
-                             f"BatchNorm statistics): the run diverged; {advice}")
+        return (f"after epoch {epoch + 1} {len(bad)} weight tensor(s) hold non-finite values ({', '.join(bad[:3])}"
+                f"{' ...' if len(bad) > 3 else ''}; the steps skipped for a non-finite loss still update "
+                f"BatchNorm statistics): the run diverged; {advice}")
+    return ""
 
 
 def evaluate_epoch(run: Run) -> EvalResult:
@@ -482,7 +504,8 @@ def evaluate_epoch(run: Run) -> EvalResult:
     model = run.ema.module if run.ema is not None else run.model
     D.broadcast_module(model)
     return evaluate(model, run.val_loader, device=run.device, class_map=run.data.class_map, amp=run.precision.mode,
-                    progress=run.progress and run.main and sys.stderr.isatty(), tile=val_tiling(run.data_cfg, run.cfg.batch_size))
+                    progress=run.progress and run.main and sys.stderr.isatty(), tile=val_tiling(run.data_cfg, run.cfg.batch_size),
+                    stop=lambda: run.stop.signal is not None)
 
 
 def epoch_losses(sums: dict[str, float], steps: int, device: torch.device) -> dict[str, float | None]:

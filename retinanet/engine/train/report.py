@@ -293,7 +293,8 @@ def make_summary(out: Path, history: list[dict[str, Any]], best_ap: float, best_
     }
     if stopped != "finished":  # under torchrun, resumed by the same number of processes (a resume checks it)
         launcher = ["torchrun", f"--nproc_per_node={world}", "-m", "retinanet"] if world > 1 else ["retinanet"]
-        summary["resume"] = shlex.join([*launcher, "train", "--resume", str(out / "interrupted.pt")])
+        # the folder: its newest checkpoint is taken (interrupted.pt, or last.pt for a stop after an evaluation)
+        summary["resume"] = shlex.join([*launcher, "train", "--resume", str(out)])
     return summary
 
 

@@ -35,20 +35,27 @@ class StopFlag:
     flag nobody sets). The first signal is acknowledged at once on stderr (``announce``: the main
     process only); a second one raises ``KeyboardInterrupt``: stop now, without the checkpoint."""
 
-    def __init__(self, announce: bool = True):
+    def __init__(self, announce: bool = True, distributed: bool = False):
         self.signal: str | None = None
         self.announce = announce
+        self.distributed = distributed
         self._old: dict[int, Any] = {}
+        self._pid = os.getpid()
 
     def __call__(self, signum, frame) -> None:
+        if os.getpid() != self._pid:  # a loader worker forked with this handler: the run's process decides
+            return
         if self.signal is not None:  # asked twice: the user wants out now
             raise KeyboardInterrupt
         self.signal = signal.Signals(signum).name
         if self.announce:  # os.write: safe in a signal handler, where print could re-enter a busy stream
-            os.write(2, (f"\nretinanet train: {self.signal}: stopping after the current step, or after the evaluation "
-                         "under way, with a checkpoint to resume from; again to stop at once (nothing more saved)\n").encode())
+            when = ("at the next logging point (every --print-every steps: every process stops at the same step)"
+                    if self.distributed else "after the current step")
+            os.write(2, (f"\nretinanet train: {self.signal}: stopping {when}, or when the evaluation under way is cut "
+                         "short, with a checkpoint to resume from; again to stop at once (nothing more saved)\n").encode())
 
     def __enter__(self) -> StopFlag:
+        self._pid = os.getpid()
         with contextlib.suppress(ValueError):  # not the main thread
             self._old = {s: signal.signal(s, self) for s in (signal.SIGINT, signal.SIGTERM)}
         return self
@@ -100,10 +107,11 @@ class Run:
     reinitialised: list[str]
     main: bool = field(default_factory=D.is_main_process)
     world: int = field(default_factory=D.get_world_size)
-    stop: StopFlag = field(default_factory=lambda: StopFlag(announce=D.is_main_process()))
+    stop: StopFlag = field(default_factory=lambda: StopFlag(announce=D.is_main_process(), distributed=D.is_dist()))
     tb: Any = None  # a TensorBoard SummaryWriter (main process, --tensorboard)
     resumed_interrupted: Path | None = None  # out/interrupted.pt when resumed from it: deleted once passed
     decode_skips: set[str] = field(default_factory=set)  # images skipped as undecodable (--skip-bad), as logged
+    decode_pending: list[str] = field(default_factory=list)  # this process's skips since the last gather
     deadline: Any = None  # ``retinanet.engine.train.budget.Deadline`` of a ``--time`` run (None: no deadline)
 
 

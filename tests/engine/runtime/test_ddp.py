@@ -22,11 +22,14 @@ def test_two_cpu_processes_train_and_evaluate(tmp_path, torchrun):
     make_synthetic(tmp_path / "syn", num_train=8, num_val=5, image_size=64, seed=0)  # 5 val images: shards of 3 and 2
     cfg = tmp_path / "tiny.yaml"  # score_thresh 0: many detections, so a lost or doubled image would change the metrics
     cfg.write_text(yaml.safe_dump({"model": {"score_thresh": 0.0, "fpn_channels": 32, "head_convs": 1}}))
+    voc = tmp_path / "syn" / "VOCdevkit" / "VOC2012"
+    bad = voc / "JPEGImages" / f"{(voc / 'ImageSets' / 'Main' / 'train.txt').read_text().split()[5]}.jpg"
+    bad.write_bytes(b"")  # item 5: in rank 1's shard at seed 0; skipped (--skip-bad), named once in rank 0's train.log
     run = tmp_path / "run"
     proc = torchrun("train", "--config", str(cfg), "--data", str(tmp_path / "syn"), "--arch", "resnet18_fpn",
                     "--from-scratch", "--min-size", "64", "--max-size", "64", "--epochs", "1", "--batch-size", "1",
                     "--lr", "0.01", "--warmup-iters", "2", "--print-every", "2", "--device", "cpu", "--workers", "0",
-                    "--out", str(run))
+                    "--skip-bad", "--out", str(run))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     names = {"results.csv", "metrics.json", "results.png", "config.yaml", "classes.json", "train.log", "last.pt", "best.pt"}
@@ -42,6 +45,8 @@ def test_two_cpu_processes_train_and_evaluate(tmp_path, torchrun):
     assert "2 process(es)" in out
     log = (run / "train.log").read_text()
     assert log.count("epoch 1/1: loss") == 1 and log.count("training finished") == 1
+    assert log.count(f"data: skipped while loading: {bad}: cannot decode image") == 1  # from rank 1 too (gathered)
+    assert "skipped 1 image(s) that could not be decoded" in log
 
     model, _ = load_model(run / "last.pt")
     data = build_datasets(DataConfig(root=str(tmp_path / "syn"), workers=0), min_size=64, max_size=64)

@@ -140,7 +140,7 @@ def test_time_fits_the_epochs_and_a_resume_keeps_them(data_root, tmp_path, monke
     ck = torch.load(run / "last.pt", weights_only=True)
     ck["epoch"], ck["iteration"], ck["history"] = 0, 2, ck["history"][:1]  # as if it had stopped after epoch 1
     torch.save(ck, run / "mid.pt")
-    assert main(["train", "--resume", str(run / "mid.pt"), "--quiet"]) == 0
+    assert main(["train", "--resume", str(run / "mid.pt"), "--quiet", "--exist-ok"]) == 0  # back to epoch 1 on purpose
     assert calls == [1.0]
     log = (run / "train.log").read_text()
     assert "fitted when the run started (5 steps in 3 epoch(s)" in log and "it is kept (a resumed run" in log

@@ -40,9 +40,9 @@ def test_epoch_files_and_summary(tmp_path):
     text = format_run_summary(s)
     assert "training stopped by SIGTERM: 2 epoch(s) in 1:02:05 on 2 process(es)" in text
     assert "best:   AP 0.4000  AP50 0.2000  (epoch 2)" in text  # 2 processes: resumed by torchrun with 2
-    assert f"torchrun --nproc_per_node=2 -m retinanet train --resume {tmp_path / 'interrupted.pt'}" in text
+    assert f"torchrun --nproc_per_node=2 -m retinanet train --resume {tmp_path}" in text
     one = make_summary(tmp_path, history, 0.4, 2, "SIGTERM", 3725.0, 1, data_cfg, tmp_path / "voc")
-    assert one["resume"] == f"retinanet train --resume {tmp_path / 'interrupted.pt'}"
+    assert one["resume"] == f"retinanet train --resume {tmp_path}"  # the folder: its newest checkpoint
     assert "results.png" in s["files"] and "last.pt" not in s["files"]  # only files that exist
 
 

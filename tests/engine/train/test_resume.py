@@ -277,8 +277,10 @@ def test_config_yaml_names_the_data_by_absolute_path_and_an_older_relative_one_s
 
 
 def test_a_signal_during_the_evaluation_stops_after_it_with_last_pt(data_root, tmp_path, uninterrupted, monkeypatch):
-    """Ctrl-C while an epoch is being evaluated: the evaluation ends, last.pt is written, and the run
-    stops there (it trained a step of the next epoch before); the resume from it ends as an uninterrupted run."""
+    """Ctrl-C while an epoch is being evaluated: the evaluation is cut short (under torchrun the
+    workers are killed 30 s after the signal: a long evaluation lost the checkpoint), last.pt is
+    written, and the run stops there (it trained a step of the next epoch before); the resume from
+    it ends as an uninterrupted run."""
     real, calls = T.evaluate_epoch, []
 
     def signal_inside(run):
@@ -294,7 +296,10 @@ def test_a_signal_during_the_evaluation_stops_after_it_with_last_pt(data_root, t
     assert stopped["stopped"] == "SIGTERM" and len(stopped["history"]) == 1
     assert torch.load(out / "last.pt", weights_only=True)["iteration"] == STEPS_PER_EPOCH  # no step of epoch 2
     assert not (out / "interrupted.pt").exists()
-    assert "stopped by SIGTERM after epoch 1 and its evaluation" in (out / "train.log").read_text()
+    log = (out / "train.log").read_text()
+    assert "stopped by SIGTERM after epoch 1; checkpoint" in log  # at once: torchrun kills its workers 30 s after a signal
+    assert "the evaluation of epoch 1 was cut short by SIGTERM: the epoch is saved unscored" in log
+    assert stopped["history"][0]["AP"] is None
     resumed = train(*_cfgs(data_root, out, eval_every=1, resume=str(out)), progress=False)
     got, (_, full) = torch.load(out / "last.pt", weights_only=True), uninterrupted
     assert resumed["stopped"] == "finished" and got["iteration"] == full["iteration"]
@@ -307,12 +312,19 @@ def test_a_second_signal_stops_at_once_and_the_first_is_acknowledged(capfd):
     flag = StopFlag(announce=True)
     flag(signal.SIGINT, None)
     assert flag.signal == "SIGINT"
-    assert "SIGINT: stopping after the current step, or after the evaluation under way" in capfd.readouterr().err
+    assert "SIGINT: stopping after the current step, or when the evaluation under way is cut short" in capfd.readouterr().err
     with pytest.raises(KeyboardInterrupt):
         flag(signal.SIGINT, None)
     quiet = StopFlag(announce=False)  # the other ranks of a torchrun run say nothing
     quiet(signal.SIGTERM, None)
     assert quiet.signal == "SIGTERM" and capfd.readouterr().err == ""
+    under_torchrun = StopFlag(distributed=True)
+    under_torchrun(signal.SIGINT, None)
+    assert "stopping at the next logging point (every --print-every steps" in capfd.readouterr().err
+    inherited = StopFlag()
+    inherited._pid = -1  # as in a loader worker forked with the handler: the worker neither says nor sets anything
+    inherited(signal.SIGINT, None)
+    assert inherited.signal is None and capfd.readouterr().err == ""
 
 
 def test_a_bad_val_image_keeps_the_trained_epoch_and_the_error_is_in_train_log(tmp_path):

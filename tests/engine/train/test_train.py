@@ -101,8 +101,8 @@ def test_sigterm_writes_checkpoint_and_resume_command(data_root, tmp_path, monke
 
     monkeypatch.setattr(T, "train_step", step_then_signal)
     s = train(*_cfgs(data_root, tmp_path / "run", epochs=2), progress=False)
-    assert s["stopped"] == "SIGTERM" and s["resume"].endswith("interrupted.pt")
-    assert (tmp_path / "run" / "interrupted.pt").is_file()
+    assert s["stopped"] == "SIGTERM" and s["resume"] == f"retinanet train --resume {tmp_path / 'run'}"
+    assert (tmp_path / "run" / "interrupted.pt").is_file()  # what --resume RUN takes: newer than any last.pt
 
 
 def test_non_finite_losses_stop_with_clear_error(data_root, tmp_path):
