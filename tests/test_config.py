@@ -46,3 +46,15 @@ def test_field_names_are_unique_across_sections():
     """The CLI maps an option to the config field of the same name, whatever its section."""
     names = [f.name for cls in SECTIONS.values() for f in dataclasses.fields(cls)]
     assert len(names) == len(set(names))
+
+
+def test_a_config_name_is_the_recipe_even_beside_a_folder_of_that_name_and_a_folder_is_named(tmp_path, monkeypatch):
+    """`--config coco` run from ~/data (which holds a coco/ folder) found the folder, not the recipe."""
+    from retinanet.config import RECIPES_DIR, find_config
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "coco").mkdir()
+    assert find_config("coco") == RECIPES_DIR / "coco.yaml"
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text("train: {}\n")
+    with pytest.raises(RetinaNetError, match=r"run: a folder, not a config file; give run/config.yaml"):
+        find_config(str(tmp_path / "run").replace(str(tmp_path) + "/", ""))

@@ -71,7 +71,8 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
                    "root, class_map, world_size, ...); without it a resume refuses them and lists each (old -> new). "
                    "The log names each change, config.yaml records it")
     t.add_argument("--out", default=S, metavar="RUN_DIR", help=f"run directory for checkpoints, logs and plots; a new run refuses one that holds another run [{t0.out}]")
-    t.add_argument("--exist-ok", action="store_true", help="let a new run replace the files of another run in --out (it says which)")
+    t.add_argument("--exist-ok", action="store_true", help="let a new run replace the files of another run in --out (it says which); with --resume, let an older "
+                   "checkpoint of the folder (best.pt) take the run back, training its later epochs again")
     t.add_argument("--epochs", type=field_type("epochs"), default=S, help=f"[{t0.epochs}]")
     t.add_argument("--time", type=field_type("time"), default=S, metavar="MINUTES", help="train for this wall time instead of --epochs: the run measures its speed on its first batches, fits the epochs, evaluations and warmup to the budget (the log says what and why), fits the steps again once from its own speed after a fifth of them, and ends within it with best.pt; a resume keeps the fitted schedule [off]")
     t.add_argument("--batch-size", type=field_type("batch_size"), default=S, help=f"images per step and process [{t0.batch_size}]")

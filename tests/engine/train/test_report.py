@@ -3,6 +3,8 @@
 import csv
 import json
 
+import pytest
+
 from retinanet.config import DataConfig
 from retinanet.engine.evaluate.coco import METRIC_NAMES
 from retinanet.engine.train.report import divergence_warning, eval_command, epoch_line, format_run_summary, make_summary, write_epoch_files
@@ -103,3 +105,17 @@ def test_schedule_line_says_which_milestones_a_short_run_never_reaches():
     line = describe_schedule(TrainConfig(lr_steps=(16, 22), warmup_iters=0), 0, 10, 1.0)
     assert "x0.1 at epochs 16, 22 (epoch(s) 16, 22 beyond this run's 1: not reached)" in line
     assert "not reached" not in describe_schedule(TrainConfig(lr_steps=(8, 11), warmup_iters=0), 0, 120, 12.0)
+
+
+def test_what_ends_a_run_is_the_last_line_of_its_log_and_a_lost_peer_is_named_as_such(tmp_path):
+    from retinanet.engine.train.report import RunLog, ending_line
+    from retinanet.errors import RetinaNetError
+    with pytest.raises(RetinaNetError):
+        with RunLog(tmp_path / "train.log", echo=False) as log:
+            log.line("epoch 1/2 step 1/4")
+            raise RetinaNetError("a bad image was met while loading data")
+    assert (tmp_path / "train.log").read_text().splitlines()[-1] == "error: a bad image was met while loading data"
+    gloo = RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection closed by peer [127.0.0.1]:1234")
+    assert ending_line(RuntimeError, gloo).startswith("error: another process of the run stopped (its own error")
+    assert ending_line(KeyboardInterrupt, KeyboardInterrupt()).startswith("interrupted (a second Ctrl-C")
+    assert ending_line(ValueError, ValueError("x")) == "error: ValueError: x"
