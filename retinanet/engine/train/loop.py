@@ -137,7 +137,12 @@ def _train(model_cfg: ModelConfig, data_cfg: DataConfig, cfg: TrainConfig, progr
         chose = (f"resume: {cfg.resume} is a run folder; its interrupted.pt, written after its last.pt, continues the "
                  f"stopped epoch (--resume {Path(cfg.resume) / 'last.pt'} would start that epoch again)"
                  if resume_path and Path(cfg.resume).is_dir() and resume_path.name == "interrupted.pt" else "")
-        for line in (chose, replacing, cleaned, *(check.lines if resumed is not None else ())):
+        stale = out / "interrupted.pt"
+        stale_note = (f"{stale} is older than the checkpoint this run continues from ({resume_path.name}): a stop "
+                      f"before it, stale; left alone (delete it to free {stale.stat().st_size / 2**20:.0f} MiB)"
+                      if resume_path and stale.is_file() and not same_file(stale, resume_path) and same_file(stale.parent, out)
+                      else "")
+        for line in (chose, replacing, cleaned, stale_note, *(check.lines if resumed is not None else ())):
             if line:
                 log.line(line)
         run = setup(model, model_cfg, data_cfg, cfg, data, device, distributed, log, progress)

@@ -312,7 +312,10 @@ def format_run_summary(summary: dict[str, Any]) -> str:
     lines = ["", f"training {'finished' if summary['stopped'] == 'finished' else 'stopped by ' + summary['stopped']}: "
                  f"{len(summary['history'])} epoch(s) in {hms(summary['time_s'])} on {summary['world_size']} process(es)"]
     if summary["best_epoch"] > 0:
-        lines.append(f"  best:   AP {_fmt(summary['best_ap'])}  AP50 {_fmt(summary['best_ap50'])}  (epoch {summary['best_epoch']})")
+        elsewhere = ("; its best.pt is in the run this one was resumed from (this folder gets one when an epoch "
+                     "beats it)" if not Path(summary["best"]).exists() else "")
+        lines.append(f"  best:   AP {_fmt(summary['best_ap'])}  AP50 {_fmt(summary['best_ap50'])}  (epoch {summary['best_epoch']}"
+                     f"{elsewhere})")
     else:
         lines.append("  best:   no epoch evaluated yet")
     last = summary["last_metrics"]

@@ -46,6 +46,9 @@ def test_epoch_files_and_summary(tmp_path):
     one = make_summary(tmp_path, history, 0.4, 2, "SIGTERM", 3725.0, 1, data_cfg, tmp_path / "voc")
     assert one["resume"] == f"retinanet train --resume {tmp_path}"  # the folder: its newest checkpoint
     assert "results.png" in s["files"] and "last.pt" not in s["files"]  # only files that exist
+    (tmp_path / "best.pt").unlink()  # a run resumed into a new folder whose epochs have not beaten the old best yet
+    assert ("(epoch 2; its best.pt is in the run this one was resumed from (this folder gets one when an epoch beats it))"
+            in format_run_summary(make_summary(tmp_path, history, 0.4, 2, "finished", 3725.0, 1, data_cfg, tmp_path / "voc")))
 
 
 def test_progress_eta_after_a_mid_epoch_resume_counts_this_runs_steps(tmp_path, monkeypatch):

@@ -347,6 +347,10 @@ def test_more_epochs_on_resume_do_not_start_the_warmup_again(data_root, tmp_path
     out = tmp_path / "run"
     train(*_cfgs(data_root, out, warmup_iters=20, warmup_max_fraction=0.5), progress=False)  # warmup 3 of 6 steps
     assert torch.load(out / "last.pt", weights_only=True)["warmup"] == 3
+    import os
+    (out / "interrupted.pt").write_bytes((out / "last.pt").read_bytes())  # a stop from before last.pt: stale
+    old = (out / "last.pt").stat().st_mtime_ns - 10**9
+    os.utime(out / "interrupted.pt", ns=(old, old))
     seen = []
     real = T.set_lr
 
@@ -361,6 +365,7 @@ def test_more_epochs_on_resume_do_not_start_the_warmup_again(data_root, tmp_path
     assert seen == [0.01]  # the peak lr (warming up again over 20 of the 90 steps gave 0.0037 at step 7)
     log = (out / "train.log").read_text()
     assert "warmup 3 steps" in log and "the warmup was over when the checkpoint was saved: kept, not started again" in log
+    assert f"{out / 'interrupted.pt'} is older than the checkpoint this run continues from (last.pt): a stop before it, stale" in log
 
 
 def test_resuming_an_older_checkpoint_into_its_folder_is_refused_not_a_silent_rewind(data_root, tmp_path):
