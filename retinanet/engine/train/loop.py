@@ -140,8 +140,8 @@ def _train(model_cfg: ModelConfig, data_cfg: DataConfig, cfg: TrainConfig, progr
         stale = out / "interrupted.pt"
         stale_note = (f"{stale} is older than the checkpoint this run continues from ({resume_path.name}): a stop "
                       f"before it, stale; left alone (delete it to free {stale.stat().st_size / 2**20:.0f} MiB)"
-                      if resume_path and stale.is_file() and not same_file(stale, resume_path) and same_file(stale.parent, out)
-                      else "")
+                      if resume_path and stale.is_file() and not same_file(stale, resume_path)
+                      and stale.stat().st_mtime_ns < resume_path.stat().st_mtime_ns else "")
         for line in (chose, replacing, cleaned, stale_note, *(check.lines if resumed is not None else ())):
             if line:
                 log.line(line)
@@ -428,7 +428,8 @@ def end_epoch(run: Run, state: RunState, epoch: int, stats: EpochStats, last: bo
     t_eval = time.time()
     due = last or (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
     try:
-        result = evaluate_epoch(run) if due else None
+        final = last or epoch + 1 == cfg.epochs  # the run's last evaluation: a resume would not come back to it
+        result = evaluate_epoch(run, cuttable=not final) if due else None
     except EvaluationCut:  # a stop signal: the trained epoch is saved below, unscored; run_epochs then stops
         result = None
         run.log.line(f"the evaluation of epoch {epoch + 1} was cut short by {run.stop.signal or 'a signal on another rank'}: "
@@ -479,9 +480,9 @@ def check_epoch_trained(run: Run, epoch: int, stats: EpochStats) -> None:
     Raises:
         RetinaNetError: naming the epoch, what is wrong, and what to do.
     """
-    problem = epoch_problem(run, epoch, stats)
-    if D.any_rank(bool(problem)):  # every rank stops together (BatchNorm statistics are each rank's own)
-        raise RetinaNetError(problem or f"another process of the run found epoch {epoch + 1} diverged (its message is above)")
+    found = [p for p in D.all_gather_object(epoch_problem(run, epoch, stats)) if p]  # every rank: statistics are its own
+    if found:  # every rank stops together, with the first finding (rank 0's log has it whichever rank found it)
+        raise RetinaNetError(found[0])
 
 
 def epoch_problem(run: Run, epoch: int, stats: EpochStats) -> str:
@@ -503,14 +504,15 @@ def epoch_problem(run: Run, epoch: int, stats: EpochStats) -> str:
     return ""
 
 
-def evaluate_epoch(run: Run) -> EvalResult:
+def evaluate_epoch(run: Run, cuttable: bool = True) -> EvalResult:
     """COCO metrics of the EMA (else the model) on the val split; every rank evaluates exactly
-    the weights rank 0 saves."""
+    the weights rank 0 saves. ``cuttable``: a stop signal cuts it short (``EvaluationCut``); the
+    run's final evaluation is not (no resume would score it)."""
     model = run.ema.module if run.ema is not None else run.model
     D.broadcast_module(model)
     return evaluate(model, run.val_loader, device=run.device, class_map=run.data.class_map, amp=run.precision.mode,
                     progress=run.progress and run.main and sys.stderr.isatty(), tile=val_tiling(run.data_cfg, run.cfg.batch_size),
-                    stop=lambda: run.stop.signal is not None)
+                    stop=(lambda: run.stop.signal is not None) if cuttable else None)
 
 
 def epoch_losses(sums: dict[str, float], steps: int, device: torch.device) -> dict[str, float | None]:

@@ -64,14 +64,14 @@ def ending_line(exc_type: type[BaseException], exc: BaseException | None) -> str
     if isinstance(exc, RetinaNetError):
         return f"error: {exc}"
     text = str(exc)
-    if any(s in text for s in PEER_GONE):  # this rank only saw a peer leave: the cause is that rank's own message
+    if D.is_dist() and not isinstance(exc, OSError) and any(s in text for s in PEER_GONE):  # a peer left: its message is the cause
         return ("error: another process of the run stopped (its own error, printed by that rank under torchrun, is the "
                 f"cause); this one lost the connection: {text.strip().splitlines()[-1] if text.strip() else exc_type.__name__}")
     return f"error: {exc_type.__name__}: {exc}"
 
 
 # what gloo / NCCL say when another rank of the run exited: not this rank's own failure
-PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "NCCL communicator was aborted", "Broken pipe")
+PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "NCCL communicator was aborted")
 
 
 class RunLog:

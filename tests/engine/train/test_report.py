@@ -119,6 +119,12 @@ def test_what_ends_a_run_is_the_last_line_of_its_log_and_a_lost_peer_is_named_as
             raise RetinaNetError("a bad image was met while loading data")
     assert (tmp_path / "train.log").read_text().splitlines()[-1] == "error: a bad image was met while loading data"
     gloo = RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection closed by peer [127.0.0.1]:1234")
-    assert ending_line(RuntimeError, gloo).startswith("error: another process of the run stopped (its own error")
+    assert ending_line(RuntimeError, gloo) == f"error: RuntimeError: {gloo}"  # one process: no peer to blame
+    import retinanet.engine.train.report as R
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(R.D, "is_dist", lambda: True)
+        assert ending_line(RuntimeError, gloo).startswith("error: another process of the run stopped (its own error")
+        pipe = BrokenPipeError(32, "Broken pipe")  # its own stdout closed (`| head`): its own error
+        assert ending_line(BrokenPipeError, pipe) == f"error: BrokenPipeError: {pipe}"
     assert ending_line(KeyboardInterrupt, KeyboardInterrupt()).startswith("interrupted (a second Ctrl-C")
     assert ending_line(ValueError, ValueError("x")) == "error: ValueError: x"

@@ -283,11 +283,11 @@ def test_a_signal_during_the_evaluation_stops_after_it_with_last_pt(data_root, t
     it ends as an uninterrupted run."""
     real, calls = T.evaluate_epoch, []
 
-    def signal_inside(run):
+    def signal_inside(run, **kwargs):
         calls.append(1)
         if len(calls) == 1:
             signal.raise_signal(signal.SIGTERM)
-        return real(run)
+        return real(run, **kwargs)
 
     out = tmp_path / "run"
     with monkeypatch.context() as mp:
@@ -304,6 +304,22 @@ def test_a_signal_during_the_evaluation_stops_after_it_with_last_pt(data_root, t
     got, (_, full) = torch.load(out / "last.pt", weights_only=True), uninterrupted
     assert resumed["stopped"] == "finished" and got["iteration"] == full["iteration"]
     assert all(torch.equal(full["model"][n], got["model"][n]) for n in full["model"])
+
+
+def test_the_final_evaluation_is_not_cut_short(data_root, tmp_path, monkeypatch):
+    """A stop during the run's last evaluation: cut, the run would end unscored with nothing left to
+    resume; it completes instead, and the run is finished."""
+    real, calls = T.evaluate_epoch, []
+
+    def signal_inside(run, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            signal.raise_signal(signal.SIGTERM)
+        return real(run, **kwargs)
+
+    monkeypatch.setattr(T, "evaluate_epoch", signal_inside)
+    done = train(*_cfgs(data_root, tmp_path / "run", eval_every=1), progress=False)
+    assert done["stopped"] == "finished" and done["history"][-1]["AP"] is not None and len(calls) == 2
 
 
 def test_a_second_signal_stops_at_once_and_the_first_is_acknowledged(capfd):
