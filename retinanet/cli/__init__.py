@@ -152,8 +152,8 @@ def _add_eval(sub) -> None:
     add_input_size_options(p)
     p.add_argument("--score-thresh", type=fraction, help="drop detections below this score (default: the checkpoint's, 0.05)")
     p.add_argument("--max-dets", type=positive_int, help="detections kept per image (per tile with --tile), best first; "
-                   "the summary counts the images that reached it (default: the checkpoint's, 300; COCO's AR100 and AP "
-                   "score each image's best 100 per class)")
+                   "the summary counts the images (tiles with --tile) that reached it (default: the checkpoint's, 300; COCO's "
+                   "AR100 and AP score each image's best 100 per class)")
     p.add_argument("--coco-backend", choices=["pycocotools", "faster_coco_eval"], default="pycocotools",
                    help="COCOeval implementation: pycocotools (reference) or faster_coco_eval (faster, equal to ~1e-16) [pycocotools]")
     add_tile_options(p)
@@ -203,8 +203,9 @@ def _eval(args: argparse.Namespace) -> int:
               + "; ".join(r.skipped[:5]) + (f" (eval.json lists all {len(r.skipped)})" if len(r.skipped) > 5 else ""))
     if r.at_cap:
         where = "tile(s)" if run.tiling else "image(s)"
-        print(f"warning: {r.at_cap} {where} reached --max-dets {r.max_dets}: detections beyond it were cut (the "
-              "VOC AP and the PR curves count every detection); give a larger --max-dets to keep them")
+        print(f"warning: {r.at_cap} {where} reached --max-dets {r.max_dets}: detections beyond it were cut "
+              "(COCO scores each image's best 100 per class; the VOC AP and the PR curves change with the cut); give a "
+              "larger --max-dets to keep them")
     print(f"precision: {run.precision}")
     if run.tiling:
         print(f"tiling: {run.tiling}")

@@ -219,7 +219,9 @@ def to_record(
         boxes, keep = clip_boxes(boxes, ann.size)
         outside = keep & (boxes != ann.boxes).any(axis=1)
         if outside.any():
-            warnings.append(f"{xml}: {int(outside.sum())} box(es) extend outside the {ann.size[1]}x{ann.size[0]} image; clipped")
+            which = [f"object {i + 1} ({ann.names[i]})" for i in np.flatnonzero(outside)]
+            warnings.append(f"{xml}: {len(which)} box(es) extend outside the {ann.size[1]}x{ann.size[0]} image; clipped: "
+                            + ", ".join(which[:5]) + (f" and {len(which) - 5} more" if len(which) > 5 else ""))
     else:
         keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
     if not keep.all():

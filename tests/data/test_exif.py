@@ -85,7 +85,7 @@ def test_square_exif_image_boxes_in_the_displayed_frame(tmp_path):
 def test_auto_falls_back_per_image_with_a_warning(tmp_path):
     voc = make_voc(tmp_path, {"train": [("r", [obj("cat", (1, 1, 4, 4))])], "val": [("r", [obj()])]}, hw=(10, 30))
     exif_jpeg(voc / "JPEGImages" / "r.jpg", (10, 30))  # the XML <size> is the stored 30x10
-    with pytest.warns(UserWarning, match="extend outside the 30x10 image; clipped"):  # train's box, in the 10x30 frame
+    with pytest.warns(UserWarning, match=r"extend outside the 30x10 image; clipped: object 1 \(cat\)"):  # named: a 10x30 box
         ds = build_datasets(DataConfig(root=str(tmp_path)), **SIZES)
     with pytest.warns(UserWarning, match=r"r.xml: .*r.jpg: EXIF orientation 6 \(rotated 90 CW\).*stored frame"):
         image, target = ds.train.load(0)

@@ -158,8 +158,8 @@ def _train(model_cfg: ModelConfig, data_cfg: DataConfig, cfg: TrainConfig, progr
         to_train = state.epoch < run.cfg.epochs and state.iteration < total  # a finished run resumed: nothing scheduled
         if to_train:
             log.line(describe_schedule(run.cfg, run_warmup(run, state, total), total, total / len(run.train_loader))
-                     + (" (the warmup was over when the checkpoint was saved: kept, not started again)"
-                        if state.warmup_over else ""))
+                     + (" (the run's warmup, kept on resume: not resolved again from a changed schedule)"
+                        if state.warmup_kept else ""))
         if main and (to_train or not (out / "config.yaml").is_file()):  # nothing to train: the run's record stays
             data.class_map.save(out / "classes.json")
             write_config_file(out / "config.yaml", run.config, comment=changes_comment(state.changes))
@@ -176,10 +176,11 @@ def _train(model_cfg: ModelConfig, data_cfg: DataConfig, cfg: TrainConfig, progr
 
 
 def run_warmup(run: Run, state: RunState, total: int) -> int:
-    """The run's warmup steps for a schedule of ``total`` steps (``resolve_warmup``), or, for a run
-    resumed past its warmup, the warmup it had: resuming with more epochs does not warm up again
-    (lr back to ``warmup_factor``) at a step long past it. Kept in ``state.warmup`` (saved)."""
-    if not state.warmup_over:
+    """The run's warmup steps for a schedule of ``total`` steps (``resolve_warmup``), or, for a
+    resumed run, the warmup it had: resuming with more epochs neither warms up again (lr back to
+    ``warmup_factor`` at a step long past it) nor, mid-warmup, jumps to a shorter one's peak.
+    Kept in ``state.warmup`` (saved)."""
+    if not state.warmup_kept:
         state.warmup = resolve_warmup(run.cfg, total)
     return state.warmup
 

@@ -282,6 +282,8 @@ def make_summary(out: Path, history: list[dict[str, Any]], best_ap: float, best_
     train_s = sum(r["time_s"] for r in history)
     images = sum(r["images_per_s"] * r["time_s"] for r in history)
     files = {n: str(out / n) for n in SUMMARY_FILES if (out / n).exists() or n == "train.log"}
+    if stopped != "finished" and (out / "interrupted.pt").is_file():  # the stop's own checkpoint
+        files["interrupted.pt"] = str(out / "interrupted.pt")
     if tensorboard:
         files["tensorboard"] = str(out / "tensorboard")
     weights = out / "best.pt" if (out / "best.pt").exists() else out / "last.pt"

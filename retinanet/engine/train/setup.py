@@ -80,8 +80,8 @@ class RunState:
     epoch_stats: EpochStats | None = None  # and their sums
     last_epoch: bool = False  # the epoch in progress is the last: max_steps reached or the --time deadline passed
     changes: list[str] = field(default_factory=list)  # settings changed on resume by --resume-allow, with the epoch
-    warmup: int | None = None  # the warmup steps resolved for the schedule (saved); on resume, kept once passed
-    warmup_over: bool = False  # resumed past its warmup: a longer schedule (--epochs) does not warm up again
+    warmup: int | None = None  # the warmup steps resolved for the schedule (saved); a resume keeps the run's
+    warmup_kept: bool = False  # resumed: the run's warmup stays, whatever a new --epochs would resolve to
 
 
 @dataclass
@@ -188,8 +188,8 @@ def restore(run: Run, path: Path, ck: dict[str, Any] | None = None) -> RunState:
     load_training_state(ck, run.model, run.optimizer, run.scaler, run.ema)
     state = RunState(epoch=ck["epoch"] + 1, iteration=ck["iteration"], best_ap=ck["best_ap"], best_epoch=ck["best_epoch"],
                      history=list(ck.get("history", [])), changes=list(ck.get("changes", [])))
-    if ck.get("warmup") is not None and ck["iteration"] >= ck["warmup"]:
-        state.warmup, state.warmup_over = int(ck["warmup"]), True
+    if ck.get("warmup") is not None:  # another --epochs would resolve another warmup: a jump in lr, or a second warmup
+        state.warmup, state.warmup_kept = int(ck["warmup"]), True
     if ck.get("epoch_progress"):
         resume_mid_epoch(run, state, ck["epoch_progress"], path)
     set_rng_state(ck["rng"])

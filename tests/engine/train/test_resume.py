@@ -380,7 +380,7 @@ def test_more_epochs_on_resume_do_not_start_the_warmup_again(data_root, tmp_path
               progress=False, resume_allow=("epochs",))
     assert seen == [0.01]  # the peak lr (warming up again over 20 of the 90 steps gave 0.0037 at step 7)
     log = (out / "train.log").read_text()
-    assert "warmup 3 steps" in log and "the warmup was over when the checkpoint was saved: kept, not started again" in log
+    assert "warmup 3 steps" in log and "the run's warmup, kept on resume: not resolved again from a changed schedule" in log
     assert f"{out / 'interrupted.pt'} is older than the checkpoint this run continues from (last.pt): a stop before it, stale" in log
 
 

@@ -103,6 +103,7 @@ def test_sigterm_writes_checkpoint_and_resume_command(data_root, tmp_path, monke
     s = train(*_cfgs(data_root, tmp_path / "run", epochs=2), progress=False)
     assert s["stopped"] == "SIGTERM" and s["resume"] == f"retinanet train --resume {tmp_path / 'run'}"
     assert (tmp_path / "run" / "interrupted.pt").is_file()  # what --resume RUN takes: newer than any last.pt
+    assert s["files"]["interrupted.pt"] == str(tmp_path / "run" / "interrupted.pt")  # in the summary's file list
 
 
 def test_non_finite_losses_stop_with_clear_error(data_root, tmp_path):
