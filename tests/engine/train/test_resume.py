@@ -56,6 +56,22 @@ def stop_after(k: int):
         yield
 
 
+@contextlib.contextmanager
+def signal_in_evaluation(n: int):
+    """SIGTERM to this process as the run's ``n``-th evaluation (1-based) begins; yields ``[evaluations so far]``."""
+    real, calls = T.evaluate_epoch, [0]
+
+    def signal_inside(run, **kwargs):
+        calls[0] += 1
+        if calls[0] == n:
+            signal.raise_signal(signal.SIGTERM)
+        return real(run, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(T, "evaluate_epoch", signal_inside)
+        yield calls
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(data_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("full")
@@ -276,22 +292,13 @@ def test_config_yaml_names_the_data_by_absolute_path_and_an_older_relative_one_s
     assert resumed["stopped"] == "finished" and len(resumed["history"]) == 2
 
 
-def test_a_signal_during_the_evaluation_stops_after_it_with_last_pt(data_root, tmp_path, uninterrupted, monkeypatch):
+def test_a_signal_during_the_evaluation_stops_after_it_with_last_pt(data_root, tmp_path, uninterrupted):
     """Ctrl-C while an epoch is being evaluated: the evaluation is cut short (under torchrun the
     workers are killed 30 s after the signal: a long evaluation lost the checkpoint), last.pt is
     written, and the run stops there (it trained a step of the next epoch before); the resume from
     it ends as an uninterrupted run."""
-    real, calls = T.evaluate_epoch, []
-
-    def signal_inside(run, **kwargs):
-        calls.append(1)
-        if len(calls) == 1:
-            signal.raise_signal(signal.SIGTERM)
-        return real(run, **kwargs)
-
     out = tmp_path / "run"
-    with monkeypatch.context() as mp:
-        mp.setattr(T, "evaluate_epoch", signal_inside)
+    with signal_in_evaluation(1):
         stopped = train(*_cfgs(data_root, out, eval_every=1), progress=False)
     assert stopped["stopped"] == "SIGTERM" and len(stopped["history"]) == 1
     assert torch.load(out / "last.pt", weights_only=True)["iteration"] == STEPS_PER_EPOCH  # no step of epoch 2
@@ -306,20 +313,12 @@ def test_a_signal_during_the_evaluation_stops_after_it_with_last_pt(data_root, t
     assert all(torch.equal(full["model"][n], got["model"][n]) for n in full["model"])
 
 
-def test_the_final_evaluation_is_not_cut_short(data_root, tmp_path, monkeypatch):
+def test_the_final_evaluation_is_not_cut_short(data_root, tmp_path):
     """A stop during the run's last evaluation: cut, the run would end unscored with nothing left to
     resume; it completes instead, and the run is finished."""
-    real, calls = T.evaluate_epoch, []
-
-    def signal_inside(run, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            signal.raise_signal(signal.SIGTERM)
-        return real(run, **kwargs)
-
-    monkeypatch.setattr(T, "evaluate_epoch", signal_inside)
-    done = train(*_cfgs(data_root, tmp_path / "run", eval_every=1), progress=False)
-    assert done["stopped"] == "finished" and done["history"][-1]["AP"] is not None and len(calls) == 2
+    with signal_in_evaluation(2) as calls:
+        done = train(*_cfgs(data_root, tmp_path / "run", eval_every=1), progress=False)
+    assert done["stopped"] == "finished" and done["history"][-1]["AP"] is not None and calls == [2]
 
 
 def test_a_second_signal_stops_at_once_and_the_first_is_acknowledged(capfd):
