@@ -255,3 +255,15 @@ def test_make_synthetic_over_a_larger_earlier_set_says_what_is_left(tmp_path, ca
     assert main(["make-synthetic", str(out), "--num-train", "2", "--num-val", "1", "--image-size", "32"]) == 0
     said = capsys.readouterr().out
     assert "warning: 6 file(s) of an earlier dataset in" in said and "delete the folder first" in said
+
+
+def test_under_torchrun_an_error_every_process_meets_alike_is_printed_once_per_machine(tmp_path, monkeypatch, capsys):
+    """torchrun: "unknown arch", a missing dataset and the like were printed by every process; each
+    machine's first process (LOCAL_RANK 0) prints them, the others exit with the same status."""
+    args = ["train", "--arch", "resnet7_fpn", "--out", str(tmp_path / "run"), "--quiet"]  # refused before the processes join
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for local_rank, printed in (("1", False), ("0", True)):
+        monkeypatch.setenv("RANK", local_rank)
+        monkeypatch.setenv("LOCAL_RANK", local_rank)
+        assert main(args) == 2
+        assert ("unknown arch 'resnet7_fpn'" in capsys.readouterr().err) == printed

@@ -29,7 +29,7 @@ from retinanet.data import check_dataset, make_synthetic
 from retinanet.data.check import anchor_hint, tile_hint, write_check_outputs
 from retinanet.data.synthetic import LARGE
 from retinanet.engine.runtime.allocator import fix_mmap_threshold
-from retinanet.engine.runtime.distributed import cleanup, is_main_process, launch_rank, local_device
+from retinanet.engine.runtime.distributed import cleanup, is_main_process, launch_local_rank, launch_rank, local_device
 from retinanet.engine.evaluate.loop import EvalOptions, run_eval
 from retinanet.engine.export.onnx_export import DEFAULT_OPSET, ExportOptions, export_checkpoint
 from retinanet.engine.infer.detector import Detector
@@ -378,8 +378,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         with plain_warnings(args.command):
             return int(args.func(args) or 0)
     except RetinaNetError as err:
-        print(f"retinanet {args.command}: error: {err}", file=sys.stderr)
+        # under torchrun each machine's first process speaks for an error every process there met alike
+        # (its files, its options): printed once per machine, not once per process
+        if launch_local_rank() == 0 or not getattr(err, "every_rank", False):
+            print(f"retinanet {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"retinanet {args.command}: interrupted", file=sys.stderr)
+        if launch_local_rank() == 0:  # torchrun passes Ctrl-C to every process: said once per machine
+            print(f"retinanet {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -412,19 +412,23 @@ def run_eval(data_cfg, opts: EvalOptions) -> EvalRun:
     model's; for an official torchvision file (labels = COCO category ids) the dataset's own map
     is kept and mismatches are returned as warnings.
     """
-    device = local_device(opts.device)
-    init_distributed(device)
-    model, model_map = load_model(opts.weights, device, channels_last=opts.channels_last, **opts.model_overrides)
-    cfg = model.config
-    # our checkpoint knows its class ids: read the data with them, not rediscovered ones
-    class_map = (ClassMap(model_map, source=f"class map of {Path(opts.weights).name}")
-                 if model_map and data_cfg.classes is None else None)
-    tile = opts.tile.resolved(cfg.min_size) if opts.tile is not None else None
-    datasets = build_datasets(data_cfg, min_size=cfg.min_size, max_size=cfg.max_size, splits=("val",),
-                              class_map=class_map, resize_val=tile is None)
-    if not len(datasets.val):  # named by the file read (a COCO root is the training file)
-        where = coco_files(data_cfg, datasets.root, ("val",))["val"] if datasets.format == "coco" else datasets.root
-        raise RetinaNetError(f"{where}: the split {data_cfg.val_split!r} has no images to evaluate")
+    try:  # the device, the checkpoint and the data: every process meets a problem there alike
+        device = local_device(opts.device)
+        init_distributed(device)
+        model, model_map = load_model(opts.weights, device, channels_last=opts.channels_last, **opts.model_overrides)
+        cfg = model.config
+        # our checkpoint knows its class ids: read the data with them, not rediscovered ones
+        class_map = (ClassMap(model_map, source=f"class map of {Path(opts.weights).name}")
+                     if model_map and data_cfg.classes is None else None)
+        tile = opts.tile.resolved(cfg.min_size) if opts.tile is not None else None
+        datasets = build_datasets(data_cfg, min_size=cfg.min_size, max_size=cfg.max_size, splits=("val",),
+                                  class_map=class_map, resize_val=tile is None)
+        if not len(datasets.val):  # named by the file read (a COCO root is the training file)
+            where = coco_files(data_cfg, datasets.root, ("val",))["val"] if datasets.format == "coco" else datasets.root
+            raise RetinaNetError(f"{where}: the split {data_cfg.val_split!r} has no images to evaluate")
+    except RetinaNetError as err:
+        err.every_rank = True  # under torchrun the command line prints it once
+        raise
     data_map = class_map_dict(datasets.class_map) or {}
     known = default_class_names(cfg.num_classes)  # an official torchvision file: COCO's ids
     if model_map is None and known:

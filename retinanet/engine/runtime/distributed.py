@@ -43,6 +43,12 @@ def launch_rank() -> int:
     return int(os.environ.get("RANK", "0")) if launched_by_torchrun() else 0
 
 
+def launch_local_rank() -> int:
+    """This process's rank on its machine as torchrun gave it (``LOCAL_RANK``): 0 for a single process.
+    Each machine's local rank 0 speaks for what every process there meets alike (same files)."""
+    return int(os.environ.get("LOCAL_RANK", "0")) if launched_by_torchrun() else 0
+
+
 def launched_by_torchrun() -> bool:
     """True when torchrun (or another launcher) set WORLD_SIZE > 1 in the environment."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1

@@ -76,6 +76,10 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, 
     try:
         with contextlib.ExitStack() as held:  # the run folder, held from before the first check of it to the end
             return _train(model_cfg, data_cfg, train_cfg, progress, exist_ok, held, resume_allow)
+    except RetinaNetError as err:
+        if not D.is_dist():  # before the processes joined: each met it alike (the command line prints it once)
+            err.every_rank = True
+        raise
     finally:
         if own_group:
             D.cleanup()
