@@ -170,6 +170,8 @@ def _train(model_cfg: ModelConfig, data_cfg: DataConfig, cfg: TrainConfig, progr
         if run.deadline is not None:
             run.deadline.begin_training()
         with _tensorboard(writer_cls, out / "tensorboard" if main else None) as run.tb, run.stop:
+            if not main:  # from here an error may be this rank's own (its shard's images, its device): rank 0 cannot log it
+                log.errors_to = out / "train.log"
             stopped = run_epochs(run, state)
         summary = make_summary(out, state.history, state.best_ap, state.best_epoch, stopped, time.time() - t_start,
                                run.world, data_cfg, data.root, tensorboard=writer_cls is not None and main,
@@ -385,8 +387,10 @@ def report_steps(run: Run, state: RunState, stats: EpochStats, now: MeterReading
     stats.sums, stats.steps, stats.images, stats.skipped = dict(now.sums), now.steps, now.images, now.skipped
     state.bad_in_a_row = now.streak
     if now.limit_step >= 0:
-        raise RetinaNetError(f"{run.cfg.max_bad_steps} consecutive non-finite losses (last at epoch {epoch + 1}, step "
+        err = RetinaNetError(f"{run.cfg.max_bad_steps} consecutive non-finite losses (last at epoch {epoch + 1}, step "
                              f"{now.limit_step + 1}); lower --lr or use --clip-grad")
+        err.every_rank = True  # the loss's finiteness is agreed across ranks (train_step): every rank stops alike
+        raise err
     n = now.steps - seen.steps
     if n == 0:
         return now, None
@@ -487,7 +491,9 @@ def check_epoch_trained(run: Run, epoch: int, stats: EpochStats) -> None:
     """
     found = [p for p in D.all_gather_object(epoch_problem(run, epoch, stats)) if p]  # every rank: statistics are its own
     if found:  # every rank stops together, with the first finding (rank 0's log has it whichever rank found it)
-        raise RetinaNetError(found[0])
+        err = RetinaNetError(found[0])
+        err.every_rank = True
+        raise err
 
 
 def epoch_problem(run: Run, epoch: int, stats: EpochStats) -> str:

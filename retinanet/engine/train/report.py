@@ -18,6 +18,7 @@ import csv
 import io
 import json
 import math
+import os
 import resource
 import shlex
 import sys
@@ -64,9 +65,10 @@ def ending_line(exc_type: type[BaseException], exc: BaseException | None) -> str
     if isinstance(exc, RetinaNetError):
         return f"error: {exc}"
     text = str(exc)
-    if D.is_dist() and not isinstance(exc, OSError) and any(s in text for s in PEER_GONE):  # a peer left: its message is the cause
-        return ("error: another process of the run stopped (its own error, printed by that rank under torchrun, is the "
-                f"cause); this one lost the connection: {text.strip().splitlines()[-1] if text.strip() else exc_type.__name__}")
+    if lost_peer(exc):
+        return ("error: another process of the run stopped (its own error, printed by that rank under torchrun and written "
+                f"to this log as 'rank N: error: ...', is the cause); this one lost the connection: "
+                f"{text.strip().splitlines()[-1] if text.strip() else exc_type.__name__}")
     return f"error: {exc_type.__name__}: {exc}"
 
 
@@ -74,12 +76,46 @@ def ending_line(exc_type: type[BaseException], exc: BaseException | None) -> str
 PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "NCCL communicator was aborted")
 
 
-class RunLog:
-    """Lines of a run: appended to ``train.log`` (main process) and printed when ``echo``."""
+def lost_peer(exc: BaseException | None) -> bool:
+    """True when ``exc`` is a process group's report that another rank of the run exited."""
+    return D.is_dist() and not isinstance(exc, OSError) and any(s in str(exc) for s in PEER_GONE)
 
-    def __init__(self, path: Path | None, echo: bool):
+
+def own_error(exc_type: type[BaseException], exc: BaseException | None) -> bool:
+    """True when ``exc`` is this rank's own failure, which the rank that writes the log cannot know of:
+    not a Ctrl-C (every rank gets it), not an error every rank met alike, not a lost peer."""
+    return not (issubclass(exc_type, KeyboardInterrupt) or getattr(exc, "every_rank", False) or lost_peer(exc))
+
+
+def append_line(path: Path, text: str) -> bool:
+    """Append one line to an existing file in one write (``O_APPEND``: lines of several processes do
+    not mix); False when the file is not there (e.g. another machine's disk) or cannot be written."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    except OSError:
+        return False
+    try:
+        os.write(fd, (text + "\n").encode())
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+class RunLog:
+    """Lines of a run: appended to ``train.log`` (main process) and printed when ``echo``.
+
+    ``errors_to``: the log of another process (the other ranks of a torchrun run set it to rank 0's
+    ``train.log`` once training begins): an error of this process's own that ends the run
+    (``own_error``) is appended to it as ``rank N: error: ...``, so the log says why the run
+    stopped, not only that a peer left.
+    """
+
+    def __init__(self, path: Path | None, echo: bool, errors_to: Path | None = None):
         self.file = path.open("a") if path is not None else None
         self.echo = echo
+        self.errors_to = errors_to
 
     def line(self, msg: str, echo: bool = True, warn: bool = False) -> None:
         """Log ``msg``; print it when ``echo`` (and the log echoes). ``warn``: news even without echo
@@ -99,6 +135,8 @@ class RunLog:
                 self.file.write(f"{ending_line(exc_type, exc)}\n")
             self.file.close()
             self.file = None
+        elif self.errors_to is not None and exc_type is not None and own_error(exc_type, exc):
+            append_line(self.errors_to, f"rank {D.get_rank()}: {ending_line(exc_type, exc)}")
 
 
 class StepProgress:

@@ -100,3 +100,18 @@ def test_main_first_runs_on_rank_0_first_and_a_failure_there_stops_every_rank_wi
         assert results[0] == ("CheckpointError", "https://example.org/w.pth: cannot download", [0])  # as raised
         assert results[1] == ("RetinaNetError", "rank 1: stopped, because the main process (rank 0) failed to fetch "
                               "the weights (CheckpointError, reported by rank 0)", [])  # rank 1 never tried
+
+
+def test_an_error_of_rank_1_alone_ends_the_run_and_is_in_rank_0s_log(tmp_path, torchrun):
+    make_synthetic(tmp_path / "syn", num_train=8, num_val=2, image_size=64, seed=0)
+    voc = tmp_path / "syn" / "VOCdevkit" / "VOC2012"
+    bad = voc / "JPEGImages" / f"{(voc / 'ImageSets' / 'Main' / 'train.txt').read_text().split()[5]}.jpg"
+    bad.write_bytes(b"")  # item 5: in rank 1's shard at seed 0; without --skip-bad rank 1 stops
+    run = tmp_path / "run"
+    proc = torchrun("train", "--data", str(tmp_path / "syn"), "--arch", "resnet18_fpn", "--from-scratch",
+                    "--fpn-channels", "16", "--head-convs", "1", "--min-size", "64", "--max-size", "64", "--epochs", "1",
+                    "--batch-size", "1", "--warmup-iters", "0", "--device", "cpu", "--workers", "0", "--out", str(run))
+    assert proc.returncode != 0
+    log = (run / "train.log").read_text()
+    cause = log.index("rank 1: error: a bad image was met while loading data")  # the cause, not only a lost connection
+    assert f"{bad}: cannot decode image" in log[cause:] and log.count("cannot decode image") == 1

@@ -128,3 +128,32 @@ def test_what_ends_a_run_is_the_last_line_of_its_log_and_a_lost_peer_is_named_as
         assert ending_line(BrokenPipeError, pipe) == f"error: BrokenPipeError: {pipe}"
     assert ending_line(KeyboardInterrupt, KeyboardInterrupt()).startswith("interrupted (a second Ctrl-C")
     assert ending_line(ValueError, ValueError("x")) == "error: ValueError: x"
+
+
+def test_another_ranks_own_error_is_appended_to_rank_0s_log_and_shared_ones_are_not(tmp_path, monkeypatch):
+    import retinanet.engine.train.report as R
+    from retinanet.engine.train.report import RunLog
+    from retinanet.errors import RetinaNetError
+
+    monkeypatch.setattr(R.D, "is_dist", lambda: True)
+    monkeypatch.setattr(R.D, "get_rank", lambda: 1)
+    main_log = tmp_path / "train.log"
+    main_log.write_text("epoch 1/2 step 1/4\n")
+
+    def end_with(exc: BaseException, errors_to=main_log) -> None:
+        with pytest.raises(type(exc)):
+            with RunLog(None, echo=False, errors_to=errors_to):
+                raise exc
+
+    end_with(RetinaNetError("x.jpg: cannot decode image"))
+    assert main_log.read_text().splitlines()[-1] == "rank 1: error: x.jpg: cannot decode image"
+    shared = RetinaNetError("10 consecutive non-finite losses")
+    shared.every_rank = True  # rank 0 logs it itself
+    end_with(shared)
+    end_with(KeyboardInterrupt())
+    end_with(RuntimeError("[pair.cc:561] Connection closed by peer [127.0.0.1]:1234"))  # rank 0 left: its own line says why
+    assert main_log.read_text().splitlines()[-1] == "rank 1: error: x.jpg: cannot decode image"
+    end_with(RuntimeError("CUDA out of memory"))
+    assert main_log.read_text().splitlines()[-1] == "rank 1: error: RuntimeError: CUDA out of memory"
+    end_with(RetinaNetError("y"), errors_to=tmp_path / "elsewhere" / "train.log")  # not on this machine's disk
+    assert not (tmp_path / "elsewhere").exists()
