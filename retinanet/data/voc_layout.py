@@ -203,13 +203,14 @@ def flat_split(
         listed = set(split["train"]) | set(split["val"])
         new = [s for s in stems if s not in listed]
         warns += [f"{split_dir}: {len(new)} annotated image(s) in no split file are not used (delete the split files to redraw)"] if new else []
+        present = set(stems)
         for n, f in files.items():  # items deleted since the split was drawn: left out, and said
-            gone = [s for s in split[n] if s not in set(stems)]
+            gone = [s for s in split[n] if s not in present]
             if gone:
                 warns.append(f"{f}: {len(gone)} listed image(s) have no XML in {xml_dir} any more and are left out: "
                              f"{', '.join(gone[:5])}{' ...' if len(gone) > 5 else ''} (remove those lines, or delete "
                              f"{split_dir} to draw the split again)")
-                split[n] = [s for s in split[n] if s not in set(gone)]
+                split[n] = [s for s in split[n] if s in present]
         return split, problems, warns
     order = list(stems)
     random.Random(seed).shuffle(order)

@@ -325,3 +325,21 @@ def test_a_predict_output_folder_read_as_a_dataset_is_named(tmp_path):
     (root / "predictions.json").write_text('{"images": [], "failures": []}')
     ds = build_datasets(DataConfig(root=str(root), val_fraction=0.5), **SIZES)
     assert any("looks like the output of retinanet predict: its images have the detections drawn in" in w for w in ds.warnings)
+
+
+def test_reading_saved_flat_splits_of_many_images_takes_about_as_long_as_drawing_them(tmp_path):
+    import time
+
+    from retinanet.data.voc_layout import flat_split
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "images").mkdir()
+    for i in range(20_000):  # a set of stems was built per listed item: 28 s here, the draw 0.3 s
+        (tmp_path / "annotations" / f"im{i:06d}.xml").write_text("<annotation/>")
+    t = time.perf_counter()
+    drawn, _, _ = flat_split(tmp_path, 0.2, 0)
+    t_draw = time.perf_counter() - t
+    t = time.perf_counter()
+    read, problems, warnings = flat_split(tmp_path, 0.2, 0)
+    t_read = time.perf_counter() - t
+    assert read == drawn and not problems and not warnings
+    assert t_read < max(2.0, 5 * t_draw), (t_read, t_draw)
