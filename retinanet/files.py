@@ -279,3 +279,14 @@ def sha256_of(path: str | os.PathLike) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def drop_output(stream: IO[str]) -> None:
+    """Send the rest of what this process writes to ``stream`` (``sys.stdout`` or ``sys.stderr``) to the
+    null device: its reader left (``| head``, the ``tee`` of a closed ssh session). Python's own last
+    flush then writes nowhere instead of failing again."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, stream.fileno())
+    finally:
+        os.close(null)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import subprocess
@@ -267,3 +268,30 @@ def test_under_torchrun_an_error_every_process_meets_alike_is_printed_once_per_m
         monkeypatch.setenv("LOCAL_RANK", local_rank)
         assert main(args) == 2
         assert ("unknown arch 'resnet7_fpn'" in capsys.readouterr().err) == printed
+
+
+def test_train_goes_on_when_its_output_is_closed_and_other_commands_end_without_a_traceback(tmp_path):
+    from retinanet.data import make_synthetic
+    make_synthetic(tmp_path / "syn", num_train=8, num_val=2, image_size=64, seed=0)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    run = tmp_path / "run"
+    # `retinanet train ... | head -1`: the reader takes one line and leaves
+    proc = subprocess.Popen([sys.executable, "-m", "retinanet", "train", "--data", str(tmp_path / "syn"), "--arch",
+                             "resnet18_fpn", "--from-scratch", "--fpn-channels", "16", "--head-convs", "1", "--min-size", "64",
+                             "--max-size", "64", "--epochs", "2", "--batch-size", "4", "--device", "cpu", "--workers", "0",
+                             "--out", str(run)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout.readline().startswith("retinanet train ")
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=600) == 0, err[-3000:]
+    assert "Traceback" not in err and "BrokenPipeError" not in err
+    log = (run / "train.log").read_text()
+    assert "epoch 2/2: loss" in log and (run / "best.pt").is_file()
+    # a command that prints as it goes ends at the closed pipe, with one line why
+    proc = subprocess.Popen([sys.executable, "-m", "retinanet", "check-data", "--data", str(tmp_path / "syn")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=300) in (0, 141), err
+    assert "Traceback" not in err

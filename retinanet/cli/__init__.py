@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from retinanet import __version__
-from retinanet.files import check_output_path, hold_folder
+from retinanet.files import check_output_path, drop_output, hold_folder
 from retinanet.cli.demo import add_demo_parser, demo_options, run_demo
 from retinanet.cli.options import (CHANNELS_LAST_HELP, DEVICE_HELP, QUIET_HELP, WEIGHTS_HELP, add_amp_options, add_data_options,
                                    add_image_options, add_input_size_options, add_tile_options, any_int, arg_type,
@@ -387,3 +387,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if launch_local_rank() == 0:  # torchrun passes Ctrl-C to every process: said once per machine
             print(f"retinanet {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # its output's reader left (`| head`): a command that prints as it goes ends there
+        drop_output(sys.stdout)  # (train does not: its log goes on to train.log alone)
+        with contextlib.suppress(OSError):
+            print(f"retinanet {args.command}: stopped: its output was closed by the command reading it", file=sys.stderr)
+        return 141

@@ -35,7 +35,7 @@ from retinanet.engine.evaluate.coco import METRIC_NAMES
 from retinanet.engine.runtime import distributed as D
 from retinanet.engine.runtime.run_dir import SUMMARY_FILES
 from retinanet.errors import RetinaNetError
-from retinanet.files import write_atomic
+from retinanet.files import drop_output, write_atomic
 
 LOSSES = ("loss", "classification", "bbox_regression")
 TB_HINT = "pip install 'retinanet[tensorboard]'"
@@ -121,7 +121,11 @@ class RunLog:
         """Log ``msg``; print it when ``echo`` (and the log echoes). ``warn``: news even without echo
         (``--quiet``): then printed to stderr by the process that writes the log."""
         if echo and (self.echo or (warn and self.file)):
-            print(msg, flush=True, file=sys.stdout if self.echo else sys.stderr)
+            stream = sys.stdout if self.echo else sys.stderr
+            try:
+                print(msg, flush=True, file=stream)
+            except BrokenPipeError:  # its reader left (`| head`, a closed ssh session's `| tee`): the run goes on, logged
+                drop_output(stream)
         if self.file:
             self.file.write(msg + "\n")
             self.file.flush()
