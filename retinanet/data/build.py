@@ -40,6 +40,7 @@ from retinanet.data.sampler import GroupedBatchSampler, aspect_groups, dist_info
 from retinanet.data.synthetic import ensure_synthetic
 from retinanet.data.transforms import ItemTransform
 from retinanet.data.voc import to_record
+from retinanet.data.workers import QuietWorkersLoader
 from retinanet.data.voc_layout import (
     flat_split, is_voc_standard, parse_all, unannotated_images, voc_flat_pairs, voc_standard_pairs,
 )
@@ -240,7 +241,7 @@ def build_datasets(cfg: DataConfig, *, min_size: int, max_size: int, splits: tup
     )
 
 
-class EpochSeededLoader(DataLoader):
+class EpochSeededLoader(QuietWorkersLoader):
     """A DataLoader whose randomness is a function of (seed, epoch of its batch sampler).
 
     Each iteration of a training loader (``seeded_items``) calls ``dataset.set_epoch(seed,

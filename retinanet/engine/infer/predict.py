@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from retinanet.files import write_atomic
 from retinanet.data.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, is_image_file, not_read, open_rgb
+from retinanet.data.workers import QuietWorkersLoader
 from retinanet.engine.infer.detector import (Detections, Detector, TileOptions, class_names_of, count_tiles,
                                             filter_detections)
 from retinanet.engine.infer.draw import draw_detections
@@ -354,8 +355,8 @@ def predict(detector: Detector, files: list[tuple[Path, str]], opts: PredictOpti
     images = ImageFiles([p for p, _ in files], c.min_size, c.max_size, keep_original=opts.draw,
                         exif=detector.exif, max_pixels=detector.max_image_pixels, resize=not tiled)
     # tiled: one image per loader item (its tiles are the batch), decoded ahead by the workers
-    loader = torch.utils.data.DataLoader(images, batch_size=1 if tiled else opts.batch_size, num_workers=opts.workers,
-                                         collate_fn=_collate, pin_memory=detector.device.type == "cuda")
+    loader = QuietWorkersLoader(images, batch_size=1 if tiled else opts.batch_size, num_workers=opts.workers,
+                                collate_fn=_collate, pin_memory=detector.device.type == "cuda")
     records, failures = [], []
     json_path = out / "predictions.json"
     try:
