@@ -15,6 +15,7 @@ the demo all use it); sections are plain dicts ``{"model": {...}, "data": {...},
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -226,13 +227,32 @@ def check_limits(values: Mapping[str, Any], section: str, source: str) -> None:
         raise RetinaNetError(f"{source}: {'; '.join(problems)}")
 
 
+# the settings that name a file or folder: a leading "~" in them is the home folder, wherever they come from
+PATH_FIELDS = frozenset({"root", "classes", "val_split", "out", "weights", "backbone_weights", "resume"})
+
+
+def expand_home(value: Any) -> Any:
+    """``value`` with a leading ``~`` or ``~user`` made that home folder (``os.path.expanduser``):
+    a string, or each string of a list or tuple; anything else, and ``~`` of no known user, as it is.
+
+    The one rule for ``~`` in paths: ``from_dict`` applies it to ``PATH_FIELDS`` (config files,
+    stored configs, the options ``resolve_config`` merges), the command line to every option
+    (``retinanet.cli.options.expand_home_options``)."""
+    if isinstance(value, str):
+        return os.path.expanduser(value) if value.startswith("~") else value
+    if isinstance(value, list | tuple):
+        return type(value)(expand_home(v) for v in value)
+    return value
+
+
 SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
 # fields that no longer exist but old checkpoints and config.yaml files still hold: dropped on read
 REMOVED_FIELDS: dict[type, tuple[str, ...]] = {TrainConfig: ("extra",)}
 
 
 def from_dict(cls: type[T], values: dict[str, Any], source: str = "config") -> T:
-    """Build dataclass ``cls`` from ``values``; lists become tuples where the field is a tuple.
+    """Build dataclass ``cls`` from ``values``; lists become tuples where the field is a tuple, and
+    a ``~`` in a path setting (``PATH_FIELDS``) is the home folder (``expand_home``).
 
     Raises:
         RetinaNetError: naming ``source`` and the unknown keys.
@@ -248,6 +268,8 @@ def from_dict(cls: type[T], values: dict[str, Any], source: str = "config") -> T
     check_limits(values, next((k for k, c in SECTIONS.items() if c is cls), cls.__name__), source)
     kwargs = {}
     for key, value in values.items():
+        if key in PATH_FIELDS:
+            value = expand_home(value)
         if isinstance(value, list) and "tuple" in str(names[key].type):
             value = tuple(value)
         kwargs[key] = value

@@ -295,3 +295,36 @@ def test_train_goes_on_when_its_output_is_closed_and_other_commands_end_without_
     err = proc.stderr.read()
     assert proc.wait(timeout=300) in (0, 141), err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv,option,expected", [
+    (["predict", "~/a.jpg", "~", "--weights", "~/w.pt", "--out", "~/pred"], "inputs", ["{home}/a.jpg", "{home}"]),
+    (["predict", "x.jpg", "--weights", "w.pt", "--out", "~/pred"], "out", "{home}/pred"),
+    (["train", "--config", "~/exp.yaml", "--out", "~/runs/x", "--classes", "~/c.json", "--resume", "~/runs/old"], "config",
+     "{home}/exp.yaml"),
+    (["train", "--out", "~/runs/x"], "out", "{home}/runs/x"),
+    (["check-data", "--data", "~/d", "--classes", "~/c.json", "--val-split", "~/val.txt", "--out", "~/report"], "classes",
+     "{home}/c.json"),
+    (["check-data", "--val-split", "~/val.txt"], "val_split", "{home}/val.txt"),
+    (["eval", "--weights", "~/w.pt", "--out", "~/ev"], "out", "{home}/ev"),
+    (["export", "--weights", "~/w.pt", "--out", "~/m.onnx"], "out", "{home}/m.onnx"),
+    (["make-synthetic", "~/syn"], "out", "{home}/syn"),
+], ids=["predict-inputs", "predict-out", "train-config", "train-out", "check-data-classes", "val-split", "eval-out",
+        "export-out", "make-synthetic"])
+def test_a_tilde_in_any_option_is_the_home_folder(tmp_path, monkeypatch, argv, option, expected):
+    """`--out ~/run` (quoted, or --out=~/run: no shell expands it) made a literal ./~/run folder; predict "~/x.jpg":
+    'no such file or folder'. Every option of every command is expanded where it is parsed."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    args = build_parser().parse_args(argv)
+    value = getattr(args, option)
+    assert value == ([e.format(home=tmp_path) for e in expected] if isinstance(expected, list) else expected.format(home=tmp_path))
+    assert not any(isinstance(v, str) and v.startswith("~") for v in vars(args).values()), vars(args)
+
+
+def test_make_synthetic_to_a_quoted_tilde_writes_under_home_not_a_folder_named_tilde(tmp_path, monkeypatch, capsys):
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    home.mkdir(), cwd.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(cwd)
+    assert main(["make-synthetic", "~/syn", "--num-train", "2", "--num-val", "1", "--image-size", "32"]) == 0
+    assert (home / "syn" / "classes.json").is_file() and not (cwd / "~").exists()

@@ -58,3 +58,17 @@ def test_a_config_name_is_the_recipe_even_beside_a_folder_of_that_name_and_a_fol
     (tmp_path / "run" / "config.yaml").write_text("train: {}\n")
     with pytest.raises(RetinaNetError, match=r"run: a folder, not a config file; give run/config.yaml"):
         find_config(str(tmp_path / "run").replace(str(tmp_path) + "/", ""))
+
+
+def test_a_tilde_in_a_config_file_s_paths_is_the_home_folder(tmp_path, monkeypatch):
+    """`train.out: ~/runs/x` in a config file made a literal ./~/runs/x; `data.classes: ~/c.json` was not found."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text("data:\n  root: ~/data\n  classes: ~/classes.json\n  val_split: ~/val.txt\n"
+                   "train:\n  out: ~/runs/x\n  weights: ~/w.pt\n  resume: ~/runs/old\n  backbone_weights: imagenet\n")
+    _, d, t = resolve_config(read_config_file(cfg), source=str(cfg))
+    assert (d.root, d.classes, d.val_split) == (f"{tmp_path}/data", f"{tmp_path}/classes.json", f"{tmp_path}/val.txt")
+    assert (t.out, t.weights, t.resume, t.backbone_weights) == (f"{tmp_path}/runs/x", f"{tmp_path}/w.pt", f"{tmp_path}/runs/old",
+                                                                "imagenet")
+    _, d, _ = resolve_config({"data": {"val_split": "val", "root": "data~1/x"}})  # a split name, a ~ inside a name: as they are
+    assert (d.val_split, d.root) == ("val", "data~1/x")

@@ -21,8 +21,8 @@ from retinanet.files import check_output_path, drop_output, hold_folder
 from retinanet.cli.demo import add_demo_parser, demo_options, run_demo
 from retinanet.cli.options import (CHANNELS_LAST_HELP, DEVICE_HELP, QUIET_HELP, WEIGHTS_HELP, add_amp_options, add_data_options,
                                    add_image_options, add_input_size_options, add_tile_options, any_int, arg_type,
-                                   data_config_from_args, field_type, fraction, given_options, non_negative_int,
-                                   positive_int, tile_options_from_args)
+                                   data_config_from_args, expand_home_options, field_type, fraction, given_options,
+                                   non_negative_int, positive_int, tile_options_from_args)
 from retinanet.cli.train import add_train_parser, cmd_train
 from retinanet.config import DataConfig, ModelConfig, at_least
 from retinanet.data import check_dataset, make_synthetic
@@ -41,7 +41,12 @@ __all__ = ["build_parser", "data_config_from_args", "main"]
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a wrong option is one line naming the command, not a usage dump."""
+    """argparse, but a wrong option is one line naming the command, not a usage dump, and a ``~``
+    in any option value is the home folder (``expand_home_options``)."""
+
+    def parse_known_args(self, args=None, namespace=None):  # parse_args and every sub-command's parse come here
+        namespace, extras = super().parse_known_args(args, namespace)
+        return expand_home_options(namespace), extras
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")

@@ -1,6 +1,7 @@
 """Options shared by several commands, and parsed options -> config dicts.
 
-``add_data_options`` declares the dataset options of train, eval and check-data. ``given_options``
+``add_data_options`` declares the dataset options of train, eval and check-data; ``expand_home_options``
+makes a ``~`` in any option the home folder, on every parse. ``given_options``
 turns what argparse parsed into the ``{"model": {...}, "data": {...}, "train": {...}}`` dicts that
 ``retinanet.config.resolve_config`` takes: an option's destination is the config field of the
 same name (``--data`` -> ``DataConfig.root``), and an option that was not given is absent
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import retinanet.config as C
-from retinanet.config import LIMITS, SECTIONS, DataConfig, resolve_config
+from retinanet.config import LIMITS, SECTIONS, DataConfig, expand_home, resolve_config
 from retinanet.data.images import EXIF_POLICIES
 from retinanet.engine.runtime.precision import AMP_MODES
 from retinanet.errors import RetinaNetError
@@ -123,6 +124,16 @@ def add_image_options(g, default=lambda value: value, annotated: bool = True) ->
                    f"'ignore' the stored pixels (LabelImg's frame), {auto} [{d.exif}]")
     g.add_argument("--max-image-pixels", type=positive_int, metavar="N", default=default(None),
                    help=f"images with more pixels (width x height) are refused as bad images [{d.max_image_pixels}]")
+
+
+def expand_home_options(args: argparse.Namespace) -> argparse.Namespace:
+    """``args`` with a leading ``~`` of every option value made the home folder (``config.expand_home``):
+    where the command line's values become paths, for every command and option alike (``--out``,
+    predict's inputs, ``--classes``, ``--config``, ...), as a shell does for an unquoted ``~/x``
+    but not for ``"~/x"`` or ``--out=~/x``. Run by the CLI's parser on every parse."""
+    for name, value in vars(args).items():
+        setattr(args, name, expand_home(value))
+    return args
 
 
 def given_options(args: argparse.Namespace, sections: tuple[str, ...] = tuple(SECTIONS)) -> dict[str, dict[str, Any]]:

@@ -8,6 +8,9 @@ val``). Images of ``instances_<split>.json`` are looked for, in order, in ``<roo
 ``<root>`` is the folder above ``annotations/`` (the official layout: ``coco/train2017``), in the
 JSON's folder (``file_name`` relative to it), and in ``<json folder>/images``; the folder holding
 most of a sample of the images wins (one missing file does not send the reader elsewhere).
+A ``file_name`` written on Windows (``images\\train\\a.jpg``, ``C:\\Users\\me\\data\\a.jpg``) is read
+by ``retinanet.data.paths.written_path``: backslashes as separators, an absolute Windows path by its
+trailing parts under that folder; one warning per file says so.
 
 Boxes ``[x, y, w, h]`` become xyxy. Without a class map of its own (``--classes``, a checkpoint's)
 the category ids are the class ids as they are (the 91-output COCO head indexes them) and names
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from pathlib import Path
 
@@ -26,6 +30,7 @@ import numpy as np
 
 from retinanet.data.classes import ClassMap
 from retinanet.data.images import IMAGE_SUFFIXES, is_image_file
+from retinanet.data.paths import is_windows_form, repair_warnings, windows_hint, written_path
 from retinanet.data.records import Record, clip_boxes, no_area_reason, not_finite, repeated_objects
 from retinanet.errors import DataError
 
@@ -158,7 +163,7 @@ def image_folder(path: Path, data: dict, sample: int = 20) -> tuple[Path, bool]:
     if not names:
         return candidates[0], True
     picked = names[:: max(1, len(names) // sample)][:sample]
-    found = [sum((c / n).is_file() for n in picked) for c in candidates]
+    found = [sum(written_path(n, c)[0].is_file() for n in picked) for c in candidates]
     best = max(range(len(candidates)), key=lambda i: (found[i], -i))
     return candidates[best], found[best] > 0
 
@@ -247,6 +252,24 @@ def _valid_annotations(path: Path, data: dict, problems: list[str]) -> tuple[dic
     return by_image, bad_images
 
 
+def _same_file(path: Path, images: dict[int, dict], files: dict[int, tuple[Path | None, str]]) -> list[str]:
+    """Problems for the images whose different ``file_name`` values were read as one file by
+    ``written_path`` (``a.jpg`` and ``C:\\data\\a.jpg``, found by its base name): its objects would
+    be split between the entries. Those entries' files become None in ``files`` (left out, as a
+    repeated ``file_name`` is)."""
+    by_file: dict[str, list[int]] = {}
+    for iid, (file, _) in files.items():
+        by_file.setdefault(os.path.normpath(file), []).append(iid)
+    problems = []
+    for file, iids in by_file.items():
+        if len(iids) > 1 and any(files[i][1] for i in iids):  # a repair made the names meet (the file exists)
+            names = ", ".join(f"id {i} '{images[i]['file_name']}'" for i in iids)
+            problems.append(f"{path}: {len(iids)} images name the same file {file} ({names}): its objects would be split "
+                            "between them; give each image one entry")
+            files.update({i: (None, "") for i in iids})
+    return problems
+
+
 def coco_records(path: Path, data: dict, class_map: ClassMap, problems: list[str], warnings: list[str]) -> list[Record]:
     """One ``Record`` per image of a COCO file (images without annotations included).
 
@@ -267,12 +290,20 @@ def coco_records(path: Path, data: dict, class_map: ClassMap, problems: list[str
         problems.append(f"{path}: annotation(s) {ids[:10]}{' ...' if len(ids) > 10 else ''} refer to image id {iid}, which is not in 'images'")
     folder, found = image_folder(path, data)
     if not found:
+        windows = next((im["file_name"] for im in images.values() if is_windows_form(im["file_name"])), None)
         problems.append(f"{path}: none of its images was found; looked for the file_name values in "
-                        f"{', '.join(str(c) for c in image_folders(path))}")
+                        f"{', '.join(str(c) for c in image_folders(path))}"
+                        + (f" (they are Windows paths such as '{windows}': also read with '\\' as folder separators, "
+                           "and an absolute one by its trailing folder and file names)" if windows else ""))
+    files = {iid: written_path(im["file_name"], folder) for iid, im in images.items()}
+    warnings += repair_warnings(str(path), "file_name value(s)", [(images[i]["file_name"], *files[i]) for i in files])
+    problems += _same_file(path, images, files)
     records = []
     for iid, im in images.items():
         where = f"{path}#image {iid}"
-        file, h, w = folder / im["file_name"], im["height"], im["width"]
+        (file, _), h, w = files[iid], im["height"], im["width"]
+        if file is None:
+            continue  # one file under several entries: said by _same_file
         anns = by_image.get(iid, [])
         unknown = sorted({a["category_id"] for a in anns if a["category_id"] not in to_class})
         if unknown:
@@ -286,7 +317,7 @@ def coco_records(path: Path, data: dict, class_map: ClassMap, problems: list[str
             problems.append(f"{file}: not one of the image types read ({' '.join(IMAGE_SUFFIXES)}) ({where})")
             continue
         if not file.is_file():
-            problems.append(f"{file}: image file missing ({where})")
+            problems.append(f"{file}: image file missing ({where}){windows_hint(im['file_name'], folder)}")
             continue
         xywh = np.asarray([a["bbox"] for a in anns], np.float32).reshape(-1, 4)
         boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)

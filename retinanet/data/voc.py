@@ -18,6 +18,7 @@ import numpy as np
 
 from retinanet.data.classes import ClassMap
 from retinanet.data.images import IMAGE_SUFFIXES, is_image_file
+from retinanet.data.paths import base_name
 from retinanet.data.records import Record, clip_boxes, no_area_reason, not_finite, repeated_objects
 
 
@@ -167,6 +168,9 @@ def stem_index(folder: Path) -> dict[str, list[Path]]:
 def pick_image(slot: ImageSlot, ann: VocAnnotation, xml: Path, problems: list[str], warnings: list[str]) -> Path | None:
     """The image of an annotation among the files named like it (``a.jpg``, ``a.png``, ...).
 
+    The XML's ``<path>`` is not read (a labeller's own disk: ``C:\\Users\\...``), and ``<filename>``
+    only by its base name, whichever separator it was written with (``paths.base_name``).
+
     One image: that one. Several: the one the XML's ``<filename>`` names, with a warning saying
     which was used; when it names none of them, a problem naming them all (which one is meant
     cannot be known). None: a problem (the file the annotation names, or ``stem.*``).
@@ -174,7 +178,7 @@ def pick_image(slot: ImageSlot, ann: VocAnnotation, xml: Path, problems: list[st
     images = [p for p in slot.files if is_image_file(p)]
     if len(images) == 1:
         return images[0]
-    named = Path(ann.filename).name if ann.filename else None
+    named = base_name(ann.filename) if ann.filename else None  # "images\\a.jpg" (Windows) names a.jpg too
     if len(images) > 1:
         chosen = [p for p in images if p.name == named] or [p for p in images if named and p.name.lower() == named.lower()]
         names = ", ".join(p.name for p in images)

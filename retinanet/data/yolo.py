@@ -24,6 +24,7 @@ exist, an image whose header cannot be read. An image with a bad line is left ou
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,7 @@ from PIL import UnidentifiedImageError
 
 from retinanet.data.classes import ClassMap
 from retinanet.data.images import IMAGE_SUFFIXES, ImageReading, is_image_file, not_read, oriented_size
+from retinanet.data.paths import repair_warnings, windows_hint, written_path
 from retinanet.data.records import Record, clip_boxes, not_finite, repeated_objects
 from retinanet.data.yolo_yaml import YoloSpec, absolute_path, find_data_yaml, read_data_yaml
 
@@ -50,11 +52,13 @@ def _is_image(p: Path) -> bool:
     return is_image_file(p)
 
 
-def list_images(sources: list[Path], problems: list[str], warnings: list[str] | None = None) -> list[Path]:
+def list_images(sources: list[Path], problems: list[str], warnings: list[str] | None = None,
+                hints: dict[Path, str] | None = None) -> list[Path]:
     """The images of one split, sorted, each once.
 
     A folder gives the images under it (recursively); a ``.txt`` list its lines (relative paths
-    relative to the list's folder). A missing source or listed image goes to ``problems``; an
+    relative to the list's folder; a line written on Windows read by ``paths.written_path``, said
+    once per list). A missing source (with its ``hints`` clause: ``YoloSpec.hints``) or listed image goes to ``problems``; an
     image named more than once (twice in a list, or by two sources) is read once, with a warning
     naming where (it would otherwise be trained or evaluated twice).
     """
@@ -80,20 +84,25 @@ def list_images(sources: list[Path], problems: list[str], warnings: list[str] | 
             except (OSError, UnicodeDecodeError) as err:
                 problems.append(f"{src}: unreadable image list ({err})")
                 continue
+            repairs = []
             for n, line in enumerate(lines, 1):
                 line = line.strip()
                 if not line:
                     continue
-                p = absolute_path(src.parent / Path(line).expanduser())
+                p, how = written_path(os.path.expanduser(line), src.parent)
+                p = absolute_path(p)
+                repairs.append((line, p, how))
                 if not p.is_file():
-                    problems.append(f"{src}:{n}: image {line} not found ({p})")
+                    problems.append(f"{src}:{n}: image {line} not found ({p}){windows_hint(line, src.parent)}")
                 elif not _is_image(p):
                     problems.append(f"{src}:{n}: {line} is not an image file ({', '.join(IMAGE_SUFFIXES)})")
                 else:
                     found.append(p)
                     where.setdefault(p, []).append(f"{src}:{n}")
+            if warnings is not None:
+                warnings += repair_warnings(str(src), "line(s)", repairs)
         else:
-            problems.append(f"{src}: image folder or list not found")
+            problems.append(f"{src}: image folder or list not found{(hints or {}).get(src, '')}")
     repeated = {p: at for p, at in where.items() if len(at) > 1}
     if repeated and warnings is not None:
         shown = "; ".join(f"{p} ({', '.join(at)})" for p, at in sorted(repeated.items())[:5])
@@ -257,7 +266,7 @@ def split_records(spec: YoloSpec, key: str, class_map: ClassMap, problems: list[
         problems.append(f"{spec.yaml}: no '{key}:' entry (splits: {', '.join(spec.splits) or 'none'})")
         return []
     sources = spec.splits[key]
-    images = list_images(sources, problems, warnings)
+    images = list_images(sources, problems, warnings, spec.hints)
     problems += orphan_labels(sources, images)
     images, shared = shared_labels(images)
     problems += shared
@@ -285,7 +294,6 @@ def yolo_records(root: Path, keys: dict[str, str], class_map: ClassMap | None, p
         DataError: the yaml itself cannot be used.
     """
     spec = read_data_yaml(find_data_yaml(root))
-    if spec.note:
-        warnings.append(spec.note)
+    warnings += spec.notes
     class_map = class_map or yolo_class_map(spec)
     return {s: split_records(spec, k, class_map, problems, warnings, reading) for s, k in keys.items()}, class_map

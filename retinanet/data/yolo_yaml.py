@@ -9,6 +9,13 @@ against the root; when that does not exist and it starts with ``../`` (Roboflow 
 ../train/images`` next to a yaml in the dataset folder) the entry without ``../`` is used. Lines
 of a ``.txt`` list are image paths, relative ones relative to the list's folder.
 
+Written on Windows (``retinanet.data.paths.written_path``): an entry or list line with ``\\``
+separators (``train: images\\train``) is read with them as folder separators when it does not
+exist as written; an absolute Windows one (``C:\\data\\images\\train``) by its trailing folder
+names under the root. A ``path:`` that is not a folder here (another machine's: Colab's
+``/content/...``, or ``C:\\Users\\me\\...``) gives way to the yaml's folder when the splits are
+there. Each repair is said once (``YoloSpec.notes``).
+
 Which split is read: ``train_split`` / ``val_split`` name the yaml keys (``--val-split test``
 evaluates the ``test:`` images).
 """
@@ -17,11 +24,12 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from retinanet.data.paths import is_windows_absolute, repair_warnings, windows_hint, written_path
 from retinanet.errors import DataError
 
 SPLIT_KEYS = ("train", "val", "test", "minival")  # the yaml keys that name images, as in ultralytics
@@ -44,7 +52,8 @@ class YoloSpec:
     names: list[str | None]
     splits: dict[str, list[Path]]
     keypoints: int = 0
-    note: str = ""  # how the root was found when ``path:`` does not exist here (a warning for the reader)
+    notes: tuple[str, ...] = ()  # how the root and the splits were found when not as written (warnings for the reader)
+    hints: dict[Path, str] = field(default_factory=dict)  # split source -> why its Windows form was not found
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -123,16 +132,31 @@ def absolute_path(p: Path) -> Path:
     return Path(os.path.abspath(p))
 
 
-def _split_sources(root: Path, value, key: str, path: Path) -> list[Path]:
-    """The folders / list files of one split entry (a string or a list of strings)."""
+def split_source(root: Path, entry: str) -> tuple[Path, str]:
+    """(the folder or list file a split entry names, how it was read: ``written_path``'s kinds).
+
+    Relative to ``root``; ``~`` expanded; written with ``\\`` or as an absolute Windows path:
+    ``written_path``; not there and starting with ``../``: without it (Roboflow).
+    """
+    text = os.path.expanduser(entry.strip())
+    p, how = written_path(text, root)
+    if not p.exists() and text.startswith(("../", "..\\")):
+        p, how = written_path(text[3:], root)  # Roboflow: "../train/images" written for a yaml one level down
+    return absolute_path(p), how
+
+
+def _split_sources(root: Path, value, key: str, path: Path, repairs: list, hints: dict[Path, str]) -> list[Path]:
+    """The folders / list files of one split entry (a string or a list of strings); Windows-form
+    entries read otherwise are added to ``repairs`` (``(entry, path, how)``), those not found to ``hints``."""
     entries = value if isinstance(value, list) else [value]
     if not entries or not all(isinstance(e, str) and e.strip() for e in entries):
         raise DataError([f"{path}: '{key}:' must be a folder or .txt file path, or a list of them; not {value!r}"])
     out = []
     for e in entries:
-        p = absolute_path(root / Path(e.strip()).expanduser())
-        if not p.exists() and e.strip().startswith("../"):
-            p = absolute_path(root / e.strip()[3:])  # Roboflow: "../train/images" written for a yaml one level down
+        p, how = split_source(root, e)
+        repairs.append((f"{key}: {e.strip()}", p, how))
+        if not p.exists() and windows_hint(e.strip(), root):
+            hints[p] = f" ('{key}: {e.strip()}' in {path}{windows_hint(e.strip(), root)})"
         out.append(p)
     return out
 
@@ -155,21 +179,33 @@ def read_data_yaml(path: str | Path) -> YoloSpec:
     if "val" not in data and "validation" in data:
         data["val"] = data["validation"]
     base = absolute_path(path.parent)
-    root = absolute_path(base / Path(str(data["path"])).expanduser()) if data.get("path") else base
+    written = str(data["path"]).strip() if data.get("path") else ""
+    repairs: list = []
+    root: Path | None = base
+    if is_windows_absolute(written):
+        root = None  # another machine's folder, as Colab's /content/... is: the rule below
+    elif written:
+        root, how = written_path(os.path.expanduser(written), base)
+        root = absolute_path(root)
+        repairs.append((f"path: {written}", root, how))
     keypoints = 0
     if data.get("kpt_shape") is not None:
         try:
             keypoints = math.prod(int(k) for k in data["kpt_shape"])
         except (TypeError, ValueError):
             raise DataError([f"{path}: 'kpt_shape:' must be a list of integers, not {data['kpt_shape']!r}"]) from None
-    note = ""
-    if data.get("path") and not root.is_dir():  # written on another machine (Colab's /content/...): the yaml's folder?
-        if base != root and any((base / str(data[k])).exists() for k in SPLIT_KEYS if isinstance(data.get(k), str)):
-            note = (f"{path}: 'path: {data['path']}' is not a folder here; the splits were found under the yaml's "
-                    f"folder {base} and read from there")
+    notes = []
+    if root is None or not root.is_dir():  # written on another machine (Colab's /content/..., C:\\...): the yaml's folder?
+        here = "is an absolute Windows path, not a folder here" if is_windows_absolute(written) else "is not a folder here"
+        if any(split_source(base, data[k])[0].exists() for k in SPLIT_KEYS if isinstance(data.get(k), str)):
+            notes.append(f"{path}: 'path: {written}' {here}; the splits were found under the yaml's folder {base} and "
+                         "read from there")
             root = base
         else:
-            raise DataError([f"{path}: 'path: {data['path']}' is not a folder here ({root}); the splits are looked for "
-                             "under it (fix path:, or leave it out to use the yaml's folder)"])
-    splits = {k: _split_sources(root, data[k], k, path) for k in SPLIT_KEYS if data.get(k) is not None}
-    return YoloSpec(path, root, _names(data, path), splits, keypoints, note)
+            shown = "" if is_windows_absolute(written) else f" ({root})"
+            raise DataError([f"{path}: 'path: {written}' {here}{shown}, and the splits are not under the yaml's folder "
+                             f"{base} either (fix path:, or leave it out to use the yaml's folder)"])
+    hints: dict[Path, str] = {}
+    splits = {k: _split_sources(root, data[k], k, path, repairs, hints) for k in SPLIT_KEYS if data.get(k) is not None}
+    notes += repair_warnings(str(path), "entry(ies)", repairs)
+    return YoloSpec(path, root, _names(data, path), splits, keypoints, tuple(notes), hints)

@@ -286,3 +286,63 @@ def test_the_stated_area_reaches_evaluation_and_training_targets_have_none(coco)
 def test_a_folder_read_as_coco_says_where_the_format_came_from(tmp_path):
     with pytest.raises(DataError, match="a folder, not a COCO annotation file .*--config coco sets it"):
         build_datasets(DataConfig(root=str(tmp_path), format="coco"), **SIZES)
+
+
+def _windows_coco(root, names):
+    """instances_train.json beside images/train/<i>.jpg, its file_name values ``names`` (one image each)."""
+    for i in range(len(names)):
+        write_image(root / "images" / "train" / f"{i}.jpg", (64, 80), seed=i)
+    images = [{"id": i + 1, "file_name": n, "height": 64, "width": 80} for i, n in enumerate(names)]
+    anns = [{"id": i + 1, "image_id": i + 1, "category_id": 1, "bbox": [5, 5, 20, 20]} for i in range(len(names))]
+    path = root / "instances_train.json"
+    path.write_text(json.dumps({"images": images, "annotations": anns, "categories": CATS}))
+    return path
+
+
+def _read(path):
+    from retinanet.data.build import read_records
+    return read_records(DataConfig(root=str(path), val_split=str(path)), splits=("train",))
+
+
+def test_file_names_written_on_windows_are_read_with_one_warning_per_kind(tmp_path):
+    """Windows labellers write 'images\\train\\0.jpg' or 'C:\\Users\\me\\...': 'none of its images was found'."""
+    path = _windows_coco(tmp_path, ["images\\train\\0.jpg", "images\\train\\1.jpg",
+                                    "C:\\Users\\me\\coco\\images\\train\\2.jpg", "\\\\nas\\share\\images\\train\\3.jpg"])
+    records, *_, problems, warns = _read(path)
+    assert not problems
+    assert [r.file for r in records["train"]] == [str(tmp_path / "images" / "train" / f"{i}.jpg") for i in range(4)]
+    said = [w for w in warns if "Windows" in w]
+    assert said == [
+        f"{path}: 2 file_name value(s) are written with Windows '\\' separators: read with them as folder separators "
+        f"(e.g. 'images\\train\\0.jpg' -> {tmp_path / 'images/train/0.jpg'})",
+        f"{path}: 2 file_name value(s) are absolute Windows paths, which cannot exist here: each was found under the "
+        "folder it is relative to by its trailing folder and file names (the longest run that exists; check they are "
+        f"the files meant) (e.g. 'C:\\Users\\me\\coco\\images\\train\\2.jpg' -> {tmp_path / 'images/train/2.jpg'})"]
+
+
+def test_a_windows_file_name_not_found_says_its_windows_form(tmp_path):
+    path = _windows_coco(tmp_path, ["images\\train\\0.jpg", "images\\train\\9.jpg", "C:\\data\\8.jpg"])
+    (tmp_path / "images" / "train" / "1.jpg").unlink()
+    (tmp_path / "images" / "train" / "2.jpg").unlink()
+    *_, problems, _ = _read(path)
+    assert sorted(problems) == sorted([
+        f"{tmp_path / 'images/train/9.jpg'}: image file missing ({path}#image 2); 'images\\train\\9.jpg' is not under "
+        f"{tmp_path} as written, nor with its Windows '\\' read as folder separators",
+        f"{tmp_path / '8.jpg'}: image file missing ({path}#image 3); 'C:\\data\\8.jpg' is an absolute Windows path, "
+        f"which cannot exist here, and no run of its trailing parts (data/8.jpg, ...) is under {tmp_path}"])
+
+
+def test_none_found_names_the_windows_form(tmp_path):
+    path = _windows_coco(tmp_path, ["D:\\x\\0.jpg"])
+    (tmp_path / "images" / "train" / "0.jpg").unlink()
+    *_, problems, _ = _read(path)
+    assert any("none of its images was found" in p and "Windows paths such as 'D:\\x\\0.jpg'" in p for p in problems)
+
+
+def test_two_windows_paths_read_as_one_file_are_a_problem_not_a_merge(tmp_path):
+    """C:\\a\\0.jpg and D:\\b\\0.jpg both found as 0.jpg by base name: each entry's objects would be split."""
+    path = _windows_coco(tmp_path, ["C:\\a\\0.jpg", "D:\\b\\0.jpg", "2.jpg"])
+    records, *_, problems, _ = _read(path)
+    assert [r.image_id for r in records["train"]] == [3]
+    assert problems == [f"{path}: 2 images name the same file {tmp_path / 'images/train/0.jpg'} (id 1 'C:\\a\\0.jpg', id 2 "
+                        "'D:\\b\\0.jpg'): its objects would be split between them; give each image one entry"]

@@ -214,6 +214,17 @@ def test_two_images_of_one_stem_the_xml_filename_decides(tmp_path):
     assert f"{root / 'a.xml'}: 2 images in {root} are named a.* (a.jpg, a.png) and its <filename> 'photo.jpg' names none" in problem
 
 
+
+def test_a_windows_filename_and_path_name_the_image_by_its_base_name(tmp_path):
+    """LabelImg on Windows: <filename>images\\a.png</filename> chose neither a.jpg nor a.png; <path> is never read."""
+    root = tmp_path / "flat"
+    write_image(root / "a.jpg", seed=1)
+    write_image(root / "a.png", seed=2)
+    (root / "a.xml").write_text(xml_text("images\\a.png", (64, 80), [obj()], extra="<path>C:\\Users\\me\\a.jpg</path>"))
+    with pytest.warns(UserWarning, match=r"a.xml: 2 images in .* are named a.\* \(a.jpg, a.png\): a.png used"):
+        ds = build_datasets(DataConfig(root=str(root), val_fraction=0.0), **SIZES)
+    assert [r.file.rsplit("/", 1)[1] for r in ds.train.records] == ["a.png"]
+
 def test_two_images_of_one_id_in_the_standard_layout(tmp_path):
     voc = make_voc(tmp_path, {"train": [("a", [obj()])], "val": [("b", [obj()])]})
     write_image(voc / "JPEGImages" / "a.png", seed=5)  # today: a.jpg taken without a word

@@ -374,3 +374,41 @@ def test_a_path_key_of_another_machine_is_named_or_read_from_the_yaml_s_folder(t
         "val: images/train", "val: elsewhere/val"))
     with pytest.raises(DataError, match="'path: /content/datasets/shapes' is not a folder here .*fix path:"):
         read_records(DataConfig(root=str(data)))
+
+
+def test_a_data_yaml_written_on_windows_is_read_and_said(tmp_path):
+    """`path: C:\\...` with `train: images\\train`: '/.../C:\\Users\\...' and 'images\\train: not found'."""
+    data = tiny_yolo(tmp_path, {"a": "0 0.5 0.5 0.2 0.2\n"})
+    data.write_text(data.read_text().replace(f"path: {tmp_path}", "path: C:\\Users\\me\\datasets\\shapes")
+                    .replace("images/train", "images\\train"))
+    records, *_, problems, warns = read_records(DataConfig(root=str(data)))
+    assert not problems and [Path(r.file) for r in records["train"]] == [tmp_path / "images" / "train" / "a.png"]
+    assert f"{data}: 'path: C:\\Users\\me\\datasets\\shapes' is an absolute Windows path, not a folder here; the splits " \
+           f"were found under the yaml's folder {tmp_path} and read from there" in warns
+    assert f"{data}: 2 entry(ies) are written with Windows '\\' separators: read with them as folder separators (e.g. " \
+           f"'train: images\\train' -> {tmp_path / 'images' / 'train'})" in warns
+    data.write_text(data.read_text().replace("images\\train", "images\\nowhere"))
+    with pytest.raises(DataError) as err:
+        read_records(DataConfig(root=str(data)))
+    (message,) = err.value.problems
+    assert f"{tmp_path}/C:" not in message and "is an absolute Windows path, not a folder here, and the splits are not " \
+        f"under the yaml's folder {tmp_path} either" in message
+
+
+def test_windows_split_entries_and_list_lines_are_read_as_separators(tmp_path):
+    data = tiny_yolo(tmp_path, {"a": "0 0.5 0.5 0.2 0.2\n", "b": "1 0.5 0.5 0.2 0.2\n"})
+    (tmp_path / "train.txt").write_text("images\\train\\a.png\r\nC:\\Users\\me\\shapes\\images\\train\\b.png\r\n")
+    data.write_text(data.read_text().replace("train: images/train", "train: .\\train.txt"))
+    records, *_, problems, warns = read_records(DataConfig(root=str(data)))
+    assert not problems and sorted(Path(r.file).name for r in records["train"]) == ["a.png", "b.png"]
+    listed = [w for w in warns if w.startswith(f"{tmp_path / 'train.txt'}: ")]
+    assert len(listed) == 2 and "1 line(s) are written with Windows '\\' separators" in listed[0]
+    assert "1 line(s) are absolute Windows paths" in listed[1] and str(tmp_path / "images/train/b.png") in listed[1]
+    (tmp_path / "train.txt").write_text("images\\train\\c.png\n")
+    data.write_text(data.read_text().replace("val: images/train", "val: images\\val"))
+    *_, problems, _ = read_records(DataConfig(root=str(data)))
+    assert sorted(problems) == [
+        f"{tmp_path / 'images/val'}: image folder or list not found ('val: images\\val' in {data}; 'images\\val' is not "
+        f"under {tmp_path} as written, nor with its Windows '\\' read as folder separators)",
+        f"{tmp_path / 'train.txt'}:1: image images\\train\\c.png not found ({tmp_path / 'images/train/c.png'}); "
+        f"'images\\train\\c.png' is not under {tmp_path} as written, nor with its Windows '\\' read as folder separators"]
