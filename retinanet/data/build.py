@@ -244,22 +244,19 @@ def build_datasets(cfg: DataConfig, *, min_size: int, max_size: int, splits: tup
 class EpochSeededLoader(QuietWorkersLoader):
     """A DataLoader whose randomness is a function of (seed, epoch of its batch sampler).
 
-    Each iteration of a training loader (``seeded_items``) calls ``dataset.set_epoch(seed,
-    epoch)``, so each item's augmentation depends on (seed, epoch, index) alone: the same batches
-    with any number of workers, and after a resume (the batch sampler skips the batches done).
-    The loader's generator, which seeds the worker processes, is re-seeded from (seed, epoch) too.
+    A training loader's batch sampler gives ``(index, seed, epoch)`` keys (``keys=True``), so each
+    item's augmentation depends on (seed, epoch, index) alone: the same batches with any number
+    of workers, workers that live across epochs (``persistent_workers``: started once, not each
+    epoch), and after a resume (the batch sampler skips the batches done). The loader's
+    generator, which seeds the worker processes, is re-seeded from (seed, epoch) when they start.
     """
 
-    def __init__(self, *args, seed: int = 0, seeded_items: bool = False, **kwargs):
+    def __init__(self, *args, seed: int = 0, **kwargs):
         super().__init__(*args, **kwargs)
         self.seed = seed
-        self.seeded_items = seeded_items
 
     def __iter__(self):
-        epoch = getattr(self.batch_sampler, "epoch", 0)
-        self.generator.manual_seed(self.seed * 1_000_003 + epoch)
-        if self.seeded_items:
-            self.dataset.set_epoch(self.seed, epoch)  # before the workers start: they get a copy
+        self.generator.manual_seed(self.seed * 1_000_003 + getattr(self.batch_sampler, "epoch", 0))
         return super().__iter__()
 
 
@@ -305,8 +302,10 @@ def build_loader(dataset: DetectionDataset, *, batch_size: int, workers: int, tr
         groups = eval_groups(dataset)
     else:
         groups = aspect_groups(dataset.aspect_ratios()) if aspect_grouping else [0] * len(dataset)
-    sampler = GroupedBatchSampler(groups, batch_size, shuffle=train, seed=seed, rank=rank, world_size=world)
+    sampler = GroupedBatchSampler(groups, batch_size, shuffle=train, seed=seed, rank=rank, world_size=world, keys=train)
+    # training workers live across epochs (started once: with spawn, as on macOS and Windows, a start
+    # costs seconds); an evaluation's end with it, so they hold no memory between evaluations
     return EpochSeededLoader(
         dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate, seed=seed,
-        seeded_items=train, generator=torch.Generator(), persistent_workers=False, pin_memory=pin_memory,
+        generator=torch.Generator(), persistent_workers=train and workers > 0, pin_memory=pin_memory,
     )

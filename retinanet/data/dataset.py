@@ -150,7 +150,11 @@ class DetectionDataset(Dataset):
             target["area"] = torch.from_numpy(r.areas[keep].astype(np.float64))
         return image, target
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
+    def __getitem__(self, key: int | tuple[int, int, int]) -> tuple[torch.Tensor, dict]:
+        """Item ``key``: an index, or ``(index, seed, epoch)``: then its augmentation is drawn from
+        (seed, epoch, index) alone, as after ``set_epoch(seed, epoch)`` (the training loader's
+        batch sampler gives such keys: the epoch reaches workers that live across epochs)."""
+        index, draws = (int(key[0]), (int(key[1]), int(key[2]))) if isinstance(key, tuple) else (key, self.draws)
         skipped: list[str] = []  # travels with the item (target["skipped"]): a worker's list is never seen by the run
         for attempt in range(len(self.records)):
             i = (index + attempt) % len(self.records)
@@ -164,10 +168,10 @@ class DetectionDataset(Dataset):
                 skipped.append(msg)
                 warnings.warn(f"skipped: {msg}")
                 continue
-            if self.draws is None:
+            if draws is None:
                 image, target = self.transform(image, target)
             else:
-                with seeded_rng(item_seed(*self.draws, index)):
+                with seeded_rng(item_seed(*draws, index)):
                     image, target = self.transform(image, target)
             return image, ({**target, "skipped": skipped} if skipped else target)
         raise DataError(self.bad, summary="no image of the dataset could be decoded")

@@ -44,10 +44,13 @@ class GroupedBatchSampler(Sampler[list[int]]):
         seed: shuffling seed.
         rank, world_size: this process's shard (defaults from ``torch.distributed``).
         drop_last: drop an incomplete last batch (training only).
+        keys: batches hold ``(index, seed, epoch)`` keys instead of indices: the dataset draws item
+            ``index``'s augmentation from (seed, epoch, index) alone (``DetectionDataset``), so the
+            epoch reaches loader workers that live across epochs (``persistent_workers``).
     """
 
     def __init__(self, groups: Sequence[int], batch_size: int, *, shuffle: bool, seed: int = 0,
-                 rank: int | None = None, world_size: int | None = None, drop_last: bool = False):
+                 rank: int | None = None, world_size: int | None = None, drop_last: bool = False, keys: bool = False):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         r, w = dist_info()
@@ -58,6 +61,7 @@ class GroupedBatchSampler(Sampler[list[int]]):
         self.rank = r if rank is None else rank
         self.world_size = w if world_size is None else world_size
         self.drop_last = drop_last
+        self.keys = keys
         self.epoch = 0
         self.start = 0
 
@@ -79,8 +83,12 @@ class GroupedBatchSampler(Sampler[list[int]]):
             order = (order * (total // n + 1))[:total]
         return order[self.rank :: self.world_size]
 
-    def __iter__(self) -> Iterator[list[int]]:
-        return itertools.islice(self.batches(), self.start, None)
+    def __iter__(self) -> Iterator[list[int]] | Iterator[list[tuple[int, int, int]]]:
+        batches = itertools.islice(self.batches(), self.start, None)
+        if not self.keys:
+            return batches
+        seed, epoch = self.seed, self.epoch  # this iteration's, whatever set_epoch does meanwhile
+        return ([(i, seed, epoch) for i in batch] for batch in batches)
 
     def batches(self) -> Iterator[list[int]]:
         """Every batch of the epoch, from the first."""

@@ -55,6 +55,18 @@ def test_augmentation_is_the_same_with_any_number_of_workers_and_leaves_the_glob
     assert len(changed) >= 6  # another epoch draws anew (8 images: crop, scale, flip, colour)
 
 
+def test_training_workers_live_across_epochs_and_draw_each_epoch_anew(datasets):
+    """Started once (with spawn, as on macOS and Windows, a start costs seconds a worker), the
+    workers still draw epoch e's augmentation from (seed, e, index): the batch sampler's keys."""
+    kept = build_loader(datasets.train, batch_size=3, workers=1, train=True, seed=5)
+    assert kept.persistent_workers and not build_loader(datasets.val, batch_size=3, workers=1, train=False).persistent_workers
+    for epoch in (2, 3):
+        fresh = _epoch(build_loader(datasets.train, batch_size=3, workers=0, train=True, seed=5), epoch)
+        got = _epoch(kept, epoch)
+        assert [i for i, _, _ in got] == [i for i, _, _ in fresh]
+        assert all(torch.equal(a, b) for (_, _, a), (_, _, b) in zip(got, fresh)), epoch
+
+
 def test_eval_loader_is_sequential(datasets):
     loader = build_loader(datasets.val, batch_size=3, workers=0, train=False)
     ids = [t["image_id"] for _, targets in loader for t in targets]
