@@ -151,3 +151,11 @@ def test_fp32_peak_is_cores_fma_units_lanes_flops_clock():
         sys.path.remove(str(BENCH))
     assert fp32_peak_gflops(2, 2.2, avx512=False) == pytest.approx(140.8)  # the 2-core AVX2 EPYC
     assert fp32_peak_gflops(2, 2.2, avx512=True) == pytest.approx(281.6)
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps_rollup").exists(), reason="reads Linux's /proc/PID/smaps_rollup")
+def test_bench_worker_memory_prints_both_layouts():
+    out = run("bench_worker_memory.py", "--num-records", "3000", "--workers", "1")
+    assert "RecordList packed them" in out
+    rows = {line.split(" worker")[0].strip(): line for line in out.splitlines() if "worker USS growth" in line}
+    assert set(rows) == {"list of Record", "RecordList"}

@@ -13,7 +13,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from retinanet.data.images import DEFAULT_MAX_PIXELS, open_image, oriented_size, pil_to_tensor
-from retinanet.data.records import Record, clip_said
+from retinanet.data.records import Record, RecordList, clip_said
 from retinanet.errors import DataError
 
 
@@ -85,7 +85,7 @@ class DetectionDataset(Dataset):
 
     def __init__(self, records: list[Record], transform: Callable, *, ignore_as_objects: bool = False, skip_bad: bool = False,
                  exif: str = "auto", max_pixels: int | None = DEFAULT_MAX_PIXELS):
-        self.records = records
+        self.records = records if isinstance(records, RecordList) else RecordList(records)  # one buffer: see RecordList
         self.transform = transform
         self.ignore_as_objects = ignore_as_objects
         self.skip_bad = skip_bad

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import operator
+import pickle
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +36,55 @@ class Record:
     size: tuple[int, int] | None
     source: str
     areas: np.ndarray | None = None
+
+
+class RecordList(Sequence[Record]):
+    """A split's records packed into one numpy byte buffer (plus an offset per record), read back one
+    at a time. Loader workers share the buffer with the process that made it: a list of ``Record``
+    objects is copied into each forked worker page by page as items touch their reference counts
+    (and as the garbage collector walks them), which at 200k images cost about 170 MB a worker
+    (QA, BENCHMARKS.md "Data loading"); one buffer is never written, so never copied. Read-only:
+    a record read is a fresh object each time."""
+
+    def __init__(self, records: Iterable[Record]):
+        blobs = [pickle.dumps(_plain(r), protocol=pickle.HIGHEST_PROTOCOL) for r in records]
+        self._offsets = np.cumsum([0] + [len(b) for b in blobs], dtype=np.int64)
+        self._data = np.frombuffer(b"".join(blobs), dtype=np.uint8)
+
+    def __len__(self) -> int:
+        return len(self._offsets) - 1
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        i = operator.index(index)
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"record {index} of {n}")
+        i %= n
+        return _record(pickle.loads(memoryview(self._data)[self._offsets[i]:self._offsets[i + 1]]))
+
+    def __iter__(self) -> Iterator[Record]:
+        return (self[i] for i in range(len(self)))
+
+
+def _plain(r: Record) -> tuple:
+    """A record as plain values, each array as ``(dtype, shape, bytes)`` (a few dozen bytes of pickle
+    where an array's own takes about 150), and the positions of the arrays."""
+    values = [getattr(r, f.name) for f in dataclasses.fields(Record)]
+    arrays = tuple(i for i, v in enumerate(values) if isinstance(v, np.ndarray))
+    for i in arrays:
+        values[i] = (values[i].dtype.str, values[i].shape, values[i].tobytes())
+    return tuple(values), arrays
+
+
+def _record(plain: tuple) -> Record:
+    values, arrays = plain
+    values = list(values)
+    for i in arrays:
+        dtype, shape, data = values[i]
+        values[i] = np.frombuffer(data, dtype=dtype).reshape(shape).copy()
+    return Record(*values)
 
 
 def not_finite(values) -> str | None:

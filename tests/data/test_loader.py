@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import numpy as np
 import torch
 
 from retinanet.config import DataConfig
@@ -126,3 +127,24 @@ def test_build_datasets_reads_with_a_given_class_map(synthetic, datasets):
     partial = ClassMap(dict(list(datasets.class_map.to_dict().items())[:1]), source="the test's map")
     with pytest.raises(DataError, match="not in the class map \\(the test's map\\)"):
         build_datasets(DataConfig(root=str(synthetic)), min_size=64, max_size=64, splits=("val",), class_map=partial)
+
+
+def test_a_datasets_records_are_one_buffer_and_read_back_equal(datasets):
+    """Loader workers share one never-written buffer instead of copying a list of objects page by
+    page (200k records: about 117 MB a worker, BENCHMARKS.md "Data loading")."""
+    from retinanet.data.records import Record, RecordList
+    records = [Record("a.jpg", np.array([[1, 2, 30, 40]], np.float32), np.array([3]), np.array([True]), 7, (48, 64), "a.xml"),
+               Record("b.png", np.zeros((0, 4), np.float32), np.zeros(0, np.int64), np.zeros(0, bool), 8, None, "c.json#8",
+                      areas=np.zeros(0))]
+    packed = RecordList(records)
+    assert len(packed) == 2 and isinstance(packed._data, np.ndarray)
+    for got, want in zip([packed[0], packed[-1], *packed[1:]], [records[0], records[1], records[1]]):
+        for f in ("file", "image_id", "size", "source"):
+            assert getattr(got, f) == getattr(want, f)
+        for f in ("boxes", "labels", "ignore", "areas"):
+            a, b = getattr(got, f), getattr(want, f)
+            assert (a is None) == (b is None) and (a is None or (a.dtype == b.dtype and np.array_equal(a, b)))
+    assert packed[0].boxes.flags.writeable
+    with pytest.raises(IndexError):
+        packed[2]
+    assert isinstance(datasets.train.records, RecordList) and len(datasets.train.records) == len(datasets.train)
