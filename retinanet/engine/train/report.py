@@ -20,7 +20,6 @@ import json
 import math
 import os
 import resource
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ from retinanet.engine.runtime import distributed as D
 from retinanet.engine.runtime.run_dir import SUMMARY_FILES
 from retinanet.errors import RetinaNetError
 from retinanet.files import write_atomic
+from retinanet.shell import command_line
 
 LOSSES = ("loss", "classification", "bbox_regression")
 TB_HINT = "pip install 'retinanet[tensorboard]'"
@@ -309,7 +309,7 @@ def eval_command(data_cfg: DataConfig, root: Path, weights: Path) -> str:
         parts.append("--skip-bad")
     if data_cfg.crop:  # a crop-trained model sees native-resolution tiles (as its evaluations did)
         parts.append("--tile")
-    return shlex.join(parts)
+    return command_line(parts)
 
 
 def make_summary(out: Path, history: list[dict[str, Any]], best_ap: float, best_epoch: int, stopped: str, seconds: float,
@@ -335,14 +335,14 @@ def make_summary(out: Path, history: list[dict[str, Any]], best_ap: float, best_
         "best": str(out / "best.pt"), "last": str(out / "last.pt"),
         "commands": {} if not weights.exists() else {
             "eval": eval_command(data_cfg, root, weights),
-            "predict": shlex.join(["retinanet", "predict", "IMAGES", "--weights", str(weights), "--out", str(out / "predict"),
+            "predict": command_line(["retinanet", "predict", "IMAGES", "--weights", str(weights), "--out", str(out / "predict"),
                                    *(["--tile"] if data_cfg.crop else [])]),
-            "export": shlex.join(["retinanet", "export", "--weights", str(weights), "--out", str(out / "model.onnx")])},
+            "export": command_line(["retinanet", "export", "--weights", str(weights), "--out", str(out / "model.onnx")])},
     }
     if stopped != "finished":  # under torchrun, resumed by the same number of processes (a resume checks it)
         launcher = ["torchrun", f"--nproc_per_node={world}", "-m", "retinanet"] if world > 1 else ["retinanet"]
         # the folder: its newest checkpoint is taken (interrupted.pt, or last.pt for a stop after an evaluation)
-        summary["resume"] = shlex.join([*launcher, "train", "--resume", str(out)])
+        summary["resume"] = command_line([*launcher, "train", "--resume", str(out)])
     return summary
 
 

@@ -157,3 +157,20 @@ def test_another_ranks_own_error_is_appended_to_rank_0s_log_and_shared_ones_are_
     assert main_log.read_text().splitlines()[-1] == "rank 1: error: RuntimeError: CUDA out of memory"
     end_with(RetinaNetError("y"), errors_to=tmp_path / "elsewhere" / "train.log")  # not on this machine's disk
     assert not (tmp_path / "elsewhere").exists()
+
+
+
+def test_next_and_resume_commands_are_quoted_for_the_platforms_shell(tmp_path, monkeypatch):
+    """POSIX shells get ``'run 1'``; cmd.exe and PowerShell do not read single quotes: ``"run 1"`` on Windows."""
+    import retinanet.engine.train.report as report
+
+    out = tmp_path / "run 1"
+    out.mkdir()
+    (out / "best.pt").write_bytes(b"")
+    history = [_row(1, ap=0.4)]
+    for platform, quoted in (("linux", f"'{out}'"), ("win32", f'"{out}"')):
+        monkeypatch.setattr(report.sys, "platform", platform)
+        s = make_summary(out, history, 0.4, 1, "SIGINT", 10.0, 1, DataConfig(root="voc"), tmp_path / "voc")
+        assert s["resume"] == f"retinanet train --resume {quoted}"
+        assert s["commands"]["eval"].startswith(f"retinanet eval --weights {quoted[0]}{out / 'best.pt'}{quoted[0]} ")
+        assert all(quoted[0] in c for c in s["commands"].values())
