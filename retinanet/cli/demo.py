@@ -119,7 +119,7 @@ def val_images(root: Path, n: int) -> list[Path]:
     listing = year / "ImageSets" / "Main" / "val.txt"
     if not listing.is_file():
         raise RetinaNetError(f"{listing}: split file missing (delete {root} to regenerate the synthetic dataset)")
-    stems = [line.split()[0] for line in listing.read_text().splitlines() if line.strip()][:n]
+    stems = [line.split()[0] for line in listing.read_text(encoding="utf-8").splitlines() if line.strip()][:n]
     return [year / "JPEGImages" / f"{s}.jpg" for s in stems]
 
 
@@ -181,7 +181,7 @@ def demo_commands(opts: DemoOptions, root: Path, images: list[Path], train_minut
 
 def _metrics(path: Path) -> dict:
     try:
-        return json.loads(path.read_text()).get("metrics", {})
+        return json.loads(path.read_text(encoding="utf-8")).get("metrics", {})
     except (OSError, ValueError):
         return {}
 

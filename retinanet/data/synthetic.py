@@ -226,7 +226,7 @@ def make_synthetic(
         (voc / "ImageSets" / "Main" / f"{split}.txt").write_text("".join(n + "\n" for n in names), encoding="utf-8")
     ClassMap.discover(CLASSES).save(out / "classes.json")
     summary = {"train": num_train, "val": num_val, "objects": n_obj, "classes": len(CLASSES)}
-    (out / _DONE).write_text(json.dumps({"seed": seed, "image_size": image_size, **summary}) + "\n")
+    (out / _DONE).write_text(json.dumps({"seed": seed, "image_size": image_size, **summary}) + "\n", encoding="utf-8")
     return summary
 
 

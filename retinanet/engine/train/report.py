@@ -95,7 +95,7 @@ def append_line(path: Path, text: str) -> bool:
     except OSError:
         return False
     try:
-        os.write(fd, (text + "\n").encode())
+        os.write(fd, (text + "\n").encode("utf-8", "surrogateescape"))
         return True
     except OSError:
         return False
@@ -113,7 +113,8 @@ class RunLog:
     """
 
     def __init__(self, path: Path | None, echo: bool, errors_to: Path | None = None):
-        self.file = path.open("a") if path is not None else None
+        # UTF-8 whatever the locale; surrogateescape: a path argument that was not decodable keeps its bytes
+        self.file = path.open("a", encoding="utf-8", errors="surrogateescape") if path is not None else None
         self.echo = echo
         self.errors_to = errors_to
 
