@@ -1,5 +1,8 @@
 """The package on other platforms, emulated on this one in a subprocess each:
 
+- Windows' standard library: no ``fcntl`` (the run folder's lock), no ``resource`` (peak memory);
+  ``msvcrt`` is absent here too, so the lock's platform-without-either path runs (its Windows path is
+  tests/engine/runtime/test_concurrent_use.py's, with a stand-in ``msvcrt``).
 - A locale that is not UTF-8 (Windows' cp1252 when output is redirected, ``open()`` without an
   encoding): ``PYTHONUTF8=0 LC_ALL=C`` makes both ASCII, which cannot hold ``猫`` or ``é`` either.
 """
@@ -22,6 +25,20 @@ TINY = ["--arch", "resnet18_fpn", "--norm", "bn", "--min-size", "64", "--max-siz
         "--head-convs", "1", "--epochs", "1", "--batch-size", "2", "--warmup-iters", "1", "--workers", "0",
         "--device", "cpu", "--from-scratch"]
 
+# Windows' standard library: these modules do not exist there ('import fcntl' raises ImportError)
+NO_POSIX = """
+import runpy, sys
+for name in ("fcntl", "resource", "msvcrt"):
+    sys.modules[name] = None
+sys.argv = ["retinanet", "--help"]
+try:
+    runpy.run_module("retinanet", run_name="__main__", alter_sys=True)
+except SystemExit as end:
+    assert end.code in (0, None), end.code
+from retinanet.cli import main
+sys.exit(main({argv!r}))
+"""
+
 
 def _python(code: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     env = dict(os.environ if env is None else env, OMP_NUM_THREADS="1")
@@ -34,6 +51,17 @@ def data_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("syn")
     make_synthetic(root, num_train=2, num_val=1, image_size=64, seed=0)
     return root / "VOCdevkit"
+
+
+@pytest.mark.slow
+def test_without_fcntl_and_resource_help_and_a_training_run(data_root, tmp_path):
+    out = tmp_path / "run"
+    done = _python(NO_POSIX.format(argv=["train", "--data", str(data_root), "--out", str(out), *TINY]))
+    stdout, stderr = done.stdout.decode(), done.stderr.decode()
+    assert done.returncode == 0, stderr
+    assert "usage: retinanet" in stdout and "training finished: 1 epoch(s)" in stdout
+    assert "peak mem - MiB" in stdout  # no reading without resource (Windows itself reads it through ctypes)
+    assert (out / "best.pt").is_file() and (out / ".lock").read_text() == ""  # held (without a lock here), let go
 
 
 def _unicode_classes(voc_root: Path) -> None:
