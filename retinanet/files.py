@@ -11,14 +11,15 @@ holds is ``retinanet.engine.runtime.checkpoint``'s business, torchvision's files
 ``retinanet.model.weights``'.
 
 An output folder is held by one process at a time (``hold_folder``: an advisory ``flock`` on
-``FOLDER/.lock``, released by the OS when the process ends, however it ends); a write that was
+``FOLDER/.lock``, released by the OS when the process ends, however it ends; on Windows a
+``msvcrt.locking`` byte lock, which Windows also releases when the process ends); a write that was
 killed leaves its temporary file, which ``remove_stale_temporaries`` clears under that lock.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
+import errno
 import hashlib
 import os
 import pickle
@@ -35,6 +36,16 @@ from typing import IO, Any
 import torch
 
 from retinanet.errors import CheckpointError, RetinaNetError
+
+# The folder lock (hold_folder): flock where there is fcntl (POSIX), msvcrt.locking on Windows.
+try:
+    import fcntl
+except ImportError:
+    fcntl = None
+try:
+    import msvcrt
+except ImportError:
+    msvcrt = None
 
 def umask() -> int:
     """The process's file-creation mask (read by setting it and putting it back)."""
@@ -69,7 +80,8 @@ def write_atomic(path: str | os.PathLike, content: bytes | str | Callable[[IO[by
             else:
                 f.write(content.encode("utf-8") if isinstance(content, str) else content)
             f.flush()
-            os.fchmod(f.fileno(), 0o666 & ~umask())
+            if hasattr(os, "fchmod"):  # not on Windows before Python 3.13, where mode bits mean little anyway
+                os.fchmod(f.fileno(), 0o666 & ~umask())
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as err:
@@ -134,11 +146,63 @@ def remove_stale_temporaries(folder: str | os.PathLike, names: Iterable[str]) ->
     return removed
 
 
+# Windows locks byte ranges, and a range another process has locked cannot be read: the lock is
+# taken on one byte far past the pid line, so the holder stays readable.
+_WINDOWS_LOCK_AT = 1 << 30
+# msvcrt.locking's errno when another process holds the byte (EDEADLOCK: Windows' name, EDEADLK elsewhere)
+_LOCK_HELD = {errno.EACCES, getattr(errno, "EDEADLOCK", errno.EDEADLK)}
+
+
+def _try_lock(fd: int) -> bool:
+    """Take the exclusive lock on open file ``fd`` without waiting: True when taken, False when
+    another process holds it. ``fcntl.flock`` (POSIX), else ``msvcrt.locking`` (Windows); where the
+    platform has neither, no lock is taken (True): the run works, but a second process in the same
+    folder is not refused."""
+    if fcntl is not None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+    if msvcrt is not None:
+        os.lseek(fd, _WINDOWS_LOCK_AT, os.SEEK_SET)
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError as err:
+            if err.errno in _LOCK_HELD:
+                return False
+            raise
+    return True
+
+
+def _release(fd: int, locked: bool) -> None:
+    """Close ``fd``, which releases its lock (Windows asks for a byte lock taken to be undone first)."""
+    if locked and fcntl is None and msvcrt is not None:
+        with contextlib.suppress(OSError):
+            os.lseek(fd, _WINDOWS_LOCK_AT, os.SEEK_SET)
+            msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+    os.close(fd)
+
+
+def _read_start(fd: int, size: int) -> bytes:
+    """Up to ``size`` bytes from the start of ``fd`` (``os.pread`` is POSIX only)."""
+    os.lseek(fd, 0, os.SEEK_SET)
+    return os.read(fd, size)
+
+
+def _replace_content(fd: int, data: bytes) -> None:
+    """Make ``data`` the whole content of ``fd``."""
+    os.ftruncate(fd, 0)
+    os.lseek(fd, 0, os.SEEK_SET)
+    os.write(fd, data)
+
+
 @contextlib.contextmanager
 def hold_folder(folder: str | os.PathLike, what: str, option: str = "--out") -> Iterator[Path]:
     """Hold output folder ``folder`` for this process while the block runs: an exclusive advisory
-    lock (``fcntl.flock``) on ``FOLDER/.lock``, which holds this process's pid and ``what``. The OS
-    releases it when the process ends, also when it is killed: a folder is never left locked.
+    lock (``fcntl.flock``; on Windows ``msvcrt.locking``, ``_try_lock``) on ``FOLDER/.lock``, which
+    holds this process's pid and ``what``. The OS releases it when the process ends, also when it is
+    killed: a folder is never left locked.
     ``folder`` is checked (``check_output_path``) and created first; when the block ends and the
     folders this call created hold nothing but the lock (a command that failed before writing),
     they are removed again, so a failed command leaves no empty output folder behind.
@@ -154,22 +218,24 @@ def hold_folder(folder: str | os.PathLike, what: str, option: str = "--out") -> 
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
     except OSError as err:
         raise RetinaNetError(f"{option} {folder}: cannot create {lock.name} in it ({err.strerror or err})") from err
+    locked = False
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 500, 0).decode("utf-8", "replace").strip() or "a process that has not written its pid yet"
+        locked = _try_lock(fd)
+        if not locked:
+            holder = _read_start(fd, 500).decode("utf-8", "replace").strip() or "a process that has not written its pid yet"
             raise RetinaNetError(f"{option} {folder}: in use by another process ({holder}); two runs in one folder "
                                  "overwrite each other's files: wait for it to end, stop it, or choose another "
                                  f"{option}") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()}: {what}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
+        _replace_content(fd, f"pid {os.getpid()}: {what}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode("utf-8"))
         yield folder
         os.ftruncate(fd, 0)  # the pid of a process that no longer holds the folder is not left behind
     finally:
+        if os.name == "nt":  # Windows deletes no open file: released first; one another process opened since stays
+            _release(fd, locked)
         if created:
             _remove_if_only_lock(created, lock)
-        os.close(fd)  # releases the lock
+        if os.name != "nt":
+            _release(fd, locked)  # after the removal: no other process can take a lock file that is being deleted
 
 
 def _remove_if_only_lock(created: list[Path], lock: Path) -> None:

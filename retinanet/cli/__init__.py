@@ -10,6 +10,7 @@ options -> config dicts step in ``retinanet.cli.options``.
 from __future__ import annotations
 
 import argparse
+import codecs
 import contextlib
 import sys
 import warnings
@@ -90,7 +91,8 @@ def cmd_make_synthetic(args: argparse.Namespace) -> int:
     print(f"wrote {s['train']} train + {s['val']} val images ({size}x{size}{kind}), {s['objects']} objects "
           f"of {s['classes']} classes to {args.out} (VOCdevkit/VOC2012, class map {args.out}/classes.json)")
     voc = Path(args.out) / "VOCdevkit" / "VOC2012"
-    listed = {n for f in ("train", "val") for n in (voc / "ImageSets" / "Main" / f"{f}.txt").read_text().split()}
+    listed = {n for f in ("train", "val")
+              for n in (voc / "ImageSets" / "Main" / f"{f}.txt").read_text(encoding="utf-8").split()}
     stale = [f for d in ("JPEGImages", "Annotations") for f in (voc / d).iterdir() if f.stem not in listed]
     if stale:  # an earlier, larger set in the same folder: the split files are right, a flat read of the folder is not
         print(f"warning: {len(stale)} file(s) of an earlier dataset in {voc} are not part of this one (e.g. "
@@ -377,7 +379,20 @@ def plain_warnings(command: str):
         warnings.showwarning = python_show
 
 
+def console_safe(stream) -> None:
+    """Make ``stream`` (stdout, stderr) print what its encoding cannot hold as ``\\xe9``-style escapes
+    instead of raising UnicodeEncodeError: Windows consoles and redirected output use the locale's
+    code page (cp1252, ...), which has no ``猫``. The encoding is kept; a UTF-8 stream, or one that
+    cannot be reconfigured (a test's StringIO), is left alone."""
+    encoding = getattr(stream, "encoding", None)
+    if encoding is None or not hasattr(stream, "reconfigure") or codecs.lookup(encoding).name == "utf-8":
+        return
+    stream.reconfigure(errors="backslashreplace")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    console_safe(sys.stdout)
+    console_safe(sys.stderr)
     args = build_parser().parse_args(argv)
     try:
         with plain_warnings(args.command):

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -35,6 +34,7 @@ from retinanet.engine.runtime.precision import cpu_bf16_flags, cpu_has_native_bf
 from retinanet.engine.runtime.run_dir import holds_run
 from retinanet.errors import RetinaNetError
 from retinanet.files import write_atomic
+from retinanet.shell import command_line
 
 RECIPE = "demo_synthetic"
 DEMO_MARKER = ".retinanet-demo"  # in a demo's --out: its train/ is a demo run, which the next demo may replace
@@ -119,7 +119,7 @@ def val_images(root: Path, n: int) -> list[Path]:
     listing = year / "ImageSets" / "Main" / "val.txt"
     if not listing.is_file():
         raise RetinaNetError(f"{listing}: split file missing (delete {root} to regenerate the synthetic dataset)")
-    stems = [line.split()[0] for line in listing.read_text().splitlines() if line.strip()][:n]
+    stems = [line.split()[0] for line in listing.read_text(encoding="utf-8").splitlines() if line.strip()][:n]
     return [year / "JPEGImages" / f"{s}.jpg" for s in stems]
 
 
@@ -181,7 +181,7 @@ def demo_commands(opts: DemoOptions, root: Path, images: list[Path], train_minut
 
 def _metrics(path: Path) -> dict:
     try:
-        return json.loads(path.read_text()).get("metrics", {})
+        return json.loads(path.read_text(encoding="utf-8")).get("metrics", {})
     except (OSError, ValueError):
         return {}
 
@@ -208,9 +208,9 @@ def format_demo_results(out: Path, root: Path, seconds: dict[str, float]) -> str
         "next:",
         "  retinanet check-data --data PATH/TO/VOCdevkit          # your own data (VOC, flat VOC export, COCO JSON or YOLO data.yaml)",
         "  retinanet train --data PATH/TO/VOCdevkit --out runs/mine",
-        f"  retinanet eval --weights {best} --data {root} --voc",
-        f"  retinanet predict IMAGES_OR_FOLDER --weights {best}",
-        f"  retinanet export --weights {best} --out {out / 'model.onnx'}",
+        f"  {command_line(['retinanet', 'eval', '--weights', str(best), '--data', str(root), '--voc'])}",
+        f"  {command_line(['retinanet', 'predict', 'IMAGES_OR_FOLDER', '--weights', str(best)])}",
+        f"  {command_line(['retinanet', 'export', '--weights', str(best), '--out', str(out / 'model.onnx')])}",
     ])
 
 
@@ -236,7 +236,7 @@ def run_demo(opts: DemoOptions, run_command: Callable[[Sequence[str]], int]) -> 
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / DEMO_MARKER, "written by retinanet demo: train/ here is a demo run, which the next demo may replace\n")
     for k, (name, argv) in enumerate(commands, start=2):
-        print(f"\n[{k}/4] retinanet {shlex.join(argv)}", flush=True)
+        print(f"\n[{k}/4] {command_line(['retinanet', *argv])}", flush=True)
         t0 = time.time()
         try:
             code = run_command(argv)
@@ -258,7 +258,8 @@ def _check_training(run: Path, started: float) -> int:
     """0 when this run wrote ``run/best.pt`` and was not interrupted (Ctrl-C); else a message and non-zero."""
     interrupted = run / "interrupted.pt"
     if _written_since(interrupted, started):
-        print(f"retinanet demo: training was interrupted; resume it with: retinanet train --resume {interrupted}", file=sys.stderr)
+        resume = command_line(["retinanet", "train", "--resume", str(interrupted)])
+        print(f"retinanet demo: training was interrupted; resume it with: {resume}", file=sys.stderr)
         return 130
     if not _written_since(run / "best.pt", started):
         print(f"retinanet demo: error: training wrote no {run / 'best.pt'}; stopped", file=sys.stderr)

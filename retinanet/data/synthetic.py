@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from retinanet.data.classes import ClassMap
+from retinanet.errors import RetinaNetError
 
 CLASSES = ("circle", "square", "star", "triangle")
 COLOURS = ((220, 40, 40), (40, 180, 60), (50, 90, 230), (240, 200, 30), (200, 60, 200), (30, 200, 210), (250, 250, 250), (20, 20, 20))
@@ -225,7 +226,7 @@ def make_synthetic(
         (voc / "ImageSets" / "Main" / f"{split}.txt").write_text("".join(n + "\n" for n in names), encoding="utf-8")
     ClassMap.discover(CLASSES).save(out / "classes.json")
     summary = {"train": num_train, "val": num_val, "objects": n_obj, "classes": len(CLASSES)}
-    (out / _DONE).write_text(json.dumps({"seed": seed, "image_size": image_size, **summary}) + "\n")
+    (out / _DONE).write_text(json.dumps({"seed": seed, "image_size": image_size, **summary}) + "\n", encoding="utf-8")
     return summary
 
 
@@ -238,20 +239,34 @@ def ensure_synthetic(root: str | Path | None = None, **options) -> Path:
     Returns:
         the root folder.
     """
+    in_cache = root is None
     root = Path(root) if root is not None else default_synthetic_root(**options)
     if (root / _DONE).is_file():
         return root
     # Written beside, then renamed: concurrent processes (DDP ranks) never read a half-written set.
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
+    try:
+        root.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
+    except OSError as err:
+        raise RetinaNetError(unwritable_cache(root.parent, err, in_cache)) from None
     try:
         make_synthetic(tmp, **{**DEFAULTS, **options})
         if root.exists() and not (root / _DONE).is_file():
             shutil.rmtree(root)  # an interrupted earlier attempt
         os.rename(tmp, root)
-    except OSError:
+    except OSError as err:
         if not (root / _DONE).is_file():  # not another process's win: a real failure
-            raise
+            raise RetinaNetError(unwritable_cache(root.parent, err, in_cache)) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return root
+
+
+def unwritable_cache(folder: Path, err: OSError, in_cache: bool) -> str:
+    """The one-line message for a synthetic dataset that cannot be written into ``folder`` (a
+    read-only home, as under ``docker --user`` or on some clusters); ``in_cache``: ``folder`` is in
+    the cache, which ``RETINANET_CACHE`` moves."""
+    message = f"{folder}: cannot write the synthetic dataset there ({err.strerror or err})"
+    if in_cache:
+        message += "; set RETINANET_CACHE to a writable folder (the cache, by default ~/.cache/retinanet)"
+    return message

@@ -16,6 +16,7 @@ import re
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
+from urllib.error import URLError
 from urllib.parse import urlparse
 
 import torch
@@ -104,17 +105,27 @@ def verify_hash(path: Path, source: str) -> str:
     return digest
 
 
+def unwritable_cache(folder: Path, source: str, err: OSError) -> str:
+    """The one-line message for a weights cache folder that cannot be created or written."""
+    return (f"{folder}: cannot store the {source} weights there ({err.strerror or err}); set TORCH_HOME to a writable "
+            "folder (they go to $TORCH_HOME/hub/checkpoints, by default ~/.cache/torch/hub/checkpoints)")
+
+
 def fetch(url: str, source: str, progress: bool = True) -> tuple[Path, str]:
     """The cached copy of ``url`` (downloaded first if absent), its hash checked; ``(path, sha256)``.
 
     Raises:
         CheckpointError: the download failed (the message names the URL and where to put the file
-            by hand), or the file's sha256 does not fit the hash in its name.
+            by hand), the cache folder cannot be created or written (the message names it and
+            ``TORCH_HOME``), or the file's sha256 does not fit the hash in its name.
     """
     path = cache_dir() / os.path.basename(urlparse(url).path)
     if not path.is_file():
         match = HASH_IN_NAME.search(path.name)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:  # a read-only home (docker --user, cluster accounts)
+            raise CheckpointError(unwritable_cache(path.parent, source, err)) from None
         try:
             torch.hub.download_url_to_file(url, str(path), hash_prefix=match.group(1) if match else None,
                                            progress=progress)
@@ -122,6 +133,8 @@ def fetch(url: str, source: str, progress: bool = True) -> tuple[Path, str]:
             raise CheckpointError(f"{url}: the downloaded file is not the official one ({err}); "
                                   "nothing was saved") from None
         except OSError as err:  # no network, DNS, HTTP errors (urllib's are OSErrors)
+            if err.filename is not None and not isinstance(err, URLError):  # a local file: the cache folder's fault
+                raise CheckpointError(unwritable_cache(path.parent, source, err)) from None
             reason = getattr(err, "reason", None) or err
             raise CheckpointError(f"cannot download the {source} weights from {url} ({reason}). Without network "
                                   f"access, download that file elsewhere and put it at {path} (set TORCH_HOME to "

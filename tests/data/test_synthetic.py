@@ -82,3 +82,15 @@ def test_cli_large(tmp_path, capsys):
     assert "wrote 1 train + 1 val images (200x200, up to 30 objects of 12-20 px per image)" in out
     assert main(["make-synthetic", str(tmp_path / "t"), "--object-size", "30", "12"]) == 2
     assert "need 4 <= MIN <= MAX" in capsys.readouterr().err
+
+
+def test_an_unwritable_cache_is_one_line_naming_the_folder_and_retinanet_cache(tmp_path, monkeypatch, run_cli):
+    """A read-only home (docker --user, cluster accounts): here a cache under a regular file, which fails even
+    for root (NotADirectoryError); any OSError gets the same message."""
+    (tmp_path / "afile").write_text("")
+    monkeypatch.setenv("RETINANET_CACHE", str(tmp_path / "afile" / "cache"))
+    status, err = run_cli(["check-data"])  # no --data: the synthetic dataset, written into the cache
+    folder = tmp_path / "afile" / "cache" / "synthetic"
+    assert status == 2 and err.strip().splitlines() == [
+        f"retinanet check-data: error: {folder}: cannot write the synthetic dataset there (Not a directory); "
+        "set RETINANET_CACHE to a writable folder (the cache, by default ~/.cache/retinanet)"], err

@@ -124,3 +124,28 @@ def test_a_run_folder_given_as_weights_names_its_checkpoint(tmp_path):
     (tmp_path / "run" / "best.pt").write_bytes(b"")
     with pytest.raises(CheckpointError, match=f"a folder, not a checkpoint file; give the file, e.g. {tmp_path / 'run' / 'best.pt'}"):
         read_file(tmp_path / "run")
+
+
+def test_an_unwritable_weights_cache_names_the_folder_and_torch_home(tmp_path, monkeypatch):
+    """A read-only home: TORCH_HOME's folder cannot be made (here under a regular file, which fails even for
+    root) or written (the download's temporary file): one message naming the folder and TORCH_HOME."""
+    url, _ = serve(tmp_path, "resnet18", {"conv1.weight": torch.ones(2)})
+    monkeypatch.setitem(W.IMAGENET_URLS, "resnet18", url)
+    (tmp_path / "afile").write_text("")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "afile" / "torch"))
+    folder = tmp_path / "afile" / "torch" / "hub" / "checkpoints"
+    with pytest.raises(CheckpointError) as err:
+        W.weights_file("imagenet", "resnet18", progress=False)
+    assert str(err.value) == (f"{folder}: cannot store the ImageNet resnet18 weights there (Not a directory); "
+                              "set TORCH_HOME to a writable folder (they go to $TORCH_HOME/hub/checkpoints, by "
+                              "default ~/.cache/torch/hub/checkpoints)")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # the folder is there, writing into it fails
+
+    def refused(url, dst, **kwargs):
+        raise PermissionError(13, "Permission denied", dst + ".partial")
+
+    monkeypatch.setattr(W.torch.hub, "download_url_to_file", refused)
+    with pytest.raises(CheckpointError, match=f"^{tmp_path / 'torch' / 'hub' / 'checkpoints'}: cannot store the "
+                                              r"ImageNet resnet18 weights there \(Permission denied\); set TORCH_HOME"):
+        W.weights_file("imagenet", "resnet18", progress=False)

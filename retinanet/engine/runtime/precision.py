@@ -68,7 +68,7 @@ def cpu_bf16_flags() -> tuple[str, ...]:
     """The native-bf16 flags of this CPU found in ``/proc/cpuinfo`` (``avx512_bf16``, ``amx_bf16``);
     empty where there is no such file (not Linux) or no such flag."""
     try:
-        text = Path("/proc/cpuinfo").read_text()
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
     except OSError:
         return ()
     flags = set()

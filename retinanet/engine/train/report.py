@@ -15,12 +15,11 @@
 from __future__ import annotations
 
 import csv
+import ctypes
 import io
 import json
 import math
 import os
-import resource
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -30,12 +29,18 @@ import torch
 from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
 from tqdm import tqdm
 
+try:  # POSIX only; on Windows the peak comes from GetProcessMemoryInfo (ctypes)
+    import resource
+except ImportError:
+    resource = None
+
 from retinanet.config import DataConfig
 from retinanet.engine.evaluate.coco import METRIC_NAMES
 from retinanet.engine.runtime import distributed as D
 from retinanet.engine.runtime.run_dir import SUMMARY_FILES
 from retinanet.errors import RetinaNetError
 from retinanet.files import drop_output, write_atomic
+from retinanet.shell import command_line
 
 LOSSES = ("loss", "classification", "bbox_regression")
 TB_HINT = "pip install 'retinanet[tensorboard]'"
@@ -51,11 +56,49 @@ def _fmt(v: float | None, spec: str = ".4f") -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
 
 
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak GPU memory allocated (CUDA) or peak resident memory of this process (CPU), MiB."""
+def peak_memory_mb(device: torch.device) -> float | None:
+    """Peak GPU memory allocated (CUDA) or peak resident memory of this process (CPU), MiB; None
+    where the platform does not say (shown as "-")."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_rss_bytes()
+    return None if peak is None else peak / 2**20
+
+
+def peak_rss_bytes() -> int | None:
+    """This process's peak resident memory in bytes, or None where it cannot be read.
+
+    ``ru_maxrss`` is in KiB on Linux and the BSDs but in bytes on macOS; Windows has no
+    ``resource`` module and reports the peak working set instead.
+    """
+    if sys.platform == "win32":
+        return _windows_peak_working_set()
+    if resource is None:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+class _ProcessMemoryCounters(ctypes.Structure):
+    """Windows' PROCESS_MEMORY_COUNTERS (psapi.h)."""
+    _fields_ = [("cb", ctypes.c_uint32), ("PageFaultCount", ctypes.c_uint32),
+                *((name, ctypes.c_size_t) for name in (
+                    "PeakWorkingSetSize", "WorkingSetSize", "QuotaPeakPagedPoolUsage", "QuotaPagedPoolUsage",
+                    "QuotaPeakNonPagedPoolUsage", "QuotaNonPagedPoolUsage", "PagefileUsage", "PeakPagefileUsage"))]
+
+
+def _windows_peak_working_set() -> int | None:
+    """``PeakWorkingSetSize`` of this process (kernel32's K32GetProcessMemoryInfo), None on failure."""
+    try:
+        kernel32 = ctypes.WinDLL("kernel32")
+        kernel32.GetCurrentProcess.restype = ctypes.c_void_p
+        counters = _ProcessMemoryCounters()
+        counters.cb = ctypes.sizeof(counters)
+        ok = kernel32.K32GetProcessMemoryInfo(ctypes.c_void_p(kernel32.GetCurrentProcess()), ctypes.byref(counters),
+                                              counters.cb)
+    except (AttributeError, OSError):  # not Windows after all, or an old kernel32
+        return None
+    return counters.PeakWorkingSetSize if ok else None
 
 
 def ending_line(exc_type: type[BaseException], exc: BaseException | None) -> str:
@@ -95,7 +138,7 @@ def append_line(path: Path, text: str) -> bool:
     except OSError:
         return False
     try:
-        os.write(fd, (text + "\n").encode())
+        os.write(fd, (text + "\n").encode("utf-8", "surrogateescape"))
         return True
     except OSError:
         return False
@@ -113,7 +156,8 @@ class RunLog:
     """
 
     def __init__(self, path: Path | None, echo: bool, errors_to: Path | None = None):
-        self.file = path.open("a") if path is not None else None
+        # UTF-8 whatever the locale; surrogateescape: a path argument that was not decodable keeps its bytes
+        self.file = path.open("a", encoding="utf-8", errors="surrogateescape") if path is not None else None
         self.echo = echo
         self.errors_to = errors_to
 
@@ -191,7 +235,7 @@ def epoch_line(row: dict[str, Any], epochs: int, improved: bool) -> str:
            f"train {row['time_s']:.1f} s, {row['images_per_s']:.1f} img/s")
     if row["eval_s"] is not None:
         msg += f", eval {row['eval_s']:.1f} s"
-    msg += f", peak mem {row['peak_mem_mb']:.0f} MiB"
+    msg += f", peak mem {_fmt(row['peak_mem_mb'], '.0f')} MiB"
     return msg + (f", {row['skipped_steps']} non-finite step(s) skipped" if row["skipped_steps"] else "")
 
 
@@ -313,7 +357,7 @@ def eval_command(data_cfg: DataConfig, root: Path, weights: Path) -> str:
         parts.append("--skip-bad")
     if data_cfg.crop:  # a crop-trained model sees native-resolution tiles (as its evaluations did)
         parts.append("--tile")
-    return shlex.join(parts)
+    return command_line(parts)
 
 
 def make_summary(out: Path, history: list[dict[str, Any]], best_ap: float, best_epoch: int, stopped: str, seconds: float,
@@ -333,20 +377,20 @@ def make_summary(out: Path, history: list[dict[str, Any]], best_ap: float, best_
         "out": str(out), "stopped": stopped, "history": history, "best_ap": best_ap, "best_epoch": best_epoch,
         "best_ap50": best_row["AP50"] if best_row else None, "last_metrics": history[-1] if history else None,
         "time_s": seconds, "train_time_s": train_s, "images_per_s": images / train_s if train_s > 0 else None,
-        "peak_mem_mb": max((r["peak_mem_mb"] for r in history), default=None),
+        "peak_mem_mb": max((r["peak_mem_mb"] for r in history if r["peak_mem_mb"] is not None), default=None),
         "skipped_steps": sum(r["skipped_steps"] for r in history), "world_size": world, "rank": D.get_rank(),
         "reinitialised": list(reinitialised or []), "files": files,
         "best": str(out / "best.pt"), "last": str(out / "last.pt"),
         "commands": {} if not weights.exists() else {
             "eval": eval_command(data_cfg, root, weights),
-            "predict": shlex.join(["retinanet", "predict", "IMAGES", "--weights", str(weights), "--out", str(out / "predict"),
+            "predict": command_line(["retinanet", "predict", "IMAGES", "--weights", str(weights), "--out", str(out / "predict"),
                                    *(["--tile"] if data_cfg.crop else [])]),
-            "export": shlex.join(["retinanet", "export", "--weights", str(weights), "--out", str(out / "model.onnx")])},
+            "export": command_line(["retinanet", "export", "--weights", str(weights), "--out", str(out / "model.onnx")])},
     }
     if stopped != "finished":  # under torchrun, resumed by the same number of processes (a resume checks it)
         launcher = ["torchrun", f"--nproc_per_node={world}", "-m", "retinanet"] if world > 1 else ["retinanet"]
         # the folder: its newest checkpoint is taken (interrupted.pt, or last.pt for a stop after an evaluation)
-        summary["resume"] = shlex.join([*launcher, "train", "--resume", str(out)])
+        summary["resume"] = command_line([*launcher, "train", "--resume", str(out)])
     return summary
 
 

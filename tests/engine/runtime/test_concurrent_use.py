@@ -161,3 +161,56 @@ def test_a_command_that_fails_leaves_no_output_folder_it_created(tmp_path, run_c
     with hold_folder(tmp_path / "kept", "test") as folder:
         (folder / "out.txt").write_text("x")
     assert (tmp_path / "kept" / "out.txt").exists()
+
+
+class FakeMsvcrt:
+    """Windows' ``msvcrt.locking`` (a byte lock at the file position; EACCES when another holds it), made of
+    ``flock`` here, which also refuses a second open file of the same process. Records (mode, position)."""
+    LK_UNLCK, LK_NBLCK = 0, 2
+
+    def __init__(self):
+        import fcntl
+        self.fcntl, self.calls = fcntl, []
+
+    def locking(self, fd, mode, nbytes):
+        import errno
+        self.calls.append((mode, os.lseek(fd, 0, os.SEEK_CUR), nbytes))
+        if mode == self.LK_UNLCK:
+            return self.fcntl.flock(fd, self.fcntl.LOCK_UN)
+        try:
+            self.fcntl.flock(fd, self.fcntl.LOCK_EX | self.fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise PermissionError(errno.EACCES, "Permission denied") from None
+
+
+def test_on_windows_msvcrt_locking_holds_the_folder_and_the_holder_stays_readable(tmp_path, monkeypatch):
+    """Without fcntl (Windows), ``msvcrt.locking`` on one byte far past the pid line: a second holder is refused
+    naming the first one's pid (the line is readable: Windows would refuse reading a locked byte)."""
+    import retinanet.files as files
+
+    fake = FakeMsvcrt()
+    monkeypatch.setattr(files, "fcntl", None)
+    monkeypatch.setattr(files, "msvcrt", fake)
+    with hold_folder(tmp_path, "first"):
+        with pytest.raises(RetinaNetError, match=f"in use by another process \\(pid {os.getpid()}: first"):
+            with hold_folder(tmp_path, "second"):
+                pass
+    with hold_folder(tmp_path, "third"):
+        pass
+    assert {pos for _, pos, _ in fake.calls} == {files._WINDOWS_LOCK_AT} and all(n == 1 for *_, n in fake.calls)
+    assert [mode for mode, *_ in fake.calls] == [2, 2, 0, 2, 0]  # the refused one never held it: nothing to undo
+    assert (tmp_path / ".lock").read_text() == ""
+
+
+def test_without_fcntl_or_msvcrt_a_folder_is_held_without_a_lock(tmp_path, monkeypatch):
+    """A platform with neither lock still runs (the folder is created, the pid written), but cannot refuse a
+    second process: the one guarantee that needs an OS lock."""
+    import retinanet.files as files
+
+    monkeypatch.setattr(files, "fcntl", None)
+    monkeypatch.setattr(files, "msvcrt", None)
+    with hold_folder(tmp_path / "new", "first") as folder:
+        assert (folder / ".lock").read_text().startswith(f"pid {os.getpid()}: first")
+        with hold_folder(folder, "second"):
+            pass
+    assert not (tmp_path / "new").exists()  # created and left empty: removed as with the lock

@@ -157,3 +157,57 @@ def test_another_ranks_own_error_is_appended_to_rank_0s_log_and_shared_ones_are_
     assert main_log.read_text().splitlines()[-1] == "rank 1: error: RuntimeError: CUDA out of memory"
     end_with(RetinaNetError("y"), errors_to=tmp_path / "elsewhere" / "train.log")  # not on this machine's disk
     assert not (tmp_path / "elsewhere").exists()
+
+
+class _Rusage:
+    """A stand-in for the ``resource`` module: ``ru_maxrss`` in the platform's own unit."""
+    RUSAGE_SELF = 0
+
+    def __init__(self, maxrss):
+        self.maxrss = maxrss
+
+    def getrusage(self, who):
+        return type("rusage", (), {"ru_maxrss": self.maxrss})()
+
+
+@pytest.mark.parametrize("platform, maxrss", [("linux", 512 * 1024), ("darwin", 512 * 2**20), ("freebsd14", 512 * 1024)])
+def test_peak_memory_reads_ru_maxrss_in_the_platforms_unit(monkeypatch, platform, maxrss):
+    """Linux and the BSDs report ``ru_maxrss`` in KiB, macOS in bytes: 512 MiB either way."""
+    import torch
+    import retinanet.engine.train.report as report
+
+    monkeypatch.setattr(report, "resource", _Rusage(maxrss))
+    monkeypatch.setattr(report.sys, "platform", platform)
+    assert report.peak_memory_mb(torch.device("cpu")) == 512.0
+
+
+def test_without_a_peak_memory_reading_the_lines_say_dash(monkeypatch, tmp_path):
+    """No ``resource`` module (Windows' standard library; there the ctypes reading is used, None when it fails):
+    the epoch line and the summary say "-" instead of failing."""
+    import torch
+    import retinanet.engine.train.report as report
+
+    monkeypatch.setattr(report, "resource", None)
+    assert report.peak_memory_mb(torch.device("cpu")) is None
+    monkeypatch.setattr(report.sys, "platform", "win32")
+    assert report.peak_memory_mb(torch.device("cpu")) is None  # no kernel32 here: the Windows reading gives up cleanly
+    history = [{**_row(1), "peak_mem_mb": None}, {**_row(2, ap=0.4), "peak_mem_mb": None}]
+    assert "peak mem - MiB" in epoch_line(history[0], 2, improved=False)
+    s = make_summary(tmp_path, history, 0.4, 2, "finished", 10.0, 1, DataConfig(root="voc"), tmp_path / "voc")
+    assert s["peak_mem_mb"] is None and "peak memory - MiB (rank 0)" in format_run_summary(s)
+
+
+def test_next_and_resume_commands_are_quoted_for_the_platforms_shell(tmp_path, monkeypatch):
+    """POSIX shells get ``'run 1'``; cmd.exe and PowerShell do not read single quotes: ``"run 1"`` on Windows."""
+    import retinanet.engine.train.report as report
+
+    out = tmp_path / "run 1"
+    out.mkdir()
+    (out / "best.pt").write_bytes(b"")
+    history = [_row(1, ap=0.4)]
+    for platform, quoted in (("linux", f"'{out}'"), ("win32", f'"{out}"')):
+        monkeypatch.setattr(report.sys, "platform", platform)
+        s = make_summary(out, history, 0.4, 1, "SIGINT", 10.0, 1, DataConfig(root="voc"), tmp_path / "voc")
+        assert s["resume"] == f"retinanet train --resume {quoted}"
+        assert s["commands"]["eval"].startswith(f"retinanet eval --weights {quoted[0]}{out / 'best.pt'}{quoted[0]} ")
+        assert all(quoted[0] in c for c in s["commands"].values())
