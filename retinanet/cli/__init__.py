@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import codecs
 import contextlib
+import dataclasses
 import sys
 import warnings
 from collections.abc import Sequence
@@ -30,6 +31,7 @@ from retinanet.data import check_dataset, make_synthetic
 from retinanet.data.check import anchor_hint, tile_hint, write_check_outputs
 from retinanet.data.synthetic import LARGE
 from retinanet.engine.runtime.allocator import fix_mmap_threshold
+from retinanet.engine.runtime.checkpoint import stored_config
 from retinanet.engine.runtime.distributed import cleanup, is_main_process, launch_local_rank, launch_rank, local_device
 from retinanet.engine.evaluate.loop import EvalOptions, run_eval
 from retinanet.engine.export.onnx_export import DEFAULT_OPSET, ExportOptions, export_checkpoint
@@ -37,6 +39,7 @@ from retinanet.engine.infer.detector import Detector
 from retinanet.engine.infer.predict import PredictOptions, find_images, predict
 from retinanet.errors import RetinaNetError
 from retinanet.model import check_anchor_sizes
+from retinanet.model.weights import DETECTOR_URLS
 
 __all__ = ["build_parser", "data_config_from_args", "main"]
 
@@ -147,7 +150,9 @@ def _add_eval(sub) -> None:
         "no training split is needed, and --data may be a COCO val JSON alone (instances_val2017.json). Runs under torchrun too.",
     )
     p.add_argument("--weights", required=True, metavar="CKPT", help=WEIGHTS_HELP)
-    add_data_options(p)
+    add_data_options(p, data_help="VOCdevkit root, flat images+XML folder, COCO annotation JSON, or YOLO data.yaml "
+                     "(default: the dataset the checkpoint was trained on, with its split settings, said on stderr; "
+                     "needed for a torchvision weights file)")
     p.add_argument("--split", help="split to evaluate (overrides --val-split)")
     p.add_argument("--out", default="runs/eval", metavar="DIR", help="output folder [runs/eval]")
     p.add_argument("--voc", action="store_true", help="also the VOC protocol: AP50 per class, 11-point and all-point mAP")
@@ -175,11 +180,45 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return _eval(args)
 
 
+# what names the dataset a run was trained on (its split settings included): eval without --data reads them
+# from the checkpoint where its own options hold their defaults
+TRAINED_DATASET = ("root", "format", "years", "val_split", "val_fraction", "split_seed", "exif", "max_image_pixels",
+                   "synthetic_train", "synthetic_val", "synthetic_size")
+
+
+def trained_dataset(weights: str, data_cfg: DataConfig) -> tuple[DataConfig, str]:
+    """``data_cfg`` with the dataset ``weights`` was trained on (``TRAINED_DATASET``, where
+    ``data_cfg`` holds the defaults), and a line that says which. Raises ``RetinaNetError`` for
+    weights that record no dataset (a torchvision file) and for a dataset that is no longer there."""
+    stored = None if str(weights).lower() in DETECTOR_URLS else stored_config(weights)
+    if not stored or not stored.get("data"):
+        raise RetinaNetError(f"--data is needed: {weights} records no dataset (a torchvision weights file); "
+                             "--data names the one to evaluate on")
+    default, trained = DataConfig(), stored["data"]
+    taken = {k: trained[k] for k in TRAINED_DATASET if k in trained and getattr(data_cfg, k) == getattr(default, k)}
+    data_cfg = dataclasses.replace(data_cfg, **{k: tuple(v) if k == "years" else v for k, v in taken.items()})
+    root = data_cfg.root
+    if root is not None and not Path(root).exists():
+        raise RetinaNetError(f"{weights} was trained on {root}, which is not there now: give --data with where that "
+                             "dataset is now (or another to evaluate on)")
+    what = (f"the embedded synthetic dataset ({data_cfg.synthetic_train}/{data_cfg.synthetic_val} images of "
+            f"{data_cfg.synthetic_size} px)" if root is None else root)
+    return data_cfg, f"no --data: evaluating on the dataset {Path(weights).name} was trained on, {what}, split {data_cfg.val_split!r}"
+
+
 def _eval(args: argparse.Namespace) -> int:
     val_split = given_options(args, ("data",))["data"].get("val_split")  # eval's options hold their defaults
     if args.split and val_split not in (None, DataConfig().val_split, args.split):
         raise RetinaNetError(f"--split {args.split} and --val-split {val_split} both name the split to evaluate: give one")
     data_cfg = data_config_from_args(args, **({"val_split": args.split} if args.split else {}))
+    if args.data is None:  # the dataset the checkpoint was trained on, not a default one
+        try:
+            data_cfg, note = trained_dataset(args.weights, data_cfg)
+        except RetinaNetError as err:
+            err.every_rank = True  # under torchrun: said once per machine
+            raise
+        if not args.quiet and launch_local_rank() == 0:
+            print(f"retinanet eval: {note}", file=sys.stderr)
     sizes = {"min_size": args.min_size, "max_size": args.max_size, "score_thresh": args.score_thresh,
              "detections_per_img": args.max_dets}
     opts = EvalOptions(

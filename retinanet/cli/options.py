@@ -49,10 +49,12 @@ def add_amp_options(p, default: str) -> None:
     p.add_argument("--no-amp", dest="amp", action="store_const", const="off", default=default, help="= --amp off")
 
 
-def add_data_options(p: argparse.ArgumentParser, *, from_config: bool = False, augment: bool = False) -> None:
+def add_data_options(p: argparse.ArgumentParser, *, from_config: bool = False, augment: bool = False,
+                     data_help: str | None = None) -> None:
     """Dataset options shared by train, eval and check-data (``augment``: train's own too,
     ``--train-difficult`` and the augmentation).
 
+    ``data_help``: ``--data``'s help where its default differs (eval: the checkpoint's dataset).
     ``from_config`` (train): an option not given is absent from the parsed ``args`` (its value comes
     from the config file, else ``DataConfig``'s default, shown in brackets) and each switch also has
     a ``--no-`` form to turn off what a config file turned on.
@@ -61,7 +63,7 @@ def add_data_options(p: argparse.ArgumentParser, *, from_config: bool = False, a
     default = (lambda value: argparse.SUPPRESS) if from_config else (lambda value: value)
     switch = {"action": argparse.BooleanOptionalAction, "default": argparse.SUPPRESS} if from_config else {"action": "store_true"}
     g = p.add_argument_group("dataset")
-    g.add_argument("--data", metavar="ROOT", default=default(None), help="VOCdevkit root, flat images+XML folder, COCO annotation JSON, or YOLO data.yaml (default: the embedded synthetic dataset, written once under ~/.cache/retinanet/synthetic/ or $RETINANET_CACHE/synthetic/)")
+    g.add_argument("--data", metavar="ROOT", default=default(None), help=data_help or "VOCdevkit root, flat images+XML folder, COCO annotation JSON, or YOLO data.yaml (default: the embedded synthetic dataset, written once under ~/.cache/retinanet/synthetic/ or $RETINANET_CACHE/synthetic/)")
     g.add_argument("--format", choices=["voc", "voc-flat", "coco", "yolo"], default=default(None), help="force the dataset kind instead of detecting it")
     g.add_argument("--year", dest="years", action="append", metavar="YEAR", default=default(None), help="VOC year, repeatable (--year 2007 --year 2012); default: every VOC20xx folder found")
     g.add_argument("--train-split", default=default(d.train_split), help=f"training split (VOC ImageSets/Main name, COCO split or YOLO data.yaml key) [{d.train_split}]")

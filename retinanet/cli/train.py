@@ -141,6 +141,11 @@ def train_configs(args: argparse.Namespace) -> tuple[ModelConfig, DataConfig, Tr
     if start:  # the command line names the start: a config file's choice and recorded hash give way
         sections["train"] = {k: v for k, v in sections["train"].items() if k not in (*START_OPTIONS, "start_sha256")}
         given["train"] |= start
+    moved = sections["data"].get("root")  # with --resume and no --config: the checkpoint's dataset
+    if (given["train"].get("resume") and not vars(args).get("config") and source != "defaults" and "root" not in given["data"]
+            and moved and not Path(moved).exists()):
+        raise RetinaNetError(f"{source} was trained on {moved}, which is not there now: to resume with the same data "
+                             "where it is now, give --data NEW_ROOT --resume-allow root")
     if given["train"].get("resume") and "out" not in given["train"]:  # the run named continues where it is now,
         given["train"]["out"] = str(resume_file(given["train"]["resume"]).parent)  # also when its folder was moved
     return resolve_config(sections, given, source=source)

@@ -80,3 +80,24 @@ def test_coco_val_json_alone(val_only, tmp_path):
                                 "categories": [{"id": i, "name": n} for i, n in sorted(names.items())]}))
     assert _eval(["--weights", str(ckpt), "--data", str(coco)], tmp_path / "eval") == 0
     assert json.loads((tmp_path / "eval" / "eval.json").read_text())["num_images"] == 3
+
+
+def test_without_data_the_checkpoints_own_dataset_is_evaluated_and_said(val_only, tmp_path, capsys):
+    """Not the embedded synthetic set (the old default: a VOC model scored on shapes): the dataset
+    and split settings the run was trained with; a dataset moved away and a file that records no
+    dataset are one line each."""
+    from retinanet.engine.runtime.checkpoint import save_checkpoint
+    root, ckpt = val_only
+    stored = torch.load(ckpt, weights_only=True)
+    trained = tmp_path / "trained.pt"
+    stored["config"]["data"] = asdict(DataConfig(root=str(root), val_split="val", workers=0))
+    save_checkpoint(stored, trained)
+    assert main(["eval", "--weights", str(trained), "--out", str(tmp_path / "e1"), "--workers", "0", "--device", "cpu"]) == 0
+    assert json.loads((tmp_path / "e1" / "eval.json").read_text())["num_images"] == 3
+    assert f"no --data: evaluating on the dataset trained.pt was trained on, {root}, split 'val'" in capsys.readouterr().err
+    stored["config"]["data"]["root"] = str(tmp_path / "moved")
+    save_checkpoint(stored, trained)
+    assert _eval(["--weights", str(trained)], tmp_path / "e2") == 2
+    assert f"was trained on {tmp_path / 'moved'}, which is not there now: give --data" in capsys.readouterr().err
+    assert _eval(["--weights", str(ckpt)], tmp_path / "e3") == 2  # no data config stored (as a torchvision file)
+    assert "--data is needed" in capsys.readouterr().err

@@ -54,11 +54,12 @@ def test_default_recipe_and_defaults_with_data():
 
 
 def test_resume_without_config_uses_the_checkpoint_config(tmp_path):
-    stored = {"model": {"arch": "resnet18_fpn", "num_classes": 5}, "data": {"root": "somewhere", "workers": 0},
+    (tmp_path / "data").mkdir()
+    stored = {"model": {"arch": "resnet18_fpn", "num_classes": 5}, "data": {"root": str(tmp_path / "data"), "workers": 0},
               "train": {"out": str(tmp_path), "epochs": 2, "lr": 0.02}}
     torch.save({"config": stored, "model": {}}, tmp_path / "last.pt")
     m, d, t = _configs("--resume", str(tmp_path), "--epochs", "4")
-    assert m == ModelConfig(arch="resnet18_fpn", num_classes=5) and d == DataConfig(root="somewhere", workers=0)
+    assert m == ModelConfig(arch="resnet18_fpn", num_classes=5) and d == DataConfig(root=str(tmp_path / "data"), workers=0)
     assert t == TrainConfig(out=str(tmp_path), epochs=4, lr=0.02, resume=str(tmp_path))
 
 
@@ -184,3 +185,18 @@ def test_the_log_says_how_the_run_trains():
     assert line == ("training: batch 8 x 2 process(es), sgd lr 0.01, augmentation: hflip 0.5, short sides 96, 128, photometric; "
                     "EMA of the weights (decay 0.9998, ramped up over 2000 steps), evaluated and saved")
     assert "augmentation: none; no EMA" in training_line(DataConfig(hflip_prob=0.0), TrainConfig(), 1)
+
+
+def test_resuming_a_run_whose_dataset_moved_names_both_options_at_once(tmp_path, capsys):
+    from dataclasses import asdict
+
+    from retinanet.cli import main
+    from retinanet.config import DataConfig
+    from retinanet.engine.runtime.checkpoint import save_checkpoint
+    ckpt = tmp_path / "run" / "last.pt"
+    ckpt.parent.mkdir()
+    save_checkpoint({"model": {}, "config": {"data": asdict(DataConfig(root=str(tmp_path / "gone")))}}, ckpt)
+    assert main(["train", "--resume", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert f"{ckpt} was trained on {tmp_path / 'gone'}, which is not there now" in err
+    assert "give --data NEW_ROOT --resume-allow root" in err
