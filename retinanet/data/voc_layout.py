@@ -16,6 +16,7 @@ import random
 from pathlib import Path
 
 from retinanet.data.images import is_image_file, not_read
+from retinanet.data.progress import Tick, no_progress
 from retinanet.data.voc import ImageSlot, VocAnnotation, parse_voc_xml, stem_index
 from retinanet.errors import DataError
 
@@ -97,17 +98,20 @@ def read_split_ids(year_dirs: list[Path], split: str, warnings: list[str] | None
     return pairs, problems
 
 
-def parse_all(pairs: list[tuple[Path, ImageSlot]], problems: list[str]) -> list[tuple[VocAnnotation, Path, ImageSlot]]:
-    """Parse every ``(xml, image slot)`` pair; unreadable XML goes to ``problems``."""
+def parse_all(pairs: list[tuple[Path, ImageSlot]], problems: list[str], progress: Tick = no_progress,
+              ) -> list[tuple[VocAnnotation, Path, ImageSlot]]:
+    """Parse every ``(xml, image slot)`` pair; unreadable XML goes to ``problems``.
+    ``progress(done, total)`` is called after each pair."""
     out = []
-    for xml, image in pairs:
+    for done, (xml, image) in enumerate(pairs, 1):
         if not xml.is_file():
             problems.append(f"{xml}: annotation file missing")
-            continue
-        try:
-            out.append((parse_voc_xml(xml), xml, image))
-        except (ValueError, OSError) as err:
-            problems.append(str(err))
+        else:
+            try:
+                out.append((parse_voc_xml(xml), xml, image))
+            except (ValueError, OSError) as err:
+                problems.append(str(err))
+        progress(done, len(pairs))
     return out
 
 
