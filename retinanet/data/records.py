@@ -38,8 +38,10 @@ def not_finite(values) -> str | None:
     """The one rule every reader applies to the numbers of an annotation (VOC ``<bndbox>`` and
     ``<size>``, COCO ``bbox``, YOLO lines): infinity and NaN are refused, never clipped to the image
     edge. Returns why ``values`` break it (``"inf is not a finite number"``), or None when they do not."""
+    if isinstance(values, (int, float)) and math.isfinite(values):
+        return None  # the common cases without numpy: called per number (VOC) or object (COCO) of a dataset
     if isinstance(values, (list, tuple)) and all(isinstance(v, (int, float)) for v in values) and all(map(math.isfinite, values)):
-        return None  # the common case, without numpy: called per object of a dataset
+        return None
     bad = [v for v in (float(x) for x in np.asarray(values, np.float64).ravel()) if not math.isfinite(v)]
     return f"{', '.join(dict.fromkeys(map(str, bad)))} is not a finite number" if bad else None
 

@@ -12,6 +12,7 @@ path/to/val.txt``), else a seeded draw of ``val_fraction`` of the stems, written
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
@@ -152,10 +153,12 @@ def other_format_hint(root: Path) -> str:
 def xml_files(xml_dir: Path) -> dict[str, Path]:
     """Stem -> XML file of a flat export's XML folder; the suffix in any case (``.xml``, ``.XML``:
     Windows tools write both), lower case first when a stem has both."""
+    with os.scandir(xml_dir) as entries:  # no stat, no Path per file: a folder may hold 100k files
+        named = [(os.path.splitext(e.name), e) for e in entries if e.name.lower().endswith(".xml")]
     found: dict[str, Path] = {}
-    for p in sorted(xml_dir.iterdir(), key=lambda p: (p.suffix != ".xml", p.name)):
-        if p.suffix.lower() == ".xml" and p.is_file():
-            found.setdefault(p.stem, p)
+    for (stem, suffix), e in sorted(named, key=lambda x: (x[0][1] != ".xml", x[1].name)):
+        if suffix.lower() == ".xml" and e.is_file():
+            found.setdefault(stem, Path(e.path))
     return dict(sorted(found.items()))
 
 
@@ -242,10 +245,12 @@ def unannotated_images(root: Path) -> list[str]:
     named like an XML without an image is a problem of ``pick_image`` instead)."""
     img_dir, xml_dir = flat_folders(root)
     stems = set(xml_files(xml_dir))
-    files = [p for p in sorted(img_dir.iterdir()) if p.is_file()]
-    lonely = [p.name for p in files if is_image_file(p) and p.stem not in stems]
-    image_stems = {p.stem for p in files if is_image_file(p)}
-    other = [p for p in files if not is_image_file(p) and p.suffix.lower() != ".xml" and (p.stem not in stems or p.stem in image_stems)]
+    with os.scandir(img_dir) as entries:  # names, not Paths: a folder may hold 100k images
+        files = sorted((e.name, *os.path.splitext(e.name)) for e in entries if e.is_file())  # (name, stem, suffix)
+    lonely = [name for name, stem, _ in files if is_image_file(name) and stem not in stems]
+    image_stems = {stem for name, stem, _ in files if is_image_file(name)}
+    other = [img_dir / name for name, stem, suffix in files
+             if not is_image_file(name) and suffix.lower() != ".xml" and (stem not in stems or stem in image_stems)]
     warns = not_read(other, img_dir)
     if lonely:
         warns.append(f"{img_dir}: {len(lonely)} image(s) without an XML file are not used: {', '.join(lonely[:5])}{' ...' if len(lonely) > 5 else ''}")
