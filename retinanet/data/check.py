@@ -178,7 +178,7 @@ def same_content_warnings(groups: list[tuple[list[str], list[str]]], listed_in: 
              ("images in more than one split", [g for g in groups if len(g[0]) > 1]))
     for kind, picked in kinds:
         for splits, files in picked[:SHOWN]:
-            head = kind if len(splits) == 1 else f"the same image is in splits {' and '.join(splits)}"
+            head = kind if kind.startswith("duplicate") else f"the same image is in splits {' and '.join(splits)}"
             out.append(f"{head}: {_some(files)}")
         if len(picked) > SHOWN or any(len(files) > SHOWN for _, files in picked):
             more = f"{len(picked) - SHOWN} more group(s) not shown; " if len(picked) > SHOWN else ""
@@ -270,7 +270,7 @@ def class_counts_figure(report: CheckReport) -> Figure:
     height = 0.8 / max(1, len(splits))
     for k, split in enumerate(splits):
         counts = [report.splits[split].per_class.get(n, 0) for n in names]
-        ax.barh(y + k * height, counts, height, label=f"{split} ({sum(counts)})", color=_SPLIT_COLORS[k % 4])
+        ax.barh(y + k * height, counts, height, label=f"{split} ({sum(report.splits[split].per_class.values())})", color=_SPLIT_COLORS[k % 4])
     ax.set_yticks(y + height * (len(splits) - 1) / 2, names, fontsize=8 if len(names) > 30 else 9)
     ax.invert_yaxis()
     ax.set_xlabel("objects")

@@ -238,6 +238,8 @@ def test_many_duplicates_print_a_few_names_and_list_them_all_in_out(tmp_path, ca
     printed = capsys.readouterr().out
     assert max(line.count(".jpg") for line in printed.splitlines()) == 5  # per line (report and plots: none)
     assert f"{images / 'a03.jpg'}, {images / 'a04.jpg'} and 7 more (12 files)" in printed
+    assert f"duplicate images (same content): {images / 'b0.jpg'}, {images / 'v0.jpg'}\n" in printed
+    assert f"the same image is in splits train and val: {images / 'b0.jpg'}, {images / 'v0.jpg'}\n" in printed
     assert f"duplicate images (same content): 8 group(s), 26 files in all; 3 more group(s) not shown; the whole list: {out / 'duplicates.txt'}" in printed
     assert f"images in more than one split: 7 group(s), 14 files in all; 2 more group(s) not shown; the whole list: {out / 'duplicates.txt'}" in printed
     listed = (out / "duplicates.txt").read_text()
@@ -272,6 +274,7 @@ def test_a_thousand_classes_print_the_ends_of_the_table_by_count_then_id_and_plo
     assert (tmp_path / "out" / "report.txt").read_text() == full + "\n"
     w, h = Image.open(tmp_path / "out" / "instances_per_class.png").size
     assert h < 1500, (w, h)  # 40 classes drawn (was 4,500 px for 200)
+    assert "train (203)" in _legend_texts(report)  # the split's objects, not the plotted ones'
     assert tmp_path / "out" / "instances_per_class.png" in paths
 
 
@@ -279,3 +282,9 @@ def _class_file(tmp_path, names):
     path = tmp_path / "classes.json"
     path.write_text(__import__("json").dumps({n: i for i, n in enumerate(names, 1)}))
     return path
+
+
+def _legend_texts(report) -> list[str]:
+    from retinanet.data.check import class_counts_figure
+
+    return [t.get_text() for t in class_counts_figure(report).legends[0].get_texts()]
