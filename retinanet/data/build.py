@@ -41,9 +41,10 @@ from retinanet.data.records import Record
 from retinanet.data.sampler import GroupedBatchSampler, aspect_groups, dist_info
 from retinanet.data.synthetic import ensure_synthetic
 from retinanet.data.transforms import ItemTransform
-from retinanet.data.voc import to_record
+from retinanet.data.voc import stem_index, to_record
 from retinanet.data.voc_layout import (
-    flat_split, is_voc_standard, parse_all, unannotated_images, voc_flat_pairs, voc_standard_pairs,
+    flat_folders, flat_split, is_voc_standard, parse_all, unannotated_images, voc_flat_pairs, voc_standard_pairs,
+    xml_files,
 )
 from retinanet.data.yolo import yolo_records
 from retinanet.errors import DataError, RetinaNetError
@@ -131,11 +132,14 @@ def _voc_records(cfg: DataConfig, root: Path, fmt: str, problems: list[str], war
         pairs = {s: voc_standard_pairs(root, cfg.years, names[s], problems, warns) for s in splits}
     else:
         val_list = Path(cfg.val_split) if cfg.val_split.endswith(".txt") else None
-        split, split_problems, split_warnings = flat_split(root, cfg.val_fraction, cfg.split_seed, val_list=val_list)
+        img_dir, xml_dir = flat_folders(root)
+        listed = stem_index(img_dir), xml_files(xml_dir)  # each folder listed once
+        split, split_problems, split_warnings = flat_split(root, cfg.val_fraction, cfg.split_seed, val_list=val_list,
+                                                           xmls=listed[1])
         problems += split_problems
         warns += split_warnings
-        pairs = {s: voc_flat_pairs(root, split[s]) for s in splits}
-        warns += unannotated_images(root)
+        pairs = {s: voc_flat_pairs(root, split[s], listed) for s in splits}
+        warns += unannotated_images(root, listed[1])
         if (root / "predictions.json").is_file():  # `predict --voc-xml` output: its images/ have the boxes drawn in
             warns.append(f"{root} looks like the output of retinanet predict: its images have the detections drawn "
                          "in; train on the original images with the corrected XML")

@@ -168,7 +168,8 @@ def _read_list(f: Path, warnings: list[str]) -> list[str]:
 
 
 def flat_split(
-    root: Path, val_fraction: float, seed: int, *, val_list: Path | None = None, split_dir: Path | None = None
+    root: Path, val_fraction: float, seed: int, *, val_list: Path | None = None, split_dir: Path | None = None,
+    xmls: dict[str, Path] | None = None,
 ) -> tuple[dict[str, list[str]], list[str], list[str]]:
     """Train/val split of a flat export's stems: a list file, saved split files, or a seeded draw.
 
@@ -180,13 +181,14 @@ def flat_split(
             every other annotated image is training.
         split_dir: where ``train.txt``/``val.txt`` are read from if both exist, else written
             (default ``root/splits``).
+        xmls: ``xml_files`` of the export's XML folder, when already listed.
 
     Returns:
         ({"train": stems, "val": stems}, problems, warnings)
     """
     split_dir = Path(split_dir or Path(root) / "splits")
     _, xml_dir = flat_folders(root)
-    stems = sorted(xml_files(xml_dir))
+    stems = sorted(xmls if xmls is not None else xml_files(xml_dir))
     if not stems:
         return {"train": [], "val": []}, [f"{xml_dir}: no .xml annotation files found{other_format_hint(Path(root))}"], []
     files = {s: split_dir / f"{s}.txt" for s in ("train", "val")}
@@ -232,19 +234,23 @@ def flat_split(
     return split, [], []
 
 
-def voc_flat_pairs(root: Path, stems: list[str]) -> list[tuple[Path, ImageSlot]]:
-    """``(xml, image slot)`` for ``stems`` of a flat export (the image is picked by ``pick_image``)."""
+def voc_flat_pairs(root: Path, stems: list[str], listed: tuple[dict[str, list[Path]], dict[str, Path]] | None = None,
+                   ) -> list[tuple[Path, ImageSlot]]:
+    """``(xml, image slot)`` for ``stems`` of a flat export (the image is picked by ``pick_image``).
+    ``listed``: ``(stem_index(image folder), xml_files(XML folder))`` when already listed (a folder
+    of 100k files takes seconds to list: once for every split and check)."""
     img_dir, xml_dir = flat_folders(root)
-    index, xmls = stem_index(img_dir), xml_files(xml_dir)
+    index, xmls = listed if listed is not None else (stem_index(img_dir), xml_files(xml_dir))
     return [(xmls.get(s, xml_dir / f"{s}.xml"), ImageSlot(img_dir, s, tuple(index.get(s, ())))) for s in stems]
 
 
-def unannotated_images(root: Path) -> list[str]:
+def unannotated_images(root: Path, xmls: dict[str, Path] | None = None) -> list[str]:
     """Warnings naming the files of a flat export's image folder that are not read: images that
     have no XML (left out, not negatives), and files of other types (not images, not XML; one
-    named like an XML without an image is a problem of ``pick_image`` instead)."""
+    named like an XML without an image is a problem of ``pick_image`` instead). ``xmls``:
+    ``xml_files`` of the XML folder, when already listed."""
     img_dir, xml_dir = flat_folders(root)
-    stems = set(xml_files(xml_dir))
+    stems = set(xmls if xmls is not None else xml_files(xml_dir))
     with os.scandir(img_dir) as entries:  # names, not Paths: a folder may hold 100k images
         files = sorted((e.name, *os.path.splitext(e.name)) for e in entries if e.is_file())  # (name, stem, suffix)
     lonely = [name for name, stem, _ in files if is_image_file(name) and stem not in stems]
