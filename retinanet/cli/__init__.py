@@ -107,8 +107,9 @@ def _add_check_data(sub) -> None:
     m = ModelConfig()
     p = sub.add_parser("check-data", help="read a dataset as training would and report every problem",
                        description="Read a dataset as training would, decode every image and report every problem. With "
-                       "--out DIR also write DIR/report.txt and plots: instances_per_class.png, box_sizes.png (boxes at the "
-                       "model's input scale against the anchor sizes) and image_sizes.png.")
+                       "--out DIR also write DIR/report.txt (the per-class tables whole), duplicates.txt (every group of "
+                       "same-content images, when there are any) and plots: instances_per_class.png, box_sizes.png (boxes at "
+                       "the model's input scale against the anchor sizes) and image_sizes.png.")
     add_data_options(p)
     p.add_argument("--out", metavar="DIR", help="write report.txt and the PNG plots here")
     p.add_argument("--min-size", type=positive_int, default=m.min_size, help=f"short side of the model input the box plot scales to [{m.min_size}]")
@@ -123,7 +124,7 @@ def cmd_check_data(args: argparse.Namespace) -> int:
     check_anchor_sizes(tuple(args.anchor_sizes))  # as train refuses them (5 4 3 2 1 was "OK")
     if args.out:
         check_output_path(args.out, folder=True)  # before the dataset is read
-    report = check_dataset(data_config_from_args(args), progress=not args.quiet)
+    report = check_dataset(data_config_from_args(args), progress=not args.quiet, out=args.out)
     print(report.summary())
     sizes = tuple(args.anchor_sizes)
     hint = tile_hint(report, args.min_size, args.max_size, sizes) if report.class_map is not None else None

@@ -15,9 +15,10 @@ from retinanet.data.build import Datasets, build_datasets, build_loader
 from retinanet.data.check import CheckReport, check_dataset
 from retinanet.data.classes import ClassMap
 from retinanet.data.collate import collate
+from retinanet.data.progress import ReadingReport, no_progress, reading_progress
 from retinanet.data.synthetic import default_synthetic_root, ensure_synthetic, make_synthetic
 
 __all__ = [
     "CheckReport", "ClassMap", "Datasets", "build_datasets", "build_loader", "check_dataset", "collate",
-    "default_synthetic_root", "ensure_synthetic", "make_synthetic",
+    "default_synthetic_root", "ensure_synthetic", "make_synthetic", "no_progress", "reading_progress", "ReadingReport",
 ]

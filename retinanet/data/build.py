@@ -21,6 +21,7 @@ without a training split (or a COCO val JSON alone) can be evaluated.
 
 from __future__ import annotations
 
+import functools
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -35,14 +36,16 @@ from retinanet.data.coco import coco_class_map, coco_records, read_coco_json, va
 from retinanet.data.collate import collate
 from retinanet.data.dataset import DetectionDataset
 from retinanet.data.images import ImageReading, check_exif_policy
+from retinanet.data.progress import ReadProgress, no_progress
 from retinanet.data.records import Record
 from retinanet.data.sampler import GroupedBatchSampler, aspect_groups, dist_info
 from retinanet.data.synthetic import ensure_synthetic
 from retinanet.data.transforms import ItemTransform
-from retinanet.data.voc import to_record
+from retinanet.data.voc import stem_index, to_record
 from retinanet.data.workers import QuietWorkersLoader
 from retinanet.data.voc_layout import (
-    flat_split, is_voc_standard, parse_all, unannotated_images, voc_flat_pairs, voc_standard_pairs,
+    flat_folders, flat_split, is_voc_standard, parse_all, unannotated_images, voc_flat_pairs, voc_standard_pairs,
+    xml_files,
 )
 from retinanet.data.yolo import yolo_records
 from retinanet.errors import DataError, RetinaNetError
@@ -123,22 +126,25 @@ SPLITS = ("train", "val")
 
 
 def _voc_records(cfg: DataConfig, root: Path, fmt: str, problems: list[str], warns: list[str],
-                 splits: tuple[str, ...] = SPLITS, class_map: ClassMap | None = None,
+                 splits: tuple[str, ...] = SPLITS, class_map: ClassMap | None = None, progress: ReadProgress = no_progress,
                  ) -> tuple[dict[str, list[Record]], ClassMap]:
     if fmt == "voc":
         names = {"train": cfg.train_split, "val": cfg.val_split}
         pairs = {s: voc_standard_pairs(root, cfg.years, names[s], problems, warns) for s in splits}
     else:
         val_list = Path(cfg.val_split) if cfg.val_split.endswith(".txt") else None
-        split, split_problems, split_warnings = flat_split(root, cfg.val_fraction, cfg.split_seed, val_list=val_list)
+        img_dir, xml_dir = flat_folders(root)
+        listed = stem_index(img_dir), xml_files(xml_dir)  # each folder listed once
+        split, split_problems, split_warnings = flat_split(root, cfg.val_fraction, cfg.split_seed, val_list=val_list,
+                                                           xmls=listed[1])
         problems += split_problems
         warns += split_warnings
-        pairs = {s: voc_flat_pairs(root, split[s]) for s in splits}
-        warns += unannotated_images(root)
+        pairs = {s: voc_flat_pairs(root, split[s], listed) for s in splits}
+        warns += unannotated_images(root, listed[1])
         if (root / "predictions.json").is_file():  # `predict --voc-xml` output: its images/ have the boxes drawn in
             warns.append(f"{root} looks like the output of retinanet predict: its images have the detections drawn "
                          "in; train on the original images with the corrected XML")
-    parsed = {s: parse_all(p, problems) for s, p in pairs.items()}
+    parsed = {s: parse_all(p, problems, functools.partial(progress, s)) for s, p in pairs.items()}  # the slow part
     class_map = _class_map(cfg, [n for anns in parsed.values() for a, _, _ in anns for n in a.names], class_map, problems, warns)
     records = {}
     for s, anns in parsed.items():
@@ -158,7 +164,7 @@ def coco_files(cfg: DataConfig, root: Path, splits: tuple[str, ...] = SPLITS) ->
 
 
 def _coco_records(cfg: DataConfig, root: Path, problems: list[str], warns: list[str],
-                  splits: tuple[str, ...] = SPLITS, class_map: ClassMap | None = None,
+                  splits: tuple[str, ...] = SPLITS, class_map: ClassMap | None = None, progress: ReadProgress = no_progress,
                   ) -> tuple[dict[str, list[Record]], ClassMap]:
     files = coco_files(cfg, root, splits)
     data = {}
@@ -170,14 +176,19 @@ def _coco_records(cfg: DataConfig, root: Path, problems: list[str], warns: list[
     first = splits[0]
     if class_map is None:
         class_map = ClassMap.load(cfg.classes) if cfg.classes else coco_class_map(data[first], files[first])
-    return {s: coco_records(files[s], data[s], class_map, problems, warns) for s in files}, class_map
+    return {s: coco_records(files[s], data[s], class_map, problems, warns, functools.partial(progress, s))
+            for s in files}, class_map
 
 
 def read_records(cfg: DataConfig, splits: tuple[str, ...] = SPLITS, class_map: ClassMap | None = None,
+                 progress: ReadProgress = no_progress,
                  ) -> tuple[dict[str, list[Record]], ClassMap, Path, str, list[str], list[str]]:
     """Parse and validate the annotations of ``splits`` (both by default; ``("val",)`` to evaluate).
 
     ``class_map`` (when given) is used instead of ``cfg.classes`` or the discovered classes.
+    ``progress`` is called as ``progress(split, done, total)`` as each format's readers go through
+    a split's items (``retinanet.data.progress``: the one place every reader reports to; readers
+    never print).
 
     Returns:
         (records {split: [Record]} for each of ``splits``, class map, root, format, problems, warnings).
@@ -190,20 +201,21 @@ def read_records(cfg: DataConfig, splits: tuple[str, ...] = SPLITS, class_map: C
     problems: list[str] = []
     warns: list[str] = []
     if fmt == "coco":
-        records, class_map = _coco_records(cfg, root, problems, warns, splits, class_map)
+        records, class_map = _coco_records(cfg, root, problems, warns, splits, class_map, progress)
     elif fmt == "yolo":
         keys = {"train": cfg.train_split, "val": cfg.val_split}
         if class_map is None and cfg.classes:
             class_map = ClassMap.load(cfg.classes)
         reading = ImageReading(cfg.exif, cfg.max_image_pixels)
-        records, class_map = yolo_records(root, {s: keys[s] for s in splits}, class_map, problems, warns, reading)
+        records, class_map = yolo_records(root, {s: keys[s] for s in splits}, class_map, problems, warns, reading, progress)
     else:
-        records, class_map = _voc_records(cfg, root, fmt, problems, warns, splits, class_map)
+        records, class_map = _voc_records(cfg, root, fmt, problems, warns, splits, class_map, progress)
     return records, class_map, root, fmt, problems, warns
 
 
 def build_datasets(cfg: DataConfig, *, min_size: int, max_size: int, splits: tuple[str, ...] = SPLITS,
-                   class_map: ClassMap | None = None, resize_val: bool = True, warn: bool = True) -> Datasets:
+                   class_map: ClassMap | None = None, resize_val: bool = True, warn: bool = True,
+                   progress: ReadProgress = no_progress) -> Datasets:
     """Read, validate and wrap the training and validation splits of ``cfg``.
 
     Args:
@@ -215,6 +227,7 @@ def build_datasets(cfg: DataConfig, *, min_size: int, max_size: int, splits: tup
         resize_val: False = validation items at native resolution (no resize; for tiled evaluation).
         warn: issue each item left out (``skip_bad``) and each warning as a ``UserWarning``; False:
             the caller reports ``Datasets.notes()`` itself (the trainer writes them to train.log).
+        progress: told how reading the annotations goes (``read_records``); a ``ReadingReport`` shows it.
 
     Returns:
         ``Datasets(train, val, class_map, ...)``.
@@ -222,7 +235,7 @@ def build_datasets(cfg: DataConfig, *, min_size: int, max_size: int, splits: tup
     Raises:
         DataError: every problem found (unless ``cfg.skip_bad``), or an empty training split (when read).
     """
-    records, class_map, root, fmt, problems, warns = read_records(cfg, splits, class_map)
+    records, class_map, root, fmt, problems, warns = read_records(cfg, splits, class_map, progress)
     if problems and not cfg.skip_bad:
         raise DataError(problems, summary=f"{len(problems)} problem(s) in the dataset {root} (fix them, or --skip-bad to leave those items out)")
     for msg in [f"skipped: {m}" for m in problems] + warns if warn else ():

@@ -30,11 +30,17 @@ from retinanet.config import DataConfig
 from retinanet.data.build import read_records
 from retinanet.data.classes import ClassMap
 from retinanet.data.images import DEFAULT_MAX_PIXELS, describe_orientation, open_image
+from retinanet.data.progress import reading_progress
 from retinanet.data.records import Record, clip_said
 from retinanet.errors import DataError
 from retinanet.geometry import resized_size
 
 SMALL, MEDIUM = 32**2, 96**2  # COCO's area thresholds, pixels of the original image
+SHOWN = 5  # printed lists cut to this many names (per group, groups, classes at each end of a table)
+ALL_CLASSES = 20  # per-class tables and the class line printed whole up to this many classes
+PLOTTED_CLASSES = 40  # instances_per_class.png: the most frequent classes, so its size is bounded
+DUPLICATES_FILE = "duplicates.txt"  # every group of same-content images, written with --out
+WHOLE_TABLES = "all of them in report.txt with --out"
 
 
 @dataclass
@@ -61,24 +67,29 @@ class CheckReport:
     warnings: list[str] = field(default_factory=list)
     records: dict[str, list[Record]] = field(default_factory=dict, repr=False)  # split -> its records
     image_hw: dict[str, tuple[int, int]] = field(default_factory=dict, repr=False)  # file -> decoded (H, W)
+    same_content: list[tuple[list[str], list[str]]] = field(default_factory=list, repr=False)  # (splits, files) per group
 
     @property
     def ok(self) -> bool:
         """True when nothing found would break training."""
         return not self.errors and bool(self.splits.get("train") and self.splits["train"].images)
 
-    def summary(self) -> str:
+    def summary(self, full: bool = False) -> str:
+        """The report as text. Printed (``full`` False), the class line and per-class tables of more
+        than ``ALL_CLASSES`` classes are cut to their ends; ``report.txt`` has them whole (``full``)."""
         lines = [f"dataset {self.root} ({self.format})"]
         if self.class_map is not None:
+            pairs = [f"{n}={i}" for n, i in self.class_map.to_dict().items()]
+            cut = not full and len(pairs) > ALL_CLASSES
             lines.append(f"classes ({len(self.class_map)}, num_classes={self.class_map.num_classes}, {self.class_map.source}): "
-                         + ", ".join(f"{n}={i}" for n, i in self.class_map.to_dict().items()))
+                         + ", ".join(pairs[:2 * SHOWN] if cut else pairs)
+                         + (f" ... {', '.join(pairs[-2:])} ({len(pairs)} in all; {WHOLE_TABLES})" if cut else ""))
+        ids = self.class_map.to_dict() if self.class_map is not None else {}
         for name, s in self.splits.items():
             lines.append(f"{name}: {s.images} images, {s.objects} objects ({s.ignored} difficult/crowd), {s.empty_images} images with no objects")
             lines.append("  boxes: " + ", ".join(f"{k} {s.sizes[k]}" for k in ("small", "medium", "large"))
                          + "  (COCO areas: small < 32^2, medium < 96^2, large >= 96^2)")
-            width = max((len(n) for n in s.per_class), default=0)
-            for cname, count in sorted(s.per_class.items(), key=lambda kv: (-kv[1], kv[0])):
-                lines.append(f"  {cname:<{width}} {count}")
+            lines += class_table(s.per_class, ids, full)
         for title, items in (("errors", self.errors), ("warnings", self.warnings)):
             lines.append(f"{len(items)} {title}" + (":" if items else ""))
             lines += [f"  - {m}" for m in items]
@@ -86,6 +97,17 @@ class CheckReport:
         return "\n".join(lines)
 
     __str__ = summary
+
+
+def class_table(per_class: Counter, ids: dict[str, int], full: bool = False) -> list[str]:
+    """Per-class object counts, a line ``  name  count`` each: most objects first, ties in class id
+    order (``ids``: name -> id; names it lacks last). More than ``ALL_CLASSES`` classes and not
+    ``full``: the ``SHOWN`` most and least frequent, and a line for those left out between."""
+    order = sorted(per_class.items(), key=lambda kv: (-kv[1], ids.get(kv[0], len(ids) + 1), kv[0]))
+    if not full and len(order) > ALL_CLASSES:
+        order = order[:SHOWN] + [(f"... {len(order) - 2 * SHOWN} classes", None)] + order[-SHOWN:]
+    width = max((len(n) for n, c in order if c is not None), default=0)
+    return [f"  {n:<{width}} {c}" if c is not None else f"  {n} ({WHOLE_TABLES})" for n, c in order]
 
 
 def split_stats(records: list[Record], class_map: ClassMap) -> SplitStats:
@@ -102,10 +124,16 @@ def split_stats(records: list[Record], class_map: ClassMap) -> SplitStats:
 
 
 def decode_check(records: dict[str, list[Record]], progress: bool = True, *, exif: str = "auto",
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[list[str], list[str], dict[str, tuple[int, int]]]:
-    """Decode every image once: corrupt or too large files (errors), size mismatches, duplicates,
-    split overlap, EXIF-oriented images and the frame used for each (warnings), and the decoded
-    ``(H, W)`` of each file."""
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                 ) -> tuple[list[str], list[str], dict[str, tuple[int, int]], list[tuple[list[str], list[str]]]]:
+    """Decode every image once (each file read once: hashed and decoded from the same bytes).
+
+    Returns:
+        (errors: corrupt or too large files; warnings: size mismatches, EXIF-oriented images and the
+        frame used for each; the decoded ``(H, W)`` of each file; groups of same-content files,
+        ``(splits, files)`` each, sorted: duplicates and images in several splits, for
+        ``same_content_warnings``).
+    """
     errors, warns = [], []
     image_hw: dict[str, tuple[int, int]] = {}
     by_hash: dict[str, list[tuple[str, str]]] = {}
@@ -115,7 +143,7 @@ def decode_check(records: dict[str, list[Record]], progress: bool = True, *, exi
         try:
             data = Path(r.file).read_bytes()
             if r.file not in seen:
-                opened = open_image(r.file, r.size, exif=exif, max_pixels=max_pixels)
+                opened = open_image(r.file, r.size, exif=exif, max_pixels=max_pixels, data=data)  # read once
                 img = opened.image
                 image_hw[r.file] = (img.height, img.width)
                 if opened.orientation != 1:
@@ -129,25 +157,55 @@ def decode_check(records: dict[str, list[Record]], progress: bool = True, *, exi
             continue
         seen.add(r.file)
         by_hash.setdefault(hashlib.sha1(data).hexdigest(), []).append((split, r.file))
-    for entries in by_hash.values():
-        files = sorted({f for _, f in entries})
-        splits = sorted({s for s, _ in entries})
-        if len(files) > 1:
-            warns.append(f"duplicate images (same content): {', '.join(files)}")
-        if len(splits) > 1:
-            warns.append(f"the same image is in splits {' and '.join(splits)}: {', '.join(files)}")
-    return errors, warns, image_hw
+    groups = [(sorted({s for s, _ in entries}), sorted({f for _, f in entries})) for entries in by_hash.values()]
+    return errors, warns, image_hw, sorted(g for g in groups if len(g[0]) > 1 or len(g[1]) > 1)
 
 
-def check_dataset(cfg: DataConfig, *, progress: bool = True) -> CheckReport:
+def _some(names: list[str], shown: int = SHOWN) -> str:
+    """``a, b, c and 97 more (100 files)``: the first ``shown`` names and the count."""
+    if len(names) <= shown:
+        return ", ".join(names)
+    return f"{', '.join(names[:shown])} and {len(names) - shown} more ({len(names)} files)"
+
+
+def same_content_warnings(groups: list[tuple[list[str], list[str]]], listed_in: Path | None = None) -> list[str]:
+    """Warnings for groups of same-content files (``decode_check``): duplicates within the data and
+    images in more than one split, at most ``SHOWN`` groups of each kind and ``SHOWN`` names per
+    group (100k copies of one image must not print a 5 MB line). When something is left out the
+    last line says where the whole list is: ``listed_in`` (``DUPLICATES_FILE`` in ``--out``)."""
+    out = []
+    kinds = (("duplicate images (same content)", [g for g in groups if len(g[1]) > 1]),
+             ("images in more than one split", [g for g in groups if len(g[0]) > 1]))
+    for kind, picked in kinds:
+        for splits, files in picked[:SHOWN]:
+            head = kind if kind.startswith("duplicate") else f"the same image is in splits {' and '.join(splits)}"
+            out.append(f"{head}: {_some(files)}")
+        if len(picked) > SHOWN or any(len(files) > SHOWN for _, files in picked):
+            more = f"{len(picked) - SHOWN} more group(s) not shown; " if len(picked) > SHOWN else ""
+            where = f"the whole list: {listed_in}" if listed_in else "check-data --out DIR writes the whole list"
+            out.append(f"{kind}: {len(picked)} group(s), {sum(len(f) for _, f in picked)} files in all; {more}{where}")
+    return out
+
+
+def same_content_text(groups: list[tuple[list[str], list[str]]]) -> str:
+    """``DUPLICATES_FILE``: every group of same-content files, a blank line between groups."""
+    return "".join(f"same content, {len(files)} file(s), split(s) {', '.join(splits)}:\n" + "".join(f"{f}\n" for f in files) + "\n"
+                   for splits, files in groups)
+
+
+def check_dataset(cfg: DataConfig, *, progress: bool = True, out: str | Path | None = None) -> CheckReport:
     """Read ``cfg``'s dataset as ``build_datasets`` does, decode every image, and report.
+    ``progress``: show how reading the annotations (once it lasts) and decoding go, on stderr.
+    ``out``: the folder ``write_check_outputs`` will write (``--out``): warnings cut short name
+    the file there that lists everything.
 
     Returns:
         ``CheckReport`` (``ok``, ``summary()``). Problems never raise, except a dataset
         that cannot be located or a broken class map file (``RetinaNetError``).
     """
     try:
-        records, class_map, root, fmt, problems, warns = read_records(cfg)
+        with reading_progress(progress) as tell:
+            records, class_map, root, fmt, problems, warns = read_records(cfg, progress=tell)
     except DataError as err:
         return CheckReport(str(cfg.root), cfg.format or "format not known: reading stopped", None, errors=list(err.problems))
     report = CheckReport(str(root), fmt, class_map, errors=list(problems), warnings=list(warns), records=records)
@@ -158,9 +216,10 @@ def check_dataset(cfg: DataConfig, *, progress: bool = True) -> CheckReport:
         empty = [Path(r.file).name for r in recs if len(r.labels) == 0]
         if empty:
             report.warnings.append(f"{split}: {len(empty)} image(s) with no objects: {', '.join(empty[:10])}{' ...' if len(empty) > 10 else ''}")
-    errors, more, report.image_hw = decode_check(records, progress, exif=cfg.exif, max_pixels=cfg.max_image_pixels)
+    errors, more, report.image_hw, report.same_content = decode_check(records, progress, exif=cfg.exif,
+                                                                      max_pixels=cfg.max_image_pixels)
     report.errors += errors
-    report.warnings += more
+    report.warnings += more + same_content_warnings(report.same_content, Path(out) / DUPLICATES_FILE if out else None)
     return report
 
 
@@ -195,20 +254,23 @@ def anchor_shapes(anchor_sizes: tuple[int, ...], ratios: tuple[float, ...] = (0.
 
 
 def class_counts_figure(report: CheckReport) -> Figure:
-    """Horizontal bars: objects per class and split (classes of the class map, most frequent first)."""
+    """Horizontal bars: objects per class and split (classes of the class map, most frequent first;
+    the ``PLOTTED_CLASSES`` most frequent when there are more, said in the title)."""
     names = list(report.class_map.names) if report.class_map is not None else []
     splits = list(report.splits)
     total = Counter()
     for s in report.splits.values():
         total.update(s.per_class)
-    names = sorted(set(names) | set(total), key=lambda n: (-total[n], n))
+    ids = {n: i for i, n in enumerate(names)}
+    names = sorted(set(names) | set(total), key=lambda n: (-total[n], ids.get(n, len(ids)), n))  # ties: class id order
+    classes, names = len(names), names[:PLOTTED_CLASSES]  # bounded height: 1,000 classes drew a 700x31,252 px image
     fig = Figure(figsize=(7.0, 1.4 + 0.22 * max(len(names), 1) * max(1, len(splits)) ** 0.5), layout="constrained")
     ax = fig.subplots()
     y = np.arange(len(names))
     height = 0.8 / max(1, len(splits))
     for k, split in enumerate(splits):
         counts = [report.splits[split].per_class.get(n, 0) for n in names]
-        ax.barh(y + k * height, counts, height, label=f"{split} ({sum(counts)})", color=_SPLIT_COLORS[k % 4])
+        ax.barh(y + k * height, counts, height, label=f"{split} ({sum(report.splits[split].per_class.values())})", color=_SPLIT_COLORS[k % 4])
     ax.set_yticks(y + height * (len(splits) - 1) / 2, names, fontsize=8 if len(names) > 30 else 9)
     ax.invert_yaxis()
     ax.set_xlabel("objects")
@@ -217,7 +279,8 @@ def class_counts_figure(report: CheckReport) -> Figure:
         fig.legend(loc="outside lower center", ncols=len(splits), fontsize=8)
     if not names:
         ax.text(0.5, 0.5, "no objects", ha="center", va="center", transform=ax.transAxes)
-    fig.suptitle(f"Instances per class ({len(names)} classes)", fontsize=10)
+    cut = f": the {len(names)} most frequent (all in report.txt)" if classes > len(names) else ""
+    fig.suptitle(f"Instances per class ({classes} classes{cut})", fontsize=10)
     return fig
 
 
@@ -391,8 +454,9 @@ def image_sizes_figure(report: CheckReport) -> Figure:
 
 def write_check_outputs(report: CheckReport, out: str | Path, *, min_size: int, max_size: int,
                         anchor_sizes: tuple[int, ...]) -> list[Path]:
-    """``report.txt`` (``report.summary()``) and the PNGs ``instances_per_class.png``,
-    ``box_sizes.png``, ``image_sizes.png`` in ``out``; returns their paths.
+    """``report.txt`` (``report.summary(full=True)``: the per-class tables whole), ``DUPLICATES_FILE``
+    when images share their content, and the PNGs ``instances_per_class.png``, ``box_sizes.png``,
+    ``image_sizes.png`` in ``out``; returns their paths.
 
     Args:
         min_size, max_size: the model's resize (box sizes are shown as the model sees them).
@@ -401,7 +465,12 @@ def write_check_outputs(report: CheckReport, out: str | Path, *, min_size: int, 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "report.txt"]
-    write_atomic(paths[0], report.summary() + "\n")
+    write_atomic(paths[0], report.summary(full=True) + "\n")
+    if report.same_content:
+        paths.append(out / DUPLICATES_FILE)
+        write_atomic(paths[-1], same_content_text(report.same_content))
+    else:  # a list from an earlier check of this folder would be taken for this one's
+        (out / DUPLICATES_FILE).unlink(missing_ok=True)
     if report.class_map is None:  # the dataset could not be read: nothing to draw
         return paths
     figures = {"instances_per_class.png": class_counts_figure(report),

@@ -31,6 +31,7 @@ import numpy as np
 from retinanet.data.classes import ClassMap
 from retinanet.data.images import IMAGE_SUFFIXES, is_image_file
 from retinanet.data.paths import is_windows_form, repair_warnings, windows_hint, written_path
+from retinanet.data.progress import Tick, no_progress
 from retinanet.data.records import Record, clip_boxes, no_area_reason, not_finite, repeated_objects
 from retinanet.errors import DataError
 
@@ -270,13 +271,15 @@ def _same_file(path: Path, images: dict[int, dict], files: dict[int, tuple[Path 
     return problems
 
 
-def coco_records(path: Path, data: dict, class_map: ClassMap, problems: list[str], warnings: list[str]) -> list[Record]:
+def coco_records(path: Path, data: dict, class_map: ClassMap, problems: list[str], warnings: list[str],
+                 progress: Tick = no_progress) -> list[Record]:
     """One ``Record`` per image of a COCO file (images without annotations included).
 
     Problems (each naming the entry and ``path``; with ``skip_bad`` the images concerned are left
     out): malformed or repeated categories, images or annotations (see ``valid_categories``,
     ``_valid_images``, ``_valid_annotations``), annotations of unknown images or categories,
     missing image files. Boxes with no area after clipping are dropped with a warning saying why.
+    ``progress(done, total)`` is called as the image entries are read.
     """
     cats = valid_categories(data, path, problems)  # malformed ones reported here; the class map left them out
     if 0 in cats and 0 not in used_ids(data):
@@ -299,7 +302,8 @@ def coco_records(path: Path, data: dict, class_map: ClassMap, problems: list[str
     warnings += repair_warnings(str(path), "file_name value(s)", [(images[i]["file_name"], *files[i]) for i in files])
     problems += _same_file(path, images, files)
     records = []
-    for iid, im in images.items():
+    for done, (iid, im) in enumerate(images.items(), 1):
+        progress(done - 1, len(images))  # before: the loop leaves by `continue`
         where = f"{path}#image {iid}"
         (file, _), h, w = files[iid], im["height"], im["width"]
         if file is None:
@@ -345,4 +349,5 @@ def coco_records(path: Path, data: dict, class_map: ClassMap, problems: list[str
                             and math.isfinite(a["area"]) and a["area"] > 0 else float(a["bbox"][2]) * float(a["bbox"][3])
                             for a in anns], np.float64).reshape(-1)
         records.append(Record(str(file), boxes[keep], labels[keep], crowd[keep], iid, (h, w), where, areas[keep]))
+    progress(len(images), len(images))
     return records

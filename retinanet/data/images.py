@@ -28,6 +28,8 @@ images (``I;16*``, and ``I``, which PIL uses for some 16-bit files) are scaled b
 
 from __future__ import annotations
 
+import io
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,7 +82,7 @@ class OpenedImage:
 def is_image_file(path: str | Path) -> bool:
     """Whether ``path`` has one of the image types every reader reads (``IMAGE_SUFFIXES``, any
     case): the one list for VOC (both layouts), COCO, YOLO and predict on a folder."""
-    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+    return os.path.splitext(os.fspath(path))[1].lower() in IMAGE_SUFFIXES  # no Path made: called per file
 
 
 def not_read(files: list[Path], where: str | Path, what: str = "") -> list[str]:
@@ -133,14 +135,15 @@ def choose_frame(orientation: int, stored_hw: tuple[int, int], stated_hw: tuple[
     return "displayed", None
 
 
-def _open_header(path: str | Path) -> Image.Image:
+def _open_header(path: str | Path, data: bytes | None = None) -> Image.Image:
     """``Image.open`` without PIL's size check: the registered format plugins (``Image.ID`` /
     ``Image.OPEN``, read, never written) tried on the file's first 16 bytes as ``Image.open``
     does (the suffix's format first), reading only the header. PIL's check reads its
     module-global ``MAX_IMAGE_PIXELS``, so a per-call limit can only be had by not calling it;
-    nothing shared is written (thread-safe)."""
+    nothing shared is written (thread-safe). ``data``: the file's bytes, already read (then
+    ``path`` only names it)."""
     Image.init()  # every plugin registered (once per process; what Image.open falls back to)
-    fp = open(path, "rb")
+    fp = open(path, "rb") if data is None else io.BytesIO(data)
     prefix = fp.read(16)
     by_suffix = Image.EXTENSION.get(Path(path).suffix.lower())  # the likely format first, then PIL's order
     for fmt in ([by_suffix] if by_suffix in Image.OPEN else []) + [f for f in Image.ID if f != by_suffix]:
@@ -165,11 +168,12 @@ def _open_header(path: str | Path) -> Image.Image:
     raise UnidentifiedImageError(f"cannot identify image file {str(path)!r}")
 
 
-def _open_limited(path: str | Path, max_pixels: int | None) -> Image.Image:
+def _open_limited(path: str | Path, max_pixels: int | None, data: bytes | None = None) -> Image.Image:
     """The image's header (not decoded) when its declared size is within ``max_pixels`` (None: no
     limit); ``ImageTooLargeError`` naming the file otherwise. Our limit is the one rule: PIL's
-    global ``MAX_IMAGE_PIXELS`` is neither consulted nor written (``_open_header``)."""
-    img = _open_header(path)
+    global ``MAX_IMAGE_PIXELS`` is neither consulted nor written (``_open_header``, which ``data``
+    is passed to)."""
+    img = _open_header(path, data)
     if max_pixels is not None and img.width * img.height > max_pixels:
         img.close()
         raise ImageTooLargeError(f"{path}: image of {img.width}x{img.height} = {img.width * img.height} pixels exceeds the "
@@ -190,21 +194,23 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 
 def open_image(path: str | Path, stated_hw: tuple[int, int] | None = None, *, exif: str = "auto",
-               max_pixels: int | None = DEFAULT_MAX_PIXELS) -> OpenedImage:
+               max_pixels: int | None = DEFAULT_MAX_PIXELS, data: bytes | None = None) -> OpenedImage:
     """Decode ``path`` fully into RGB, in the frame the EXIF rule chooses.
 
     Args:
-        path: image file.
+        path: image file (named in messages; not opened when ``data`` is given).
         stated_hw: ``(height, width)`` the annotation states, or None (predict: no annotation).
         exif: "auto" | "apply" | "ignore" (see the module docstring).
         max_pixels: largest ``width * height`` accepted; None = no limit.
+        data: the file's bytes when the caller has read them already (check-data hashes them):
+            decoded from memory, under the same EXIF rule and pixel limit.
 
     Raises:
         OSError / PIL.UnidentifiedImageError / SyntaxError / ValueError: missing or undecodable
         file; ``ImageTooLargeError`` (a ValueError) over the pixel limit. Messages name ``path``
         where PIL's do not (the callers add it).
     """
-    with _open_limited(path, max_pixels) as img:
+    with _open_limited(path, max_pixels, data) as img:
         orientation = img.getexif().get(EXIF_ORIENTATION_TAG, 1)
         orientation = orientation if orientation in _ORIENTATION_NAMES else 1
         try:

@@ -91,6 +91,10 @@ def not_finite(values) -> str | None:
     """The one rule every reader applies to the numbers of an annotation (VOC ``<bndbox>`` and
     ``<size>``, COCO ``bbox``, YOLO lines): infinity and NaN are refused, never clipped to the image
     edge. Returns why ``values`` break it (``"inf is not a finite number"``), or None when they do not."""
+    if isinstance(values, (int, float)) and math.isfinite(values):
+        return None  # the common cases without numpy: called per number (VOC) or object (COCO) of a dataset
+    if isinstance(values, (list, tuple)) and all(isinstance(v, (int, float)) for v in values) and all(map(math.isfinite, values)):
+        return None
     bad = [v for v in (float(x) for x in np.asarray(values, np.float64).ravel()) if not math.isfinite(v)]
     return f"{', '.join(dict.fromkeys(map(str, bad)))} is not a finite number" if bad else None
 
@@ -98,13 +102,32 @@ def not_finite(values) -> str | None:
 def repeated_objects(labels: np.ndarray, boxes: np.ndarray, flags: np.ndarray | None = None) -> np.ndarray:
     """``[N]`` bool: the objects equal in class, box (``[N, 4]``, the annotation's own numbers) and
     flag (difficult / crowd) to an earlier one. The one rule every reader drops them by, with a
-    warning: a box listed twice is two objects, one of them a false negative no detection can match."""
+    warning: a box listed twice is two objects, one of them a false negative no detection can match.
+
+    Called once per image of a dataset: 0 or 1 object costs nothing, a few are compared as tuples
+    in a set (an ``np.unique(axis=0)`` costs ~100 us whatever N), many by ``np.unique``."""
+    n = len(labels)
+    if n <= 1:
+        return np.zeros(n, bool)
+    if n <= _FEW_OBJECTS:
+        cols = [labels.reshape(-1).tolist(), *boxes.reshape(-1, 4).T.tolist()]
+        if flags is not None:
+            cols.append(flags.reshape(-1).tolist())
+        seen: set[tuple] = set()
+        repeated = np.zeros(n, bool)
+        for i, row in enumerate(zip(*cols)):  # float32 -> Python float is exact: as the float64 rows below
+            if row in seen:
+                repeated[i] = True
+            seen.add(row)
+        return repeated
     cols = [labels.reshape(-1, 1), boxes.reshape(-1, 4)] + ([flags.reshape(-1, 1)] if flags is not None else [])
     rows = np.concatenate([c.astype(np.float64) for c in cols], axis=1)  # [N, 5 or 6]
     repeated = np.ones(len(rows), bool)
-    if len(rows):
-        repeated[np.unique(rows, axis=0, return_index=True)[1]] = False
+    repeated[np.unique(rows, axis=0, return_index=True)[1]] = False
     return repeated
+
+
+_FEW_OBJECTS = 64  # up to this many objects, repeated_objects compares tuples in Python
 
 
 def clip_boxes(boxes: np.ndarray, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:

@@ -155,13 +155,18 @@ class ImageSlot:
     files: tuple[Path, ...] = ()
 
 
+def _stem(name: str) -> str:
+    """``Path(name).stem`` of a file name, without making a ``Path``."""
+    return os.path.splitext(name)[0]
+
+
 def stem_index(folder: Path) -> dict[str, list[Path]]:
     """Stem -> the files of ``folder`` with that stem (sorted; one listing of the folder)."""
     out: dict[str, list[Path]] = {}
     if folder.is_dir():
         for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-            if entry.is_file():
-                out.setdefault(Path(entry.name).stem, []).append(Path(entry.path))
+            if entry.is_file():  # no stat for a plain file; stems by strings (a folder may hold 100k images)
+                out.setdefault(_stem(entry.name), []).append(Path(entry.path))
     return out
 
 

@@ -12,10 +12,12 @@ path/to/val.txt``), else a seeded draw of ``val_fraction`` of the stems, written
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
 from retinanet.data.images import is_image_file, not_read
+from retinanet.data.progress import Tick, no_progress
 from retinanet.data.voc import ImageSlot, VocAnnotation, parse_voc_xml, stem_index
 from retinanet.errors import DataError
 
@@ -97,17 +99,20 @@ def read_split_ids(year_dirs: list[Path], split: str, warnings: list[str] | None
     return pairs, problems
 
 
-def parse_all(pairs: list[tuple[Path, ImageSlot]], problems: list[str]) -> list[tuple[VocAnnotation, Path, ImageSlot]]:
-    """Parse every ``(xml, image slot)`` pair; unreadable XML goes to ``problems``."""
+def parse_all(pairs: list[tuple[Path, ImageSlot]], problems: list[str], progress: Tick = no_progress,
+              ) -> list[tuple[VocAnnotation, Path, ImageSlot]]:
+    """Parse every ``(xml, image slot)`` pair; unreadable XML goes to ``problems``.
+    ``progress(done, total)`` is called after each pair."""
     out = []
-    for xml, image in pairs:
+    for done, (xml, image) in enumerate(pairs, 1):
         if not xml.is_file():
             problems.append(f"{xml}: annotation file missing")
-            continue
-        try:
-            out.append((parse_voc_xml(xml), xml, image))
-        except (ValueError, OSError) as err:
-            problems.append(str(err))
+        else:
+            try:
+                out.append((parse_voc_xml(xml), xml, image))
+            except (ValueError, OSError) as err:
+                problems.append(str(err))
+        progress(done, len(pairs))
     return out
 
 
@@ -148,10 +153,12 @@ def other_format_hint(root: Path) -> str:
 def xml_files(xml_dir: Path) -> dict[str, Path]:
     """Stem -> XML file of a flat export's XML folder; the suffix in any case (``.xml``, ``.XML``:
     Windows tools write both), lower case first when a stem has both."""
+    with os.scandir(xml_dir) as entries:  # no stat, no Path per file: a folder may hold 100k files
+        named = [(os.path.splitext(e.name), e) for e in entries if e.name.lower().endswith(".xml")]
     found: dict[str, Path] = {}
-    for p in sorted(xml_dir.iterdir(), key=lambda p: (p.suffix != ".xml", p.name)):
-        if p.suffix.lower() == ".xml" and p.is_file():
-            found.setdefault(p.stem, p)
+    for (stem, suffix), e in sorted(named, key=lambda x: (x[0][1] != ".xml", x[1].name)):
+        if suffix.lower() == ".xml" and e.is_file():
+            found.setdefault(stem, Path(e.path))
     return dict(sorted(found.items()))
 
 
@@ -161,7 +168,8 @@ def _read_list(f: Path, warnings: list[str]) -> list[str]:
 
 
 def flat_split(
-    root: Path, val_fraction: float, seed: int, *, val_list: Path | None = None, split_dir: Path | None = None
+    root: Path, val_fraction: float, seed: int, *, val_list: Path | None = None, split_dir: Path | None = None,
+    xmls: dict[str, Path] | None = None,
 ) -> tuple[dict[str, list[str]], list[str], list[str]]:
     """Train/val split of a flat export's stems: a list file, saved split files, or a seeded draw.
 
@@ -173,13 +181,14 @@ def flat_split(
             every other annotated image is training.
         split_dir: where ``train.txt``/``val.txt`` are read from if both exist, else written
             (default ``root/splits``).
+        xmls: ``xml_files`` of the export's XML folder, when already listed.
 
     Returns:
         ({"train": stems, "val": stems}, problems, warnings)
     """
     split_dir = Path(split_dir or Path(root) / "splits")
     _, xml_dir = flat_folders(root)
-    stems = sorted(xml_files(xml_dir))
+    stems = sorted(xmls if xmls is not None else xml_files(xml_dir))
     if not stems:
         return {"train": [], "val": []}, [f"{xml_dir}: no .xml annotation files found{other_format_hint(Path(root))}"], []
     files = {s: split_dir / f"{s}.txt" for s in ("train", "val")}
@@ -225,23 +234,29 @@ def flat_split(
     return split, [], []
 
 
-def voc_flat_pairs(root: Path, stems: list[str]) -> list[tuple[Path, ImageSlot]]:
-    """``(xml, image slot)`` for ``stems`` of a flat export (the image is picked by ``pick_image``)."""
+def voc_flat_pairs(root: Path, stems: list[str], listed: tuple[dict[str, list[Path]], dict[str, Path]] | None = None,
+                   ) -> list[tuple[Path, ImageSlot]]:
+    """``(xml, image slot)`` for ``stems`` of a flat export (the image is picked by ``pick_image``).
+    ``listed``: ``(stem_index(image folder), xml_files(XML folder))`` when already listed (a folder
+    of 100k files takes seconds to list: once for every split and check)."""
     img_dir, xml_dir = flat_folders(root)
-    index, xmls = stem_index(img_dir), xml_files(xml_dir)
+    index, xmls = listed if listed is not None else (stem_index(img_dir), xml_files(xml_dir))
     return [(xmls.get(s, xml_dir / f"{s}.xml"), ImageSlot(img_dir, s, tuple(index.get(s, ())))) for s in stems]
 
 
-def unannotated_images(root: Path) -> list[str]:
+def unannotated_images(root: Path, xmls: dict[str, Path] | None = None) -> list[str]:
     """Warnings naming the files of a flat export's image folder that are not read: images that
     have no XML (left out, not negatives), and files of other types (not images, not XML; one
-    named like an XML without an image is a problem of ``pick_image`` instead)."""
+    named like an XML without an image is a problem of ``pick_image`` instead). ``xmls``:
+    ``xml_files`` of the XML folder, when already listed."""
     img_dir, xml_dir = flat_folders(root)
-    stems = set(xml_files(xml_dir))
-    files = [p for p in sorted(img_dir.iterdir()) if p.is_file()]
-    lonely = [p.name for p in files if is_image_file(p) and p.stem not in stems]
-    image_stems = {p.stem for p in files if is_image_file(p)}
-    other = [p for p in files if not is_image_file(p) and p.suffix.lower() != ".xml" and (p.stem not in stems or p.stem in image_stems)]
+    stems = set(xmls if xmls is not None else xml_files(xml_dir))
+    with os.scandir(img_dir) as entries:  # names, not Paths: a folder may hold 100k images
+        files = sorted((e.name, *os.path.splitext(e.name)) for e in entries if e.is_file())  # (name, stem, suffix)
+    lonely = [name for name, stem, _ in files if is_image_file(name) and stem not in stems]
+    image_stems = {stem for name, stem, _ in files if is_image_file(name)}
+    other = [img_dir / name for name, stem, suffix in files
+             if not is_image_file(name) and suffix.lower() != ".xml" and (stem not in stems or stem in image_stems)]
     warns = not_read(other, img_dir)
     if lonely:
         warns.append(f"{img_dir}: {len(lonely)} image(s) without an XML file are not used: {', '.join(lonely[:5])}{' ...' if len(lonely) > 5 else ''}")

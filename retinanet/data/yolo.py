@@ -24,6 +24,8 @@ exist, an image whose header cannot be read. An image with a bad line is left ou
 
 from __future__ import annotations
 
+import functools
+import math
 import os
 from pathlib import Path
 
@@ -33,6 +35,7 @@ from PIL import UnidentifiedImageError
 from retinanet.data.classes import ClassMap
 from retinanet.data.images import IMAGE_SUFFIXES, ImageReading, is_image_file, not_read, oriented_size
 from retinanet.data.paths import repair_warnings, windows_hint, written_path
+from retinanet.data.progress import ReadProgress, Tick, no_progress
 from retinanet.data.records import Record, clip_boxes, not_finite, repeated_objects
 from retinanet.data.yolo_yaml import YoloSpec, absolute_path, find_data_yaml, read_data_yaml
 
@@ -40,16 +43,40 @@ TOLERANCE = 0.01  # normalised coordinates may overshoot 0..1 by this much (roun
 
 
 def label_path(image: Path) -> Path:
-    """The label file of an image: the last ``images`` folder of its path becomes ``labels``, suffix ``.txt``."""
-    parts = list(image.parts)
-    folders = [i for i, p in enumerate(parts[:-1]) if p == "images"]
-    if folders:
-        parts[folders[-1]] = "labels"
-    return Path(*parts).with_suffix(".txt")
+    """The label file of an image: the last ``images`` folder of its path becomes ``labels``, suffix ``.txt``.
+
+    String work, one ``Path`` made: called for every image of a split."""
+    folder, name = os.path.split(os.fspath(image))
+    marked = os.sep + folder + os.sep  # every folder name between separators, the first and last too
+    at = marked.rfind(_IMAGES_FOLDER)
+    if at >= 0:
+        folder = (marked[:at] + _LABELS_FOLDER + marked[at + len(_IMAGES_FOLDER):])[1:-1]
+    return Path(os.path.join(folder, os.path.splitext(name)[0] + ".txt"))
+
+
+_IMAGES_FOLDER, _LABELS_FOLDER = f"{os.sep}images{os.sep}", f"{os.sep}labels{os.sep}"
 
 
 def _is_image(p: Path) -> bool:
     return is_image_file(p)
+
+
+def files_under(folder: Path) -> list[str]:
+    """The files under ``folder`` (recursively), as ``rglob("*")`` + ``is_file()`` finds them
+    (symlinked files kept, symlinked folders not entered), as path strings in no set order: one
+    ``scandir`` per folder, no ``stat`` or ``Path`` per file (a split may hold 100k images)."""
+    out, todo = [], [os.fspath(folder)]
+    while todo:
+        try:
+            with os.scandir(todo.pop()) as entries:
+                for e in entries:
+                    if e.is_dir(follow_symlinks=False):
+                        todo.append(e.path)
+                    elif e.is_file():
+                        out.append(e.path)
+        except OSError:  # unreadable or vanished folder: as rglob, nothing from it
+            continue
+    return out
 
 
 def list_images(sources: list[Path], problems: list[str], warnings: list[str] | None = None,
@@ -66,16 +93,16 @@ def list_images(sources: list[Path], problems: list[str], warnings: list[str] | 
     where: dict[Path, list[str]] = {}
     for src in sources:
         if src.is_dir():
-            files = [p for p in src.rglob("*") if p.is_file()]
-            images = [p for p in files if _is_image(p)]
+            files = files_under(src)
+            images = [Path(f) for f in files if is_image_file(f)]
             found += images
             if not images:
-                txt = sum(p.suffix.lower() == ".txt" for p in files)
+                txt = sum(f.lower().endswith(".txt") for f in files)
                 problems.append(f"{src}: no image files in this folder" + (
                     f" (it holds {txt} .txt file(s): a labels folder? the split names the images folder, "
                     "e.g. images/train)" if txt else ""))
             if warnings is not None:  # .txt files are labels when no images/ folder separates them
-                warnings += not_read([p for p in files if not _is_image(p) and p.suffix.lower() != ".txt"], src)
+                warnings += not_read([Path(f) for f in files if not is_image_file(f) and not f.lower().endswith(".txt")], src)
             for p in images:
                 where.setdefault(p, []).append(str(src))
         elif src.is_file():
@@ -110,23 +137,25 @@ def list_images(sources: list[Path], problems: list[str], warnings: list[str] | 
     return sorted(set(found))
 
 
-def shared_labels(images: list[Path]) -> tuple[list[Path], list[str]]:
+def shared_labels(images: list[Path], labels: list[Path] | None = None) -> tuple[list[Path], list[str]]:
     """(the images whose label file no other image of the split has, a problem for each file that
     several images would read: ``a.jpg`` and ``a.png`` both take ``a.txt``, and which one its boxes
-    belong to cannot be known)."""
+    belong to cannot be known). ``labels``: each image's ``label_path``, when already known."""
+    labels = labels if labels is not None else [label_path(p) for p in images]
     by_label: dict[Path, list[Path]] = {}
-    for p in images:
-        by_label.setdefault(label_path(p), []).append(p)
+    for p, lab in zip(images, labels):
+        by_label.setdefault(lab, []).append(p)
     shared = {lab: ps for lab, ps in by_label.items() if len(ps) > 1}
     problems = [f"{lab}: the label file of {len(ps)} images ({', '.join(p.name for p in ps)}), which cannot be told apart; "
                 "give each image its own name" for lab, ps in shared.items()]
-    return [p for p in images if label_path(p) not in shared], problems
+    return [p for p, lab in zip(images, labels) if lab not in shared], problems
 
 
-def orphan_labels(sources: list[Path], images: list[Path]) -> list[str]:
+def orphan_labels(sources: list[Path], images: list[Path], labels: list[Path] | None = None) -> list[str]:
     """Problems for the label files of the split's folders whose image is not there (LabelImg's
-    ``classes.txt`` at the top of the labels folder is not a label file)."""
-    expected = {label_path(p) for p in images}
+    ``classes.txt`` at the top of the labels folder is not a label file). ``labels``: each image's
+    ``label_path``, when already known."""
+    expected = {os.fspath(lab) for lab in (labels if labels is not None else map(label_path, images))}
     problems = []
     for src in sources:
         if not src.is_dir():
@@ -134,8 +163,10 @@ def orphan_labels(sources: list[Path], images: list[Path]) -> list[str]:
         labels = label_path(src / "x.jpg").parent
         if labels == src:
             continue  # images and labels in one folder: every .txt is checked through its image
-        for txt in sorted(labels.rglob("*.txt")) if labels.is_dir() else []:
-            if txt not in expected and txt != labels / "classes.txt":  # LabelImg's class list, not labels
+        found = [f for f in files_under(labels) if f.endswith(".txt")] if labels.is_dir() else []
+        lonely = sorted(Path(f) for f in found if f not in expected)  # strings compared: no Path per label file
+        for txt in lonely:
+            if txt != labels / "classes.txt":  # LabelImg's class list, not labels
                 problems.append(f"{txt}: label file without its image (no {txt.stem}.* image in {src})")
     return problems
 
@@ -173,7 +204,7 @@ def parse_label_lines(text: str, source: Path, names: list[str | None], keypoint
         except ValueError:
             problems.append(f"{where}: not a number in {line.strip()!r}")
             continue
-        if not_finite(values):
+        if not all(map(math.isfinite, values)):  # plain floats: numpy per line costs more than the rest
             problems.append(f"{where}: {not_finite(values)} in {line.strip()!r}")
             continue
         cls = values[0]
@@ -181,8 +212,8 @@ def parse_label_lines(text: str, source: Path, names: list[str | None], keypoint
             problems.append(f"{where}: class id {fields[0]} is not in 'names' ({len(names)} classes)")
             continue
         is_box = bool(keypoints) or count == 5
-        coords = np.asarray(values[1:5] if is_box else values[1:], np.float64)
-        if ((coords < -TOLERANCE) | (coords > 1 + TOLERANCE)).any():
+        coords = values[1:5] if is_box else values[1:]
+        if min(coords) < -TOLERANCE or max(coords) > 1 + TOLERANCE:
             shown = " ".join(fields[1:5] if is_box else fields[1:])
             problems.append(f"{where}: coordinates {shown} are not normalised to 0..1")
             continue
@@ -192,9 +223,9 @@ def parse_label_lines(text: str, source: Path, names: list[str | None], keypoint
                 problems.append(f"{where}: negative width or height ({fields[3]} {fields[4]})")
                 continue
             box = (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
-        else:
-            xy = coords.reshape(-1, 2)  # [P, 2] polygon points
-            box = (*xy.min(0), *xy.max(0))
+        else:  # polygon points x1 y1 x2 y2 ...
+            xs, ys = coords[0::2], coords[1::2]
+            box = (min(xs), min(ys), max(xs), max(ys))
         classes.append(int(cls))
         boxes.append(box)
         line_nos.append(n)
@@ -222,22 +253,34 @@ def drop_duplicate_rows(classes: np.ndarray, norm: np.ndarray, line_nos: np.ndar
     return classes[first], norm[first], line_nos[first], ids[first]
 
 
+def read_label(label: Path) -> str | None:
+    """A label file's text (a byte-order mark is not a class), None when there is no such file:
+    one open, no ``is_file`` first (called for every image). Other ``OSError``s and undecodable
+    text raise."""
+    try:
+        return label.read_text(encoding="utf-8-sig")
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return None
+
+
 def to_record(image: Path, image_id: int, spec: YoloSpec, id_table: np.ndarray, class_map: ClassMap,
-              problems: list[str], warnings: list[str], reading: ImageReading = ImageReading()) -> Record | None:
+              problems: list[str], warnings: list[str], reading: ImageReading = ImageReading(),
+              label: Path | None = None) -> Record | None:
     """One image and its label file as a ``Record`` (None, with ``problems``, when bad).
 
     Args:
         id_table: ``[len(names)]`` int64, our class id of each YOLO id (0: not in ``class_map``).
         reading: the EXIF rule and pixel limit the image's size is read under (``oriented_size``).
+        label: the image's ``label_path``, when already known.
     """
-    label = label_path(image)
+    label = label if label is not None else label_path(image)
     try:
         hw = oriented_size(image, exif=reading.exif, max_pixels=reading.max_pixels)
-        text = label.read_text(encoding="utf-8-sig") if label.is_file() else ""  # a byte-order mark is not a class
+        text = read_label(label)
     except (OSError, UnidentifiedImageError, UnicodeDecodeError, ValueError) as err:
         problems.append(f"{image}: cannot read the image header or its label file {label} ({type(err).__name__}: {err})")
         return None
-    classes, norm, line_nos, bad = parse_label_lines(text, label, spec.names, spec.keypoints)
+    classes, norm, line_nos, bad = parse_label_lines(text or "", label, spec.names, spec.keypoints)
     ids = id_table[classes]  # [N] our class ids
     bad += [f"{label}:{n}: class {c} ({spec.names[c]!r}) is not in the class map ({class_map.source})"
             for n, c in zip(line_nos[ids == 0].tolist(), classes[ids == 0].tolist())]
@@ -255,30 +298,40 @@ def to_record(image: Path, image_id: int, spec: YoloSpec, id_table: np.ndarray, 
     if not keep.all():
         lines = ", ".join(map(str, line_nos[~keep].tolist()))
         warnings.append(f"{label}: dropped {int((~keep).sum())} box(es) with no area (line(s) {lines})")
-    source = str(label if label.is_file() else image)
+    source = str(label if text is not None else image)
     return Record(str(image), clipped[keep], ids[keep], np.zeros(int(keep.sum()), bool), image_id, hw, source)
 
 
 def split_records(spec: YoloSpec, key: str, class_map: ClassMap, problems: list[str], warnings: list[str],
-                  reading: ImageReading = ImageReading()) -> list[Record]:
-    """The ``Record`` of every image of the split ``key`` of ``spec``; problems and warnings appended."""
+                  reading: ImageReading = ImageReading(), progress: Tick = no_progress) -> list[Record]:
+    """The ``Record`` of every image of the split ``key`` of ``spec``; problems and warnings appended.
+    ``progress(done, total)`` is called after each image."""
     if key not in spec.splits:
         problems.append(f"{spec.yaml}: no '{key}:' entry (splits: {', '.join(spec.splits) or 'none'})")
         return []
     sources = spec.splits[key]
     images = list_images(sources, problems, warnings, spec.hints)
-    problems += orphan_labels(sources, images)
-    images, shared = shared_labels(images)
+    labels = [label_path(p) for p in images]  # once per image: every step below needs them
+    problems += orphan_labels(sources, images, labels)
+    kept, shared = shared_labels(images, labels)
     problems += shared
-    if images and not any(label_path(p).is_file() for p in images):
-        warnings.append(f"{key}: none of the {len(images)} images has a label file (looked for {label_path(images[0])}, ...)")
+    if len(kept) < len(images):
+        kept_set = set(kept)
+        labels = [lab for p, lab in zip(images, labels) if p in kept_set]
+    images = kept
+    if images and not any(lab.is_file() for lab in labels):
+        warnings.append(f"{key}: none of the {len(images)} images has a label file (looked for {labels[0]}, ...)")
     id_table = np.asarray([(class_map.id_of(n) or 0) if n is not None else 0 for n in spec.names], np.int64)
-    out = [to_record(p, i, spec, id_table, class_map, problems, warnings, reading) for i, p in enumerate(images)]
+    out = []
+    for i, (p, lab) in enumerate(zip(images, labels)):
+        out.append(to_record(p, i, spec, id_table, class_map, problems, warnings, reading, lab))
+        progress(i + 1, len(images))
     return [r for r in out if r is not None]
 
 
 def yolo_records(root: Path, keys: dict[str, str], class_map: ClassMap | None, problems: list[str], warnings: list[str],
-                 reading: ImageReading = ImageReading()) -> tuple[dict[str, list[Record]], ClassMap]:
+                 reading: ImageReading = ImageReading(), progress: ReadProgress = no_progress,
+                 ) -> tuple[dict[str, list[Record]], ClassMap]:
     """Read the splits of a YOLO dataset.
 
     Args:
@@ -286,6 +339,7 @@ def yolo_records(root: Path, keys: dict[str, str], class_map: ClassMap | None, p
         keys: our split name -> the yaml key read for it (e.g. ``{"train": "train", "val": "val"}``).
         class_map: map class names to these ids; None = ``names`` order (YOLO id i -> id i + 1).
         reading: the EXIF rule and pixel limit image sizes are read under.
+        progress: called as ``progress(split, done, total)`` after each image (``retinanet.data.progress``).
 
     Returns:
         ({split: [Record]}, the class map used). Problems and warnings are appended.
@@ -296,4 +350,5 @@ def yolo_records(root: Path, keys: dict[str, str], class_map: ClassMap | None, p
     spec = read_data_yaml(find_data_yaml(root))
     warnings += spec.notes
     class_map = class_map or yolo_class_map(spec)
-    return {s: split_records(spec, k, class_map, problems, warnings, reading) for s, k in keys.items()}, class_map
+    return {s: split_records(spec, k, class_map, problems, warnings, reading, functools.partial(progress, s))
+            for s, k in keys.items()}, class_map

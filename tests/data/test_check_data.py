@@ -203,3 +203,88 @@ def test_an_empty_training_split_is_an_error_it_names(tmp_path):
     report = check_dataset(DataConfig(root=str(tmp_path)), progress=False)
     assert not report.ok and report.errors and report.errors[-1].endswith("the training split 'train' has no usable images")
     assert "0 errors" not in report.summary()
+
+
+def test_each_image_file_is_read_once(synthetic, monkeypatch):
+    """The hash and the decode share one read (check-data read every image twice)."""
+    import builtins
+    import io
+
+    opened = []
+    for module in (builtins, io):
+        real = module.open
+        def counting(file, *args, real=real, **kwargs):
+            if str(file).endswith(".jpg"):
+                opened.append(str(file))
+            return real(file, *args, **kwargs)
+        monkeypatch.setattr(module, "open", counting)
+    report = check_dataset(DataConfig(root=str(synthetic)), progress=False)
+    assert report.ok and len(opened) == 12 and len(set(opened)) == 12
+
+
+def test_many_duplicates_print_a_few_names_and_list_them_all_in_out(tmp_path, capsys):
+    """100k copies of one image printed a 5.36 MB line: now a few names with counts, and the whole
+    list in duplicates.txt that the warning names."""
+    voc = make_voc(tmp_path / "data", {"train": [(f"a{i:02d}", [obj("cat")]) for i in range(12)]
+                                               + [(f"b{i}", [obj("cat")]) for i in range(7)] + [("c", [obj("cat")])],
+                                       "val": [(f"v{i}", [obj("dog")]) for i in range(8)]})
+    images = voc / "JPEGImages"
+    for i in range(1, 12):
+        shutil.copy(images / "a00.jpg", images / f"a{i:02d}.jpg")
+    for i in range(7):  # 7 groups of 2: b_i and v_i, each group in both splits
+        shutil.copy(images / f"b{i}.jpg", images / f"v{i}.jpg")
+    out = tmp_path / "check"
+    assert main(["check-data", "--data", str(tmp_path / "data"), "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert max(line.count(".jpg") for line in printed.splitlines()) == 5  # per line (report and plots: none)
+    assert f"{images / 'a03.jpg'}, {images / 'a04.jpg'} and 7 more (12 files)" in printed
+    assert f"duplicate images (same content): {images / 'b0.jpg'}, {images / 'v0.jpg'}\n" in printed
+    assert f"the same image is in splits train and val: {images / 'b0.jpg'}, {images / 'v0.jpg'}\n" in printed
+    assert f"duplicate images (same content): 8 group(s), 26 files in all; 3 more group(s) not shown; the whole list: {out / 'duplicates.txt'}" in printed
+    assert f"images in more than one split: 7 group(s), 14 files in all; 2 more group(s) not shown; the whole list: {out / 'duplicates.txt'}" in printed
+    listed = (out / "duplicates.txt").read_text()
+    assert all(f"a{i:02d}.jpg\n" in listed for i in range(12)) and all(f"v{i}.jpg\n" in listed for i in range(7))
+    assert "same content, 12 file(s), split(s) train:" in listed and "split(s) train, val:" in listed
+    report = check_dataset(DataConfig(root=str(tmp_path / "data")), progress=False)  # no --out: says how to get it
+    assert any(w.endswith("check-data --out DIR writes the whole list") for w in report.warnings)
+
+
+def test_a_thousand_classes_print_the_ends_of_the_table_by_count_then_id_and_plot_the_most_frequent(tmp_path):
+    """1,000 classes printed 2,000 lines sorted as text (klasse_10 before klasse_100) and drew a
+    700x31,252 px figure."""
+    from PIL import Image
+
+    from retinanet.data.check import write_check_outputs
+
+    names = [f"klasse_{i}" for i in range(1, 201)]
+    items = [(f"im{i}", [obj(n) for n in names[: (1 if i else 200)]] + [obj("klasse_100")] * (i == 1)) for i in range(3)]
+    voc = make_voc(tmp_path / "data", {"train": items, "val": items[:1]})
+    cfg = DataConfig(root=str(tmp_path / "data"), classes=str(_class_file(tmp_path, names)))
+    report = check_dataset(cfg, progress=False)
+    assert report.ok, report.errors
+    printed, full = report.summary(), report.summary(full=True)
+    train = printed.split("\ntrain:")[1].split("\nval:")[0].splitlines()[2:]
+    assert [ln.split()[0] for ln in train[:5]] == ["klasse_1", "klasse_100", "klasse_2", "klasse_3", "klasse_4"]  # 3, 2, 1, 1, 1
+    assert train[5] == "  ... 190 classes (all of them in report.txt with --out)"
+    assert [ln.split()[0] for ln in train[6:]] == ["klasse_196", "klasse_197", "klasse_198", "klasse_199", "klasse_200"]
+    assert len(printed.splitlines()) < 60 and len(full.splitlines()) > 400
+    assert "klasse_10=10 ... klasse_199=199, klasse_200=200 (200 in all; all of them in report.txt with --out)" in printed
+    assert "klasse_150=150" in full and "klasse_150 " in full
+    paths = write_check_outputs(report, tmp_path / "out", min_size=64, max_size=64, anchor_sizes=(32, 64, 128, 256, 512))
+    assert (tmp_path / "out" / "report.txt").read_text() == full + "\n"
+    w, h = Image.open(tmp_path / "out" / "instances_per_class.png").size
+    assert h < 1500, (w, h)  # 40 classes drawn (was 4,500 px for 200)
+    assert "train (203)" in _legend_texts(report)  # the split's objects, not the plotted ones'
+    assert tmp_path / "out" / "instances_per_class.png" in paths
+
+
+def _class_file(tmp_path, names):
+    path = tmp_path / "classes.json"
+    path.write_text(__import__("json").dumps({n: i for i, n in enumerate(names, 1)}))
+    return path
+
+
+def _legend_texts(report) -> list[str]:
+    from retinanet.data.check import class_counts_figure
+
+    return [t.get_text() for t in class_counts_figure(report).legends[0].get_texts()]

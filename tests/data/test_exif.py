@@ -103,3 +103,18 @@ def test_check_data_lists_exif_images_and_their_frame(tmp_path):
     report = check_dataset(DataConfig(root=str(tmp_path), exif="ignore"), progress=False)
     assert any("r.jpg: EXIF orientation 6 (rotated 90 CW); read in the stored frame (exif=ignore)" in w for w in report.warnings)
     assert any("r.xml: <size> says 10x30 (WxH) but" in w for w in report.warnings)
+
+
+@pytest.mark.parametrize("exif, stated", [("auto", None), ("auto", (10, 30)), ("apply", None), ("ignore", None)])
+def test_decoding_from_bytes_already_read_follows_the_same_rules(tmp_path, exif, stated):
+    """check-data hashes each file's bytes and decodes those bytes (it read every image twice)."""
+    from retinanet.data.images import ImageTooLargeError, open_image
+
+    path = exif_jpeg(tmp_path / "o6.jpg")
+    data = path.read_bytes()
+    from_file = open_image(path, stated, exif=exif)
+    from_bytes = open_image(tmp_path / "not-opened.jpg", stated, exif=exif, data=data)  # the path only names it
+    assert (from_bytes.orientation, from_bytes.frame, from_bytes.note) == (from_file.orientation, from_file.frame, from_file.note)
+    assert np.array_equal(np.asarray(from_bytes.image), np.asarray(from_file.image))
+    with pytest.raises(ImageTooLargeError, match="not-opened.jpg: image of 30x10"):
+        open_image(tmp_path / "not-opened.jpg", exif=exif, max_pixels=299, data=data)

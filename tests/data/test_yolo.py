@@ -412,3 +412,32 @@ def test_windows_split_entries_and_list_lines_are_read_as_separators(tmp_path):
         f"under {tmp_path} as written, nor with its Windows '\\' read as folder separators)",
         f"{tmp_path / 'train.txt'}:1: image images\\train\\c.png not found ({tmp_path / 'images/train/c.png'}); "
         f"'images\\train\\c.png' is not under {tmp_path} as written, nor with its Windows '\\' read as folder separators"]
+
+
+def _label_path_by_parts(image: Path) -> Path:
+    """The rule as first written (``Path.parts``): what the string version must give."""
+    parts = list(image.parts)
+    folders = [i for i, p in enumerate(parts[:-1]) if p == "images"]
+    if folders:
+        parts[folders[-1]] = "labels"
+    return Path(*parts).with_suffix(".txt")
+
+
+@pytest.mark.parametrize("image", ["/d/images/train/a.jpg", "images/a.jpg", "/images/a.jpg", "a.jpg", "/d/images/x/images/a.b.jpg",
+                                   "/d/myimages/a.jpg", "/d/images/imagesx/a.png", "/d/images/.hidden.jpg", "../images/a.JPG",
+                                   "/images/images/images.jpg", "/d/images/a b/c d.jpeg", "d/images"])
+def test_label_path_by_strings_is_the_rule_by_parts(image):
+    assert label_path(Path(image)) == _label_path_by_parts(Path(image))
+
+
+def test_reading_a_split_computes_each_label_path_once(tmp_path, monkeypatch):
+    """Was 4-5 times per image (orphans, shared labels twice, the record twice): 80k images, ~900k Paths."""
+    from retinanet.data import yolo
+
+    data = tiny_yolo(tmp_path, {f"im{i}": "0 0.5 0.5 0.2 0.2\n" for i in range(6)} | {"nolabel": None})
+    calls = []
+    counting = lambda p: calls.append(p) or _label_path_by_parts(p)  # noqa: E731
+    monkeypatch.setattr(yolo, "label_path", counting)
+    records, *_ = read_records(DataConfig(root=str(data)), splits=("train",))
+    assert len(records["train"]) == 7 and sum(len(r.labels) for r in records["train"]) == 6
+    assert len(calls) == 7 + 1  # each image, and the labels folder of the one images folder

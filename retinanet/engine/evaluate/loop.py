@@ -28,6 +28,7 @@ from retinanet.data import ClassMap, build_datasets, build_loader
 from retinanet.data.build import coco_files
 from retinanet.data.classes import default_class_names
 from retinanet.data.coco import read_coco_json
+from retinanet.data.progress import reading_progress
 from retinanet.engine.runtime.checkpoint import load_model
 from retinanet.engine.evaluate.coco import coco_results, evaluate_coco, per_class_table
 from retinanet.engine.runtime.distributed import (
@@ -421,8 +422,9 @@ def run_eval(data_cfg, opts: EvalOptions) -> EvalRun:
         class_map = (ClassMap(model_map, source=f"class map of {Path(opts.weights).name}")
                      if model_map and data_cfg.classes is None else None)
         tile = opts.tile.resolved(cfg.min_size) if opts.tile is not None else None
-        datasets = build_datasets(data_cfg, min_size=cfg.min_size, max_size=cfg.max_size, splits=("val",),
-                                  class_map=class_map, resize_val=tile is None)
+        with reading_progress(opts.progress and is_main_process()) as tell:
+            datasets = build_datasets(data_cfg, min_size=cfg.min_size, max_size=cfg.max_size, splits=("val",),
+                                      class_map=class_map, resize_val=tile is None, progress=tell)
         if not len(datasets.val):  # named by the file read (a COCO root is the training file)
             where = coco_files(data_cfg, datasets.root, ("val",))["val"] if datasets.format == "coco" else datasets.root
             raise RetinaNetError(f"{where}: the split {data_cfg.val_split!r} has no images to evaluate")

@@ -58,6 +58,7 @@ from retinanet.engine.train.setup import (Run, RunState, check_train_config, che
 from retinanet.engine.train.resume import absolute_paths, changes_comment, check_resume
 from retinanet.engine.train.start import resolve_start
 from retinanet.data.check import too_small_for_anchors
+from retinanet.data.progress import reading_progress
 from retinanet.data.crop import crop_model_config, crop_rule, too_large_for_crop
 from retinanet.errors import RetinaNetError
 from retinanet.files import link_atomic
@@ -100,7 +101,8 @@ def _train(model_cfg: ModelConfig, data_cfg: DataConfig, cfg: TrainConfig, progr
     device = D.local_device(cfg.device)
     distributed = D.init_distributed(device)
     seed_everything(cfg.seed)
-    data = read_datasets(data_cfg, model_cfg)
+    with reading_progress(progress and D.is_main_process()) as tell:  # before train.log opens: on stderr alone
+        data = read_datasets(data_cfg, model_cfg, tell)
     model_cfg = dataclasses.replace(model_cfg, num_classes=data.class_map.num_classes)
     resume_path = resume_file(cfg.resume) if cfg.resume else None  # once: a run folder's newest checkpoint
     resumed = read_checkpoint(resume_path) if resume_path else None

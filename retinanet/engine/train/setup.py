@@ -16,6 +16,7 @@ import torch
 
 from retinanet.config import DataConfig, ModelConfig, TrainConfig
 from retinanet.data import Datasets, build_datasets, build_loader
+from retinanet.data.progress import ReadProgress, no_progress
 from retinanet.engine.runtime import distributed as D
 from retinanet.engine.runtime.checkpoint import load_training_state, read_checkpoint, training_checkpoint
 from retinanet.engine.runtime.precision import Precision, normalize_mode, resolve_precision
@@ -127,12 +128,13 @@ def check_train_config(cfg: TrainConfig) -> None:
     normalize_mode(cfg.amp)
 
 
-def read_datasets(data_cfg: DataConfig, model_cfg: ModelConfig) -> Datasets:
+def read_datasets(data_cfg: DataConfig, model_cfg: ModelConfig, progress: ReadProgress = no_progress) -> Datasets:
     """The train and val datasets at the model's input size; an empty val split is an error. What
-    reading left out or changed is not issued as warnings: ``log_data_notes`` logs it."""
+    reading left out or changed is not issued as warnings: ``log_data_notes`` logs it. ``progress``:
+    see ``read_records``."""
     # --crop: the model sees native-resolution crops, so its evaluations tile native-resolution images (val_tiling)
     data = build_datasets(data_cfg, min_size=model_cfg.min_size, max_size=model_cfg.max_size, warn=False,  # logged
-                          resize_val=data_cfg.crop is None)
+                          resize_val=data_cfg.crop is None, progress=progress)
     if len(data.val) == 0:
         raise RetinaNetError(f"{data.root}: the validation split {data_cfg.val_split!r} has no images "
                              "(training evaluates on it; give --val-split, or --val-fraction > 0 for a flat folder)")
