@@ -159,3 +159,9 @@ def test_bench_worker_memory_prints_both_layouts():
     assert "RecordList packed them" in out
     rows = {line.split(" worker")[0].strip(): line for line in out.splitlines() if "worker USS growth" in line}
     assert set(rows) == {"list of Record", "RecordList"}
+
+
+def test_bench_indexing_reads_every_format_whole():
+    out = run("bench_indexing.py", "--num-images", "20")
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()[2:] if line.strip()}
+    assert set(rows) == {"yolo", "voc-flat", "voc", "coco"} and all(len(r) == 2 for r in rows.values())

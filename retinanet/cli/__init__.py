@@ -151,7 +151,7 @@ def _add_eval(sub) -> None:
         "no training split is needed, and --data may be a COCO val JSON alone (instances_val2017.json). Runs under torchrun too.",
     )
     p.add_argument("--weights", required=True, metavar="CKPT", help=WEIGHTS_HELP)
-    add_data_options(p, data_help="VOCdevkit root, flat images+XML folder, COCO annotation JSON, or YOLO data.yaml "
+    add_data_options(p, from_config=True, data_help="VOCdevkit root, flat images+XML folder, COCO annotation JSON, or YOLO data.yaml "
                      "(default: the dataset the checkpoint was trained on, with its split settings, said on stderr; "
                      "needed for a torchvision weights file)")
     p.add_argument("--split", help="split to evaluate (overrides --val-split)")
@@ -182,21 +182,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 # what names the dataset a run was trained on (its split settings included): eval without --data reads them
-# from the checkpoint where its own options hold their defaults
+# from the checkpoint, but for those given on its command line
 TRAINED_DATASET = ("root", "format", "years", "val_split", "val_fraction", "split_seed", "exif", "max_image_pixels",
                    "synthetic_train", "synthetic_val", "synthetic_size")
 
 
-def trained_dataset(weights: str, data_cfg: DataConfig) -> tuple[DataConfig, str]:
-    """``data_cfg`` with the dataset ``weights`` was trained on (``TRAINED_DATASET``, where
-    ``data_cfg`` holds the defaults), and a line that says which. Raises ``RetinaNetError`` for
-    weights that record no dataset (a torchvision file) and for a dataset that is no longer there."""
+def trained_dataset(weights: str, data_cfg: DataConfig, given: set[str]) -> tuple[DataConfig, str]:
+    """``data_cfg`` with the dataset ``weights`` was trained on (its ``TRAINED_DATASET`` settings
+    but those ``given`` on the command line), and a line that says which. Raises ``RetinaNetError``
+    for weights that record no dataset (a torchvision file) and for a dataset no longer there."""
     stored = None if str(weights).lower() in DETECTOR_URLS else stored_config(weights)
     if not stored or not stored.get("data"):
         raise RetinaNetError(f"--data is needed: {weights} records no dataset (a torchvision weights file); "
                              "--data names the one to evaluate on")
-    default, trained = DataConfig(), stored["data"]
-    taken = {k: trained[k] for k in TRAINED_DATASET if k in trained and getattr(data_cfg, k) == getattr(default, k)}
+    trained = stored["data"]
+    taken = {k: trained[k] for k in TRAINED_DATASET if k in trained and k not in given}
     data_cfg = dataclasses.replace(data_cfg, **{k: tuple(v) if k == "years" else v for k, v in taken.items()})
     root = data_cfg.root
     if root is not None and not Path(root).exists():
@@ -208,13 +208,14 @@ def trained_dataset(weights: str, data_cfg: DataConfig) -> tuple[DataConfig, str
 
 
 def _eval(args: argparse.Namespace) -> int:
-    val_split = given_options(args, ("data",))["data"].get("val_split")  # eval's options hold their defaults
-    if args.split and val_split not in (None, DataConfig().val_split, args.split):
+    given = given_options(args, ("data",))["data"]  # the dataset options given (the others are absent from args)
+    val_split = given.get("val_split")
+    if args.split and val_split not in (None, args.split):
         raise RetinaNetError(f"--split {args.split} and --val-split {val_split} both name the split to evaluate: give one")
     data_cfg = data_config_from_args(args, **({"val_split": args.split} if args.split else {}))
-    if args.data is None:  # the dataset the checkpoint was trained on, not a default one
+    if getattr(args, "data", None) is None:  # the dataset the checkpoint was trained on, not a default one
         try:
-            data_cfg, note = trained_dataset(args.weights, data_cfg)
+            data_cfg, note = trained_dataset(args.weights, data_cfg, set(given) | ({"val_split"} if args.split else set()))
         except RetinaNetError as err:
             err.every_rank = True  # under torchrun: said once per machine
             raise

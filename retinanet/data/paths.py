@@ -62,7 +62,7 @@ def written_path(text: str, folder: Path) -> tuple[Path, str]:
         under ``folder`` by its longest existing run of trailing parts.
     """
     literal = folder / text
-    if literal.exists() or not is_windows_form(text):
+    if not is_windows_form(text) or literal.exists():  # the string first: no disk check for an ordinary name
         return literal, AS_WRITTEN
     parts = windows_parts(text)
     if not parts:

@@ -47,3 +47,27 @@ def test_ctrl_c_with_spawned_workers_stops_the_run_with_its_checkpoint(tmp_path,
     saved = re.search(r"stopped by SIGINT .*; checkpoint (\S+)", log)
     assert saved, log[-2000:]
     assert torch.load(saved.group(1), weights_only=True)["epoch"] >= 0  # epoch 1 (or later) is in it
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads Linux's /proc/PID/status")
+def test_workers_ignore_sigint_only_block_nothing_and_a_process_with_persistent_ones_exits():
+    """A worker left with SIGTERM blocked could not be terminated: a process whose persistent
+    workers were still alive at exit hung there."""
+    script = """
+import torch
+from torch.utils.data import Dataset
+from retinanet.data.workers import QuietWorkersLoader
+class D(Dataset):
+    def __len__(self): return 8
+    def __getitem__(self, i): return i
+loader = QuietWorkersLoader(D(), batch_size=None, num_workers=2, persistent_workers=True)
+assert sorted(loader) == list(range(8))
+for w in loader._iterator._workers:
+    status = dict(line.split(":", 1) for line in open(f"/proc/{w.pid}/status").read().splitlines() if ":" in line)
+    ignored, blocked = int(status["SigIgn"], 16), int(status["SigBlk"], 16)
+    print(bool(ignored >> 1 & 1), bool(ignored >> 14 & 1), blocked)
+"""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["True", "False", "0"] * 2  # SIGINT ignored, SIGTERM not, nothing blocked

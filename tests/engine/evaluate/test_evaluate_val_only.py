@@ -101,3 +101,16 @@ def test_without_data_the_checkpoints_own_dataset_is_evaluated_and_said(val_only
     assert f"was trained on {tmp_path / 'moved'}, which is not there now: give --data" in capsys.readouterr().err
     assert _eval(["--weights", str(ckpt)], tmp_path / "e3") == 2  # no data config stored (as a torchvision file)
     assert "--data is needed" in capsys.readouterr().err
+
+
+def test_without_data_an_option_given_equal_to_its_default_is_still_given(val_only, tmp_path, capsys):
+    from retinanet.engine.runtime.checkpoint import save_checkpoint
+    root, ckpt = val_only
+    stored = torch.load(ckpt, weights_only=True)
+    stored["config"]["data"] = asdict(DataConfig(root=str(root), val_split="train"))  # trained with --val-split train
+    trained = tmp_path / "trained.pt"
+    save_checkpoint(stored, trained)
+    assert main(["eval", "--weights", str(trained), "--split", "val", "--out", str(tmp_path / "e"), "--workers", "0",
+                 "--device", "cpu"]) == 0
+    assert "split 'val'" in capsys.readouterr().err
+    assert json.loads((tmp_path / "e" / "eval.json").read_text())["num_images"] == 3
