@@ -102,14 +102,18 @@ warnings.simplefilter("ignore")
 root, fmt = sys.argv[1], sys.argv[2]
 c, t = time.process_time(), time.perf_counter()
 records = read_records(DataConfig(root=root, format=fmt, val_split="val", train_split="train"))[0]
-print(json.dumps({"images": sum(map(len, records.values())), "cpu": time.process_time() - c, "wall": time.perf_counter() - t}))
+import retinanet
+print(json.dumps({"images": sum(map(len, records.values())), "cpu": time.process_time() - c, "wall": time.perf_counter() - t,
+                  "code": retinanet.__file__}))
 """
 
 
 def time_reading(code: Path, root: str, fmt: str) -> dict:
     """``read_records`` of one dataset by the package in ``code``, in a fresh process."""
     env = {**os.environ, "PYTHONPATH": str(code), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-c", TIMER, root, fmt], capture_output=True, text=True, env=env, check=False)
+    # cwd: the dataset's folder, not a checkout (python -c puts the cwd first on sys.path)
+    proc = subprocess.run([sys.executable, "-c", TIMER, root, fmt], capture_output=True, text=True, env=env, check=False,
+                          cwd=Path(root).parent)
     if proc.returncode:
         raise SystemExit(f"{code}: {fmt}: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -133,6 +137,9 @@ def main() -> None:
             for _, code in codes:  # each reading draws the flat layout's split anew (the first run of a user's)
                 shutil.rmtree(Path(roots["voc-flat"]) / "splits", ignore_errors=True)
                 row.append(time_reading(code, roots[fmt], fmt))
+            for (_, code), r in zip(codes, row):
+                if not Path(r["code"]).resolve().is_relative_to(code):
+                    raise SystemExit(f"timed {r['code']}, not the package in {code}")
             if any(r["images"] != args.num_images for r in row):
                 raise SystemExit(f"{fmt}: read {[r['images'] for r in row]} images, made {args.num_images}")
             print(f"{fmt:10s} " + " ".join(f"{r['cpu']:12.2f} {r['wall']:13.2f}" for r in row))
