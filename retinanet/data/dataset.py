@@ -59,6 +59,9 @@ def seeded_rng(seed: int) -> Iterator[None]:
             random.setstate(py_state)
 
 
+ITEM_WARNINGS_SHOWN = 5  # per kind of item warning and process; the rest in one line (check-data lists them all)
+
+
 class DetectionDataset(Dataset):
     """Items ``(image uint8 [3, H, W] resized for the model, target dict)``.
 
@@ -93,6 +96,18 @@ class DetectionDataset(Dataset):
         self.bad: list[str] = []
         self.draws: tuple[int, int] | None = None  # (seed, epoch) of set_epoch
         self._sizes: list[tuple[int, int] | None] | None = None  # image_sizes, once read
+        self._warned: dict[str, int] = {}  # items warned about, by kind (in this process: see _warn)
+
+    def _warn(self, kind: str, message: str) -> None:
+        """A warning about one item, shown for the first ``ITEM_WARNINGS_SHOWN`` items of its
+        ``kind`` in this process; then one line that more are not shown (a dataset of phone photos
+        would otherwise print one per image, in every loader process)."""
+        n = self._warned[kind] = self._warned.get(kind, 0) + 1
+        if n <= ITEM_WARNINGS_SHOWN:
+            warnings.warn(message, stacklevel=2)
+        elif n == ITEM_WARNINGS_SHOWN + 1:
+            warnings.warn(f"more items with {kind} warnings like the above: not shown from this loader process "
+                          "(`retinanet check-data` lists every one)", stacklevel=2)
 
     def set_epoch(self, seed: int, epoch: int) -> None:
         """Make item ``i``'s augmentation a function of ``(seed, epoch, i)`` alone (None: global RNGs)."""
@@ -128,16 +143,16 @@ class DetectionDataset(Dataset):
         r = self.records[index]
         opened = open_image(r.file, r.size, exif=self.exif, max_pixels=self.max_pixels)
         if opened.note:
-            warnings.warn(f"{r.source}: {r.file}: {opened.note}")
+            self._warn("EXIF", f"{r.source}: {r.file}: {opened.note}")
         image = pil_to_tensor(opened.image)
         hw = (int(image.shape[1]), int(image.shape[2]))
         if r.size is not None and hw != tuple(r.size):
-            warnings.warn(f"{r.source}: annotation says {r.size[1]}x{r.size[0]} (WxH) but {r.file} is {hw[1]}x{hw[0]}; "
-                          "boxes clipped to the image")
+            self._warn("size", f"{r.source}: annotation says {r.size[1]}x{r.size[0]} (WxH) but {r.file} is {hw[1]}x{hw[0]}; "
+                       "boxes clipped to the image")
         # a no-op unless the annotation gave no size (VOC without <size>) or another one: then said aloud
         boxes, keep, said = clip_said(r.boxes, hw, f"{r.source} ({r.file})")
         for msg in said:
-            warnings.warn(msg)
+            self._warn("clip", msg)
         target = {
             "boxes": torch.from_numpy(np.ascontiguousarray(boxes[keep], np.float32)).reshape(-1, 4),
             "labels": torch.from_numpy(r.labels[keep].astype(np.int64)),

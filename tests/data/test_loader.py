@@ -148,3 +148,22 @@ def test_a_datasets_records_are_one_buffer_and_read_back_equal(datasets):
     with pytest.raises(IndexError):
         packed[2]
     assert isinstance(datasets.train.records, RecordList) and len(datasets.train.records) == len(datasets.train)
+
+
+def test_warnings_about_items_stop_after_a_few_of_a_kind(datasets):
+    """A dataset of phone photos or of wrong <size> values printed one warning per image, in every
+    loader process: now the first few of each kind, then one line that more are not shown."""
+    import dataclasses
+    import warnings
+
+    from retinanet.data.dataset import ITEM_WARNINGS_SHOWN
+    records = [dataclasses.replace(r, size=(r.size[0] + 1, r.size[1])) for r in datasets.train.records]  # all wrong
+    assert len(records) > ITEM_WARNINGS_SHOWN + 1
+    ds = DetectionDataset(records, ItemTransform(min_size=64, max_size=64))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for i in range(len(ds)):
+            ds[i]
+    said = [str(w.message) for w in caught]
+    assert sum("annotation says" in m for m in said) == ITEM_WARNINGS_SHOWN
+    assert sum("more items with size warnings like the above: not shown" in m for m in said) == 1
