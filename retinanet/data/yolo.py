@@ -155,7 +155,9 @@ def orphan_labels(sources: list[Path], images: list[Path], labels: list[Path] | 
     """Problems for the label files of the split's folders whose image is not there (LabelImg's
     ``classes.txt`` at the top of the labels folder is not a label file). ``labels``: each image's
     ``label_path``, when already known."""
-    expected = {os.fspath(lab) for lab in (labels if labels is not None else map(label_path, images))}
+    labels_of = list(labels if labels is not None else map(label_path, images))
+    expected = {os.fspath(lab) for lab in labels_of}
+    by_case: dict[str, Path] | None = None  # lower-cased label path -> its image: made only when one is missing
     problems = []
     for src in sources:
         if not src.is_dir():
@@ -167,7 +169,12 @@ def orphan_labels(sources: list[Path], images: list[Path], labels: list[Path] | 
         lonely = sorted(Path(f) for f in found if f not in expected)  # strings compared: no Path per label file
         for txt in lonely:
             if txt != labels / "classes.txt":  # LabelImg's class list, not labels
-                problems.append(f"{txt}: label file without its image (no {txt.stem}.* image in {src})")
+                if by_case is None:
+                    by_case = {os.fspath(lab).lower(): p for lab, p in zip(labels_of, images)}
+                twin = by_case.get(os.fspath(txt).lower())
+                case = (f"; its image {twin.name} differs in letter case only (names are case-sensitive here, unlike "
+                        "on Windows and macOS): rename one to match" if twin is not None else "")
+                problems.append(f"{txt}: label file without its image (no {txt.stem}.* image in {src}{case})")
     return problems
 
 

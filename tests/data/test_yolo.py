@@ -441,3 +441,13 @@ def test_reading_a_split_computes_each_label_path_once(tmp_path, monkeypatch):
     records, *_ = read_records(DataConfig(root=str(data)), splits=("train",))
     assert len(records["train"]) == 7 and sum(len(r.labels) for r in records["train"]) == 6
     assert len(calls) == 7 + 1  # each image, and the labels folder of the one images folder
+
+
+def test_a_label_file_whose_name_differs_from_its_image_in_case_only_says_so(tmp_path):
+    """Made on Windows or macOS (case-insensitive names), read on Linux: IMG_1.png and img_1.txt."""
+    data = tiny_yolo(tmp_path, {"a": "0 0.5 0.5 0.2 0.2\n"})
+    (tmp_path / "images" / "train" / "a.png").rename(tmp_path / "images" / "train" / "A.png")
+    report = check_dataset(DataConfig(root=str(data)), progress=False)
+    assert set(report.errors) == {f"{tmp_path / 'labels/train/a.txt'}: label file without its image (no a.* image in "
+                                  f"{tmp_path / 'images/train'}; its image A.png differs in letter case only (names are "
+                                  "case-sensitive here, unlike on Windows and macOS): rename one to match)"}  # train = val
