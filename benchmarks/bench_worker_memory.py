@@ -3,8 +3,8 @@ against ``RecordList`` (one packed buffer, what ``DetectionDataset`` holds).
 
 Forked workers share the parent's memory until a page is written; touching a Python object writes
 its reference count (and the garbage collector walks every tracked object), so a worker reading a
-list of records copies it page by page. Each worker here reads every record once (shuffled, as
-training does) and nothing else; the growth of its unique memory (USS, from
+list of records copies it page by page. The workers share one shuffled pass over every record (as
+training does; each reads its batches, about 1/W of the records) and do nothing else; the growth of its unique memory (USS, from
 ``/proc/PID/smaps_rollup``, Linux) is what that reading copied.
 
     python benchmarks/bench_worker_memory.py --num-records 200000 --workers 2
@@ -85,6 +85,13 @@ def main() -> None:
     pack_s = time.perf_counter() - t
     print(f"{args.num_records} records, {args.workers} worker(s); RecordList packed them in {pack_s:.2f} s "
           f"into {packed._data.nbytes / 2**20:.0f} MiB")
+    scans = []
+    for held in (records, packed):  # what a full scan (image sizes, the anchor check) costs in the main process
+        t = time.perf_counter()
+        for r in held:
+            r.size, r.boxes
+        scans.append(time.perf_counter() - t)
+    print(f"a full scan reading every record: list of Record {scans[0]:.2f} s, RecordList {scans[1]:.2f} s")
     for name, held in (("list of Record", records), ("RecordList", packed)):
         gc.collect()
         growth = worker_growth(held, args.workers)

