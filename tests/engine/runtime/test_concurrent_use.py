@@ -127,14 +127,20 @@ def test_stale_temporaries_of_a_killed_write_are_removed_at_the_next_start_and_l
     assert all(n in log for n in stale)
 
 
-def test_the_lock_is_released_when_the_block_ends_and_held_against_this_process_too(tmp_path):
-    with hold_folder(tmp_path, "first"):
-        with pytest.raises(RetinaNetError, match=f"pid {os.getpid()}: first"):
-            with hold_folder(tmp_path, "second"):
+def hold_refuse_release(folder) -> None:
+    """Hold ``folder``; a second holder (this process too) is refused naming the first; once the
+    block ends it can be held again, and ``.lock`` names no pid of a holder that let go."""
+    with hold_folder(folder, "first"):
+        with pytest.raises(RetinaNetError, match=f"in use by another process \\(pid {os.getpid()}: first"):
+            with hold_folder(folder, "second"):
                 pass
-    with hold_folder(tmp_path, "third"):
+    with hold_folder(folder, "third"):
         pass
-    assert (tmp_path / ".lock").read_text() == ""  # no pid of a process that no longer holds it
+    assert (folder / ".lock").read_text() == ""
+
+
+def test_the_lock_is_released_when_the_block_ends_and_held_against_this_process_too(tmp_path):
+    hold_refuse_release(tmp_path)
 
 
 def test_sigterm_of_the_holder_also_releases(tmp_path):
@@ -191,15 +197,9 @@ def test_on_windows_msvcrt_locking_holds_the_folder_and_the_holder_stays_readabl
     fake = FakeMsvcrt()
     monkeypatch.setattr(files, "fcntl", None)
     monkeypatch.setattr(files, "msvcrt", fake)
-    with hold_folder(tmp_path, "first"):
-        with pytest.raises(RetinaNetError, match=f"in use by another process \\(pid {os.getpid()}: first"):
-            with hold_folder(tmp_path, "second"):
-                pass
-    with hold_folder(tmp_path, "third"):
-        pass
+    hold_refuse_release(tmp_path)
     assert {pos for _, pos, _ in fake.calls} == {files._WINDOWS_LOCK_AT} and all(n == 1 for *_, n in fake.calls)
     assert [mode for mode, *_ in fake.calls] == [2, 2, 0, 2, 0]  # the refused one never held it: nothing to undo
-    assert (tmp_path / ".lock").read_text() == ""
 
 
 def test_without_fcntl_or_msvcrt_a_folder_is_held_without_a_lock(tmp_path, monkeypatch):
