@@ -16,21 +16,19 @@ from __future__ import annotations
 
 import hashlib
 import math
-import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
-from tqdm import tqdm
 
 from retinanet.files import write_atomic
 from retinanet.config import DataConfig
 from retinanet.data.build import read_records
 from retinanet.data.classes import ClassMap
 from retinanet.data.images import DEFAULT_MAX_PIXELS, describe_orientation, open_image
-from retinanet.data.progress import reading_progress
+from retinanet.data.progress import progress_bar, reading_progress
 from retinanet.data.records import Record, clip_said
 from retinanet.errors import DataError
 from retinanet.geometry import resized_size
@@ -139,7 +137,7 @@ def decode_check(records: dict[str, list[Record]], progress: bool = True, *, exi
     by_hash: dict[str, list[tuple[str, str]]] = {}
     todo = [(split, r) for split, recs in records.items() for r in recs]
     seen: set[str] = set()
-    for split, r in tqdm(todo, desc="decoding images", unit="img", file=sys.stderr, disable=not progress):
+    for split, r in progress_bar(todo, desc="decoding images", unit="image", show=progress):
         try:
             data = Path(r.file).read_bytes()
             if r.file not in seen:

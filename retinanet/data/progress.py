@@ -1,4 +1,5 @@
-"""Progress of reading a dataset's annotations: one mechanism for every reader.
+"""Progress of long work: reading a dataset's annotations (one mechanism for every reader), and
+``progress_bar`` for the commands' own loops (eval, predict, check-data's decoding).
 
 Readers never print. Each pass over a split's items (VOC XML files, COCO images, YOLO images)
 calls a ``Tick``, ``tick(done, total)``, after each item; ``read_records`` makes one per split
@@ -6,6 +7,10 @@ from the ``ReadProgress`` it is given (``functools.partial(progress, "train")``)
 decides what is shown: ``no_progress`` (the default: library calls, ``--quiet``, the processes
 of a torchrun other than the one that prints) or a ``ReadingReport``, which stays silent on a
 short read and then shows a tqdm bar on a terminal, else a line every ``every`` seconds.
+
+``progress_bar`` follows the same rule for a loop: a tqdm bar when the stream is a terminal, else
+(``2> eval.log``, a batch job) a ``ProgressLines``: a plain line every ``every`` seconds once the
+work has lasted ``delay``, and one when it ends, never tqdm's carriage returns in a log file.
 """
 
 from __future__ import annotations
@@ -93,3 +98,80 @@ class ReadingReport:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class ProgressLines:
+    """The part of tqdm's interface the commands use (``update``, ``total``, ``n``, ``refresh``,
+    ``set_postfix``, ``close``, iteration, context manager), written as plain lines for a log:
+    ``eval: 120/500 batches (24%), 31 s`` every ``every`` seconds once ``delay`` seconds have passed,
+    and a last line at ``close`` when one was printed before (the log shows the work ended). A short
+    run prints nothing. ``total`` may grow while running (tiles counted as images are decoded)."""
+
+    def __init__(self, iterable=None, *, total: int | None = None, desc: str = "", unit: str = "it",
+                 stream: TextIO | None = None, delay: float | None = None, every: float | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.iterable, self.desc, self.unit, self.clock = iterable, desc, unit, clock
+        if total is None and iterable is not None:
+            total = len(iterable) if hasattr(iterable, "__len__") else None
+        self.total, self.n = total, 0
+        self.stream = stream if stream is not None else sys.stderr
+        self.delay = DELAY_S if delay is None else delay
+        self.every = EVERY_S if every is None else every
+        self.start = clock()
+        self.last_line: float | None = None  # when the last line was printed
+        self.closed = False
+
+    def __iter__(self):
+        for item in self.iterable:
+            yield item
+            self.update(1)
+        self.close()  # as tqdm does when its iterable ends
+
+    def __len__(self) -> int:
+        return self.total or 0
+
+    def update(self, n: int = 1) -> None:
+        """``n`` more units done; a line when one is due."""
+        self.n += n
+        now = self.clock()
+        if not self.closed and now - self.start >= self.delay and (self.last_line is None or now - self.last_line >= self.every):
+            self._line(now)
+
+    def _line(self, now: float) -> None:
+        self.last_line = now
+        share = f" ({100 * self.n // self.total}%)" if self.total else ""
+        of = f"/{self.total}" if self.total else ""
+        units = self.unit + ("es" if self.unit.endswith(("s", "x", "ch", "sh")) else "s")
+        print(f"{self.desc}: {self.n}{of} {units}{share}, {now - self.start:.0f} s", file=self.stream, flush=True)
+
+    def refresh(self) -> None:
+        """Nothing to redraw: lines are printed as they fall due."""
+
+    def set_postfix(self, *args, **kwargs) -> None:
+        """Bar decorations have no line of their own."""
+
+    def close(self) -> None:
+        """The closing line, when the work was long enough to print lines."""
+        if not self.closed and self.last_line is not None:
+            self._line(self.clock())
+        self.closed = True
+
+    def __enter__(self) -> ProgressLines:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def progress_bar(iterable=None, *, total: int | None = None, desc: str, unit: str, show: bool,
+                 stream: TextIO | None = None, tty: bool | None = None, **lines_options):
+    """Progress of a command's loop on ``stream`` (default stderr): a tqdm bar on a terminal
+    (``tty``; default: whether the stream is one), else ``ProgressLines`` (``lines_options``:
+    ``delay``, ``every``, ``clock``); nothing when not ``show`` (``--quiet``, a process of a
+    torchrun other than the one that prints). Used as tqdm is: iterate it, or ``update`` it."""
+    stream = stream if stream is not None else sys.stderr
+    if tty is None:
+        tty = bool(getattr(stream, "isatty", lambda: False)())
+    if show and not tty:
+        return ProgressLines(iterable, total=total, desc=desc, unit=unit, stream=stream, **lines_options)
+    return tqdm(iterable, total=total, desc=desc, unit=unit, file=stream, dynamic_ncols=True, disable=not show)

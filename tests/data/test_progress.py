@@ -104,3 +104,39 @@ def test_check_data_shows_reading_on_stderr_unless_quiet(synthetic, monkeypatch,
 def test_a_small_dataset_read_quickly_shows_nothing(synthetic, capsys):
     assert main(["check-data", "--data", str(synthetic)]) == 0
     assert "reading annotations" not in capsys.readouterr().err
+
+
+def test_a_loop_in_a_log_gets_plain_lines_never_carriage_returns():
+    """``progress_bar`` off a terminal (``2> eval.log``, a batch job): silent on short work, then a
+    line every ``every`` seconds and one at the end; the total may grow (tiles counted as decoded)."""
+    clock, out = Clock(), io.StringIO()
+    with P.progress_bar(total=0, desc="eval", unit="tile", show=True, stream=out, delay=2, every=10, clock=clock) as bar:
+        assert isinstance(bar, P.ProgressLines)
+        for i in range(40):
+            bar.total += 10
+            clock.now = i * 1.0
+            bar.update(10)
+    lines = out.getvalue().splitlines()
+    assert "\r" not in out.getvalue()
+    assert lines == ["eval: 30/30 tiles (100%), 2 s", "eval: 130/130 tiles (100%), 12 s",
+                     "eval: 230/230 tiles (100%), 22 s", "eval: 330/330 tiles (100%), 32 s",
+                     "eval: 400/400 tiles (100%), 39 s"]
+    short = io.StringIO()
+    assert list(P.progress_bar(range(5), desc="eval", unit="batch", show=True, stream=short, clock=Clock())) == list(range(5))
+    assert short.getvalue() == ""  # under DELAY_S: nothing
+    iterated, clock = io.StringIO(), Clock()
+    for i in P.progress_bar(range(4), desc="decoding images", unit="image", show=True, stream=iterated, delay=0, every=100,
+                            clock=clock):
+        clock.now = float(i)
+    assert iterated.getvalue().splitlines() == ["decoding images: 1/4 images (25%), 0 s",
+                                                   "decoding images: 4/4 images (100%), 3 s"]
+
+
+def test_progress_bar_is_a_bar_on_a_terminal_and_nothing_when_not_shown():
+    tty, quiet = io.StringIO(), io.StringIO()
+    with P.progress_bar(total=3, desc="predict", unit="image", show=True, stream=tty, tty=True) as bar:
+        bar.update(3)
+    assert "predict: 100%" in tty.getvalue() and "3/3" in tty.getvalue()
+    with P.progress_bar(total=3, desc="predict", unit="image", show=False, stream=quiet, tty=False, delay=0) as bar:
+        bar.update(3)
+    assert quiet.getvalue() == ""

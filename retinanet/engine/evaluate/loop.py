@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,14 +20,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from retinanet.files import write_atomic
 from retinanet.data import ClassMap, build_datasets, build_loader
 from retinanet.data.build import coco_files
 from retinanet.data.classes import default_class_names
 from retinanet.data.coco import read_coco_json
-from retinanet.data.progress import reading_progress
+from retinanet.data.progress import progress_bar, reading_progress
 from retinanet.engine.runtime.checkpoint import load_model
 from retinanet.engine.evaluate.coco import coco_results, evaluate_coco, per_class_table
 from retinanet.engine.runtime.distributed import (
@@ -174,8 +172,7 @@ def collect_tiled(model, loader, device: torch.device, tile: TileOptions, amp: s
     built with ``resize_val=False``); each runs through ``detect_tiled_model``; the bar counts tiles."""
     precision = resolve_precision(amp, device)
     gt, dets = [], []
-    with tqdm(total=0, desc="eval", unit="tile", file=sys.stderr, dynamic_ncols=True,
-              disable=not (progress and is_main_process())) as bar:
+    with progress_bar(total=0, desc="eval", unit="tile", show=progress and is_main_process()) as bar:
         for images, targets in loader:
             if stop is not None and stop():
                 break
@@ -212,8 +209,7 @@ def collect_predictions(model, loader, device: torch.device, amp: str | bool = "
     """
     precision = resolve_precision(amp, device)
     gt, dets = [], []
-    batches = tqdm(loader, desc="eval", unit="batch", file=sys.stderr, dynamic_ncols=True,
-                   disable=not (progress and is_main_process()))
+    batches = progress_bar(loader, desc="eval", unit="batch", show=progress and is_main_process())
     for images, targets in batches:
         if stop is not None and stop():
             break
@@ -276,7 +272,7 @@ def evaluate(model, loader, *, device, class_map, amp: str | bool = "auto", prog
         class_map: ``ClassMap`` or ``{"name": id}`` of the dataset; None = ids found in the data.
         amp: mixed precision mode (``retinanet.engine.runtime.precision``: auto = bf16/fp16 where the
             hardware has it).
-        progress: tqdm bar on stderr (main process only).
+        progress: progress on stderr (main process only): a bar on a terminal, else a line every 10 s.
         voc: also compute the VOC protocol AP50 (11-point and all-point).
         backend: COCOeval implementation, see ``coco_eval.run_cocoeval`` (default pycocotools).
         tile: resolved ``TileOptions``: tiled prediction on native-resolution images (the loader's

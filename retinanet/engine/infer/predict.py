@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from retinanet.files import write_atomic
 from retinanet.data.images import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, is_image_file, not_read, open_rgb
+from retinanet.data.progress import progress_bar
 from retinanet.data.workers import QuietWorkersLoader
 from retinanet.engine.infer.detector import (Detections, Detector, TileOptions, class_names_of, count_tiles,
                                             filter_detections)
@@ -384,8 +385,8 @@ def _run_batches(detector: Detector, loader, files: list[tuple[Path, str]], opts
                  records: list[dict[str, Any]], failures: list[tuple[str, str]]) -> None:
     """``predict``'s loop with its progress bar: each batch's records and failures are appended as it ends."""
     tiled = opts.tile is not None
-    total, unit = (0, "tile") if tiled else (len(files), "img")
-    with tqdm(total=total, desc="predict", unit=unit, file=sys.stderr, dynamic_ncols=True, disable=not opts.progress) as bar:
+    total, unit = (0, "tile") if tiled else (len(files), "image")
+    with progress_bar(total=total, desc="predict", unit=unit, show=opts.progress) as bar:
         for batch in loader:
             if tiled:  # the bar's total grows as images are decoded: tiles of the images seen so far
                 bar.total += sum(count_tiles(item["orig_size"], opts.tile.tile, opts.tile.overlap)

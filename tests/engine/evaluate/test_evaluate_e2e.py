@@ -143,6 +143,21 @@ def test_eval_cli_writes_outputs(tmp_path, synthetic, tiny, capsys):
     assert (out / "pr_curves.png").stat().st_size > 1000
 
 
+def test_eval_progress_in_a_log_file_is_plain_lines(tmp_path, synthetic, tiny, capsys, monkeypatch):
+    """``retinanet eval ... 2> eval.log``: stderr is not a terminal, so progress is a line now and
+    then and at the end, never tqdm's carriage returns (one endless line in the log)."""
+    from retinanet.data import progress as P
+
+    monkeypatch.setattr(P, "DELAY_S", 0.0)  # the tiny eval is shorter than the usual 2 s of silence
+    _, ckpt = tiny
+    assert main(["eval", "--weights", str(ckpt), "--data", str(synthetic), "--out", str(tmp_path / "e"),
+                 "--workers", "0", "--device", "cpu", "--batch-size", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    lines = [ln for ln in err.splitlines() if ln.startswith("eval: ")]
+    assert lines and lines[-1].startswith("eval: 4/4 batches (100%), "), err
+
+
 def test_ground_truth_is_scored_as_read_not_after_a_round_trip_through_the_resized_frame():
     """A 32 x 32 box of a 96 px image evaluated at 160 px came back with area 1024.00003: out of
     COCO's "small" range, which pycocotools on the file keeps it in."""

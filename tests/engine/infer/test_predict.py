@@ -121,6 +121,21 @@ def test_predict_folder_with_corrupt_files(tmp_path, checkpoint, capsys):
         assert len(ann["boxes"]) == len(record["detections"])
 
 
+def test_predict_progress_in_a_log_file_is_plain_lines(tmp_path, checkpoint, capsys, monkeypatch):
+    """``retinanet predict ... 2> log``: progress lines, never tqdm's carriage returns."""
+    from retinanet.data import progress as P
+
+    monkeypatch.setattr(P, "DELAY_S", 0.0)
+    folder = tmp_path / "images"
+    for i in range(3):
+        write_image(folder / f"img{i}.jpg", seed=i)
+    assert main(["predict", str(folder), "--weights", str(checkpoint), "--out", str(tmp_path / "out"),
+                 "--workers", "0", "--batch-size", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    assert [ln for ln in err.splitlines() if ln.startswith("predict: ")][-1].startswith("predict: 3/3 images (100%), "), err
+
+
 def test_predict_boxes_match_model_on_original_image(tmp_path, checkpoint):
     """Resizing in the workers and mapping back gives what the model gives on the original."""
     from retinanet.engine.runtime.checkpoint import load_model
