@@ -328,3 +328,24 @@ def test_make_synthetic_to_a_quoted_tilde_writes_under_home_not_a_folder_named_t
     monkeypatch.chdir(cwd)
     assert main(["make-synthetic", "~/syn", "--num-train", "2", "--num-val", "1", "--image-size", "32"]) == 0
     assert (home / "syn" / "classes.json").is_file() and not (cwd / "~").exists()
+
+
+def test_a_script_without_a_main_guard_re_run_in_a_starting_worker_is_told_why(tmp_path, monkeypatch, capsys):
+    """A script calling ``main([...])`` or ``train(...)`` at its top level runs again in each loader
+    worker that spawn or forkserver starts: it printed "--out ...: in use by another process" there
+    (the parent's run held it). Now the call is refused in the worker with the fix, and touches nothing."""
+    import multiprocessing
+
+    from retinanet.config import DataConfig, ModelConfig, TrainConfig
+    from retinanet.engine.train.loop import train
+    from retinanet.errors import RetinaNetError
+
+    monkeypatch.setattr(multiprocessing.current_process(), "_inheriting", True, raising=False)  # as spawn's _main sets it
+    out = tmp_path / "run"
+    missing = tmp_path / "no-data"  # were the call run, it would stop there at once, with another message
+    assert main(["train", "--data", str(missing), "--out", str(out), "--epochs", "1", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "retinanet train: not run again in a starting loader worker" in err and 'if __name__ == "__main__":' in err
+    with pytest.raises(RetinaNetError, match="train\\(\\) called while a loader worker process was starting"):
+        train(ModelConfig(), DataConfig(root=str(missing)), TrainConfig(out=str(out)))
+    assert not out.exists()

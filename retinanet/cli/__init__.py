@@ -30,6 +30,7 @@ from retinanet.config import DataConfig, ModelConfig, at_least
 from retinanet.data import check_dataset, make_synthetic
 from retinanet.data.check import anchor_hint, tile_hint, write_check_outputs
 from retinanet.data.synthetic import LARGE
+from retinanet.data.workers import MAIN_GUARD_HINT, starting_worker
 from retinanet.engine.runtime.allocator import fix_mmap_threshold
 from retinanet.engine.runtime.checkpoint import stored_config
 from retinanet.engine.runtime.distributed import cleanup, is_main_process, launch_local_rank, launch_rank, local_device
@@ -435,6 +436,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     console_safe(sys.stdout)
     console_safe(sys.stderr)
     args = build_parser().parse_args(argv)
+    if starting_worker():  # the run goes on in the process that started this one: said, not run twice
+        print(f"retinanet {args.command}: not run again in a starting loader worker: {MAIN_GUARD_HINT}", file=sys.stderr)
+        return 2
     try:
         with plain_warnings(args.command):
             return int(args.func(args) or 0)

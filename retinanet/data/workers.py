@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import multiprocessing
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -66,3 +67,17 @@ class QuietWorkersLoader(DataLoader):
             return super().__iter__()
         with new_processes_ignore_sigint():  # the workers start here (persistent ones at the first iteration)
             return super().__iter__()
+
+
+# why a call made while a worker starts is refused, and the fix
+MAIN_GUARD_HINT = ("a loader worker re-runs the script that started it (the spawn start method: macOS, Windows; "
+                   "forkserver: Linux from Python 3.14): put the script's calls under `if __name__ == \"__main__\":`")
+
+
+def starting_worker() -> bool:
+    """True while multiprocessing (spawn, forkserver) starts this process and runs the parent's main
+    script in it as ``__mp_main__``: a script that calls the package at its top level, without
+    ``if __name__ == "__main__":``, calls it again in every loader worker, where a second training
+    run in the same folder must not start (it found the folder "in use"). Python's own test for
+    the same case (``multiprocessing.spawn._check_not_importing_main``) reads this flag too."""
+    return bool(getattr(multiprocessing.current_process(), "_inheriting", False))

@@ -60,6 +60,7 @@ from retinanet.engine.train.start import resolve_start
 from retinanet.data.check import too_small_for_anchors
 from retinanet.data.progress import reading_progress
 from retinanet.data.crop import crop_model_config, crop_rule, too_large_for_crop
+from retinanet.data.workers import MAIN_GUARD_HINT, starting_worker
 from retinanet.errors import RetinaNetError
 from retinanet.files import link_atomic
 from retinanet.model import build_model, check_input_size
@@ -73,6 +74,8 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, 
     ``progress=False``: no printing at all (``train.log`` is still written). ``exist_ok``: a new
     run may replace the files of another run in ``train_cfg.out`` (``check_run_dir``).
     """
+    if starting_worker():  # a script without a __main__ guard, re-run in a loader worker
+        raise RetinaNetError(f"train() called while a loader worker process was starting: {MAIN_GUARD_HINT}")
     own_group = not D.is_dist()
     try:
         with contextlib.ExitStack() as held:  # the run folder, held from before the first check of it to the end
