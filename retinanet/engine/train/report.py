@@ -419,8 +419,14 @@ def format_run_summary(summary: dict[str, Any]) -> str:
                      "train.log names them)")
     diverged = diverged_epochs(summary["history"])
     if diverged:
-        lines.append(f"  warning: the loss rose over {DIVERGED_FACTOR:g}x its lowest in epoch(s) "
-                     f"{', '.join(map(str, diverged))}: training has probably diverged (train.log says more)")
+        epochs = ", ".join(map(str, diverged))
+        last_loss = summary["history"][-1].get("loss")
+        if divergence(summary["history"]) is None and last_loss is not None:  # the last epoch is back under the bar
+            lines.append(f"  note: the loss rose over {DIVERGED_FACTOR:g}x its lowest in epoch(s) {epochs} and came back "
+                         f"(last epoch {last_loss:.4f}); train.log says more")
+        else:
+            lines.append(f"  warning: the loss rose over {DIVERGED_FACTOR:g}x its lowest in epoch(s) "
+                         f"{epochs}: training has probably diverged (train.log says more)")
     lines.append(f"files in {summary['out']}:")
     lines += [f"  {name:<13} {path}" for name, path in summary["files"].items()]
     if "resume" in summary:

@@ -101,6 +101,22 @@ def test_a_diverging_run_warns_in_its_log_and_summary(tmp_path, monkeypatch):
             in format_run_summary(summary))
 
 
+def test_the_summary_tells_a_spike_that_came_back_from_a_divergence():
+    """A one-step epoch's loss spiked over 2x its lowest and the run went on to its lowest loss:
+    the summary said "training has probably diverged" about a run that had recovered."""
+    def summary(*losses):
+        history = [{"epoch": i + 1, "loss": v, "AP": None, "AP50": None, "AR100": None} for i, v in enumerate(losses)]
+        return format_run_summary({"history": history, "stopped": "finished", "time_s": 1.0, "world_size": 1,
+                                   "best_epoch": 0, "last_metrics": None, "images_per_s": 1.0, "peak_mem_mb": 1.0,
+                                   "skipped_steps": 0, "out": "run", "files": {}, "commands": {}})
+
+    recovered = summary(1.9, 1.35, 3.0, 1.21)
+    assert "note: the loss rose over 2x its lowest in epoch(s) 3 and came back (last epoch 1.2100)" in recovered
+    assert "probably diverged" not in recovered
+    assert "epoch(s) 3, 4: training has probably diverged" in summary(1.9, 1.35, 3.0, 2.9)  # still up: diverged
+    assert "epoch(s) 3: training has probably diverged" in summary(1.9, 1.35, 3.0, None)  # last epoch skipped
+
+
 def test_schedule_line_says_which_milestones_a_short_run_never_reaches():
     from retinanet.config import TrainConfig
     from retinanet.engine.train.optim import describe_schedule
