@@ -164,6 +164,7 @@ BAD_VALUES = [  # (command line, option the message names)
     (["predict", "x", "--weights", "w", "--batch-size", "0"], "--batch-size"),
     (["predict", "x", "--weights", "w", "--workers", "-2"], "--workers"),
     (["predict", "x", "--weights", "w", "--score-thresh", "1.5"], "--score-thresh"),
+    (["predict", "x", "--weights", "w", "--line-width", "0"], "--line-width"),
     (["export", "--weights", "w", "--out", "m.onnx", "--opset", "0"], "--opset"),
     (["export", "--weights", "w", "--out", "m.onnx", "--batch-size", "0"], "--batch-size"),
     (["export", "--weights", "w", "--out", "m.onnx", "--image-size", "-64"], "--image-size"),

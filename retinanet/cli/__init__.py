@@ -288,7 +288,14 @@ def _add_predict(sub) -> None:
     p.add_argument("--save-conf", action="store_true", help="with --save-txt: append each detection's score to its line")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True, help=CHANNELS_LAST_HELP)
     add_amp_options(p, "auto")
-    p.add_argument("--no-draw", action="store_true", help="do not write drawn images")
+    d = p.add_argument_group("drawn images (OUT/images/: a JPEG or PNG keeps its format, other files are written as PNG)")
+    d.add_argument("--no-draw", action="store_true", help="do not write drawn images")
+    d.add_argument("--line-width", type=positive_int, metavar="PX", help="box lines this wide (default: by the image, "
+                   "min(width, height)/250, but at most a tenth of each box's short side, at least 1 px)")
+    d.add_argument("--hide-labels", action="store_true", help="boxes only, no \"name score\" labels (by default a label, its "
+                   "font at most a third of the median box height, is drawn where it fits: over no other label and at most "
+                   "a quarter of any box, half where only a few conflict; the summary counts the boxes left without one)")
+    d.add_argument("--hide-conf", action="store_true", help="labels with the class name only, no score")
     add_tile_options(p)
     add_image_options(p.add_argument_group("image files"), annotated=False)
     p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
@@ -300,6 +307,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     files = find_images(args.inputs, recursive=args.recursive)  # fail before loading the model
     if args.save_conf and not args.save_txt:
         raise RetinaNetError("--save-conf adds scores to the YOLO labels of --save-txt: give --save-txt too")
+    drawing = [o for o, given in (("--line-width", args.line_width is not None), ("--hide-labels", args.hide_labels),
+                                  ("--hide-conf", args.hide_conf)) if given]
+    if args.no_draw and drawing:
+        raise RetinaNetError(f"{', '.join(drawing)}: style(s) the drawn images, which --no-draw turns off; give one or the other")
     with hold_folder(args.out, "retinanet predict"):  # one predict writes a folder at a time
         return _predict(args, files)
 
@@ -314,7 +325,8 @@ def _predict(args: argparse.Namespace, files) -> int:
     tile = detector.tile_options(tiling)
     opts = PredictOptions(
         out=args.out, score_thresh=args.score_thresh, classes=classes, max_dets=args.max_dets, batch_size=args.batch_size,
-        workers=args.workers, draw=not args.no_draw, voc_xml=args.voc_xml, yolo_txt=args.save_txt,
+        workers=args.workers, draw=not args.no_draw, line_width=args.line_width, draw_labels=not args.hide_labels,
+        draw_conf=not args.hide_conf, voc_xml=args.voc_xml, yolo_txt=args.save_txt,
         save_conf=args.save_conf, progress=not args.quiet, tile=tile,
     )
     memory = fix_mmap_threshold() if tile is not None else None  # the process's allocator, said below

@@ -9,7 +9,8 @@ that cannot be read or written is reported (file and reason) and skipped; the ru
 
 Outputs under ``out``::
 
-    images/<name>          each image with its detections drawn (unless draw=False)
+    images/<name>          each image with its detections drawn (unless draw=False; ``draw.draw_detections``:
+                           labels only where they fit, ``line_width``, ``draw_labels``, ``draw_conf``)
     xml/<name>.xml         VOC annotation per image (voc_xml=True), 1-based pixels as our reader
     labels/<name>.txt      YOLO labels per image (yolo_txt=True): "class cx cy w h [score]",
                            normalised, class = our id - 1; empty file = no detection
@@ -66,6 +67,9 @@ class PredictOptions:
     batch_size: int = 4
     workers: int = 2
     draw: bool = True
+    line_width: int | None = None  # drawn box lines (px); None: by the image and each box (draw.draw_detections)
+    draw_labels: bool = True  # drawn images: a "name score" label by each box, where it fits
+    draw_conf: bool = True  # the score in those labels
     voc_xml: bool = False
     yolo_txt: bool = False
     save_conf: bool = False  # YOLO labels: append the score (as ultralytics' save_conf)
@@ -85,6 +89,7 @@ class PredictSummary:
     at_cap: int = 0  # images whose detections reached max_dets (more above the threshold were cut)
     max_dets: int = 100
     earlier: dict[str, int] = field(default_factory=dict)  # output folder -> files of an earlier run left beside this one's
+    unlabelled: tuple[int, int] = (0, 0)  # (drawn boxes whose label did not fit, images with such boxes)
 
     def text(self) -> str:
         lines = [
@@ -96,6 +101,10 @@ class PredictSummary:
                          "--score-thresh beyond it were cut; give a larger --max-dets to keep them")
         if (self.out / "images").is_dir():
             lines.append(f"drawn images: {self.out / 'images'}")
+        if self.unlabelled[0]:
+            lines.append(f"note: {self.unlabelled[0]} drawn box(es) in {self.unlabelled[1]} image(s) have no label: it did not fit "
+                         "beside the other boxes and labels (crowded or small objects); the box colour tells the class, "
+                         f"{self.json_path.name} has every detection (--hide-labels: no labels at all)")
         if (self.out / "xml").is_dir():
             lines.append(f"VOC XML: {self.out / 'xml'}")
         if (self.out / "labels").is_dir():
@@ -276,20 +285,24 @@ def files_in_output_folders(out: Path) -> set[Path]:
     return {p for d in OUTPUT_FOLDERS if (out / d).is_dir() for p in (out / d).rglob("*") if p.is_file()}
 
 
-def _write_outputs(item: dict[str, Any], path: Path, name: str, det: Detections, opts: PredictOptions):
-    """Drawn image, VOC XML and YOLO labels of one image (each only if asked; each written atomically)."""
+def _write_outputs(item: dict[str, Any], path: Path, name: str, det: Detections, opts: PredictOptions) -> int:
+    """Drawn image, VOC XML and YOLO labels of one image (each only if asked; each written atomically).
+    Returns the number of drawn boxes whose label did not fit."""
     targets = output_paths(name, opts)
     boxes, labels, scores = det.boxes.double().numpy(), det.labels.tolist(), det.scores.tolist()
+    left_out: list[int] = []
     if opts.draw:
         target = targets["images"]
         original = Image.fromarray(item["original"].permute(1, 2, 0).numpy())
-        drawn = draw_detections(original, boxes, labels, scores, det.names)
+        drawn = draw_detections(original, boxes, labels, scores, det.names, line_width=opts.line_width,
+                                show_labels=opts.draw_labels, show_conf=opts.draw_conf, left_out=left_out)
         image_format = Image.registered_extensions()[target.suffix.lower()]
         write_atomic(target, lambda f: drawn.save(f, format=image_format))
     if opts.voc_xml:
         write_atomic(targets["xml"], voc_xml(path, det.size, boxes, det.names))
     if opts.yolo_txt:
         write_atomic(targets["labels"], yolo_lines(boxes, labels, scores, det.size, opts.save_conf))
+    return len(left_out)
 
 
 def write_predictions_json(path: Path, records: list[dict[str, Any]], failures: list[tuple[str, str]],
@@ -306,7 +319,8 @@ def write_predictions_json(path: Path, records: list[dict[str, Any]], failures: 
 
 
 def _process_batch(detector: Detector, batch, files, opts: PredictOptions, on_tiles=None):
-    """Run one batch and write its outputs: (records, failures) of these images."""
+    """Run one batch and write its outputs: (records, failures, unlabelled) of these images; ``unlabelled``:
+    per drawn image with any, its boxes whose label did not fit."""
     good = [item for item in batch if item["error"] is None]
     failures = [(str(files[item["index"]][0]), item["error"]) for item in batch if item["error"] is not None]
     if opts.tile is not None:
@@ -315,14 +329,15 @@ def _process_batch(detector: Detector, batch, files, opts: PredictOptions, on_ti
     else:
         dets = detector.detect_resized([item["image"] for item in good], [item["orig_size"] for item in good],
                                        score_thresh=opts.score_thresh, classes=opts.classes, max_dets=opts.max_dets)
-    records = []
+    records, unlabelled = [], []
     for item, det in zip(good, dets):
         path, name = files[item["index"]]
         try:
-            _write_outputs(item, path, name, det, opts)
+            left_out = _write_outputs(item, path, name, det, opts)
         except Exception as err:  # decoded in the worker but fails here, a full disk, ...
             failures.append((str(path), f"{type(err).__name__}: {err}"))
             continue
+        unlabelled += [left_out] if left_out else []
         records.append({
             "file": str(path), "width": det.size[1], "height": det.size[0],
             "detections": [
@@ -330,7 +345,7 @@ def _process_batch(detector: Detector, batch, files, opts: PredictOptions, on_ti
                 for b, sc, c, n in zip(det.boxes.tolist(), det.scores.tolist(), det.labels.tolist(), det.names)
             ],
         })
-    return records, failures
+    return records, failures, unlabelled
 
 
 def predict(detector: Detector, files: list[tuple[Path, str]], opts: PredictOptions) -> PredictSummary:
@@ -358,10 +373,10 @@ def predict(detector: Detector, files: list[tuple[Path, str]], opts: PredictOpti
     # tiled: one image per loader item (its tiles are the batch), decoded ahead by the workers
     loader = QuietWorkersLoader(images, batch_size=1 if tiled else opts.batch_size, num_workers=opts.workers,
                                 collate_fn=_collate, pin_memory=detector.device.type == "cuda")
-    records, failures = [], []
+    records, failures, unlabelled = [], [], []
     json_path = out / "predictions.json"
     try:
-        _run_batches(detector, loader, files, opts, records, failures)
+        _run_batches(detector, loader, files, opts, records, failures, unlabelled)
     except KeyboardInterrupt:  # what is done is kept: the detections so far, and the inputs not reached
         seen = {r["file"] for r in records} | {f for f, _ in failures}
         rest = [str(p) for p, _ in files if str(p) not in seen]
@@ -378,12 +393,13 @@ def predict(detector: Detector, files: list[tuple[Path, str]], opts: PredictOpti
         folder = p.relative_to(out).parts[0]
         earlier[folder] = earlier.get(folder, 0) + 1
     return PredictSummary(len(records), sum(len(r["detections"]) for r in records), failures, out, json_path, at_cap,
-                          opts.max_dets, dict(sorted(earlier.items())))
+                          opts.max_dets, dict(sorted(earlier.items())), (sum(unlabelled), len(unlabelled)))
 
 
 def _run_batches(detector: Detector, loader, files: list[tuple[Path, str]], opts: PredictOptions,
-                 records: list[dict[str, Any]], failures: list[tuple[str, str]]) -> None:
-    """``predict``'s loop with its progress bar: each batch's records and failures are appended as it ends."""
+                 records: list[dict[str, Any]], failures: list[tuple[str, str]], unlabelled: list[int]) -> None:
+    """``predict``'s loop with its progress bar: each batch's records, failures and unlabelled boxes
+    (``_process_batch``) are appended as it ends."""
     tiled = opts.tile is not None
     total, unit = (0, "tile") if tiled else (len(files), "image")
     with progress_bar(total=total, desc="predict", unit=unit, show=opts.progress) as bar:
@@ -397,8 +413,9 @@ def _run_batches(detector: Detector, loader, files: list[tuple[Path, str]], opts
                 def on_tiles(n: int, _total: int) -> None:
                     bar.update(n - done[0])
                     done[0] = n
-            new_records, new_failures = _process_batch(detector, batch, files, opts, on_tiles if tiled else None)
+            new_records, new_failures, new_unlabelled = _process_batch(detector, batch, files, opts, on_tiles if tiled else None)
             records.extend(new_records)
+            unlabelled.extend(new_unlabelled)
             failures.extend(new_failures)
             for file, reason in new_failures:
                 tqdm.write(f"skipped {file}: {reason}", file=sys.stderr)

@@ -318,3 +318,36 @@ def test_a_used_out_folder_says_which_files_are_from_an_earlier_run(tmp_path, ch
             "kept beside this run's: predictions.json lists only this run's images; give a new --out to keep runs apart") in said
     assert [r["file"] for r in json.loads((out / "predictions.json").read_text())["images"]] == [str(tmp_path / "in" / "a.jpg")]
     assert sorted(p.name for p in (out / "images").iterdir()) == ["a.jpg", "b.jpg", "c.jpg"]  # kept, and said
+
+
+def test_drawing_options_and_labels_left_out_are_said_once(tmp_path, checkpoint, capsys, monkeypatch):
+    """Crowded detections (30 on a 60x80 image): the summary says once how many boxes have no label;
+    --hide-labels, --hide-conf, --line-width reach the drawing (boxes only, 3 px lines, nothing said);
+    --no-draw with a drawing option is refused."""
+    import retinanet.engine.infer.predict as predict_module
+    from retinanet.engine.infer.draw import class_color
+
+    write_image(tmp_path / "in" / "a.png", size=(60, 80))
+    args = ["--weights", str(checkpoint), "--score-thresh", "0", "--max-dets", "30", "--workers", "0", "--quiet"]
+    assert main(["predict", str(tmp_path / "in"), "--out", str(tmp_path / "auto"), *args]) == 0
+    said = capsys.readouterr().out
+    left_out = int(said.split("note: ")[1].split(" ")[0])
+    assert 0 < left_out <= 30 and said.count("note: ") == 1
+    assert "drawn box(es) in 1 image(s) have no label: it did not fit beside the other boxes and labels" in said
+    assert Image.open(tmp_path / "auto" / "images" / "a.png").format == "PNG"  # the source's format
+
+    calls = []
+    real = predict_module.draw_detections
+    monkeypatch.setattr(predict_module, "draw_detections", lambda *a, **kw: calls.append(kw) or real(*a, **kw))
+    assert main(["predict", str(tmp_path / "in"), "--out", str(tmp_path / "plain"), *args,
+                 "--hide-labels", "--hide-conf", "--line-width", "3"]) == 0
+    assert "no label" not in capsys.readouterr().out
+    assert [{k: kw[k] for k in ("line_width", "show_labels", "show_conf")} for kw in calls] == [
+        {"line_width": 3, "show_labels": False, "show_conf": False}]
+    det = json.loads((tmp_path / "plain" / "predictions.json").read_text())["images"][0]["detections"][0]  # the best: on top
+    x1, y1, x2, y2 = det["box"]
+    plain = np.asarray(Image.open(tmp_path / "plain" / "images" / "a.png"))
+    row = plain[int((y1 + y2) / 2), int(x1):int(x1) + 6]
+    assert (row == class_color(det["label"])).all(axis=1).sum() == 3  # its left line, 3 px wide
+    assert main(["predict", str(tmp_path / "in"), "--out", str(tmp_path / "x"), *args, "--no-draw", "--hide-labels"]) == 2
+    assert "--hide-labels: style(s) the drawn images, which --no-draw turns off; give one or the other" in capsys.readouterr().err
