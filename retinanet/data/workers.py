@@ -57,16 +57,34 @@ def unblock_sigint(worker_id: int, then: Callable[[int], None] | None = None) ->
 
 
 class QuietWorkersLoader(DataLoader):
-    """A DataLoader whose worker processes ignore SIGINT (the module's docstring says why)."""
+    """A DataLoader whose worker processes ignore SIGINT (the module's docstring says why).
+
+    With ``persistent_workers`` its workers start at the first iteration and serve every later
+    one; ``close`` ends them (else they end when the loader is garbage collected, or at exit).
+    An iteration left part way (an evaluation cut short, a measured first batch) leaves nothing
+    behind for the next one: PyTorch's reset of a persistent iterator waits for each worker to
+    acknowledge it, dropping every batch still under way before then.
+    """
 
     def __init__(self, *args, worker_init_fn: Callable[[int], None] | None = None, **kwargs):
         super().__init__(*args, worker_init_fn=functools.partial(unblock_sigint, then=worker_init_fn), **kwargs)
 
     def __iter__(self):
-        if self.num_workers == 0:
+        if self.num_workers == 0 or self.workers_kept():  # no process starts: Ctrl-C is not held meanwhile
             return super().__iter__()
         with new_processes_ignore_sigint():  # the workers start here (persistent ones at the first iteration)
             return super().__iter__()
+
+    def workers_kept(self) -> bool:
+        """Persistent workers are running (started by an earlier iteration, not closed since)."""
+        return self.persistent_workers and self._iterator is not None
+
+    def close(self) -> None:
+        """End the persistent workers now (idle, they hold their memory until the loader is
+        garbage collected); a later iteration starts new ones. Nothing to do without them."""
+        iterator, self._iterator = self._iterator, None
+        if iterator is not None:
+            iterator._shutdown_workers()
 
 
 # why a call made while a worker starts is refused, and the fix
