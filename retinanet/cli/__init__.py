@@ -38,7 +38,7 @@ from retinanet.engine.evaluate.loop import EvalOptions, run_eval
 from retinanet.engine.export.onnx_export import DEFAULT_OPSET, ExportOptions, export_checkpoint
 from retinanet.engine.infer.detector import Detector
 from retinanet.engine.infer.predict import PredictOptions, find_images, predict
-from retinanet.errors import RetinaNetError
+from retinanet.errors import PlainWarnings, RetinaNetError
 from retinanet.model import check_anchor_sizes
 from retinanet.model.weights import DETECTOR_URLS
 
@@ -417,16 +417,10 @@ def build_parser() -> argparse.ArgumentParser:
 @contextlib.contextmanager
 def plain_warnings(command: str):
     """Inside: the package's own warnings print as ``retinanet COMMAND: warning: MESSAGE`` (not
-    Python's ``file:line: UserWarning`` and the source line); others as Python shows them."""
-    package = str(Path(__file__).resolve().parents[1])
+    Python's ``file:line: UserWarning`` and the source line); others as Python shows them
+    (``errors.PlainWarnings``; the loader workers started inside print them alike)."""
     python_show = warnings.showwarning
-
-    def show(message, category, filename, lineno, file=None, line=None):
-        if not str(filename).startswith(package):
-            return python_show(message, category, filename, lineno, file, line)
-        print(f"retinanet {command}: warning: {message}", file=file or sys.stderr, flush=True)
-
-    warnings.showwarning = show
+    warnings.showwarning = PlainWarnings(command, python_show)
     try:
         yield
     finally:

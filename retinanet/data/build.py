@@ -287,7 +287,8 @@ def eval_groups(dataset: DetectionDataset) -> list[int]:
 
 
 def build_loader(dataset: DetectionDataset, *, batch_size: int, workers: int, train: bool, distributed: bool = False,
-                 seed: int = 0, aspect_grouping: bool = True, pin_memory: bool = False) -> DataLoader:
+                 seed: int = 0, aspect_grouping: bool = True, pin_memory: bool = False,
+                 keep_workers: bool | None = None) -> DataLoader:
     """DataLoader yielding ``(images: list[Tensor [3, H, W] uint8], targets: list[dict])``.
 
     Args:
@@ -305,6 +306,11 @@ def build_loader(dataset: DetectionDataset, *, batch_size: int, workers: int, tr
             the order of evaluation changes, never its results.
         pin_memory: batches in page-locked memory (for a CUDA device: ``non_blocking`` copies are
             then asynchronous).
+        keep_workers: the worker processes live across iterations (``persistent_workers``: started
+            at the first, reused by every later one, ended by ``loader.close()``): with ``spawn``,
+            as on macOS and Windows, a start costs seconds; idle, they keep their memory. None: a
+            training loader keeps them, an evaluation loader (one pass: ``retinanet eval``) does
+            not; a training run's per-epoch evaluation gives True. No effect with ``workers`` 0.
     """
     rank, world = 0, 1
     if distributed:
@@ -316,9 +322,8 @@ def build_loader(dataset: DetectionDataset, *, batch_size: int, workers: int, tr
     else:
         groups = aspect_groups(dataset.aspect_ratios()) if aspect_grouping else [0] * len(dataset)
     sampler = GroupedBatchSampler(groups, batch_size, shuffle=train, seed=seed, rank=rank, world_size=world, keys=train)
-    # training workers live across epochs (started once: with spawn, as on macOS and Windows, a start
-    # costs seconds); an evaluation's end with it, so they hold no memory between evaluations
+    keep = train if keep_workers is None else keep_workers
     return EpochSeededLoader(
         dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate, seed=seed,
-        generator=torch.Generator(), persistent_workers=train and workers > 0, pin_memory=pin_memory,
+        generator=torch.Generator(), persistent_workers=keep and workers > 0, pin_memory=pin_memory,
     )

@@ -8,6 +8,11 @@ importing torch, and the loader raised "DataLoader worker exited unexpectedly" b
 could save its checkpoint. ``QuietWorkersLoader`` starts its workers with SIGINT ignored (a
 disposition a new process keeps across ``exec``, and that Python keeps as it starts). SIGTERM is
 left to torch's own worker handler, so ``terminate()`` still ends a worker.
+
+A fresh interpreter also has Python's own ``warnings.showwarning``: the per-image warnings of the
+dataset (``DetectionDataset._warn``) printed there as ``/path/dataset.py:150: UserWarning: ...``
+and the source line. The workers print them as the process that built the loader does
+(``errors.PlainWarnings``: ``retinanet train: warning: ...``).
 """
 
 from __future__ import annotations
@@ -17,9 +22,12 @@ import functools
 import multiprocessing
 import signal
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 
 from torch.utils.data import DataLoader
+
+from retinanet.errors import PlainWarnings
 
 MASKABLE = hasattr(signal, "pthread_sigmask")  # POSIX
 
@@ -28,7 +36,7 @@ MASKABLE = hasattr(signal, "pthread_sigmask")  # POSIX
 def new_processes_ignore_sigint() -> Iterator[None]:
     """Processes started inside the block ignore SIGINT. In this process a SIGINT that arrives
     meanwhile is held back (blocked) and handled as usual when the block ends, not lost; the
-    started processes inherit that block too, which ``unblock_sigint`` lifts in each (a held
+    started processes inherit that block too, which ``start_worker`` lifts in each (a held
     SIGINT is then dropped there, as ignored). Only in the main thread (elsewhere Python allows no
     handlers: nothing changes)."""
     if threading.current_thread() is not threading.main_thread():
@@ -47,26 +55,63 @@ def new_processes_ignore_sigint() -> Iterator[None]:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
-def unblock_sigint(worker_id: int, then: Callable[[int], None] | None = None) -> None:
+def warnings_command() -> str | None:
+    """The command this process prints the package's warnings under (its ``warnings.showwarning``
+    is a ``PlainWarnings``: ``retinanet COMMAND`` runs), or None (Python's way)."""
+    show = warnings.showwarning
+    return show.command if isinstance(show, PlainWarnings) else None
+
+
+def show_warnings_as(command: str | None) -> None:
+    """Print the package's warnings as ``retinanet COMMAND: warning: ...`` in this process (a
+    loader worker), unless it already does (forked: inherited) or ``command`` is None."""
+    if command is not None and not isinstance(warnings.showwarning, PlainWarnings):
+        warnings.showwarning = PlainWarnings(command, warnings.showwarning)
+
+
+def start_worker(worker_id: int, warnings_as: str | None = None, then: Callable[[int], None] | None = None) -> None:
     """A worker's first step (``worker_init_fn``): lift the SIGINT block it inherited (it stays
-    ignored), then run the loader's own ``worker_init_fn``, if any."""
+    ignored); print the package's warnings as the process that built the loader does
+    (``warnings_as``: its ``warnings_command``); then run the loader's own ``worker_init_fn``, if any."""
     if MASKABLE:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    show_warnings_as(warnings_as)
     if then is not None:
         then(worker_id)
 
 
 class QuietWorkersLoader(DataLoader):
-    """A DataLoader whose worker processes ignore SIGINT (the module's docstring says why)."""
+    """A DataLoader whose worker processes ignore SIGINT (the module's docstring says why) and
+    print the package's warnings as the process that built it does (``retinanet COMMAND:
+    warning: ...``, not Python's ``file:line: UserWarning``: a spawned worker is a new interpreter).
+
+    With ``persistent_workers`` its workers start at the first iteration and serve every later
+    one; ``close`` ends them (else they end when the loader is garbage collected, or at exit).
+    An iteration left part way (an evaluation cut short, a measured first batch) leaves nothing
+    behind for the next one: PyTorch's reset of a persistent iterator waits for each worker to
+    acknowledge it, dropping every batch still under way before then.
+    """
 
     def __init__(self, *args, worker_init_fn: Callable[[int], None] | None = None, **kwargs):
-        super().__init__(*args, worker_init_fn=functools.partial(unblock_sigint, then=worker_init_fn), **kwargs)
+        start = functools.partial(start_worker, warnings_as=warnings_command(), then=worker_init_fn)
+        super().__init__(*args, worker_init_fn=start, **kwargs)
 
     def __iter__(self):
-        if self.num_workers == 0:
+        if self.num_workers == 0 or self.workers_kept():  # no process starts: Ctrl-C is not held meanwhile
             return super().__iter__()
         with new_processes_ignore_sigint():  # the workers start here (persistent ones at the first iteration)
             return super().__iter__()
+
+    def workers_kept(self) -> bool:
+        """Persistent workers are running (started by an earlier iteration, not closed since)."""
+        return self.persistent_workers and self._iterator is not None
+
+    def close(self) -> None:
+        """End the persistent workers now (idle, they hold their memory until the loader is
+        garbage collected); a later iteration starts new ones. Nothing to do without them."""
+        iterator, self._iterator = self._iterator, None
+        if iterator is not None:
+            iterator._shutdown_workers()
 
 
 # why a call made while a worker starts is refused, and the fix

@@ -68,6 +68,24 @@ def test_training_workers_live_across_epochs_and_draw_each_epoch_anew(datasets):
         assert all(torch.equal(a, b) for (_, _, a), (_, _, b) in zip(got, fresh)), epoch
 
 
+def test_kept_evaluation_workers_serve_each_pass_whole_after_one_left_part_way(datasets):
+    """A training run's val loader keeps its workers (``keep_workers``: with spawn a start costs
+    seconds, each epoch); a pass left part way (an evaluation cut short, ``measure_eval``'s one
+    batch) leaves batches under way in them, and the next pass still reads each image once, from
+    the same processes; ``close`` ends them. ``retinanet eval``'s one pass keeps none."""
+    loader = build_loader(datasets.val, batch_size=1, workers=2, train=False, keep_workers=True)
+    assert loader.persistent_workers and not build_loader(datasets.val, batch_size=1, workers=2, train=False).persistent_workers
+    try:
+        next(iter(loader))  # 3 more batches under way
+        workers = list(loader._iterator._workers)
+        for _ in range(2):
+            assert [t["image_id"] for _, targets in loader for t in targets] == [0, 1, 2, 3]
+        assert loader._iterator._workers == workers and all(w.is_alive() for w in workers)
+    finally:
+        loader.close()
+    assert len(workers) == 2 and not any(w.is_alive() for w in workers) and loader._iterator is None
+
+
 def test_eval_loader_is_sequential(datasets):
     loader = build_loader(datasets.val, batch_size=3, workers=0, train=False)
     ids = [t["image_id"] for _, targets in loader for t in targets]

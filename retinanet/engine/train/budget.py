@@ -164,13 +164,23 @@ def measure_step(run: Any, step: Callable[[Any, Any], dict[str, torch.Tensor]], 
 @torch.inference_mode()
 def measure_eval(run: Any) -> float:
     """Estimated seconds of one evaluation: the model in eval mode on a val batch (timed on the
-    second call), times the batches of this rank's share, plus 20% and 1 s for matching and metrics.
+    second call), times the batches of this rank's share, plus, when the main process loads the
+    data itself (no loader workers), the time it took to load that batch, times the loader's
+    batches; plus 20% and 1 s for matching and metrics. Loader workers load while the model runs.
+
+    The val batch comes from the run's val loader, whose first batch starts its workers: they
+    serve every evaluation of the run (``keep_workers``), so their start-up (seconds with spawn)
+    is spent here, before training, and not in each evaluation. A ``--crop`` run also takes that
+    batch (native-resolution images), and times the model on tiles of the crop's side.
 
     Timed with score threshold 0: every candidate goes through NMS, as many do once the model has
     learnt a little (an untrained head's scores are all below the threshold, and its evaluation
     takes a fraction of a later one's)."""
     model = run.ema.module if run.ema is not None else run.model
     config = model.config
+    t0 = time.perf_counter()
+    first = next(iter(run.val_loader))[0]
+    load_s = time.perf_counter() - t0 if getattr(run.val_loader, "num_workers", 0) == 0 else 0.0
     model.config = dataclasses.replace(config, score_thresh=0.0)
     model.eval()
     crop = run.data_cfg.crop  # a --crop run evaluates native-resolution tiles of the crop's side
@@ -180,7 +190,7 @@ def measure_eval(run: Any) -> float:
                       for _ in range(run.cfg.batch_size)]
             batches = math.ceil(val_tiles(run.data.val, crop) / run.cfg.batch_size / D.get_world_size())
         else:
-            images = [im.to(run.device) for im in next(iter(run.val_loader))[0]]
+            images = [im.to(run.device) for im in first]
             batches = len(run.val_loader)
         with run.precision.autocast(run.device.type):
             model(images, resize=not crop)
@@ -190,7 +200,7 @@ def measure_eval(run: Any) -> float:
     finally:
         model.config = config
         model.train()
-    return 1.2 * batch_s * batches + 1.0
+    return 1.2 * (batch_s * batches + load_s * len(run.val_loader)) + 1.0
 
 
 def val_tiles(dataset: Any, tile: int, overlap: float = TileOptions().overlap) -> int:

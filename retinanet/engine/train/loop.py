@@ -53,8 +53,8 @@ from retinanet.engine.train.optim import describe_schedule, lr_factor, optimizer
 from retinanet.engine.train.report import (LOSSES, RunLog, StepProgress, divergence_warning, epoch_line, format_run_summary,
                                            make_summary, peak_memory_mb, tensorboard_epoch, tensorboard_step,
                                            tensorboard_writer_class, write_epoch_files)
-from retinanet.engine.train.setup import (Run, RunState, check_train_config, checkpoint_state, log_data_notes, read_datasets,
-                                          restore, settings_without_effect, setup, shared_images, val_tiling)
+from retinanet.engine.train.setup import (Run, RunState, check_train_config, checkpoint_state, close_loaders, log_data_notes,
+                                          read_datasets, restore, settings_without_effect, setup, shared_images, val_tiling)
 from retinanet.engine.train.resume import absolute_paths, changes_comment, check_resume
 from retinanet.engine.train.start import resolve_start
 from retinanet.data.check import too_small_for_anchors
@@ -78,7 +78,7 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, 
         raise RetinaNetError(f"train() called while a loader worker process was starting: {MAIN_GUARD_HINT}")
     own_group = not D.is_dist()
     try:
-        with contextlib.ExitStack() as held:  # the run folder, held from before the first check of it to the end
+        with contextlib.ExitStack() as held:  # the run folder (from before its first check) and the loader workers, to the end
             return _train(model_cfg, data_cfg, train_cfg, progress, exist_ok, held, resume_allow)
     except RetinaNetError as err:
         if not D.is_dist():  # before the processes joined: each met it alike (the command line prints it once)
@@ -155,6 +155,7 @@ def _train(model_cfg: ModelConfig, data_cfg: DataConfig, cfg: TrainConfig, progr
             if line:
                 log.line(line)
         run = setup(model, model_cfg, data_cfg, cfg, data, device, distributed, log, progress)
+        held.callback(close_loaders, run)  # their workers end with the run, before its folder is released
         state = RunState()
         if resumed is not None:
             state = restore(run, resume_path, resumed)

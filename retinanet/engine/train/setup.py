@@ -167,14 +167,23 @@ def setup(model: torch.nn.Module, model_cfg: ModelConfig, data_cfg: DataConfig, 
     train_loader = build_loader(data.train, batch_size=cfg.batch_size, workers=data_cfg.workers, train=True,
                                 distributed=distributed, seed=cfg.seed, aspect_grouping=data_cfg.aspect_grouping,
                                 pin_memory=pin)
+    # one val loader for the run: its workers start once and serve every evaluation (``close_loaders`` ends them)
     val_loader = build_loader(data.val, batch_size=cfg.batch_size, workers=data_cfg.workers, train=False,
-                              distributed=distributed, pin_memory=pin)
+                              distributed=distributed, pin_memory=pin, keep_workers=True)
     config = {"model": dataclasses.asdict(model_cfg), "data": dataclasses.asdict(data_cfg),
               "train": dataclasses.asdict(cfg) | {"amp": precision.mode}}
     return Run(cfg=cfg, data_cfg=data_cfg, config=config, data=data, model=model, net=net, optimizer=optimizer,
                scaler=scaler, precision=precision, ema=ema, train_loader=train_loader, val_loader=val_loader, device=device, out=Path(cfg.out),
                log=log, progress=progress, reinitialised=reinit)
 
+
+def close_loaders(run: Run) -> None:
+    """End the loader workers that live across epochs (training) and evaluations (val): at the end
+    of the run however it ends (finished, an error, Ctrl-C), not when the garbage collector or the
+    interpreter's exit gets to them."""
+    for loader in (run.train_loader, run.val_loader):
+        if hasattr(loader, "close"):
+            loader.close()
 
 
 def restore(run: Run, path: Path, ck: dict[str, Any] | None = None) -> RunState:

@@ -125,6 +125,44 @@ def test_evaluate_known_answers(synthetic, false_positives, expected):
     assert len(result.detections) == num_objects * (2 if false_positives else 1)
 
 
+@pytest.mark.parametrize("tiled", [False, True])
+def test_an_evaluation_cut_short_leaves_nothing_for_the_next_one_on_kept_workers(synthetic, monkeypatch, tiled):
+    """A training run evaluates each epoch on one val loader whose workers live across
+    evaluations; one cut short by a stop signal (``EvaluationCut``) leaves batches under way in
+    them. The next evaluation (whole images, and tiled as a --crop run's) still scores each image
+    exactly once, with the numbers of a loader that never ran."""
+    from retinanet.config import DataConfig
+    from retinanet.data import build_datasets, build_loader
+    from retinanet.engine.evaluate import loop as E
+    from retinanet.model import build_model
+    from retinanet.model.tiling import TileOptions
+
+    ds = build_datasets(DataConfig(root=str(synthetic)), min_size=MIN_SIZE, max_size=MIN_SIZE, splits=("val",),
+                        resize_val=not tiled)
+    torch.manual_seed(0)  # a small untrained model, its threshold keeping a few of its boxes (most score 0.010)
+    model = build_model("resnet18_fpn", num_classes=5, min_size=MIN_SIZE, max_size=MIN_SIZE, norm="bn", fpn_channels=16,
+                        head_convs=1, score_thresh=0.0101).eval()
+    tile = TileOptions(tile=96).resolved(MIN_SIZE) if tiled else None  # 4 tiles of a 128 px image
+    scored = []
+    real = E._gt_record
+    monkeypatch.setattr(E, "_gt_record", lambda target, hw: scored.append(int(target["image_id"])) or real(target, hw))
+    run = lambda loader, stop=None: E.evaluate(model, loader, device="cpu", class_map=ds.class_map, amp="off",  # noqa: E731
+                                               progress=False, tile=tile, stop=stop)
+    fresh = run(build_loader(ds.val, batch_size=1, workers=0, train=False))
+    kept = build_loader(ds.val, batch_size=1, workers=2, train=False, keep_workers=True)
+    try:
+        scored.clear()
+        with pytest.raises(E.EvaluationCut):
+            run(kept, stop=lambda: len(scored) >= 1)
+        assert len(scored) == 1
+        scored.clear()
+        again = run(kept)
+    finally:
+        kept.close()
+    assert sorted(scored) == sorted(int(r.image_id) for r in ds.val.records) and len(scored) == 4
+    assert again.metrics == fresh.metrics and again.detections == fresh.detections and len(fresh.detections) > 0
+
+
 def test_eval_cli_writes_outputs(tmp_path, synthetic, tiny, capsys):
     _, ckpt = tiny
     out = tmp_path / "eval"

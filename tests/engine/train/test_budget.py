@@ -1,6 +1,7 @@
 """engine/budget.py: fitting epochs, evaluations and warmup to a time budget; the deadline."""
 
 import dataclasses
+import time
 
 import pytest
 import torch
@@ -86,6 +87,51 @@ def test_deadline_counts_training_seconds_without_the_evaluations():
     now[0] = 30.0
     d.evaluated(6.0)
     assert d.training_s() == 20.0 and d.left_s() == 60.0 and d.refit_at == 12
+
+
+class _SlowLoader:
+    """A val loader of 5 batches whose first takes 0.2 s to come (a fake: only what measure_eval uses)."""
+
+    def __init__(self, num_workers: int):
+        self.num_workers, self.iterations = num_workers, 0
+
+    def __len__(self):
+        return 5
+
+    def __iter__(self):
+        self.iterations += 1
+        time.sleep(0.2)
+        yield [torch.zeros(3, 32, 32, dtype=torch.uint8)], [{}]
+
+
+@pytest.mark.parametrize("crop", [None, 32])
+@pytest.mark.parametrize("workers", [0, 2])
+def test_measure_eval_starts_the_val_workers_and_counts_loading_done_by_the_main_process(workers, crop):
+    """The val loader's workers serve every evaluation of a run: measure_eval takes its first batch
+    (a --crop run too), so their start-up is spent before the fit, not in each evaluation; without
+    workers the main process loads each batch as the evaluation goes, and that time counts."""
+    from types import SimpleNamespace
+
+    from retinanet.config import ModelConfig
+    from retinanet.engine.runtime.precision import resolve_precision
+
+    class Instant(torch.nn.Module):
+        config = ModelConfig()
+
+        def forward(self, images, resize=True):
+            return []
+
+    loader = _SlowLoader(workers)
+    records = [SimpleNamespace(size=(32, 32), file="a.jpg")] * 5  # one 32 px tile each
+    run = SimpleNamespace(ema=None, model=Instant(), data_cfg=SimpleNamespace(crop=crop), cfg=SimpleNamespace(batch_size=1),
+                          device=torch.device("cpu"), precision=resolve_precision("off", "cpu"), val_loader=loader,
+                          data=SimpleNamespace(val=SimpleNamespace(records=records, exif="auto")))
+    eval_s = B.measure_eval(run)
+    assert loader.iterations == 1
+    if workers:
+        assert 1.0 <= eval_s < 1.5  # the model's time (none) and the metrics' 1 s: the workers load meanwhile
+    else:
+        assert eval_s >= 1.0 + 1.2 * 5 * 0.2  # each of the 5 batches loaded as slowly as the first
 
 
 # --- the training run under --time ----------------------------------------------------------------

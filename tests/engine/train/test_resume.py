@@ -342,14 +342,27 @@ def test_a_second_signal_stops_at_once_and_the_first_is_acknowledged(capfd):
     assert inherited.signal is None and capfd.readouterr().err == ""
 
 
-def test_a_bad_val_image_keeps_the_trained_epoch_and_the_error_is_in_train_log(tmp_path):
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_bad_val_image_keeps_the_trained_epoch_and_the_error_is_in_train_log(tmp_path, monkeypatch, workers):
+    """With workers, also: the loaders' workers (the val ones live across evaluations) have ended
+    when the error leaves ``train``, whose traceback still holds the run."""
     root = tmp_path / "syn"
     make_synthetic(root, num_train=STEPS_PER_EPOCH, num_val=2, image_size=64, seed=0)
     val = (root / "VOCdevkit" / "VOC2012" / "ImageSets" / "Main" / "val.txt").read_text().split()
     (root / "VOCdevkit" / "VOC2012" / "JPEGImages" / f"{val[0]}.jpg").write_bytes(b"\xff\xd8\xff broken")
     out = tmp_path / "run"
+    started, real = [], T.evaluate
+
+    def spy(model, loader, **kwargs):
+        try:
+            return real(model, loader, **kwargs)
+        finally:
+            started.extend(loader._iterator._workers if loader._iterator is not None else ())
+
+    monkeypatch.setattr(T, "evaluate", spy)
     with pytest.raises(RetinaNetError, match="cannot decode image"):
-        train(*_cfgs(str(root / "VOCdevkit"), out, eval_every=1), progress=False)
+        train(*_cfgs(str(root / "VOCdevkit"), out, workers=workers, eval_every=1), progress=False)
+    assert len(started) == workers and not any(w.is_alive() for w in started)
     assert torch.load(out / "last.pt", weights_only=True)["iteration"] == STEPS_PER_EPOCH  # the epoch was not lost
     log = (out / "train.log").read_text()
     assert "the evaluation after epoch 1 failed: the epoch's weights are in" in log

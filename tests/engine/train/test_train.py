@@ -88,6 +88,30 @@ def test_resume_is_exact(data_root, tmp_path, capsys):
     assert full["history"][-1]["loss"] == resumed["history"][-1]["loss"]
 
 
+def test_every_evaluation_of_a_run_reuses_the_val_workers_and_the_run_ends_them(data_root, tmp_path, monkeypatch):
+    """The val loader's workers start once and serve every epoch's evaluation (with spawn, as on
+    macOS and Windows, each evaluation paid seconds to start them); the numbers are those of a run
+    without workers, and the run ends its loaders' workers (val and training) when it ends."""
+    seen, real = [], T.evaluate_epoch
+
+    def spy(run, **kwargs):
+        result = real(run, **kwargs)
+        seen.append([list(loader._iterator._workers) if loader._iterator is not None else []
+                     for loader in (run.val_loader, run.train_loader)])
+        return result
+
+    monkeypatch.setattr(T, "evaluate_epoch", spy)
+    model_cfg, data_cfg, train_cfg = _cfgs(data_root, tmp_path / "none", epochs=2, amp="off")
+    alone = train(model_cfg, data_cfg, train_cfg, progress=False)  # fp32: bitwise the same with any workers
+    seen.clear()
+    kept = train(model_cfg, dataclasses.replace(data_cfg, workers=1), dataclasses.replace(train_cfg, out=str(tmp_path / "w")),
+                 progress=False)
+    assert len(seen) == 2 and len(seen[0][0]) == 1 and all(evaluation == seen[0] for evaluation in seen)
+    assert not any(w.is_alive() for w in seen[0][0] + seen[0][1])  # ended with the run
+    numbers = lambda s: [(r["loss"], *(r[k] for k in METRIC_NAMES), r["val_images"]) for r in s["history"]]  # noqa: E731
+    assert numbers(kept) == numbers(alone) and kept["history"][-1]["val_images"] == 2
+
+
 def test_sigterm_writes_checkpoint_and_resume_command(data_root, tmp_path, monkeypatch):
     import os
     import signal
