@@ -229,3 +229,36 @@ def test_a_crop_trained_detector_tiles_by_default_as_training_evaluated(crop_che
     resized = Detector.load(crop_checkpoint, amp="off", min_size=96, max_size=96)  # another input size: whole images
     assert resized.tile_options() is None and resized.tile_options(True).tile == 96
 
+
+def test_predict_and_eval_cli_tile_a_crop_model_by_default_and_say_so(tmp_path, crop_checkpoint, capsys):
+    img = tmp_path / "big.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (150, 200, 3), dtype=np.uint8)).save(img)
+    said = ("the model was trained on 64 px crops at native resolution: tiling with --tile 64 (as training evaluated); "
+            "--no-tile to resize whole images")
+    args = [str(img), "--weights", str(crop_checkpoint), "--score-thresh", "0.05", "--no-draw", "--workers", "0", "--quiet"]
+    assert main(["predict", *args, "--out", str(tmp_path / "p1")]) == 0
+    out, err = capsys.readouterr()
+    assert f"retinanet predict: {said}" in err  # said even with --quiet
+    assert "tiling: tiles of 64 px at native resolution, overlap 0.2, 4 per batch" in out
+    assert main(["predict", *args, "--out", str(tmp_path / "p2"), "--no-tile"]) == 0
+    out, err = capsys.readouterr()
+    assert "tiling" not in out + err
+    assert main(["predict", *args, "--out", str(tmp_path / "p3"), "--tile", "96"]) == 0  # explicit: as asked, not said
+    out, err = capsys.readouterr()
+    assert "tiling: tiles of 96 px" in out and "trained on 64 px crops" not in err
+    assert main(["predict", *args, "--out", str(tmp_path / "p4"), "--no-tile", "--tile-whole-image"]) == 2
+    assert "--tile-whole-image sets up tiled prediction: --no-tile turns it off: give one" in capsys.readouterr().err
+
+    root = _scene(tmp_path / "scene", name="cat")
+    data = ["--weights", str(crop_checkpoint), "--data", str(root), "--val-split", str(root / "val.txt"), "--workers", "0", "--quiet"]
+    assert main(["eval", *data, "--out", str(tmp_path / "e1")]) == 0
+    out, err = capsys.readouterr()
+    assert f"retinanet eval: {said}" in err and "tiling: tiles of 64 px at native resolution, overlap 0.2, 2 per batch" in out
+    assert main(["eval", *data, "--out", str(tmp_path / "e2"), "--no-tile"]) == 0
+    out, err = capsys.readouterr()
+    assert "tiling" not in out + err and "1 images" in out
+    # another input size asks for whole images resized to it (README: a crop model "at 800 px"), said too
+    assert main(["eval", *data, "--out", str(tmp_path / "e3"), "--min-size", "96", "--max-size", "96"]) == 0
+    out, err = capsys.readouterr()
+    assert ("trained on 64 px crops at native resolution, but --min-size 96 resizes whole images (--tile 64 tiles them "
+            "as training evaluated)") in err and "tiling" not in out
