@@ -4,7 +4,7 @@
     python benchmarks/bench_tiles.py memory --weights RUN/best.pt --sizes 2000 8000
 
 ``recall``: every image of the dataset's val split (VOC layout, e.g. ``retinanet make-synthetic
---large``), predicted whole (resized to the model's input size, ``Detector.predict``; with
+--large``), predicted whole (resized to the model's input size, ``Detector.predict(tile=False)``; with
 ``--whole-size PX`` also resized to PX) and tiled (``Detector.predict(tile=...)``, native
 resolution), all detections scoring at least
 ``--score-thresh``; a ground-truth box is found when a detection of its class, not already used
@@ -90,8 +90,10 @@ def recall(args) -> None:
     voc = Path(args.data) / "VOCdevkit" / "VOC2012"
     names = {n: i for i, n in det.class_names.items()}
     stems = (voc / "ImageSets" / "Main" / f"{args.split}.txt").read_text().split()
-    passes = [("whole", det, {}), ("tiled", det, {"tile": tile})]
-    passes += [(f"whole@{px}", Detector.load(args.weights, amp="off", min_size=px, max_size=px), {}) for px in args.whole_size]
+    # whole images: tile=False (a --crop model tiles by default, as trained)
+    passes = [("whole", det, {"tile": False}), ("tiled", det, {"tile": tile})]
+    passes += [(f"whole@{px}", Detector.load(args.weights, amp="off", min_size=px, max_size=px), {"tile": False})
+               for px in args.whole_size]
     totals = {"objects": 0} | {f"{kind}{k}": 0 for kind, _, _ in passes for k in ("", "_dets")} \
         | {f"{kind}_s": 0.0 for kind, _, _ in passes}
     for stem in stems:

@@ -23,6 +23,7 @@ from retinanet.files import check_output_path, drop_output, hold_folder
 from retinanet.cli.demo import add_demo_parser, demo_options, run_demo
 from retinanet.cli.options import (CHANNELS_LAST_HELP, DEVICE_HELP, QUIET_HELP, WEIGHTS_HELP, add_amp_options, add_data_options,
                                    add_image_options, add_input_size_options, add_tile_options, any_int, arg_type,
+                                   as_trained_tiling,
                                    data_config_from_args, expand_home_options, field_type, fraction, given_options,
                                    non_negative_int, positive_int, tile_options_from_args)
 from retinanet.cli.train import add_train_parser, cmd_train
@@ -32,7 +33,7 @@ from retinanet.data.check import anchor_hint, tile_hint, write_check_outputs
 from retinanet.data.synthetic import LARGE
 from retinanet.data.workers import MAIN_GUARD_HINT, starting_worker
 from retinanet.engine.runtime.allocator import fix_mmap_threshold
-from retinanet.engine.runtime.checkpoint import stored_config
+from retinanet.engine.runtime.checkpoint import stored_config, trained_crop
 from retinanet.engine.runtime.distributed import cleanup, is_main_process, launch_local_rank, launch_rank, local_device
 from retinanet.engine.evaluate.loop import EvalOptions, run_eval
 from retinanet.engine.export.onnx_export import DEFAULT_OPSET, ExportOptions, export_checkpoint
@@ -158,7 +159,7 @@ def _add_eval(sub) -> None:
     p.add_argument("--split", help="split to evaluate (overrides --val-split)")
     p.add_argument("--out", default="runs/eval", metavar="DIR", help="output folder [runs/eval]")
     p.add_argument("--voc", action="store_true", help="also the VOC protocol: AP50 per class, 11-point and all-point mAP")
-    p.add_argument("--batch-size", type=positive_int, default=2, help="images per batch and process; with --tile: tiles per batch [2]")
+    p.add_argument("--batch-size", type=positive_int, default=2, help="images per batch and process; when tiling: tiles per batch [2]")
     p.add_argument("--workers", type=non_negative_int, default=2, help="data loading processes [2]")
     p.add_argument("--device", default="auto", help=f"{DEVICE_HELP} [auto]")
     add_amp_options(p, "auto")
@@ -182,17 +183,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return _eval(args)
 
 
+def weights_config(weights: str) -> dict | None:
+    """The configs ``weights`` stores (``stored_config``); None for a torchvision file (a name such as
+    ``coco`` included: not fetched here)."""
+    return None if str(weights).lower() in DETECTOR_URLS else stored_config(weights)
+
+
 # what names the dataset a run was trained on (its split settings included): eval without --data reads them
 # from the checkpoint, but for those given on its command line
 TRAINED_DATASET = ("root", "format", "years", "val_split", "val_fraction", "split_seed", "exif", "max_image_pixels",
                    "synthetic_train", "synthetic_val", "synthetic_size")
 
 
-def trained_dataset(weights: str, data_cfg: DataConfig, given: set[str]) -> tuple[DataConfig, str]:
+def trained_dataset(weights: str, data_cfg: DataConfig, given: set[str],
+                    stored: dict | None) -> tuple[DataConfig, str]:
     """``data_cfg`` with the dataset ``weights`` was trained on (its ``TRAINED_DATASET`` settings
-    but those ``given`` on the command line), and a line that says which. Raises ``RetinaNetError``
-    for weights that record no dataset (a torchvision file) and for a dataset no longer there."""
-    stored = None if str(weights).lower() in DETECTOR_URLS else stored_config(weights)
+    but those ``given`` on the command line), and a line that says which. ``stored``: the configs
+    ``weights`` stores (``weights_config``). Raises ``RetinaNetError`` for weights that record no
+    dataset (a torchvision file) and for a dataset no longer there."""
     if not stored or not stored.get("data"):
         raise RetinaNetError(f"--data is needed: {weights} records no dataset (a torchvision weights file); "
                              "--data names the one to evaluate on")
@@ -214,21 +222,27 @@ def _eval(args: argparse.Namespace) -> int:
     if args.split and val_split not in (None, args.split):
         raise RetinaNetError(f"--split {args.split} and --val-split {val_split} both name the split to evaluate: give one")
     data_cfg = data_config_from_args(args, **({"val_split": args.split} if args.split else {}))
-    if getattr(args, "data", None) is None:  # the dataset the checkpoint was trained on, not a default one
-        try:
-            data_cfg, note = trained_dataset(args.weights, data_cfg, set(given) | ({"val_split"} if args.split else set()))
-        except RetinaNetError as err:
-            err.every_rank = True  # under torchrun: said once per machine
-            raise
-        if not args.quiet and launch_local_rank() == 0:
-            print(f"retinanet eval: {note}", file=sys.stderr)
+    tiling = tile_options_from_args(args, args.batch_size)  # an option combination refused before the weights are read
+    try:
+        stored = weights_config(args.weights)
+        if getattr(args, "data", None) is None:  # the dataset the checkpoint was trained on, not a default one
+            data_cfg, note = trained_dataset(args.weights, data_cfg, set(given) | ({"val_split"} if args.split else set()),
+                                             stored)
+            if not args.quiet and launch_local_rank() == 0:
+                print(f"retinanet eval: {note}", file=sys.stderr)
+    except RetinaNetError as err:
+        err.every_rank = True  # under torchrun: said once per machine
+        raise
+    crop = trained_crop(stored)  # a --crop model's input size is its crop side, unless --min-size changes it
+    tiling, tile_note = as_trained_tiling(crop, tiling, args.min_size or crop, args.batch_size)
+    if tile_note and launch_local_rank() == 0:  # said even with --quiet: it decides what is measured
+        print(f"retinanet eval: {tile_note}", file=sys.stderr)
     sizes = {"min_size": args.min_size, "max_size": args.max_size, "score_thresh": args.score_thresh,
              "detections_per_img": args.max_dets}
     opts = EvalOptions(
         weights=args.weights, out=args.out, voc=args.voc, batch_size=args.batch_size, workers=args.workers,
         device=args.device, amp=args.amp, channels_last=args.channels_last, progress=not args.quiet, backend=args.coco_backend,
-        model_overrides={k: v for k, v in sizes.items() if v is not None},
-        tile=tile_options_from_args(args, args.batch_size),
+        model_overrides={k: v for k, v in sizes.items() if v is not None}, tile=tiling,
     )
     memory = fix_mmap_threshold() if opts.tile is not None else None  # the process's allocator, said below
     try:
@@ -280,7 +294,7 @@ def _add_predict(sub) -> None:
     p.add_argument("--max-dets", type=positive_int, default=100, help="at most this many detections per image [100]")
     p.add_argument("--device", default="auto", help=f"{DEVICE_HELP} [auto]")
     add_input_size_options(p)
-    p.add_argument("--batch-size", type=positive_int, default=4, help="images per batch; with --tile: tiles per batch [4]")
+    p.add_argument("--batch-size", type=positive_int, default=4, help="images per batch; when tiling: tiles per batch [4]")
     p.add_argument("--workers", type=non_negative_int, default=2, help="decoding processes [2]")
     p.add_argument("--voc-xml", action="store_true", help="also write one VOC XML annotation per image")
     p.add_argument("--save-txt", action="store_true", help="also write YOLO labels per image (OUT/labels/, class = our id - 1, "
@@ -322,7 +336,10 @@ def _predict(args: argparse.Namespace, files) -> int:
     detector = Detector.load(args.weights, local_device(args.device), channels_last=args.channels_last, amp=args.amp, exif=args.exif,
                              **pixels, **{k: v for k, v in sizes.items() if v})
     classes = tuple(n.strip() for group in args.classes_filter or () for n in group.split(",") if n.strip())
-    tile = detector.tile_options(tiling)
+    tiling, note = as_trained_tiling(detector.trained_crop, tiling, detector.model.config.min_size, args.batch_size)
+    if note:  # said even with --quiet: it decides what the model sees
+        print(f"retinanet predict: {note}", file=sys.stderr)
+    tile = detector.tile_options(False if tiling is None else tiling)
     opts = PredictOptions(
         out=args.out, score_thresh=args.score_thresh, classes=classes, max_dets=args.max_dets, batch_size=args.batch_size,
         workers=args.workers, draw=not args.no_draw, line_width=args.line_width, draw_labels=not args.hide_labels,

@@ -20,7 +20,7 @@ from retinanet.config import LIMITS, SECTIONS, DataConfig, expand_home, resolve_
 from retinanet.data.images import EXIF_POLICIES
 from retinanet.engine.runtime.precision import AMP_MODES
 from retinanet.errors import RetinaNetError
-from retinanet.model.tiling import TileOptions
+from retinanet.model.tiling import TileOptions, trained_tiling
 
 OPTION_TO_FIELD = {"data": "root"}  # option destinations whose config field has another name
 
@@ -153,30 +153,36 @@ def data_config_from_args(args: argparse.Namespace, **overrides: Any) -> DataCon
 
 
 def add_tile_options(p: argparse.ArgumentParser) -> None:
-    """``--tile [PX]``, ``--tile-overlap F``, ``--tile-whole-image`` (predict, eval)."""
+    """``--tile [PX]``, ``--no-tile``, ``--tile-overlap F``, ``--tile-whole-image`` (predict, eval)."""
     t = p.add_argument_group("large images: tiled prediction (retinanet.model.tiling)")
     t.add_argument("--tile", nargs="?", const="auto", metavar="PX",
                    help="cut each image into overlapping PX x PX tiles at native resolution, run them in batches of "
                    "--batch-size, merge the boxes (fragments at tile edges dropped when a neighbour holds the object "
                    "whole, class-wise NMS); --tile alone: the model's input size (a --crop model's crop side); on Linux it "
                    "also fixes glibc's mmap threshold at 32 MiB for this process, so memory does not creep up with the "
-                   "tiles (MALLOC_MMAP_THRESHOLD_ overrides) [off]")
+                   "tiles (MALLOC_MMAP_THRESHOLD_ overrides) [as trained: a model trained with --crop PX is tiled with PX, "
+                   "as its training evaluated (said on stderr), unless --min-size sets another input size; off for any "
+                   "other model]")
+    t.add_argument("--no-tile", dest="tile", action="store_const", const=False,
+                   help="resize whole images to the model's input size, also for a --crop model (whose input size is "
+                   "its crop side: large images shrink a lot)")
     t.add_argument("--tile-overlap", type=arg_type(C.between(0.0, 0.9), "tile_overlap"), metavar="F", help="share of a tile that neighbours overlap, 0..0.9 [0.2]")
     t.add_argument("--tile-whole-image", action="store_true",
                    help="with --tile: also one pass over the whole image resized to the input size, for objects larger "
                    "than the overlap (its memory grows with the image)")
 
 
-def tile_options_from_args(args: argparse.Namespace, batch_size: int) -> TileOptions | None:
+def tile_options_from_args(args: argparse.Namespace, batch_size: int) -> TileOptions | bool | None:
     """The ``TileOptions`` of ``--tile``, unresolved (the tile side None = the model's input size);
-    None without ``--tile``. Raises ``RetinaNetError`` for tile options without ``--tile`` or a bad PX."""
-    if args.tile is None:
+    False for ``--no-tile``; None for neither (as the model was trained: ``model.tiling.trained_tiling``).
+    Raises ``RetinaNetError`` for tile options without ``--tile`` or a bad PX."""
+    if args.tile is None or args.tile is False:
         if args.tile_overlap is not None or args.tile_whole_image:
             given = [o for o, v in (("--tile-overlap", args.tile_overlap is not None),
                                     ("--tile-whole-image", args.tile_whole_image)) if v]
             raise RetinaNetError(f"{' and '.join(given)} {'sets' if len(given) == 1 else 'set'} up tiled prediction: "
-                                 "give --tile too")
-        return None
+                                 + ("--no-tile turns it off: give one" if args.tile is False else "give --tile too"))
+        return args.tile
     if args.tile == "auto":
         tile = None
     else:
@@ -188,3 +194,22 @@ def tile_options_from_args(args: argparse.Namespace, batch_size: int) -> TileOpt
                                  f"{looks}") from None
     overlap = 0.2 if args.tile_overlap is None else args.tile_overlap
     return TileOptions(tile=tile, overlap=overlap, batch_size=batch_size, whole_image=args.tile_whole_image)
+
+
+def as_trained_tiling(crop: int | None, tiling: TileOptions | bool | None, model_input: int,
+                      batch_size: int) -> tuple[TileOptions | None, str]:
+    """``tiling`` (``tile_options_from_args``) for a model trained on ``crop`` px crops (None: on whole
+    images) whose input size is ``model_input`` (another than ``crop``: ``--min-size`` given), and
+    the line that says a choice made from the checkpoint ("" when none was): with neither ``--tile``
+    nor ``--no-tile``, a ``--crop`` model is tiled with its crop side, as its training evaluated
+    (``trained_tiling``), unless ``--min-size`` asks for whole images of another size. Returns the
+    options (resolved when chosen here; None for whole images)."""
+    if tiling is False:
+        return None, ""
+    if tiling is not None or not crop:
+        return tiling, ""
+    tile = trained_tiling(crop, model_input, batch_size)
+    said = f"the model was trained on {crop} px crops at native resolution"
+    if tile is None:
+        return None, f"{said}, but --min-size {model_input} resizes whole images (--tile {crop} tiles them as training evaluated)"
+    return tile, f"{said}: tiling with --tile {crop} (as training evaluated); --no-tile to resize whole images"

@@ -38,6 +38,8 @@ SHOWN = 5  # printed lists cut to this many names (per group, groups, classes at
 ALL_CLASSES = 20  # per-class tables and the class line printed whole up to this many classes
 PLOTTED_CLASSES = 40  # instances_per_class.png: the most frequent classes, so its size is bounded
 DUPLICATES_FILE = "duplicates.txt"  # every group of same-content images, written with --out
+ANCHOR_FACTORS = (3 / 4, 1 / 2, 3 / 8, 1 / 4)  # the scalings of the anchor sizes suggested, largest first
+SMALLEST_ANCHOR = 8  # px: no smaller anchor side is suggested
 WHOLE_TABLES = "all of them in report.txt with --out"
 
 
@@ -302,10 +304,10 @@ def count_too_small(wh: np.ndarray, anchor_sizes: tuple[int, ...]) -> int:
 def anchor_hint(report: CheckReport, min_size: int, max_size: int, anchor_sizes: tuple[int, ...],
                 too_many: float = 0.15) -> str:
     """One line for the user: the share of boxes too small for the smallest anchor
-    (``count_too_small``) and, when it is over ``too_many``, the largest of the anchor sizes
-    scaled by 3/4, 1/2, 3/8 or 1/4 (smallest side >= 8 px) that brings it under, or else the
-    advice to raise ``min_size``. A hint: smaller anchors also hand mid-sized objects to coarser
-    levels, so the largest sizes that fit are suggested, not the smallest."""
+    (``count_too_small``) and, when it is over ``too_many``, what to train with (``anchor_advice``:
+    the largest smaller anchor sizes that bring it under, else a concrete larger input size). A
+    hint: smaller anchors also hand mid-sized objects to coarser levels, so the largest sizes that
+    fit are suggested, not the smallest."""
     wh = np.concatenate([np.zeros((0, 2)), *split_box_sizes(report, min_size, max_size).values()])
     small, total = count_too_small(wh, anchor_sizes), len(wh)
     if not total:
@@ -314,22 +316,58 @@ def anchor_hint(report: CheckReport, min_size: int, max_size: int, anchor_sizes:
             f"({min(anchor_sizes)} px at min_size {min_size}: IoU < 0.5)")
     if small <= too_many * total:
         return line
-    return line + ": " + anchor_advice(wh, anchor_sizes, too_many)
+    return line + ": " + anchor_advice(wh, anchor_sizes, too_many, min_size=min_size, max_size=max_size)
 
 
-def anchor_advice(wh: np.ndarray, anchor_sizes: tuple[int, ...], too_many: float = 0.15) -> str:
-    """What to train with when too many boxes ``wh`` are too small: ``smaller_anchors``, else a larger input."""
+def anchor_advice(wh: np.ndarray, anchor_sizes: tuple[int, ...], too_many: float = 0.15, *, min_size: int,
+                  max_size: int, native: bool = False) -> str:
+    """What to train with when too many boxes ``wh`` are too small, in concrete sizes.
+
+    Whole images resized to ``min_size``/``max_size``: ``smaller_anchors`` (or the input size at
+    which the anchors given fit), else the input size at which the smallest suggested anchors
+    (``lowest_anchors``) fit. ``native`` (``--crop``: crops keep the native resolution, their size
+    is the input size, so no input size changes a box): smaller anchors are the only remedy.
+    """
+    anchor_sizes = tuple(anchor_sizes)
     sizes = smaller_anchors(wh, anchor_sizes, too_many)
+    if native:
+        if sizes:
+            return f"train with --anchor-sizes {_sizes(sizes)}"
+        low = lowest_anchors(anchor_sizes)
+        left = count_too_small(wh, low)
+        stay = (f"{left} of the {len(wh)} boxes ({100 * left / len(wh):.1f}%) are under {min(low) / math.sqrt(2):.1f} px "
+                "at native resolution, too small even for them, and hard to learn")
+        if low == anchor_sizes:
+            return f"no smaller anchors are suggested (8 px at least): {stay}"
+        return f"train with --anchor-sizes {_sizes(low)}, the smallest suggested ({stay})"
     if sizes:
-        return f"train with --anchor-sizes {' '.join(map(str, sizes))} (or a larger --min-size)"
-    return "train with a larger --min-size (and lower --anchor-sizes)"
+        return f"train with --anchor-sizes {_sizes(sizes)} (or {larger_input(wh, anchor_sizes, too_many, min_size, max_size)})"
+    low = lowest_anchors(anchor_sizes)
+    return (f"train with {larger_input(wh, low, too_many, min_size, max_size)}"
+            + (f" --anchor-sizes {_sizes(low)}" if low != anchor_sizes else ""))
+
+
+def _sizes(sizes: tuple[int, ...]) -> str:
+    return " ".join(map(str, sizes))
+
+
+def larger_input(wh: np.ndarray, anchor_sizes: tuple[int, ...], too_many: float, min_size: int, max_size: int) -> str:
+    """``--min-size M --max-size X``: the input size (``min_size``/``max_size`` scaled alike, rounded up
+    to 32 px) at which at most ``too_many`` of the boxes ``wh`` (sizes at ``min_size``/``max_size``)
+    are too small for ``anchor_sizes`` (``count_too_small``)."""
+    side = np.sort(np.sqrt(wh.prod(axis=1)))
+    k = int(too_many * len(side))  # this many may stay too small: the k-th smallest box must fit
+    scale = max(1.0, min(anchor_sizes) / math.sqrt(2) / side[k] * 1.001) if k < len(side) else 1.0
+    new_min = 32 * math.ceil(min_size * scale / 32)
+    return f"--min-size {new_min} --max-size {max(new_min, 32 * math.ceil(max_size * scale / 32))}"
 
 
 def too_small_for_anchors(records: list[Record], image_hw: list[tuple[int, int] | None], min_size: int, max_size: int,
                           anchor_sizes: tuple[int, ...], native: bool = False, too_many: float = 0.15) -> str:
     """A training run's warning when more than ``too_many`` of the boxes of ``records`` are too
     small for the smallest anchor (``count_too_small``) at the scale the model sees them (resized
-    to ``min_size``/``max_size``; ``native``: unresized, as crops); "" otherwise.
+    to ``min_size``/``max_size``; ``native``: unresized, as crops, whose advice is anchors alone:
+    ``anchor_advice``); "" otherwise.
 
     Args:
         image_hw: each record's image size (``DetectionDataset.image_sizes``; None: left out).
@@ -343,31 +381,47 @@ def too_small_for_anchors(records: list[Record], image_hw: list[tuple[int, int] 
     if not len(wh) or small <= too_many * len(wh):
         return ""
     scale = "at native resolution (crops)" if native else f"at min_size {min_size}"
+    advice = anchor_advice(wh, anchor_sizes, too_many, min_size=min_size, max_size=max_size, native=native)
     return (f"{small} of the {len(wh)} training boxes ({100 * small / len(wh):.1f}%) are too small for the smallest "
             f"anchor ({min(anchor_sizes)} px {scale}: IoU < 0.5, each gets at most its best anchor and is hard to "
-            f"learn): {anchor_advice(wh, anchor_sizes, too_many)}; `retinanet check-data --out DIR` plots the sizes")
+            f"learn): {advice}; `retinanet check-data --out DIR` plots the sizes")
+
+
+def anchor_candidates(anchor_sizes: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """``anchor_sizes`` scaled by each of ``ANCHOR_FACTORS`` while the smallest side stays >= ``SMALLEST_ANCHOR``."""
+    out = []
+    for factor in ANCHOR_FACTORS:
+        sizes = tuple(round(s * factor) for s in anchor_sizes)
+        if sizes[0] < SMALLEST_ANCHOR:
+            break
+        out.append(sizes)
+    return out
+
+
+def lowest_anchors(anchor_sizes: tuple[int, ...]) -> tuple[int, ...]:
+    """The smallest anchor sizes suggested (``anchor_candidates``' last; ``anchor_sizes`` when none is smaller)."""
+    return ([tuple(anchor_sizes)] + anchor_candidates(anchor_sizes))[-1]
 
 
 def smaller_anchors(wh: np.ndarray, anchor_sizes: tuple[int, ...], too_many: float) -> tuple[int, ...] | None:
     """The largest of ``anchor_sizes`` scaled by 3/4, 1/2, 3/8 or 1/4 (smallest >= 8 px) that
     leaves at most ``too_many`` of the boxes ``wh`` too small; None when none does."""
-    for factor in (3 / 4, 1 / 2, 3 / 8, 1 / 4):
-        sizes = tuple(round(s * factor) for s in anchor_sizes)
-        if sizes[0] < 8:
-            break
-        if count_too_small(wh, sizes) <= too_many * len(wh):
-            return sizes
-    return None
+    return next((sizes for sizes in anchor_candidates(anchor_sizes) if count_too_small(wh, sizes) <= too_many * len(wh)),
+                None)
 
 
 def tile_hint(report: CheckReport, min_size: int, max_size: int, anchor_sizes: tuple[int, ...],
               too_many: float = 0.15) -> str | None:
     """A line suggesting native-resolution crops and tiles (``train --crop``, ``predict/eval --tile``)
     when more than ``too_many`` of the boxes are too small for the smallest anchor at the model's
-    input size (``count_too_small``) and the images' downscaling is to blame: at native resolution
-    (scale 1, what a crop or a tile of side ``min_size`` gives) at most half as many are too small.
-    None when there is nothing to suggest (few small boxes, or boxes small in the original pixels too:
-    then ``anchor_hint``'s anchor sizes are the remedy).
+    input size (``count_too_small``) and the images' downscaling is to blame: for the anchor sizes
+    given or smaller ones (``anchor_candidates``: objects too small for 32 px anchors even natively
+    may fit 8 px ones there), the resize leaves more than ``too_many`` too small and native
+    resolution (scale 1, what a crop or a tile of side ``min_size`` gives) at most half as many.
+    The train command carries the anchor sizes judged at native resolution (``smaller_anchors``,
+    else the smallest suggested, with the share they still leave). None when there is nothing to
+    suggest (few small boxes, or boxes as small in the original pixels: then ``anchor_hint``'s
+    advice is the remedy).
     """
     resized = np.concatenate([np.zeros((0, 2)), *split_box_sizes(report, min_size, max_size).values()])
     native = [r.boxes[:, 2:] - r.boxes[:, :2] for recs in report.records.values() for r in recs]
@@ -375,19 +429,30 @@ def tile_hint(report: CheckReport, min_size: int, max_size: int, anchor_sizes: t
     native = native[(native > 0).all(axis=1)]
     total = len(resized)
     small_resized, small_native = count_too_small(resized, anchor_sizes), count_too_small(native, anchor_sizes)
-    if not total or small_resized <= too_many * total or small_native > small_resized / 2:
+    if not total or small_resized <= too_many * total:
+        return None
+    helps = [(count_too_small(resized, a), count_too_small(native, a))
+             for a in (tuple(anchor_sizes), *anchor_candidates(anchor_sizes))]
+    if not any(r > too_many * total and n <= r / 2 for r, n in helps):
         return None
     px = max(32, 32 * (min_size // 32))
     # the anchors for the boxes still too small are judged at native resolution, the scale crops and tiles have
-    sizes = smaller_anchors(native, anchor_sizes, too_many) if small_native > too_many * total else None
-    anchors = f" --anchor-sizes {' '.join(map(str, sizes))}" if sizes else ""
-    line = (f"tiling: {small_resized} of {total} boxes ({100 * small_resized / total:.1f}%) are too small for the smallest anchor "
-            f"once the images are resized to min_size {min_size}, {small_native} ({100 * small_native / total:.1f}%) at native "
-            f"resolution: train on native-resolution crops and predict on tiles: train --crop {px}{anchors}, "
+    sizes, there = None, ""
+    if small_native > too_many * total:
+        sizes = smaller_anchors(native, anchor_sizes, too_many)
+        even = "" if sizes else " even"
+        sizes = sizes or lowest_anchors(anchor_sizes)
+        left = count_too_small(native, sizes)
+        there = f", {left} ({100 * left / total:.1f}%) there{even} with --anchor-sizes {_sizes(sizes)}"
+        if even:
+            there += f" (the smallest suggested: objects under {min(sizes) / math.sqrt(2):.1f} px stay hard to learn)"
+        if sizes == tuple(anchor_sizes):
+            sizes = None
+    anchors = f" --anchor-sizes {_sizes(sizes)}" if sizes else ""
+    return (f"tiling: {small_resized} of {total} boxes ({100 * small_resized / total:.1f}%) are too small for the smallest "
+            f"anchor once the images are resized to min_size {min_size}, {small_native} ({100 * small_native / total:.1f}%) "
+            f"at native resolution{there}: train on native-resolution crops and predict on tiles: train --crop {px}{anchors}, "
             f"predict/eval --tile {px}")
-    if small_native > too_many * total and not sizes:
-        line += " (and lower --anchor-sizes for the boxes still too small)"
-    return line
 
 
 def box_sizes_figure(report: CheckReport, min_size: int, max_size: int, anchor_sizes: tuple[int, ...]) -> Figure:

@@ -219,6 +219,17 @@ class TileOptions:
                 f"batch, fragments at inner tile edges merged into whole boxes, class-wise NMS{whole}")
 
 
+def trained_tiling(crop: int | None, model_input: int, batch_size: int = 4) -> TileOptions | None:
+    """How a model trained on ``crop`` px crops (``train --crop``; None: not crop-trained) sees an
+    image, as each evaluation during its training did (``engine.train.setup.val_tiling``): resolved
+    ``TileOptions`` of the crop side at native resolution, the default overlap, ``batch_size`` tiles
+    a pass. None (whole images resized to the input size) for a model trained on whole images, and
+    for one whose input size ``model_input`` was set to another than its crop side (``--min-size``:
+    a request to resize whole images). What ``predict``/``eval`` without ``--tile``/``--no-tile`` and
+    ``Detector.predict(tile=None)`` do."""
+    return TileOptions(batch_size=batch_size).resolved(crop) if crop and model_input == crop else None
+
+
 def count_tiles(hw: tuple[int, int], tile: int, overlap: float) -> int:
     """Number of tiles ``tile_grid`` makes for an image of ``hw``."""
     return len(tile_starts(hw[0], tile, overlap)) * len(tile_starts(hw[1], tile, overlap))

@@ -131,11 +131,15 @@ def test_anchor_hint_counts_boxes_too_small_and_suggests_sizes(tmp_path, capsys)
         assert len(wh) == 4 and count_too_small(wh, (32, 64, 128, 256, 512)) == small
     hint = anchor_hint(report, 100, 100, (32, 64, 128, 256, 512))
     # 24 (under 17 px) and 16 (under 11.3 px) still leave the 10 px box; 12 (under 8.5 px) does not
-    assert "2 of 4 boxes (50.0%)" in hint and "--anchor-sizes 12 24 48 96 192" in hint
+    assert "2 of 4 boxes (50.0%)" in hint and "--anchor-sizes 12 24 48 96 192 (or --min-size 256 --max-size 256)" in hint
+    assert count_too_small(split_box_sizes(report, 256, 256)["train"], (32, 64, 128, 256, 512)) == 0  # the input that fits
     assert "--anchor-sizes 24 48 96 192 384" in anchor_hint(report, 100, 100, (32, 64, 128, 256, 512), too_many=0.3)
     assert "--anchor-sizes" not in anchor_hint(report, 100, 100, (32, 64, 128, 256, 512), too_many=0.5)
     report.records["train"] = [rec(f"{s}.jpg", s) for s in (4, 5, 6, 60)]
-    assert "larger --min-size" in anchor_hint(report, 100, 100, (32, 64, 128, 256, 512))
+    # no smaller anchors suffice: concrete sizes, the input at which the smallest suggested ones (8 px) fit
+    assert anchor_hint(report, 100, 100, (32, 64, 128, 256, 512)).endswith(
+        ": train with --min-size 160 --max-size 160 --anchor-sizes 8 16 32 64 128")
+    assert count_too_small(split_box_sizes(report, 160, 160)["train"], (8, 16, 32, 64, 128)) == 0
 
 
 def test_check_data_prints_the_anchor_line_without_out(synthetic, capsys):
@@ -159,8 +163,36 @@ def test_training_warns_when_most_boxes_are_too_small_for_the_anchors():
     assert "--anchor-sizes 12 24 48 96 192" in said
     assert too_small_for_anchors(records, sizes, 200, 200, (32, 64, 128, 256, 512), too_many=0.3) == ""  # x2: 1 of 4
     assert "native resolution" in too_small_for_anchors(records, sizes, 200, 200, (32, 64, 128, 256, 512), native=True)
+    assert "(or --min-size 256 --max-size 256)" in said  # whole images: a larger input is a remedy too
     unknown = [rec(f"{s}.jpg", s, size=None) for s in (10, 20, 30, 60)]
     assert too_small_for_anchors(unknown, [None] * 4, 100, 100, (32, 64, 128, 256, 512)) == ""  # sizes unknown: no claim
+
+
+def test_crop_training_anchor_advice_is_anchors_alone():
+    """--crop trains at native resolution and refuses another --min-size: the warning said "train with
+    --anchor-sizes 24 48 96 192 384 (or a larger --min-size)", and --crop 64 --min-size 128 is refused.
+    At native resolution only smaller anchors help."""
+    import numpy as np
+
+    from retinanet.data.check import too_small_for_anchors
+    from retinanet.data.records import Record
+
+    def rec(file, side):
+        return Record(file, np.array([[0, 0, side, side]], np.float32), np.ones(1, np.int64), np.zeros(1, bool), 0,
+                      (100, 100), file)
+
+    default = (32, 64, 128, 256, 512)
+    said = too_small_for_anchors([rec(f"{s}.jpg", s) for s in (10, 20, 30, 60)], [(100, 100)] * 4, 64, 64, default,
+                                 native=True)
+    assert "(32 px at native resolution (crops)" in said and ": train with --anchor-sizes 12 24 48 96 192;" in said
+    assert "--min-size" not in said and "--crop" not in said
+    # too small even for the smallest anchors suggested: those, and what they leave, still no input size
+    said = too_small_for_anchors([rec(f"{s}.jpg", s) for s in (3, 4, 5, 60)], [(100, 100)] * 4, 64, 64, default, native=True)
+    assert ": train with --anchor-sizes 8 16 32 64 128, the smallest suggested (3 of the 4 boxes (75.0%) are under 5.7 px" in said
+    assert "--min-size" not in said
+    said = too_small_for_anchors([rec(f"{s}.jpg", s) for s in (3, 4, 5, 60)], [(100, 100)] * 4, 64, 64, (8, 16, 32, 64, 128),
+                                 native=True)
+    assert "no smaller anchors are suggested (8 px at least): 3 of the 4 boxes" in said and "--min-size" not in said
 
 
 def test_tile_hint_when_the_resize_makes_objects_too_small(tmp_path, capsys):
@@ -187,13 +219,43 @@ def test_tile_hint_when_the_resize_makes_objects_too_small(tmp_path, capsys):
     # the anchors for them at native resolution (the crops' scale), in the train command itself
     assert "train --crop 480 --anchor-sizes 12 24 48 96 192, predict/eval --tile 480" in tile_hint(report, 500, 500, (32, 64, 128, 256, 512))
     report.records["train"] = [rec(f"{s}.jpg", s, 2000) for s in (3, 4, 40, 60)]  # too tiny for any anchor offered
-    assert "lower --anchor-sizes" in tile_hint(report, 500, 500, (32, 64, 128, 256, 512))
+    hint = tile_hint(report, 500, 500, (32, 64, 128, 256, 512))  # the smallest suggested, named, and what they leave
+    assert "2 (50.0%) there even with --anchor-sizes 8 16 32 64 128 (the smallest suggested" in hint
+    assert "train --crop 480 --anchor-sizes 8 16 32 64 128, predict/eval --tile 480" in hint
     report.records["train"] = [rec(f"{s}.jpg", s, 2000) for s in (4, 5, 6, 60)]  # small natively: not tiling's job
     assert tile_hint(report, 500, 500, (32, 64, 128, 256, 512)) is None
     # the command prints it for the large synthetic set at its default input size
     make_synthetic(tmp_path / "big", num_train=1, num_val=1, image_size=1200, object_size=(12, 48), objects=30)
     assert main(["check-data", "--data", str(tmp_path / "big"), "--quiet"]) == 0
     assert "train --crop 800 --anchor-sizes 24 48 96 192 384, predict/eval --tile 800" in capsys.readouterr().out
+
+
+def test_tile_hint_for_objects_too_small_for_the_default_anchors_even_natively():
+    """4000 x 3000 aerial photos with 8..20 px objects: resized to 800 px they are 2..5 px, under any
+    anchor; natively they are under 32 / sqrt(2) too, but fit 8 px anchors. The hint was suppressed
+    (counted with 32 px anchors at both scales) exactly when the objects were tiniest, and the anchor
+    line named no sizes."""
+    import numpy as np
+
+    from retinanet.data.check import CheckReport, anchor_hint, count_too_small, split_box_sizes, tile_hint
+    from retinanet.data.classes import ClassMap
+    from retinanet.data.records import Record
+
+    sides = [8, 10, 12, 14, 16, 18, 20] * 3
+    boxes = np.array([[40 * i, 40 * i, 40 * i + s, 40 * i + s] for i, s in enumerate(sides)], np.float32)
+    record = Record("a.jpg", boxes, np.ones(len(boxes), np.int64), np.zeros(len(boxes), bool), 0, (3000, 4000), "a.jpg")
+    report = CheckReport(root="d", format="voc", class_map=ClassMap.discover(["a"]))
+    report.records["train"] = [record]
+    default = (32, 64, 128, 256, 512)
+    hint = tile_hint(report, 800, 1333, default)
+    assert hint is not None and "21 of 21 boxes (100.0%)" in hint and "21 (100.0%) at native resolution" in hint
+    # 24 leaves 8..16 px too small, 16 the 8 and 10 px ones (29%), 12 only the 8 px ones (14% <= 15%)
+    assert "3 (14.3%) there with --anchor-sizes 12 24 48 96 192" in hint
+    assert "train --crop 800 --anchor-sizes 12 24 48 96 192, predict/eval --tile 800" in hint
+    line = anchor_hint(report, 800, 1333, default)  # whole resized images: the input at which 8 px anchors fit
+    assert line.endswith("train with --min-size 1728 --max-size 2848 --anchor-sizes 8 16 32 64 128")
+    assert count_too_small(split_box_sizes(report, 1728, 2848)["train"], (8, 16, 32, 64, 128)) <= 0.15 * 21
+    assert count_too_small(split_box_sizes(report, 1696, 2848)["train"], (8, 16, 32, 64, 128)) > 0.15 * 21  # 32 px less: short
 
 
 def test_an_empty_training_split_is_an_error_it_names(tmp_path):

@@ -18,6 +18,11 @@ mapped back to its own pixels.
 Large images with small objects: ``predict(..., tile=TileOptions())`` (or ``tile=True``, or a tile
 side in pixels) cuts each image into overlapping native-resolution tiles, runs them in batches and
 merges the boxes in image pixels (``retinanet.model.tiling``); ``detect_tiled`` does one image.
+The default, ``tile=None``, is "as trained": a checkpoint trained on crops (``train --crop PX``)
+is tiled with PX at native resolution, as its evaluations during training did (resized whole, a
+large image's objects fall below every anchor), unless ``load(..., min_size=...)`` set another input
+size (a request to resize whole images); other models see whole images resized. ``tile=False``
+resizes whole images for any model.
 """
 
 from __future__ import annotations
@@ -35,11 +40,11 @@ from torch import Tensor
 from retinanet.config import LIMITS
 from retinanet.data.classes import default_class_names
 from retinanet.data.images import DEFAULT_MAX_PIXELS, _to_rgb, check_exif_policy, open_rgb, pil_to_tensor
-from retinanet.engine.runtime.checkpoint import load_model
+from retinanet.engine.runtime.checkpoint import load_model_and_config, trained_crop
 from retinanet.engine.runtime.precision import resolve_precision
 from retinanet.errors import RetinaNetError
 from retinanet.geometry import resize_boxes, resize_image
-from retinanet.model.tiling import TileOptions, count_tiles, detect_tiled_model
+from retinanet.model.tiling import TileOptions, count_tiles, detect_tiled_model, trained_tiling
 
 
 @dataclass
@@ -151,15 +156,21 @@ class Detector:
         max_image_pixels: larger images read from paths are refused; None = no limit.
         amp: mixed precision mode (``retinanet.engine.runtime.precision``): "auto" = bf16 (fp16 on GPUs
             without bf16) where the hardware runs it fast, "on", "bf16", "fp16", "off".
+        trained_crop: the crop side the model was trained on (``train --crop PX``; ``load`` reads it
+            from the checkpoint): ``predict(tile=None)`` then tiles images with it, as training
+            evaluated, while the input size ``min_size`` is that side (``tile_options``). None:
+            trained on whole images.
     """
 
     def __init__(self, model: torch.nn.Module, class_names: dict[int, str], *, exif: str = "auto",
-                 max_image_pixels: int | None = DEFAULT_MAX_PIXELS, amp: str | bool = "auto"):
+                 max_image_pixels: int | None = DEFAULT_MAX_PIXELS, amp: str | bool = "auto",
+                 trained_crop: int | None = None):
         self.model = model.eval()
         self.precision = resolve_precision(amp, next(model.parameters()).device)
         self.class_names = dict(class_names)
         self.exif = check_exif_policy(exif)
         self.max_image_pixels = max_image_pixels
+        self.trained_crop = trained_crop
 
     @classmethod
     def load(cls, weights: str | os.PathLike, device: str | torch.device = "cpu", *, channels_last: bool = False,
@@ -169,7 +180,8 @@ class Detector:
 
         Args:
             weights: the file. Classes: the checkpoint's class map; a bare torchvision file with 91
-                outputs gets the COCO names (labels are COCO category ids).
+                outputs gets the COCO names (labels are COCO category ids). A checkpoint of a
+                ``--crop`` run gives ``trained_crop``: ``predict`` tiles by default.
             device: "cpu", "cuda", "cuda:1", ... or a ``torch.device``.
             channels_last: run the model in NHWC memory layout (same results, usually faster on GPUs).
             exif, max_image_pixels: how paths are read; amp: mixed precision (class docstring).
@@ -177,9 +189,9 @@ class Detector:
         Raises:
             CheckpointError: unreadable file, or weights that do not fit the model.
         """
-        model, class_map = load_model(weights, device, channels_last=channels_last, **overrides)
+        model, class_map, stored = load_model_and_config(weights, device, channels_last=channels_last, **overrides)
         return cls(model, class_names_of(class_map, model.config.num_classes), exif=exif,
-                   max_image_pixels=max_image_pixels, amp=amp)
+                   max_image_pixels=max_image_pixels, amp=amp, trained_crop=trained_crop(stored))
 
     @property
     def device(self) -> torch.device:
@@ -269,10 +281,18 @@ class Detector:
             results.append(Detections(boxes, scores, labels, names, orig, source))
         return results
 
-    def tile_options(self, tile: TileOptions | int | bool | None) -> TileOptions | None:
-        """``tile`` as resolved ``TileOptions`` (None/False: no tiling; True: the defaults; an int:
-        the tile side); the default tile side is the model's input size ``min_size``."""
-        if tile is None or tile is False:
+    def tile_options(self, tile: TileOptions | int | bool | None = None, batch_size: int = 4) -> TileOptions | None:
+        """``tile`` as resolved ``TileOptions``, or None for whole images resized to the input size.
+
+        ``tile``: None: as the model was trained (``model.tiling.trained_tiling``: a model with
+        ``trained_crop`` gets tiles of that side, the default overlap and ``batch_size`` tiles a pass,
+        unless its ``min_size`` was set to another size; any other model none); False: no tiling;
+        True: the defaults; an int: the tile side; ``TileOptions``. The default tile side is the
+        model's input size ``min_size`` (a ``--crop`` model's crop side).
+        """
+        if tile is None:
+            return trained_tiling(self.trained_crop, self.model.config.min_size, batch_size)
+        if tile is False:
             return None
         if not isinstance(tile, (TileOptions, bool, int)):
             raise RetinaNetError(f"tile={tile!r}: True, a tile side in pixels, or TileOptions(...)")
@@ -311,14 +331,17 @@ class Detector:
             classes: class names to keep (None: all). max_dets: at most this many per image.
             batch_size: images per forward pass (the results do not depend on it beyond float noise).
             tile: tiled prediction (``tile_options``: True, a tile side, or ``TileOptions``; its
-                ``batch_size`` is the tiles per pass); None: whole images resized to the input size.
+                ``batch_size`` is the tiles per pass); False: whole images resized to the input size;
+                None (default): as the model was trained: a ``--crop`` model (``trained_crop``) tiles
+                with its crop side, ``batch_size`` tiles a pass (as training evaluated; not when
+                loaded with another ``min_size``), any other model gets whole images resized.
         Returns:
             one ``Detections`` per image, in input order (a ``[B, 3, H, W]`` tensor gives B).
         Raises:
             RetinaNetError: an input of an unknown kind or shape, or a file that cannot be read (named).
         """
         check_call(score_thresh, max_dets, batch_size)
-        tiling = self.tile_options(tile)
+        tiling = self.tile_options(tile, batch_size)
         if tiling is not None:
             self.label_ids(classes)
             return [self.detect_tiled(image, tiling, score_thresh=score_thresh, classes=classes, max_dets=max_dets,
@@ -347,7 +370,9 @@ class Detector:
 
     def __repr__(self) -> str:
         c = self.model.config
-        return (f"Detector({c.arch}, {len(self.class_names)} classes, input {c.min_size}..{c.max_size} px, "
+        tiled = " (tiled by default)" if self.tile_options() is not None else ""
+        crop = f", trained on {self.trained_crop} px crops{tiled}" if self.trained_crop else ""
+        return (f"Detector({c.arch}, {len(self.class_names)} classes, input {c.min_size}..{c.max_size} px{crop}, "
                 f"device {self.device}, {self.precision.name}, exif={self.exif!r})")
 
 

@@ -65,10 +65,21 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 def stored_config(path: str | os.PathLike) -> dict[str, dict[str, Any]] | None:
     """The configs a checkpoint stores, ``{"model": {...}, "data": {...}, "train": {...}}`` (each
     section a dict, empty where absent), or None for a file without them."""
-    stored = read_file(path).get("config")
+    return _stored_sections(read_file(path))
+
+
+def _stored_sections(obj: dict[str, Any]) -> dict[str, dict[str, Any]] | None:
+    stored = obj.get("config")
     if not isinstance(stored, dict):
         return None
     return {k: dict(stored.get(k) or {}) for k in SECTIONS}
+
+
+def trained_crop(stored: dict[str, dict[str, Any]] | None) -> int | None:
+    """The crop side a checkpoint's run trained on (``train --crop PX``), from its ``stored_config``;
+    None for a run without crops or a file that records none (a torchvision file)."""
+    crop = ((stored or {}).get("data") or {}).get("crop")
+    return int(crop) if crop else None
 
 
 def training_checkpoint(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
@@ -180,6 +191,13 @@ INFERENCE_FIXED = ("arch", "num_classes", "fpn_channels", "head_convs")
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", channels_last: bool = False, **overrides: Any):
+    """``(model, class map)`` of ``load_model_and_config`` (same arguments and errors)."""
+    model, class_map, _ = load_model_and_config(path, device, channels_last, **overrides)
+    return model, class_map
+
+
+def load_model_and_config(path: str | os.PathLike, device: str | torch.device = "cpu", channels_last: bool = False,
+                          **overrides: Any):
     """Build a model from our checkpoint or an official torchvision file, ready for inference.
 
     ``path`` may also name official weights (``coco``, ``coco-v2``: fetched once into torch.hub's
@@ -190,7 +208,8 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", chan
     the model in NHWC memory layout (same results, usually faster; its batches follow).
 
     Returns:
-        (model in eval mode on ``device``, class map ``{"name": id}`` or None for a bare file)
+        (model in eval mode on ``device``, class map ``{"name": id}`` or None for a bare file, the configs
+        the file stores as ``stored_config`` gives them, None for a bare file: the file is read once)
     """
     device = usable_device(device)  # before the file is read: a device this machine lacks is named first
     check_limits(overrides, "model", "model settings")  # min_size=0 and the like, as the command line refuses them
@@ -199,8 +218,10 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", chan
     obj = read_file(path)
     if is_checkpoint(obj):
         cfg, class_map, state = model_config_of(obj, path), obj.get("class_map"), obj.get("ema") or obj["model"]
+        stored = _stored_sections(obj)
     else:
         cfg, class_map, state = _torchvision_config(obj, path, overrides.get("norm")), None, obj
+        stored = None
     fixed = {k: (overrides[k], getattr(cfg, k)) for k in INFERENCE_FIXED if k in overrides and overrides[k] != getattr(cfg, k)}
     if fixed:  # a model ready for inference keeps its trained layers: another class count would re-initialise one
         raise CheckpointError(f"{path}: " + "; ".join(f"{k} {new} given, but the weights were trained with {old}"
@@ -211,5 +232,5 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", chan
     model = model.eval().to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    return model, class_map
+    return model, class_map, stored
 

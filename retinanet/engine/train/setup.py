@@ -25,7 +25,7 @@ from retinanet.engine.train.optim import build_ema, build_optimizer, rng_state, 
 from retinanet.engine.train.report import RunLog
 from retinanet.engine.train.start import load_start
 from retinanet.errors import RetinaNetError
-from retinanet.model.tiling import TileOptions
+from retinanet.model.tiling import TileOptions, trained_tiling
 from retinanet.model.weights import frozen_bn_eps_of
 
 
@@ -298,11 +298,11 @@ def shared_images(data: Datasets) -> str:
 
 
 def val_tiling(data_cfg: DataConfig, batch_size: int) -> TileOptions | None:
-    """How a ``--crop PX`` run evaluates: tiles of PX at native resolution (as ``eval --tile`` and
-    ``predict --tile``), ``batch_size`` tiles a pass; None (whole resized images) without a crop.
-    Resized whole, a 3000 px image shrinks its objects below every anchor: AP ~0, and best.pt
-    chosen by noise."""
-    return TileOptions(tile=data_cfg.crop, batch_size=batch_size).resolved(data_cfg.crop) if data_cfg.crop else None
+    """How a ``--crop PX`` run evaluates: tiles of PX at native resolution (``trained_tiling``: what
+    ``eval`` and ``predict`` of its checkpoint do by default, as ``--tile``), ``batch_size`` tiles a
+    pass; None (whole resized images) without a crop. Resized whole, a 3000 px image shrinks its
+    objects below every anchor: AP ~0, and best.pt chosen by noise."""
+    return trained_tiling(data_cfg.crop, data_cfg.crop, batch_size)
 
 
 def training_line(data_cfg: DataConfig, cfg: TrainConfig, world_size: int) -> str:

@@ -180,3 +180,85 @@ def test_tiles_keep_max_dets_and_eval_max_dets_counts_what_reached_it(tmp_path, 
     info = json.loads((tmp_path / "ev2" / "eval.json").read_text())
     assert info["max_dets"] == 50 and info["at_max_dets"] > 0 and info["num_detections"] > 5 * count_tiles((200, 260), 64, 0.25)
     assert f"warning: {info['at_max_dets']} tile(s) reached --max-dets 50: detections beyond it were cut" in text
+
+
+@pytest.fixture(scope="module")
+def crop_checkpoint(checkpoint, tmp_path_factory) -> Path:
+    """``checkpoint`` as a ``train --crop 64`` run stores it (input size 64 = the crop side)."""
+    from retinanet.engine.runtime.checkpoint import read_checkpoint, save_checkpoint
+    ck = read_checkpoint(checkpoint)
+    ck["config"]["data"] = asdict(DataConfig(crop=64))
+    return save_checkpoint(ck, tmp_path_factory.mktemp("crop") / "crop64.pt")
+
+
+def _spy(det: Detector) -> list:
+    """The (batch size, image shape, resize) of each forward pass of ``det``'s model."""
+    seen, orig = [], det.model.forward
+
+    def spy(images, *a, **k):
+        seen.append((len(images), tuple(images[0].shape), k.get("resize", True)))
+        return orig(images, *a, **k)
+
+    det.model.forward = spy
+    return seen
+
+
+def test_a_crop_trained_detector_tiles_by_default_as_training_evaluated(crop_checkpoint, checkpoint):
+    """A --crop model resized whole gave AP 0.0000 (640 px images shrunk to its 128 px input) with no
+    word; training itself evaluated it on native-resolution tiles of the crop side. ``tile=None``
+    (the default) is now "as trained": those tiles; ``tile=False`` resizes whole images."""
+    from retinanet.engine.train.setup import val_tiling
+
+    det = Detector.load(crop_checkpoint, amp="off")
+    assert det.trained_crop == 64 and "trained on 64 px crops (tiled by default)" in repr(det)
+    assert det.tile_options(None, batch_size=3) == TileOptions(tile=64, batch_size=3)
+    assert det.tile_options() == val_tiling(DataConfig(crop=64), 4)  # as training evaluated
+    assert det.tile_options(False) is None and det.tile_options(96).tile == 96
+    seen = _spy(det)
+    image = torch.randint(0, 255, (3, 150, 200), dtype=torch.uint8)
+    (default,) = det.predict(image, score_thresh=0.0, max_dets=1000, batch_size=5)
+    assert seen and all(s[1] == (3, 64, 64) and s[2] is False for s in seen)  # native-resolution 64 px tiles
+    assert [s[0] for s in seen] == [5, 5, 2]  # 12 tiles, batch_size of them a pass
+    (tiled,) = det.predict(image, tile=True, score_thresh=0.0, max_dets=1000)
+    assert torch.equal(default.boxes, tiled.boxes) and default.size == (150, 200)
+    seen.clear()
+    det.predict(image, tile=False, score_thresh=0.0)
+    assert seen == [(1, (3, 48, 64), True)]  # the whole image, resized to the 64 px input
+    plain = Detector.load(checkpoint, amp="off")  # trained on whole images: resized whole, as before
+    assert plain.trained_crop is None and plain.tile_options(None) is None
+    resized = Detector.load(crop_checkpoint, amp="off", min_size=96, max_size=96)  # another input size: whole images
+    assert resized.tile_options() is None and resized.tile_options(True).tile == 96
+
+
+def test_predict_and_eval_cli_tile_a_crop_model_by_default_and_say_so(tmp_path, crop_checkpoint, capsys):
+    img = tmp_path / "big.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (150, 200, 3), dtype=np.uint8)).save(img)
+    said = ("the model was trained on 64 px crops at native resolution: tiling with --tile 64 (as training evaluated); "
+            "--no-tile to resize whole images")
+    args = [str(img), "--weights", str(crop_checkpoint), "--score-thresh", "0.05", "--no-draw", "--workers", "0", "--quiet"]
+    assert main(["predict", *args, "--out", str(tmp_path / "p1")]) == 0
+    out, err = capsys.readouterr()
+    assert f"retinanet predict: {said}" in err  # said even with --quiet
+    assert "tiling: tiles of 64 px at native resolution, overlap 0.2, 4 per batch" in out
+    assert main(["predict", *args, "--out", str(tmp_path / "p2"), "--no-tile"]) == 0
+    out, err = capsys.readouterr()
+    assert "tiling" not in out + err
+    assert main(["predict", *args, "--out", str(tmp_path / "p3"), "--tile", "96"]) == 0  # explicit: as asked, not said
+    out, err = capsys.readouterr()
+    assert "tiling: tiles of 96 px" in out and "trained on 64 px crops" not in err
+    assert main(["predict", *args, "--out", str(tmp_path / "p4"), "--no-tile", "--tile-whole-image"]) == 2
+    assert "--tile-whole-image sets up tiled prediction: --no-tile turns it off: give one" in capsys.readouterr().err
+
+    root = _scene(tmp_path / "scene", name="cat")
+    data = ["--weights", str(crop_checkpoint), "--data", str(root), "--val-split", str(root / "val.txt"), "--workers", "0", "--quiet"]
+    assert main(["eval", *data, "--out", str(tmp_path / "e1")]) == 0
+    out, err = capsys.readouterr()
+    assert f"retinanet eval: {said}" in err and "tiling: tiles of 64 px at native resolution, overlap 0.2, 2 per batch" in out
+    assert main(["eval", *data, "--out", str(tmp_path / "e2"), "--no-tile"]) == 0
+    out, err = capsys.readouterr()
+    assert "tiling" not in out + err and "1 images" in out
+    # another input size asks for whole images resized to it (README: a crop model "at 800 px"), said too
+    assert main(["eval", *data, "--out", str(tmp_path / "e3"), "--min-size", "96", "--max-size", "96"]) == 0
+    out, err = capsys.readouterr()
+    assert ("trained on 64 px crops at native resolution, but --min-size 96 resizes whole images (--tile 64 tiles them "
+            "as training evaluated)") in err and "tiling" not in out
