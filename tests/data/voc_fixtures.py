@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +47,7 @@ def make_voc(root: Path, items: dict[str, list[tuple[str, list[dict]]]], year: s
     (voc / "Annotations").mkdir(exist_ok=True)
     for split, entries in items.items():
         for i, (stem, objects) in enumerate(entries):
-            write_image(voc / "JPEGImages" / f"{stem}.jpg", hw, seed=hash(stem) % 1000)
+            write_image(voc / "JPEGImages" / f"{stem}.jpg", hw, seed=zlib.crc32(stem.encode()))  # not hash(): per process
             (voc / "Annotations" / f"{stem}.xml").write_text(xml_text(f"{stem}.jpg", hw, objects))
         (voc / "ImageSets" / "Main" / f"{split}.txt").write_text("".join(s + "\n" for s, _ in entries))
     return voc
