@@ -7,11 +7,14 @@ VOC "difficult" and COCO crowd objects are neither required nor penalised) and e
 COCOeval.
 
 At COCO val2017's size (5,000 images, 500,000 detections) COCOeval's own work is most of the
-time. Around it: the detections are read once into columns (``detection_columns`` ->
-``CocoResults``, 27 MB; the list of 500,000 result dicts is 205 MB, and was built twice); the
-results' COCO is made from them as ``loadRes`` makes it, minus the ``segmentation`` polygon a
-bbox evaluation never reads (``result_annotations``). ``benchmarks/bench_coco_eval.py``
-measures each part.
+time and its per-image records (``evalImgs``) most of the memory. Around it: the detections are
+read once into columns (``detection_columns`` -> ``CocoResults``, 27 MB; the list of 500,000
+result dicts is 205 MB, and was built twice); the results' COCO is made from them as ``loadRes``
+makes it, minus the ``segmentation`` polygon a bbox evaluation never reads
+(``result_annotations``); the classes are evaluated a run of about ``CHUNK_ANNOTATIONS``
+annotations at a time, each run by its own COCOeval (``run_cocoeval``: the same numbers bit for
+bit, a fraction of the memory); and Python's cyclic garbage collector is paused meanwhile
+(``gc_paused``). ``benchmarks/bench_coco_eval.py`` measures each part.
 
 Backend: ``pycocotools`` by default, because its numbers are the reference. The C++
 ``faster_coco_eval`` (1.8.0) is about 5x faster (0.47 s vs 2.56 s for ``evaluate_coco`` on
@@ -33,6 +36,7 @@ Input formats (arrays may be numpy, torch or lists)::
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import json
 import operator
@@ -271,6 +275,40 @@ def result_annotations(results: CocoResults, rows: np.ndarray) -> list[dict[str,
                 (bbox[:, 2] * bbox[:, 3]).tolist(), (np.asarray(rows) + 1).tolist())]
 
 
+def class_counts(labels: np.ndarray, class_ids: Sequence[int]) -> np.ndarray:
+    """How many of ``labels`` each of ``class_ids`` has (``[K]`` int64)."""
+    counts = dict(zip(*(a.tolist() for a in np.unique(labels, return_counts=True))))
+    return np.array([counts.get(int(c), 0) for c in class_ids], dtype=np.int64)
+
+
+def category_chunks(class_ids: Sequence[int], sizes: Sequence[int], budget: int) -> list[list[int]]:
+    """``class_ids`` (in order) cut into consecutive runs of at most ``budget`` annotations
+    (``sizes``: ground truth + detections per class); a class larger than ``budget`` is a run alone."""
+    chunks, total = [], 0
+    for cid, size in zip(class_ids, sizes):
+        if not chunks or total + size > budget:
+            chunks.append([])
+            total = 0
+        chunks[-1].append(int(cid))
+        total += int(size)
+    return chunks
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off inside (on again after, if it was on).
+
+    COCOeval makes millions of small dicts and arrays and frees them all at the end, none in a
+    reference cycle: each collection the allocations set off walks every one of them again."""
+    was_on = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_on:
+            gc.enable()
+
+
 BACKENDS = ("pycocotools", "faster_coco_eval")
 
 
@@ -288,11 +326,19 @@ def _load_backend(backend: str | None):
     return COCO, COCOeval, "pycocotools"
 
 
+CHUNK_ANNOTATIONS = 30_000  # ground truth + detections given to one COCOeval run (run_cocoeval)
+
+
 def run_cocoeval(dataset: dict[str, Any], results: CocoResults | Sequence[dict[str, Any]], backend: str | None = None,
-                 ) -> tuple[np.ndarray, np.ndarray]:
+                 chunk: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Run COCOeval (bbox) and return its ``(precision [T,R,K,A,M], recall [T,K,A,M])`` arrays.
 
-    The results' COCO is made as ``loadRes`` makes it (``result_annotations``), from the columns.
+    The classes are evaluated a run of them at a time (``category_chunks``, about ``chunk``
+    annotations each), each run by its own COCOeval, and the arrays joined along K. Every number
+    COCOeval computes for a class reads that class's annotations only (``useCats``), so the
+    arrays are those of one run over every class, bit for bit; memory holds one run's per-image
+    records (COCOeval's ``evalImgs``, most of its memory) at a time. The results' COCO is made
+    as ``loadRes`` makes it (``result_annotations``).
 
     Args:
         dataset: COCO ground-truth dict (``coco_ground_truth``); it is not modified.
@@ -300,6 +346,8 @@ def run_cocoeval(dataset: dict[str, Any], results: CocoResults | Sequence[dict[s
             classes not in ``dataset`` are left out, as COCOeval leaves them.
         backend: "pycocotools" (default, the reference) or "faster_coco_eval" (faster, equal up to
             the last bit of a double; see the module docstring).
+        chunk: annotations per COCOeval run (a class with more is a run alone); None:
+            ``CHUNK_ANNOTATIONS``.
     Raises:
         ValueError: detections of an image not in ``dataset`` (pycocotools' loadRes asserts it).
     """
@@ -312,22 +360,32 @@ def run_cocoeval(dataset: dict[str, Any], results: CocoResults | Sequence[dict[s
     categories = sorted(dataset["categories"], key=lambda c: c["id"])
     ids = [c["id"] for c in categories]
     shape = (len(IOU_THRESHOLDS), len(RECALL_THRESHOLDS), len(ids), len(_AREA_LABELS), len(_MAX_DETS))
+    precision, recall = -np.ones(shape), -np.ones(shape[:1] + shape[2:])
     if not images:  # COCOeval leaves empty arrays: no number is defined
-        return -np.ones(shape), -np.ones(shape[:1] + shape[2:])
+        return precision, recall
+    gt_labels = [a["category_id"] for a in dataset["annotations"]]
+    sizes = class_counts(np.array(gt_labels, dtype=np.int64), ids) + class_counts(results.category_id, ids)
     quiet = {"print_function": lambda *a, **k: None} if name == "faster_coco_eval" else {}
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
-        gt = coco_cls(**quiet)
-        gt.dataset = {"info": dataset.get("info", {}), "images": list(images), "categories": list(categories),
-                      "annotations": [dict(a) for a in dataset["annotations"]]}  # COCOeval adds keys to each
-        gt.createIndex()
-        dt = coco_cls(**quiet)
-        dt.dataset = {"images": list(images), "categories": [dict(c) for c in categories],
-                      "annotations": result_annotations(results, np.flatnonzero(np.isin(results.category_id, ids)))}
-        dt.createIndex()
-        ev = eval_cls(gt, dt, "bbox", **quiet)
-        ev.evaluate()
-        ev.accumulate()
-    return np.asarray(ev.eval["precision"], dtype=np.float64), np.asarray(ev.eval["recall"], dtype=np.float64)
+    k = 0
+    with contextlib.redirect_stdout(io.StringIO()), gc_paused():  # pycocotools prints its progress
+        for run in category_chunks(ids, sizes, CHUNK_ANNOTATIONS if chunk is None else chunk):
+            cats, in_run = categories[k:k + len(run)], set(run)
+            gt = coco_cls(**quiet)
+            gt.dataset = {"info": dataset.get("info", {}), "images": list(images), "categories": list(cats),
+                          "annotations": [dict(a) for a, c in zip(dataset["annotations"], gt_labels) if c in in_run]}
+            gt.createIndex()
+            dt = coco_cls(**quiet)
+            dt.dataset = {"images": list(images), "categories": [dict(c) for c in cats],
+                          "annotations": result_annotations(results, np.flatnonzero(np.isin(results.category_id, run)))}
+            dt.createIndex()
+            ev = eval_cls(gt, dt, "bbox", **quiet)
+            ev.evaluate()
+            ev.accumulate()
+            precision[:, :, k:k + len(run)] = ev.eval["precision"]
+            recall[:, k:k + len(run)] = ev.eval["recall"]
+            k += len(run)
+            del gt, dt, ev  # before the next run's
+    return precision, recall
 
 
 def summarize(precision: np.ndarray, recall: np.ndarray) -> dict[str, float]:

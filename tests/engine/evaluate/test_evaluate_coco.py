@@ -12,7 +12,7 @@ import pytest
 
 from retinanet.engine.evaluate import coco as coco_mod
 from retinanet.engine.evaluate.coco import (
-    METRIC_NAMES, CocoResults, coco_ground_truth, coco_metrics, coco_results, detection_columns,
+    METRIC_NAMES, CocoResults, category_chunks, coco_ground_truth, coco_metrics, coco_results, detection_columns,
     evaluate_coco, per_class_ap, per_class_table, run_cocoeval, summarize,
 )
 
@@ -140,16 +140,46 @@ def test_perfect_and_empty_detections():
     assert len(text.splitlines()) == 12
 
 
-def test_the_direct_results_coco_equals_pycocotools_bit_for_bit():
-    """The results' COCO made from the columns without loadRes: every array entry, the 12
-    numbers and the per-class AP are pycocotools' own (loadRes)."""
+@pytest.mark.parametrize("chunk", [1, 50, None, 10**9], ids=["a-class-a-run", "mid-class-cuts", "default", "one-run"])
+def test_chunked_runs_of_the_direct_results_coco_equal_pycocotools_bit_for_bit(chunk):
+    """Classes evaluated a run at a time, the results' COCO made without loadRes: every array
+    entry, the 12 numbers and the per-class AP are pycocotools' own (loadRes, one COCOeval)."""
     gt, dets = random_case(5, num_images=60)
     ref, _ = pycocotools_reference(gt, dets, CLASS_IDS)
-    precision, recall = run_cocoeval(coco_ground_truth(gt, CLASS_IDS), detection_columns(dets))
+    precision, recall = run_cocoeval(coco_ground_truth(gt, CLASS_IDS), detection_columns(dets), chunk=chunk)
     assert np.array_equal(precision, ref.eval["precision"]) and np.array_equal(recall, ref.eval["recall"])
     metrics = summarize(precision, recall)
     assert np.array_equal([metrics[n] for n in METRIC_NAMES], ref.stats)
     assert per_class_ap(precision, CLASS_IDS, CLASS_IDS) == per_class_ap(ref.eval["precision"], CLASS_IDS, CLASS_IDS)
+
+
+def test_each_cocoeval_run_holds_one_chunk_of_classes_with_the_collector_paused(monkeypatch):
+    """Memory: COCOeval's per-image records (most of its memory) for a few classes at a time, not
+    all; time: no cyclic garbage collection walking them while they are made. One run before."""
+    import gc
+
+    from pycocotools.cocoeval import COCOeval
+
+    runs = []
+    evaluate = COCOeval.evaluate
+
+    def spy(self):
+        runs.append((list(self.params.catIds), len(self.cocoDt.anns), gc.isenabled()))
+        return evaluate(self)
+    monkeypatch.setattr(COCOeval, "evaluate", spy)
+    gt, dets = random_case(0, num_images=30)
+    dataset, results = coco_ground_truth(gt, CLASS_IDS), detection_columns(dets)
+    counts = {c: sum(a["category_id"] == c for a in dataset["annotations"]) + int((results.category_id == c).sum()) for c in CLASS_IDS}
+    assert gc.isenabled()
+    run_cocoeval(dataset, results, chunk=counts[1] + counts[2])
+    assert [r[0] for r in runs] == [[1, 2], [3, 7]] and not any(r[2] for r in runs) and gc.isenabled()
+    assert [r[1] for r in runs] == [int(np.isin(results.category_id, ids).sum()) for ids in ([1, 2], [3, 7])]
+
+
+def test_category_chunks():
+    assert category_chunks([1, 2, 3, 7], [5, 5, 20, 1], budget=10) == [[1, 2], [3], [7]]
+    assert category_chunks([1, 2], [0, 0], budget=10) == [[1, 2]]
+    assert category_chunks([], [], budget=10) == []
 
 
 def test_the_ground_truth_given_is_not_modified():
