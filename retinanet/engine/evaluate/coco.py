@@ -8,8 +8,8 @@ COCOeval.
 
 At COCO val2017's size (5,000 images, 500,000 detections) COCOeval's own work is most of the
 time and its per-image records (``evalImgs``) most of the memory. Around it: the detections are
-read once into columns (``detection_columns`` -> ``CocoResults``, 27 MB; the list of 500,000
-result dicts is 205 MB, and was built twice); the results' COCO is made from them as ``loadRes``
+read once into columns (``detection_columns`` -> ``CocoResults``, 27 MiB; the list of 500,000
+result dicts is 205 MiB, and was built twice); the results' COCO is made from them as ``loadRes``
 makes it, minus the ``segmentation`` polygon a bbox evaluation never reads
 (``result_annotations``); the classes are evaluated a run of about ``CHUNK_ANNOTATIONS``
 annotations at a time, each run by its own COCOeval (``run_cocoeval``: the same numbers bit for
@@ -177,7 +177,7 @@ class CocoResults(Sequence):
     """Detections in the COCO results format, held as columns: a read-only sequence of
     ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}`` dicts made when read.
 
-    One ``[N, 4]`` float64 array instead of N dicts (about 24 MB, not 200 MB, at 500,000
+    One ``[N, 4]`` float64 array instead of N dicts (27 MiB, not 205 MiB, at 500,000
     detections); ``write_json`` writes exactly ``json.dumps(list(results))``.
 
     Attributes:
