@@ -165,3 +165,13 @@ def test_bench_indexing_reads_every_format_whole():
     out = run("bench_indexing.py", "--num-images", "20")
     rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()[2:] if line.strip()}
     assert set(rows) == {"yolo", "voc-flat", "voc", "coco"} and all(len(r) == 2 for r in rows.values())
+
+
+def test_bench_coco_eval_splits_ours_from_pycocotools_and_compares_two_checkouts():
+    """Tiny run against this same checkout as ``--code``: both rows, every part, the same numbers."""
+    out = run("bench_coco_eval.py", "--num-images", "12", "--dets-per-image", "10", "--classes", "3",
+              "--code", str(BENCH.parent), "--check-json")
+    assert out.count("compute_metrics ") == 3 and out.count("write_eval_outputs ") == 2
+    for part in ("ours before", "COCOeval.evaluate", "COCOeval.accumulate", "ours after"):
+        assert out.count(f"    {part} ") == 2, part
+    assert "pycocotools' own:" in out and "same numbers and detections.json: True" in out

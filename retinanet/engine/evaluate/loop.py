@@ -28,7 +28,7 @@ from retinanet.data.classes import default_class_names
 from retinanet.data.coco import read_coco_json
 from retinanet.data.progress import progress_bar, reading_progress
 from retinanet.engine.runtime.checkpoint import load_model
-from retinanet.engine.evaluate.coco import coco_results, evaluate_coco, per_class_table
+from retinanet.engine.evaluate.coco import CocoResults, evaluate_coco, per_class_table
 from retinanet.engine.runtime.distributed import (
     all_gather_object, any_rank, barrier, init_distributed, is_dist, is_main_process, local_device,
 )
@@ -49,7 +49,9 @@ class EvalResult:
             ARl`` (floats in [0, 1], -1.0 where undefined, as pycocotools).
         per_class: ``[{"class", "id", "AP", "AP50"}]`` in class id order.
         summary_text: the 12 lines exactly as pycocotools prints them.
-        detections: all detections in the COCO results format (original image pixels).
+        detections: all detections in the COCO results format (original image pixels): a
+            ``CocoResults``, a sequence of ``{"image_id", "category_id", "bbox", "score"}`` dicts
+            made when read (a list given is turned into one).
         voc: None, or ``{"mAP_07", "mAP", "per_class": [{"class", "id", "num_gt", "AP50_07",
             "AP50"}]}`` (VOC protocol, see ``voc_eval``).
         pr_curves: per-class precision at 101 recall points at IoU 0.5 (``CocoEvaluation.pr_curves``).
@@ -62,13 +64,16 @@ class EvalResult:
     metrics: dict[str, float]
     per_class: list[dict[str, Any]]
     summary_text: str
-    detections: list[dict[str, Any]] = field(repr=False)
+    detections: CocoResults = field(repr=False)
     voc: dict[str, Any] | None = None
     pr_curves: dict[str, Any] | None = field(default=None, repr=False)
     num_images: int = 0
     max_dets: int = 0
     at_cap: int = 0
     skipped: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.detections = CocoResults.from_dicts(self.detections)
 
     def table(self) -> str:
         """Per-class AP table (fractions), with VOC columns when the VOC protocol was run."""
@@ -89,7 +94,7 @@ class EvalResult:
             "pr_curves": self.pr_curves,
         }
         if include_detections:
-            out["detections"] = self.detections
+            out["detections"] = self.detections.to_list()
         return out
 
     def to_json(self, include_detections: bool = False, indent: int | None = 2) -> str:
@@ -250,7 +255,7 @@ def compute_metrics(gt, dets, class_map: dict[str, int] | None, voc: bool = Fals
         metrics=coco.metrics,
         per_class=coco.per_class,
         summary_text=coco.summary_text,
-        detections=coco_results(dets),
+        detections=coco.detections,
         voc=voc_metrics(gt, dets, ids, names) if voc else None,
         pr_curves=coco.pr_curves(0.5),
         num_images=len(gt),
@@ -325,11 +330,11 @@ def write_eval_outputs(result: EvalResult, out_dir: str | os.PathLike, *, catego
         info["image_files"] = {str(k): v for k, v in sorted(image_files.items())}
     dets = result.detections
     if category_ids:
-        dets = [dict(d, category_id=category_ids.get(d["category_id"], d["category_id"])) for d in dets]
+        dets = dets.with_category_ids(category_ids)
         info["detections_category_ids"] = "the dataset's own category ids (class id -> category id: " + ", ".join(
             f"{k} -> {v}" for k, v in sorted(category_ids.items())) + ")"
     write_atomic(paths["eval"], json.dumps(info, indent=2) + "\n")
-    write_atomic(paths["detections"], json.dumps(dets) + "\n")
+    write_atomic(paths["detections"], lambda f: (dets.write_json(f), f.write(b"\n")))
     ap50 = {r["class"]: r["AP50"] for r in result.per_class}
     plot_pr_curves(result.pr_curves or {"iou": 0.5, "recall": [], "precision": {}}, paths["pr_curves"], ap50)
     return paths

@@ -34,7 +34,9 @@ def pr_curves_figure(curves: dict[str, Any], per_class_ap: dict[str, float] | No
     names = list(curves["precision"])
     rows, cols = grid_shape(len(names))
     fig = Figure(figsize=(max(MIN_W, PANEL_W * cols), PANEL_H * rows + 0.6), layout="constrained")
-    axes = fig.subplots(rows, cols, squeeze=False, sharex=True, sharey=True)
+    # not sharex/sharey: every panel has the same fixed limits anyway, and shared axes make each draw
+    # walk every sibling panel (80 classes: 14 s CPU to build and save, 7 s without)
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:
         ax.set_visible(False)
     for ax, name in zip(axes.flat, names):
@@ -48,10 +50,13 @@ def pr_curves_figure(curves: dict[str, Any], per_class_ap: dict[str, float] | No
     if not names:
         axes[0, 0].set_visible(True)
         axes[0, 0].text(0.5, 0.5, "no class with ground truth", ha="center", va="center")
-    for i, ax in enumerate(axes.flat):  # x label under the lowest panel of each column
+    for i, ax in enumerate(axes.flat):  # x label and tick labels under the lowest panel of each column only
         if ax.get_visible() and (i + cols >= len(axes.flat) or not axes.flat[i + cols].get_visible()):
             ax.set_xlabel("recall")
-            ax.xaxis.set_tick_params(labelbottom=True)
+        else:
+            ax.xaxis.set_tick_params(labelbottom=False)
+    for ax in axes[:, 1:].flat:  # y tick labels on the first column only
+        ax.yaxis.set_tick_params(labelleft=False)
     for ax in axes[:, 0]:
         ax.set_ylabel("precision")
     fig.suptitle(f"Precision-recall at IoU {curves['iou']:.2f}\n(COCO interpolation, area all, 100 dets)", fontsize=10)

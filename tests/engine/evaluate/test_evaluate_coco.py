@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
+import json
 
 import numpy as np
 import pytest
 
-from retinanet.engine.evaluate.coco import METRIC_NAMES, coco_metrics, evaluate_coco, per_class_table
+from retinanet.engine.evaluate import coco as coco_mod
+from retinanet.engine.evaluate.coco import (
+    METRIC_NAMES, CocoResults, category_chunks, coco_ground_truth, coco_metrics, coco_results, detection_columns,
+    evaluate_coco, per_class_ap, per_class_table, run_cocoeval, summarize,
+)
 
 CLASS_IDS = [1, 2, 3, 7]  # 7 has no ground truth at all (an empty class)
 
@@ -132,3 +138,93 @@ def test_perfect_and_empty_detections():
     metrics, per_class, text = coco_metrics(gt, [], CLASS_IDS)
     assert metrics["AP"] == 0.0 and metrics["AR100"] == 0.0
     assert len(text.splitlines()) == 12
+
+
+@pytest.mark.parametrize("chunk", [1, 50, None, 10**9], ids=["a-class-a-run", "mid-class-cuts", "default", "one-run"])
+def test_chunked_runs_of_the_direct_results_coco_equal_pycocotools_bit_for_bit(chunk):
+    """Classes evaluated a run at a time, the results' COCO made without loadRes: every array
+    entry, the 12 numbers and the per-class AP are pycocotools' own (loadRes, one COCOeval)."""
+    gt, dets = random_case(5, num_images=60)
+    ref, _ = pycocotools_reference(gt, dets, CLASS_IDS)
+    precision, recall = run_cocoeval(coco_ground_truth(gt, CLASS_IDS), detection_columns(dets), chunk=chunk)
+    assert np.array_equal(precision, ref.eval["precision"]) and np.array_equal(recall, ref.eval["recall"])
+    metrics = summarize(precision, recall)
+    assert np.array_equal([metrics[n] for n in METRIC_NAMES], ref.stats)
+    assert per_class_ap(precision, CLASS_IDS, CLASS_IDS) == per_class_ap(ref.eval["precision"], CLASS_IDS, CLASS_IDS)
+
+
+def test_each_cocoeval_run_holds_one_chunk_of_classes_with_the_collector_paused(monkeypatch):
+    """Memory: COCOeval's per-image records (most of its memory) for a few classes at a time, not
+    all; time: no cyclic garbage collection walking them while they are made. One run before."""
+    import gc
+
+    from pycocotools.cocoeval import COCOeval
+
+    runs = []
+    evaluate = COCOeval.evaluate
+
+    def spy(self):
+        runs.append((list(self.params.catIds), len(self.cocoDt.anns), gc.isenabled()))
+        return evaluate(self)
+    monkeypatch.setattr(COCOeval, "evaluate", spy)
+    gt, dets = random_case(0, num_images=30)
+    dataset, results = coco_ground_truth(gt, CLASS_IDS), detection_columns(dets)
+    counts = {c: sum(a["category_id"] == c for a in dataset["annotations"]) + int((results.category_id == c).sum()) for c in CLASS_IDS}
+    assert gc.isenabled()
+    run_cocoeval(dataset, results, chunk=counts[1] + counts[2])
+    assert [r[0] for r in runs] == [[1, 2], [3, 7]] and not any(r[2] for r in runs) and gc.isenabled()
+    assert [r[1] for r in runs] == [int(np.isin(results.category_id, ids).sum()) for ids in ([1, 2], [3, 7])]
+
+
+def test_category_chunks():
+    assert category_chunks([1, 2, 3, 7], [5, 5, 20, 1], budget=10) == [[1, 2], [3], [7]]
+    assert category_chunks([1, 2], [0, 0], budget=10) == [[1, 2]]
+    assert category_chunks([], [], budget=10) == []
+
+
+def test_the_ground_truth_given_is_not_modified():
+    """COCOeval adds an ``ignore`` key to each ground-truth annotation: it was added to the caller's."""
+    gt, dets = random_case(0)
+    dataset = coco_ground_truth(gt, CLASS_IDS)
+    before = copy.deepcopy(dataset)
+    run_cocoeval(dataset, detection_columns(dets))
+    assert dataset == before
+
+
+def test_detections_of_an_image_without_ground_truth_entry_are_refused():
+    gt, dets = random_case(0, num_images=3)
+    dets[1] = dict(dets[1], image_id=999)
+    with pytest.raises(ValueError, match=r"1 image id\(s\) not in the ground truth: \[999\]"):
+        evaluate_coco(gt, dets, CLASS_IDS)
+
+
+@pytest.mark.parametrize("field", ["labels", "scores"])
+def test_per_image_arrays_of_different_lengths_are_refused(field):
+    """Concatenated across images, one short array would shift every later image's labels (zip cut it before)."""
+    gt, dets = random_case(0, num_images=3)
+    dets[0] = dict(dets[0], **{field: dets[0][field][:-1]})
+    with pytest.raises(ValueError, match=f"image 100: per-object arrays of different lengths .*'{field}'"):
+        evaluate_coco(gt, dets, CLASS_IDS)
+    gt[1] = dict(gt[1], ignore=gt[1]["ignore"][:-1])
+    with pytest.raises(ValueError, match="image 101: per-object arrays of different lengths"):
+        coco_ground_truth(gt, CLASS_IDS)
+
+
+def test_detections_are_columns_read_as_the_coco_results_list(monkeypatch):
+    gt, dets = random_case(0)
+    listed = coco_results(dets)
+    ev = evaluate_coco(gt, dets, CLASS_IDS)
+    results = ev.detections
+    assert isinstance(results, CocoResults) and results.bbox.shape == (len(listed), 4)
+    assert len(results) == len(listed) and list(results) == listed and results == listed and results.to_list() == listed
+    assert results[0] == listed[0] and results[-1] == listed[-1] and results[2:5] == listed[2:5]
+    with pytest.raises(IndexError):
+        results[len(listed)]
+    assert CocoResults.from_dicts(listed) == results and CocoResults.from_dicts([]) == detection_columns([])
+    moved = results.with_category_ids({1: 70, 3: 30})
+    assert [d["category_id"] for d in moved] == [{1: 70, 3: 30}.get(d["category_id"], d["category_id"]) for d in listed]
+    monkeypatch.setattr(coco_mod, "JSON_ROWS", 7)  # several pieces
+    for r in (results, moved, detection_columns([])):
+        out = io.BytesIO()
+        r.write_json(out)
+        assert out.getvalue() == json.dumps(r.to_list()).encode()

@@ -139,6 +139,7 @@ def test_write_eval_outputs(tmp_path):
     data = json.loads(paths["eval"].read_text())
     assert data["metrics"] == result.metrics and data["voc"]["mAP"] == result.voc["mAP"]
     assert len(data["summary_text"].splitlines()) == 12
+    assert paths["detections"].read_text() == json.dumps(list(result.detections)) + "\n"
     dets = json.loads(paths["detections"].read_text())
     assert len(dets) == data["num_detections"] == len(result.detections)
     assert set(dets[0]) == {"image_id", "category_id", "bbox", "score"}
@@ -177,3 +178,25 @@ def test_detections_json_carries_the_dataset_s_category_ids_and_eval_json_the_fi
     assert dataset_category_ids(DataConfig(root=str(coco)), data) == {1: 7, 2: 3}
     data.class_map = ClassMap({"cat": 7, "dog": 3})
     assert dataset_category_ids(DataConfig(root=str(coco)), data) is None  # the file's own ids: nothing to map
+
+
+def test_metrics_make_no_result_dicts_for_a_training_epoch(monkeypatch):
+    """The COCO results list was built twice per evaluation (for COCOeval and for
+    ``EvalResult.detections``), also after every training epoch, which never reads it: the
+    detections are now columns, turned into dicts only when read (``retinanet eval`` writing them)."""
+    from retinanet.engine.evaluate.coco import CocoResults, coco_results
+
+    gt = [{"image_id": 1, "boxes": np.array([[0.0, 0, 10, 10], [5, 5, 20, 20]]), "labels": np.array([1, 2]), "height": 30, "width": 30}]
+    dets = [{"image_id": 1, "boxes": np.array([[0.0, 0, 10, 10], [5, 5, 20, 20]]), "scores": np.array([0.9, 0.4]),
+             "labels": np.array([1, 2])}]
+    listed = coco_results(dets)
+
+    def refuse(*_):
+        raise AssertionError("result dicts made")
+    monkeypatch.setattr(CocoResults, "to_list", refuse)
+    result = compute_metrics(gt, dets, CLASS_MAP)
+    assert result.metrics["AP"] == pytest.approx(1.0) and len(result.detections) == 2
+    monkeypatch.undo()
+    assert list(result.detections) == listed
+    given = evaluate_mod.EvalResult(result.metrics, result.per_class, result.summary_text, detections=listed)
+    assert isinstance(given.detections, CocoResults) and given.detections == listed  # a list given: turned into columns
