@@ -351,6 +351,9 @@ def _add_export(sub) -> None:
     mode.add_argument("--static", dest="dynamic", action="store_false", help="fixed input shape: --batch-size x 3 x --image-size")
     p.add_argument("--input-dtype", choices=["uint8", "float32"], default="uint8", help="graph input: uint8 0..255 or float32 0..1 RGB [uint8]")
     p.add_argument("--score-thresh", type=fraction, help="score threshold baked into the graph [the checkpoint's]")
+    p.add_argument("--max-dets", type=field_type("detections_per_img"), metavar="N",
+                   help="K, the detections per image the graph has room for (its outputs are [B,K,...]); the check says "
+                   "when an image fills it [the checkpoint's detections_per_img, 300 by default]")
     p.add_argument("--sample", nargs="+", default=[], metavar="IMAGE", help="images to verify on (default: random images)")
     p.add_argument("--no-verify", dest="verify", action="store_false", help="skip the onnxruntime vs PyTorch check")
     p.set_defaults(func=cmd_export)
@@ -362,7 +365,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     check_output_path(args.out, folder=False)
     options = ExportOptions(
         opset=args.opset, image_size=tuple(args.image_size), batch_size=args.batch_size, dynamic=args.dynamic,
-        input_dtype=args.input_dtype, score_thresh=args.score_thresh, verify=args.verify, samples=tuple(args.sample),
+        input_dtype=args.input_dtype, score_thresh=args.score_thresh, max_dets=args.max_dets, verify=args.verify,
+        samples=tuple(args.sample),
     )
     check = ", then the onnxruntime check" if args.verify else ""
     print(f"exporting {args.weights} to {args.out} (torch.export{check}: about half a minute for a small model on a CPU)",
