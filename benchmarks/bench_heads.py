@@ -105,7 +105,7 @@ def main(argv=None) -> None:
 
     def ours_post():
         with torch.inference_mode():
-            unpad_detections(*decode_batch(cls, reg, anchors, image_hw))
+            unpad_detections(*decode_batch(cls, reg, anchors, image_hw)[:4])
 
     def tv_post():
         with torch.inference_mode():

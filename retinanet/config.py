@@ -45,7 +45,9 @@ class ModelConfig:
     score_thresh: float = 0.05
     nms_thresh: float = 0.5
     detections_per_img: int = 300
-    topk_candidates: int = 1000  # per FPN level, before NMS
+    # per FPN level, before NMS; a larger detections_per_img (or max_dets of a call) raises it to that
+    # (candidates_per_level), so that one level alone can fill the cap
+    topk_candidates: int = 1000
     # None (the default): chosen by the run's start (retinanet.engine.train.start): with a pretrained
     # backbone "frozen_bn" and 3 stages trained, from scratch "bn" and all 5
     norm: str | None = None  # "frozen_bn" (frozen BatchNorm, pretrained start only) or "bn" (trainable)
@@ -58,6 +60,17 @@ class ModelConfig:
     # x2^(2/3) and 3 aspect ratios); torchvision's (32 .. 512). Objects much smaller than the first
     # get no anchor of IoU >= 0.5: lower them (or raise min_size) for small objects (check-data --out)
     anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)
+
+    def candidates_per_level(self, max_dets: int | None = None) -> int:
+        """The top-k of each FPN level before NMS for a cap of ``max_dets`` detections per image
+        (None: ``detections_per_img``): ``topk_candidates``, or the cap where that is larger.
+
+        With 1000 per level and ``max_dets`` 5000, a whole-image pass over 4096 small objects gave
+        786 detections (nearly all from one level), far below the cap asked for; following the cap,
+        one level alone can fill it. At torchvision's defaults (1000 per level, 300 per image) it
+        is ``topk_candidates``: torchvision's detections.
+        """
+        return max(int(self.topk_candidates), int(self.detections_per_img if max_dets is None else max_dets))
 
 
 @dataclass(frozen=True)

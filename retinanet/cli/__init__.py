@@ -21,8 +21,8 @@ from pathlib import Path
 from retinanet import __version__
 from retinanet.files import check_output_path, drop_output, hold_folder
 from retinanet.cli.demo import add_demo_parser, demo_options, run_demo
-from retinanet.cli.options import (CHANNELS_LAST_HELP, DEVICE_HELP, QUIET_HELP, WEIGHTS_HELP, add_amp_options, add_data_options,
-                                   add_image_options, add_input_size_options, add_tile_options, any_int, arg_type,
+from retinanet.cli.options import (CHANNELS_LAST_HELP, DEVICE_HELP, QUIET_HELP, WEIGHTS_HELP, add_amp_options, add_cap_options,
+                                   add_data_options, add_image_options, add_input_size_options, add_tile_options, any_int, arg_type,
                                    as_trained_tiling,
                                    data_config_from_args, expand_home_options, field_type, fraction, given_options,
                                    non_negative_int, positive_int, tile_options_from_args)
@@ -166,9 +166,8 @@ def _add_eval(sub) -> None:
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True, help=CHANNELS_LAST_HELP)
     add_input_size_options(p)
     p.add_argument("--score-thresh", type=fraction, help="drop detections below this score (default: the checkpoint's, 0.05)")
-    p.add_argument("--max-dets", type=positive_int, help="detections kept per image (per tile with --tile), best first; "
-                   "the summary counts the images (tiles with --tile) that reached it (default: the checkpoint's, 300; COCO's "
-                   "AR100 and AP score each image's best 100 per class)")
+    add_cap_options(p, "detections kept per image (per tile with --tile), best first; the summary counts the images (tiles) "
+                    "that reached it (COCO's AR100 and AP score each image's best 100 per class)")
     p.add_argument("--coco-backend", choices=["pycocotools", "faster_coco_eval"], default="pycocotools",
                    help="COCOeval implementation: pycocotools (reference) or faster_coco_eval (faster, equal to ~1e-16) [pycocotools]")
     add_tile_options(p)
@@ -238,7 +237,7 @@ def _eval(args: argparse.Namespace) -> int:
     if tile_note and launch_local_rank() == 0:  # said even with --quiet: it decides what is measured
         print(f"retinanet eval: {tile_note}", file=sys.stderr)
     sizes = {"min_size": args.min_size, "max_size": args.max_size, "score_thresh": args.score_thresh,
-             "detections_per_img": args.max_dets}
+             "detections_per_img": args.max_dets, "topk_candidates": args.topk_candidates}
     opts = EvalOptions(
         weights=args.weights, out=args.out, voc=args.voc, batch_size=args.batch_size, workers=args.workers,
         device=args.device, amp=args.amp, channels_last=args.channels_last, progress=not args.quiet, backend=args.coco_backend,
@@ -264,11 +263,15 @@ def _eval(args: argparse.Namespace) -> int:
     if r.skipped:
         print(f"warning: {len(r.skipped)} image(s) could not be decoded and are not in these numbers (--skip-bad): "
               + "; ".join(r.skipped[:5]) + (f" (eval.json lists all {len(r.skipped)})" if len(r.skipped) > 5 else ""))
+    where = "tile(s)" if run.tiling else "image(s)"
     if r.at_cap:
-        where = "tile(s)" if run.tiling else "image(s)"
         print(f"warning: {r.at_cap} {where} reached --max-dets {r.max_dets}: detections beyond it were cut "
-              "(COCO scores each image's best 100 per class; the VOC AP and the PR curves change with the cut); give a "
-              "larger --max-dets to keep them")
+              f"(scoring at most {r.at_cap_score:.3g}; COCO scores each image's best 100 per class; the VOC AP and the PR "
+              "curves change with the cut); give a larger --max-dets to keep them")
+    if r.at_topk:
+        print(f"warning: {r.at_topk} {where} stayed below --max-dets {r.max_dets} while an FPN level had more candidates "
+              f"above the score threshold than the {r.topk_candidates} it keeps for NMS (topk_candidates): those left out "
+              f"scored at most {r.at_topk_score:.3g}; give a larger --topk-candidates to keep them")
     print(f"precision: {run.precision}")
     if run.tiling:
         print(f"tiling: {run.tiling}")
@@ -291,7 +294,7 @@ def _add_predict(sub) -> None:
     p.add_argument("--recursive", action="store_true", help="descend into sub-folders (and ** in patterns)")
     p.add_argument("--score-thresh", type=fraction, default=0.3, help="keep detections scoring at least this [0.3]")
     p.add_argument("--classes-filter", action="append", metavar="NAMES", help="keep only these classes (comma-separated, repeatable)")
-    p.add_argument("--max-dets", type=positive_int, default=100, help="at most this many detections per image [100]")
+    add_cap_options(p, "at most this many detections per image, best first; the summary counts the images that reached it")
     p.add_argument("--device", default="auto", help=f"{DEVICE_HELP} [auto]")
     add_input_size_options(p)
     p.add_argument("--batch-size", type=positive_int, default=4, help="images per batch; when tiling: tiles per batch [4]")
@@ -330,7 +333,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace, files) -> int:
-    sizes = {"min_size": args.min_size, "max_size": args.max_size}
+    sizes = {"min_size": args.min_size, "max_size": args.max_size, "topk_candidates": args.topk_candidates}
     pixels = {"max_image_pixels": args.max_image_pixels} if args.max_image_pixels else {}
     tiling = tile_options_from_args(args, args.batch_size)  # an option combination refused before the weights load
     detector = Detector.load(args.weights, local_device(args.device), channels_last=args.channels_last, amp=args.amp, exif=args.exif,
@@ -377,6 +380,9 @@ def _add_export(sub) -> None:
     mode.add_argument("--static", dest="dynamic", action="store_false", help="fixed input shape: --batch-size x 3 x --image-size")
     p.add_argument("--input-dtype", choices=["uint8", "float32"], default="uint8", help="graph input: uint8 0..255 or float32 0..1 RGB [uint8]")
     p.add_argument("--score-thresh", type=fraction, help="score threshold baked into the graph [the checkpoint's]")
+    p.add_argument("--max-dets", type=field_type("detections_per_img"), metavar="N",
+                   help="K, the detections per image the graph has room for (its outputs are [B,K,...]); the check says "
+                   "when an image fills it [the checkpoint's detections_per_img, 300 by default]")
     p.add_argument("--sample", nargs="+", default=[], metavar="IMAGE", help="images to verify on (default: random images)")
     p.add_argument("--no-verify", dest="verify", action="store_false", help="skip the onnxruntime vs PyTorch check")
     p.set_defaults(func=cmd_export)
@@ -388,7 +394,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     check_output_path(args.out, folder=False)
     options = ExportOptions(
         opset=args.opset, image_size=tuple(args.image_size), batch_size=args.batch_size, dynamic=args.dynamic,
-        input_dtype=args.input_dtype, score_thresh=args.score_thresh, verify=args.verify, samples=tuple(args.sample),
+        input_dtype=args.input_dtype, score_thresh=args.score_thresh, max_dets=args.max_dets, verify=args.verify,
+        samples=tuple(args.sample),
     )
     check = ", then the onnxruntime check" if args.verify else ""
     print(f"exporting {args.weights} to {args.out} (torch.export{check}: about half a minute for a small model on a CPU)",

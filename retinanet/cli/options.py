@@ -38,6 +38,25 @@ def add_input_size_options(p) -> None:
     p.add_argument("--max-size", type=positive_int, help="cap on the long side (default: the checkpoint's)")
 
 
+def add_cap_options(p, max_dets_help: str, default=None) -> None:
+    """``--max-dets N`` (``ModelConfig.detections_per_img``) and ``--topk-candidates N``
+    (``ModelConfig.topk_candidates``) of train, eval and predict: the same caps, the same defaults
+    (the checkpoint's; train: the config's), overridden for the command's run. ``default``:
+    ``argparse.SUPPRESS`` for train (absent unless given), else None (the checkpoint's)."""
+    m0 = C.ModelConfig()
+    train = default == argparse.SUPPRESS
+
+    def shown(field: str, value: int) -> str:
+        return f"[{value}]" if train else f"[the checkpoint's {field}, {value} by default]"
+    p.add_argument("--max-dets", dest="detections_per_img" if train else "max_dets",
+                   type=field_type("detections_per_img"), default=default, metavar="N",
+                   help=f"{max_dets_help} {shown('detections_per_img', m0.detections_per_img)}")
+    p.add_argument("--topk-candidates", type=field_type("topk_candidates"), default=default, metavar="N",
+                   help="candidates per FPN level kept for NMS, best first (a larger --max-dets raises it to --max-dets); "
+                   f"{'train.log counts' if train else 'the summary counts'} the images that stayed below --max-dets while "
+                   f"a level had more candidates above the score threshold {shown('topk_candidates', m0.topk_candidates)}")
+
+
 def add_amp_options(p, default: str) -> None:
     """``--amp [MODE]`` (alone: "on") and ``--no-amp`` (= ``--amp off``); ``default`` is shown in
     brackets (``argparse.SUPPRESS`` for train: the config decides, "auto" by default)."""

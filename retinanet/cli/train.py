@@ -12,7 +12,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from retinanet.cli.options import DEVICE_HELP, add_amp_options, add_data_options, any_int, field_type, given_options
+from retinanet.cli.options import (DEVICE_HELP, add_amp_options, add_cap_options, add_data_options, any_int, field_type,
+                                   given_options)
 from retinanet.config import (RECIPES_DIR, SECTIONS, DataConfig, ModelConfig, TrainConfig, find_config, read_config_file,
                               recipe_names, resolve_config)
 from retinanet.data.crop import crop_model_config
@@ -58,6 +59,8 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
     m.add_argument("--fpn-channels", type=field_type("fpn_channels"), default=S, metavar="C", help=f"FPN and head width (256 to load torchvision weights) [{m0.fpn_channels}]")
     m.add_argument("--box-loss", choices=["l1", "giou"], default=S, help="box regression loss [the arch's: l1 for v1, giou for _v2 archs]")
     m.add_argument("--anchor-sizes", type=field_type("anchor_sizes"), nargs=5, default=S, metavar="PX", help=f"base anchor side of FPN levels P3..P7; lower them for objects smaller than the first (check-data --out draws both) [{' '.join(map(str, m0.anchor_sizes))}]")
+    add_cap_options(m, "detections kept per image (per tile with --crop) by each evaluation; saved in the checkpoint as "
+                    "its detections_per_img, the default --max-dets of eval, predict and export", default=S)
     m.add_argument("--head-convs", type=field_type("head_convs"), default=S, metavar="N", help=f"conv layers per head branch (4 to load torchvision weights) [{m0.head_convs}]")
     t = p.add_argument_group("training")
     t.add_argument("--config", metavar="FILE", default=S, help="YAML/JSON with model:, data:, train: sections, or a shipped recipe name")

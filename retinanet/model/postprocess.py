@@ -18,7 +18,12 @@ not a detection in either path; torchvision keeps such boxes. Both give the same
     num     [B]       int64: rows [:num[b]] of image b are detections
 
 ``D`` is ``detections_per_img``; rows from ``num[b]`` on are padding: ``PAD_LABEL`` (-1) label,
-score 0 and a zero box. This is also the exported ONNX graph's output contract.
+score 0 and a zero box. This is also the exported ONNX graph's output contract. The eager path
+adds ``cut [B]`` float32: 0, or (image b has fewer than ``D`` detections, but some level had more
+candidates above ``score_thresh`` than its top-k kept, so some never reached NMS) the score of the
+last candidate such a level kept: the ones left out scored at most that (more detections could
+have come out with a larger ``topk``; ``RetinaNet.detect`` reports it as ``candidates_cut``).
+At ``score_thresh`` 0 no threshold selects, the top-k does, and ``cut`` is 0.
 """
 
 from __future__ import annotations
@@ -80,7 +85,7 @@ def _topk_per_image(flat: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
     return img, idx, top
 
 
-def _level_candidates(logits: Tensor, k: int, score_thresh: float) -> tuple[Tensor, Tensor, Tensor]:
+def _level_candidates(logits: Tensor, k: int, score_thresh: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Eager: one level, all images: the (up to) ``k`` best logits per image that can pass the threshold.
 
     When no image has more than ``k`` logits above the threshold (the usual case for a trained
@@ -88,15 +93,26 @@ def _level_candidates(logits: Tensor, k: int, score_thresh: float) -> tuple[Tens
     ``anchors x classes`` scores; otherwise an exact per-image top-k (its entries below the
     threshold are dropped later). Sigmoid is monotonic, so the test runs on the logits.
 
-    Returns flat ``image [M]``, ``index [M]`` (into ``anchors x classes``) and ``logit [M]``.
+    Returns flat ``image [M]``, ``index [M]`` (into ``anchors x classes``), ``logit [M]``, and
+    ``[B]`` the ``k``-th best logit of each image that has more than ``k`` above the threshold on
+    this level (its top-k left out the rest, all at most that), ``-inf`` for the others. The
+    counts are those the choice of path takes anyway: no extra pass, no extra device-to-host read.
+    At threshold 0 (no threshold: every anchor and class passes) the top-k is the selection
+    itself, torchvision's, and nothing is reported as left out.
     """
     B, n, C = logits.shape
     flat = logits.reshape(B, n * C)
-    if score_thresh > 0:  # at 0 every score passes: straight to the top-k
-        img, idx = (flat > _logit(score_thresh)).nonzero(as_tuple=True)
-        if img.numel() <= k or int(torch.bincount(img, minlength=B).max()) <= k:
-            return img, idx, flat[img, idx]
-    return tuple(t.reshape(-1) for t in _topk_per_image(flat, k))  # type: ignore[return-value]
+    none_left_out = torch.full((B,), float("-inf"), dtype=flat.dtype, device=flat.device)
+    if score_thresh <= 0:  # every score passes: straight to the top-k
+        return (*(t.reshape(-1) for t in _topk_per_image(flat, k)), none_left_out)  # type: ignore[return-value]
+    img, idx = (flat > _logit(score_thresh)).nonzero(as_tuple=True)
+    if img.numel() <= k:
+        return img, idx, flat[img, idx], none_left_out
+    counts = torch.bincount(img, minlength=B)  # [B] logits above the threshold per image
+    if int(counts.max()) <= k:
+        return img, idx, flat[img, idx], none_left_out
+    img, idx, top = _topk_per_image(flat, k)
+    return img.reshape(-1), idx.reshape(-1), top.reshape(-1), torch.where(counts > k, top[:, -1], none_left_out)
 
 
 def _decode_candidates(reg: Tensor, anchors: Tensor, img: Tensor, idx: Tensor, num_classes: int,
@@ -153,19 +169,25 @@ def decode_batch(cls_levels: list[Tensor], reg_levels: list[Tensor], anchor_leve
             (boxes are clipped to them).
     Returns:
         boxes ``[B, D, 4]``, scores ``[B, D]``, labels ``[B, D]`` (int64), num ``[B]``: the
-        padded layout of the module docstring (padding label ``PAD_LABEL``).
+        padded layout of the module docstring (padding label ``PAD_LABEL``); and ``cut [B]``
+        float32: for an image below ``D`` detections for which some level's ``topk`` left out
+        candidates above ``score_thresh``, the score those stayed at or below; else 0.
     """
     B, C = cls_levels[0].shape[0], cls_levels[0].shape[-1]
-    parts = []
+    parts, left_out = [], []
     for logits, reg, anchors in zip(cls_levels, reg_levels, anchor_levels):
-        img, idx, logit = _level_candidates(logits, topk, score_thresh)
+        img, idx, logit, kth = _level_candidates(logits, topk, score_thresh)
+        left_out.append(kth)
         parts.append((*_decode_candidates(reg, anchors, img, idx, C), torch.sigmoid(logit.float()), img))
     fb, fl, fs, fi = (torch.cat(t) for t in zip(*parts))
     fb = clip_boxes(fb, image_hw[fi])
     valid = (fs > score_thresh) & has_area(fb)  # a box left with no area by the clip (it lay in the padding): none
     fb, fs, fl, fi = fb[valid], fs[valid], fl[valid], fi[valid]
     keep = batched_nms(fb, fs, fi * C + fl, nms_thresh)  # sorted by score
-    return _pad_per_image(fb, fs, fl, fi, keep, score_thresh, B, detections_per_img)
+    boxes, scores, labels, num = _pad_per_image(fb, fs, fl, fi, keep, score_thresh, B, detections_per_img)
+    kth = torch.stack(left_out).amax(0).float()  # [B]: the best level that left candidates out
+    cut = torch.where((kth > float("-inf")) & (num < detections_per_img), torch.sigmoid(kth), 0.0)  # > score_thresh > 0
+    return boxes, scores, labels, num, cut
 
 
 def decode_batch_static(cls_levels: list[Tensor], reg_levels: list[Tensor], anchor_levels: list[Tensor],
@@ -198,7 +220,8 @@ def decode_batch_static(cls_levels: list[Tensor], reg_levels: list[Tensor], anch
     return _pad_per_image(boxes, scores, labels, image, keep, score_thresh, B, detections_per_img)
 
 
-def unpad_detections(boxes: Tensor, scores: Tensor, labels: Tensor, num: Tensor) -> list[dict]:
-    """Padded ``decode_batch`` output -> one dict per image (``boxes``, ``scores``, ``labels``)."""
+def unpad_detections(boxes: Tensor, scores: Tensor, labels: Tensor, num: Tensor | list[int]) -> list[dict]:
+    """Padded ``decode_batch`` output -> one dict per image (``boxes``, ``scores``, ``labels``);
+    ``num`` may be read already (a list)."""
     return [{"boxes": boxes[i, :n], "scores": scores[i, :n], "labels": labels[i, :n]}
-            for i, n in enumerate(num.tolist())]
+            for i, n in enumerate(num.tolist() if isinstance(num, Tensor) else num)]

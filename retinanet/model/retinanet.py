@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -26,6 +27,15 @@ ARCHS = {
     **{f"{name}_fpn{v}": (name, v == "_v2") for name in REGNETS for v in ("", "_v2")},
 }
 PRETRAINED_TRAINABLE_LAYERS = 3  # torchvision's default for a pretrained backbone (5 = all, from scratch)
+
+
+class Detected(NamedTuple):
+    """``RetinaNet.detect``'s result: per image the detections ``forward`` returns (``{"boxes",
+    "scores", "labels"}``) and ``candidates_cut`` (0.0, or the score at which a level's top-k cut
+    candidates above the threshold)."""
+
+    detections: list[dict[str, Tensor]]
+    candidates_cut: list[float]
 
 
 class RetinaNet(nn.Module):
@@ -86,44 +96,61 @@ class RetinaNet(nn.Module):
         scores of at least ``score_thresh`` (None: ``config.score_thresh``; an argument, so calls
         with different thresholds can share one model), at most ``max_dets`` per image (None:
         ``config.detections_per_img``). ``resize=False``: the images enter the network at their own
-        size, not resized to ``min_size`` (native-resolution tiles).
+        size, not resized to ``min_size`` (native-resolution tiles). In eval mode this is
+        ``detect(...).detections``: ``detect`` also says, per image, whether candidates were cut.
 
         In eval mode images of different padded sizes run in one pass per size: each image's
         detections are those it gets alone. Padded together, the smaller image's padding would
         enter the statistics of the v2 heads' GroupNorm (and the features at its edges): its
         scores, and an evaluation's AP, would depend on the batch (torchvision's do)."""
         check_images(images)
-        if self.training and targets is None:
+        if not self.training:
+            return self.detect(images, score_thresh=score_thresh, resize=resize, max_dets=max_dets).detections
+        if targets is None:
             raise RetinaNetError("the model is in training mode: targets are required")
         c = self.config
-        if not self.training:  # one pass per padded size: an image's detections never depend on its batch-mates
-            groups = padded_size_groups(images, c.min_size, c.max_size, resize)
-            if len(groups) > 1:
-                dets: list[dict] = [{}] * len(images)
-                for idx in groups:
-                    for i, d in zip(idx, self.forward([images[i] for i in idx], score_thresh=score_thresh, resize=resize,
-                                                      max_dets=max_dets)):
-                        dets[i] = d
-                return dets
         orig = [(int(i.shape[-2]), int(i.shape[-1])) for i in images]
         batch, sizes = batch_images(images, c.min_size, c.max_size, self.memory_format, resize=resize)
-        if self.training:
-            targets = [dict(t, boxes=resize_boxes(t["boxes"], o, s)) if o != s else t
-                       for t, o, s in zip(targets, orig, sizes)]
+        targets = [dict(t, boxes=resize_boxes(t["boxes"], o, s)) if o != s else t for t, o, s in zip(targets, orig, sizes)]
         cls_out, reg_out, anchors = self._raw_with_anchors(batch)
-        if self.training:
-            with torch.autocast(batch.device.type, enabled=False):
-                return retinanet_loss(torch.cat(cls_out, 1), torch.cat(reg_out, 1),
-                                      torch.cat(anchors, 0), targets, self.box_loss)
+        with torch.autocast(batch.device.type, enabled=False):
+            return retinanet_loss(torch.cat(cls_out, 1), torch.cat(reg_out, 1), torch.cat(anchors, 0), targets,
+                                  self.box_loss)
+
+    def detect(self, images: list[Tensor], *, score_thresh: float | None = None, resize: bool = True,
+               max_dets: int | None = None) -> Detected:
+        """Eval-mode detection (the model in eval mode), arguments as ``forward``: ``Detected``, the
+        detections ``forward`` returns and, per image, ``candidates_cut``: 0, or, for an image with
+        fewer than ``max_dets`` detections while an FPN level had more candidates above
+        ``score_thresh`` than the top-k it keeps for NMS (``ModelConfig.candidates_per_level``),
+        the score of the last candidate that level kept (the ones left out scored at most this):
+        a larger ``topk_candidates`` could give more detections. Never at ``score_thresh`` 0, where
+        the top-k is the selection. Read in the same device-to-host transfer as the detection counts."""
+        check_images(images)
+        c = self.config
+        groups = padded_size_groups(images, c.min_size, c.max_size, resize)
+        if len(groups) > 1:  # one pass per padded size: an image's detections never depend on its batch-mates
+            dets: list[dict] = [{}] * len(images)
+            cuts = [0.0] * len(images)
+            for idx in groups:
+                part = self.detect([images[i] for i in idx], score_thresh=score_thresh, resize=resize, max_dets=max_dets)
+                for i, d, cut in zip(idx, part.detections, part.candidates_cut):
+                    dets[i], cuts[i] = d, cut
+            return Detected(dets, cuts)
+        orig = [(int(i.shape[-2]), int(i.shape[-1])) for i in images]
+        batch, sizes = batch_images(images, c.min_size, c.max_size, self.memory_format, resize=resize)
+        cls_out, reg_out, anchors = self._raw_with_anchors(batch)
         image_hw = torch.tensor(sizes, device=batch.device)
         thresh = c.score_thresh if score_thresh is None else float(score_thresh)
-        out = decode_batch(cls_out, reg_out, anchors, image_hw, thresh, c.nms_thresh,
-                           c.detections_per_img if max_dets is None else int(max_dets), c.topk_candidates)
-        dets = unpad_detections(*out)
+        cap = c.detections_per_img if max_dets is None else int(max_dets)
+        boxes, scores, labels, num, cut = decode_batch(cls_out, reg_out, anchors, image_hw, thresh, c.nms_thresh, cap,
+                                                       c.candidates_per_level(cap))
+        counts, cuts = torch.stack([num.double(), cut.double()]).tolist()  # one read, as num alone was; counts exact
+        dets = unpad_detections(boxes, scores, labels, [int(n) for n in counts])
         for d, o, s in zip(dets, orig, sizes):
             if o != s:
                 d["boxes"] = resize_boxes(d["boxes"], s, o)
-        return dets
+        return Detected(dets, cuts)
 
     def detect_padded(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Fixed-shape detection of a batch of equal-size images (the exported ONNX graph).
@@ -145,7 +172,7 @@ class RetinaNet(nn.Module):
         batch = pad_to_divisible(normalize(images)).contiguous(memory_format=self.memory_format)
         cls_out, reg_out, anchors = self._raw_with_anchors(batch)
         return decode_batch_static(cls_out, reg_out, anchors, image_hw, c.score_thresh, c.nms_thresh,
-                                   c.detections_per_img, c.topk_candidates)
+                                   c.detections_per_img, c.candidates_per_level())
 
     def _heads(self, feats: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
         ch, rh = self.head.classification_head, self.head.regression_head

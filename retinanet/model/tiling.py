@@ -236,13 +236,37 @@ def count_tiles(hw: tuple[int, int], tile: int, overlap: float) -> int:
 
 
 class TiledDetections(NamedTuple):
-    """``detect_tiled_model``'s result: detections in image pixels (CPU, best first) and how many
-    tiles (and whole-image passes) reached the per-tile cap (detections beyond it were cut)."""
+    """``detect_tiled_model``'s result: detections in image pixels (CPU, best first); how many
+    tiles (and whole-image passes) reached the per-tile cap (detections beyond it were cut) and
+    the highest score of the last detection such a tile kept (those cut scored at most this; 0
+    when none); how many had candidates left out by a level's top-k while below the cap, and the
+    highest score those stayed at or below (``RetinaNet.detect``'s ``candidates_cut``; 0 when none)."""
 
     boxes: Tensor
     scores: Tensor
     labels: Tensor
     tiles_at_cap: int
+    at_cap_score: float = 0.0
+    tiles_candidates_cut: int = 0
+    candidates_cut_score: float = 0.0
+
+
+def detect_with_cuts(model: torch.nn.Module, images: list[Tensor], **kwargs) -> tuple[list[dict[str, Tensor]], list[float]]:
+    """``model.detect(images, **kwargs)`` of a ``RetinaNet`` as ``(detections, candidates_cut)``; a
+    stand-in model without ``detect``: ``model(images, **kwargs)`` and no cut."""
+    detect = getattr(model, "detect", None)
+    if detect is None:
+        outs = model(images, **kwargs)
+        return outs, [0.0] * len(outs)
+    return tuple(detect(images, **kwargs))  # type: ignore[return-value]
+
+
+def cut_counts(outs: list[dict[str, Tensor]], cuts: list[float], cap: int) -> tuple[int, list[Tensor], int, float]:
+    """Of a batch of the model's outputs and ``candidates_cut``: the images at ``cap`` detections,
+    the last score each kept (``[1]`` tensors on the model's device: read later, with the rest),
+    and the images whose candidates were cut, with the highest score at which they were."""
+    full = [o["scores"][-1:] for o in outs if len(o["scores"]) >= cap]
+    return len(full), full, sum(c > 0 for c in cuts), max(cuts, default=0.0)
 
 
 def detect_tiled_model(model: torch.nn.Module, image: Tensor, opts: TileOptions, score_thresh: float,
@@ -255,28 +279,38 @@ def detect_tiled_model(model: torch.nn.Module, image: Tensor, opts: TileOptions,
         max_dets: detections kept per tile, best first (None: the model's ``detections_per_img``).
     Returns:
         ``TiledDetections``: ``boxes [D, 4]`` image pixels, ``scores [D]``, ``labels [D]``, best
-        first, NMS with the model's ``nms_thresh``, at most ``max_dets`` from each tile; and the
-        count of tiles that reached ``max_dets``.
+        first, NMS with the model's ``nms_thresh``, at most ``max_dets`` from each tile; the
+        tiles that reached ``max_dets`` and those whose candidates a level's top-k cut.
     """
     device = next(model.parameters()).device
     c = model.config
     cap = c.detections_per_img if max_dets is None else int(max_dets)
-    at_cap = [0]
+    tiles = {"at_cap": 0, "cut": 0, "cut_score": 0.0}  # tiles at the cap, tiles a level's top-k cut, its highest score
+    last_kept: list[Tensor] = []  # the last score each tile at the cap kept, read once at the end
 
-    def run(tiles: list[Tensor]) -> list[tuple[Tensor, Tensor, Tensor]]:
-        outs = model([t.to(device, non_blocking=True) for t in tiles], score_thresh=score_thresh, resize=False,
-                     max_dets=cap)
-        at_cap[0] += sum(len(o["scores"]) >= cap for o in outs)
+    def count(outs: list[dict[str, Tensor]], cuts: list[float]) -> None:
+        n_full, full, n_cut, cut_score = cut_counts(outs, cuts, cap)
+        tiles["at_cap"] += n_full
+        tiles["cut"] += n_cut
+        tiles["cut_score"] = max(tiles["cut_score"], cut_score)
+        last_kept.extend(full)
+
+    def run(batch: list[Tensor]) -> list[tuple[Tensor, Tensor, Tensor]]:
+        outs, cuts = detect_with_cuts(model, [t.to(device, non_blocking=True) for t in batch], score_thresh=score_thresh,
+                                      resize=False, max_dets=cap)
+        count(outs, cuts)
         return [(o["boxes"], o["scores"], o["labels"]) for o in outs]
 
     extra = None
     if opts.whole_image:
         small = resize_image(image, c.min_size, c.max_size)
-        out = model([small.to(device)], score_thresh=score_thresh, max_dets=cap)[0]
-        at_cap[0] += len(out["scores"]) >= cap
+        outs, cuts = detect_with_cuts(model, [small.to(device)], score_thresh=score_thresh, max_dets=cap)
+        count(outs, cuts)
+        out = outs[0]
         scale = torch.tensor([image.shape[-1] / small.shape[-1], image.shape[-2] / small.shape[-2]] * 2)
         extra = (out["boxes"].float().cpu() * scale, out["scores"].float().cpu(), out["labels"].cpu())
     n = count_tiles((int(image.shape[-2]), int(image.shape[-1])), opts.tile, opts.overlap) + opts.whole_image
     boxes, scores, labels = detect_tiled(run, image, opts.tile, opts.overlap, opts.batch_size, c.nms_thresh,
                                          max_det=n * cap, on_tiles=on_tiles, extra=extra)
-    return TiledDetections(boxes, scores, labels, int(at_cap[0]))
+    cap_score = float(torch.cat(last_kept).float().max()) if last_kept else 0.0  # one read for the whole image
+    return TiledDetections(boxes, scores, labels, tiles["at_cap"], cap_score, tiles["cut"], tiles["cut_score"])

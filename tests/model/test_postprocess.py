@@ -31,7 +31,7 @@ def test_decode_batch_equals_torchvision(logit_mean, topk, score_thresh, full_to
     # the case takes the path its name says: some image has more than topk candidates on a level
     above = [(c.sigmoid() > score_thresh).flatten(1).sum(1).max().item() for c in cls]
     assert any(a > topk for a in above) == full_topk
-    ours = unpad_detections(*decode_batch(cls, reg, anchors, torch.tensor(sizes), score_thresh, 0.5, 100, topk))
+    ours = unpad_detections(*decode_batch(cls, reg, anchors, torch.tensor(sizes), score_thresh, 0.5, 100, topk)[:4])
     tv = SimpleNamespace(box_coder=BoxCoder((1.0, 1.0, 1.0, 1.0)), score_thresh=score_thresh, nms_thresh=0.5,
                          detections_per_img=100, topk_candidates=topk)
     ref = RetinaNet.postprocess_detections(tv, {"cls_logits": cls, "bbox_regression": reg}, [anchors] * B, sizes)
@@ -105,3 +105,53 @@ def test_a_box_the_clip_leaves_without_area_is_not_a_detection_on_either_path():
     eager, static = (decode_batch(cls, reg, anchors, narrow, 0.05, 0.5, 300, 1000),
                      decode_batch_static(cls, reg, anchors, narrow[0], 0.05, 0.5, 300, 1000))
     assert torch.equal(eager[3], static[3])
+
+
+def test_a_level_top_k_that_left_candidates_out_is_reported_with_the_score_it_cut_at():
+    """A whole-image pass over 4096 small objects gave 786 detections of --max-dets 5000 without a word:
+    each FPN level's top-k left candidates above the threshold out before NMS. ``decode_batch`` now
+    says so per image below the cap, with the score of the last candidate a cutting level kept."""
+    B, C, s, thresh, topk = 3, 6, 128, 0.05, 50
+    cls, reg, anchors = _raw_outputs(B, C, s, -4.0)
+    image_hw = torch.tensor([[s, s]] * B)
+    *_, num, cut = decode_batch(cls, reg, anchors, image_hw, thresh, 0.5, 300, topk)
+    assert (num < 300).all()
+    for b in range(B):  # by hand: the topk-th best logit of each level with more than topk above the threshold
+        kth = [c[b].flatten().sort(descending=True).values[topk - 1] for c in cls if (c[b].sigmoid() > thresh).sum() > topk]
+        assert kth and float(cut[b]) == pytest.approx(float(torch.stack(kth).max().sigmoid()))
+    assert (cut > thresh).all()
+    # nothing left out: 0; an image at the cap: 0 (the cap cut it, not the top-k); threshold 0: the top-k is the selection
+    assert not decode_batch(cls, reg, anchors, image_hw, thresh, 0.5, 300, 100000)[4].any()
+    capped = decode_batch(cls, reg, anchors, image_hw, thresh, 0.5, 5, topk)
+    assert (capped[3] == 5).all() and not capped[4].any()
+    assert not decode_batch(cls, reg, anchors, image_hw, 0.0, 0.5, 300, topk)[4].any()
+    few = _raw_outputs(B, C, s, -7.0)
+    assert not decode_batch(*few, image_hw, thresh, 0.5, 300, 1000)[4].any()
+
+
+def test_a_cap_above_topk_candidates_raises_each_level_s_top_k_and_the_defaults_stay_torchvision_s():
+    """``max_dets`` 5000 with ``topk_candidates`` 1000: one level could give at most 1000 candidates,
+    so a crowded image stopped far below the cap. The top-k now follows a larger cap; at the
+    defaults (1000 per level, 300 per image) it is torchvision's 1000 (tests/model/test_compat.py)."""
+    from retinanet.config import ModelConfig
+    from retinanet.model import build_model
+
+    torch.manual_seed(0)
+    tight = build_model("resnet18_fpn", num_classes=3, min_size=64, max_size=96, norm="bn", fpn_channels=32, head_convs=1,
+                        topk_candidates=10).eval()
+    wide = build_model("resnet18_fpn", num_classes=3, min_size=64, max_size=96, norm="bn", fpn_channels=32, head_convs=1,
+                       topk_candidates=300).eval()
+    wide.load_state_dict(tight.state_dict())
+    image = torch.randint(0, 256, (3, 90, 130), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        plain = tight([image], score_thresh=0.005, max_dets=300)[0]
+        assert len(plain["scores"]) > 5 * 10  # five levels of 10 candidates could give no more (8 before)
+        a, b = tight.detect([image], score_thresh=0.005, max_dets=300), wide.detect([image], score_thresh=0.005, max_dets=300)
+        few = tight.detect([image], score_thresh=0.005, max_dets=5)
+    for k in ("boxes", "scores", "labels"):
+        assert torch.equal(a.detections[0][k], b.detections[0][k]) and torch.equal(plain[k], a.detections[0][k])
+    assert a.candidates_cut == b.candidates_cut and a.candidates_cut[0] > 0.005  # more above the threshold than 300
+    assert len(few.detections[0]["scores"]) == 5 and few.candidates_cut == [0.0]
+    assert set(a.detections[0]) == {"boxes", "scores", "labels"}  # forward's (torchvision's) dicts, unchanged
+    assert ModelConfig().candidates_per_level() == 1000 and ModelConfig().candidates_per_level(5000) == 5000
+    assert ModelConfig(detections_per_img=2000).candidates_per_level() == 2000

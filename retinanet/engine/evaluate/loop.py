@@ -36,7 +36,7 @@ from retinanet.engine.evaluate.plots import plot_pr_curves
 from retinanet.engine.runtime.precision import resolve_precision
 from retinanet.engine.evaluate.voc import voc_metrics
 from retinanet.errors import RetinaNetError
-from retinanet.model.tiling import TileOptions, count_tiles, detect_tiled_model
+from retinanet.model.tiling import TileOptions, count_tiles, detect_tiled_model, detect_with_cuts
 from retinanet.geometry import resize_boxes
 
 
@@ -58,6 +58,12 @@ class EvalResult:
         num_images: images evaluated (after removing DDP padding duplicates).
         max_dets: detections kept per image (per tile when tiled): the model's ``detections_per_img``.
         at_cap: images (tiles when tiled) whose detections reached ``max_dets``: more were cut.
+        at_cap_score: the highest score of the last detection kept by an image (tile) at the cap:
+            the detections cut scored at most this (0 when none reached it).
+        topk_candidates: candidates per FPN level before NMS (``ModelConfig.candidates_per_level``).
+        at_topk: images (tiles) below ``max_dets`` detections whose candidates above the score
+            threshold a level's top-k cut (``RetinaNet.detect``'s ``candidates_cut``): more could have come out.
+        at_topk_score: the highest score those cut candidates stayed at or below (0 when none).
         skipped: images that could not be decoded (``skip_bad``), left out: "file: why".
     """
 
@@ -70,6 +76,10 @@ class EvalResult:
     num_images: int = 0
     max_dets: int = 0
     at_cap: int = 0
+    at_cap_score: float = 0.0
+    topk_candidates: int = 0
+    at_topk: int = 0
+    at_topk_score: float = 0.0
     skipped: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -86,6 +96,10 @@ class EvalResult:
             "num_detections": len(self.detections),
             "max_dets": self.max_dets,
             "at_max_dets": self.at_cap,
+            "at_max_dets_score": self.at_cap_score,
+            "topk_candidates": self.topk_candidates,
+            "at_topk_candidates": self.at_topk,
+            "at_topk_candidates_score": self.at_topk_score,
             "skipped_images": self.skipped,
             "metrics": self.metrics,
             "summary_text": self.summary_text,
@@ -138,15 +152,21 @@ def _gt_record(target: dict[str, Any], image_hw: tuple[int, int]) -> dict[str, A
     }
 
 
-def _det_record(out: dict[str, np.ndarray], image_hw: tuple[int, int], gt: dict[str, Any], at_cap: int) -> dict[str, Any]:
+def _det_record(out: dict[str, np.ndarray], image_hw: tuple[int, int], gt: dict[str, Any], at_cap: int,
+                at_cap_score: float = 0.0, at_topk: int = 0, at_topk_score: float = 0.0) -> dict[str, Any]:
     """The model's detections of one image (host arrays, in the frame of the image given) in original
-    pixels; ``at_cap``: 1 when they reached the model's cap (tiled: the tiles that reached it)."""
+    pixels; ``at_cap``: 1 when they reached the model's cap (tiled: the tiles that reached it);
+    ``at_topk``: 1 when a level's top-k cut candidates instead (tiled: the tiles); each with the
+    score what was cut stayed at or below (``EvalResult``)."""
     return {
         "image_id": gt["image_id"],
         "boxes": _to_original(torch.from_numpy(out["boxes"]), image_hw, (gt["height"], gt["width"])),
         "scores": out["scores"],
         "labels": out["labels"],
         "at_cap": int(at_cap),
+        "at_cap_score": float(at_cap_score),
+        "at_topk": int(at_topk),
+        "at_topk_score": float(at_topk_score),
     }
 
 
@@ -190,11 +210,13 @@ def collect_tiled(model, loader, device: torch.device, tile: TileOptions, amp: s
                     bar.update(n - done[0])
                     done[0] = n
                 with precision.autocast(device.type):
-                    boxes, scores, labels, at_cap = detect_tiled_model(model, img, tile, model.config.score_thresh, on_tiles)
+                    found = detect_tiled_model(model, img, tile, model.config.score_thresh, on_tiles)
                 image_hw = tuple(int(v) for v in img.shape[-2:])
                 gt.append(_gt_record(target, image_hw))
-                out = {"boxes": boxes.double().numpy(), "scores": scores.double().numpy(), "labels": labels.numpy()}
-                dets.append(_det_record(out, image_hw, gt[-1], at_cap))
+                out = {"boxes": found.boxes.double().numpy(), "scores": found.scores.double().numpy(),
+                       "labels": found.labels.numpy()}
+                dets.append(_det_record(out, image_hw, gt[-1], found.tiles_at_cap, found.at_cap_score,
+                                        found.tiles_candidates_cut, found.candidates_cut_score))
     return gt, dets
 
 
@@ -219,12 +241,13 @@ def collect_predictions(model, loader, device: torch.device, amp: str | bool = "
         if stop is not None and stop():
             break
         with precision.autocast(device.type):
-            outputs = model([img.to(device, non_blocking=True) for img in images])
+            outputs, cuts = detect_with_cuts(model, [img.to(device, non_blocking=True) for img in images])
         cap = detections_cap(model)
-        for img, target, out in zip(images, targets, detections_to_host(outputs)):
+        for img, target, out, cut in zip(images, targets, detections_to_host(outputs), cuts):
             image_hw = tuple(int(v) for v in img.shape[-2:])
             gt.append(_gt_record(target, image_hw))
-            dets.append(_det_record(out, image_hw, gt[-1], cap is not None and len(out["scores"]) >= cap))
+            full = cap is not None and len(out["scores"]) >= cap
+            dets.append(_det_record(out, image_hw, gt[-1], full, float(out["scores"][-1]) if full else 0.0, cut > 0, cut))
     return gt, dets
 
 
@@ -305,7 +328,12 @@ def evaluate(model, loader, *, device, class_map, amp: str | bool = "auto", prog
     skipped = sorted({m for part in all_gather_object([m for g in gt for m in g.get("skipped", ())]) for m in part})
     gt, dets = gather_records(gt), gather_records(dets)
     result = compute_metrics(gt, dets, class_map_dict(class_map), voc, backend)
+    config = getattr(model, "config", None)
     return dataclasses.replace(result, max_dets=detections_cap(model) or 0, at_cap=sum(d.get("at_cap", 0) for d in dets),
+                               at_cap_score=max((d.get("at_cap_score", 0.0) for d in dets), default=0.0),
+                               topk_candidates=config.candidates_per_level() if config is not None else 0,
+                               at_topk=sum(d.get("at_topk", 0) for d in dets),
+                               at_topk_score=max((d.get("at_topk_score", 0.0) for d in dets), default=0.0),
                                skipped=skipped)
 
 

@@ -188,7 +188,7 @@ def _metadata(model: RetinaNet, input_dtype: str, class_map, dynamic: bool) -> d
         "score_thresh": repr(float(config.score_thresh)),
         "nms_thresh": repr(float(config.nms_thresh)),
         "detections_per_img": str(config.detections_per_img),
-        "topk_candidates": str(config.topk_candidates),
+        "topk_candidates": str(config.candidates_per_level()),  # as the graph runs it: at least detections_per_img
         "arch": str(config.arch),
         "num_classes": str(config.num_classes),
         "min_size": str(config.min_size),
@@ -236,6 +236,7 @@ class ExportOptions:
     dynamic: bool = True
     input_dtype: str = "uint8"
     score_thresh: float | None = None  # None = the checkpoint's
+    max_dets: int | None = None  # the graph's K; None = the checkpoint's detections_per_img
     verify: bool = True
     samples: tuple[str, ...] = ()  # image files to verify on; empty = random images
 
@@ -253,7 +254,8 @@ def export_checkpoint(weights: str | os.PathLike, out: str | os.PathLike, option
         RetinaNetError: unreadable checkpoint, failed export, or a verification mismatch (the
             message holds the comparison).
     """
-    overrides = {} if options.score_thresh is None else {"score_thresh": options.score_thresh}
+    overrides = {k: v for k, v in (("score_thresh", options.score_thresh), ("detections_per_img", options.max_dets))
+                 if v is not None}
     model, class_map = load_model(weights, device="cpu", **overrides)
     size = options.image_size or None
     samples = []

@@ -35,10 +35,16 @@ class BatchComparison:
     max_box_diff: float = 0.0  # px, over matched detections
     max_score_diff: float = 0.0
     problems: list[str] = field(default_factory=list)
+    k: int = 0  # the graph's K (detections per image it can give); 0: unknown
 
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    @property
+    def at_k(self) -> int:
+        """Images of the batch whose ONNX detections filled the graph's K (more may have been cut)."""
+        return sum(c >= self.k for c in self.counts_onnx) if self.k else 0
 
 
 @dataclass
@@ -62,11 +68,18 @@ class VerifyReport:
             f"{'batch shape':<20} {'onnx dets':<16} {'torch dets':<16} {'max |d box| px':>15} {'max |d score|':>14}  result"
         ] if self.batches else []
         for b in self.batches:
+            at_k = f" (K={b.k} reached)" if b.at_k else ""
             lines.append(
                 f"{'x'.join(map(str, b.shape)):<20} {str(b.counts_onnx):<16} {str(b.counts_torch):<16} "
-                f"{b.max_box_diff:>15.3g} {b.max_score_diff:>14.3g}  {'ok' if b.ok else 'MISMATCH'}"
+                f"{b.max_box_diff:>15.3g} {b.max_score_diff:>14.3g}  {'ok' if b.ok else 'MISMATCH'}{at_k}"
             )
             lines += [f"    - {p}" for p in b.problems]
+        at_k = sum(b.at_k for b in self.batches)
+        if at_k:
+            k = max(b.k for b in self.batches)
+            lines.append(f"note: {at_k} image(s) gave K = {k} detections, all the graph has room for (the model's "
+                         "detections_per_img): both runtimes cut the rest alike, so the check compared the first K only; "
+                         "`retinanet export --max-dets N` writes a graph with K = N")
         lines += [
             f"file:    {self.path} ({self.size_mb:.1f} MB, opset {self.opset})",
             f"inputs:  {', '.join(self.inputs)}",
@@ -125,6 +138,7 @@ def verify_onnx(
         with torch.no_grad():
             expected = model.eval()(list(inputs))
         batches.append(_compare(images.shape, got, expected, box_atol, box_rtol, score_atol))
+        batches[-1].k = int(got[1].shape[1])  # scores [B, K]
     return VerifyReport(
         path=path,
         size_mb=path.stat().st_size / 2**20,

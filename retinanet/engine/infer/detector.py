@@ -28,6 +28,7 @@ resizes whole images for any model.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -44,7 +45,7 @@ from retinanet.engine.runtime.checkpoint import load_model_and_config, trained_c
 from retinanet.engine.runtime.precision import resolve_precision
 from retinanet.errors import RetinaNetError
 from retinanet.geometry import resize_boxes, resize_image
-from retinanet.model.tiling import TileOptions, count_tiles, detect_tiled_model, trained_tiling
+from retinanet.model.tiling import TileOptions, count_tiles, detect_tiled_model, detect_with_cuts, trained_tiling
 
 
 @dataclass
@@ -59,6 +60,12 @@ class Detections:
         names: ``K`` class names.
         size: ``(height, width)`` of the image the boxes refer to.
         source: the file it was read from, else None.
+        at_cap: None when nothing was cut; ``"max_dets"`` when the image reached ``max_dets``
+            (or the model's own cap before the class filter, or, tiled, a tile reached its cap):
+            more detections may have been cut, a larger ``max_dets`` keeps them;
+            ``"topk_candidates"`` when it stayed below that but an FPN level had more candidates
+            above the threshold than it keeps for NMS (``ModelConfig.topk_candidates``; the
+            ``candidates_cut`` of ``RetinaNet.detect``): ``Detector.load(..., topk_candidates=N)`` keeps more.
     """
 
     boxes: Tensor
@@ -67,14 +74,16 @@ class Detections:
     names: list[str]
     size: tuple[int, int]
     source: str | None = None
+    at_cap: str | None = None
 
     def __len__(self) -> int:
         return len(self.names)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain lists (JSON-ready): ``{"boxes", "scores", "labels", "names", "height", "width", "source"}``."""
+        """Plain lists (JSON-ready): ``{"boxes", "scores", "labels", "names", "height", "width", "source", "at_cap"}``."""
         return {"boxes": self.boxes.tolist(), "scores": self.scores.tolist(), "labels": self.labels.tolist(),
-                "names": list(self.names), "height": self.size[0], "width": self.size[1], "source": self.source}
+                "names": list(self.names), "height": self.size[0], "width": self.size[1], "source": self.source,
+                "at_cap": self.at_cap}
 
 
 def class_names_of(class_map: dict[str, int] | None, num_classes: int) -> dict[int, str]:
@@ -96,6 +105,32 @@ def filter_detections(out: dict[str, Tensor], score_thresh: float, keep_labels: 
     boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
     order = torch.argsort(scores, descending=True, stable=True)[:max_dets]
     return boxes[order], scores[order], labels[order]
+
+
+def cap_reached(kept: int, max_dets: int, model_cap_reached: bool, candidates_cut: bool) -> str | None:
+    """``Detections.at_cap`` of an image: ``kept`` detections after the filters, at most ``max_dets``;
+    ``model_cap_reached``: the model's own output (or a tile's) was cut at its cap; ``candidates_cut``:
+    a level's top-k left candidates out (``RetinaNet.detect``'s ``candidates_cut``)."""
+    if kept >= max_dets or model_cap_reached:
+        return "max_dets"
+    return "topk_candidates" if candidates_cut else None
+
+
+def cap_warning(results: list[Detections], max_dets: int, chosen: bool, topk: int) -> str | None:
+    """The warning ``Detector.predict`` gives about ``results`` (None: none): images at the
+    ``max_dets`` cap unless the caller ``chosen`` it (a cap asked for is no news), and images whose
+    candidates a level's top-k cut (never asked for)."""
+    at_max = sum(r.at_cap == "max_dets" for r in results)
+    at_topk = sum(r.at_cap == "topk_candidates" for r in results)
+    parts = []
+    if at_max and not chosen:
+        parts.append(f"{at_max} of {len(results)} image(s) reached max_dets={max_dets} (the model's detections_per_img): "
+                     "detections beyond it were cut; pass a larger max_dets to keep them")
+    if at_topk:
+        parts.append(f"{at_topk} of {len(results)} image(s) stayed below max_dets={max_dets} while an FPN level had more "
+                     f"candidates above score_thresh than the {topk} it keeps for NMS: those were never considered; "
+                     "Detector.load(..., topk_candidates=N) keeps more")
+    return "; ".join(parts) + " (each result's .at_cap says which cap it reached)" if parts else None
 
 
 def check_call(score_thresh: float, max_dets: int, batch_size: int = 1) -> None:
@@ -245,9 +280,13 @@ class Detector:
                                  f"the model's classes are: {', '.join(self.class_names.values())}")
         return torch.tensor([ids[n] for n in classes], dtype=torch.int64)
 
+    def max_dets_of(self, max_dets: int | None) -> int:
+        """``max_dets`` of a call: as given, or the model's ``detections_per_img`` (None)."""
+        return int(self.model.config.detections_per_img if max_dets is None else max_dets)
+
     @torch.inference_mode()
     def detect_resized(self, images: list[Tensor], orig_sizes: list[tuple[int, int]], *, score_thresh: float = 0.3,
-                       classes: Sequence[str] | None = None, max_dets: int = 100,
+                       classes: Sequence[str] | None = None, max_dets: int | None = None,
                        sources: Sequence[str | None] | None = None) -> list[Detections]:
         """Run one batch of images already resized to the model's input size.
 
@@ -255,11 +294,13 @@ class Detector:
             images: ``[3, h, w]`` uint8 or float 0..1 tensors (``resize_image`` of the originals).
             orig_sizes: ``(H0, W0)`` of each original image: boxes are mapped back to it.
             score_thresh: keep detections scoring at least this (also the model's own threshold
-                for this call). classes: names to keep (None or empty: all). max_dets: per image.
+                for this call). classes: names to keep (None or empty: all). max_dets: per image
+                (None: the model's ``detections_per_img``).
             sources: file of each image, recorded in the results.
         Returns:
-            one ``Detections`` per image, best score first.
+            one ``Detections`` per image, best score first (``at_cap`` set).
         """
+        max_dets = self.max_dets_of(max_dets)
         check_call(score_thresh, max_dets)
         keep_labels = self.label_ids(classes)
         if not images:
@@ -267,18 +308,19 @@ class Detector:
         with self.precision.autocast(self.device.type):
             # the model's own cap (detections_per_img, 300) would cut a larger max_dets without a word
             cap = max(max_dets, self.model.config.detections_per_img)
-            outputs = self.model([im.to(self.device, non_blocking=True) for im in images], score_thresh=score_thresh,
-                                 max_dets=cap)
+            outputs, cuts = detect_with_cuts(self.model, [im.to(self.device, non_blocking=True) for im in images],
+                                             score_thresh=score_thresh, max_dets=cap)
         sources = list(sources) if sources is not None else [None] * len(images)
         results = []
-        for image, orig, out, source in zip(images, orig_sizes, outputs, sources):
+        for image, orig, out, cut, source in zip(images, orig_sizes, outputs, cuts, sources):
             boxes, scores, labels = filter_detections(out, score_thresh, keep_labels, max_dets)
             resized = (int(image.shape[-2]), int(image.shape[-1]))
             orig = (int(orig[0]), int(orig[1]))
             if resized != orig:
                 boxes = resize_boxes(boxes, resized, orig)  # [K, 4] original pixels
             names = [self.class_names.get(int(c), f"class {int(c)}") for c in labels.tolist()]
-            results.append(Detections(boxes, scores, labels, names, orig, source))
+            at_cap = cap_reached(len(scores), max_dets, len(out["scores"]) >= cap, cut > 0)
+            results.append(Detections(boxes, scores, labels, names, orig, source, at_cap))
         return results
 
     def tile_options(self, tile: TileOptions | int | bool | None = None, batch_size: int = 4) -> TileOptions | None:
@@ -301,7 +343,7 @@ class Detector:
 
     @torch.inference_mode()
     def detect_tiled(self, image: Tensor, tile: TileOptions, *, score_thresh: float = 0.3,
-                     classes: Sequence[str] | None = None, max_dets: int = 100, source: str | None = None,
+                     classes: Sequence[str] | None = None, max_dets: int | None = None, source: str | None = None,
                      on_tiles=None) -> Detections:
         """Detections of one ``uint8 [3, H, W]`` image, tile by tile (``retinanet.model.tiling``).
 
@@ -310,25 +352,29 @@ class Detector:
                 ``(tiles done, tiles of this image)`` after each batch of tiles.
             score_thresh, classes, max_dets, source: as ``detect_resized``.
         """
+        max_dets = self.max_dets_of(max_dets)
         check_call(score_thresh, max_dets)
         keep_labels = self.label_ids(classes)
         if image.is_floating_point():
             image = image.mul(255).round_().clamp_(0, 255).to(torch.uint8)
         with self.precision.autocast(self.device.type):  # each tile keeps max_dets, as a whole image would
-            boxes, scores, labels, _ = detect_tiled_model(self.model, image, tile, score_thresh, on_tiles,
-                                                          max_dets=max(max_dets, self.model.config.detections_per_img))
-        boxes, scores, labels = filter_detections({"boxes": boxes, "scores": scores, "labels": labels},
+            found = detect_tiled_model(self.model, image, tile, score_thresh, on_tiles,
+                                       max_dets=max(max_dets, self.model.config.detections_per_img))
+        boxes, scores, labels = filter_detections({"boxes": found.boxes, "scores": found.scores, "labels": found.labels},
                                                   score_thresh, keep_labels, max_dets)
         names = [self.class_names.get(int(c), f"class {int(c)}") for c in labels.tolist()]
-        return Detections(boxes, scores, labels, names, (int(image.shape[-2]), int(image.shape[-1])), source)
+        at_cap = cap_reached(len(scores), max_dets, found.tiles_at_cap > 0, found.tiles_candidates_cut > 0)
+        return Detections(boxes, scores, labels, names, (int(image.shape[-2]), int(image.shape[-1])), source, at_cap)
 
     def predict(self, inputs: Any, *, score_thresh: float = 0.3, classes: Sequence[str] | None = None,
-                max_dets: int = 100, batch_size: int = 4, tile: TileOptions | int | bool | None = None) -> list[Detections]:
+                max_dets: int | None = None, batch_size: int = 4,
+                tile: TileOptions | int | bool | None = None) -> list[Detections]:
         """Detect objects in ``inputs`` (module docstring: paths, PIL, numpy, tensors, lists of them).
 
         Args:
             score_thresh: keep detections scoring at least this [0.3, as ``retinanet predict``].
-            classes: class names to keep (None: all). max_dets: at most this many per image.
+            classes: class names to keep (None: all). max_dets: at most this many per image
+                [the model's ``detections_per_img``, 300 unless trained with ``--max-dets``].
             batch_size: images per forward pass (the results do not depend on it beyond float noise).
             tile: tiled prediction (``tile_options``: True, a tile side, or ``TileOptions``; its
                 ``batch_size`` is the tiles per pass); False: whole images resized to the input size;
@@ -336,11 +382,25 @@ class Detector:
                 with its crop side, ``batch_size`` tiles a pass (as training evaluated; not when
                 loaded with another ``min_size``), any other model gets whole images resized.
         Returns:
-            one ``Detections`` per image, in input order (a ``[B, 3, H, W]`` tensor gives B).
+            one ``Detections`` per image, in input order (a ``[B, 3, H, W]`` tensor gives B). Each
+            says in ``at_cap`` whether a cap cut its detections; once per call a ``UserWarning``
+            counts the images that reached the default ``max_dets`` (not one passed: a cap asked
+            for is no news) or whose candidates a level's top-k cut (``Detections.at_cap``).
         Raises:
             RetinaNetError: an input of an unknown kind or shape, or a file that cannot be read (named).
         """
+        chosen, max_dets = max_dets is not None, self.max_dets_of(max_dets)
         check_call(score_thresh, max_dets, batch_size)
+        results = self._predict(inputs, score_thresh, classes, max_dets, batch_size, tile)
+        c = self.model.config  # the model runs with the larger of max_dets and its own cap (detect_resized)
+        warning = cap_warning(results, max_dets, chosen, c.candidates_per_level(max(max_dets, c.detections_per_img)))
+        if warning:
+            warnings.warn(warning, stacklevel=2)
+        return results
+
+    def _predict(self, inputs: Any, score_thresh: float, classes: Sequence[str] | None, max_dets: int, batch_size: int,
+                 tile: TileOptions | int | bool | None) -> list[Detections]:
+        """``predict`` without the checks and the warning."""
         tiling = self.tile_options(tile, batch_size)
         if tiling is not None:
             self.label_ids(classes)

@@ -15,12 +15,14 @@ Outputs under ``out``::
     labels/<name>.txt      YOLO labels per image (yolo_txt=True): "class cx cy w h [score]",
                            normalised, class = our id - 1; empty file = no detection
     data.yaml              (yolo_txt=True) ``names: {yolo id: name}`` of the model's classes
-    predictions.json       {"images": [{"file", "width", "height", "detections": [{"box",
+    predictions.json       {"images": [{"file", "width", "height", "at_cap", "detections": [{"box",
                            "score", "label", "class"}]}], "failures": [{"file", "error"}]}
+                           (``at_cap``: ``Detections.at_cap``, null when no cap cut the image's detections)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 import os
@@ -57,13 +59,14 @@ class PredictOptions:
     """How ``predict`` filters, batches and writes.
 
     ``score_thresh``: keep detections scoring at least this; ``classes``: class names to keep
-    (empty = all); ``max_dets``: per image, highest scores first.
+    (empty = all); ``max_dets``: per image, highest scores first (None: the model's
+    ``detections_per_img``).
     """
 
     out: str = "runs/predict"
     score_thresh: float = 0.3
     classes: tuple[str, ...] = ()
-    max_dets: int = 100
+    max_dets: int | None = None
     batch_size: int = 4
     workers: int = 2
     draw: bool = True
@@ -87,9 +90,11 @@ class PredictSummary:
     out: Path = Path(".")
     json_path: Path = Path("predictions.json")
     at_cap: int = 0  # images whose detections reached max_dets (more above the threshold were cut)
-    max_dets: int = 100
+    max_dets: int = 300
     earlier: dict[str, int] = field(default_factory=dict)  # output folder -> files of an earlier run left beside this one's
     unlabelled: tuple[int, int] = (0, 0)  # (drawn boxes whose label did not fit, images with such boxes)
+    at_topk: int = 0  # images below max_dets whose candidates a level's top-k cut (Detections.at_cap "topk_candidates")
+    topk_candidates: int = 1000  # the candidates per level kept for NMS
 
     def text(self) -> str:
         lines = [
@@ -99,6 +104,10 @@ class PredictSummary:
         if self.at_cap:
             lines.append(f"warning: {self.at_cap} image(s) reached --max-dets {self.max_dets}: detections above "
                          "--score-thresh beyond it were cut; give a larger --max-dets to keep them")
+        if self.at_topk:
+            lines.append(f"warning: {self.at_topk} image(s) stayed below --max-dets {self.max_dets} while an FPN level had "
+                         f"more candidates above --score-thresh than the {self.topk_candidates} it keeps for NMS: those were "
+                         "never considered; give a larger --topk-candidates to keep them")
         if (self.out / "images").is_dir():
             lines.append(f"drawn images: {self.out / 'images'}")
         if self.unlabelled[0]:
@@ -339,7 +348,7 @@ def _process_batch(detector: Detector, batch, files, opts: PredictOptions, on_ti
             continue
         unlabelled += [left_out] if left_out else []
         records.append({
-            "file": str(path), "width": det.size[1], "height": det.size[0],
+            "file": str(path), "width": det.size[1], "height": det.size[0], "at_cap": det.at_cap,
             "detections": [
                 {"box": [round(float(v), 2) for v in b], "score": round(float(sc), 5), "label": int(c), "class": n}
                 for b, sc, c, n in zip(det.boxes.tolist(), det.scores.tolist(), det.labels.tolist(), det.names)
@@ -361,6 +370,7 @@ def predict(detector: Detector, files: list[tuple[Path, str]], opts: PredictOpti
         RetinaNetError: a class name in ``opts.classes`` the model does not have.
     """
     out = Path(opts.out)
+    opts = dataclasses.replace(opts, max_dets=detector.max_dets_of(opts.max_dets))
     detector.label_ids(opts.classes)  # an unknown class name fails before any work
     out.mkdir(parents=True, exist_ok=True)
     before = files_in_output_folders(out)
@@ -385,15 +395,18 @@ def predict(detector: Detector, files: list[tuple[Path, str]], opts: PredictOpti
               f"(its \"not_processed\" lists the {len(rest)} not reached)", file=sys.stderr, flush=True)
         raise
     write_predictions_json(json_path, records, failures)
-    at_cap = sum(len(r["detections"]) >= opts.max_dets for r in records)
+    at_cap = sum(r["at_cap"] == "max_dets" for r in records)
+    at_topk = sum(r["at_cap"] == "topk_candidates" for r in records)
     done = {r["file"] for r in records}
     written = {p for path, name in files if str(path) in done for p in output_paths(name, opts).values()}
     earlier: dict[str, int] = {}
     for p in before - written:
         folder = p.relative_to(out).parts[0]
         earlier[folder] = earlier.get(folder, 0) + 1
+    model_cap = max(opts.max_dets, c.detections_per_img)  # what the model ran with (Detector.detect_resized)
     return PredictSummary(len(records), sum(len(r["detections"]) for r in records), failures, out, json_path, at_cap,
-                          opts.max_dets, dict(sorted(earlier.items())), (sum(unlabelled), len(unlabelled)))
+                          opts.max_dets, dict(sorted(earlier.items())), (sum(unlabelled), len(unlabelled)), at_topk,
+                          c.candidates_per_level(model_cap))
 
 
 def _run_batches(detector: Detector, loader, files: list[tuple[Path, str]], opts: PredictOptions,

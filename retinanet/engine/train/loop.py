@@ -183,6 +183,7 @@ def _train(model_cfg: ModelConfig, data_cfg: DataConfig, cfg: TrainConfig, progr
                                run.world, data_cfg, data.root, tensorboard=writer_cls is not None and main,
                                reinitialised=run.reinitialised)
         summary["decode_skipped"] = sorted(run.decode_skips)
+        summary["caps"] = list(run.last_caps)
         log.line(format_run_summary(summary), echo=False)
         return summary
 
@@ -476,14 +477,53 @@ def end_epoch(run: Run, state: RunState, epoch: int, stats: EpochStats, last: bo
     run.log.line(epoch_line(row, cfg.epochs, improved))
     if result is not None:
         log_decode_skips(run, result.skipped)
-    if result is not None and result.at_cap:
-        where = "tile(s)" if run.data_cfg.crop else "val image(s)"
-        run.log.line(f"warning: {result.at_cap} {where} reached the model's detections_per_img {result.max_dets}: "
-                     "detections beyond it were cut from this evaluation; a larger detections_per_img (the config's "
-                     "model section) keeps them, and `retinanet eval --max-dets N` scores the checkpoint with more", warn=True)
+    if result is not None:
+        log_caps(run, result)
     warning = divergence_warning(state.history, cfg.lr, cfg.clip_grad_norm)
     if warning:
         run.log.line(warning)
+
+
+CUT_SCORE_FACTOR = 2.0  # a cap is worth raising when what it cut can score this many times the model's score_thresh
+
+
+def log_caps(run: Run, result: EvalResult) -> None:
+    """The caps an evaluation reached: ``detections_per_img`` (``result.at_cap``) and a level's
+    ``topk_candidates`` (``result.at_topk``). train.log counts them at every evaluation; the console
+    hears each kind once a run (and once more should the advice change); ``run.last_caps`` keeps
+    the last evaluation's for the summary.
+
+    Raising a cap is advised only where what it cut can score at least ``CUT_SCORE_FACTOR`` times
+    the model's ``score_thresh`` (the last detection an image kept at the cap scores that much):
+    otherwise the cut boxes are low-score ones, as an untrained model gives by the hundred, and a
+    larger cap would keep more of them, not more objects.
+    """
+    thresh = float(run.model.config.score_thresh)
+    floor = CUT_SCORE_FACTOR * thresh
+    where = "tile(s)" if run.data_cfg.crop else "val image(s)"
+    run.last_caps = []
+    caps = [("max_dets", result.at_cap, result.at_cap_score, f"reached the model's detections_per_img {result.max_dets}",
+             ": the detections beyond it were cut", "--max-dets"),
+            ("topk_candidates", result.at_topk, result.at_topk_score,
+             f"stayed below detections_per_img {result.max_dets} while an FPN level had more candidates above score_thresh "
+             f"than the {result.topk_candidates} it keeps for NMS", ": the others were never considered", "--topk-candidates")]
+    for kind, count, score, what, cut, option in caps:
+        if not count:
+            continue
+        worth = score >= floor
+        if worth:
+            advice = (f"they scored up to {score:.3g}, at least {CUT_SCORE_FACTOR:g}x the model's score_thresh {thresh:g}: "
+                      f"train {option} N keeps them (`retinanet eval {option} N` scores this checkpoint with more)")
+        else:
+            advice = (f"they scored at most {score:.3g}, below {CUT_SCORE_FACTOR:g}x the model's score_thresh {thresh:g}: "
+                      "low-score boxes, as a model early in training gives; a larger cap would keep more of those, "
+                      "not more objects")
+        first = (kind, worth) not in run.caps_said
+        run.caps_said.add((kind, worth))
+        note = " (said once a run; train.log counts it at every evaluation)" if first else ""
+        run.log.line(f"warning: {count} {where} {what}{cut}; {advice}{note}", echo=first, warn=True)
+        run.last_caps.append(f"{count} {where} {what} in the last evaluation; what was cut scored at most {score:.3g}"
+                             + (f": train {option} N keeps it" if worth else ": low-score boxes (train.log says more)"))
 
 
 def check_epoch_trained(run: Run, epoch: int, stats: EpochStats) -> None:

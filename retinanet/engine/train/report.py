@@ -417,6 +417,7 @@ def format_run_summary(summary: dict[str, Any]) -> str:
     if summary.get("decode_skipped"):
         lines.append(f"  skipped {len(summary['decode_skipped'])} image(s) that could not be decoded (--skip-bad; "
                      "train.log names them)")
+    lines += [f"  warning: {cap}" for cap in summary.get("caps", ())]
     diverged = diverged_epochs(summary["history"])
     if diverged:
         epochs = ", ".join(map(str, diverged))

@@ -114,6 +114,8 @@ class Run:
     decode_skips: set[str] = field(default_factory=set)  # images skipped as undecodable (--skip-bad), as logged
     decode_pending: list[str] = field(default_factory=list)  # this process's skips since the last gather
     deadline: Any = None  # ``retinanet.engine.train.budget.Deadline`` of a ``--time`` run (None: no deadline)
+    caps_said: set[tuple[str, bool]] = field(default_factory=set)  # cap warnings printed (``loop.log_caps``): once a run
+    last_caps: list[str] = field(default_factory=list)  # the caps the last evaluation reached, for the summary
 
 
 def check_train_config(cfg: TrainConfig) -> None:

@@ -181,6 +181,32 @@ def test_eval_cli_writes_outputs(tmp_path, synthetic, tiny, capsys):
     assert (out / "pr_curves.png").stat().st_size > 1000
 
 
+def test_eval_says_what_each_cap_cut_and_takes_topk_candidates(tmp_path, synthetic, tiny, capsys):
+    """eval counted the images at --max-dets but not what the cut scored, and said nothing of images far
+    below it whose candidates an FPN level's top-k (1000) cut before NMS; --topk-candidates did not exist."""
+    _, ckpt = tiny
+    args = ["eval", "--weights", str(ckpt), "--data", str(synthetic), "--workers", "0", "--device", "cpu", "--quiet",
+            "--score-thresh", "0.005"]  # an untrained model: most scores near its 0.01 prior, far more than 1000 per level
+
+    def run(name, *more):
+        assert main([*args, "--out", str(tmp_path / name), *more]) == 0
+        return json.loads((tmp_path / name / "eval.json").read_text()), capsys.readouterr().out
+
+    cut, printed = run("cut")
+    assert (cut["max_dets"], cut["at_max_dets"], cut["at_max_dets_score"], cut["topk_candidates"]) == (300, 0, 0.0, 1000)
+    assert cut["at_topk_candidates"] == 4 and cut["at_topk_candidates_score"] > 0.005
+    assert ("warning: 4 image(s) stayed below --max-dets 300 while an FPN level had more candidates above the score "
+            "threshold than the 1000 it keeps for NMS (topk_candidates): those left out scored at most "
+            f"{cut['at_topk_candidates_score']:.3g}; give a larger --topk-candidates to keep them") in printed
+    more, printed = run("more", "--topk-candidates", "100000")
+    assert (more["topk_candidates"], more["at_topk_candidates"]) == (100000, 0) and "warning" not in printed
+    assert more["num_detections"] > cut["num_detections"]
+    capped, printed = run("capped", "--max-dets", "5")
+    assert (capped["at_max_dets"], capped["at_topk_candidates"]) == (4, 0) and capped["at_max_dets_score"] > 0.005
+    assert (f"warning: 4 image(s) reached --max-dets 5: detections beyond it were cut (scoring at most "
+            f"{capped['at_max_dets_score']:.3g}; COCO scores") in printed
+
+
 def test_eval_progress_in_a_log_file_is_plain_lines(tmp_path, synthetic, tiny, capsys, monkeypatch):
     """``retinanet eval ... 2> eval.log``: stderr is not a terminal, so progress is a line now and
     then and at the end, never tqdm's carriage returns (one endless line in the log)."""

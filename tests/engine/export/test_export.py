@@ -185,3 +185,18 @@ def test_every_static_sample_is_checked_and_a_check_without_detections_says_so(t
     assert "passed (but no image gave a detection above the score threshold, so no box or score was compared" in report.format()
     report.batches[0].counts_torch = report.batches[0].counts_onnx = [2]
     assert report.format().endswith("verification: passed")
+
+
+def test_the_check_says_when_an_image_fills_the_graph_s_k(exported, tmp_path):
+    """The check on a 256-object image printed ``onnx dets [300] torch dets [300] ... ok`` without a word
+    that 300 is all the graph has room for (the model's detections_per_img): more were cut in both."""
+    from retinanet.engine.export.onnx_verify import BatchComparison, VerifyReport
+
+    _, out, stdout = exported
+    assert f"(K={MAX_DETS} reached)" in stdout  # the fixture's random images fill K = 15
+    assert f"gave K = {MAX_DETS} detections, all the graph has room for" in stdout and "export --max-dets N" in stdout
+    assert read_metadata(out)["topk_candidates"] == "100"  # the graph's per-level top-k, as eager runs it
+    below = VerifyReport(tmp_path / "m.onnx", 1.0, 18, [], [], {}, [BatchComparison((2, 3, 8, 8), [3, 4], [3, 4], k=300)])
+    assert "reached" not in below.format() and "note:" not in below.format()
+    full = VerifyReport(tmp_path / "m.onnx", 1.0, 18, [], [], {}, [BatchComparison((2, 3, 8, 8), [300, 4], [300, 4], k=300)])
+    assert "ok (K=300 reached)" in full.format() and "note: 1 image(s) gave K = 300 detections" in full.format()

@@ -272,3 +272,37 @@ def test_a_load_that_would_re_initialise_trained_layers_is_refused(checkpoint):
         with pytest.raises(CheckpointError, match=f"tiny.pt: {said}"):
             retinanet.Detector.load(checkpoint, **option)
     assert retinanet.Detector.load(checkpoint, num_classes=3, score_thresh=0.2).model.config.score_thresh == 0.2
+
+
+def test_predict_says_when_a_cap_cut_the_detections(checkpoint, arrays):
+    """``Detector.predict`` cut to its default max_dets (100) without a word, whole or tiled, and no field of
+    ``Detections`` said so. Each result now has ``at_cap`` (also in ``to_dict()``), and a call that left
+    max_dets at its default (the model's detections_per_img) or whose candidates a level's top-k cut
+    warns once, naming the count and the way out."""
+    capped = retinanet.Detector.load(checkpoint, detections_per_img=5)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        whole = capped.predict(arrays, score_thresh=0.0)
+        (tiled,) = capped.predict(arrays[0], score_thresh=0.0, tile=64)
+    assert [len(r) for r in whole] == [5, 5] and [r.at_cap for r in (*whole, tiled)] == ["max_dets"] * 3
+    assert whole[0].to_dict()["at_cap"] == "max_dets"
+    said = [str(w.message) for w in caught]
+    assert len(said) == 2 and said[0].startswith("2 of 2 image(s) reached max_dets=5 (the model's detections_per_img): "
+                                                 "detections beyond it were cut; pass a larger max_dets")
+    assert said[1].startswith("1 of 1 image(s) reached max_dets=5") and all(w.filename == __file__ for w in caught)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a cap the caller chose is no news: the field says it, no warning
+        (chosen,) = capped.predict(arrays[0], score_thresh=0.0, max_dets=5)
+        (none,) = capped.predict(arrays[0], score_thresh=0.99)
+    assert chosen.at_cap == "max_dets" and none.at_cap is None and none.to_dict()["at_cap"] is None
+    # far below the cap, but more candidates above the threshold on a level than the 1000 it keeps for NMS
+    detector = retinanet.Detector.load(checkpoint)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        (r,) = detector.predict(arrays[0], score_thresh=0.005, max_dets=300)
+    assert len(r) < 300 and r.at_cap == "topk_candidates"
+    assert [str(w.message) for w in caught] == [
+        "1 of 1 image(s) stayed below max_dets=300 while an FPN level had more candidates above score_thresh than the "
+        "1000 it keeps for NMS: those were never considered; Detector.load(..., topk_candidates=N) keeps more (each "
+        "result's .at_cap says which cap it reached)"]
+    assert retinanet.Detector.load(checkpoint, topk_candidates=100000).predict(arrays[0], score_thresh=0.005)[0].at_cap is None

@@ -351,3 +351,31 @@ def test_drawing_options_and_labels_left_out_are_said_once(tmp_path, checkpoint,
     assert (row == class_color(det["label"])).all(axis=1).sum() == 3  # its left line, 3 px wide
     assert main(["predict", str(tmp_path / "in"), "--out", str(tmp_path / "x"), *args, "--no-draw", "--hide-labels"]) == 2
     assert "--hide-labels: style(s) the drawn images, which --no-draw turns off; give one or the other" in capsys.readouterr().err
+
+
+def test_max_dets_defaults_to_the_checkpoint_s_cap_and_a_level_s_top_k_cut_is_counted(tmp_path, checkpoint, capsys):
+    """predict kept 100 per image by default where eval kept the checkpoint's 300 (and export's K was
+    300): one cap per model now, the checkpoint's detections_per_img. A whole-image pass below
+    --max-dets whose candidates an FPN level's top-k cut said nothing (786 of 5000 asked for):
+    the summary counts those images and names --topk-candidates; predictions.json says which cap."""
+    from retinanet.engine.runtime.checkpoint import read_checkpoint, save_checkpoint
+    ck = read_checkpoint(checkpoint)
+    ck["config"]["model"]["detections_per_img"] = 7
+    seven = save_checkpoint(ck, tmp_path / "cap7.pt")
+    write_image(tmp_path / "in" / "a.jpg", size=(60, 80))
+    args = ["predict", str(tmp_path / "in"), "--workers", "0", "--quiet", "--no-draw"]
+    assert main([*args, "--weights", str(seven), "--out", str(tmp_path / "o1"), "--score-thresh", "0"]) == 0
+    assert "warning: 1 image(s) reached --max-dets 7: detections above --score-thresh" in capsys.readouterr().out
+    (record,) = json.loads((tmp_path / "o1" / "predictions.json").read_text())["images"]
+    assert len(record["detections"]) <= 7 and record["at_cap"] == "max_dets"  # the model's 7, less its label-0 rows
+    assert main([*args, "--weights", str(checkpoint), "--out", str(tmp_path / "o2"), "--score-thresh", "0.005"]) == 0
+    out = capsys.readouterr().out
+    assert ("warning: 1 image(s) stayed below --max-dets 300 while an FPN level had more candidates above --score-thresh "
+            "than the 1000 it keeps for NMS: those were never considered; give a larger --topk-candidates") in out
+    (record,) = json.loads((tmp_path / "o2" / "predictions.json").read_text())["images"]
+    assert len(record["detections"]) < 300 and record["at_cap"] == "topk_candidates"
+    assert main([*args, "--weights", str(checkpoint), "--out", str(tmp_path / "o3"), "--score-thresh", "0.005",
+                 "--topk-candidates", "100000"]) == 0
+    assert "warning" not in capsys.readouterr().out
+    (more,) = json.loads((tmp_path / "o3" / "predictions.json").read_text())["images"]
+    assert more["at_cap"] is None and len(more["detections"]) > len(record["detections"])

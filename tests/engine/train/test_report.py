@@ -227,3 +227,47 @@ def test_next_and_resume_commands_are_quoted_for_the_platforms_shell(tmp_path, m
         assert s["resume"] == f"retinanet train --resume {quoted}"
         assert s["commands"]["eval"].startswith(f"retinanet eval --weights {quoted[0]}{out / 'best.pt'}{quoted[0]} ")
         assert all(quoted[0] in c for c in s["commands"].values())
+
+
+def test_a_cap_reached_at_every_evaluation_is_said_once_and_advised_only_above_the_score_rule(tmp_path, capsys):
+    """The cap warning printed at every evaluation (25 lines for 25 epochs, --quiet too) and advised a
+    larger detections_per_img for an untrained model's junk boxes (98 tiles at 300 with ~6 objects
+    each). Now: train.log counts it at every evaluation, the console hears it once (and once more when
+    the advice changes), the advice to raise the cap comes only when what was cut could score at least
+    2x the model's score_thresh, and the summary gives the last evaluation's count."""
+    from types import SimpleNamespace
+
+    from retinanet.config import ModelConfig
+    from retinanet.engine.evaluate.loop import EvalResult
+    from retinanet.engine.train.loop import log_caps
+    from retinanet.engine.train.report import RunLog
+
+    def evaluated(at_cap, score, at_topk=0, topk_score=0.0):
+        return EvalResult({}, [], "", [], max_dets=300, at_cap=at_cap, at_cap_score=score, topk_candidates=1000,
+                          at_topk=at_topk, at_topk_score=topk_score)
+
+    with RunLog(tmp_path / "train.log", echo=False) as log:  # --quiet: warnings go to stderr
+        run = SimpleNamespace(model=SimpleNamespace(config=ModelConfig()), data_cfg=DataConfig(crop=128), log=log,
+                              caps_said=set(), last_caps=[])
+        for result in [evaluated(98, 0.07), evaluated(90, 0.08, 3, 0.06), evaluated(26, 0.085), evaluated(27, 0.4),
+                       evaluated(27, 0.41)]:
+            log_caps(run, result)
+    logged = (tmp_path / "train.log").read_text().splitlines()
+    assert [line.split(" ", 2)[1] for line in logged] == ["98", "90", "3", "26", "27", "27"]  # every evaluation
+    said = capsys.readouterr().err.splitlines()
+    assert said == [logged[0], logged[2], logged[4]]  # each kind of warning once
+    assert said[0] == ("warning: 98 tile(s) reached the model's detections_per_img 300: the detections beyond it were cut; "
+                       "they scored at most 0.07, below 2x the model's score_thresh 0.05: low-score boxes, as a model early "
+                       "in training gives; a larger cap would keep more of those, not more objects (said once a run; "
+                       "train.log counts it at every evaluation)")
+    assert "--topk-candidates" not in said[1] and said[1].startswith(
+        "warning: 3 tile(s) stayed below detections_per_img 300 while an FPN level had more candidates above score_thresh "
+        "than the 1000 it keeps for NMS: the others were never considered; they scored at most 0.06")
+    assert said[2].startswith("warning: 27 tile(s) reached the model's detections_per_img 300: the detections beyond it "
+                              "were cut; they scored up to 0.4, at least 2x the model's score_thresh 0.05: train --max-dets "
+                              "N keeps them (`retinanet eval --max-dets N` scores this checkpoint with more)")
+    assert run.last_caps == ["27 tile(s) reached the model's detections_per_img 300 in the last evaluation; what was cut "
+                             "scored at most 0.41: train --max-dets N keeps it"]
+    s = make_summary(tmp_path, [_row(1, ap=0.1)], 0.1, 1, "finished", 10.0, 1, DataConfig(root="voc"), tmp_path / "voc")
+    s["caps"] = run.last_caps
+    assert f"  warning: {run.last_caps[0]}" in format_run_summary(s)

@@ -215,3 +215,11 @@ def test_reading_the_data_shows_progress_on_stderr_not_in_the_log_and_not_quiet(
     assert "reading annotations" not in (tmp_path / "run" / "train.log").read_text()
     assert main([*argv, "--quiet", "--out", str(tmp_path / "quiet")]) == 0
     assert "reading annotations" not in capsys.readouterr().err
+
+
+def test_train_takes_the_detection_caps_on_the_command_line():
+    """The cap warning told a training run to edit the config's model section: the only way to set
+    detections_per_img. train takes --max-dets and --topk-candidates as eval and predict do."""
+    m, _, _ = _configs("--data", "voc", "--max-dets", "1000", "--topk-candidates", "3000")
+    assert (m.detections_per_img, m.topk_candidates) == (1000, 3000)
+    assert _configs("--data", "voc")[0] == ModelConfig()
