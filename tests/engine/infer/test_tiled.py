@@ -193,13 +193,13 @@ def crop_checkpoint(checkpoint, tmp_path_factory) -> Path:
 
 def _spy(det: Detector) -> list:
     """The (batch size, image shape, resize) of each forward pass of ``det``'s model."""
-    seen, orig = [], det.model.forward
+    seen, orig = [], det.model.detect  # forward's eval path, with candidates_cut (what Detector calls)
 
     def spy(images, *a, **k):
         seen.append((len(images), tuple(images[0].shape), k.get("resize", True)))
         return orig(images, *a, **k)
 
-    det.model.forward = spy
+    det.model.detect = spy
     return seen
 
 
