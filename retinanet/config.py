@@ -141,6 +141,7 @@ class TrainConfig:
     # when it is not a terminal), TensorBoard step scalars; between these points a step does not wait for the device
     tensorboard: bool = False
     max_bad_steps: int = 20  # stop after this many consecutive non-finite losses
+    coco_backend: str = "pycocotools"  # the per-epoch COCO metrics: "pycocotools" (the reference) or "faster_coco_eval"
 
     def __post_init__(self):
         if isinstance(self.amp, bool):  # configs and checkpoints written when amp was a switch

@@ -35,6 +35,7 @@ from retinanet.data.workers import MAIN_GUARD_HINT, starting_worker
 from retinanet.engine.runtime.allocator import fix_mmap_threshold
 from retinanet.engine.runtime.checkpoint import stored_config, trained_crop
 from retinanet.engine.runtime.distributed import cleanup, is_main_process, launch_local_rank, launch_rank, local_device
+from retinanet.engine.evaluate.coco import coco_max_dets_note
 from retinanet.engine.evaluate.loop import EvalOptions, run_eval
 from retinanet.engine.export.onnx_export import DEFAULT_OPSET, ExportOptions, export_checkpoint
 from retinanet.engine.infer.detector import Detector
@@ -268,6 +269,8 @@ def _eval(args: argparse.Namespace) -> int:
         print(f"warning: {r.at_cap} {where} reached --max-dets {r.max_dets}: detections beyond it were cut "
               f"(scoring at most {r.at_cap_score:.3g}; COCO scores each image's best 100 per class; the VOC AP and the PR "
               "curves change with the cut); give a larger --max-dets to keep them")
+    if r.over_coco_max_dets[0]:
+        print(f"warning: {coco_max_dets_note(*r.over_coco_max_dets)}")
     if r.at_topk:
         print(f"warning: {r.at_topk} {where} stayed below --max-dets {r.max_dets} while an FPN level had more candidates "
               f"above the score threshold than the {r.topk_candidates} it keeps for NMS (topk_candidates): those left out "

@@ -70,6 +70,32 @@ _SUMMARY_SPEC = (
 )
 _AREA_LABELS = ("all", "small", "medium", "large")  # COCOeval Params.areaRngLbl
 _MAX_DETS = (1, 10, 100)  # COCOeval Params.maxDets for bbox
+COCO_MAX_DETS = _MAX_DETS[-1]  # detections per image and class that AP and AR100 score
+
+
+def over_coco_max_dets(gt: Sequence[dict[str, Any]]) -> tuple[int, int]:
+    """``(images, most)``: the images of ``gt`` (``evaluate_coco``'s per-image records) holding more
+    than ``COCO_MAX_DETS`` objects of one class, not counting ignored ones (crowd, difficult: COCO
+    matches them without counting them), and the most objects of one class in an image. COCO AP
+    and AR score each image's best 100 detections per class, so their recall on such an image is
+    at most 100/its objects even with perfect detections: a crowded dataset's AP is capped."""
+    images, most = 0, 0
+    for g in gt:
+        labels = np.asarray(g["labels"], dtype=np.int64).ravel()
+        if "ignore" in g:
+            labels = labels[~np.asarray(g["ignore"], dtype=bool).ravel()]
+        if len(labels) > COCO_MAX_DETS:
+            top = int(np.unique(labels, return_counts=True)[1].max())
+            images, most = images + (top > COCO_MAX_DETS), max(most, top)
+    return images, most if images else 0
+
+
+def coco_max_dets_note(images: int, most: int) -> str:
+    """What ``over_coco_max_dets`` means for the numbers, in one line."""
+    return (f"{images} image(s) hold more than {COCO_MAX_DETS} objects of one class (up to {most}): COCO AP and AR "
+            f"score each image's best {COCO_MAX_DETS} detections per class (pycocotools' maxDets), so on those images "
+            f"they stay below 1 even for perfect detections (recall at most {COCO_MAX_DETS}/{most} on the most crowded); "
+            "`retinanet eval --voc` adds a VOC AP, which scores every detection")
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True)
 RECALL_THRESHOLDS = np.linspace(0.0, 1.00, int(np.round((1.00 - 0.0) / 0.01)) + 1, endpoint=True)
 
@@ -310,6 +336,11 @@ def gc_paused() -> Iterator[None]:
 
 
 BACKENDS = ("pycocotools", "faster_coco_eval")
+
+
+def check_backend(backend: str | None) -> None:
+    """Refuse a backend that is unknown or not installed now, not after a training epoch."""
+    _load_backend(backend)
 
 
 def _load_backend(backend: str | None):

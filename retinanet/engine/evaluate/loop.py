@@ -28,7 +28,7 @@ from retinanet.data.classes import default_class_names
 from retinanet.data.coco import read_coco_json
 from retinanet.data.progress import progress_bar, reading_progress
 from retinanet.engine.runtime.checkpoint import load_model
-from retinanet.engine.evaluate.coco import CocoResults, evaluate_coco, per_class_table
+from retinanet.engine.evaluate.coco import CocoResults, evaluate_coco, over_coco_max_dets, per_class_table
 from retinanet.engine.runtime.distributed import (
     all_gather_object, any_rank, barrier, init_distributed, is_dist, is_main_process, local_device,
 )
@@ -65,6 +65,8 @@ class EvalResult:
             threshold a level's top-k cut (``RetinaNet.detect``'s ``candidates_cut``): more could have come out.
         at_topk_score: the highest score those cut candidates stayed at or below (0 when none).
         skipped: images that could not be decoded (``skip_bad``), left out: "file: why".
+        over_coco_max_dets: ``(images, most)``: images with more objects of one class than COCO
+            scores detections (100), and the most of one class in an image (``over_coco_max_dets``).
     """
 
     metrics: dict[str, float]
@@ -81,6 +83,7 @@ class EvalResult:
     at_topk: int = 0
     at_topk_score: float = 0.0
     skipped: list[str] = field(default_factory=list)
+    over_coco_max_dets: tuple[int, int] = (0, 0)
 
     def __post_init__(self) -> None:
         self.detections = CocoResults.from_dicts(self.detections)
@@ -101,6 +104,7 @@ class EvalResult:
             "at_topk_candidates": self.at_topk,
             "at_topk_candidates_score": self.at_topk_score,
             "skipped_images": self.skipped,
+            "over_coco_max_dets": {"images": self.over_coco_max_dets[0], "most_objects_of_a_class": self.over_coco_max_dets[1]},
             "metrics": self.metrics,
             "summary_text": self.summary_text,
             "per_class": self.per_class,
@@ -282,6 +286,7 @@ def compute_metrics(gt, dets, class_map: dict[str, int] | None, voc: bool = Fals
         voc=voc_metrics(gt, dets, ids, names) if voc else None,
         pr_curves=coco.pr_curves(0.5),
         num_images=len(gt),
+        over_coco_max_dets=over_coco_max_dets(gt),
     )
 
 

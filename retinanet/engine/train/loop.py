@@ -42,7 +42,7 @@ import torch
 
 from retinanet.engine.runtime.checkpoint import checkpoint_bytes, check_checkpoint_space, read_checkpoint, save_checkpoint
 from retinanet.config import DataConfig, ModelConfig, TrainConfig, write_config_file
-from retinanet.engine.evaluate.coco import METRIC_NAMES
+from retinanet.engine.evaluate.coco import METRIC_NAMES, coco_max_dets_note
 from retinanet.engine.evaluate.loop import EvaluationCut, EvalResult, evaluate
 from retinanet.engine.runtime import distributed as D
 from retinanet.engine.runtime.precision import Precision
@@ -524,6 +524,9 @@ def log_caps(run: Run, result: EvalResult) -> None:
         run.log.line(f"warning: {count} {where} {what}{cut}; {advice}{note}", echo=first, warn=True)
         run.last_caps.append(f"{count} {where} {what} in the last evaluation; what was cut scored at most {score:.3g}"
                              + (f": train {option} N keeps it" if worth else ": low-score boxes (train.log says more)"))
+    if result.over_coco_max_dets[0] and ("coco_max_dets", True) not in run.caps_said:  # a property of the val set: once
+        run.caps_said.add(("coco_max_dets", True))
+        run.log.line(f"warning: {coco_max_dets_note(*result.over_coco_max_dets)}; best.pt is chosen by that AP", warn=True)
 
 
 def check_epoch_trained(run: Run, epoch: int, stats: EpochStats) -> None:
@@ -568,7 +571,7 @@ def evaluate_epoch(run: Run, cuttable: bool = True) -> EvalResult:
     model = run.ema.module if run.ema is not None else run.model
     D.broadcast_module(model)
     return evaluate(model, run.val_loader, device=run.device, class_map=run.data.class_map, amp=run.precision.mode,
-                    progress=run.progress and run.main and sys.stderr.isatty(), tile=val_tiling(run.data_cfg, run.cfg.batch_size),
+                    backend=run.cfg.coco_backend, progress=run.progress and run.main and sys.stderr.isatty(), tile=val_tiling(run.data_cfg, run.cfg.batch_size),
                     stop=(lambda: run.stop.signal is not None) if cuttable else None)
 
 

@@ -71,7 +71,7 @@ RESUME_RULES: dict[str, Rule] = {
     "time_fitted": RECORDED,  # a resumed --time run keeps the schedule it fitted (no new measurement)
     "start_sha256": RECORDED, "resume": NOT_COMPARED,
     "out": MAY_CHANGE, "amp": MAY_CHANGE, "channels_last": MAY_CHANGE, "device": MAY_CHANGE,
-    "eval_every": MAY_CHANGE, "print_every": MAY_CHANGE, "tensorboard": MAY_CHANGE, "max_bad_steps": MAY_CHANGE,
+    "eval_every": MAY_CHANGE, "print_every": MAY_CHANGE, "tensorboard": MAY_CHANGE, "max_bad_steps": MAY_CHANGE, "coco_backend": MAY_CHANGE,
     # no config field
     CLASS_MAP: DEFINES, WORLD_SIZE: DEFINES,  # processes x batch size images per step
 }

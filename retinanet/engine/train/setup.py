@@ -17,6 +17,7 @@ import torch
 from retinanet.config import DataConfig, ModelConfig, TrainConfig
 from retinanet.data import Datasets, build_datasets, build_loader
 from retinanet.data.progress import ReadProgress, no_progress
+from retinanet.engine.evaluate.coco import BACKENDS, check_backend
 from retinanet.engine.runtime import distributed as D
 from retinanet.engine.runtime.checkpoint import load_training_state, read_checkpoint, training_checkpoint
 from retinanet.engine.runtime.precision import Precision, normalize_mode, resolve_precision
@@ -118,8 +119,16 @@ class Run:
     last_caps: list[str] = field(default_factory=list)  # the caps the last evaluation reached, for the summary
 
 
+# the settings that take one of a few words (a config file's typo, `scheduler: cosinus`, ran as multistep)
+TRAIN_CHOICES = {"optimizer": ("sgd", "adamw"), "scheduler": ("multistep", "cosine"), "coco_backend": BACKENDS}
+
+
 def check_train_config(cfg: TrainConfig) -> None:
-    """Raise ``RetinaNetError`` for counts that must be at least 1."""
+    """Raise ``RetinaNetError`` for counts that must be at least 1 and words not among ``TRAIN_CHOICES``."""
+    for name, allowed in TRAIN_CHOICES.items():
+        if getattr(cfg, name) not in allowed:
+            raise RetinaNetError(f"{name} {getattr(cfg, name)!r} is not one of {', '.join(allowed)}")
+    check_backend(cfg.coco_backend)  # installed
     for name in ("epochs", "batch_size", "eval_every", "print_every", "max_bad_steps"):
         if getattr(cfg, name) < 1:
             raise RetinaNetError(f"{name} must be >= 1, got {getattr(cfg, name)}")

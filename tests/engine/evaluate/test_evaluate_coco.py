@@ -228,3 +228,28 @@ def test_detections_are_columns_read_as_the_coco_results_list(monkeypatch):
         out = io.BytesIO()
         r.write_json(out)
         assert out.getvalue() == json.dumps(r.to_list()).encode()
+
+
+def test_images_with_more_objects_of_a_class_than_coco_scores_are_counted_and_named():
+    """A shelf of 150 boxes of one class, found perfectly, scored AP 0.66 with no word: COCO scores
+    each image's best 100 detections per class. The images over it are now counted (ignored
+    objects left out) and the note says what it does to the numbers."""
+    from retinanet.engine.evaluate.coco import coco_max_dets_note, over_coco_max_dets
+    from retinanet.engine.evaluate.loop import compute_metrics
+
+    def shelf(image_id, n, label=1, crowd=0):
+        x = np.arange(n + crowd, dtype=np.float64) * 12.0
+        boxes = np.stack([x, np.zeros_like(x), x + 10.0, np.full_like(x, 10.0)], axis=1)
+        return {"image_id": image_id, "boxes": boxes, "labels": np.full(n + crowd, label, np.int64),
+                "ignore": np.arange(n + crowd) >= n, "height": 20, "width": int(12 * (n + crowd))}
+
+    gt = [shelf(1, 150), shelf(2, 90, crowd=30), shelf(3, 100)]  # 90 counted + 30 crowd; exactly 100: not over
+    dets = [{"image_id": g["image_id"], "boxes": g["boxes"][~g["ignore"]], "scores": np.linspace(1.0, 0.5, int((~g["ignore"]).sum())),
+             "labels": g["labels"][~g["ignore"]]} for g in gt]
+    result = compute_metrics(gt, dets, {"item": 1})
+    assert result.metrics["AR100"] < 0.9 and result.metrics["AP"] < 0.9  # perfect detections, capped by COCO
+    assert result.over_coco_max_dets == over_coco_max_dets(gt) == (1, 150)
+    assert result.to_dict()["over_coco_max_dets"] == {"images": 1, "most_objects_of_a_class": 150}
+    assert over_coco_max_dets([shelf(1, 60, label=1), shelf(2, 60, label=2)]) == (0, 0)  # 120 objects, 60 a class
+    note = coco_max_dets_note(1, 150)
+    assert note.startswith("1 image(s) hold more than 100 objects of one class (up to 150)") and "100/150" in note

@@ -87,3 +87,25 @@ def test_amp_on_cpu_runs_a_bf16_step_with_finite_fp32_losses():
     assert set(out) == {"classification", "bbox_regression", "loss", "finite"} and bool(out["finite"])
     assert all(math.isfinite(float(v)) for v in out.values())
     assert not torch.equal(before, model.head.regression_head.bbox_reg.weight)
+
+
+def test_words_a_config_mistypes_are_refused_and_the_coco_backend_reaches_each_evaluation(data_root, tmp_path, monkeypatch):
+    """``scheduler: cosinus`` in a config file ran as multistep without a word; training had no
+    ``--coco-backend`` (eval had), so crowded val images were scored by the slower one every epoch."""
+    from retinanet.cli import build_parser
+    from retinanet.cli.train import train_configs
+    from retinanet.engine.train.setup import check_train_config
+    from retinanet.errors import RetinaNetError
+
+    for field, word, allowed in (("scheduler", "cosinus", "multistep, cosine"), ("optimizer", "adam", "sgd, adamw"),
+                                 ("coco_backend", "fast", "pycocotools, faster_coco_eval")):
+        with pytest.raises(RetinaNetError, match=f"{field} '{word}' is not one of {allowed}"):
+            check_train_config(TrainConfig(**{field: word}))
+    parsed = train_configs(build_parser().parse_args(["train", "--coco-backend", "faster_coco_eval"]))[2]
+    assert parsed.coco_backend == "faster_coco_eval" and TrainConfig().coco_backend == "pycocotools"
+    backends, real = [], T.evaluate
+    monkeypatch.setattr(T, "evaluate", lambda *a, **k: backends.append(k["backend"]) or real(*a, **k))
+    train(ModelConfig(**TINY), DataConfig(root=data_root, workers=0),
+          TrainConfig(out=str(tmp_path / "run"), epochs=2, batch_size=2, lr=0.01, warmup_iters=1, device="cpu",
+                      weights="none", coco_backend="faster_coco_eval"), progress=False)
+    assert backends == ["faster_coco_eval", "faster_coco_eval"]
