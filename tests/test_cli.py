@@ -183,6 +183,14 @@ def test_bad_counts_and_limits_are_refused_when_parsed(argv, option, capsys):
     assert f"argument {option}" in err and ("must be" in err), err
 
 
+@pytest.mark.parametrize("command", ["predict x --weights w", "eval --weights w"])
+def test_tile_and_no_tile_together_are_refused(command, capsys):
+    """``--no-tile --tile 96`` tiled, the last one silently winning."""
+    with pytest.raises(SystemExit) as exit_:
+        main([*command.split(), "--no-tile", "--tile", "96"])
+    assert exit_.value.code == 2 and "argument --tile: not allowed with argument --no-tile" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("content, message", [
     ("train: {batch_size: 0}\n", "train.batch_size must be at least 1, not 0"),
     ("data: {workers: -1}\n", "data.workers must be at least 0, not -1"),

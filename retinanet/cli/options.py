@@ -52,7 +52,8 @@ def add_cap_options(p, max_dets_help: str, default=None) -> None:
                    type=field_type("detections_per_img"), default=default, metavar="N",
                    help=f"{max_dets_help} {shown('detections_per_img', m0.detections_per_img)}")
     p.add_argument("--topk-candidates", type=field_type("topk_candidates"), default=default, metavar="N",
-                   help="candidates per FPN level kept for NMS, best first (a larger --max-dets raises it to --max-dets); "
+                   help="candidates per FPN level kept for NMS, best first (raised to the cap the model runs with when that is "
+                   "larger: " + ("--max-dets" if train else "the larger of --max-dets and the checkpoint's detections_per_img") + "); "
                    f"{'train.log counts' if train else 'the summary counts'} the images that stayed below --max-dets while "
                    f"a level had more candidates above the score threshold {shown('topk_candidates', m0.topk_candidates)}")
 
@@ -174,7 +175,8 @@ def data_config_from_args(args: argparse.Namespace, **overrides: Any) -> DataCon
 def add_tile_options(p: argparse.ArgumentParser) -> None:
     """``--tile [PX]``, ``--no-tile``, ``--tile-overlap F``, ``--tile-whole-image`` (predict, eval)."""
     t = p.add_argument_group("large images: tiled prediction (retinanet.model.tiling)")
-    t.add_argument("--tile", nargs="?", const="auto", metavar="PX",
+    either = t.add_mutually_exclusive_group()  # both given: refused (not the last one silently winning)
+    either.add_argument("--tile", nargs="?", const="auto", metavar="PX",
                    help="cut each image into overlapping PX x PX tiles at native resolution, run them in batches of "
                    "--batch-size, merge the boxes (fragments at tile edges dropped when a neighbour holds the object "
                    "whole, class-wise NMS); --tile alone: the model's input size (a --crop model's crop side); on Linux it "
@@ -182,7 +184,7 @@ def add_tile_options(p: argparse.ArgumentParser) -> None:
                    "tiles (MALLOC_MMAP_THRESHOLD_ overrides) [as trained: a model trained with --crop PX is tiled with PX, "
                    "as its training evaluated (said on stderr), unless --min-size sets another input size; off for any "
                    "other model]")
-    t.add_argument("--no-tile", dest="tile", action="store_const", const=False,
+    either.add_argument("--no-tile", dest="tile", action="store_const", const=False,
                    help="resize whole images to the model's input size, also for a --crop model (whose input size is "
                    "its crop side: large images shrink a lot)")
     t.add_argument("--tile-overlap", type=arg_type(C.between(0.0, 0.9), "tile_overlap"), metavar="F", help="share of a tile that neighbours overlap, 0..0.9 [0.2]")

@@ -145,7 +145,8 @@ class RetinaNet(nn.Module):
         cap = c.detections_per_img if max_dets is None else int(max_dets)
         boxes, scores, labels, num, cut = decode_batch(cls_out, reg_out, anchors, image_hw, thresh, c.nms_thresh, cap,
                                                        c.candidates_per_level(cap))
-        counts, cuts = torch.stack([num.double(), cut.double()]).tolist()  # one read, as num alone was; counts exact
+        # one read, as num alone was; float32: counts exact below 2^24, and mps has no float64
+        counts, cuts = torch.stack([num.float(), cut.float()]).tolist()
         dets = unpad_detections(boxes, scores, labels, [int(n) for n in counts])
         for d, o, s in zip(dets, orig, sizes):
             if o != s:

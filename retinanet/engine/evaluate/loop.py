@@ -184,8 +184,10 @@ def detections_to_host(outputs: list[dict[str, torch.Tensor]]) -> list[dict[str,
     """
     if not outputs:
         return []
-    packed = torch.cat([torch.cat([o["boxes"].double(), o["scores"].double()[:, None], o["labels"].double()[:, None]], 1)
-                        for o in outputs]).cpu().numpy()  # [sum K_i, 6]; labels are small ints: exact in float64
+    # [sum K_i, 6] packed in float32 on the device (mps has no float64): the boxes and scores are float32 or
+    # narrower and the labels small ints, so every value is exact, and widened to float64 on the host
+    packed = torch.cat([torch.cat([o["boxes"].float(), o["scores"].float()[:, None], o["labels"].float()[:, None]], 1)
+                        for o in outputs]).cpu().numpy().astype(np.float64)
     parts = np.split(packed, np.cumsum([len(o["scores"]) for o in outputs])[:-1])
     return [{"boxes": p[:, :4], "scores": p[:, 4], "labels": p[:, 5].astype(np.int64)} for p in parts]
 
