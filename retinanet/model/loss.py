@@ -22,35 +22,41 @@ def _neg_grad(p: Tensor, sp: Tensor) -> Tensor:
 class _FocalLoss(torch.autograd.Function):
     """Weighted sum of torchvision's ``sigmoid_focal_loss`` (alpha 0.25, gamma 2) over ``[B, N, C]``.
 
-    Targets are one-hot at ``pos`` and zero elsewhere, but never materialised: every logit gets
-    the target-0 term ``(1-a) p^2 softplus(x)`` and the few positive entries are corrected to
-    ``a (1-p)^2 softplus(-x)``. The backward recomputes ``p`` from the logits instead of keeping
-    the intermediates of the composite formula.
+    Targets are one-hot at each anchor's label and zero elsewhere, but never materialised: every
+    logit gets the target-0 term ``(1-a) p^2 softplus(x)`` and the logit of each foreground
+    anchor's class is corrected to ``a (1-p)^2 softplus(-x)``. The correction is computed for every
+    anchor (at its label, or class 0 for background) and kept where the anchor is foreground
+    (``torch.where``), so no shape depends on the data: no ``nonzero``, which would make a GPU
+    wait for the host. The backward recomputes ``p`` from the logits instead of keeping the
+    intermediates of the composite formula.
     """
 
     @staticmethod
-    def forward(ctx, logits: Tensor, weight: Tensor, pos: Tensor) -> Tensor:
+    def forward(ctx, logits: Tensor, weight: Tensor, labels: Tensor) -> Tensor:
+        fg = labels >= 0  # [B, N]
+        cls = labels.clamp(min=0)[:, :, None]  # [B, N, 1]
         p = torch.sigmoid(logits)
         per_anchor = F.softplus(logits).mul_(p).mul_(p).sum(dim=2).mul_(1 - ALPHA)  # [B, N]
-        xp = logits.reshape(-1)[pos]
+        xp = logits.gather(2, cls).squeeze(2)  # [B, N] each anchor's logit at its label
         pp = torch.sigmoid(xp)
         fix = ALPHA * (1 - pp) ** 2 * F.softplus(-xp) - (1 - ALPHA) * pp**2 * F.softplus(xp)
-        per_anchor.view(-1).index_add_(0, torch.div(pos, logits.shape[2], rounding_mode="floor"), fix)
-        ctx.save_for_backward(logits, weight, pos)
+        per_anchor += torch.where(fg, fix, 0.0)  # where, not a product: a background anchor's fix may be inf
+        ctx.save_for_backward(logits, weight, labels)
         return (per_anchor * weight).sum()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):
-        logits, weight, pos = ctx.saved_tensors
+        logits, weight, labels = ctx.saved_tensors
+        fg = labels >= 0
+        cls = labels.clamp(min=0)[:, :, None]
         w = (weight * grad)[:, :, None]
         g = _neg_grad(torch.sigmoid(logits), F.softplus(logits)).mul_(w)
-        xp = logits.reshape(-1)[pos]
+        xp = logits.gather(2, cls).squeeze(2)
         pp = torch.sigmoid(xp)
         d_pos = -ALPHA * (1 - pp) ** 2 * (2 * pp * F.softplus(-xp) + (1 - pp))
         d_neg = _neg_grad(pp, F.softplus(xp))
-        wp = w.reshape(-1)[torch.div(pos, logits.shape[2], rounding_mode="floor")]
-        g.view(-1).index_add_(0, pos, (d_pos - d_neg) * wp)
+        g.scatter_add_(2, cls, torch.where(fg, (d_pos - d_neg) * w.squeeze(2), 0.0)[:, :, None])
         return g, None, None
 
 
@@ -63,12 +69,7 @@ def focal_loss(logits: Tensor, labels: Tensor, weight: Tensor) -> Tensor:
     Returns:
         fp32 scalar.
     """
-    logits = logits.contiguous()
-    C = logits.shape[2]
-    flat = labels.reshape(-1)
-    anchor = flat.ge(0).nonzero().squeeze(1)
-    pos = anchor * C + flat[anchor]
-    return _FocalLoss.apply(logits, weight.to(logits.dtype), pos)
+    return _FocalLoss.apply(logits.contiguous(), weight.to(logits.dtype), labels)
 
 
 def retinanet_loss(cls_logits: Tensor, bbox_reg: Tensor, anchors: Tensor, targets: list[dict],
@@ -100,16 +101,16 @@ def retinanet_loss(cls_logits: Tensor, bbox_reg: Tensor, anchors: Tensor, target
     weight = (matches != IGNORE).float() / (num_fg[:, None] * B)
     cls_loss = focal_loss(cls_logits, labels, weight)
 
-    fg_b, fg_a = fg.nonzero(as_tuple=True)
-    pred = bbox_reg[fg_b, fg_a]
-    anc = anchors[fg_a]
-    gt = gt_boxes[fg_b, matches[fg_b, fg_a]]
+    # every anchor's box loss against its matched box (a background anchor: against itself, so its
+    # terms stay finite), summed over the foreground ones: shapes fixed, no nonzero (a GPU sync)
+    gt = torch.gather(gt_boxes, 1, matches.clamp(min=0)[:, :, None].expand(-1, -1, 4))  # [B, N, 4]
+    gt = torch.where(fg[:, :, None], gt, anchors)
     if box_loss == "l1":
-        per = (pred - box_coder.encode(gt, anc)).abs().sum(dim=1)
+        per = (bbox_reg - box_coder.encode(gt, anchors)).abs().sum(dim=2)  # [B, N]
     elif box_loss == "giou":
-        per = generalized_box_iou_loss(box_coder.decode(pred, anc), gt, reduction="none")
+        per = generalized_box_iou_loss(box_coder.decode(bbox_reg, anchors), gt, reduction="none")
     else:
         raise ValueError(f"unknown box_loss {box_loss!r}")
-    per_image = torch.zeros(B, dtype=per.dtype, device=per.device).index_add_(0, fg_b, per)
+    per_image = torch.where(fg, per, 0.0).sum(dim=1)  # [B]
     reg_loss = (per_image / num_fg).mean()
     return {"classification": cls_loss, "bbox_regression": reg_loss}
