@@ -110,12 +110,13 @@ class RetinaNet(nn.Module):
         if self.training:
             targets = [dict(t, boxes=resize_boxes(t["boxes"], o, s)) if o != s else t
                        for t, o, s in zip(targets, orig, sizes)]
+        # eval: the sizes' copy to the device (blocking on a GPU) before the network is queued, not after it
+        image_hw = None if self.training else torch.tensor(sizes, device=batch.device)
         cls_out, reg_out, anchors = self._raw_with_anchors(batch)
         if self.training:
             with torch.autocast(batch.device.type, enabled=False):
                 return retinanet_loss(torch.cat(cls_out, 1), torch.cat(reg_out, 1),
                                       torch.cat(anchors, 0), targets, self.box_loss)
-        image_hw = torch.tensor(sizes, device=batch.device)
         thresh = c.score_thresh if score_thresh is None else float(score_thresh)
         out = decode_batch(cls_out, reg_out, anchors, image_hw, thresh, c.nms_thresh,
                            c.detections_per_img if max_dets is None else int(max_dets), c.topk_candidates)
