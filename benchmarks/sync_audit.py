@@ -57,6 +57,8 @@ HERE = Path(__file__).resolve()
 SYNC_OPS = {
     "_local_scalar_dense": "value read on the host (.item(), float(t), int(t), bool(t), `if t:`)",
     "nonzero": "output size depends on the data (nonzero, x[mask], torch.where(cond), as_tuple)",
+    "nonzero_numpy": "output size depends on the data (nonzero(as_tuple=True), torch.where(cond))",
+    "argwhere": "output size depends on the data",
     "masked_select": "output size depends on the data",
     "_unique": "output size depends on the data", "_unique2": "output size depends on the data",
     "unique_dim": "output size depends on the data", "unique_consecutive": "output size depends on the data",
@@ -129,7 +131,9 @@ def site_of(stack: list[traceback.FrameSummary]) -> tuple[str, str, str]:
     outside = [f for f in frames if not _under(f.filename, TORCH_DIR) and "torchvision" not in f.filename]
     f = (in_package or outside or frames or stack)[-1]
     below = frames[frames.index(f) + 1:] if f in frames else []
-    libs = [b for b in below if _under(b.filename, TORCH_DIR) or "torchvision" in b.filename]
+    libs = [b for b in below if (_under(b.filename, TORCH_DIR) and not b.filename.endswith("_ops.py"))
+            or "torchvision" in b.filename]
+    libs = [b for b in libs if "torchvision" in b.filename] or libs  # torchvision's function over the torch op's
     via = f"{_rel(libs[-1].filename)}:{libs[-1].name}" if libs else ""
     return f"{_rel(f.filename)}:{f.name}", f"{_rel(f.filename)}:{f.lineno}: {(f.line or '').strip()}", via
 
@@ -274,22 +278,28 @@ def patch_transfers(audit: SyncAudit):
 
 @contextlib.contextmanager
 def recording(audit: SyncAudit):
-    """``audit`` active: the dispatch mode and the transfer hooks (set ``audit.step`` to record)."""
-    with patch_transfers(audit), audit:
-        yield audit
+    """``audit`` active: the dispatch mode and the transfer hooks (``audit.begin(step)`` to record),
+    on one thread (toy sizes: more only wait for each other; the previous count is restored)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with patch_transfers(audit), audit:
+            yield audit
+    finally:
+        torch.set_num_threads(threads)
 
 
 # --- the training step ----------------------------------------------------------------------------
 
-TINY = dict(arch="resnet18_fpn", norm="bn", min_size=64, max_size=64, fpn_channels=32, head_convs=1,
+TINY = dict(arch="resnet18_fpn", norm="bn", min_size=64, max_size=128, fpn_channels=32, head_convs=1,
             trainable_backbone_layers=5)
 
 
-def tiny_batch(batch_size: int = 2, size: int = 64, seed: int = 0):
-    """Random uint8 images already at the model's input size, and one or two boxes each (the loader's
-    batch: images pre-resized in the workers)."""
+def tiny_batch(batch_size: int = 2, size: int = 64, width: int | None = None, seed: int = 0):
+    """Random uint8 ``size x width`` images (already at the model's input size, as the loader's
+    workers resize them) and one or two boxes each."""
     g = torch.Generator().manual_seed(seed)
-    images = [torch.randint(0, 256, (3, size, size), dtype=torch.uint8, generator=g) for _ in range(batch_size)]
+    images = [torch.randint(0, 256, (3, size, width or size), dtype=torch.uint8, generator=g) for _ in range(batch_size)]
     targets = []
     for i in range(batch_size):
         n = 1 + i % 2
@@ -301,10 +311,13 @@ def tiny_batch(batch_size: int = 2, size: int = 64, seed: int = 0):
 
 
 def build_step(amp: str = "off", optimizer: str = "sgd", clip: float | None = None, ema: bool = False,
-               channels_last: bool = True, model_options: dict | None = None, seed: int = 0):
+               grad_scaling: bool | None = None, fused: bool = True, channels_last: bool = True,
+               model_options: dict | None = None, seed: int = 0):
     """What ``setup`` builds for a run on the CPU, at toy size: ``(model, optimizer, scaler,
     precision, ema, cfg)``. ``amp="fp16"`` (refused on CPUs by ``resolve_precision``) gives the
-    fp16 + ``GradScaler`` path of GPUs without bf16."""
+    fp16 + ``GradScaler`` path of GPUs without bf16 (fp16 convolutions are slow on CPUs:
+    ``grad_scaling=True`` runs the ``GradScaler`` path with fp32 compute). ``fused=False``: the
+    optimizer of devices other than CPU and CUDA (MPS)."""
     from retinanet.config import TrainConfig
     from retinanet.engine.runtime.precision import Precision, resolve_precision
     from retinanet.engine.train.optim import build_ema, build_optimizer
@@ -317,25 +330,29 @@ def build_step(amp: str = "off", optimizer: str = "sgd", clip: float | None = No
     cfg = TrainConfig(optimizer=optimizer, amp="off" if amp == "fp16" else amp, clip_grad_norm=clip, lr=0.01,
                       ema=ema, ema_ramp_iters=100)
     precision = Precision(torch.float16, "fp16 on the CPU (audit)") if amp == "fp16" else resolve_precision(amp, "cpu")
-    opt = build_optimizer(model, cfg, fused=True)  # as setup builds it for CPU and CUDA devices
-    scaler = torch.amp.GradScaler("cpu", enabled=precision.grad_scaling)
+    opt = build_optimizer(model, cfg, fused=fused)  # setup: fused on CPU and CUDA devices
+    scaler = torch.amp.GradScaler("cpu", enabled=precision.grad_scaling if grad_scaling is None else grad_scaling)
     return model.train(), opt, scaler, precision, build_ema(model, cfg), cfg
 
 
 def audit_train_step(steps: int = 2, warmup: int = 1, amp: str = "off", optimizer: str = "sgd",
-                     clip: float | None = None, ema: bool = False, batch=None, **build) -> SyncAudit:
+                     clip: float | None = None, ema: bool = False, batches=None, **build) -> SyncAudit:
     """``train_one_epoch``'s body (lr, ``train_step``, ``StepMeter.add``, EMA) for ``warmup`` then
-    ``steps`` audited steps; returns the ``SyncAudit`` (``by_step()``: the sites of each)."""
+    ``steps`` audited steps; returns the ``SyncAudit`` (``by_step()``: the sites of each).
+
+    ``batches``: ``(images, targets)`` of each step (warm-up included), cycled; by default
+    ``tiny_batch()``. ``build``: more options of ``build_step``."""
     from retinanet.engine.train.loop import LOSSES, StepMeter, train_step
     from retinanet.engine.train.optim import lr_factor, set_lr
 
-    images, targets = batch or tiny_batch()
+    batches = batches or [tiny_batch()]
     device = torch.device("cpu")
     audit = SyncAudit()
     with recording(audit):  # built under the hooks: what torch.tensor makes without a device is on the host
         model, opt, scaler, precision, ema_model, cfg = build_step(amp, optimizer, clip, ema, **build)
         meter = StepMeter(device, LOSSES, streak=0, limit=cfg.max_bad_steps)
         for i in range(warmup + steps):
+            images, targets = batches[i % len(batches)]
             audit.host(images, targets)  # the loader's batch, as train_one_epoch gets it
             audit.begin(i - warmup)  # < 0 during the warm-up: not recorded
             set_lr(opt, cfg.lr * lr_factor(i, i / 100, cfg, 1.0, 10))
@@ -419,10 +436,11 @@ def audit_train_run(root: Path, steps: int = 4, amp: str = "off", **train_option
 
 
 def audit_inference(passes: int = 2, warmup: int = 1, amp: str = "off", sizes=((64, 64), (64, 64)),
-                    score_thresh: float = 0.0) -> SyncAudit:
+                    score_thresh: float | None = None) -> SyncAudit:
     """``model.eval()`` forward (pre-processing, network, ``decode_batch``, unpadding) and the
-    evaluation's ``detections_to_host``, on an untrained tiny model (``score_thresh`` 0: every
-    candidate passes, so every branch of the post-processing runs)."""
+    evaluation's ``detections_to_host``, on an untrained tiny model. ``score_thresh`` None: the
+    model's (0.05; the untrained model's scores are about 0.01: no candidate passes); 0: every
+    candidate passes (the top-k branch, NMS over every candidate)."""
     from retinanet.engine.evaluate.loop import detections_to_host
     from retinanet.engine.runtime.precision import resolve_precision
     from retinanet.model import build_model
@@ -469,11 +487,13 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=3, help="audited steps, after one warm-up step [3]")
     p.add_argument("--run", action="store_true", help="the whole train() loop (synthetic data) instead of the step")
     p.add_argument("--infer", action="store_true", help="model.eval() forward + post-processing instead")
+    p.add_argument("--score-thresh", type=float, default=None,
+                   help="--infer: score threshold (0: every candidate reaches NMS) [the model's, 0.05]")
     args = p.parse_args(argv)
-    torch.set_num_threads(1)
     if args.infer:
-        audit = audit_inference(passes=args.steps, amp="off" if args.amp == "fp16" else args.amp)
-        what = f"inference ({args.amp}), per pass of 2 images"
+        audit = audit_inference(passes=args.steps, amp="off" if args.amp == "fp16" else args.amp,
+                                score_thresh=args.score_thresh)
+        what = f"inference ({args.amp}, score_thresh {args.score_thresh}), per pass of 2 images"
     elif args.run:
         import tempfile
         with tempfile.TemporaryDirectory() as tmp:
