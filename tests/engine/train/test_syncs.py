@@ -47,10 +47,14 @@ def test_steady_state_train_step_syncs_only_where_named():
     assert _found(audit) == set(ALLOWED), sync_audit.table(audit, audit.steps)
 
 
+V2 = dict(sync_audit.TINY, arch="resnet18_fpn_v2")  # the recipes' arch: GroupNorm heads, GIoU box loss
+
+
 @pytest.mark.parametrize("options", [
-    dict(amp="bf16", optimizer="adamw", clip=5.0, ema=True),  # --amp auto on GPUs with bf16; clip, EMA (its update)
+    # --amp auto on GPUs with bf16, the v2 arch (GIoU), AdamW, clip, EMA (its update)
+    dict(amp="bf16", optimizer="adamw", clip=5.0, ema=True, model_options=V2),
     dict(amp="off", grad_scaling=True, clip=5.0),  # fp16's GradScaler (unscale_, found_inf, update); fp32 compute
-], ids=["bf16-adamw-clip-ema", "gradscaler-clip"])
+], ids=["v2-bf16-adamw-clip-ema", "gradscaler-clip"])
 def test_other_train_step_paths_sync_only_where_named(options):
     audit = sync_audit.audit_train_step(steps=1, warmup=1, **options)
     assert audit.steps == 1
