@@ -33,29 +33,26 @@ class _FocalLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits: Tensor, weight: Tensor, labels: Tensor) -> Tensor:
         fg = labels >= 0  # [B, N]
-        cls = labels.clamp(min=0)[:, :, None]  # [B, N, 1]
         p = torch.sigmoid(logits)
         per_anchor = F.softplus(logits).mul_(p).mul_(p).sum(dim=2).mul_(1 - ALPHA)  # [B, N]
-        xp = logits.gather(2, cls).squeeze(2)  # [B, N] each anchor's logit at its label
+        xp = logits.gather(2, labels.clamp(min=0)[:, :, None]).squeeze(2)  # [B, N] each anchor's logit at its label
         pp = torch.sigmoid(xp)
         fix = ALPHA * (1 - pp) ** 2 * F.softplus(-xp) - (1 - ALPHA) * pp**2 * F.softplus(xp)
         per_anchor += torch.where(fg, fix, 0.0)  # where, not a product: a background anchor's fix may be inf
-        ctx.save_for_backward(logits, weight, labels)
+        ctx.save_for_backward(logits, weight, labels, xp)
         return (per_anchor * weight).sum()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):
-        logits, weight, labels = ctx.saved_tensors
-        fg = labels >= 0
-        cls = labels.clamp(min=0)[:, :, None]
+        logits, weight, labels, xp = ctx.saved_tensors
         w = (weight * grad)[:, :, None]
         g = _neg_grad(torch.sigmoid(logits), F.softplus(logits)).mul_(w)
-        xp = logits.gather(2, cls).squeeze(2)
         pp = torch.sigmoid(xp)
         d_pos = -ALPHA * (1 - pp) ** 2 * (2 * pp * F.softplus(-xp) + (1 - pp))
         d_neg = _neg_grad(pp, F.softplus(xp))
-        g.scatter_add_(2, cls, torch.where(fg, (d_pos - d_neg) * w.squeeze(2), 0.0)[:, :, None])
+        fix = torch.where(labels >= 0, (d_pos - d_neg) * w.squeeze(2), 0.0)
+        g.scatter_add_(2, labels.clamp(min=0)[:, :, None], fix[:, :, None])
         return g, None, None
 
 
