@@ -19,6 +19,10 @@ with a ``device`` (a blocking host-to-device copy on a GPU), and a blocking ``.t
 host tensor (the batch as the loader yields it, or one made by ``torch.tensor`` without a device).
 A ``.to(device, non_blocking=True)`` is not a sync (pinned batches: ``build_loader``).
 
+The package runs its accelerators' code paths under the audit: the loss, which on a CPU picks
+the foreground anchors with a ``nonzero`` (free there), computes every anchor's terms as on a GPU
+(``retinanet.model.loss.COMPACT_DEVICES``).
+
 Each sync is attributed to a site, ``retinanet/PATH:FUNCTION`` (the innermost frame in the
 package; ``via torch/...`` names the torch function below it when the op is inside torch), as
 ``bench_gpu.py --sync-debug`` names the lines ``torch.cuda.set_sync_debug_mode("warn")`` reports
@@ -279,14 +283,20 @@ def patch_transfers(audit: SyncAudit):
 @contextlib.contextmanager
 def recording(audit: SyncAudit):
     """``audit`` active: the dispatch mode and the transfer hooks (``audit.begin(step)`` to record),
-    on one thread (toy sizes: more only wait for each other; the previous count is restored)."""
-    threads = torch.get_num_threads()
+    on one thread (toy sizes: more only wait for each other; the previous count is restored), and
+    the package on the code paths of accelerators: ``retinanet.model.loss.COMPACT_DEVICES`` empty
+    (on a CPU the loss picks the foreground anchors with a ``nonzero``, free there)."""
+    import retinanet.model.loss as loss
+
+    threads, compact = torch.get_num_threads(), loss.COMPACT_DEVICES
     torch.set_num_threads(1)
+    loss.COMPACT_DEVICES = ()
     try:
         with patch_transfers(audit), audit:
             yield audit
     finally:
         torch.set_num_threads(threads)
+        loss.COMPACT_DEVICES = compact
 
 
 # --- the training step ----------------------------------------------------------------------------
