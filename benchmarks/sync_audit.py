@@ -2,8 +2,8 @@
 would make the host wait for a GPU, and the line of ours that runs each.
 
     python benchmarks/sync_audit.py                       # the train step as `retinanet train` runs it on a GPU (bf16)
-    python benchmarks/sync_audit.py --amp fp16 --clip 10  # older GPUs: GradScaler, unscale + clip
-    python benchmarks/sync_audit.py --amp off --optimizer adamw --ema
+    python benchmarks/sync_audit.py --amp fp16 --clip 10  # older GPUs: GradScaler, unscale + clip (slow: fp16 on a CPU)
+    python benchmarks/sync_audit.py --amp off --optimizer adamw --ema --arch resnet18_fpn_v2   # the recipes' arch (GIoU)
     python benchmarks/sync_audit.py --run                 # the whole `train()` loop on a synthetic set
     python benchmarks/sync_audit.py --infer               # model.eval() forward + post-processing
 
@@ -118,10 +118,11 @@ def _under(filename: str, folder: Path) -> bool:
 
 
 def _rel(filename: str) -> str:
+    """A path relative to the repository, else to site-packages (``torch/...``, ``torchvision/...``)."""
     path = Path(filename).resolve()
-    for base, prefix in ((REPO, ""), (TORCH_DIR.parent, "")):
+    for base in (REPO, TORCH_DIR.parent):
         if path.is_relative_to(base):
-            return prefix + str(path.relative_to(base))
+            return str(path.relative_to(base))
     return path.name
 
 
@@ -374,7 +375,8 @@ def audit_train_step(steps: int = 2, warmup: int = 1, amp: str = "off", optimize
     return audit
 
 
-def audit_train_run(root: Path, steps: int = 4, amp: str = "off", **train_options) -> SyncAudit:
+def audit_train_run(root: Path, steps: int = 4, amp: str = "off", arch: str = TINY["arch"],
+                    **train_options) -> SyncAudit:
     """The real ``train()`` (``retinanet.engine.train.loop``) for one epoch of ``steps`` batches of 2
     synthetic 64 px images: every step after the first, from the loader's batch to the next fetch;
     the loader's fetches and the logging points (``report_steps``: ``StepMeter.read``) are not
@@ -429,7 +431,7 @@ def audit_train_run(root: Path, steps: int = 4, amp: str = "off", **train_option
         finally:
             audit.step = step
 
-    model = ModelConfig(**{k: v for k, v in TINY.items() if k != "trainable_backbone_layers"})
+    model = ModelConfig(**{k: v for k, v in TINY.items() if k != "trainable_backbone_layers"} | {"arch": arch})
     data = DataConfig(root=str(root / "syn" / "VOCdevkit"), workers=0)
     cfg = TrainConfig(out=str(root / "run"), epochs=1, batch_size=2, print_every=10**6, device="cpu", amp=amp,
                       weights="none", **train_options)
@@ -446,7 +448,7 @@ def audit_train_run(root: Path, steps: int = 4, amp: str = "off", **train_option
 
 
 def audit_inference(passes: int = 2, warmup: int = 1, amp: str = "off", sizes=((64, 64), (64, 64)),
-                    score_thresh: float | None = None) -> SyncAudit:
+                    score_thresh: float | None = None, arch: str = TINY["arch"]) -> SyncAudit:
     """``model.eval()`` forward (pre-processing, network, ``decode_batch``, unpadding) and the
     evaluation's ``detections_to_host``, on an untrained tiny model. ``score_thresh`` None: the
     model's (0.05; the untrained model's scores are about 0.01: no candidate passes); 0: every
@@ -456,7 +458,7 @@ def audit_inference(passes: int = 2, warmup: int = 1, amp: str = "off", sizes=((
     from retinanet.model import build_model
 
     torch.manual_seed(0)
-    model = build_model(num_classes=5, **TINY).to(memory_format=torch.channels_last).eval()
+    model = build_model(num_classes=5, **(TINY | {"arch": arch})).to(memory_format=torch.channels_last).eval()
     precision = resolve_precision(amp, "cpu")
     g = torch.Generator().manual_seed(0)
     images = [torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g) for h, w in sizes]
@@ -491,6 +493,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--amp", default="bf16", choices=["off", "bf16", "fp16"],
                    help="autocast of the step: bf16 (GPUs with bf16: --amp auto), fp16 (+ GradScaler), off [bf16]")
+    p.add_argument("--arch", default=TINY["arch"], help=f"tiny model of this arch [{TINY['arch']}]")
     p.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"])
     p.add_argument("--clip", type=float, default=None, help="--clip-grad [off]")
     p.add_argument("--ema", action="store_true")
@@ -502,17 +505,18 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     if args.infer:
         audit = audit_inference(passes=args.steps, amp="off" if args.amp == "fp16" else args.amp,
-                                score_thresh=args.score_thresh)
-        what = f"inference ({args.amp}, score_thresh {args.score_thresh}), per pass of 2 images"
+                                score_thresh=args.score_thresh, arch=args.arch)
+        what = f"inference ({args.arch}, {args.amp}, score_thresh {args.score_thresh}), per pass of 2 images"
     elif args.run:
         import tempfile
         with tempfile.TemporaryDirectory() as tmp:
             audit = audit_train_run(Path(tmp), steps=args.steps + 1, amp="off" if args.amp == "fp16" else args.amp,
-                                    optimizer=args.optimizer, clip_grad_norm=args.clip, ema=args.ema)
-        what = f"train() loop ({args.amp}, {args.optimizer}, clip {args.clip}, ema {args.ema}), per step"
+                                    arch=args.arch, optimizer=args.optimizer, clip_grad_norm=args.clip, ema=args.ema)
+        what = f"train() loop ({args.arch}, {args.amp}, {args.optimizer}, clip {args.clip}, ema {args.ema}), per step"
     else:
-        audit = audit_train_step(steps=args.steps, amp=args.amp, optimizer=args.optimizer, clip=args.clip, ema=args.ema)
-        what = f"train step ({args.amp}, {args.optimizer}, clip {args.clip}, ema {args.ema}), per step"
+        audit = audit_train_step(steps=args.steps, amp=args.amp, optimizer=args.optimizer, clip=args.clip, ema=args.ema,
+                                 model_options=dict(TINY, arch=args.arch))
+        what = f"train step ({args.arch}, {args.amp}, {args.optimizer}, clip {args.clip}, ema {args.ema}), per step"
     print(f"{what}: {len(audit.events)} syncs in {audit.steps} audited step(s)")
     print(table(audit, audit.steps))
 
