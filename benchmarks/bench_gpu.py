@@ -23,9 +23,11 @@ file is rewritten after every row, so a run cut short keeps what it measured):
 - ``loader W workers``: ``retinanet.data.build_loader`` on ``--loader-images`` synthetic JPEGs
   (``make_synthetic``, ``--loader-size`` square: 1000 px has the pixel count of 800x1216)
   resized to the model input, to compare with the training rate;
-- ``--sync-debug N``: N steady-state training steps of ours (AMP) under
+- ``--sync-debug N``: N steady-state training steps of ours (AMP; the training loop's own
+  ``train_step`` with the fused SGD it uses, and ``StepMeter.add``) under
   ``torch.cuda.set_sync_debug_mode("warn")``; counts the host-device synchronisations and
-  reports where in the code each one happens (CUDA only);
+  reports where in the code each one happens (CUDA only; ``benchmarks/sync_audit.py`` finds
+  them on a CPU);
 - ``--cuda-graphs``: the network alone (backbone -> FPN -> heads: ``RetinaNet.forward_raw`` and
   torchvision's ``head(backbone(x))``) eager and replayed from a CUDA graph, AMP;
   post-processing (data-dependent shapes) stays outside the graph (CUDA only);
@@ -59,8 +61,10 @@ START = time.perf_counter()  # --time-budget counts from here (after the imports
 import retinanet  # noqa: E402
 from bench_model import Runner, build_torchvision, load_average, machine, setup, time_mode  # noqa: E402
 from retinanet import build_model  # noqa: E402
-from retinanet.engine.runtime.precision import resolve_precision  # noqa: E402
-from retinanet.config import DataConfig  # noqa: E402
+from retinanet.engine.runtime.precision import Precision, resolve_precision  # noqa: E402
+from retinanet.engine.train.loop import LOSSES, StepMeter, train_step  # noqa: E402
+from retinanet.engine.train.optim import build_optimizer, set_lr  # noqa: E402
+from retinanet.config import DataConfig, TrainConfig  # noqa: E402
 from retinanet.data import build_datasets, build_loader, make_synthetic  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -361,27 +365,30 @@ def loader_row(root: str, workers: int, args) -> dict:
 
 
 def sync_row(model, images, targets, amp_dtype, steps: int, device) -> dict:
-    """Host-device syncs of ``steps`` steady-state training steps of ``model`` (AMP)."""
+    """Host-device syncs of ``steps`` steady-state training steps of ``model``: the training loop's
+    own step (``retinanet.engine.train.loop.train_step``: fused SGD told to skip a non-finite step on
+    the device, the gradient norm; fp16 with the GradScaler) and ``StepMeter.add``, at ``amp_dtype``.
+    ``benchmarks/sync_audit.py`` finds the same syncs on a CPU."""
     if device.type != "cuda":
         raise RuntimeError(f"sync debug mode needs a CUDA device, not {device}")
     model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=1e-4, momentum=0.9)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    cfg = TrainConfig(lr=1e-4, momentum=0.9)
+    opt = build_optimizer(model, cfg, fused=True)  # as setup builds it for CUDA devices
+    precision = Precision(amp_dtype, "bench_gpu")
+    scaler = torch.amp.GradScaler(device.type, enabled=precision.grad_scaling)
+    meter = StepMeter(device, LOSSES, streak=0, limit=cfg.max_bad_steps)
+    done = [0]
 
     def step():
-        with torch.autocast(device.type, dtype=amp_dtype):
-            losses = model(images, targets)
-        loss = sum(losses.values())
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
+        set_lr(opt, cfg.lr)
+        meter.add(train_step(model, opt, images, targets, cfg, device, scaler, precision), len(images), done[0])
+        done[0] += 1
 
     for _ in range(2):  # steady state: caches, allocator, momentum buffers
         step()
     sync(device)
     sites = count_sync_warnings(step, steps, device)
+    meter.read()  # the logging point's one copy, outside the counted steps
     total = sum(sites.values())
     return {"steps": steps, "syncs": total, "syncs_per_step": total / steps,
             "sites": [{"site": s, "count": c} for s, c in sites.most_common()]}

@@ -67,8 +67,13 @@ def resize_image(image: Tensor, min_size: int, max_size: int) -> Tensor:
 
 
 def resize_boxes(boxes: Tensor, old_hw: tuple[int, int], new_hw: tuple[int, int]) -> Tensor:
-    """Scale ``[N, 4]`` xyxy boxes from an ``old_hw`` image frame to ``new_hw`` (fp32 ratios)."""
-    rh = torch.tensor(new_hw[0], dtype=torch.float32) / torch.tensor(old_hw[0], dtype=torch.float32)
-    rw = torch.tensor(new_hw[1], dtype=torch.float32) / torch.tensor(old_hw[1], dtype=torch.float32)
-    scale = torch.stack([rw, rh, rw, rh]).to(boxes.device)
-    return boxes * scale
+    """Scale ``[N, 4]`` xyxy boxes from an ``old_hw`` image frame to ``new_hw`` (fp32 ratios).
+
+    The ratios are Python numbers (fp32 values), not a tensor copied to the boxes' device (on a
+    GPU a blocking copy per call); the result is the same, of dtype ``promote(boxes, float32)``."""
+    rh = (torch.tensor(new_hw[0], dtype=torch.float32) / torch.tensor(old_hw[0], dtype=torch.float32)).item()
+    rw = (torch.tensor(new_hw[1], dtype=torch.float32) / torch.tensor(old_hw[1], dtype=torch.float32)).item()
+    out = boxes.to(torch.promote_types(boxes.dtype, torch.float32), copy=True)
+    out[..., 0::2] *= rw
+    out[..., 1::2] *= rh
+    return out

@@ -23,8 +23,27 @@ def level_sizes(size: int) -> tuple[int, ...]:
     return tuple(int(size * 2 ** (i / SCALES_PER_OCTAVE)) for i in range(SCALES_PER_OCTAVE))
 
 
+_BASE: dict[tuple[int, torch.dtype, str], Tensor] = {}
+
+
 def base_anchors(size: int, dtype=torch.float32, device=None) -> Tensor:
-    """Rounded zero-centred ``[NUM_ANCHORS, 4]`` anchors of one level (ratio-major, scale-minor)."""
+    """Rounded zero-centred ``[NUM_ANCHORS, 4]`` anchors of one level (ratio-major, scale-minor).
+
+    Made from Python numbers, so on a GPU a blocking host-to-device copy: in eager mode made once
+    per (size, dtype, device) and kept (``AnchorCache`` calls it for every new padded image size);
+    traced or compiled graphs make their own."""
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return _base_anchors(size, dtype, device)
+    key = (size, dtype, str(torch.device(device) if device is not None else torch.device("cpu")))
+    if key in _BASE:
+        return _BASE[key]
+    anchors = _base_anchors(size, dtype, device)
+    if type(anchors) is Tensor:  # never a fake or functional tensor of an export that went unnoticed
+        _BASE[key] = anchors
+    return anchors
+
+
+def _base_anchors(size: int, dtype, device) -> Tensor:
     scales = torch.as_tensor(level_sizes(size), dtype=dtype, device=device)
     ratios = torch.as_tensor(ASPECT_RATIOS, dtype=dtype, device=device)
     h_ratios = torch.sqrt(ratios)

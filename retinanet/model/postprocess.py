@@ -182,7 +182,8 @@ def decode_batch(cls_levels: list[Tensor], reg_levels: list[Tensor], anchor_leve
     fb, fl, fs, fi = (torch.cat(t) for t in zip(*parts))
     fb = clip_boxes(fb, image_hw[fi])
     valid = (fs > score_thresh) & has_area(fb)  # a box left with no area by the clip (it lay in the padding): none
-    fb, fs, fl, fi = fb[valid], fs[valid], fl[valid], fi[valid]
+    sel = valid.nonzero().squeeze(1)  # one nonzero (a GPU sync) for the four, not one per mask indexing
+    fb, fs, fl, fi = fb[sel], fs[sel], fl[sel], fi[sel]
     keep = batched_nms(fb, fs, fi * C + fl, nms_thresh)  # sorted by score
     boxes, scores, labels, num = _pad_per_image(fb, fs, fl, fi, keep, score_thresh, B, detections_per_img)
     kth = torch.stack(left_out).amax(0).float()  # [B]: the best level that left candidates out

@@ -139,8 +139,9 @@ class RetinaNet(nn.Module):
             return Detected(dets, cuts)
         orig = [(int(i.shape[-2]), int(i.shape[-1])) for i in images]
         batch, sizes = batch_images(images, c.min_size, c.max_size, self.memory_format, resize=resize)
-        cls_out, reg_out, anchors = self._raw_with_anchors(batch)
+        # the sizes' copy to the device (blocking on a GPU) before the network is queued, not after it
         image_hw = torch.tensor(sizes, device=batch.device)
+        cls_out, reg_out, anchors = self._raw_with_anchors(batch)
         thresh = c.score_thresh if score_thresh is None else float(score_thresh)
         cap = c.detections_per_img if max_dets is None else int(max_dets)
         boxes, scores, labels, num, cut = decode_batch(cls_out, reg_out, anchors, image_hw, thresh, c.nms_thresh, cap,

@@ -1,5 +1,6 @@
 """Loss with ignore regions: anchors inside them leave the classification loss and its normaliser."""
 
+import pytest
 import torch
 from torchvision.models.detection._utils import Matcher
 from torchvision.ops import box_iou, sigmoid_focal_loss
@@ -7,6 +8,7 @@ from torchvision.ops import box_iou, sigmoid_focal_loss
 from retinanet.model import boxes as box_coder
 from retinanet.model import build_model
 from retinanet.model.anchors import AnchorCache
+import retinanet.model.loss as L
 from retinanet.model.loss import retinanet_loss
 
 C = 4
@@ -146,3 +148,25 @@ def test_model_trains_with_ignore_flags_from_the_targets():
     cleared = m(imgs, [dict(t, ignore=torch.zeros_like(t["ignore"])) for t in targets])
     assert losses["classification"] != cleared["classification"]
     assert all(torch.isfinite(v) for v in losses.values())
+
+
+@pytest.mark.parametrize("box_loss", ["l1", "giou"])
+def test_every_anchor_path_of_accelerators_equals_the_foreground_path(monkeypatch, box_loss):
+    """GPUs compute the foreground terms for every anchor, masked (``COMPACT_DEVICES``: no
+    ``nonzero``, a sync); CPUs for the foreground anchors alone. Same losses and gradients, up to
+    float rounding; also for a batch with no foreground at all and with extreme logits."""
+    g = torch.Generator().manual_seed(1)
+    anchors = _anchors()
+    for targets in (_batch(), [_target([], []), _target([[5, 5, 90, 90]], [2], [True])]):
+        cls, reg = _heads(g, len(targets), len(anchors))
+        with torch.no_grad():
+            cls[0, :50] *= 40  # saturated sigmoids
+        results = []
+        for devices in (("cpu",), ()):
+            monkeypatch.setattr(L, "COMPACT_DEVICES", devices)
+            losses = retinanet_loss(cls, reg, anchors, targets, box_loss)
+            grads = torch.autograd.grad(losses["classification"] + losses["bbox_regression"], (cls, reg))
+            results.append((losses["classification"], losses["bbox_regression"], *grads))
+        for a, b in zip(*results):
+            assert torch.isfinite(b).all()
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)

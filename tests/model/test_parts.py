@@ -12,7 +12,7 @@ from retinanet.errors import RetinaNetError
 from retinanet.geometry import resize_image, resized_size
 from retinanet.model import boxes, build_model
 from retinanet.model.anchors import NUM_ANCHORS, AnchorCache
-from retinanet.model.loss import focal_loss
+from retinanet.model.loss import focal_loss, giou_loss
 from retinanet.model.matcher import match
 
 
@@ -124,6 +124,24 @@ def test_focal_loss_equals_torchvision_formula():
     (g_ref,) = torch.autograd.grad(ref, logits)
     torch.testing.assert_close(ours, ref)
     torch.testing.assert_close(g_ours, g_ref)
+
+
+def test_giou_loss_equals_torchvision_bit_for_bit():
+    """``giou_loss`` (no boolean-mask indexing: no GPU sync) gives torchvision's values and gradients."""
+    from torchvision.ops import generalized_box_iou_loss
+
+    g = torch.Generator().manual_seed(0)
+    xy = torch.rand(2, 500, 2, generator=g) * 100
+    a = torch.cat([xy, xy + 1 + torch.rand(2, 500, 2, generator=g) * 40], -1).requires_grad_()
+    xy = torch.rand(2, 500, 2, generator=g) * 100  # about half of the pairs do not overlap
+    b = torch.cat([xy, xy + 1 + torch.rand(2, 500, 2, generator=g) * 40], -1)
+    b[0, :5] = a[0, :5].detach()  # identical boxes
+    weights = torch.rand(2, 500, generator=g)
+    ours, ref = giou_loss(a, b), generalized_box_iou_loss(a, b, reduction="none")
+    assert torch.equal(ours, ref)
+    (g_ours,) = torch.autograd.grad((ours * weights).sum(), a)
+    (g_ref,) = torch.autograd.grad((ref * weights).sum(), a)
+    assert torch.equal(g_ours, g_ref)
 
 
 def test_eval_mode_batchnorm_is_folded_into_the_convs(count_batch_norm):

@@ -122,23 +122,58 @@ def optimizer_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScale
         optimizer.step()
 
 
+def ema_decay(decay: float, ramp_iters: int, n: int) -> float:
+    """The EMA's decay after ``n`` updates: ``decay * (1 - exp(-n / ramp_iters))`` (constant
+    ``decay`` when ``ramp_iters`` is 0), so short runs do not average in the initial weights."""
+    return decay * (1 - math.exp(-float(n) / ramp_iters)) if ramp_iters > 0 else decay
+
+
 def ema_multi_avg_fn(decay: float, ramp_iters: int):
-    """EMA update for ``AveragedModel``: decay ``decay * (1 - exp(-n / ramp_iters))`` after n updates
-    (constant ``decay`` when ``ramp_iters`` is 0), so short runs do not average in the initial weights."""
+    """EMA update for ``AveragedModel`` (``ema_decay``)."""
 
     @torch.no_grad()
     def update(ema_params, params, num_averaged) -> None:
-        d = decay * (1 - math.exp(-float(num_averaged) / ramp_iters)) if ramp_iters > 0 else decay
-        torch._foreach_lerp_(ema_params, params, 1.0 - d)
+        torch._foreach_lerp_(ema_params, params, 1.0 - ema_decay(decay, ramp_iters, num_averaged))
 
     return update
 
 
-def build_ema(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.swa_utils.AveragedModel | None:
+class EMA(torch.optim.swa_utils.AveragedModel):
+    """``AveragedModel`` with ``ema_multi_avg_fn`` whose update never waits for the device.
+
+    ``AveragedModel`` keeps its count ``n_averaged`` on the host (built without a ``device``), and
+    its ``update_parameters`` copies it to the device (a blocking copy) for the averaging function,
+    which read it back (``float``): two GPU syncs per step. Here the count is read where it is, the
+    decay computed on the host and the weights updated as ``AveragedModel`` would (the same ops,
+    the same values). Same state_dict (``n_averaged`` included) as ``AveragedModel``.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float, ramp_iters: int):
+        super().__init__(model, multi_avg_fn=ema_multi_avg_fn(decay, ramp_iters))
+        self.decay, self.ramp_iters = decay, ramp_iters
+
+    @torch.no_grad()
+    def update_parameters(self, model: torch.nn.Module) -> None:
+        if self.use_buffers or self.n_averaged.device.type != "cpu":  # not as built here: torch's own update
+            return super().update_parameters(model)
+        n = int(self.n_averaged)  # a host tensor: no sync
+        averaged = [p.detach() for p in self.module.parameters()]
+        current = [p.detach() for p in model.parameters()]
+        if n == 0:
+            for a, p in zip(averaged, current):
+                a.copy_(p)
+        else:
+            torch._foreach_lerp_(averaged, current, 1.0 - ema_decay(self.decay, self.ramp_iters, n))
+        for a, b in zip(self.module.buffers(), model.buffers()):  # not averaged: kept equal to the model's
+            a.detach().copy_(b.detach())
+        self.n_averaged += 1
+
+
+def build_ema(model: torch.nn.Module, cfg: TrainConfig) -> EMA | None:
     """The EMA of ``model``'s weights (``cfg.ema``), else None."""
     if not cfg.ema:
         return None
-    return torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=ema_multi_avg_fn(cfg.ema_decay, cfg.ema_ramp_iters))
+    return EMA(model, cfg.ema_decay, cfg.ema_ramp_iters)
 
 
 def seed_everything(seed: int) -> None:

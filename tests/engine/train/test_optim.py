@@ -85,6 +85,25 @@ def test_ema_update_ramps_its_decay():
     torch.testing.assert_close(ema[0], torch.full((3,), 1 - 0.9 * (1 - math.exp(-1))))
 
 
+@pytest.mark.parametrize("ramp", [0, 3])
+def test_ema_updates_as_averaged_model_without_reading_the_device(ramp):
+    """``EMA`` (no host-device sync per update) gives ``AveragedModel``'s weights, buffers and
+    count bit for bit, and the same state_dict keys."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    ours = build_ema(model, TrainConfig(ema=True, ema_decay=0.9, ema_ramp_iters=ramp))
+    ref = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=ema_multi_avg_fn(0.9, ramp))
+    for _ in range(4):
+        model(torch.randn(5, 3))  # BatchNorm statistics move
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        ours.update_parameters(model)
+        ref.update_parameters(model)
+    a, b = ours.state_dict(), ref.state_dict()
+    assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a) and int(a["n_averaged"]) == 4
+
+
 def test_rng_state_round_trip_survives_weights_only_save(tmp_path):
     state = rng_state()
     torch.save({"rng": state}, tmp_path / "s.pt")
