@@ -228,8 +228,14 @@ def check_dataset(cfg: DataConfig, *, progress: bool = True, out: str | Path | N
 _SPLIT_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:purple")
 
 
+def object_sizes(r: Record) -> np.ndarray:
+    """``[N, 2]`` width, height, in original pixels, of the boxes of ``r`` trained as objects:
+    ignore regions (crowd, difficult) left out, as the matcher never assigns them to anchors."""
+    return (r.boxes[:, 2:] - r.boxes[:, :2])[~np.asarray(r.ignore, dtype=bool)]
+
+
 def model_box_sizes(records: list[Record], image_hw: dict[str, tuple[int, int]], min_size: int, max_size: int) -> np.ndarray:
-    """``[N, 2]`` width, height of every box as the model sees it: scaled like its image by the
+    """``[N, 2]`` width, height of every box trained as an object (``object_sizes``) as the model sees it, scaled like its image by the
     model's resize to ``min_size`` / ``max_size`` (``retinanet.geometry.resized_size``).
 
     An image's size is its decoded size, else the annotation's; images with neither are left out.
@@ -240,7 +246,7 @@ def model_box_sizes(records: list[Record], image_hw: dict[str, tuple[int, int]],
         if hw is None or len(r.boxes) == 0:
             continue
         nh, nw = resized_size(int(hw[0]), int(hw[1]), min_size, max_size)
-        wh = r.boxes[:, 2:] - r.boxes[:, :2]  # [N, 2] original pixels
+        wh = object_sizes(r)  # [N, 2] original pixels
         out.append(wh * np.array([nw / hw[1], nh / hw[0]]))
     return np.concatenate(out).astype(np.float64)
 
@@ -373,7 +379,7 @@ def too_small_for_anchors(records: list[Record], image_hw: list[tuple[int, int] 
         image_hw: each record's image size (``DetectionDataset.image_sizes``; None: left out).
     """
     if native:
-        wh = np.concatenate([np.zeros((0, 2)), *(r.boxes[:, 2:] - r.boxes[:, :2] for r in records)]).astype(np.float64)
+        wh = np.concatenate([np.zeros((0, 2)), *(object_sizes(r) for r in records)]).astype(np.float64)
     else:
         wh = model_box_sizes(records, {r.file: hw for r, hw in zip(records, image_hw) if hw}, min_size, max_size)
     wh = wh[(wh > 0).all(axis=1)]
@@ -424,7 +430,7 @@ def tile_hint(report: CheckReport, min_size: int, max_size: int, anchor_sizes: t
     advice is the remedy).
     """
     resized = np.concatenate([np.zeros((0, 2)), *split_box_sizes(report, min_size, max_size).values()])
-    native = [r.boxes[:, 2:] - r.boxes[:, :2] for recs in report.records.values() for r in recs]
+    native = [object_sizes(r) for recs in report.records.values() for r in recs]
     native = np.concatenate([np.zeros((0, 2)), *native]).astype(np.float64)
     native = native[(native > 0).all(axis=1)]
     total = len(resized)

@@ -166,6 +166,10 @@ def test_training_warns_when_most_boxes_are_too_small_for_the_anchors():
     assert "(or --min-size 256 --max-size 256)" in said  # whole images: a larger input is a remedy too
     unknown = [rec(f"{s}.jpg", s, size=None) for s in (10, 20, 30, 60)]
     assert too_small_for_anchors(unknown, [None] * 4, 100, 100, (32, 64, 128, 256, 512)) == ""  # sizes unknown: no claim
+    # crowd/difficult regions are never matched to anchors: not counted (were: 24 crowd boxes in "0 of 1624 boxes")
+    crowded = [Record(f"{s}.jpg", np.array([[0, 0, s, s], [0, 0, 8, 8], [0, 0, 9, 9]], np.float32), np.ones(3, np.int64),
+                      np.array([False, True, True]), 0, (100, 100), f"{s}.jpg") for s in (10, 20, 30, 60)]
+    assert too_small_for_anchors(crowded, sizes, 100, 100, (32, 64, 128, 256, 512)).startswith("2 of the 4 training boxes")
 
 
 def test_crop_training_anchor_advice_is_anchors_alone():
