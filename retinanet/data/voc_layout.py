@@ -8,6 +8,8 @@ folders (``images/`` + ``annotations/``, ``JPEGImages`` + ``Annotations``, ...),
 no split files. The validation images are those named in a list file (``--val-split
 path/to/val.txt``), else a seeded draw of ``val_fraction`` of the stems, written to
 ``ROOT/splits/{train,val}.txt`` and reused when those files exist (delete them to redraw).
+A folder per split, each such a flat folder (Roboflow's Pascal VOC export: ``train/``,
+``valid/``, ``test/``), gives the splits itself (``split_folders``).
 """
 
 from __future__ import annotations
@@ -135,6 +137,27 @@ def flat_folders(root: Path) -> tuple[Path, Path]:
     xml_dir = next((root / d for d in _XML_DIRS if (root / d).is_dir()), root)
     img_dir = next((root / d for d in _IMAGE_DIRS if (root / d).is_dir()), root)
     return img_dir, xml_dir
+
+
+_VAL_FOLDERS = ("val", "valid", "validation")  # Roboflow names its validation folder valid/
+
+
+def split_folders(root: Path, names: dict[str, str]) -> dict[str, Path | None] | None:
+    """A flat export with a folder per split (Roboflow's Pascal VOC: ``train/``, ``valid/``,
+    ``test/``, each images + XML): split -> its folder (None: not there), when ``root`` holds no
+    XML of its own and the folder of the training split name holds some; else None.
+
+    ``names``: split -> folder name (``--train-split``, ``--val-split``); the name ``val`` is also
+    found as ``valid/`` or ``validation/``.
+    """
+    train = root / names.get("train", "train")
+    if xml_files(flat_folders(root)[1]) or not train.is_dir() or not xml_files(flat_folders(train)[1]):
+        return None
+    found: dict[str, Path | None] = {}
+    for split, name in names.items():
+        looked = _VAL_FOLDERS if name in _VAL_FOLDERS else (name,)
+        found[split] = next((root / n for n in looked if (root / n).is_dir()), None)
+    return found
 
 
 def other_format_hint(root: Path) -> str:

@@ -354,3 +354,21 @@ def test_reading_saved_flat_splits_of_many_images_takes_about_as_long_as_drawing
     t_read = time.perf_counter() - t
     assert read == drawn and not problems and not warnings
     assert t_read < max(2.0, 5 * t_draw), (t_read, t_draw)
+
+
+def test_a_folder_per_split_roboflow_s_voc_export_gives_the_splits(tmp_path):
+    """Roboflow's Pascal VOC export (train/, valid/, test/, each images + XML) was refused: "no
+    .xml annotation files found". Each folder is now its split (valid/ for val, --split test)."""
+    root = tmp_path / "export"
+    for split, n in (("train", 3), ("valid", 2), ("test", 1)):
+        for i in range(n):
+            write_image(root / split / f"{split}{i}.jpg", seed=i)
+            (root / split / f"{split}{i}.xml").write_text(xml_text(f"{split}{i}.jpg", (64, 80), [obj("cat" if i else "dog")]))
+    (root / "README.roboflow.txt").write_text("exported\n")
+    ds = build_datasets(DataConfig(root=str(root)), **SIZES)
+    assert ds.format == "voc-flat" and (len(ds.train), len(ds.val)) == (3, 2) and ds.class_map.to_dict() == {"cat": 1, "dog": 2}
+    assert all("/valid/valid" in r.file for r in ds.val.records) and not (root / "splits").exists()
+    ds = build_datasets(DataConfig(root=str(root), val_split="test"), splits=("val",), **SIZES)
+    assert [r.file.rsplit("/", 2)[1:] for r in ds.val.records] == [["test", "test0.jpg"]]
+    with pytest.raises(DataError, match=r"no folder for the split 'holdout'; its folders: test, train, valid.*--data .*/export/train to draw"):
+        build_datasets(DataConfig(root=str(root), val_split="holdout"), **SIZES)
