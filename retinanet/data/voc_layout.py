@@ -163,10 +163,15 @@ def split_folders(root: Path, names: dict[str, str]) -> dict[str, Path | None] |
 def other_format_hint(root: Path) -> str:
     """What a folder without VOC XML seems to hold instead, said as a hint ("" when nothing known):
     a COCO JSON (Roboflow COCO: ``train/_annotations.coco.json``), YOLO labels without a data.yaml
-    (Label Studio, LabelImg)."""
+    (Label Studio, LabelImg; CVAT's darknet "YOLO 1.1": ``obj.names``, ``obj_train_data/``)."""
     jsons = sorted(root.glob("*.json")) + sorted(root.glob("*/*.json"))
     if jsons:
         return f"; for COCO JSON annotations give the file as --data (found {jsons[0]})"
+    if (root / "obj.names").is_file() or (root / "obj.data").is_file():
+        folders = sorted(p.name for p in root.glob("obj_*_data") if p.is_dir()) or ["obj_train_data"]
+        return ("; this looks like a darknet YOLO export (CVAT's YOLO 1.1: obj.names, obj.data, labels beside the images): "
+                f"write a data.yaml (train: {folders[0]}, val: {folders[-1] if len(folders) > 1 else 'a folder of validation images'}, "
+                "names: the lines of obj.names) and give it as --data")
     if (root / "labels").is_dir() or (root / "classes.txt").is_file():
         return ("; this looks like YOLO labels without a data.yaml: write one (path, train, val, names: the lines of "
                 "classes.txt) and give it as --data")

@@ -372,3 +372,17 @@ def test_a_folder_per_split_roboflow_s_voc_export_gives_the_splits(tmp_path):
     assert [r.file.rsplit("/", 2)[1:] for r in ds.val.records] == [["test", "test0.jpg"]]
     with pytest.raises(DataError, match=r"no folder for the split 'holdout'; its folders: test, train, valid.*--data .*/export/train to draw"):
         build_datasets(DataConfig(root=str(root), val_split="holdout"), **SIZES)
+
+
+def test_a_darknet_yolo_export_is_named_with_the_data_yaml_to_write(tmp_path):
+    """CVAT's "YOLO 1.1" export (obj.names, obj.data, obj_train_data/ with labels beside the
+    images) read as a flat VOC folder: "no .xml annotation files found", and nothing more."""
+    root = tmp_path / "cvat"
+    write_image(root / "obj_train_data" / "a.jpg")
+    (root / "obj_train_data" / "a.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    (root / "obj.names").write_text("cat\n")
+    (root / "obj.data").write_text("classes = 1\ntrain = data/train.txt\nnames = data/obj.names\n")
+    with pytest.raises(DataError, match=r"looks like a darknet YOLO export .*write a data.yaml \(train: obj_train_data, "):
+        build_datasets(DataConfig(root=str(root)), **SIZES)
+    (root / "data.yaml").write_text("train: obj_train_data\nval: obj_train_data\nnames: [cat]\n")  # what it says to write
+    assert len(build_datasets(DataConfig(root=str(root)), **SIZES).train) == 1
