@@ -41,11 +41,11 @@ from retinanet.data.records import Record
 from retinanet.data.sampler import GroupedBatchSampler, aspect_groups, dist_info
 from retinanet.data.synthetic import ensure_synthetic
 from retinanet.data.transforms import ItemTransform
-from retinanet.data.voc import stem_index, to_record
+from retinanet.data.voc import ImageSlot, stem_index, to_record
 from retinanet.data.workers import QuietWorkersLoader
 from retinanet.data.voc_layout import (
-    flat_folders, flat_split, is_voc_standard, parse_all, unannotated_images, voc_flat_pairs, voc_standard_pairs,
-    xml_files,
+    flat_folders, flat_split, is_voc_standard, parse_all, split_folders, unannotated_images, voc_flat_pairs,
+    voc_standard_pairs, xml_files,
 )
 from retinanet.data.yolo import yolo_records
 from retinanet.errors import DataError, RetinaNetError
@@ -125,12 +125,32 @@ def _class_map(cfg: DataConfig, names: list[str], given: ClassMap | None = None,
 SPLITS = ("train", "val")
 
 
+def _split_folder_pairs(root: Path, folder: Path | None, name: str, train: Path, problems: list[str], warns: list[str],
+                       ) -> list[tuple[Path, ImageSlot]]:
+    """Every annotated image of one split folder of a flat export (``split_folders``); ``train``:
+    the training split's folder (named in the problem of a split without a folder)."""
+    if folder is None:
+        there = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name != "splits")
+        problems.append(f"{root}: no folder for the split {name!r}{' (valid/ or validation/ also looked for)' if name == 'val' else ''}; "
+                        f"its folders: {', '.join(there)}. Name it with --train-split/--val-split, or give --data {train} "
+                        "to draw a validation split from that folder")
+        return []
+    img_dir, xml_dir = flat_folders(folder)
+    listed = stem_index(img_dir), xml_files(xml_dir)
+    warns += unannotated_images(folder, listed[1])
+    return voc_flat_pairs(folder, sorted(listed[1]), listed)
+
+
 def _voc_records(cfg: DataConfig, root: Path, fmt: str, problems: list[str], warns: list[str],
                  splits: tuple[str, ...] = SPLITS, class_map: ClassMap | None = None, progress: ReadProgress = no_progress,
                  ) -> tuple[dict[str, list[Record]], ClassMap]:
     if fmt == "voc":
         names = {"train": cfg.train_split, "val": cfg.val_split}
         pairs = {s: voc_standard_pairs(root, cfg.years, names[s], problems, warns) for s in splits}
+    elif (folders := None if cfg.val_split.endswith(".txt") else
+          split_folders(root, {"train": cfg.train_split, "val": cfg.val_split})) is not None:
+        names = {"train": cfg.train_split, "val": cfg.val_split}
+        pairs = {s: _split_folder_pairs(root, folders[s], names[s], folders["train"], problems, warns) for s in splits}
     else:
         val_list = Path(cfg.val_split) if cfg.val_split.endswith(".txt") else None
         img_dir, xml_dir = flat_folders(root)

@@ -25,7 +25,7 @@ from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backe
 
 from retinanet.files import write_atomic
 from retinanet.config import DataConfig
-from retinanet.data.build import read_records
+from retinanet.data.build import detect_format, read_records
 from retinanet.data.classes import ClassMap
 from retinanet.data.images import DEFAULT_MAX_PIXELS, describe_orientation, open_image
 from retinanet.data.progress import progress_bar, reading_progress
@@ -193,6 +193,16 @@ def same_content_text(groups: list[tuple[list[str], list[str]]]) -> str:
                    for splits, files in groups)
 
 
+def stopped_format(cfg: DataConfig) -> str:
+    """The report's format where reading stopped at a problem: the kind detected (a YOLO data.yaml or
+    COCO categories it could not use: still that kind), else "format not known"."""
+    try:
+        fmt = cfg.format or ("voc" if cfg.root is None else detect_format(Path(cfg.root).expanduser()))
+    except (DataError, OSError):
+        fmt = "format not known"
+    return f"{fmt}: reading stopped"
+
+
 def check_dataset(cfg: DataConfig, *, progress: bool = True, out: str | Path | None = None) -> CheckReport:
     """Read ``cfg``'s dataset as ``build_datasets`` does, decode every image, and report.
     ``progress``: show how reading the annotations (once it lasts) and decoding go, on stderr.
@@ -207,7 +217,7 @@ def check_dataset(cfg: DataConfig, *, progress: bool = True, out: str | Path | N
         with reading_progress(progress) as tell:
             records, class_map, root, fmt, problems, warns = read_records(cfg, progress=tell)
     except DataError as err:
-        return CheckReport(str(cfg.root), cfg.format or "format not known: reading stopped", None, errors=list(err.problems))
+        return CheckReport(str(cfg.root), stopped_format(cfg), None, errors=list(err.problems))
     report = CheckReport(str(root), fmt, class_map, errors=list(problems), warnings=list(warns), records=records)
     if not records.get("train"):  # what `train` refuses, said here too (the reasons, if any, are above)
         report.errors.append(f"{root}: the training split {cfg.train_split!r} has no usable images")

@@ -13,8 +13,8 @@ by ``retinanet.data.paths.written_path``: backslashes as separators, an absolute
 trailing parts under that folder; one warning per file says so.
 
 Boxes ``[x, y, w, h]`` become xyxy. Without a class map of its own (``--classes``, a checkpoint's)
-the category ids are the class ids as they are (the 91-output COCO head indexes them) and names
-come from ``categories``; with one, each category is found in it by name, and ids that differ are
+the category ids are the class ids as they are (the 91-output COCO head indexes them; a file that
+uses id 0, the background here, gets its ids + 1) and names come from ``categories``; with one, each category is found in it by name, and ids that differ are
 said aloud. ``iscrowd`` objects are ignore regions.
 """
 
@@ -126,12 +126,17 @@ def used_ids(data: dict) -> set:
 
 def coco_class_map(data: dict, path: Path) -> ClassMap:
     """Category ids and names from ``categories`` (malformed entries left out, and a category of id
-    0 no annotation uses: Roboflow names the dataset so; ``coco_records`` reports both). Raises
-    ``DataError`` when no category is usable."""
+    0 no annotation uses: Roboflow names the dataset so; ``coco_records`` reports both). A file
+    whose annotations use id 0 (Label Studio and labelme2coco count from 0; 0 is the background
+    here) gets its ids + 1, and ``coco_records`` reads it by name and says so. Raises ``DataError``
+    when no category is usable."""
     problems: list[str] = []
     cats = {cid: name for cid, name in valid_categories(data, path, problems).items() if cid != 0 or 0 in used_ids(data)}
     if not cats:
         raise DataError(problems or [f"{path}: 'categories' is empty"], summary=f"{path}: no usable category")
+    if 0 in cats:
+        return ClassMap({name: cid + 1 for cid, name in cats.items()}, source=f"{path} (category ids + 1: id 0 is the "
+                        "background here)")
     return ClassMap({name: cid for cid, name in cats.items()}, source=str(path))
 
 

@@ -4,6 +4,8 @@ Annotations made on Windows name their files with backslashes (a COCO ``file_nam
 ``images\\train\\a.jpg``, a data.yaml ``train: images\\train``, an image list line) or as absolute
 Windows paths (``C:\\Users\\me\\data\\a.jpg``, ``\\\\server\\share\\data\\a.jpg``). On a POSIX system a
 backslash in a file name is almost always such a separator, and a drive letter cannot exist.
+An absolute POSIX path that does not exist here (``/home/alice/data/a.jpg``, Label Studio's
+``/data/upload/3/a.jpg``: written on another machine) is read as an absolute Windows path is.
 
 ``written_path`` reads a name against the folder it is relative to: as written when that exists;
 else, with ``\\`` and ``/`` both separators; for an absolute Windows path, by the longest run of
@@ -21,6 +23,7 @@ from pathlib import Path
 AS_WRITTEN = ""  # the name was read as written (found, or not found at all)
 BACKSLASHES = "backslashes"  # found with its backslashes read as folder separators
 WINDOWS_TAIL = "windows tail"  # an absolute Windows path, found under the folder by its trailing parts
+ABSOLUTE_TAIL = "absolute tail"  # an absolute POSIX path not here (another machine's), found the same way
 
 _DRIVE = re.compile(r"^[A-Za-z]:[\\/]")  # C:\ or C:/
 _SEPARATORS = re.compile(r"[\\/]+")
@@ -45,6 +48,12 @@ def windows_parts(text: str) -> list[str]:
     return parts[2:] if text.startswith("\\\\") else parts
 
 
+def is_posix_absolute(text: str) -> bool:
+    """Whether ``text`` is an absolute POSIX path (``/home/alice/data/a.jpg``: another machine's, when
+    it does not exist here)."""
+    return text.startswith("/")
+
+
 def base_name(text: str) -> str:
     """The file name at the end of ``text``, whichever separator it was written with."""
     parts = windows_parts(text)
@@ -57,15 +66,23 @@ def written_path(text: str, folder: Path) -> tuple[Path, str]:
     Returns:
         (path, how): how is ``AS_WRITTEN`` when ``folder / text`` exists, or when no reading
         finds anything (the path is then the reading the Windows form means, for the message:
-        the separators read as such, or the base name under ``folder``); ``BACKSLASHES`` when read
-        with backslashes as separators; ``WINDOWS_TAIL`` when an absolute Windows path was found
-        under ``folder`` by its longest existing run of trailing parts.
+        the separators read as such, or the base name under ``folder``; an absolute POSIX path as
+        written); ``BACKSLASHES`` when read with backslashes as separators; ``WINDOWS_TAIL`` /
+        ``ABSOLUTE_TAIL`` when an absolute Windows path / an absolute POSIX path that does not exist
+        (written on another machine) was found under ``folder`` by its longest existing run of
+        trailing parts.
     """
     literal = folder / text
-    if not is_windows_form(text) or literal.exists():  # the string first: no disk check for an ordinary name
+    if not (is_windows_form(text) or is_posix_absolute(text)) or literal.exists():  # no disk check for an ordinary name
         return literal, AS_WRITTEN
     parts = windows_parts(text)
     if not parts:
+        return literal, AS_WRITTEN
+    if is_posix_absolute(text) and "\\" not in text:
+        for k in range(len(parts), 0, -1):
+            tail = folder.joinpath(*parts[-k:])
+            if tail.exists():
+                return tail, ABSOLUTE_TAIL
         return literal, AS_WRITTEN
     if not is_windows_absolute(text):
         separated = folder.joinpath(*parts)
@@ -86,6 +103,10 @@ def windows_hint(text: str, folder: Path) -> str:
                 f"({'/'.join(parts[-2:]) if len(parts) > 1 else parts[0] if parts else text}, ...) is under {folder}")
     if "\\" in text:
         return f"; '{text}' is not under {folder} as written, nor with its Windows '\\' read as folder separators"
+    if is_posix_absolute(text):
+        parts = windows_parts(text)
+        return (f"; '{text}' does not exist here (written on another machine?), and no run of its trailing parts "
+                f"({'/'.join(parts[-2:]) if len(parts) > 1 else text}, ...) is under {folder}")
     return ""
 
 
@@ -101,7 +122,10 @@ def repair_warnings(source: str, what: str, repairs: list[tuple[str, Path, str]]
     for how, said in ((BACKSLASHES, "are written with Windows '\\' separators: read with them as folder separators"),
                       (WINDOWS_TAIL, "are absolute Windows paths, which cannot exist here: each was found under the "
                                      "folder it is relative to by its trailing folder and file names (the longest "
-                                     "run that exists; check they are the files meant)")):
+                                     "run that exists; check they are the files meant)"),
+                      (ABSOLUTE_TAIL, "are absolute paths that do not exist here (written on another machine): each was "
+                                      "found under the folder it is relative to by its trailing folder and file names "
+                                      "(the longest run that exists; check they are the files meant)")):
         done = [(text, path) for text, path, kind in repairs if kind == how]
         if done:
             text, path = done[0]

@@ -8,6 +8,8 @@ folders (``images/`` + ``annotations/``, ``JPEGImages`` + ``Annotations``, ...),
 no split files. The validation images are those named in a list file (``--val-split
 path/to/val.txt``), else a seeded draw of ``val_fraction`` of the stems, written to
 ``ROOT/splits/{train,val}.txt`` and reused when those files exist (delete them to redraw).
+A folder per split, each such a flat folder (Roboflow's Pascal VOC export: ``train/``,
+``valid/``, ``test/``), gives the splits itself (``split_folders``).
 """
 
 from __future__ import annotations
@@ -137,13 +139,39 @@ def flat_folders(root: Path) -> tuple[Path, Path]:
     return img_dir, xml_dir
 
 
+_VAL_FOLDERS = ("val", "valid", "validation")  # Roboflow names its validation folder valid/
+
+
+def split_folders(root: Path, names: dict[str, str]) -> dict[str, Path | None] | None:
+    """A flat export with a folder per split (Roboflow's Pascal VOC: ``train/``, ``valid/``,
+    ``test/``, each images + XML): split -> its folder (None: not there), when ``root`` holds no
+    XML of its own and the folder of the training split name holds some; else None.
+
+    ``names``: split -> folder name (``--train-split``, ``--val-split``); the name ``val`` is also
+    found as ``valid/`` or ``validation/``.
+    """
+    train = root / names.get("train", "train")
+    if xml_files(flat_folders(root)[1]) or not train.is_dir() or not xml_files(flat_folders(train)[1]):
+        return None
+    found: dict[str, Path | None] = {}
+    for split, name in names.items():
+        looked = _VAL_FOLDERS if name in _VAL_FOLDERS else (name,)
+        found[split] = next((root / n for n in looked if (root / n).is_dir()), None)
+    return found
+
+
 def other_format_hint(root: Path) -> str:
     """What a folder without VOC XML seems to hold instead, said as a hint ("" when nothing known):
     a COCO JSON (Roboflow COCO: ``train/_annotations.coco.json``), YOLO labels without a data.yaml
-    (Label Studio, LabelImg)."""
+    (Label Studio, LabelImg; CVAT's darknet "YOLO 1.1": ``obj.names``, ``obj_train_data/``)."""
     jsons = sorted(root.glob("*.json")) + sorted(root.glob("*/*.json"))
     if jsons:
         return f"; for COCO JSON annotations give the file as --data (found {jsons[0]})"
+    if (root / "obj.names").is_file() or (root / "obj.data").is_file():
+        folders = sorted(p.name for p in root.glob("obj_*_data") if p.is_dir()) or ["obj_train_data"]
+        return ("; this looks like a darknet YOLO export (CVAT's YOLO 1.1: obj.names, obj.data, labels beside the images): "
+                f"write a data.yaml (train: {folders[0]}, val: {folders[-1] if len(folders) > 1 else 'a folder of validation images'}, "
+                "names: the lines of obj.names) and give it as --data")
     if (root / "labels").is_dir() or (root / "classes.txt").is_file():
         return ("; this looks like YOLO labels without a data.yaml: write one (path, train, val, names: the lines of "
                 "classes.txt) and give it as --data")

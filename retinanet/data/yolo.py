@@ -178,6 +178,15 @@ def orphan_labels(sources: list[Path], images: list[Path], labels: list[Path] | 
     return problems
 
 
+def names_ids(names: list[str | None]) -> str:
+    """The YOLO ids ``names`` has, for a problem: ``3 classes`` (ids 0..2), or the ids themselves
+    where an ``{id: name}`` map leaves gaps (``ids 0, 2``: not "3 classes" for two names)."""
+    ids = [i for i, n in enumerate(names) if n is not None]
+    if len(ids) == len(names):
+        return f"{len(names)} classes"
+    return f"ids {', '.join(map(str, ids[:10]))}{' ...' if len(ids) > 10 else ''}"
+
+
 def parse_label_lines(text: str, source: Path, names: list[str | None], keypoints: int = 0
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
     """Parse one label file's text.
@@ -216,7 +225,7 @@ def parse_label_lines(text: str, source: Path, names: list[str | None], keypoint
             continue
         cls = values[0]
         if cls != int(cls) or not 0 <= cls < len(names) or names[int(cls)] is None:
-            problems.append(f"{where}: class id {fields[0]} is not in 'names' ({len(names)} classes)")
+            problems.append(f"{where}: class id {fields[0]} is not in 'names' ({names_ids(names)})")
             continue
         is_box = bool(keypoints) or count == 5
         coords = values[1:5] if is_box else values[1:]

@@ -61,6 +61,17 @@ def test_unreadable_annotations_are_errors(tmp_path, capsys):
     assert "nope: dataset not found" in capsys.readouterr().out
 
 
+def test_a_dataset_whose_reading_stops_is_still_named_by_its_kind(tmp_path, capsys):
+    """A YOLO data.yaml whose `nc` and `names` disagree was reported as "dataset ... (format not
+    known: reading stopped)": the kind is known, its annotations are what stopped the reading."""
+    (tmp_path / "images").mkdir()
+    (tmp_path / "data.yaml").write_text("train: images\nval: images\nnc: 3\nnames: [cat, dog]\n")
+    assert main(["check-data", "--data", str(tmp_path), "--quiet"]) == 1
+    out = capsys.readouterr().out
+    assert "(yolo: reading stopped)" in out and "'nc: 3' but 'names:' has 2 classes" in out
+    assert check_dataset(DataConfig(root=str(tmp_path / "nope")), progress=False).format == "format not known: reading stopped"
+
+
 def test_data_options_to_config():
     from retinanet.cli import build_parser, data_config_from_args
 

@@ -257,10 +257,24 @@ def test_roboflow_s_unused_category_0_is_left_out_and_a_guessed_val_file_is_expl
         build_datasets(DataConfig(root=str(path)), **SIZES)
     ds = build_datasets(DataConfig(root=str(path), val_split=str(path)), **SIZES)
     assert ds.class_map.to_dict() == {"cat": 1} and any("category 'shapes' has id 0 and no annotation uses it" in w for w in ds.warnings)
-    data["annotations"][0]["category_id"] = 0  # used: an error, as before
-    path.write_text(json.dumps(data))
-    with pytest.raises(DataError, match="class 'shapes' has id 0"):
-        build_datasets(DataConfig(root=str(path), val_split=str(path)), **SIZES)
+
+
+def test_a_used_category_id_0_shifts_the_ids_by_one(tmp_path):
+    """Label Studio's and labelme2coco's COCO exports count category ids from 0: "class 'cat' has
+    id 0; ids must be integers >= 1" refused the file, with no way out named. The ids + 1 are the
+    class ids, read by name (said), and eval's detections.json keeps the file's own ids."""
+    ims = [{"id": i, "file_name": f"{i}.jpg", "height": 64, "width": 80} for i in (1, 2)]
+    for im in ims:
+        write_image(tmp_path / im["file_name"], (64, 80))
+    cats = [{"id": 0, "name": "cat"}, {"id": 1, "name": "dog"}]
+    anns = [{"id": 1, "image_id": 1, "category_id": 0, "bbox": [1, 1, 20, 20]},
+            {"id": 2, "image_id": 2, "category_id": 1, "bbox": [5, 5, 30, 30]}]
+    path = tmp_path / "result.json"
+    path.write_text(json.dumps({"images": ims, "annotations": anns, "categories": cats}))
+    ds = build_datasets(DataConfig(root=str(path), val_split=str(path)), **SIZES)
+    assert ds.class_map.to_dict() == {"cat": 1, "dog": 2} and "category ids + 1" in ds.class_map.source
+    assert [ds.train[i][1]["labels"].tolist() for i in (0, 1)] == [[1], [2]]
+    assert any("'cat' 0 -> 1, 'dog' 1 -> 2" in w for w in ds.warnings)
 
 
 def test_the_stated_area_reaches_evaluation_and_training_targets_have_none(coco):

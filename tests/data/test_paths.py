@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from retinanet.data.paths import (AS_WRITTEN, BACKSLASHES, WINDOWS_TAIL, base_name, is_windows_absolute, repair_warnings,
+from retinanet.data.paths import (ABSOLUTE_TAIL, AS_WRITTEN, BACKSLASHES, WINDOWS_TAIL, base_name, is_windows_absolute, repair_warnings,
                                   windows_hint, windows_parts, written_path)
 
 
@@ -59,3 +61,19 @@ def test_repairs_are_said_once_per_kind_with_a_count_and_one_example(tmp_path):
     assert slash.endswith(f"(e.g. 'images\\a.jpg' -> {tmp_path / 'images/a.jpg'})")
     assert tail.startswith("ann.json: 1 file_name value(s) are absolute Windows paths") and "c.jpg" in tail
     assert repair_warnings("ann.json", "x", repairs[3:]) == []
+
+
+def test_an_absolute_posix_path_of_another_machine_is_found_by_its_longest_existing_tail(tmp_path):
+    """A COCO file_name `/home/alice/project/images/a.jpg` (labelme, CVAT on another machine) or
+    Label Studio's `/data/upload/3/b.jpg`: "image file missing" for every image, though the files
+    lay beside the JSON; an absolute Windows path was already found by its tail."""
+    _files(tmp_path, "images/a.jpg", "b.jpg")
+    assert written_path("/home/alice/project/images/a.jpg", tmp_path) == (tmp_path / "images/a.jpg", ABSOLUTE_TAIL)
+    assert written_path("/data/upload/3/b.jpg", tmp_path) == (tmp_path / "b.jpg", ABSOLUTE_TAIL)
+    assert written_path(str(tmp_path / "b.jpg"), tmp_path / "images") == (tmp_path / "b.jpg", AS_WRITTEN)  # it exists
+    assert written_path("/home/alice/c.jpg", tmp_path) == (Path("/home/alice/c.jpg"), AS_WRITTEN)  # as written, for the message
+    assert "'/home/alice/c.jpg' does not exist here" in windows_hint("/home/alice/c.jpg", tmp_path)
+    said = repair_warnings("ann.json", "file_name value(s)", [("/data/upload/3/b.jpg", tmp_path / "b.jpg", ABSOLUTE_TAIL)])
+    assert said == [f"ann.json: 1 file_name value(s) are absolute paths that do not exist here (written on another machine): "
+                    "each was found under the folder it is relative to by its trailing folder and file names (the longest "
+                    f"run that exists; check they are the files meant) (e.g. '/data/upload/3/b.jpg' -> {tmp_path / 'b.jpg'})"]

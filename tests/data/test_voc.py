@@ -354,3 +354,35 @@ def test_reading_saved_flat_splits_of_many_images_takes_about_as_long_as_drawing
     t_read = time.perf_counter() - t
     assert read == drawn and not problems and not warnings
     assert t_read < max(2.0, 5 * t_draw), (t_read, t_draw)
+
+
+def test_a_folder_per_split_roboflow_s_voc_export_gives_the_splits(tmp_path):
+    """Roboflow's Pascal VOC export (train/, valid/, test/, each images + XML) was refused: "no
+    .xml annotation files found". Each folder is now its split (valid/ for val, --split test)."""
+    root = tmp_path / "export"
+    for split, n in (("train", 3), ("valid", 2), ("test", 1)):
+        for i in range(n):
+            write_image(root / split / f"{split}{i}.jpg", seed=i)
+            (root / split / f"{split}{i}.xml").write_text(xml_text(f"{split}{i}.jpg", (64, 80), [obj("cat" if i else "dog")]))
+    (root / "README.roboflow.txt").write_text("exported\n")
+    ds = build_datasets(DataConfig(root=str(root)), **SIZES)
+    assert ds.format == "voc-flat" and (len(ds.train), len(ds.val)) == (3, 2) and ds.class_map.to_dict() == {"cat": 1, "dog": 2}
+    assert all("/valid/valid" in r.file for r in ds.val.records) and not (root / "splits").exists()
+    ds = build_datasets(DataConfig(root=str(root), val_split="test"), splits=("val",), **SIZES)
+    assert [r.file.rsplit("/", 2)[1:] for r in ds.val.records] == [["test", "test0.jpg"]]
+    with pytest.raises(DataError, match=r"no folder for the split 'holdout'; its folders: test, train, valid.*--data .*/export/train to draw"):
+        build_datasets(DataConfig(root=str(root), val_split="holdout"), **SIZES)
+
+
+def test_a_darknet_yolo_export_is_named_with_the_data_yaml_to_write(tmp_path):
+    """CVAT's "YOLO 1.1" export (obj.names, obj.data, obj_train_data/ with labels beside the
+    images) read as a flat VOC folder: "no .xml annotation files found", and nothing more."""
+    root = tmp_path / "cvat"
+    write_image(root / "obj_train_data" / "a.jpg")
+    (root / "obj_train_data" / "a.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    (root / "obj.names").write_text("cat\n")
+    (root / "obj.data").write_text("classes = 1\ntrain = data/train.txt\nnames = data/obj.names\n")
+    with pytest.raises(DataError, match=r"looks like a darknet YOLO export .*write a data.yaml \(train: obj_train_data, "):
+        build_datasets(DataConfig(root=str(root)), **SIZES)
+    (root / "data.yaml").write_text("train: obj_train_data\nval: obj_train_data\nnames: [cat]\n")  # what it says to write
+    assert len(build_datasets(DataConfig(root=str(root)), **SIZES).train) == 1

@@ -182,7 +182,8 @@ def test_dict_names_with_a_gap_and_pose_lines(tmp_path):
     records, class_map, *_, problems, _ = read_records(DataConfig(root=str(data)))
     assert class_map.to_dict() == {"cat": 1, "bird": 3}
     assert len(records["train"]) == 1 and records["train"][0].labels.tolist() == [1]
-    assert problems[0] == f"{tmp_path / 'labels/train/b.txt'}:1: class id 1 is not in 'names' (3 classes)"
+    # the ids there, not "(3 classes)" for a map of two names
+    assert problems[0] == f"{tmp_path / 'labels/train/b.txt'}:1: class id 1 is not in 'names' (ids 0, 2)"
 
 
 def test_orphan_labels_missing_images_and_yaml_problems(tmp_path):
