@@ -250,13 +250,16 @@ def check_dataset(cfg: DataConfig, *, progress: bool = True, out: str | Path | N
 _SPLIT_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:purple")
 
 
-def object_sizes(r: Record) -> np.ndarray:
+def object_sizes(r: Record, ignore_as_objects: bool = False) -> np.ndarray:
     """``[N, 2]`` width, height, in original pixels, of the boxes of ``r`` trained as objects:
-    ignore regions (crowd, difficult) left out, as the matcher never assigns them to anchors."""
-    return (r.boxes[:, 2:] - r.boxes[:, :2])[~np.asarray(r.ignore, dtype=bool)]
+    ignore regions (crowd, difficult) left out, as the matcher never assigns them to anchors;
+    kept with ``ignore_as_objects`` (``train --train-difficult``: trained as objects)."""
+    wh = r.boxes[:, 2:] - r.boxes[:, :2]
+    return wh if ignore_as_objects else wh[~np.asarray(r.ignore, dtype=bool)]
 
 
-def model_box_sizes(records: list[Record], image_hw: dict[str, tuple[int, int]], min_size: int, max_size: int) -> np.ndarray:
+def model_box_sizes(records: list[Record], image_hw: dict[str, tuple[int, int]], min_size: int, max_size: int,
+                    ignore_as_objects: bool = False) -> np.ndarray:
     """``[N, 2]`` width, height of every box trained as an object (``object_sizes``) as the model sees it, scaled like its image by the
     model's resize to ``min_size`` / ``max_size`` (``retinanet.geometry.resized_size``).
 
@@ -268,7 +271,7 @@ def model_box_sizes(records: list[Record], image_hw: dict[str, tuple[int, int]],
         if hw is None or len(r.boxes) == 0:
             continue
         nh, nw = resized_size(int(hw[0]), int(hw[1]), min_size, max_size)
-        wh = object_sizes(r)  # [N, 2] original pixels
+        wh = object_sizes(r, ignore_as_objects)  # [N, 2] original pixels
         out.append(wh * np.array([nw / hw[1], nh / hw[0]]))
     return np.concatenate(out).astype(np.float64)
 
@@ -392,7 +395,8 @@ def larger_input(wh: np.ndarray, anchor_sizes: tuple[int, ...], too_many: float,
 
 
 def too_small_for_anchors(records: list[Record], image_hw: list[tuple[int, int] | None], min_size: int, max_size: int,
-                          anchor_sizes: tuple[int, ...], native: bool = False, too_many: float = 0.15) -> str:
+                          anchor_sizes: tuple[int, ...], native: bool = False, too_many: float = 0.15,
+                          ignore_as_objects: bool = False) -> str:
     """A training run's warning when more than ``too_many`` of the boxes of ``records`` are too
     small for the smallest anchor (``count_too_small``) at the scale the model sees them (resized
     to ``min_size``/``max_size``; ``native``: unresized, as crops, whose advice is anchors alone:
@@ -400,11 +404,13 @@ def too_small_for_anchors(records: list[Record], image_hw: list[tuple[int, int] 
 
     Args:
         image_hw: each record's image size (``DetectionDataset.image_sizes``; None: left out).
+        ignore_as_objects: the run trains ignore regions as objects (``train_difficult``): counted.
     """
     if native:
-        wh = np.concatenate([np.zeros((0, 2)), *(object_sizes(r) for r in records)]).astype(np.float64)
+        wh = np.concatenate([np.zeros((0, 2)), *(object_sizes(r, ignore_as_objects) for r in records)]).astype(np.float64)
     else:
-        wh = model_box_sizes(records, {r.file: hw for r, hw in zip(records, image_hw) if hw}, min_size, max_size)
+        wh = model_box_sizes(records, {r.file: hw for r, hw in zip(records, image_hw) if hw}, min_size, max_size,
+                             ignore_as_objects)
     wh = wh[(wh > 0).all(axis=1)]
     small = count_too_small(wh, anchor_sizes)
     if not len(wh) or small <= too_many * len(wh):

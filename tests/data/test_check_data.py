@@ -203,6 +203,9 @@ def test_training_warns_when_most_boxes_are_too_small_for_the_anchors():
     crowded = [Record(f"{s}.jpg", np.array([[0, 0, s, s], [0, 0, 8, 8], [0, 0, 9, 9]], np.float32), np.ones(3, np.int64),
                       np.array([False, True, True]), 0, (100, 100), f"{s}.jpg") for s in (10, 20, 30, 60)]
     assert too_small_for_anchors(crowded, sizes, 100, 100, (32, 64, 128, 256, 512)).startswith("2 of the 4 training boxes")
+    # but a run with --train-difficult trains them as objects: counted (were left out there too)
+    assert too_small_for_anchors(crowded, sizes, 100, 100, (32, 64, 128, 256, 512),
+                                 ignore_as_objects=True).startswith("10 of the 12 training boxes")
 
 
 def test_crop_training_anchor_advice_is_anchors_alone():

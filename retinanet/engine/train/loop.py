@@ -132,9 +132,10 @@ def _train(model_cfg: ModelConfig, data_cfg: DataConfig, cfg: TrainConfig, progr
                  f"{len(data.class_map.ids)} classes; model {model_cfg.arch} ({model_cfg.num_classes} outputs), "
                  f"{model_cfg.min_size}-{model_cfg.max_size} px")
         log_data_notes(log, data)
-        large = too_large_for_crop(data.train.records, data_cfg.crop) if data_cfg.crop else ""
+        trained = data_cfg.train_difficult  # its difficult/crowd boxes are trained as objects: counted as such here too
+        large = too_large_for_crop(data.train.records, data_cfg.crop, trained) if data_cfg.crop else ""
         small = too_small_for_anchors(data.train.records, data.train.image_sizes(), model_cfg.min_size, model_cfg.max_size,
-                                      tuple(model_cfg.anchor_sizes), native=bool(data_cfg.crop))
+                                      tuple(model_cfg.anchor_sizes), native=bool(data_cfg.crop), ignore_as_objects=trained)
         for note in (*settings_without_effect(model_cfg, data_cfg, cfg, data.format, D.get_world_size(), device.type),
                      shared_images(data), large, small):
             if note:  # said, not silently recorded in config.yaml as if it applied
