@@ -6,8 +6,8 @@ Every output file (checkpoints, ``results.csv``, ``metrics.json``, ``config.yaml
 in the same folder, fsync, ``os.replace``, with the mode the umask gives any new file (0644 under
 umask 022). A ``best.pt`` equal to the ``last.pt`` just written is that file again (``link_atomic``: a
 hard link, also replaced in one step), not a second write of the same bytes. ``check_output_path`` is the first thing ``train``/``eval``/``predict``/``export`` do
-with ``--out``. ``read_file`` loads any torch file with ``weights_only=True``; what our checkpoint
-holds is ``retinanet.engine.runtime.checkpoint``'s business, torchvision's files
+with ``--out``. ``read_file`` loads any torch file with ``weights_only=True`` (``ReadOnce`` hands one
+read from one step of a command to the next); what our checkpoint holds is ``retinanet.engine.runtime.checkpoint``'s business, torchvision's files
 ``retinanet.model.weights``'.
 
 An output folder is held by one process at a time (``hold_folder``: an advisory ``flock`` on
@@ -336,6 +336,48 @@ def read_file(path: str | os.PathLike, map_location: str | torch.device = "cpu")
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a state_dict or a retinanet checkpoint, found {type(obj).__name__}")
     return obj
+
+
+class ReadOnce:
+    """A weights file read by one step of a command and handed to the next, so that a checkpoint
+    (150 MB for ResNet-50, three times that with its optimizer and EMA) is read once per command:
+    ``eval`` learns the configs it stores and then loads its weights, ``train --resume`` its
+    configs and then its training state. ``read`` reads (``read_file``) and keeps the content for
+    one ``take``, which gives it up: no reference stays for the rest of a run.
+    """
+
+    def __init__(self) -> None:
+        self._stamp: tuple[int, int, int, int] | None = None
+        self._content: dict[str, Any] | None = None
+
+    def read(self, path: str | os.PathLike) -> dict[str, Any]:
+        """``read_file(path)``, kept for ``take``.
+
+        Raises:
+            CheckpointError: as ``read_file``.
+        """
+        stamp = _stamp(Path(path))
+        self._content = read_file(path)
+        self._stamp = stamp
+        return self._content
+
+    def take(self, path: str | os.PathLike) -> dict[str, Any] | None:
+        """The content ``read`` read, given up, when ``path`` is that file (under any name) and it
+        has not changed since (``_stamp``); else None: the caller reads the file itself."""
+        content, self._content = self._content, None
+        if content is None or self._stamp is None or _stamp(Path(path)) != self._stamp:
+            return None
+        return content
+
+
+def _stamp(path: Path) -> tuple[int, int, int, int] | None:
+    """What tells a file from other files and from its later versions: device, inode, size,
+    modification time (None: no file there)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def sha256_of(path: str | os.PathLike) -> str:

@@ -358,3 +358,63 @@ def test_a_script_without_a_main_guard_re_run_in_a_starting_worker_is_told_why(t
     with pytest.raises(RetinaNetError, match="train\\(\\) called while a loader worker process was starting"):
         train(ModelConfig(), DataConfig(root=str(missing)), TrainConfig(out=str(out)))
     assert not out.exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A synthetic VOC dataset (2 + 2 images of 64 px) and a tiny untrained checkpoint of its classes."""
+    import json
+    from dataclasses import asdict
+
+    import torch
+
+    from retinanet.data import make_synthetic
+    from retinanet.engine.runtime.checkpoint import save_checkpoint
+    from retinanet.model import build_model
+
+    root = tmp_path_factory.mktemp("reads") / "data"
+    make_synthetic(root, num_train=2, num_val=2, image_size=64, seed=0)
+    class_map = json.loads((root / "classes.json").read_text())
+    torch.manual_seed(0)
+    model = build_model("resnet18_fpn", num_classes=max(class_map.values()) + 1, min_size=64, max_size=64, norm="bn",
+                        fpn_channels=32, head_convs=1)
+    ckpt = root.parent / "tiny.pt"
+    save_checkpoint({"model": model.state_dict(), "config": {"model": asdict(model.config), "data": {"root": str(root)}},
+                     "class_map": class_map}, ckpt)
+    return root, ckpt
+
+
+def count_loads(monkeypatch) -> list[str]:
+    """The names of the files ``torch.load`` reads from now on (``files.read_file`` calls it), one per call."""
+    import torch
+
+    loads, real = [], torch.load
+
+    def load(f, *args, **kwargs):
+        loads.append(Path(f).name)
+        return real(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", load)
+    return loads
+
+
+@pytest.mark.parametrize("command", ["eval", "eval-without-data", "predict", "export"])
+def test_each_command_reads_its_checkpoint_once(tiny_run, tmp_path, monkeypatch, run_cli, command):
+    """``eval`` read its checkpoint twice (its configs, then its weights): 150 MB for ResNet-50."""
+    import retinanet.engine.export.onnx_export as onnx_export
+
+    root, ckpt = tiny_run
+    image = next((root / "VOCdevkit" / "VOC2012" / "JPEGImages").glob("*.jpg"))
+    argv = {"eval": ["eval", "--weights", str(ckpt), "--data", str(root), "--workers", "0"],
+            "eval-without-data": ["eval", "--weights", str(ckpt), "--workers", "0"],  # the dataset it records
+            "predict": ["predict", str(image), "--weights", str(ckpt), "--workers", "0"],
+            "export": ["export", "--weights", str(ckpt), "--no-verify"]}[command]
+    out = tmp_path / ("m.onnx" if command == "export" else "out")
+    # the export and its summary (half a minute) read no checkpoint: left out
+    monkeypatch.setattr(onnx_export, "export_onnx", lambda model, path, **kw: Path(path))
+    monkeypatch.setattr(onnx_export, "verify_onnx", lambda model, path, samples: onnx_export.VerifyReport(
+        Path(path), 0.0, 18, [], [], {}, []))
+    loads = count_loads(monkeypatch)
+    status, err = run_cli([*argv, "--out", str(out), *(["--device", "cpu"] if command != "export" else [])])
+    assert status == 0, err
+    assert loads == ["tiny.pt"]

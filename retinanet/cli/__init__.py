@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from retinanet import __version__
-from retinanet.files import check_output_path, drop_output, hold_folder
+from retinanet.files import ReadOnce, check_output_path, drop_output, hold_folder
 from retinanet.cli.demo import add_demo_parser, demo_options, run_demo
 from retinanet.cli.options import (CHANNELS_LAST_HELP, DEVICE_HELP, QUIET_HELP, WEIGHTS_HELP, add_amp_options, add_cap_options,
                                    add_data_options, add_image_options, add_input_size_options, add_tile_options, any_int, arg_type,
@@ -183,10 +183,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return _eval(args)
 
 
-def weights_config(weights: str) -> dict | None:
-    """The configs ``weights`` stores (``stored_config``); None for a torchvision file (a name such as
-    ``coco`` included: not fetched here)."""
-    return None if str(weights).lower() in DETECTOR_URLS else stored_config(weights)
+def weights_config(weights: str, once: ReadOnce | None = None) -> dict | None:
+    """The configs ``weights`` stores (``stored_config``, read through ``once``); None for a torchvision
+    file (a name such as ``coco`` included: not fetched here)."""
+    return None if str(weights).lower() in DETECTOR_URLS else stored_config(weights, once)
 
 
 # what names the dataset a run was trained on (its split settings included): eval without --data reads them
@@ -223,8 +223,9 @@ def _eval(args: argparse.Namespace) -> int:
         raise RetinaNetError(f"--split {args.split} and --val-split {val_split} both name the split to evaluate: give one")
     data_cfg = data_config_from_args(args, **({"val_split": args.split} if args.split else {}))
     tiling = tile_options_from_args(args, args.batch_size)  # an option combination refused before the weights are read
+    once = ReadOnce()  # the checkpoint is read here, its weights loaded from that read (run_eval)
     try:
-        stored = weights_config(args.weights)
+        stored = weights_config(args.weights, once)
         if getattr(args, "data", None) is None:  # the dataset the checkpoint was trained on, not a default one
             data_cfg, note = trained_dataset(args.weights, data_cfg, set(given) | ({"val_split"} if args.split else set()),
                                              stored)
@@ -246,7 +247,7 @@ def _eval(args: argparse.Namespace) -> int:
     )
     memory = fix_mmap_threshold() if opts.tile is not None else None  # the process's allocator, said below
     try:
-        run = run_eval(data_cfg, opts)
+        run = run_eval(data_cfg, opts, once)
         main_rank = is_main_process()  # before cleanup(): afterwards every process looks like rank 0
     finally:
         cleanup()

@@ -23,6 +23,7 @@ from retinanet.engine.train.loop import train
 from retinanet.engine.train.report import format_run_summary
 from retinanet.engine.train.resume import resume_setting
 from retinanet.errors import RetinaNetError
+from retinanet.files import ReadOnce
 
 QUICK_RECIPE = RECIPES_DIR / "quick_synthetic.yaml"
 START_OPTIONS = ("weights", "backbone_weights")  # with --from-scratch: what the run starts from
@@ -120,18 +121,20 @@ def resume_allow_type(text: str) -> str:
 def cmd_train(args: argparse.Namespace) -> int:
     if args.resume_allow and not getattr(args, "resume", None):
         raise RetinaNetError("--resume-allow lets a resumed run change settings: give --resume RUN_DIR too")
-    model_cfg, data_cfg, train_cfg = train_configs(args)
+    once = ReadOnce()  # --resume's checkpoint: read for its configs here, its training state taken from that read
+    model_cfg, data_cfg, train_cfg = train_configs(args, once)
     crop_model_config(model_cfg, data_cfg, min_size_given="min_size" in vars(args))  # refuses --crop with another --min-size
     summary = train(model_cfg, data_cfg, train_cfg, progress=not args.quiet, exist_ok=args.exist_ok,
-                    resume_allow=tuple(args.resume_allow))
+                    resume_allow=tuple(args.resume_allow), once=once)
     if summary["rank"] == 0:  # the process group is gone by now: the rank is in the summary
         print(format_run_summary(summary))
     return EXIT_CODES.get(summary["stopped"], 1)
 
 
-def train_configs(args: argparse.Namespace) -> tuple[ModelConfig, DataConfig, TrainConfig]:
-    """The configs of ``retinanet train``: defaults < config file (``config_file_sections``) < options given."""
-    sections, source = config_file_sections(vars(args))
+def train_configs(args: argparse.Namespace, once: ReadOnce | None = None) -> tuple[ModelConfig, DataConfig, TrainConfig]:
+    """The configs of ``retinanet train``: defaults < config file (``config_file_sections``, the
+    checkpoint read through ``once``) < options given."""
+    sections, source = config_file_sections(vars(args), once)
     given = given_options(args)
     check_time_options(given["train"])
     if "time" in given["train"]:  # a new budget: fitted when the run starts
@@ -173,15 +176,16 @@ def check_time_options(train: dict[str, Any]) -> None:
         raise RetinaNetError(f"--time must be > 0 minutes, got {train['time']:g}")
 
 
-def config_file_sections(given: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], str]:
+def config_file_sections(given: dict[str, Any], once: ReadOnce | None = None) -> tuple[dict[str, dict[str, Any]], str]:
     """The config under the command line's options, and where it comes from: ``--config``, else
-    the checkpoint of ``--resume``, else (no ``--data``) the quick_synthetic recipe, else nothing."""
+    the checkpoint of ``--resume`` (read through ``once``: the run takes that read for its
+    training state), else (no ``--data``) the quick_synthetic recipe, else nothing."""
     if given.get("config"):
         path = find_config(given["config"])
         return read_config_file(path), str(path)
     if given.get("resume"):
         ckpt = resume_file(given["resume"])
-        stored = stored_config(ckpt)
+        stored = stored_config(ckpt, once)
         if stored is not None:
             return stored, str(ckpt)
     if given.get("data") is None and QUICK_RECIPE.is_file():

@@ -48,10 +48,12 @@ class SplitStats:
     """Counts for one split (original image frame)."""
 
     images: int = 0
-    objects: int = 0
-    ignored: int = 0  # difficult / crowd objects, included in ``objects``
-    empty_images: int = 0
+    objects: int = 0  # the boxes trained (and scored) as objects: ignore regions left out (``object_sizes``)
+    ignored: int = 0  # difficult / crowd objects: ignore regions, in none of the other counts
+    empty_images: int = 0  # images without an object (some may hold ignore regions: ``ignored_only``)
+    ignored_only: int = 0  # of ``empty_images``, those holding ignore regions
     per_class: Counter = field(default_factory=Counter)  # class name -> objects
+    ignored_per_class: Counter = field(default_factory=Counter)  # class name -> ignore regions
     sizes: Counter = field(default_factory=Counter)  # "small" | "medium" | "large" -> objects
 
 
@@ -86,10 +88,11 @@ class CheckReport:
                          + (f" ... {', '.join(pairs[-2:])} ({len(pairs)} in all; {WHOLE_TABLES})" if cut else ""))
         ids = self.class_map.to_dict() if self.class_map is not None else {}
         for name, s in self.splits.items():
-            lines.append(f"{name}: {s.images} images, {s.objects} objects ({s.ignored} difficult/crowd), {s.empty_images} images with no objects")
-            lines.append("  boxes: " + ", ".join(f"{k} {s.sizes[k]}" for k in ("small", "medium", "large"))
+            lines.append(f"{name}: {s.images} images, {s.objects} objects{ignored_note(s)}, {s.empty_images} images with no objects"
+                         + (f" ({s.ignored_only} with ignore regions only)" if s.ignored_only else ""))
+            lines.append("  objects: " + ", ".join(f"{k} {s.sizes[k]}" for k in ("small", "medium", "large"))
                          + "  (COCO areas: small < 32^2, medium < 96^2, large >= 96^2)")
-            lines += class_table(s.per_class, ids, full)
+            lines += class_table(s.per_class, ids, full, s.ignored_per_class)
         for title, items in (("errors", self.errors), ("warnings", self.warnings)):
             lines.append(f"{len(items)} {title}" + (":" if items else ""))
             lines += [f"  - {m}" for m in items]
@@ -99,26 +102,43 @@ class CheckReport:
     __str__ = summary
 
 
-def class_table(per_class: Counter, ids: dict[str, int], full: bool = False) -> list[str]:
+def ignored_note(s: SplitStats) -> str:
+    """``" (and 3 difficult/crowd ignore region(s), left out of every count here)"``, or "" when the
+    split has none: they are neither trained nor scored as objects."""
+    return f" (and {s.ignored} difficult/crowd ignore region(s), left out of every count here)" if s.ignored else ""
+
+
+def class_table(per_class: Counter, ids: dict[str, int], full: bool = False, ignored: Counter | None = None) -> list[str]:
     """Per-class object counts, a line ``  name  count`` each: most objects first, ties in class id
-    order (``ids``: name -> id; names it lacks last). More than ``ALL_CLASSES`` classes and not
-    ``full``: the ``SHOWN`` most and least frequent, and a line for those left out between."""
-    order = sorted(per_class.items(), key=lambda kv: (-kv[1], ids.get(kv[0], len(ids) + 1), kv[0]))
+    order (``ids``: name -> id; names it lacks last). ``ignored``: ignore regions per class, said
+    after the count (``+2 ignored``); a class with ignore regions alone is listed with 0 objects.
+    More than ``ALL_CLASSES`` classes and not ``full``: the ``SHOWN`` most and least frequent, and
+    a line for those left out between."""
+    ignored = ignored or Counter()
+    counts = {n: per_class.get(n, 0) for n in (*per_class, *ignored)}
+    order = sorted(counts.items(), key=lambda kv: (-kv[1], ids.get(kv[0], len(ids) + 1), kv[0]))
     if not full and len(order) > ALL_CLASSES:
         order = order[:SHOWN] + [(f"... {len(order) - 2 * SHOWN} classes", None)] + order[-SHOWN:]
     width = max((len(n) for n, c in order if c is not None), default=0)
-    return [f"  {n:<{width}} {c}" if c is not None else f"  {n} ({WHOLE_TABLES})" for n, c in order]
+    return [(f"  {n:<{width}} {c}" + (f" (+{ignored[n]} ignored)" if ignored.get(n) else "")) if c is not None
+            else f"  {n} ({WHOLE_TABLES})" for n, c in order]
 
 
 def split_stats(records: list[Record], class_map: ClassMap) -> SplitStats:
-    """Counts of one split's records."""
+    """Counts of one split's records: objects, their classes and sizes are the boxes trained (and
+    scored) as objects (``object_sizes``), as the anchor counts; ignore regions (difficult /
+    crowd) are counted apart."""
     s = SplitStats(images=len(records))
     for r in records:
-        s.objects += len(r.labels)
-        s.ignored += int(r.ignore.sum())
-        s.empty_images += int(len(r.labels) == 0)
-        s.per_class.update(class_map.name_of(int(c)) for c in r.labels)
-        area = (r.boxes[:, 2] - r.boxes[:, 0]) * (r.boxes[:, 3] - r.boxes[:, 1])
+        ignore = np.asarray(r.ignore, dtype=bool)
+        objects, ignored = int((~ignore).sum()), int(ignore.sum())
+        s.objects += objects
+        s.ignored += ignored
+        s.empty_images += int(objects == 0)
+        s.ignored_only += int(objects == 0 and ignored > 0)
+        s.per_class.update(class_map.name_of(int(c)) for c in r.labels[~ignore])
+        s.ignored_per_class.update(class_map.name_of(int(c)) for c in r.labels[ignore])
+        area = object_sizes(r).prod(axis=1)
         s.sizes.update("small" if a < SMALL else "medium" if a < MEDIUM else "large" for a in area.tolist())
     return s
 
@@ -223,9 +243,11 @@ def check_dataset(cfg: DataConfig, *, progress: bool = True, out: str | Path | N
         report.errors.append(f"{root}: the training split {cfg.train_split!r} has no usable images")
     for split, recs in records.items():
         report.splits[split] = split_stats(recs, class_map)
-        empty = [Path(r.file).name for r in recs if len(r.labels) == 0]
+        empty = [Path(r.file).name for r in recs if not len(object_sizes(r))]
         if empty:
-            report.warnings.append(f"{split}: {len(empty)} image(s) with no objects: {', '.join(empty[:10])}{' ...' if len(empty) > 10 else ''}")
+            only = report.splits[split].ignored_only
+            report.warnings.append(f"{split}: {len(empty)} image(s) with no objects: {', '.join(empty[:10])}{' ...' if len(empty) > 10 else ''}"
+                                   + (f" ({only} of them with difficult/crowd ignore regions only)" if only else ""))
     errors, more, report.image_hw, report.same_content = decode_check(records, progress, exif=cfg.exif,
                                                                       max_pixels=cfg.max_image_pixels)
     report.errors += errors
@@ -238,13 +260,16 @@ def check_dataset(cfg: DataConfig, *, progress: bool = True, out: str | Path | N
 _SPLIT_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:purple")
 
 
-def object_sizes(r: Record) -> np.ndarray:
+def object_sizes(r: Record, ignore_as_objects: bool = False) -> np.ndarray:
     """``[N, 2]`` width, height, in original pixels, of the boxes of ``r`` trained as objects:
-    ignore regions (crowd, difficult) left out, as the matcher never assigns them to anchors."""
-    return (r.boxes[:, 2:] - r.boxes[:, :2])[~np.asarray(r.ignore, dtype=bool)]
+    ignore regions (crowd, difficult) left out, as the matcher never assigns them to anchors;
+    kept with ``ignore_as_objects`` (``train --train-difficult``: trained as objects)."""
+    wh = r.boxes[:, 2:] - r.boxes[:, :2]
+    return wh if ignore_as_objects else wh[~np.asarray(r.ignore, dtype=bool)]
 
 
-def model_box_sizes(records: list[Record], image_hw: dict[str, tuple[int, int]], min_size: int, max_size: int) -> np.ndarray:
+def model_box_sizes(records: list[Record], image_hw: dict[str, tuple[int, int]], min_size: int, max_size: int,
+                    ignore_as_objects: bool = False) -> np.ndarray:
     """``[N, 2]`` width, height of every box trained as an object (``object_sizes``) as the model sees it, scaled like its image by the
     model's resize to ``min_size`` / ``max_size`` (``retinanet.geometry.resized_size``).
 
@@ -256,7 +281,7 @@ def model_box_sizes(records: list[Record], image_hw: dict[str, tuple[int, int]],
         if hw is None or len(r.boxes) == 0:
             continue
         nh, nw = resized_size(int(hw[0]), int(hw[1]), min_size, max_size)
-        wh = object_sizes(r)  # [N, 2] original pixels
+        wh = object_sizes(r, ignore_as_objects)  # [N, 2] original pixels
         out.append(wh * np.array([nw / hw[1], nh / hw[0]]))
     return np.concatenate(out).astype(np.float64)
 
@@ -289,7 +314,8 @@ def class_counts_figure(report: CheckReport) -> Figure:
         ax.barh(y + k * height, counts, height, label=f"{split} ({sum(report.splits[split].per_class.values())})", color=_SPLIT_COLORS[k % 4])
     ax.set_yticks(y + height * (len(splits) - 1) / 2, names, fontsize=8 if len(names) > 30 else 9)
     ax.invert_yaxis()
-    ax.set_xlabel("objects")
+    ignored = sum(sum(s.ignored_per_class.values()) for s in report.splits.values())
+    ax.set_xlabel("objects" + (f" ({ignored} difficult/crowd ignore region(s) left out)" if ignored else ""))
     ax.grid(axis="x", alpha=0.3)
     if splits:
         fig.legend(loc="outside lower center", ncols=len(splits), fontsize=8)
@@ -379,7 +405,8 @@ def larger_input(wh: np.ndarray, anchor_sizes: tuple[int, ...], too_many: float,
 
 
 def too_small_for_anchors(records: list[Record], image_hw: list[tuple[int, int] | None], min_size: int, max_size: int,
-                          anchor_sizes: tuple[int, ...], native: bool = False, too_many: float = 0.15) -> str:
+                          anchor_sizes: tuple[int, ...], native: bool = False, too_many: float = 0.15,
+                          ignore_as_objects: bool = False) -> str:
     """A training run's warning when more than ``too_many`` of the boxes of ``records`` are too
     small for the smallest anchor (``count_too_small``) at the scale the model sees them (resized
     to ``min_size``/``max_size``; ``native``: unresized, as crops, whose advice is anchors alone:
@@ -387,11 +414,13 @@ def too_small_for_anchors(records: list[Record], image_hw: list[tuple[int, int] 
 
     Args:
         image_hw: each record's image size (``DetectionDataset.image_sizes``; None: left out).
+        ignore_as_objects: the run trains ignore regions as objects (``train_difficult``): counted.
     """
     if native:
-        wh = np.concatenate([np.zeros((0, 2)), *(object_sizes(r) for r in records)]).astype(np.float64)
+        wh = np.concatenate([np.zeros((0, 2)), *(object_sizes(r, ignore_as_objects) for r in records)]).astype(np.float64)
     else:
-        wh = model_box_sizes(records, {r.file: hw for r, hw in zip(records, image_hw) if hw}, min_size, max_size)
+        wh = model_box_sizes(records, {r.file: hw for r, hw in zip(records, image_hw) if hw}, min_size, max_size,
+                             ignore_as_objects)
     wh = wh[(wh > 0).all(axis=1)]
     small = count_too_small(wh, anchor_sizes)
     if not len(wh) or small <= too_many * len(wh):

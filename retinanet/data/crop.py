@@ -43,10 +43,12 @@ def crop_rule(size: int) -> str:
             "padded")
 
 
-def too_large_for_crop(records, size: int) -> str:
+def too_large_for_crop(records, size: int, ignore_as_objects: bool = False) -> str:
     """A warning when objects of ``records`` (the training split) can never have ``CROP_KEEP`` of
-    their area inside a ``size`` crop: they are always ignore regions, never learnt; "" when none."""
-    boxes = [r.boxes[~r.ignore.astype(bool)] for r in records]
+    their area inside a ``size`` crop: they are always ignore regions, never learnt; "" when none.
+    Ignore regions are not objects, unless the run trains them as such (``ignore_as_objects``:
+    ``train_difficult``)."""
+    boxes = [r.boxes if ignore_as_objects else r.boxes[~r.ignore.astype(bool)] for r in records]
     wh = np.concatenate([b[:, 2:] - b[:, :2] for b in boxes]) if boxes else np.zeros((0, 2), np.float32)
     if not len(wh):
         return ""

@@ -44,10 +44,43 @@ def test_planted_problems(tmp_path, capsys):
     assert "train: 1 image(s) with no objects: empty.jpg" in warnings
     train, val = report.splits["train"], report.splits["val"]
     assert (train.images, train.objects, train.empty_images) == (7, 6, 1)
-    assert (val.objects, val.ignored, val.sizes["small"], val.sizes["medium"]) == (3, 1, 1, 2)
+    assert (val.objects, val.ignored, val.sizes["small"], val.sizes["medium"]) == (2, 1, 1, 1)  # the difficult dog apart
     assert main(["check-data", "--data", str(tmp_path), "--quiet"]) == 1
     out = capsys.readouterr().out
     assert "NOT OK" in out and "corrupt.jpg" in out
+
+
+def test_crowd_and_difficult_regions_are_counted_apart_from_the_objects(tmp_path, capsys):
+    """The size classes, the class table, the object count and "images with no objects" counted
+    COCO crowd and VOC difficult regions as objects (a 150 px crowd was a "large" object), though
+    they are neither trained nor scored as objects, and the anchor counts already left them out."""
+    import json
+
+    from voc_fixtures import write_image
+
+    cats = [{"id": 1, "name": "person"}, {"id": 18, "name": "dog"}]
+    im = lambda i: {"id": i, "file_name": f"{i:012d}.jpg", "height": 200, "width": 200}  # noqa: E731
+    anns = {"train": [{"id": 1, "image_id": 1, "category_id": 18, "bbox": [10, 5, 20, 30], "iscrowd": 0},
+                      {"id": 2, "image_id": 1, "category_id": 1, "bbox": [40, 40, 150, 150], "iscrowd": 1},
+                      {"id": 3, "image_id": 2, "category_id": 1, "bbox": [70, 50, 30, 30], "iscrowd": 0}],
+            "val": [{"id": 9, "image_id": 7, "category_id": 18, "bbox": [0, 0, 120, 120], "iscrowd": 1}]}
+    (tmp_path / "annotations").mkdir()
+    for split, ids in (("train", (1, 2)), ("val", (7,))):
+        for i in ids:
+            write_image(tmp_path / f"{split}2017" / im(i)["file_name"], (200, 200), seed=i)
+        (tmp_path / "annotations" / f"instances_{split}2017.json").write_text(
+            json.dumps({"images": [im(i) for i in ids], "annotations": anns[split], "categories": cats}))
+    root = tmp_path / "annotations" / "instances_train2017.json"
+    report = check_dataset(DataConfig(root=str(root), train_split="train2017", val_split="val2017"), progress=False)
+    train, val = report.splits["train"], report.splits["val"]
+    assert (train.objects, train.ignored, dict(train.sizes), dict(train.per_class)) == (2, 1, {"small": 2}, {"dog": 1, "person": 1})
+    assert train.ignored_per_class == {"person": 1} and train.empty_images == 0
+    assert (val.objects, val.ignored, sum(val.sizes.values()), val.empty_images, val.ignored_only) == (0, 1, 0, 1, 1)
+    text = report.summary()
+    assert "train: 2 images, 2 objects (and 1 difficult/crowd ignore region(s), left out of every count here)" in text
+    assert "  objects: small 2, medium 0, large 0" in text and "  person 1 (+1 ignored)" in text
+    assert "\n  dog 0 (+1 ignored)\n" in text  # val: a class with ignore regions alone is listed
+    assert "val: 1 image(s) with no objects: 000000000007.jpg (1 of them with difficult/crowd ignore regions only)" in text
 
 
 def test_unreadable_annotations_are_errors(tmp_path, capsys):
@@ -181,6 +214,9 @@ def test_training_warns_when_most_boxes_are_too_small_for_the_anchors():
     crowded = [Record(f"{s}.jpg", np.array([[0, 0, s, s], [0, 0, 8, 8], [0, 0, 9, 9]], np.float32), np.ones(3, np.int64),
                       np.array([False, True, True]), 0, (100, 100), f"{s}.jpg") for s in (10, 20, 30, 60)]
     assert too_small_for_anchors(crowded, sizes, 100, 100, (32, 64, 128, 256, 512)).startswith("2 of the 4 training boxes")
+    # but a run with --train-difficult trains them as objects: counted (were left out there too)
+    assert too_small_for_anchors(crowded, sizes, 100, 100, (32, 64, 128, 256, 512),
+                                 ignore_as_objects=True).startswith("10 of the 12 training boxes")
 
 
 def test_crop_training_anchor_advice_is_anchors_alone():

@@ -146,3 +146,5 @@ def test_objects_no_crop_can_hold_half_of_are_named():
     assert said.startswith("1 of the 2 training objects are too large for a 160 px crop to hold 50% of them") and \
         "give a larger --crop" in said  # 200 x 100: a crop holds 80% of it; the ignored 400 x 50 is not counted
     assert too_large_for_crop(records, 256) == "" and too_large_for_crop([], 160) == ""
+    # --train-difficult trains it as an object: then it is one of them
+    assert too_large_for_crop(records, 160, ignore_as_objects=True).startswith("2 of the 3 training objects")

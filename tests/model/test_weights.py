@@ -126,6 +126,28 @@ def test_a_run_folder_given_as_weights_names_its_checkpoint(tmp_path):
         read_file(tmp_path / "run")
 
 
+def test_a_read_handed_on_is_taken_once_and_only_for_the_file_as_it_was_read(tmp_path):
+    """``ReadOnce``: what eval and train --resume read for the configs is the content their weights
+    load from, but never a stale one: another file, a file rewritten since, a second take read again."""
+    import os
+
+    from retinanet.files import ReadOnce
+
+    a, b = tmp_path / "a.pt", tmp_path / "b.pt"
+    torch.save({"v": 1}, a)
+    torch.save({"v": 2}, b)
+    once = ReadOnce()
+    assert once.read(a) == {"v": 1}
+    assert once.take(os.path.relpath(a)) == {"v": 1}  # the same file, however it is named
+    assert once.take(a) is None  # given up: no reference kept for the rest of a run
+    once.read(a)
+    assert once.take(b) is None and once.take(a) is None  # another file: and the read is dropped
+    once.read(a)
+    torch.save({"v": 3}, tmp_path / "new.pt")
+    os.replace(tmp_path / "new.pt", a)  # a run writing its last.pt meanwhile
+    assert once.take(a) is None
+
+
 def test_an_unwritable_weights_cache_names_the_folder_and_torch_home(tmp_path, monkeypatch):
     """A read-only home: TORCH_HOME's folder cannot be made (here under a regular file, which fails even for
     root) or written (the download's temporary file): one message naming the folder and TORCH_HOME."""

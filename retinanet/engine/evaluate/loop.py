@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from retinanet.files import write_atomic
+from retinanet.files import ReadOnce, write_atomic
 from retinanet.data import ClassMap, build_datasets, build_loader
 from retinanet.data.build import coco_files
 from retinanet.data.classes import default_class_names
@@ -439,7 +439,7 @@ class EvalRun:
     tiling: str = ""  # the tiling used (``TileOptions.describe``), "" when none
 
 
-def run_eval(data_cfg, opts: EvalOptions) -> EvalRun:
+def run_eval(data_cfg, opts: EvalOptions, once: ReadOnce | None = None) -> EvalRun:
     """Evaluate a checkpoint (ours or an official torchvision file) on ``data_cfg``'s val split
     (the only split read: the training split need not exist).
 
@@ -447,12 +447,14 @@ def run_eval(data_cfg, opts: EvalOptions) -> EvalRun:
     main process writes ``write_eval_outputs`` into ``opts.out`` when given. The dataset is read
     with the checkpoint's class map (unless ``data_cfg.classes`` is given), so ids match the
     model's; for an official torchvision file (labels = COCO category ids) the dataset's own map
-    is kept and mismatches are returned as warnings.
+    is kept and mismatches are returned as warnings. ``once``: the checkpoint as the caller read it
+    (``stored_config``), loaded without reading the file again.
     """
     try:  # the device, the checkpoint and the data: every process meets a problem there alike
         device = local_device(opts.device)
         init_distributed(device)
-        model, model_map = load_model(opts.weights, device, channels_last=opts.channels_last, **opts.model_overrides)
+        model, model_map = load_model(opts.weights, device, channels_last=opts.channels_last, once=once,
+                                      **opts.model_overrides)
         cfg = model.config
         # our checkpoint knows its class ids: read the data with them, not rediscovered ones
         class_map = (ClassMap(model_map, source=f"class map of {Path(opts.weights).name}")

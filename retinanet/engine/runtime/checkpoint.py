@@ -25,7 +25,7 @@ import torch
 from retinanet.config import SECTIONS, ModelConfig, check_limits, from_dict
 from retinanet.engine.runtime.device import usable_device
 from retinanet.errors import CheckpointError
-from retinanet.files import check_free_space, megabytes, read_file, write_atomic
+from retinanet.files import ReadOnce, check_free_space, megabytes, read_file, write_atomic
 from retinanet.model import build_model
 from retinanet.model.anchors import NUM_ANCHORS
 from retinanet.model.weights import (CLS_KEYS, DETECTOR_URLS, load_state, load_torchvision_weights, read_weights,
@@ -49,23 +49,24 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
     return write_atomic(path, lambda f: torch.save(state, f))
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Our checkpoint at ``path``.
+def read_checkpoint(path: str | os.PathLike, content: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Our checkpoint at ``path`` (``content``: the file's dict, already read; not read again).
 
     Raises:
         CheckpointError: unreadable (``files.read_file``), or not our format (a bare state_dict).
     """
-    obj = read_file(path)
+    obj = read_file(path) if content is None else content
     if not is_checkpoint(obj):
         raise CheckpointError(f"{path}: not a retinanet checkpoint (no format {FORMAT!r}): a bare state_dict "
                               "cannot be resumed; start a run from it with --weights")
     return obj
 
 
-def stored_config(path: str | os.PathLike) -> dict[str, dict[str, Any]] | None:
+def stored_config(path: str | os.PathLike, once: ReadOnce | None = None) -> dict[str, dict[str, Any]] | None:
     """The configs a checkpoint stores, ``{"model": {...}, "data": {...}, "train": {...}}`` (each
-    section a dict, empty where absent), or None for a file without them."""
-    return _stored_sections(read_file(path))
+    section a dict, empty where absent), or None for a file without them. ``once``: read through
+    it, so that the step that loads the weights next takes the content instead of reading again."""
+    return _stored_sections(read_file(path) if once is None else once.read(path))
 
 
 def _stored_sections(obj: dict[str, Any]) -> dict[str, dict[str, Any]] | None:
@@ -190,14 +191,15 @@ def load_weights(model: torch.nn.Module, path_or_state_dict: Any, *, source: str
 INFERENCE_FIXED = ("arch", "num_classes", "fpn_channels", "head_convs")
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", channels_last: bool = False, **overrides: Any):
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", channels_last: bool = False,
+               once: ReadOnce | None = None, **overrides: Any):
     """``(model, class map)`` of ``load_model_and_config`` (same arguments and errors)."""
-    model, class_map, _ = load_model_and_config(path, device, channels_last, **overrides)
+    model, class_map, _ = load_model_and_config(path, device, channels_last, once, **overrides)
     return model, class_map
 
 
 def load_model_and_config(path: str | os.PathLike, device: str | torch.device = "cpu", channels_last: bool = False,
-                          **overrides: Any):
+                          once: ReadOnce | None = None, **overrides: Any):
     """Build a model from our checkpoint or an official torchvision file, ready for inference.
 
     ``path`` may also name official weights (``coco``, ``coco-v2``: fetched once into torch.hub's
@@ -205,7 +207,8 @@ def load_model_and_config(path: str | os.PathLike, device: str | torch.device = 
     included. For a bare torchvision state_dict the arch is detected (v1/v2), the class count read
     from the classification layer and the eps is torchvision's (v1: 0). ``overrides`` replace
     ``ModelConfig`` fields (for example ``score_thresh``, ``min_size``). ``channels_last`` puts
-    the model in NHWC memory layout (same results, usually faster; its batches follow).
+    the model in NHWC memory layout (same results, usually faster; its batches follow). ``once``:
+    the file's content an earlier step read (``stored_config``), taken instead of reading it again.
 
     Returns:
         (model in eval mode on ``device``, class map ``{"name": id}`` or None for a bare file, the configs
@@ -215,7 +218,9 @@ def load_model_and_config(path: str | os.PathLike, device: str | torch.device = 
     check_limits(overrides, "model", "model settings")  # min_size=0 and the like, as the command line refuses them
     if str(path).lower() in DETECTOR_URLS:
         path = weights_file(str(path))[0]
-    obj = read_file(path)
+    obj = once.take(path) if once is not None else None
+    if obj is None:
+        obj = read_file(path)
     if is_checkpoint(obj):
         cfg, class_map, state = model_config_of(obj, path), obj.get("class_map"), obj.get("ema") or obj["model"]
         stored = _stored_sections(obj)

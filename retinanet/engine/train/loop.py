@@ -62,24 +62,25 @@ from retinanet.data.progress import reading_progress
 from retinanet.data.crop import crop_model_config, crop_rule, too_large_for_crop
 from retinanet.data.workers import MAIN_GUARD_HINT, starting_worker
 from retinanet.errors import RetinaNetError
-from retinanet.files import link_atomic
+from retinanet.files import ReadOnce, link_atomic
 from retinanet.model import build_model, check_input_size
 
 
 def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, progress: bool = True,
-          exist_ok: bool = False, resume_allow: Sequence[str] = ()) -> dict[str, Any]:
+          exist_ok: bool = False, resume_allow: Sequence[str] = (), once: ReadOnce | None = None) -> dict[str, Any]:
     """Train a RetinaNet; returns the summary dict (``report.make_summary``).
 
     Under torchrun this joins the process group (and leaves it at the end if it created it).
     ``progress=False``: no printing at all (``train.log`` is still written). ``exist_ok``: a new
-    run may replace the files of another run in ``train_cfg.out`` (``check_run_dir``).
+    run may replace the files of another run in ``train_cfg.out`` (``check_run_dir``). ``once``:
+    the ``--resume`` checkpoint as the caller read it for its configs, taken instead of a second read.
     """
     if starting_worker():  # a script without a __main__ guard, re-run in a loader worker
         raise RetinaNetError(f"train() called while a loader worker process was starting: {MAIN_GUARD_HINT}")
     own_group = not D.is_dist()
     try:
         with contextlib.ExitStack() as held:  # the run folder (from before its first check) and the loader workers, to the end
-            return _train(model_cfg, data_cfg, train_cfg, progress, exist_ok, held, resume_allow)
+            return _train(model_cfg, data_cfg, train_cfg, progress, exist_ok, held, resume_allow, once)
     except RetinaNetError as err:
         if not D.is_dist():  # before the processes joined: each met it alike (the command line prints it once)
             err.every_rank = True
@@ -90,7 +91,7 @@ def train(model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, 
 
 
 def _train(model_cfg: ModelConfig, data_cfg: DataConfig, cfg: TrainConfig, progress: bool, exist_ok: bool,
-           held: contextlib.ExitStack, resume_allow: Sequence[str]) -> dict[str, Any]:
+           held: contextlib.ExitStack, resume_allow: Sequence[str], once: ReadOnce | None = None) -> dict[str, Any]:
     t_start = time.time()
     writer_cls = tensorboard_writer_class() if cfg.tensorboard else None  # every rank fails alike, before any work
     check_train_config(cfg)
@@ -108,7 +109,7 @@ def _train(model_cfg: ModelConfig, data_cfg: DataConfig, cfg: TrainConfig, progr
         data = read_datasets(data_cfg, model_cfg, tell)
     model_cfg = dataclasses.replace(model_cfg, num_classes=data.class_map.num_classes)
     resume_path = resume_file(cfg.resume) if cfg.resume else None  # once: a run folder's newest checkpoint
-    resumed = read_checkpoint(resume_path) if resume_path else None
+    resumed = read_checkpoint(resume_path, once.take(resume_path) if once else None) if resume_path else None
     if resumed is not None and same_file(resume_path.parent, Path(cfg.out)) and not exist_ok:
         rewind = rewind_problem(resume_path, int(resumed["epoch"]) + 1, Path(cfg.out))
         if rewind:  # an older checkpoint of the folder (best.pt, a stale interrupted.pt) would set the run back
@@ -131,9 +132,10 @@ def _train(model_cfg: ModelConfig, data_cfg: DataConfig, cfg: TrainConfig, progr
                  f"{len(data.class_map.ids)} classes; model {model_cfg.arch} ({model_cfg.num_classes} outputs), "
                  f"{model_cfg.min_size}-{model_cfg.max_size} px")
         log_data_notes(log, data)
-        large = too_large_for_crop(data.train.records, data_cfg.crop) if data_cfg.crop else ""
+        trained = data_cfg.train_difficult  # its difficult/crowd boxes are trained as objects: counted as such here too
+        large = too_large_for_crop(data.train.records, data_cfg.crop, trained) if data_cfg.crop else ""
         small = too_small_for_anchors(data.train.records, data.train.image_sizes(), model_cfg.min_size, model_cfg.max_size,
-                                      tuple(model_cfg.anchor_sizes), native=bool(data_cfg.crop))
+                                      tuple(model_cfg.anchor_sizes), native=bool(data_cfg.crop), ignore_as_objects=trained)
         for note in (*settings_without_effect(model_cfg, data_cfg, cfg, data.format, D.get_world_size(), device.type),
                      shared_images(data), large, small):
             if note:  # said, not silently recorded in config.yaml as if it applied

@@ -306,3 +306,10 @@ def test_predict_says_when_a_cap_cut_the_detections(checkpoint, arrays):
         "1000 it keeps for NMS: those were never considered; Detector.load(..., topk_candidates=N) keeps more (each "
         "result's .at_cap says which cap it reached)"]
     assert retinanet.Detector.load(checkpoint, topk_candidates=100000).predict(arrays[0], score_thresh=0.005)[0].at_cap is None
+
+
+def test_load_reads_the_checkpoint_once(checkpoint, monkeypatch):
+    loads, real = [], torch.load
+    monkeypatch.setattr(torch, "load", lambda f, *a, **k: loads.append(Path(f).name) or real(f, *a, **k))
+    det = retinanet.Detector.load(checkpoint)
+    assert loads == ["tiny.pt"] and det.class_names == {1: "cat", 2: "dog"}

@@ -379,3 +379,32 @@ def test_max_dets_defaults_to_the_checkpoint_s_cap_and_a_level_s_top_k_cut_is_co
     assert "warning" not in capsys.readouterr().out
     (more,) = json.loads((tmp_path / "o3" / "predictions.json").read_text())["images"]
     assert more["at_cap"] is None and len(more["detections"]) > len(record["detections"])
+
+
+def test_drawn_jpeg_box_lines_keep_their_colour_and_png_is_lossless(tmp_path, checkpoint, monkeypatch):
+    """A drawn JPEG was saved with PIL's defaults (quality 75, 4:2:0 chroma subsampling): a 1 px red
+    line on grey came back as (141, 46, 46) on average, its colour spread into the grey around it.
+    Now quality 95 at 4:4:4: within 24 of (255, 0, 0) on every pixel of the line. A PNG is exact."""
+    from PIL import ImageDraw
+
+    import retinanet.engine.infer.predict as predict_module
+
+    def draw(image, *args, **kwargs):  # the model's boxes aside: one 1 px red box where the test knows it
+        image = image.copy()
+        ImageDraw.Draw(image).rectangle([101, 101, 301, 251], outline=(255, 0, 0), width=1)
+        return image
+
+    monkeypatch.setattr(predict_module, "draw_detections", draw)
+    grey = Image.new("RGB", (640, 480), (128, 128, 128))
+    (tmp_path / "in").mkdir()
+    grey.save(tmp_path / "in" / "j.jpg", quality=100)
+    grey.save(tmp_path / "in" / "p.png")
+    assert main(["predict", str(tmp_path / "in"), "--weights", str(checkpoint), "--out", str(tmp_path / "out"),
+                 "--workers", "0", "--device", "cpu", "--quiet"]) == 0
+    expected = np.asarray(draw(grey)).astype(int)
+    line = (expected == [255, 0, 0]).all(axis=-1)
+    jpeg = Image.open(tmp_path / "out" / "images" / "j.jpg")
+    assert jpeg.format == "JPEG" and np.abs(np.asarray(jpeg).astype(int)[line] - [255, 0, 0]).max() <= 24
+    assert jpeg.layer == [(1, 1, 1, 0), (2, 1, 1, 1), (3, 1, 1, 1)]  # 4:4:4: every component at full resolution
+    png = Image.open(tmp_path / "out" / "images" / "p.png")
+    assert png.format == "PNG" and (np.asarray(png).astype(int) == expected).all()

@@ -223,3 +223,21 @@ def test_train_takes_the_detection_caps_on_the_command_line():
     m, _, _ = _configs("--data", "voc", "--max-dets", "1000", "--topk-candidates", "3000")
     assert (m.detections_per_img, m.topk_candidates) == (1000, 3000)
     assert _configs("--data", "voc")[0] == ModelConfig()
+
+
+def test_train_from_weights_and_resume_read_the_checkpoint_once(tmp_path, monkeypatch):
+    """``--resume`` read its checkpoint twice (its configs, then its training state): with optimizer
+    and EMA three times the model's size."""
+    make_synthetic(tmp_path / "syn", num_train=2, num_val=1, image_size=64)
+    argv = ["train", "--data", str(tmp_path / "syn"), "--arch", "resnet18_fpn", "--min-size", "64", "--max-size", "64",
+            "--norm", "bn", "--trainable-backbone-layers", "5", "--fpn-channels", "32", "--epochs", "1", "--batch-size",
+            "2", "--device", "cpu", "--workers", "0", "--quiet"]
+    assert main([*argv, "--from-scratch", "--out", str(tmp_path / "a")]) == 0
+    loads, real = [], torch.load
+    monkeypatch.setattr(torch, "load", lambda f, *a, **k: loads.append(str(f)) or real(f, *a, **k))
+    assert main([*argv, "--weights", str(tmp_path / "a" / "last.pt"), "--out", str(tmp_path / "b")]) == 0
+    assert loads == [str(tmp_path / "a" / "last.pt")]
+    loads.clear()
+    assert main(["train", "--resume", str(tmp_path / "b"), "--epochs", "2", "--quiet"]) == 0
+    assert loads == [str(tmp_path / "b" / "last.pt")]
+    assert torch.load(tmp_path / "b" / "last.pt", weights_only=True)["epoch"] == 1  # the resumed run trained on
