@@ -2,6 +2,7 @@
 
     python benchmarks/bench_tiles.py recall --weights RUN/best.pt --data LARGE_SET
     python benchmarks/bench_tiles.py memory --weights RUN/best.pt --sizes 2000 8000
+    python benchmarks/bench_tiles.py merge --base-checkout /work/main --detections 10000 40000 80000
 
 ``recall``: every image of the dataset's val split (VOC layout, e.g. ``retinanet make-synthetic
 --large``), predicted whole (resized to the model's input size, ``Detector.predict(tile=False)``; with
@@ -20,6 +21,15 @@ of tiles. The children fix glibc's mmap threshold as ``predict/eval --tile`` do
 (``--mmap-threshold 0``: glibc's moving default, under which the peak creeps up with the tiles and
 scatters from run to run); each size runs ``--repeats`` times, the sizes interleaved, and the
 medians are compared.
+
+``merge``: ``merge_tiles`` alone (no model) on the detections of a ``--merge-size`` px image in
+``--tile`` px tiles at ``--overlap`` (default 12,000 px, 160 px, 0.2: 8,836 tiles): objects of 12..48
+px, ``--detections`` / 1.5 of them (about 1.4x as many detections come out: the count is printed), each tile seeing the visible part of each
+(0-3 px jitter, scores in steps of 0.01) through its own class-wise NMS in tile pixels, shifted to
+image pixels as ``detect_tiled`` does, fragments marked; ``--whole N`` adds N whole-image-pass boxes.
+With ``--base-checkout CHECKOUT`` its ``retinanet/model/tiling.py`` is timed on the same inputs, alternating
+with this checkout's (``--repeats`` each, medians), and the kept indices compared (by score, equal
+scores by index).
 """
 
 from __future__ import annotations
@@ -47,8 +57,8 @@ from torchvision.ops import box_iou  # noqa: E402
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("mode", choices=["recall", "memory"])
-    p.add_argument("--weights", required=True)
+    p.add_argument("mode", choices=["recall", "memory", "merge"])
+    p.add_argument("--weights", help="recall, memory: the checkpoint")
     p.add_argument("--data", help="recall: dataset root with VOCdevkit/VOC2012 (make-synthetic layout)")
     p.add_argument("--split", default="val")
     p.add_argument("--tile", type=int, help="tile side [the model's input size]")
@@ -67,6 +77,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="memory: glibc's mmap threshold in the children, fixed as predict/eval --tile fix it "
                    "(fix_mmap_threshold) [32 MiB]; 0: glibc's moving default")
     p.add_argument("--child-size", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--base-checkout", help="merge: another checkout whose merge_tiles is timed beside this one's")
+    p.add_argument("--detections", type=int, nargs="+", default=[10_000, 40_000, 80_000], help="merge: about how many")
+    p.add_argument("--merge-size", type=int, default=12_000, help="merge: image side [12000]")
+    p.add_argument("--whole", type=int, default=0, help="merge: whole-image-pass boxes [0]")
     return p.parse_args(argv)
 
 
@@ -185,13 +199,98 @@ def memory(args) -> None:
           f"largest / smallest single run: {worst:.3f}x")
 
 
+def merge_inputs(args, detections: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """``merge_tiles``'s inputs for about ``detections`` detections (see ``merge`` in the docstring)."""
+    from torchvision.ops import batched_nms
+
+    from retinanet.model.tiling import fragments, inner_edges, tile_grid
+
+    g = torch.Generator().manual_seed(seed)
+    S, tile, classes = args.merge_size, args.tile or 160, 3
+    grid = tile_grid((S, S), tile, args.overlap)
+    inner = inner_edges(grid, (S, S))
+    side = 1 + 2 * args.overlap * tile / (tile * (1 - args.overlap))  # tiles that see an object, about
+    n = max(1, int(detections / side))
+    wh = torch.rand(n, 2, generator=g) * 36 + 12
+    xy = torch.rand(n, 2, generator=g) * (S - wh)
+    objs = torch.cat([xy, xy + wh], 1)
+    label = torch.randint(0, classes, (n,), generator=g)
+    w = grid.float()
+    # (object, tile) pairs: the tiles each object shows in, by columns and rows of the grid
+    cols, rows = torch.unique(w[:, 0::2], dim=0), torch.unique(w[:, 1::2], dim=0)
+    vis_c = (torch.min(objs[:, None, 2], cols[None, :, 1]) - torch.max(objs[:, None, 0], cols[None, :, 0])) > 1
+    vis_r = (torch.min(objs[:, None, 3], rows[None, :, 1]) - torch.max(objs[:, None, 1], rows[None, :, 0])) > 1
+    o, r, c = (vis_r[:, :, None] & vis_c[:, None, :]).nonzero().unbind(1)
+    t = r * len(cols) + c  # tile_grid is row-major
+    win = w[t]
+    local = torch.cat([objs[o, :2].maximum(win[:, :2]), objs[o, 2:].minimum(win[:, 2:])], 1) - win[:, :2].repeat(1, 2)
+    local = local + torch.randint(-12, 13, local.shape, generator=g) / 4  # 0-3 px jitter
+    size = (win[:, 2:] - win[:, :2]).repeat(1, 2)
+    local = local.clamp(min=0).minimum(size)
+    scores = torch.randint(5, 100, (len(o),), generator=g).float() / 100
+    ok = (local[:, 2] > local[:, 0]) & (local[:, 3] > local[:, 1])
+    local, scores, o, t = local[ok], scores[ok], o[ok], t[ok]
+    k = batched_nms(local, scores, t * classes + label[o], 0.5).sort().values  # each tile's own NMS, tile pixels
+    boxes = local[k] + w[t[k], :2].repeat(1, 2)
+    scores, labels, tiles = scores[k], label[o[k]], t[k]
+    frag = fragments(boxes, grid[tiles], inner[tiles])
+    if args.whole:
+        c = torch.rand(args.whole, 2, generator=g) * S
+        half = torch.rand(args.whole, 2, generator=g) * 200 + 10
+        boxes = torch.cat([boxes, torch.cat([(c - half).clamp(min=0), (c + half).clamp(max=S)], 1)])
+        scores = torch.cat([scores, torch.randint(5, 100, (args.whole,), generator=g).float() / 100])
+        labels = torch.cat([labels, torch.randint(0, classes, (args.whole,), generator=g)])
+        tiles = torch.cat([tiles, torch.full((args.whole,), -1)])
+        frag = torch.cat([frag, torch.zeros(args.whole, dtype=torch.bool)])
+    return boxes, scores, labels, tiles, frag, grid
+
+
+def merge(args) -> None:
+    import importlib.util
+    import platform
+
+    from retinanet.model import tiling
+
+    fns = {"this": tiling.merge_tiles}
+    if args.base_checkout:
+        spec = importlib.util.spec_from_file_location("base_tiling", Path(args.base_checkout) / "retinanet/model/tiling.py")
+        base = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = base  # its dataclasses look their module up
+        spec.loader.exec_module(base)
+        fns = {"base": base.merge_tiles} | fns
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    print(f"{cpu}, {torch.get_num_threads()} thread(s); {args.merge_size} px image, tiles of {args.tile or 160} px at "
+          f"overlap {args.overlap}, {args.whole} whole-image boxes")
+    for detections in args.detections:
+        inputs = merge_inputs(args, detections)
+        times: dict[str, list[float]] = {name: [] for name in fns}
+        kept = {}
+        for _ in range(args.repeats):
+            for name, fn in fns.items():
+                t0 = time.perf_counter()
+                keep = fn(*inputs, 0.5, 10 ** 7)
+                times[name].append(time.perf_counter() - t0)
+                kept[name] = keep
+        scores = inputs[1]
+        ordered = {name: k.sort().values[torch.sort(scores[k.sort().values], descending=True, stable=True).indices]
+                   for name, k in kept.items()}
+        same = "" if len(fns) < 2 else (", same kept boxes and order" if torch.equal(*ordered.values())
+                                         else ", KEPT BOXES DIFFER")
+        cells = ", ".join(f"{name} {statistics.median(ts):.3f} s" for name, ts in times.items())
+        print(f"{len(scores):7d} detections ({int(inputs[4].sum())} fragments, {len(kept['this'])} kept): {cells}"
+              f" (medians of {args.repeats}){same}", flush=True)
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if args.mode != "merge" and not args.weights:
+        raise SystemExit(f"{args.mode}: --weights is required")
     if args.child_size:
         return memory_child(args)
     if args.threads:
         torch.set_num_threads(args.threads)
-    (recall if args.mode == "recall" else memory)(args)
+    {"recall": recall, "memory": memory, "merge": merge}[args.mode](args)
 
 
 if __name__ == "__main__":

@@ -149,3 +149,164 @@ def test_overlap_0_is_said_to_cut_edge_objects():
 
     assert "overlap 0: no tile holds an object on a tile edge whole" in TileOptions(tile=64, overlap=0.0).describe()
     assert "no tile holds" not in TileOptions(tile=64).describe()
+
+
+def _reference_merge(boxes, scores, labels, tile_index, fragment, grid, iou_thresh, max_det, contain=0.7):
+    """``merge_tiles`` as it was before the split (bca57b9): a loop over the tiles with fragments, then
+    one ``batched_nms`` over everything. The oracle of the equivalence tests."""
+    from torchvision.ops import batched_nms
+
+    keep = torch.ones(len(boxes), dtype=torch.bool)
+    g = grid.to(boxes.dtype)
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    for t in tile_index[fragment].unique().tolist():
+        frag = (fragment & (tile_index == t)).nonzero().squeeze(1)
+        touching = ((torch.min(g[:, 2:], g[t, 2:]) - torch.max(g[:, :2], g[t, :2])) > 0).all(1)
+        touching[t] = False
+        near = touching.nonzero().squeeze(1)
+        cand = (torch.isin(tile_index, near) | (tile_index < 0)).nonzero().squeeze(1)
+        if not len(cand):
+            continue
+        f, w = boxes[frag], boxes[cand]
+        inter = (torch.min(f[:, None, 2:], w[None, :, 2:]) - torch.max(f[:, None, :2], w[None, :, :2])).clamp(min=0).prod(2)
+        larger = area[None, cand] > area[frag, None]
+        same = labels[frag, None] == labels[None, cand]
+        covered = ((inter >= contain * area[frag, None].clamp(min=1e-6)) & larger & same).any(dim=1)
+        keep[frag[covered]] = False
+    idx = keep.nonzero().squeeze(1)
+    kept = batched_nms(boxes[idx], scores[idx], labels[idx], iou_thresh)
+    return idx[kept[:max_det]]
+
+
+def _by_score(kept, scores):
+    """Indices by score, equal scores by index: the order ``merge_tiles`` promises."""
+    kept = kept.sort().values
+    return kept[torch.sort(scores[kept], descending=True, stable=True).indices]
+
+
+def random_tiled_detections(g: torch.Generator, hw, tile, overlap, objects, iou_thresh=0.5, per_tile=60,
+                            classes=3, whole=0, false_pos=2):
+    """Detections of a tiled image as ``detect_tiled`` hands them to ``merge_tiles``: per tile, the
+    visible part of each object (0-3 px jitter, 1/4 px steps) and a few false positives, scores in
+    steps of 0.1 (many equal), the tile's class-wise NMS in tile pixels (the model's) and its cap,
+    then shifted to image pixels; ``whole`` boxes of a whole-image pass (tile -1) on top.
+    Returns ``(boxes, scores, labels, tile_index, fragment, grid)``."""
+    from torchvision.ops import batched_nms
+
+    from retinanet.model.tiling import fragments
+
+    H, W = hw
+    grid = tile_grid(hw, tile, overlap)
+    inner = inner_edges(grid, hw)
+    size = torch.rand(objects, 2, generator=g) * 90 + 6
+    x0 = torch.rand(objects, generator=g) * (W - 4)
+    y0 = torch.rand(objects, generator=g) * (H - 4)
+    objs = torch.stack([x0, y0, (x0 + size[:, 0]).clamp(max=W), (y0 + size[:, 1]).clamp(max=H)], 1)
+    obj_label = torch.randint(0, classes, (objects,), generator=g)
+    parts = []
+    for t, w in enumerate(grid.tolist()):
+        x_0, y_0, x_1, y_1 = (float(v) for v in w)
+        vis = torch.stack([objs[:, 0].clamp(x_0, x_1), objs[:, 1].clamp(y_0, y_1), objs[:, 2].clamp(x_0, x_1),
+                           objs[:, 3].clamp(y_0, y_1)], 1)
+        seen = (vis[:, 2] - vis[:, 0] > 1) & (vis[:, 3] - vis[:, 1] > 1)
+        b = vis[seen] - torch.tensor([x_0, y_0, x_0, y_0])
+        lab = obj_label[seen]
+        fp = torch.rand(false_pos, 4, generator=g) * torch.tensor([x_1 - x_0, y_1 - y_0] * 2)
+        fp = torch.cat([fp[:, :2].minimum(fp[:, 2:]), fp[:, :2].maximum(fp[:, 2:])], 1)
+        b = torch.cat([b, fp])
+        lab = torch.cat([lab, torch.randint(0, classes, (false_pos,), generator=g)])
+        b = b + (torch.randint(-12, 13, b.shape, generator=g) / 4)  # jitter 0-3 px in 1/4 px
+        b = torch.stack([b[:, 0], b[:, 1], torch.max(b[:, 2], b[:, 0] + 1), torch.max(b[:, 3], b[:, 1] + 1)], 1)
+        b = b.clamp(min=0).minimum(torch.tensor([x_1 - x_0, y_1 - y_0] * 2))
+        s = torch.randint(1, 10, (len(b),), generator=g).float() / 10
+        k = batched_nms(b, s, lab, iou_thresh)[:per_tile]  # the model's NMS and cap, in tile pixels
+        b, s, lab = b[k], s[k], lab[k]
+        b = b + torch.tensor([x_0, y_0, x_0, y_0])  # detect_tiled's shift
+        ok = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
+        index = torch.full((int(ok.sum()),), t)
+        parts.append((b[ok], s[ok], lab[ok], index, fragments(b[ok], grid[index], inner[index])))
+    if whole:
+        c = torch.rand(whole, 2, generator=g) * torch.tensor([W, H])
+        half = torch.rand(whole, 2, generator=g) * 150 + 5
+        b = torch.cat([(c - half).clamp(min=0), (c + half).minimum(torch.tensor([W, H]))], 1).round()
+        s = torch.randint(1, 10, (whole,), generator=g).float() / 10
+        parts.append((b, s, torch.randint(0, classes, (whole,), generator=g), torch.full((whole,), -1),
+                      torch.zeros(whole, dtype=torch.bool)))
+    return (*(torch.cat(x) for x in zip(*parts)), grid)
+
+
+@pytest.mark.parametrize("split_above", [0, None])
+def test_the_merge_keeps_what_one_nms_over_everything_kept(monkeypatch, split_above):
+    """The merge decides NMS on the pairs of boxes found tile by tile; random tiled scenes (grids,
+    overlaps 0-0.5, equal scores, three classes, with and without a whole-image pass) give the old
+    merge's boxes (one ``batched_nms`` over all), by score, equal scores by index.
+    ``split_above=0``: small scenes through the pairs; None: scenes over ``PAIRS_ABOVE``, where the
+    old ``batched_nms`` ran ``nms`` class by class."""
+    import retinanet.model.tiling as tiling
+
+    if split_above is not None:
+        monkeypatch.setattr(tiling, "PAIRS_ABOVE", split_above)
+    g = torch.Generator().manual_seed(0 if split_above is None else 1)
+    scenes = 4 if split_above is None else 40
+    for n in range(scenes):
+        if split_above is None:
+            hw, tile, objects = (1400, 1600), int(torch.randint(128, 260, (1,), generator=g)), 1500
+        else:
+            hw = tuple(int(v) for v in torch.randint(100, 700, (2,), generator=g))
+            tile, objects = int(torch.randint(48, 300, (1,), generator=g)), int(torch.randint(0, 120, (1,), generator=g))
+        overlap = [0.0, 0.1, 0.2, 0.5][n % 4]
+        iou = [0.5, 0.3, 0.6][n % 3]
+        whole = [0, 0, 30][n % 3]
+        boxes, scores, labels, tiles, frag, grid = random_tiled_detections(g, hw, tile, overlap, objects, iou,
+                                                                           whole=whole)
+        ref = _reference_merge(boxes, scores, labels, tiles, frag, grid, iou, 10 ** 6)
+        if split_above is None:
+            assert len(ref) > tiling.PAIRS_ABOVE
+        for max_det in (10 ** 6, len(ref) // 2):
+            got = tiling.merge_tiles(boxes, scores, labels, tiles, frag, grid, iou, max_det)
+            assert got.tolist() == _by_score(ref, scores)[:max_det].tolist(), (n, hw, tile, overlap, iou, whole)
+        if len(ref) <= 1000:  # one batched_nms over <= 1,000 boxes (class offsets, stable): the same order too
+            assert got.tolist() == ref[:max_det].tolist()
+
+
+def test_the_merge_compares_no_box_with_all_others(monkeypatch):
+    """80k detections of a 12,000 px image took 7 s in one NMS over all (quadratic in the boxes): the
+    pairs NMS decides on are found tile by tile, and no NMS runs over all the boxes; a chain of
+    overlapping boxes longer than the rounds of ``_greedy_nms`` is decided by ``nms`` over the chain."""
+    import retinanet.model.tiling as tiling
+
+    seen = []
+    nms = tiling.nms
+    monkeypatch.setattr(tiling, "nms", lambda b, s, t: seen.append(len(b)) or nms(b, s, t))
+    monkeypatch.setattr(tiling, "batched_nms", lambda *a: pytest.fail("batched_nms over all the boxes"))
+    g = torch.Generator().manual_seed(2)
+    boxes, scores, labels, tiles, frag, grid = random_tiled_detections(g, (1400, 1600), 300, 0.2, 1500)
+    assert len(boxes) > 2000
+    keep = tiling.merge_tiles(boxes, scores, labels, tiles, frag, grid, 0.5, 10 ** 6)
+    assert keep.tolist() == _by_score(_reference_merge(boxes, scores, labels, tiles, frag, grid, 0.5, 10 ** 6),
+                                      scores).tolist()
+    assert seen == []
+    # a chain: each box overlaps the next at IoU 0.6, scores falling along it: every other one kept
+    n = 1200
+    x = torch.arange(n).float() * 4
+    chain = torch.stack([x, torch.zeros(n), x + 16, torch.full((n,), 10.0)], 1)
+    one = torch.zeros(n, dtype=torch.int64)
+    score = 1 - torch.arange(n).float() / n
+    keep = tiling.merge_tiles(chain, score, one, one, one.bool(), tile_grid((10, 4800), 4800, 0.2), 0.5, n)
+    assert keep.tolist() == list(range(0, n, 2)) and seen and max(seen) < n  # the rounds decided the chain's start
+
+
+def test_equal_scores_come_by_index_and_max_det_cuts_them_so():
+    """Over 1,000 boxes ``batched_nms`` sorted its result with an unstable sort: boxes of equal
+    score came in no set order, and ``max_det`` cut among them by chance."""
+    from retinanet.model.tiling import merge_tiles
+
+    grid = tile_grid((400, 400), 400, 0.2)  # one tile
+    n = 1600
+    xy = torch.stack([torch.arange(n) % 40, torch.arange(n) // 40], 1).float() * 10
+    boxes = torch.cat([xy, xy + 5], 1)
+    scores = torch.tensor([0.5, 0.7, 0.5, 0.9]).repeat(n // 4)
+    zeros = torch.zeros(n, dtype=torch.int64)
+    keep = merge_tiles(boxes, scores, zeros, zeros, zeros.bool(), grid, 0.5, 1000)
+    expected = torch.cat([torch.arange(3, n, 4), torch.arange(1, n, 4), torch.arange(0, n, 2)])[:1000]
+    assert keep.tolist() == expected.tolist()
