@@ -25,6 +25,9 @@ helpers are in ``retinanet.engine.train.optim``.
 The steps do not wait for the device: losses, counts and the non-finite flag stay on it
 (``StepMeter``) and are read every ``print_every`` steps and at the end of the epoch; a step with
 a non-finite loss is skipped on the device (fused optimizers' ``found_inf``; fp16: the GradScaler).
+Under DDP a step waits for the other ranks only in DDP's gradient all-reduce (``D.wrap_ddp``: no
+buffer broadcast; ``train_step``: a rank's non-finite loss rides on the gradients; fp16 apart):
+the ranks agree on a stop at the logging points (``tests/engine/train/test_ddp_syncs.py``).
 """
 
 from __future__ import annotations
@@ -359,22 +362,34 @@ def train_step(model, optimizer, images, targets, cfg: TrainConfig, device, scal
         the loss was finite on every rank, and so was the gradient norm; with fp16 the scaler
         also skips steps with non-finite gradients). When ``"finite"`` is False no rank changed
         its weights or optimizer state.
+
+    Under DDP the step's only collective is DDP's gradient all-reduce (``D.wrap_ddp``; the CPU
+    audit: ``tests/engine/train/test_ddp_syncs.py``): a rank whose loss is not finite makes its
+    gradients NaN (``loss * nan``), so the all-reduced gradients, and their norm, are not finite on
+    every rank, and every rank skips the step. With fp16 the GradScaler skips steps whose gradients
+    overflowed without counting them as non-finite, so there the loss is all-reduced to agree on it.
     """
     images = [im.to(device, non_blocking=True) for im in images]
     targets = [{k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets]
     with precision.autocast(device.type):
         losses = model(images, targets)  # fp32: the model leaves autocast for the loss
     loss = sum(losses.values())
-    finite = torch.isfinite(D.all_reduce_mean(loss.detach()))
+    if scaler.is_enabled():  # fp16: a collective per step (named in the DDP audit)
+        finite = torch.isfinite(D.all_reduce_mean(loss.detach()))
+    else:
+        finite = torch.isfinite(loss.detach())
     optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
+    # DDP: x 1.0 (the same gradients, bit for bit), or x NaN on a rank whose loss is not finite
+    backward = loss * torch.where(finite, 1.0, float("nan")) if D.is_dist() and not scaler.is_enabled() else loss
+    scaler.scale(backward).backward()
     if scaler.is_enabled():  # fp16: the scaler itself skips steps whose gradients are not finite
         if cfg.clip_grad_norm:
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
     else:  # a finite loss can still give non-finite gradients (e.g. a bf16 kernel's overflow): skip those too
         params = [p for p in model.parameters() if p.grad is not None]
-        norm = torch.nn.utils.get_total_norm([p.grad for p in params])  # the same on every rank after DDP
+        # the same on every rank after DDP: not finite on every rank when one rank's loss was not
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
         finite = finite & torch.isfinite(norm)
         if cfg.clip_grad_norm:
             torch.nn.utils.clip_grads_with_norm_(params, cfg.clip_grad_norm, norm)
@@ -439,6 +454,9 @@ def end_epoch(run: Run, state: RunState, epoch: int, stats: EpochStats, last: bo
     improved), rewrite the report files, log the epoch's line."""
     cfg = run.cfg
     flush_decode_skips(run)
+    # DDP: rank 0's BatchNorm statistics on every rank (each rank updated its own: D.wrap_ddp), as saved
+    for module in (run.model, *([run.ema.module] if run.ema is not None else [])):
+        D.broadcast_module(module, buffers_only=True)
     check_epoch_trained(run, epoch, stats)
     row = {"epoch": epoch + 1, **epoch_losses(stats.sums, stats.steps, run.device), "lr": run.optimizer.param_groups[0]["lr"]}
     t_eval = time.time()
@@ -538,7 +556,7 @@ def check_epoch_trained(run: Run, epoch: int, stats: EpochStats) -> None:
     Raises:
         RetinaNetError: naming the epoch, what is wrong, and what to do.
     """
-    found = [p for p in D.all_gather_object(epoch_problem(run, epoch, stats)) if p]  # every rank: statistics are its own
+    found = [p for p in D.all_gather_object(epoch_problem(run, epoch, stats)) if p]  # every rank (its losses, its EMA)
     if found:  # every rank stops together, with the first finding (rank 0's log has it whichever rank found it)
         err = RetinaNetError(found[0])
         err.every_rank = True
@@ -578,7 +596,7 @@ def evaluate_epoch(run: Run, cuttable: bool = True) -> EvalResult:
 def epoch_losses(sums: dict[str, float], steps: int, device: torch.device) -> dict[str, float | None]:
     """Mean losses of the epoch over every rank (None when every step was skipped)."""
     keys = list(dict.fromkeys([*LOSSES, *sums]))
-    if steps == 0:  # the same on every rank: skipping is decided on the all-reduced loss
+    if steps == 0:  # the same on every rank: skipping is agreed (train_step: the all-reduced gradients)
         return {k: None for k in keys}
     mean = D.all_reduce_mean(torch.tensor([sums.get(k, 0.0) / steps for k in keys], dtype=torch.float64, device=device))
     return dict(zip(keys, mean.tolist()))

@@ -166,8 +166,7 @@ def setup(model: torch.nn.Module, model_cfg: ModelConfig, data_cfg: DataConfig, 
                          f"{', '.join(reinit)}" if reinit else ""))
     if cfg.sync_bn and distributed and device.type == "cuda":  # PyTorch's SyncBatchNorm runs on GPUs only (said)
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    ddp_ids = [device.index] if device.type == "cuda" else None
-    net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ddp_ids) if distributed else model
+    net = D.wrap_ddp(model, device) if distributed else model  # no per-step buffer broadcast
     precision = resolve_precision(cfg.amp, device)
     log.line(f"precision: {precision.describe()}")
     optimizer = build_optimizer(model, cfg, fused=device.type in ("cpu", "cuda"))  # fused: skips on the device
