@@ -430,13 +430,16 @@ def stop_run(run: Run, state: RunState, epoch: int, stats: EpochStats) -> str:
     reason = run.stop.signal or "signal on another rank"
     flush_decode_skips(run)  # every rank is here
     done = stats.steps + stats.skipped
-    # every rank restores these sums: the mean over ranks (rank 0's alone would stand for every rank's
-    # share of the stopped epoch in its loss); every rank is here, so the collective is safe
+    # each rank restores its own sums ("rank_sums"), so that the resumed epoch's mean loss is the
+    # uninterrupted run's to the last bit (restored as their mean, each rank's sum/steps rounded apart:
+    # the 16th digit differed); "sums", their mean over ranks, serves a resume with another process
+    # count (rank 0's alone would stand for every rank's share). Every rank is here: the collectives are safe
     keys = sorted(stats.sums)
     sums = dict(zip(keys, D.all_reduce_mean(torch.tensor([stats.sums[k] for k in keys], dtype=torch.float64,
                                                           device=run.device)).tolist())) if keys else {}
+    rank_sums = D.all_gather_object(dict(stats.sums))
     if run.main:
-        progress = {"epoch": epoch, "step": done, "steps": len(run.train_loader), "sums": sums,
+        progress = {"epoch": epoch, "step": done, "steps": len(run.train_loader), "sums": sums, "rank_sums": rank_sums,
                     "finite_steps": stats.steps, "images": stats.images, "skipped": stats.skipped,
                     "seconds": stats.seconds, "bad_in_a_row": state.bad_in_a_row}
         save_checkpoint(checkpoint_state(run, state, epoch - 1) | {"epoch_progress": progress}, run.out / "interrupted.pt")

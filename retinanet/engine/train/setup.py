@@ -236,7 +236,11 @@ def resume_mid_epoch(run: Run, state: RunState, progress: dict[str, Any], path: 
                              f"{progress['epoch'] + 1}, but this run has {steps} steps per epoch (batch size, processes "
                              "or data differ); resume with the same settings, or from last.pt")
     state.step, state.bad_in_a_row = progress["step"], progress["bad_in_a_row"]
-    state.epoch_stats = EpochStats(sums=dict(progress["sums"]), steps=progress["finite_steps"], images=progress["images"],
+    # this rank's own sums (the same processes: the uninterrupted run's sums to the last bit), else the
+    # mean over the ranks that wrote it (another process count, or a checkpoint from before rank_sums)
+    own = progress.get("rank_sums") or []
+    sums = own[D.get_rank()] if len(own) == run.world else progress["sums"]
+    state.epoch_stats = EpochStats(sums=dict(sums), steps=progress["finite_steps"], images=progress["images"],
                                    skipped=progress["skipped"], seconds=progress["seconds"])
 
 
