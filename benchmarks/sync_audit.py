@@ -619,7 +619,8 @@ def main(argv=None) -> None:
     p.add_argument("--run", action="store_true", help="the whole train() loop (synthetic data) instead of the step")
     p.add_argument("--infer", action="store_true", help="model.eval() forward + post-processing instead")
     p.add_argument("--ddp", action="store_true", help="the step (--run: the train() loop) in 2 processes of a gloo "
-                   "group, collectives included; rank 0's table")
+                   "group, collectives included; rank 0's table (the step: after 2 warm-up steps, DDP's second "
+                   "rebuilds its buckets; --run: its first audited step does)")
     p.add_argument("--score-thresh", type=float, default=None,
                    help="--infer: score threshold (0: every candidate reaches NMS) [the model's, 0.05]")
     args = p.parse_args(argv)
@@ -631,7 +632,7 @@ def main(argv=None) -> None:
         amp = "off" if args.amp == "fp16" else args.amp
         job = (("run", "run", dict(steps=args.steps + 1, amp=amp, arch=args.arch, optimizer=args.optimizer,
                                    clip_grad_norm=args.clip, ema=args.ema)) if args.run else
-               ("step", "step", dict(steps=args.steps, amp=args.amp, optimizer=args.optimizer, clip=args.clip,
+               ("step", "step", dict(steps=args.steps, warmup=2, amp=args.amp, optimizer=args.optimizer, clip=args.clip,
                                      ema=args.ema, model_options=dict(TINY, arch=args.arch))))
         audit = ddp_audit([job])[0][job[0]]
         what = (f"DDP (2 gloo processes, rank 0) {'train() loop' if args.run else 'train step'} ({args.arch}, {args.amp}, "
