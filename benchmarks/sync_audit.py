@@ -31,6 +31,14 @@ the EMA update: ``train_one_epoch``'s body) on a tiny model after warm-up steps;
 ``tests/engine/train/test_syncs.py`` asserts the exact set of sites it finds. ``audit_train_run``
 audits the real ``train()`` loop instead (the loader's fetches and the logging points apart).
 
+DDP (``--ddp``; ``ddp_audit``): the same audits in 2 processes of a gloo group on the CPU, as
+``torchrun --nproc_per_node=2`` runs them, the model wrapped as ``setup`` wraps it
+(``distributed.wrap_ddp``). The audit also records every collective (``c10d`` ops: ``all_reduce``,
+``broadcast``, the ones ``all_gather_object`` runs, and DDP's own), a wait for the other ranks
+even where it is not a host-device sync, named as the syncs are; DDP's gradient all-reduce is
+``c10d.allreduce_ @ retinanet/engine/train/loop.py:train_step via torch/autograd/graph.py:_engine_run_backward``.
+``tests/engine/train/test_ddp_syncs.py`` asserts the exact set per step.
+
 What it cannot see: syncs made by CUDA-only code paths (none in the step) and waits that are not
 syncs of the stream (e.g. the caching allocator); the GPU row (``bench_gpu.py --sync-debug``) counts
 what the driver sees.
@@ -73,6 +81,8 @@ SYNC_OPS = {
     "nms": "output size (boxes kept) depends on the data (torchvision's kernel copies its mask to the host)",
 }
 _HOOKS = ("__torch_dispatch__", "wrapped", "to")  # this module's functions that record an op
+COLLECTIVE_NAMESPACES = ("c10d", "_c10d_functional", "c10d_functional")  # torch.distributed's ops
+COLLECTIVE = "collective: every rank waits for the others (on a GPU, queued on the stream: not a host sync)"
 BOOL_INDEX_OPS = ("index", "index_put", "index_put_", "_index_put_impl_")
 
 
@@ -156,6 +166,7 @@ class SyncAudit(torch.utils._python_dispatch.TorchDispatchMode):
         self.step = -1  # < 0: not recording
         self.steps = 0  # audited steps begun
         self.hosts = WeakIdKeyDictionary()
+        self.logging_points: set[int] = set()  # audited steps at which the loop reads its meter (audit_train_run)
 
     def begin(self, step: int) -> None:
         """Record what follows as step ``step`` (< 0: not at all)."""
@@ -186,7 +197,9 @@ class SyncAudit(torch.utils._python_dispatch.TorchDispatchMode):
         tensors = [t for a in (*args, *kwargs.values()) for t in (a if isinstance(a, (list, tuple)) else (a,))
                    if isinstance(t, torch.Tensor)]
         on_host = bool(tensors) and all(t in self.hosts for t in tensors)  # e.g. AveragedModel's n_averaged
-        if self.step >= 0 and not on_host:
+        if self.step >= 0 and func.namespace in COLLECTIVE_NAMESPACES:  # wherever its tensors are
+            self.record(f"{func.namespace}.{func._schema.name.split('::')[-1]}", COLLECTIVE)
+        elif self.step >= 0 and not on_host:
             cause = sync_cause(func, args, kwargs)
             if cause:
                 self.record(f"aten.{func._schema.name.split('::')[-1]}", cause)
@@ -194,6 +207,16 @@ class SyncAudit(torch.utils._python_dispatch.TorchDispatchMode):
         if on_host:  # computed from host tensors alone: on the host too
             self.host(out)
         return out
+
+    def syncs(self) -> set[str]:
+        """The keys of the host-device syncs recorded (collectives apart)."""
+        return {e.key for e in self.events if e.cause != COLLECTIVE}
+
+    def collectives(self, steps=None) -> collections.Counter:
+        """Collective keys, with their count per audited step, over ``steps`` (default: all)."""
+        chosen = [e for e in self.events if e.cause == COLLECTIVE and (steps is None or e.step in steps)]
+        n = len(set(steps)) if steps is not None else max(self.steps, 1)
+        return collections.Counter({k: c / n for k, c in collections.Counter(e.key for e in chosen).items()})
 
     def by_step(self) -> dict[int, collections.Counter]:
         """Per audited step: ``Counter`` of event keys."""
@@ -346,6 +369,11 @@ def build_step(amp: str = "off", optimizer: str = "sgd", clip: float | None = No
     return model.train(), opt, scaler, precision, build_ema(model, cfg), cfg
 
 
+def _rank() -> int:
+    from retinanet.engine.runtime.distributed import get_rank
+    return get_rank()
+
+
 def audit_train_step(steps: int = 2, warmup: int = 1, amp: str = "off", optimizer: str = "sgd",
                      clip: float | None = None, ema: bool = False, batches=None, **build) -> SyncAudit:
     """``train_one_epoch``'s body (lr, ``train_step``, ``StepMeter.add``, EMA) for ``warmup`` then
@@ -353,21 +381,23 @@ def audit_train_step(steps: int = 2, warmup: int = 1, amp: str = "off", optimize
 
     ``batches``: ``(images, targets)`` of each step (warm-up included), cycled; by default
     ``tiny_batch()``. ``build``: more options of ``build_step``."""
+    from retinanet.engine.runtime import distributed as D
     from retinanet.engine.train.loop import LOSSES, StepMeter, train_step
     from retinanet.engine.train.optim import lr_factor, set_lr
 
-    batches = batches or [tiny_batch()]
+    batches = batches or [tiny_batch(seed=_rank())]  # under DDP: each rank its own batch
     device = torch.device("cpu")
     audit = SyncAudit()
     with recording(audit):  # built under the hooks: what torch.tensor makes without a device is on the host
         model, opt, scaler, precision, ema_model, cfg = build_step(amp, optimizer, clip, ema, **build)
+        net = D.wrap_ddp(model, device) if D.is_dist() else model  # in a process group: as setup wraps it
         meter = StepMeter(device, LOSSES, streak=0, limit=cfg.max_bad_steps)
         for i in range(warmup + steps):
             images, targets = batches[i % len(batches)]
             audit.host(images, targets)  # the loader's batch, as train_one_epoch gets it
             audit.begin(i - warmup)  # < 0 during the warm-up: not recorded
             set_lr(opt, cfg.lr * lr_factor(i, i / 100, cfg, 1.0, 10))
-            step = train_step(model, opt, images, targets, cfg, device, scaler, precision)
+            step = train_step(net, opt, images, targets, cfg, device, scaler, precision)
             meter.add(step, len(images), i)
             if ema_model is not None:
                 ema_model.update_parameters(model)
@@ -375,20 +405,32 @@ def audit_train_step(steps: int = 2, warmup: int = 1, amp: str = "off", optimize
     return audit
 
 
-def audit_train_run(root: Path, steps: int = 4, amp: str = "off", arch: str = TINY["arch"],
+def audit_train_run(root: Path, steps: int = 4, amp: str = "off", arch: str = TINY["arch"], made: bool = False,
                     **train_options) -> SyncAudit:
     """The real ``train()`` (``retinanet.engine.train.loop``) for one epoch of ``steps`` batches of 2
-    synthetic 64 px images: every step after the first, from the loader's batch to the next fetch;
-    the loader's fetches and the logging points (``report_steps``: ``StepMeter.read``) are not
-    recorded. ``root``: an empty folder for the data and the run."""
+    synthetic 64 px images (per process: in a process group of W, the data holds W times as many):
+    every step after the first, from the loader's batch to the next fetch; the loader's fetches and
+    ``report_steps`` (``StepMeter.read``) are not recorded; the steps at which a progress line was
+    due are in ``audit.logging_points`` (what the loop runs there besides ``report_steps``: the stop
+    check, under DDP a collective). ``root``: an empty folder for the data and the run; ``made``:
+    the data is already in ``root / "syn"``."""
     import retinanet.engine.train.loop as T
     from retinanet.config import DataConfig, ModelConfig, TrainConfig
     from retinanet.data import make_synthetic
+    from retinanet.engine.runtime.distributed import get_world_size
 
-    make_synthetic(root / "syn", num_train=2 * steps, num_val=1, image_size=64, seed=0)
+    if not made:
+        make_synthetic(root / "syn", num_train=2 * steps * get_world_size(), num_val=1, image_size=64, seed=0)
     audit = SyncAudit()
     count = {"i": -1}
-    real_setup, real_report, real_epoch = T.setup, T.report_steps, T.train_one_epoch
+    real_setup, real_report, real_epoch, real_progress = T.setup, T.report_steps, T.train_one_epoch, T.StepProgress
+
+    class StepProgress(real_progress):  # notes the logging points
+        def due(self, i):
+            due = super().due(i)
+            if due and audit.step >= 0:
+                audit.logging_points.add(audit.step)
+            return due
 
     class Loader:  # the train loader, its fetches not recorded, its batches marked as host tensors
         def __init__(self, loader):
@@ -435,13 +477,89 @@ def audit_train_run(root: Path, steps: int = 4, amp: str = "off", arch: str = TI
     data = DataConfig(root=str(root / "syn" / "VOCdevkit"), workers=0)
     cfg = TrainConfig(out=str(root / "run"), epochs=1, batch_size=2, print_every=10**6, device="cpu", amp=amp,
                       weights="none", **train_options)
-    T.setup, T.report_steps, T.train_one_epoch = setup, report_steps, train_one_epoch
+    T.setup, T.report_steps, T.train_one_epoch, T.StepProgress = setup, report_steps, train_one_epoch, StepProgress
     try:
         with recording(audit):
             T.train(model, data, cfg, progress=False)
     finally:
-        T.setup, T.report_steps, T.train_one_epoch = real_setup, real_report, real_epoch
+        T.setup, T.report_steps, T.train_one_epoch, T.StepProgress = real_setup, real_report, real_epoch, real_progress
     return audit
+
+
+# --- DDP: the same audits in a process group ------------------------------------------------------
+
+
+def _ddp_worker(rank: int, world: int, port: int, out: str, jobs: list, then=None) -> None:
+    """One rank of ``ddp_audit``: joins a gloo group as torchrun's environment describes it, runs
+    each job (``(name, "step" | "run", options)``) and ``then()``, and writes its events (and what
+    ``then`` returned) to ``out/RANK.json``."""
+    import json
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world), OMP_NUM_THREADS="1")
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    results = {}
+    try:
+        for name, kind, options in jobs:
+            if kind == "step":
+                audit = audit_train_step(**options)
+            else:
+                audit = audit_train_run(Path(out) / name, made=True, **options)
+            dist.barrier()
+            results[name] = {"steps": audit.steps, "logging_points": sorted(audit.logging_points),
+                             "events": [dataclasses.asdict(e) for e in audit.events]}
+        if then is not None:
+            results["then"] = then()
+    finally:
+        (Path(out) / f"{rank}.json").write_text(json.dumps(results))
+        dist.destroy_process_group()
+
+
+def ddp_audit(jobs: list, world: int = 2, root: Path | None = None, then=None) -> list[dict]:
+    """Each job (``(name, "step", options of audit_train_step)`` or ``(name, "run", options of
+    audit_train_run)``) in ``world`` processes of a gloo group (``torch.multiprocessing.spawn``);
+    returns, per rank, ``{name: SyncAudit}`` (its events and steps), and under ``"then"`` what
+    ``then()`` (a picklable function, run last in the group) returned. ``root``: a folder for the
+    runs' data and outputs (default: a temporary one)."""
+    import json
+    import socket
+    import sys
+    import tempfile
+
+    import torch.multiprocessing as mp
+    from retinanet.data import make_synthetic
+
+    with contextlib.ExitStack() as stack:
+        root = root or Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        for name, kind, options in jobs:
+            if kind == "run":  # made once, before the processes read it
+                make_synthetic(root / name / "syn", num_train=2 * options.get("steps", 4) * world, num_val=1,
+                               image_size=64, seed=0)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        sys.path.insert(0, str(HERE.parent))  # the spawned processes import this module as sync_audit
+        try:
+            mp.spawn(_ddp_worker, args=(world, port, str(root), jobs, then), nprocs=world, join=True)
+        finally:
+            sys.path.remove(str(HERE.parent))
+        ranks = []
+        for rank in range(world):
+            done = {}
+            for name, r in json.loads((root / f"{rank}.json").read_text()).items():
+                if name == "then":
+                    done[name] = r
+                    continue
+                audit = SyncAudit()
+                audit.steps, audit.logging_points = r["steps"], set(r["logging_points"])
+                audit.events = [SyncEvent(**e) for e in r["events"]]
+                done[name] = audit
+            ranks.append(done)
+        return ranks
 
 
 # --- inference ------------------------------------------------------------------------------------
@@ -500,6 +618,9 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=3, help="audited steps, after one warm-up step [3]")
     p.add_argument("--run", action="store_true", help="the whole train() loop (synthetic data) instead of the step")
     p.add_argument("--infer", action="store_true", help="model.eval() forward + post-processing instead")
+    p.add_argument("--ddp", action="store_true", help="the step (--run: the train() loop) in 2 processes of a gloo "
+                   "group, collectives included; rank 0's table (the step: after 2 warm-up steps, DDP's second "
+                   "rebuilds its buckets; --run: its first audited step does)")
     p.add_argument("--score-thresh", type=float, default=None,
                    help="--infer: score threshold (0: every candidate reaches NMS) [the model's, 0.05]")
     args = p.parse_args(argv)
@@ -507,6 +628,15 @@ def main(argv=None) -> None:
         audit = audit_inference(passes=args.steps, amp="off" if args.amp == "fp16" else args.amp,
                                 score_thresh=args.score_thresh, arch=args.arch)
         what = f"inference ({args.arch}, {args.amp}, score_thresh {args.score_thresh}), per pass of 2 images"
+    elif args.ddp:
+        amp = "off" if args.amp == "fp16" else args.amp
+        job = (("run", "run", dict(steps=args.steps + 1, amp=amp, arch=args.arch, optimizer=args.optimizer,
+                                   clip_grad_norm=args.clip, ema=args.ema)) if args.run else
+               ("step", "step", dict(steps=args.steps, warmup=2, amp=args.amp, optimizer=args.optimizer, clip=args.clip,
+                                     ema=args.ema, model_options=dict(TINY, arch=args.arch))))
+        audit = ddp_audit([job])[0][job[0]]
+        what = (f"DDP (2 gloo processes, rank 0) {'train() loop' if args.run else 'train step'} ({args.arch}, {args.amp}, "
+                f"{args.optimizer}, clip {args.clip}, ema {args.ema}), per step; logging points: {sorted(audit.logging_points)}")
     elif args.run:
         import tempfile
         with tempfile.TemporaryDirectory() as tmp:

@@ -5,6 +5,7 @@ Every helper works unchanged in a single process (world size 1), so the engine h
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Callable
 from datetime import timedelta
@@ -141,15 +142,37 @@ def any_rank(flag: bool) -> bool:
     return bool(value.item())
 
 
-def broadcast_module(module: torch.nn.Module, src: int = 0) -> None:
-    """Copy rank ``src``'s parameters and buffers into ``module`` on every rank (no-op in a single
-    process). Before evaluating: BatchNorm running statistics drift apart across DDP ranks, each
-    updated by its own last batches, and every rank must evaluate the weights rank 0 saves."""
+def broadcast_module(module: torch.nn.Module, src: int = 0, buffers_only: bool = False) -> None:
+    """Copy rank ``src``'s parameters and buffers (``buffers_only``: its buffers) into ``module`` on
+    every rank (no-op in a single process). Before evaluating, and at each epoch's end: BatchNorm
+    running statistics differ across DDP ranks (``wrap_ddp``: each rank updates its own, from its
+    own batches), and every rank must check and evaluate the weights rank 0 saves."""
     if not is_dist():
         return
     with torch.no_grad():
-        for tensor in [*module.parameters(), *module.buffers()]:
+        for tensor in [*([] if buffers_only else module.parameters()), *module.buffers()]:
             dist.broadcast(tensor.data, src)
+
+
+def wrap_ddp(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``DistributedDataParallel(model)`` for the training steps: gradients all-reduced in the
+    backward (its only per-step collective), buffers not broadcast at every forward.
+
+    DDP's default broadcasts every buffer (BatchNorm's running statistics; FrozenBatchNorm's constant
+    ones) from rank 0 at the start of each forward: a collective per step, which only overwrote the
+    other ranks' statistics with rank 0's. A training step in ``train()`` mode normalises with the
+    batch's own statistics, never the running ones, and rank 0's buffers, the ones it saves, are
+    never changed by that broadcast (it is their source): the losses, the weights and every
+    checkpoint are the same without it. The other ranks' statistics are set to rank 0's where they
+    are read (``broadcast_module``: at each epoch's end and before an evaluation) and once here.
+    """
+    ids = [device.index] if device.type == "cuda" else None
+    params = inspect.signature(torch.nn.parallel.DistributedDataParallel).parameters
+    # torch 2.13 renamed the option (broadcast_buffers deprecated); 2.6-2.12 know only broadcast_buffers
+    no_sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
+    net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, **no_sync)
+    broadcast_module(model, buffers_only=True)  # older torch's broadcast_buffers=False left them out of DDP's first sync
+    return net
 
 
 def cleanup() -> None:

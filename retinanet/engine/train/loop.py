@@ -25,6 +25,9 @@ helpers are in ``retinanet.engine.train.optim``.
 The steps do not wait for the device: losses, counts and the non-finite flag stay on it
 (``StepMeter``) and are read every ``print_every`` steps and at the end of the epoch; a step with
 a non-finite loss is skipped on the device (fused optimizers' ``found_inf``; fp16: the GradScaler).
+Under DDP a step waits for the other ranks only in DDP's gradient all-reduce (``D.wrap_ddp``: no
+buffer broadcast; ``train_step``: a rank's non-finite loss rides on the gradients; fp16 apart):
+the ranks agree on a stop at the logging points (``tests/engine/train/test_ddp_syncs.py``).
 """
 
 from __future__ import annotations
@@ -361,22 +364,34 @@ def train_step(model, optimizer, images, targets, cfg: TrainConfig, device, scal
         the loss was finite on every rank, and so was the gradient norm; with fp16 the scaler
         also skips steps with non-finite gradients). When ``"finite"`` is False no rank changed
         its weights or optimizer state.
+
+    Under DDP the step's only collective is DDP's gradient all-reduce (``D.wrap_ddp``; the CPU
+    audit: ``tests/engine/train/test_ddp_syncs.py``): a rank whose loss is not finite makes its
+    gradients NaN (``loss * nan``), so the all-reduced gradients, and their norm, are not finite on
+    every rank, and every rank skips the step. With fp16 the GradScaler skips steps whose gradients
+    overflowed without counting them as non-finite, so there the loss is all-reduced to agree on it.
     """
     images = [im.to(device, non_blocking=True) for im in images]
     targets = [{k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets]
     with precision.autocast(device.type):
         losses = model(images, targets)  # fp32: the model leaves autocast for the loss
     loss = sum(losses.values())
-    finite = torch.isfinite(D.all_reduce_mean(loss.detach()))
+    if scaler.is_enabled():  # fp16: a collective per step (named in the DDP audit)
+        finite = torch.isfinite(D.all_reduce_mean(loss.detach()))
+    else:
+        finite = torch.isfinite(loss.detach())
     optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
+    # DDP: x 1.0 (the same gradients, bit for bit), or x NaN on a rank whose loss is not finite
+    backward = loss * torch.where(finite, 1.0, float("nan")) if D.is_dist() and not scaler.is_enabled() else loss
+    scaler.scale(backward).backward()
     if scaler.is_enabled():  # fp16: the scaler itself skips steps whose gradients are not finite
         if cfg.clip_grad_norm:
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
     else:  # a finite loss can still give non-finite gradients (e.g. a bf16 kernel's overflow): skip those too
         params = [p for p in model.parameters() if p.grad is not None]
-        norm = torch.nn.utils.get_total_norm([p.grad for p in params])  # the same on every rank after DDP
+        # the same on every rank after DDP: not finite on every rank when one rank's loss was not
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
         finite = finite & torch.isfinite(norm)
         if cfg.clip_grad_norm:
             torch.nn.utils.clip_grads_with_norm_(params, cfg.clip_grad_norm, norm)
@@ -417,13 +432,16 @@ def stop_run(run: Run, state: RunState, epoch: int, stats: EpochStats) -> str:
     reason = run.stop.signal or "signal on another rank"
     flush_decode_skips(run)  # every rank is here
     done = stats.steps + stats.skipped
-    # every rank restores these sums: the mean over ranks (rank 0's alone would stand for every rank's
-    # share of the stopped epoch in its loss); every rank is here, so the collective is safe
+    # each rank restores its own sums ("rank_sums"), so that the resumed epoch's mean loss is the
+    # uninterrupted run's to the last bit (restored as their mean, each rank's sum/steps rounded apart:
+    # the 16th digit differed); "sums", their mean over ranks, serves a resume with another process
+    # count (rank 0's alone would stand for every rank's share). Every rank is here: the collectives are safe
     keys = sorted(stats.sums)
     sums = dict(zip(keys, D.all_reduce_mean(torch.tensor([stats.sums[k] for k in keys], dtype=torch.float64,
                                                           device=run.device)).tolist())) if keys else {}
+    rank_sums = D.all_gather_object(dict(stats.sums))
     if run.main:
-        progress = {"epoch": epoch, "step": done, "steps": len(run.train_loader), "sums": sums,
+        progress = {"epoch": epoch, "step": done, "steps": len(run.train_loader), "sums": sums, "rank_sums": rank_sums,
                     "finite_steps": stats.steps, "images": stats.images, "skipped": stats.skipped,
                     "seconds": stats.seconds, "bad_in_a_row": state.bad_in_a_row}
         save_checkpoint(checkpoint_state(run, state, epoch - 1) | {"epoch_progress": progress}, run.out / "interrupted.pt")
@@ -441,6 +459,9 @@ def end_epoch(run: Run, state: RunState, epoch: int, stats: EpochStats, last: bo
     improved), rewrite the report files, log the epoch's line."""
     cfg = run.cfg
     flush_decode_skips(run)
+    # DDP: rank 0's BatchNorm statistics on every rank (each rank updated its own: D.wrap_ddp), as saved
+    for module in (run.model, *([run.ema.module] if run.ema is not None else [])):
+        D.broadcast_module(module, buffers_only=True)
     check_epoch_trained(run, epoch, stats)
     row = {"epoch": epoch + 1, **epoch_losses(stats.sums, stats.steps, run.device), "lr": run.optimizer.param_groups[0]["lr"]}
     t_eval = time.time()
@@ -540,7 +561,7 @@ def check_epoch_trained(run: Run, epoch: int, stats: EpochStats) -> None:
     Raises:
         RetinaNetError: naming the epoch, what is wrong, and what to do.
     """
-    found = [p for p in D.all_gather_object(epoch_problem(run, epoch, stats)) if p]  # every rank: statistics are its own
+    found = [p for p in D.all_gather_object(epoch_problem(run, epoch, stats)) if p]  # every rank (its losses, its EMA)
     if found:  # every rank stops together, with the first finding (rank 0's log has it whichever rank found it)
         err = RetinaNetError(found[0])
         err.every_rank = True
@@ -580,7 +601,7 @@ def evaluate_epoch(run: Run, cuttable: bool = True) -> EvalResult:
 def epoch_losses(sums: dict[str, float], steps: int, device: torch.device) -> dict[str, float | None]:
     """Mean losses of the epoch over every rank (None when every step was skipped)."""
     keys = list(dict.fromkeys([*LOSSES, *sums]))
-    if steps == 0:  # the same on every rank: skipping is decided on the all-reduced loss
+    if steps == 0:  # the same on every rank: skipping is agreed (train_step: the all-reduced gradients)
         return {k: None for k in keys}
     mean = D.all_reduce_mean(torch.tensor([sums.get(k, 0.0) / steps for k in keys], dtype=torch.float64, device=device))
     return dict(zip(keys, mean.tolist()))

@@ -166,8 +166,7 @@ def setup(model: torch.nn.Module, model_cfg: ModelConfig, data_cfg: DataConfig, 
                          f"{', '.join(reinit)}" if reinit else ""))
     if cfg.sync_bn and distributed and device.type == "cuda":  # PyTorch's SyncBatchNorm runs on GPUs only (said)
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    ddp_ids = [device.index] if device.type == "cuda" else None
-    net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ddp_ids) if distributed else model
+    net = D.wrap_ddp(model, device) if distributed else model  # no per-step buffer broadcast
     precision = resolve_precision(cfg.amp, device)
     log.line(f"precision: {precision.describe()}")
     optimizer = build_optimizer(model, cfg, fused=device.type in ("cpu", "cuda"))  # fused: skips on the device
@@ -237,7 +236,11 @@ def resume_mid_epoch(run: Run, state: RunState, progress: dict[str, Any], path: 
                              f"{progress['epoch'] + 1}, but this run has {steps} steps per epoch (batch size, processes "
                              "or data differ); resume with the same settings, or from last.pt")
     state.step, state.bad_in_a_row = progress["step"], progress["bad_in_a_row"]
-    state.epoch_stats = EpochStats(sums=dict(progress["sums"]), steps=progress["finite_steps"], images=progress["images"],
+    # this rank's own sums (the same processes: the uninterrupted run's sums to the last bit), else the
+    # mean over the ranks that wrote it (another process count, or a checkpoint from before rank_sums)
+    own = progress.get("rank_sums") or []
+    sums = own[D.get_rank()] if len(own) == run.world else progress["sums"]
+    state.epoch_stats = EpochStats(sums=dict(sums), steps=progress["finite_steps"], images=progress["images"],
                                    skipped=progress["skipped"], seconds=progress["seconds"])
 
 
