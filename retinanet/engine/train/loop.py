@@ -186,7 +186,7 @@ def _train(model_cfg: ModelConfig, data_cfg: DataConfig, cfg: TrainConfig, progr
             stopped = run_epochs(run, state)
         summary = make_summary(out, state.history, state.best_ap, state.best_epoch, stopped, time.time() - t_start,
                                run.world, data_cfg, data.root, tensorboard=writer_cls is not None and main,
-                               reinitialised=run.reinitialised)
+                               reinitialised=run.reinitialised, resumed_at=state.resumed_at)
         summary["decode_skipped"] = sorted(run.decode_skips)
         summary["caps"] = list(run.last_caps)
         log.line(format_run_summary(summary), echo=False)

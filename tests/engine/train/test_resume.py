@@ -179,6 +179,7 @@ def test_resume_of_a_finished_run_says_there_is_nothing_to_train(run_copy, run_c
     said = "the run already finished its 1 epoch(s) (global step 2), so there is nothing to train; to train on, give a larger --epochs"
     log = (run_copy / "train.log").read_text()
     assert said in err and said in log and log.count("lr schedule:") == 1  # the first run's, none for the resume
+    assert "training finished: 1 epoch(s) on 1 process(es); resumed at its end (nothing to train), this session took" in log
     assert (run_copy / "config.yaml").read_text() == config  # the record of the run that trained, not of this call
 
 
