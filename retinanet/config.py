@@ -241,6 +241,24 @@ def check_limits(values: Mapping[str, Any], section: str, source: str) -> None:
         raise RetinaNetError(f"{source}: {'; '.join(problems)}")
 
 
+def check_kinds(values: Mapping[str, Any], types: Mapping[str, str], section: str, source: str) -> None:
+    """Raise ``RetinaNetError`` naming ``source`` and each value of ``values`` (one config section)
+    that is not of its field's kind (``types``: field -> annotation text): a switch takes true or
+    false (a quoted ``"no"`` or ``"false"`` would be a string, and on), a list setting a list (a
+    lone number would fail later, in a traceback). Numbers are ``check_limits``' business."""
+    problems = []
+    for name, value in values.items():
+        kind = types.get(name, "")
+        if value is None and "None" in kind:
+            continue
+        if kind == "bool" and not isinstance(value, bool):
+            problems.append(f"{section}.{name} must be true or false, not {value!r}")
+        elif kind.startswith("tuple") and not isinstance(value, list | tuple):
+            problems.append(f"{section}.{name} must be a list, not {value!r} (one item: [{value}])")
+    if problems:
+        raise RetinaNetError(f"{source}: {'; '.join(problems)}")
+
+
 # the settings that name a file or folder: a leading "~" in them is the home folder, wherever they come from
 PATH_FIELDS = frozenset({"root", "classes", "val_split", "out", "weights", "backbone_weights", "resume"})
 
@@ -269,7 +287,8 @@ def from_dict(cls: type[T], values: dict[str, Any], source: str = "config") -> T
     a ``~`` in a path setting (``PATH_FIELDS``) is the home folder (``expand_home``).
 
     Raises:
-        RetinaNetError: naming ``source`` and the unknown keys.
+        RetinaNetError: naming ``source`` and the unknown keys, values of the wrong kind
+            (``check_kinds``) or outside their limits (``check_limits``).
     """
     names = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     values = {k: v for k, v in values.items() if k not in REMOVED_FIELDS.get(cls, ())}
@@ -279,7 +298,9 @@ def from_dict(cls: type[T], values: dict[str, Any], source: str = "config") -> T
         home = {k: next((n for n, c in SECTIONS.items() if k in {f.name for f in dataclasses.fields(c)}), None) for k in unknown}
         said = [f"{k} (it belongs in {home[k]}:)" if home[k] else k for k in unknown]
         raise RetinaNetError(f"{source}: unknown option(s) in {section}: {', '.join(said)}")
-    check_limits(values, next((k for k, c in SECTIONS.items() if c is cls), cls.__name__), source)
+    section = next((k for k, c in SECTIONS.items() if c is cls), cls.__name__)
+    check_kinds(values, {k: str(f.type) for k, f in names.items()}, section, source)
+    check_limits(values, section, source)
     kwargs = {}
     for key, value in values.items():
         if key in PATH_FIELDS:

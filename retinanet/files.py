@@ -29,6 +29,7 @@ import shutil
 import tempfile
 import time
 import warnings
+import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -306,7 +307,8 @@ def read_file(path: str | os.PathLike, map_location: str | torch.device = "cpu")
 
     Raises:
         CheckpointError: naming the file when it is missing, empty, not a torch file (a text
-            file, say), corrupt, holds objects other than tensors and plain types, or holds
+            file, say), corrupt (torch cannot read it, or an entry fails the CRC-32 it was written
+            with: ``damaged_entry``), holds objects other than tensors and plain types, or holds
             something other than a dict.
     """
     path = Path(path)
@@ -333,9 +335,24 @@ def read_file(path: str | os.PathLike, map_location: str | torch.device = "cpu")
     except Exception as err:  # torch raises many kinds for a truncated or corrupt file
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"{path}: not a readable PyTorch weights file, truncated or corrupt ({first})") from None
+    damaged = damaged_entry(path) if head.startswith(_TORCH_MAGIC[0]) else None
+    if damaged:  # torch.load does not check the CRCs: altered bytes load as altered weights (0xff.. as NaN)
+        raise CheckpointError(f"{path}: corrupt: the bytes of {damaged} differ from the checksum the file was written "
+                              "with (damaged on disk or in a copy); use another copy, or an earlier checkpoint")
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a state_dict or a retinanet checkpoint, found {type(obj).__name__}")
     return obj
+
+
+def damaged_entry(path: str | os.PathLike) -> str | None:
+    """The first entry of the zip file ``path`` (``torch.save``'s format) whose bytes fail the CRC-32
+    stored with it, or None when every entry passes (or the file is no zip ``zipfile`` reads: not
+    judged here). About 0.1 s per 100 MB, read from the page cache after ``torch.load``."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError):
+        return None
 
 
 class ReadOnce:

@@ -28,6 +28,23 @@ def test_unknown_options_name_where_they_come_from():
         resolve_config({"optim": {}}, source="exp.yaml")
 
 
+def test_a_switch_or_a_list_given_as_something_else_is_refused_by_name(tmp_path):
+    """A quoted "no" was a string, so the switch was on (``photometric: "no"`` trained with photometric
+    distortion); a lone number for a list setting was a TypeError traceback in the run."""
+    path = tmp_path / "exp.yaml"
+    path.write_text('data: {photometric: "no", aspect_grouping: false, train_sizes: 96, years: [2012]}\n'
+                    'train: {ema: "false", lr_steps: 5, clip_grad_norm: null}\n')
+    file = read_config_file(path)
+    with pytest.raises(RetinaNetError) as err:
+        resolve_config({"data": file["data"]}, source=str(path))
+    assert str(err.value) == (f"{path}: data.photometric must be true or false, not 'no'; "
+                              "data.train_sizes must be a list, not 96 (one item: [96])")
+    with pytest.raises(RetinaNetError, match="train.ema must be true or false, not 'false'; train.lr_steps must be a list"):
+        resolve_config({"train": file["train"]}, source=str(path))
+    assert resolve_config({"data": {"photometric": False, "train_sizes": [96]}, "train": {"clip_grad_norm": None}})[1] \
+        == DataConfig(train_sizes=(96,))
+
+
 def test_removed_extra_field_is_ignored_and_no_longer_written(tmp_path):
     assert resolve_config({"train": {"extra": {"a": 1}, "epochs": 2}})[2] == TrainConfig(epochs=2)
     assert "extra" not in {f.name for f in dataclasses.fields(TrainConfig)}

@@ -93,6 +93,21 @@ def test_a_file_that_is_not_weights_says_so(tmp_path, content, says, recwarn):
         load_weights(model, None)  # a bare TypeError before
 
 
+def test_a_checkpoint_whose_bytes_were_altered_is_refused_not_loaded_as_nan_weights(tmp_path):
+    """torch.load does not check the zip's CRC-32s: 0xff bytes in a tensor loaded as NaN weights, and
+    a resumed run then stopped with "the run diverged" (a QA pass: 4 KB overwritten in last.pt)."""
+    model = build_model("resnet18_fpn", num_classes=3, **TINY)
+    save_checkpoint({"model": model.state_dict(), "config": {"model": model.config.__dict__}}, tmp_path / "ck.pt")
+    data = bytearray((tmp_path / "ck.pt").read_bytes())
+    data[len(data) // 2:len(data) // 2 + 4096] = b"\xff" * 4096  # inside the tensors' bytes, the zip layout intact
+    (tmp_path / "bad.pt").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"bad\.pt: corrupt: the bytes of .*/data/\d+ differ from the checksum"):
+        load_model(tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_weights(build_model("resnet18_fpn", num_classes=3, **TINY), tmp_path / "bad.pt")
+    load_model(tmp_path / "ck.pt")  # the file as written passes
+
+
 def test_eval_of_our_checkpoint_keeps_its_eps_and_a_torchvision_file_gets_eps_0(tmp_path, torch_home, monkeypatch):
     model = build_model("resnet50_fpn", num_classes=3, norm="frozen_bn", **TINY)
     assert model.config.frozen_bn_eps == 1e-5 and model.backbone.body.bn1.eps == 1e-5

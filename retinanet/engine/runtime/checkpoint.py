@@ -53,13 +53,45 @@ def read_checkpoint(path: str | os.PathLike, content: dict[str, Any] | None = No
     """Our checkpoint at ``path`` (``content``: the file's dict, already read; not read again).
 
     Raises:
-        CheckpointError: unreadable (``files.read_file``), or not our format (a bare state_dict).
+        CheckpointError: unreadable (``files.read_file``), not our format (a bare state_dict), or of
+            a newer version (``newer_version``).
     """
     obj = read_file(path) if content is None else content
     if not is_checkpoint(obj):
         raise CheckpointError(f"{path}: not a retinanet checkpoint (no format {FORMAT!r}): a bare state_dict "
                               "cannot be resumed; start a run from it with --weights")
+    newer = newer_version(obj, path)
+    if newer:
+        raise CheckpointError(newer)
     return obj
+
+
+# what a resume needs of a checkpoint to continue its run (``training_checkpoint`` writes them all)
+TRAINING_KEYS = ("model", "optimizer", "scaler", "epoch", "iteration", "best_ap", "best_epoch", "rng")
+
+
+def check_resumable(obj: dict[str, Any], path: str | os.PathLike) -> None:
+    """Refuse to resume from our checkpoint ``obj`` when it lacks a part of the training state
+    (``TRAINING_KEYS``): one kept for inference only, or cut down to share.
+
+    Raises:
+        CheckpointError: naming the file, what it lacks and ``--weights`` to start a new run from it.
+    """
+    missing = [k for k in TRAINING_KEYS if k not in obj]
+    if missing:
+        raise CheckpointError(f"{path}: holds no training state to resume ({', '.join(missing)} missing: a checkpoint "
+                              "kept for inference, or cut down); start a new run from its weights with --weights "
+                              f"{path} (and another --out)")
+
+
+def newer_version(obj: dict[str, Any], path: str | os.PathLike) -> str | None:
+    """Why our checkpoint ``obj`` cannot be read by this version (its ``version`` is above
+    ``VERSION``: written by a newer retinanet, whose layout this one does not know), or None."""
+    version = obj.get("version", VERSION)
+    if isinstance(version, int) and not isinstance(version, bool) and version <= VERSION:
+        return None
+    return (f"{path}: checkpoint version {version!r}, written by a newer retinanet; this one reads version {VERSION} "
+            "and older: upgrade retinanet to read it")
 
 
 def stored_config(path: str | os.PathLike, once: ReadOnce | None = None) -> dict[str, dict[str, Any]] | None:
@@ -183,6 +215,9 @@ def load_weights(model: torch.nn.Module, path_or_state_dict: Any, *, source: str
     FrozenBatchNorm eps is kept (the public ``retinanet.load_weights``)."""
     obj, name = read_weights(path_or_state_dict, source)
     if is_checkpoint(obj):
+        newer = newer_version(obj, name)
+        if newer:
+            raise CheckpointError(newer)
         return load_state(model, obj["model"], name)
     return load_torchvision_weights(model, obj, source=name)
 
@@ -222,6 +257,9 @@ def load_model_and_config(path: str | os.PathLike, device: str | torch.device = 
     if obj is None:
         obj = read_file(path)
     if is_checkpoint(obj):
+        newer = newer_version(obj, path)
+        if newer:
+            raise CheckpointError(newer)
         cfg, class_map, state = model_config_of(obj, path), obj.get("class_map"), obj.get("ema") or obj["model"]
         stored = _stored_sections(obj)
     else:

@@ -43,7 +43,8 @@ from typing import Any
 
 import torch
 
-from retinanet.engine.runtime.checkpoint import checkpoint_bytes, check_checkpoint_space, read_checkpoint, save_checkpoint
+from retinanet.engine.runtime.checkpoint import (checkpoint_bytes, check_checkpoint_space, check_resumable, read_checkpoint,
+                                                 save_checkpoint)
 from retinanet.config import DataConfig, ModelConfig, TrainConfig, write_config_file
 from retinanet.engine.evaluate.coco import METRIC_NAMES, coco_max_dets_note
 from retinanet.engine.evaluate.loop import EvaluationCut, EvalResult, evaluate
@@ -113,6 +114,8 @@ def _train(model_cfg: ModelConfig, data_cfg: DataConfig, cfg: TrainConfig, progr
     model_cfg = dataclasses.replace(model_cfg, num_classes=data.class_map.num_classes)
     resume_path = resume_file(cfg.resume) if cfg.resume else None  # once: a run folder's newest checkpoint
     resumed = read_checkpoint(resume_path, once.take(resume_path) if once else None) if resume_path else None
+    if resumed is not None:
+        check_resumable(resumed, resume_path)
     if resumed is not None and same_file(resume_path.parent, Path(cfg.out)) and not exist_ok:
         rewind = rewind_problem(resume_path, int(resumed["epoch"]) + 1, Path(cfg.out))
         if rewind:  # an older checkpoint of the folder (best.pt, a stale interrupted.pt) would set the run back
@@ -186,7 +189,7 @@ def _train(model_cfg: ModelConfig, data_cfg: DataConfig, cfg: TrainConfig, progr
             stopped = run_epochs(run, state)
         summary = make_summary(out, state.history, state.best_ap, state.best_epoch, stopped, time.time() - t_start,
                                run.world, data_cfg, data.root, tensorboard=writer_cls is not None and main,
-                               reinitialised=run.reinitialised)
+                               reinitialised=run.reinitialised, resumed_at=state.resumed_at)
         summary["decode_skipped"] = sorted(run.decode_skips)
         summary["caps"] = list(run.last_caps)
         log.line(format_run_summary(summary), echo=False)

@@ -362,8 +362,10 @@ def eval_command(data_cfg: DataConfig, root: Path, weights: Path) -> str:
 
 def make_summary(out: Path, history: list[dict[str, Any]], best_ap: float, best_epoch: int, stopped: str, seconds: float,
                  world: int, data_cfg: DataConfig, root: Path, tensorboard: bool = False,
-                 reinitialised: list[str] | None = None) -> dict[str, Any]:
-    """The run's summary dict: best/last metrics, throughput, files and next commands."""
+                 reinitialised: list[str] | None = None, resumed_at: str | None = None) -> dict[str, Any]:
+    """The run's summary dict: best/last metrics, throughput, files and next commands. ``history``
+    holds every epoch of the run; ``seconds`` is this process's time, which took the run up at
+    ``resumed_at`` (``RunState.resumed_at``) when it was resumed."""
     best_row = next((r for r in history if r["epoch"] == best_epoch), None)
     train_s = sum(r["time_s"] for r in history)
     images = sum(r["images_per_s"] * r["time_s"] for r in history)
@@ -376,7 +378,8 @@ def make_summary(out: Path, history: list[dict[str, Any]], best_ap: float, best_
     summary = {
         "out": str(out), "stopped": stopped, "history": history, "best_ap": best_ap, "best_epoch": best_epoch,
         "best_ap50": best_row["AP50"] if best_row else None, "last_metrics": history[-1] if history else None,
-        "time_s": seconds, "train_time_s": train_s, "images_per_s": images / train_s if train_s > 0 else None,
+        "time_s": seconds, "resumed_at": resumed_at,
+        "train_time_s": train_s, "images_per_s": images / train_s if train_s > 0 else None,
         "peak_mem_mb": max((r["peak_mem_mb"] for r in history if r["peak_mem_mb"] is not None), default=None),
         "skipped_steps": sum(r["skipped_steps"] for r in history), "world_size": world, "rank": D.get_rank(),
         "reinitialised": list(reinitialised or []), "files": files,
@@ -397,8 +400,11 @@ def make_summary(out: Path, history: list[dict[str, Any]], best_ap: float, best_
 def format_run_summary(summary: dict[str, Any]) -> str:
     """One screen of ``make_summary``'s dict: best and last metrics, time, throughput, memory,
     files, next commands."""
+    epochs, took = len(summary["history"]), hms(summary["time_s"])
     lines = ["", f"training {'finished' if summary['stopped'] == 'finished' else 'stopped by ' + summary['stopped']}: "
-                 f"{len(summary['history'])} epoch(s) in {hms(summary['time_s'])} on {summary['world_size']} process(es)"]
+                 + (f"{epochs} epoch(s) in {took} on {summary['world_size']} process(es)" if not summary.get("resumed_at")
+                    else f"{epochs} epoch(s) on {summary['world_size']} process(es); resumed at {summary['resumed_at']}, "
+                         f"this session took {took}")]
     if summary["best_epoch"] > 0:
         elsewhere = ("; its best.pt is in the run this one was resumed from (this folder gets one when an epoch "
                      "beats it)" if not Path(summary["best"]).exists() else "")

@@ -84,6 +84,7 @@ class RunState:
     changes: list[str] = field(default_factory=list)  # settings changed on resume by --resume-allow, with the epoch
     warmup: int | None = None  # the warmup steps resolved for the schedule (saved); a resume keeps the run's
     warmup_kept: bool = False  # resumed: the run's warmup stays, whatever a new --epochs would resolve to
+    resumed_at: str | None = None  # resumed: where this process took the run up ("epoch 2", "epoch 1 at step 9/24")
 
 
 @dataclass
@@ -217,7 +218,9 @@ def restore(run: Run, path: Path, ck: dict[str, Any] | None = None) -> RunState:
     n = len(run.train_loader)  # stopped after an epoch's last step: its evaluation and checkpoint are still to come
     where = f" at step {state.step + 1}/{n}" if 0 < state.step < n else f" after its last step ({n}/{n})" if state.step else ""
     cfg = run.cfg
+    state.resumed_at = f"epoch {state.epoch + 1}{where}"
     if state.epoch >= cfg.epochs or (cfg.max_steps is not None and state.iteration >= cfg.max_steps):
+        state.resumed_at = "its end (nothing to train)"
         run.log.line(f"resumed from {path}: the run already finished its {state.epoch} epoch(s) (global step "
                      f"{state.iteration}), so there is nothing to train; to train on, give a larger --epochs"
                      + (" with --resume-allow epochs (a cosine schedule is redrawn over them)" if cfg.scheduler == "cosine"

@@ -51,6 +51,19 @@ def test_epoch_files_and_summary(tmp_path):
             in format_run_summary(make_summary(tmp_path, history, 0.4, 2, "finished", 3725.0, 1, data_cfg, tmp_path / "voc")))
 
 
+def test_the_summary_of_a_resumed_run_says_where_this_session_took_it_up(tmp_path):
+    """A run stopped after 10 of 12 epochs and resumed said "12 epoch(s) in 0:00:20": the history's
+    epochs against this session's time (and "1 epoch(s) in 0:00:00" for a finished run resumed)."""
+    history = [_row(1, ap=0.3), _row(2, ap=0.4), _row(3, ap=0.35)]
+    args = (tmp_path, history, 0.4, 2, "finished", 20.0, 1, DataConfig(root="voc"), tmp_path / "voc")
+    fresh = format_run_summary(make_summary(*args))
+    assert "training finished: 3 epoch(s) in 0:00:20 on 1 process(es)" in fresh
+    resumed = make_summary(*args, resumed_at="epoch 3 at step 5/8")
+    assert resumed["resumed_at"] == "epoch 3 at step 5/8" and resumed["time_s"] == 20.0
+    assert ("training finished: 3 epoch(s) on 1 process(es); resumed at epoch 3 at step 5/8, this session took 0:00:20"
+            in format_run_summary(resumed))
+
+
 def test_progress_eta_after_a_mid_epoch_resume_counts_this_runs_steps(tmp_path, monkeypatch):
     import retinanet.engine.train.report as report
     from retinanet.engine.train.report import RunLog, StepProgress

@@ -179,6 +179,7 @@ def test_resume_of_a_finished_run_says_there_is_nothing_to_train(run_copy, run_c
     said = "the run already finished its 1 epoch(s) (global step 2), so there is nothing to train; to train on, give a larger --epochs"
     log = (run_copy / "train.log").read_text()
     assert said in err and said in log and log.count("lr schedule:") == 1  # the first run's, none for the resume
+    assert "training finished: 1 epoch(s) on 1 process(es); resumed at its end (nothing to train), this session took" in log
     assert (run_copy / "config.yaml").read_text() == config  # the record of the run that trained, not of this call
 
 
@@ -251,6 +252,25 @@ def test_a_checkpoint_without_a_process_count_is_resumed_and_the_log_says_it_was
     lines = check_resume(ck, path, model, data, cfg, ck["class_map"], world_size=4).lines
     assert lines == ["resume: last.pt does not record its process count (written before checkpoints did), so this "
                      "run's 4 process(es) cannot be checked against it; the effective batch is 4 x batch_size"]
+
+
+@pytest.mark.parametrize("change, says", [
+    ({"optimizer": None}, "holds no training state to resume (optimizer missing"),  # was KeyError: 'optimizer'
+    ({k: None for k in ("optimizer", "scaler", "epoch", "iteration", "best_ap", "best_epoch", "rng")},
+     "(optimizer, scaler, epoch, iteration, best_ap, best_epoch, rng missing"),  # was KeyError: 'epoch'
+    ({"version": 2}, "checkpoint version 2, written by a newer retinanet; this one reads version 1"),  # was resumed as 1
+])
+def test_a_checkpoint_without_training_state_or_of_a_newer_version_is_refused_by_name(run_copy, run_cli, change, says):
+    ck = torch.load(run_copy / "last.pt", weights_only=True)
+    ck = {k: v for k, v in {**ck, **change}.items() if v is not None}
+    torch.save(ck, run_copy / "last.pt")
+    status, err = run_cli(["train", "--resume", str(run_copy), "--epochs", "2", "--resume-allow", "epochs"])
+    assert status == 2 and "Traceback" not in err and f"{run_copy / 'last.pt'}: " in err and says in err, err
+    if "version" not in change:
+        assert f"--weights {run_copy / 'last.pt'}" in err
+    else:  # eval and predict read it no more than resume does
+        status, err = run_cli(["eval", "--weights", str(run_copy / "last.pt")])
+        assert status == 2 and says in err, err
 
 
 def test_interrupted_pt_holds_the_epoch_s_loss_sums_averaged_over_ranks(data_root, tmp_path, monkeypatch):
