@@ -223,9 +223,9 @@ LIMITS: dict[str, Callable[[Any], Any]] = {
 }
 
 
-def check_limits(values: Mapping[str, Any], section: str, source: str) -> None:
-    """Raise ``RetinaNetError`` naming ``source``, the setting and its limit for each value of
-    ``values`` (one config section) outside ``LIMITS``."""
+def limit_problems(values: Mapping[str, Any], section: str) -> list[str]:
+    """``section.setting`` and its limit for each value of ``values`` (one config section) outside
+    ``LIMITS``."""
     problems = []
     for name, value in values.items():
         check = LIMITS.get(name)
@@ -237,26 +237,31 @@ def check_limits(values: Mapping[str, Any], section: str, source: str) -> None:
             except ValueError as err:
                 problems.append(f"{section}.{name} {err}")
                 break
+    return problems
+
+
+def check_limits(values: Mapping[str, Any], section: str, source: str) -> None:
+    """Raise ``RetinaNetError`` naming ``source`` and every ``limit_problems`` of ``values``."""
+    problems = limit_problems(values, section)
     if problems:
         raise RetinaNetError(f"{source}: {'; '.join(problems)}")
 
 
-def check_kinds(values: Mapping[str, Any], types: Mapping[str, str], section: str, source: str) -> None:
-    """Raise ``RetinaNetError`` naming ``source`` and each value of ``values`` (one config section)
-    that is not of its field's kind (``types``: field -> annotation text): a switch takes true or
-    false (a quoted ``"no"`` or ``"false"`` would be a string, and on), a list setting a list (a
-    lone number would fail later, in a traceback). Numbers are ``check_limits``' business."""
-    problems = []
+def kind_problems(values: Mapping[str, Any], types: Mapping[str, str], section: str) -> dict[str, str]:
+    """Setting -> ``section.setting ...`` for each value of ``values`` (one config section) that is not of its
+    field's kind (``types``: field -> annotation text): a switch takes true or false (a quoted
+    ``"no"`` or ``"false"`` would be a string, and on), a list setting a list (a lone number would
+    fail later, in a traceback). Numbers are ``limit_problems``' business."""
+    problems = {}
     for name, value in values.items():
         kind = types.get(name, "")
         if value is None and "None" in kind:
             continue
         if kind == "bool" and not isinstance(value, bool):
-            problems.append(f"{section}.{name} must be true or false, not {value!r}")
+            problems[name] = f"{section}.{name} must be true or false, not {value!r}"
         elif kind.startswith("tuple") and not isinstance(value, list | tuple):
-            problems.append(f"{section}.{name} must be a list, not {value!r} (one item: [{value}])")
-    if problems:
-        raise RetinaNetError(f"{source}: {'; '.join(problems)}")
+            problems[name] = f"{section}.{name} must be a list, not {value!r} (one item: [{value}])"
+    return problems
 
 
 # the settings that name a file or folder: a leading "~" in them is the home folder, wherever they come from
@@ -288,19 +293,22 @@ def from_dict(cls: type[T], values: dict[str, Any], source: str = "config") -> T
 
     Raises:
         RetinaNetError: naming ``source`` and the unknown keys, values of the wrong kind
-            (``check_kinds``) or outside their limits (``check_limits``).
+            (``kind_problems``) or outside their limits (``limit_problems``), all at once.
     """
     names = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     values = {k: v for k, v in values.items() if k not in REMOVED_FIELDS.get(cls, ())}
+    section = next((k for k, c in SECTIONS.items() if c is cls), cls.__name__)
     unknown = sorted(set(values) - set(names))
+    problems = []
     if unknown:
-        section = next((k for k, c in SECTIONS.items() if c is cls), cls.__name__)
         home = {k: next((n for n, c in SECTIONS.items() if k in {f.name for f in dataclasses.fields(c)}), None) for k in unknown}
         said = [f"{k} (it belongs in {home[k]}:)" if home[k] else k for k in unknown]
-        raise RetinaNetError(f"{source}: unknown option(s) in {section}: {', '.join(said)}")
-    section = next((k for k, c in SECTIONS.items() if c is cls), cls.__name__)
-    check_kinds(values, {k: str(f.type) for k, f in names.items()}, section, source)
-    check_limits(values, section, source)
+        problems.append(f"unknown option(s) in {section}: {', '.join(said)}")
+    known = {k: v for k, v in values.items() if k in names}
+    wrong_kind = kind_problems(known, {k: str(f.type) for k, f in names.items()}, section)
+    problems += [*wrong_kind.values(), *limit_problems({k: v for k, v in known.items() if k not in wrong_kind}, section)]
+    if problems:  # every problem of the section at once
+        raise RetinaNetError(f"{source}: {'; '.join(problems)}")
     kwargs = {}
     for key, value in values.items():
         if key in PATH_FIELDS:
@@ -396,9 +404,14 @@ def resolve_config(file_sections: Mapping[str, Mapping[str, Any]] | None = None,
         unknown = sorted(set(sections) - set(SECTIONS))
         if unknown:
             raise RetinaNetError(f"{where}: unknown section(s) {', '.join(map(str, unknown))} (model, data, train)")
-    configs = []
-    for name, cls in SECTIONS.items():
-        base = from_dict(cls, dict(file_sections.get(name) or {}), source=source)
-        given = dict(overrides.get(name) or {})
-        configs.append(from_dict(cls, {**dataclasses.asdict(base), **given}, source="options") if given else base)
+    configs, problems = [], []
+    for name, cls in SECTIONS.items():  # every section's problems at once
+        try:
+            base = from_dict(cls, dict(file_sections.get(name) or {}), source=source)
+            given = dict(overrides.get(name) or {})
+            configs.append(from_dict(cls, {**dataclasses.asdict(base), **given}, source="options") if given else base)
+        except RetinaNetError as err:
+            problems.append(str(err))
+    if problems:
+        raise RetinaNetError("; ".join(problems) if len(problems) == 1 else "\n".join(problems))
     return tuple(configs)  # type: ignore[return-value]

@@ -45,6 +45,21 @@ def test_a_switch_or_a_list_given_as_something_else_is_refused_by_name(tmp_path)
         == DataConfig(train_sizes=(96,))
 
 
+def test_every_problem_of_a_config_file_is_said_at_once(tmp_path):
+    """A file with an unknown option, a switch of another kind and a number out of its limits in
+    one section, and a problem in another, was refused at its first problem: fixed one by one, a
+    run per fix."""
+    path = tmp_path / "exp.yaml"
+    path.write_text("model: {min_size: 0}\n"
+                    "train: {epoch: 3, ema: 'no', lr: -1, batch_size: 4}\n")
+    with pytest.raises(RetinaNetError) as err:
+        resolve_config(read_config_file(path), source=str(path))
+    assert str(err.value).splitlines() == [
+        f"{path}: model.min_size must be at least 1, not 0",
+        f"{path}: unknown option(s) in train: epoch; train.ema must be true or false, not 'no'; "
+        "train.lr must be a finite number above 0.0, not -1.0"]
+
+
 def test_removed_extra_field_is_ignored_and_no_longer_written(tmp_path):
     assert resolve_config({"train": {"extra": {"a": 1}, "epochs": 2}})[2] == TrainConfig(epochs=2)
     assert "extra" not in {f.name for f in dataclasses.fields(TrainConfig)}
