@@ -416,8 +416,11 @@ def format_run_summary(summary: dict[str, Any]) -> str:
     if last:
         lines.append(f"  last:   epoch {last['epoch']}  loss {_fmt(last.get('loss'))}  AP {_fmt(last['AP'])}  "
                      f"AP50 {_fmt(last['AP50'])}  AR100 {_fmt(last['AR100'])}")
-    lines.append(f"  speed:  {_fmt(summary['images_per_s'], '.1f')} train images/s (all processes), "
-                 f"peak memory {_fmt(summary['peak_mem_mb'], '.0f')} MiB (rank 0)")
+    if summary["images_per_s"] is None and summary["peak_mem_mb"] is None:
+        lines.append("  speed:  not measured (no epoch completed)")
+    else:
+        lines.append(f"  speed:  {_fmt(summary['images_per_s'], '.1f')} train images/s (all processes), "
+                     f"peak memory {_fmt(summary['peak_mem_mb'], '.0f')} MiB (rank 0)")
     if summary["skipped_steps"]:
         lines.append(f"  skipped {summary['skipped_steps']} step(s) with a non-finite loss")
     if summary.get("decode_skipped"):
@@ -435,7 +438,8 @@ def format_run_summary(summary: dict[str, Any]) -> str:
             lines.append(f"  warning: the loss rose over {DIVERGED_FACTOR:g}x its lowest in epoch(s) "
                          f"{epochs}: training has probably diverged (train.log says more)")
     lines.append(f"files in {summary['out']}:")
-    lines += [f"  {name:<13} {path}" for name, path in summary["files"].items()]
+    width = max(map(len, summary["files"]), default=0)
+    lines += [f"  {name:<{width}} {path}" for name, path in summary["files"].items()]
     if "resume" in summary:
         lines += ["resume:", f"  {summary['resume']}"]
     if summary["commands"]:

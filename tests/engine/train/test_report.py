@@ -64,6 +64,17 @@ def test_the_summary_of_a_resumed_run_says_where_this_session_took_it_up(tmp_pat
             in format_run_summary(resumed))
 
 
+def test_a_run_stopped_before_its_first_epoch_says_no_speed_and_aligns_its_files(tmp_path):
+    """A stop in epoch 1 printed "speed:  - train images/s (all processes), peak memory - MiB", and
+    interrupted.pt (14 characters) pushed its path out of the 13-character column."""
+    args = (tmp_path, [], 0.0, 0, "SIGINT", 5.0, 1, DataConfig(root="voc"), tmp_path / "voc")
+    summary = make_summary(*args)
+    summary["files"] = {"interrupted.pt": str(tmp_path / "interrupted.pt"), "train.log": str(tmp_path / "train.log")}
+    text = format_run_summary(summary)
+    assert "  speed:  not measured (no epoch completed)" in text and "images/s" not in text
+    assert f"  interrupted.pt {tmp_path / 'interrupted.pt'}" in text and f"  train.log      {tmp_path / 'train.log'}" in text
+
+
 def test_progress_eta_after_a_mid_epoch_resume_counts_this_runs_steps(tmp_path, monkeypatch):
     import retinanet.engine.train.report as report
     from retinanet.engine.train.report import RunLog, StepProgress
