@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from retinanet.files import write_atomic
+from retinanet.files import load_yaml, write_atomic
 from retinanet.errors import RetinaNetError
 
 T = TypeVar("T")
@@ -355,7 +355,7 @@ def read_config_file(path: str | Path) -> dict[str, dict[str, Any]]:
     """
     path = Path(path)
     try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8-sig"))  # a byte-order mark (Notepad) is not content
+        loaded = load_yaml(path.read_text(encoding="utf-8-sig"))  # a byte-order mark (Notepad) is not content
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise RetinaNetError(f"{path}: cannot read config ({first})") from None

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import torch
+import yaml
 
 from retinanet.errors import CheckpointError, RetinaNetError
 
@@ -415,3 +416,33 @@ def drop_output(stream: IO[str]) -> None:
         os.dup2(null, stream.fileno())
     finally:
         os.close(null)
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (PyYAML keeps the last
+    without a word: a second ``names:`` would silently replace the first)."""
+
+
+def _mapping_once(loader: UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    lines: dict = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        try:
+            if key in lines:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice (lines {lines[key]} and {line}); which one is meant cannot be known",
+                    key_node.start_mark)
+            lines[key] = line
+        except TypeError:  # an unhashable key: construct_mapping says so
+            pass
+    return loader.construct_mapping(node, deep)
+
+
+UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_once)
+
+
+def load_yaml(text: str) -> Any:
+    """``text`` read as YAML (a ``yaml.SafeLoader``), a key given twice in one mapping refused
+    (``yaml.YAMLError`` naming both lines): config files and YOLO data.yaml files."""
+    return yaml.load(text, Loader=UniqueKeyLoader)

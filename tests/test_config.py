@@ -60,6 +60,18 @@ def test_every_problem_of_a_config_file_is_said_at_once(tmp_path):
         "train.lr must be a finite number above 0.0, not -1.0"]
 
 
+def test_a_setting_given_twice_in_a_config_file_is_refused_naming_both_lines(tmp_path):
+    """PyYAML keeps the last of two equal keys without a word: an edited ``lr:`` left above its
+    new value, or a JSON file with a key twice, trained with whichever came last."""
+    path = tmp_path / "exp.yaml"
+    path.write_text("train:\n  lr: 0.01\n  epochs: 3\n  lr: 0.001\n")
+    with pytest.raises(RetinaNetError, match=r"exp.yaml: cannot read config \(key 'lr' is given twice \(lines 2 and 4\)"):
+        read_config_file(path)
+    path.write_text('{"train": {"epochs": 3, "epochs": 5}}')
+    with pytest.raises(RetinaNetError, match="key 'epochs' is given twice"):
+        read_config_file(path)
+
+
 def test_removed_extra_field_is_ignored_and_no_longer_written(tmp_path):
     assert resolve_config({"train": {"extra": {"a": 1}, "epochs": 2}})[2] == TrainConfig(epochs=2)
     assert "extra" not in {f.name for f in dataclasses.fields(TrainConfig)}

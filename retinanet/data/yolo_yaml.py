@@ -31,6 +31,7 @@ import yaml
 
 from retinanet.data.paths import is_windows_absolute, repair_warnings, windows_hint, written_path
 from retinanet.errors import DataError
+from retinanet.files import load_yaml
 
 SPLIT_KEYS = ("train", "val", "test", "minival")  # the yaml keys that name images, as in ultralytics
 
@@ -54,30 +55,6 @@ class YoloSpec:
     keypoints: int = 0
     notes: tuple[str, ...] = ()  # how the root and the splits were found when not as written (warnings for the reader)
     hints: dict[Path, str] = field(default_factory=dict)  # split source -> why its Windows form was not found
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (PyYAML keeps the last
-    without a word: a second ``names:`` would silently replace the first)."""
-
-
-def _mapping_once(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
-    lines: dict = {}
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        line = key_node.start_mark.line + 1
-        try:
-            if key in lines:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"key {key!r} is given twice (lines {lines[key]} and {line}); which one is meant cannot be known",
-                    key_node.start_mark)
-            lines[key] = line
-        except TypeError:  # an unhashable key: construct_mapping says so
-            pass
-    return loader.construct_mapping(node, deep)
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_once)
 
 
 def find_data_yaml(root: Path) -> Path:
@@ -169,7 +146,7 @@ def read_data_yaml(path: str | Path) -> YoloSpec:
     """
     path = Path(path)
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # a SafeLoader
+        data = load_yaml(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise DataError([f"{path}: YOLO data yaml not found"]) from None
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
