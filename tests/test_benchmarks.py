@@ -175,3 +175,14 @@ def test_bench_coco_eval_splits_ours_from_pycocotools_and_compares_two_checkouts
     for part in ("ours before", "COCOeval.evaluate", "COCOeval.accumulate", "ours after"):
         assert out.count(f"    {part} ") == 2, part
     assert "pycocotools' own:" in out and "same numbers and detections.json: True" in out
+
+
+def test_bench_seams_counts_what_the_merge_leaves_at_tile_seams():
+    out = run("bench_seams.py", "--size", "1200", "--small", "400", "--large", "4", "--tiles", "160",
+              "--overlaps", "0.2", "--margins", "0", "3", "--cut", "0")
+    assert "whole (no tiles, one NMS): small lost " in out
+    line = next(x for x in out.splitlines() if x.startswith("whole off cut edge jittered 0-3 px   tile  160 overlap 0.2"))
+    cells = line.split("det): ")[1].split(" | ")
+    assert [c.split(":")[0] for c in cells] == ["m0/c0.7", "m3/c0.7"]
+    dup = [int(c.split(": ")[1].split(" / ")[0]) for c in cells]
+    assert dup[0] > dup[1]  # no margin: the pieces of cut objects stay beside their whole boxes

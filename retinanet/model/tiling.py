@@ -41,7 +41,18 @@ from torchvision.ops import batched_nms, nms
 from retinanet.errors import RetinaNetError
 from retinanet.geometry import resize_image
 
-EDGE_MARGIN = 2.0  # a box within this many pixels of an inner tile edge touches it
+# A box within this many pixels of an inner tile edge touches it. It is the error of a detector's
+# box edge where a tile cut the object that the merge tolerates: a box stopping further short of the
+# edge is no fragment, and the piece stays beside the whole box when their IoU is under NMS's (a
+# duplicate at the seam). The stand-in detector of the merge's tests and benchmarks moves each edge
+# by up to 3 px, so 3 px; at 2 px the pieces ending 2.25-3 px short stayed (benchmarks/bench_seams.py,
+# 20,000 objects of 12-48 px in 320 px tiles at overlap 0.2: 1,873 duplicates and fragments left at
+# 2 px, 1,149 at 3 px; BENCHMARKS.md "Tile seams"). Not more: every pixel more also marks whole
+# objects that end that near an edge, and a fragment inside a larger box of its class from a
+# neighbouring tile (another object's) is dropped, so losses grow with the margin where objects
+# exceed the overlap (160 px tiles at overlap 0.2: 105, 125, 141 lost at 2, 3, 4 px), with no
+# fewer duplicates unless the detector errs by more.
+EDGE_MARGIN = 3.0
 FRAGMENT_IOF = 0.7  # a fragment this much inside a whole box of its class (intersection / its area) is dropped
 PAD_RGB = (124, 116, 104)  # ImageNet mean, uint8: what the model's zero padding of a normalised batch looks like
 

@@ -310,3 +310,30 @@ def test_equal_scores_come_by_index_and_max_det_cuts_them_so():
     keep = merge_tiles(boxes, scores, zeros, zeros, zeros.bool(), grid, 0.5, 1000)
     expected = torch.cat([torch.arange(3, n, 4), torch.arange(1, n, 4), torch.arange(0, n, 2)])[:1000]
     assert keep.tolist() == expected.tolist()
+
+
+def test_a_cut_box_that_stops_3_px_short_of_the_tile_edge_is_still_a_fragment():
+    """A detector's box of a cut object stops a few px short of the tile edge (the repo's stand-in
+    detectors jitter each edge by 0-3 px): at a 2 px margin the 17 px piece of a 50 px object,
+    ending 3 px before the edge, was no fragment, and at IoU 0.34 with the whole box NMS kept
+    both (a duplicate at every such seam; ``benchmarks/bench_seams.py``)."""
+    from retinanet.model.tiling import EDGE_MARGIN, fragments
+
+    H, W, tile = 800, 1400, 800  # tiles at x 0..800 and 600..1400
+    obj = torch.tensor([[780.0, 300, 830, 340]])  # whole in the second tile, cut at x 800 in the first
+    windows = list(tile_grid((H, W), tile, 0.2))
+
+    def run(tiles):
+        out = []
+        for b, _, lab in _visible_parts(obj, [windows.pop(0) for _ in tiles]):
+            b = torch.where(b[:, 2:3] == tile, b - torch.tensor([0.0, 0, 3, 0]), b)  # the cut edge 3 px short
+            out.append((b, torch.tensor([0.9] * len(b)), lab))
+        return out
+
+    boxes, _, _ = detect_tiled(run, torch.zeros(3, H, W, dtype=torch.uint8), tile, 0.2, 2, 0.5, 100)
+    assert boxes.tolist() == obj.tolist()  # one box: the whole one
+    grid = tile_grid((H, W), tile, 0.2)
+    piece = torch.tensor([[780.0, 300, 797, 340]])
+    inner = inner_edges(grid, (H, W))
+    assert EDGE_MARGIN >= 3 and fragments(piece, grid[0], inner[0]).tolist() == [True]
+    assert fragments(piece, grid[0], inner[0], margin=2.0).tolist() == [False]  # the old margin missed it
