@@ -33,7 +33,7 @@ from retinanet.data.check import anchor_hint, tile_hint, write_check_outputs
 from retinanet.data.synthetic import LARGE
 from retinanet.data.workers import MAIN_GUARD_HINT, starting_worker
 from retinanet.engine.runtime.allocator import fix_mmap_threshold
-from retinanet.engine.runtime.checkpoint import stored_config, trained_crop
+from retinanet.engine.runtime.checkpoint import check_weights_given, stored_config, trained_crop
 from retinanet.engine.runtime.distributed import cleanup, is_main_process, launch_local_rank, launch_rank, local_device
 from retinanet.engine.evaluate.coco import coco_max_dets_note
 from retinanet.engine.evaluate.loop import EvalOptions, run_eval
@@ -186,6 +186,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def weights_config(weights: str, once: ReadOnce | None = None) -> dict | None:
     """The configs ``weights`` stores (``stored_config``, read through ``once``); None for a torchvision
     file (a name such as ``coco`` included: not fetched here)."""
+    check_weights_given(weights)
     return None if str(weights).lower() in DETECTOR_URLS else stored_config(weights, once)
 
 
