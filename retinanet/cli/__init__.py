@@ -37,7 +37,7 @@ from retinanet.engine.runtime.checkpoint import check_weights_given, stored_conf
 from retinanet.engine.runtime.distributed import cleanup, is_main_process, launch_local_rank, launch_rank, local_device
 from retinanet.engine.evaluate.coco import coco_max_dets_note
 from retinanet.engine.evaluate.loop import EvalOptions, run_eval
-from retinanet.engine.export.onnx_export import DEFAULT_OPSET, ExportOptions, export_checkpoint
+from retinanet.engine.export.onnx_export import DEFAULT_OPSET, ExportOptions, crop_note, export_checkpoint
 from retinanet.engine.infer.detector import Detector
 from retinanet.engine.infer.predict import PredictOptions, find_images, predict
 from retinanet.errors import PlainWarnings, RetinaNetError
@@ -373,7 +373,7 @@ def _add_export(sub) -> None:
         help="export the whole detector to ONNX and verify it with onnxruntime",
         description="Export pre-processing, network, anchors, decoding and NMS to one ONNX file, then check "
         "onnxruntime against PyTorch on sample images. Input: images [B,3,H,W] already resized to the "
-        "model's input size; outputs: boxes [B,K,4], scores [B,K], labels [B,K], num_detections [B].",
+        "model's input size (a model trained with --crop PX: native-resolution tiles of PX, said and in the metadata); outputs: boxes [B,K,4], scores [B,K], labels [B,K], num_detections [B].",
     )
     p.add_argument("--weights", required=True, metavar="CKPT", help=WEIGHTS_HELP)
     p.add_argument("--out", required=True, metavar="FILE", help="the .onnx file to write")
@@ -402,10 +402,14 @@ def cmd_export(args: argparse.Namespace) -> int:
         input_dtype=args.input_dtype, score_thresh=args.score_thresh, max_dets=args.max_dets, verify=args.verify,
         samples=tuple(args.sample),
     )
+    once = ReadOnce()  # the checkpoint is read here for its crop, its weights loaded from that read
+    crop = trained_crop(weights_config(args.weights, once))
+    if crop:  # resized whole to its crop side, a large image's objects vanish: said before the minute of export
+        print(f"retinanet export: {crop_note(crop)}", file=sys.stderr)
     check = ", then the onnxruntime check" if args.verify else ""
     print(f"exporting {args.weights} to {args.out} (torch.export{check}: about half a minute for a small model on a CPU)",
           flush=True)
-    path, report, seconds = export_checkpoint(args.weights, args.out, options)
+    path, report, seconds = export_checkpoint(args.weights, args.out, options, once)
     print(f"exported {path} in {seconds:.1f} s")
     if report is not None:
         print(report.format())
