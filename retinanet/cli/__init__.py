@@ -156,7 +156,9 @@ def _add_eval(sub) -> None:
     p.add_argument("--weights", required=True, metavar="CKPT", help=WEIGHTS_HELP)
     add_data_options(p, from_config=True, data_help="VOCdevkit root, flat images+XML folder, COCO annotation JSON, or YOLO data.yaml "
                      "(default: the dataset the checkpoint was trained on, with its split settings, said on stderr: the "
-                     "bracketed defaults of the options below then give way to the checkpoint's; needed for a torchvision weights file)")
+                     "bracketed defaults of the options below then give way to the checkpoint's; needed for a torchvision weights file)",
+                     classes_help='class map JSON {"name": id, ...} to read the dataset with (default: the checkpoint\'s, so '
+                     "the dataset's ids are the model's; discovered from the annotations for a torchvision weights file)")
     p.add_argument("--split", help="split to evaluate (overrides --val-split)")
     p.add_argument("--out", default="runs/eval", metavar="DIR", help="output folder [runs/eval]")
     p.add_argument("--voc", action="store_true", help="also the VOC protocol: AP50 per class, 11-point and all-point mAP")
@@ -254,9 +256,10 @@ def _eval(args: argparse.Namespace) -> int:
         cleanup()
     if not main_rank:
         return 0
+    way_out = ("; without --classes the dataset is read with the checkpoint's class map" if "classes" in given else
+               " (e.g. a COCO model on VOC data: class names and ids differ)")
     for problem in run.warnings:
-        print(f"retinanet eval: warning: {problem}; AP of those classes is meaningless "
-              "(e.g. a COCO model on VOC data: class names and ids differ)", file=sys.stderr)
+        print(f"retinanet eval: warning: {problem}; AP of those classes is meaningless{way_out}", file=sys.stderr)
     r = run.result
     print(r.summary_text, r.table(), sep="\n\n")
     if r.voc:
