@@ -301,6 +301,7 @@ def check_free_space(folder: str | os.PathLike, need: int, what: str, option: st
 
 NOT_WEIGHTS = "neither our checkpoint nor a torchvision state_dict"
 _TORCH_MAGIC = (b"PK\x03\x04", b"\x80")  # torch.save's zip format; its legacy pickle format
+_ONNX_MAGIC = b"\x08"  # an ONNX ModelProto starts with field 1, ir_version (a varint): tag 0x08
 
 
 def read_file(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -308,9 +309,9 @@ def read_file(path: str | os.PathLike, map_location: str | torch.device = "cpu")
 
     Raises:
         CheckpointError: naming the file when it is missing, empty, not a torch file (a text
-            file, say), corrupt (torch cannot read it, or an entry fails the CRC-32 it was written
-            with: ``damaged_entry``), holds objects other than tensors and plain types, or holds
-            something other than a dict.
+            file, say; an ONNX file is named as one), corrupt (torch cannot read it, or an entry fails
+            the CRC-32 it was written with: ``damaged_entry``), holds objects other than tensors and
+            plain types, or holds something other than a dict.
     """
     path = Path(path)
     if path.is_dir():
@@ -324,6 +325,9 @@ def read_file(path: str | os.PathLike, map_location: str | torch.device = "cpu")
     if not head:
         raise CheckpointError(f"{path}: empty file, not a checkpoint ({NOT_WEIGHTS})")
     if not head.startswith(_TORCH_MAGIC):
+        if path.suffix.lower() == ".onnx" or head.startswith(_ONNX_MAGIC):
+            raise CheckpointError(f"{path}: an ONNX model (what retinanet export writes), not a checkpoint: run it with "
+                                  "onnxruntime (README, \"Export to ONNX\"); give the .pt checkpoint it was exported from")
         raise CheckpointError(f"{path}: not a checkpoint: not a PyTorch file at all ({NOT_WEIGHTS})")
     try:
         with warnings.catch_warnings():  # torch's "Detected pickle protocol N" on a plain pickle file: said below

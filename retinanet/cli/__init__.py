@@ -33,11 +33,11 @@ from retinanet.data.check import anchor_hint, tile_hint, write_check_outputs
 from retinanet.data.synthetic import LARGE
 from retinanet.data.workers import MAIN_GUARD_HINT, starting_worker
 from retinanet.engine.runtime.allocator import fix_mmap_threshold
-from retinanet.engine.runtime.checkpoint import stored_config, trained_crop
+from retinanet.engine.runtime.checkpoint import check_weights_given, stored_config, trained_crop
 from retinanet.engine.runtime.distributed import cleanup, is_main_process, launch_local_rank, launch_rank, local_device
 from retinanet.engine.evaluate.coco import coco_max_dets_note
 from retinanet.engine.evaluate.loop import EvalOptions, run_eval
-from retinanet.engine.export.onnx_export import DEFAULT_OPSET, ExportOptions, export_checkpoint
+from retinanet.engine.export.onnx_export import DEFAULT_OPSET, ExportOptions, crop_note, export_checkpoint
 from retinanet.engine.infer.detector import Detector
 from retinanet.engine.infer.predict import PredictOptions, find_images, predict
 from retinanet.errors import PlainWarnings, RetinaNetError
@@ -156,7 +156,9 @@ def _add_eval(sub) -> None:
     p.add_argument("--weights", required=True, metavar="CKPT", help=WEIGHTS_HELP)
     add_data_options(p, from_config=True, data_help="VOCdevkit root, flat images+XML folder, COCO annotation JSON, or YOLO data.yaml "
                      "(default: the dataset the checkpoint was trained on, with its split settings, said on stderr: the "
-                     "bracketed defaults of the options below then give way to the checkpoint's; needed for a torchvision weights file)")
+                     "bracketed defaults of the options below then give way to the checkpoint's; needed for a torchvision weights file)",
+                     classes_help='class map JSON {"name": id, ...} to read the dataset with (default: the checkpoint\'s, so '
+                     "the dataset's ids are the model's; discovered from the annotations for a torchvision weights file)")
     p.add_argument("--split", help="split to evaluate (overrides --val-split)")
     p.add_argument("--out", default="runs/eval", metavar="DIR", help="output folder [runs/eval]")
     p.add_argument("--voc", action="store_true", help="also the VOC protocol: AP50 per class, 11-point and all-point mAP")
@@ -186,6 +188,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def weights_config(weights: str, once: ReadOnce | None = None) -> dict | None:
     """The configs ``weights`` stores (``stored_config``, read through ``once``); None for a torchvision
     file (a name such as ``coco`` included: not fetched here)."""
+    check_weights_given(weights)
     return None if str(weights).lower() in DETECTOR_URLS else stored_config(weights, once)
 
 
@@ -253,9 +256,10 @@ def _eval(args: argparse.Namespace) -> int:
         cleanup()
     if not main_rank:
         return 0
+    way_out = ("; without --classes the dataset is read with the checkpoint's class map" if "classes" in given else
+               " (e.g. a COCO model on VOC data: class names and ids differ)")
     for problem in run.warnings:
-        print(f"retinanet eval: warning: {problem}; AP of those classes is meaningless "
-              "(e.g. a COCO model on VOC data: class names and ids differ)", file=sys.stderr)
+        print(f"retinanet eval: warning: {problem}; AP of those classes is meaningless{way_out}", file=sys.stderr)
     r = run.result
     print(r.summary_text, r.table(), sep="\n\n")
     if r.voc:
@@ -372,7 +376,7 @@ def _add_export(sub) -> None:
         help="export the whole detector to ONNX and verify it with onnxruntime",
         description="Export pre-processing, network, anchors, decoding and NMS to one ONNX file, then check "
         "onnxruntime against PyTorch on sample images. Input: images [B,3,H,W] already resized to the "
-        "model's input size; outputs: boxes [B,K,4], scores [B,K], labels [B,K], num_detections [B].",
+        "model's input size (a model trained with --crop PX: native-resolution tiles of PX, said and in the metadata); outputs: boxes [B,K,4], scores [B,K], labels [B,K], num_detections [B].",
     )
     p.add_argument("--weights", required=True, metavar="CKPT", help=WEIGHTS_HELP)
     p.add_argument("--out", required=True, metavar="FILE", help="the .onnx file to write")
@@ -401,10 +405,14 @@ def cmd_export(args: argparse.Namespace) -> int:
         input_dtype=args.input_dtype, score_thresh=args.score_thresh, max_dets=args.max_dets, verify=args.verify,
         samples=tuple(args.sample),
     )
+    once = ReadOnce()  # the checkpoint is read here for its crop, its weights loaded from that read
+    crop = trained_crop(weights_config(args.weights, once))
+    if crop:  # resized whole to its crop side, a large image's objects vanish: said before the minute of export
+        print(f"retinanet export: {crop_note(crop)}", file=sys.stderr)
     check = ", then the onnxruntime check" if args.verify else ""
     print(f"exporting {args.weights} to {args.out} (torch.export{check}: about half a minute for a small model on a CPU)",
           flush=True)
-    path, report, seconds = export_checkpoint(args.weights, args.out, options)
+    path, report, seconds = export_checkpoint(args.weights, args.out, options, once)
     print(f"exported {path} in {seconds:.1f} s")
     if report is not None:
         print(report.format())

@@ -70,11 +70,12 @@ def add_amp_options(p, default: str) -> None:
 
 
 def add_data_options(p: argparse.ArgumentParser, *, from_config: bool = False, augment: bool = False,
-                     data_help: str | None = None) -> None:
+                     data_help: str | None = None, classes_help: str | None = None) -> None:
     """Dataset options shared by train, eval and check-data (``augment``: train's own too,
     ``--train-difficult`` and the augmentation).
 
-    ``data_help``: ``--data``'s help where its default differs (eval: the checkpoint's dataset).
+    ``data_help``: ``--data``'s help where its default differs (eval: the checkpoint's dataset);
+    ``classes_help`` likewise for ``--classes`` (eval: the checkpoint's class map).
     ``from_config`` (train): an option not given is absent from the parsed ``args`` (its value comes
     from the config file, else ``DataConfig``'s default, shown in brackets) and each switch also has
     a ``--no-`` form to turn off what a config file turned on.
@@ -88,7 +89,7 @@ def add_data_options(p: argparse.ArgumentParser, *, from_config: bool = False, a
     g.add_argument("--year", dest="years", action="append", metavar="YEAR", default=default(None), help="VOC year, repeatable (--year 2007 --year 2012); default: every VOC20xx folder found")
     g.add_argument("--train-split", default=default(d.train_split), help=f"training split (VOC ImageSets/Main name, COCO split or YOLO data.yaml key) [{d.train_split}]")
     g.add_argument("--val-split", default=default(d.val_split), help=f"validation split [{d.val_split}]; COCO: or the val JSON; flat layout: or a .txt list of val images")
-    g.add_argument("--classes", metavar="JSON", default=default(None), help='class map JSON {"name": id, ...}; default: discovered from the annotations')
+    g.add_argument("--classes", metavar="JSON", default=default(None), help=classes_help or 'class map JSON {"name": id, ...}; default: discovered from the annotations')
     g.add_argument("--val-fraction", type=field_type("val_fraction"), default=default(d.val_fraction), help=f"flat layout: share of images held out for validation [{d.val_fraction}]")
     g.add_argument("--split-seed", type=any_int, default=default(d.split_seed), help=f"flat layout: seed of the deterministic split [{d.split_seed}]")
     g.add_argument("--skip-bad", **switch, help="skip bad items (each reported) instead of stopping")

@@ -142,6 +142,13 @@ def fetch(url: str, source: str, progress: bool = True) -> tuple[Path, str]:
     return path, verify_hash(path, source)
 
 
+def unknown_weights(name_or_path: str, backbone: bool = True) -> str:
+    """The message for weights that are neither a file nor a name of official weights: the names
+    there are (``backbone``: ``imagenet`` too, a name of ``--backbone-weights``)."""
+    names = ", ".join(DETECTOR_URLS) + ("; imagenet for --backbone-weights" if backbone else "")
+    return f"{name_or_path}: no such file, nor a name of official weights ({names})"
+
+
 def weights_file(name_or_path: str, depth: str | None = None, progress: bool = True) -> tuple[Path, str]:
     """``(file, sha256)`` of ``--weights``/``--backbone-weights``: a name (``coco``, ``coco-v2``;
     ``imagenet`` with the ResNet ``depth``) fetched into the cache, or a path to a file.
@@ -158,8 +165,7 @@ def weights_file(name_or_path: str, depth: str | None = None, progress: bool = T
         return fetch(IMAGENET_URLS[depth], f"ImageNet {depth}", progress)
     path = Path(name_or_path).expanduser()
     if not path.is_file():
-        raise CheckpointError(f"{name_or_path}: no such file, nor a name of official weights "
-                              f"({', '.join(DETECTOR_URLS)}; imagenet for --backbone-weights)")
+        raise CheckpointError(unknown_weights(name_or_path))
     return path, sha256_of(path)
 
 

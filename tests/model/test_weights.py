@@ -141,6 +141,30 @@ def test_a_run_folder_given_as_weights_names_its_checkpoint(tmp_path):
         read_file(tmp_path / "run")
 
 
+def test_an_onnx_file_and_a_misspelt_weights_name_are_named_as_such(tmp_path, capsys):
+    """``--weights model.onnx`` (the export's output) said "not a PyTorch file at all"; ``Detector.load("cocoo")``
+    and ``eval/predict/export --weights cocoo`` said "cocoo: no such file", where ``train`` named the names."""
+    from retinanet import Detector
+    from retinanet.cli import main
+    from retinanet.files import read_file
+
+    onnx_bytes = b"\x08\x0a\x12\x07pytorch"  # how a ModelProto starts: ir_version, producer_name
+    for name in ("model.onnx", "renamed.pt"):
+        (tmp_path / name).write_bytes(onnx_bytes)
+        with pytest.raises(CheckpointError, match=f"{name}: an ONNX model .*run it with onnxruntime.*the .pt checkpoint"):
+            read_file(tmp_path / name)
+    with pytest.raises(CheckpointError, match="model.onnx: an ONNX model"):
+        Detector.load(tmp_path / "model.onnx")
+    with pytest.raises(CheckpointError, match=r"^cocoo: no such file, nor a name of official weights \(coco, coco-v2\)$"):
+        Detector.load("cocoo")
+    assert main(["export", "--weights", "cocoo", "--out", str(tmp_path / "m.onnx")]) == 2
+    assert main(["eval", "--weights", "cocoo", "--data", str(tmp_path), "--out", str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("cocoo: no such file, nor a name of official weights (coco, coco-v2)") == 2
+    with pytest.raises(CheckpointError, match="imagenet for --backbone-weights"):  # train's names, as before
+        W.weights_file("cocoo")
+
+
 def test_a_read_handed_on_is_taken_once_and_only_for_the_file_as_it_was_read(tmp_path):
     """``ReadOnce``: what eval and train --resume read for the configs is the content their weights
     load from, but never a stale one: another file, a file rewritten since, a second take read again."""

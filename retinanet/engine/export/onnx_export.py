@@ -13,6 +13,9 @@ model's functions (``retinanet.model.postprocess.decode_batch_static``). Its con
             labels          [B, K] int64 class ids (as in the class map), -1 in padding slots
             num_detections  [B] int64: rows ``[:num_detections[b]]`` of image b are real
 
+A model trained on crops (``train --crop PX``) takes native-resolution tiles of PX px, not whole
+images resized (``crop_note``; the metadata's ``trained_crop``).
+
 ``K`` is the model's ``detections_per_img``; padding rows hold label -1, score 0 and a zero box
 (the padded layout of ``retinanet.model.postprocess``). B, H and W are dynamic unless exported
 with ``dynamic=False``. The exporter is ``torch.onnx.export(dynamo=True)`` (torch.export based,
@@ -35,8 +38,8 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from retinanet.files import write_atomic
-from retinanet.engine.runtime.checkpoint import load_model
+from retinanet.files import ReadOnce, write_atomic
+from retinanet.engine.runtime.checkpoint import load_model_and_config, trained_crop
 from retinanet.engine.export.onnx_verify import (EXPORT_HINT, VerifyReport, opset_of, random_images, size_pair,
                                           verification_samples, verify_onnx)
 from retinanet.errors import RetinaNetError
@@ -105,6 +108,7 @@ def export_onnx(
     dynamic: bool = True,
     input_dtype: str = "uint8",
     class_map: dict[str, int] | None = None,
+    trained_crop: int | None = None,
 ) -> Path:
     """Export ``model`` (eval mode) with pre-processing, anchors, decoding and NMS to ONNX.
 
@@ -119,6 +123,8 @@ def export_onnx(
         dynamic: batch, height and width dynamic (``True``) or fixed to the example's.
         input_dtype: ``"uint8"`` (0..255) or ``"float32"`` (0..1).
         class_map: ``{"name": id}`` stored as JSON in the model's ``metadata_props``.
+        trained_crop: the crop side the model was trained on (``train --crop PX``; None: whole
+            images): the metadata says that the input is native-resolution tiles of that side.
 
     Returns:
         ``path``.
@@ -171,18 +177,29 @@ def export_onnx(
         raise RetinaNetError(f"{path}: asked for opset {opset}, but the exporter wrote opset {written}")
     if dynamic:
         _name_dynamic_dims(proto, ("batch", None, "height", "width"))
-    _set_metadata(proto, _metadata(model, input_dtype, class_map, dynamic))
+    _set_metadata(proto, _metadata(model, input_dtype, class_map, dynamic, trained_crop))
     write_atomic(path, proto.SerializeToString())
     return path
 
 
-def _metadata(model: RetinaNet, input_dtype: str, class_map, dynamic: bool) -> dict[str, str]:
+def crop_note(crop: int) -> str:
+    """What the graph of a model trained on ``crop`` px crops (``train --crop``) takes: tiles at
+    native resolution, as its training evaluated and ``predict``/``Detector`` run it, not whole
+    images resized to its input size (``min_size`` is the crop side: a large image would shrink)."""
+    return (f"the model was trained on {crop} px crops at native resolution: give the graph tiles of {crop} px cut "
+            "from the original pixels (boxes: tile pixels, add each tile's offset, then merge the tiles' boxes), not "
+            f"whole images resized to {crop} px (a large image's objects would shrink below every anchor); "
+            "retinanet predict and Detector.predict tile so")
+
+
+def _metadata(model: RetinaNet, input_dtype: str, class_map, dynamic: bool,
+              trained_crop: int | None = None) -> dict[str, str]:
     config = model.config
+    given = (f", native-resolution tiles of {trained_crop} px cut by the caller (trained on {trained_crop} px crops: "
+             "not whole images resized)" if trained_crop else ", resized by the caller to the model's input size")
     meta = {
         "format": "retinanet-onnx",
-        "input": f"{INPUT_NAME} [B,3,H,W] {input_dtype} RGB "
-        + ("0..255" if input_dtype == "uint8" else "0..1")
-        + ", resized by the caller to the model's input size",
+        "input": f"{INPUT_NAME} [B,3,H,W] {input_dtype} RGB " + ("0..255" if input_dtype == "uint8" else "0..1") + given,
         "outputs": "boxes [B,K,4] xyxy pixels, scores [B,K], labels [B,K] (-1 = padding), num_detections [B]",
         "dynamic_axes": "batch, height, width" if dynamic else "none",
         "score_thresh": repr(float(config.score_thresh)),
@@ -194,6 +211,8 @@ def _metadata(model: RetinaNet, input_dtype: str, class_map, dynamic: bool) -> d
         "min_size": str(config.min_size),
         "max_size": str(config.max_size),
     }
+    if trained_crop:
+        meta["trained_crop"] = str(trained_crop)
     if class_map:
         meta["class_map"] = json.dumps({str(k): int(v) for k, v in class_map.items()}, sort_keys=True)
     return meta
@@ -241,8 +260,11 @@ class ExportOptions:
     samples: tuple[str, ...] = ()  # image files to verify on; empty = random images
 
 
-def export_checkpoint(weights: str | os.PathLike, out: str | os.PathLike, options: ExportOptions) -> tuple[Path, VerifyReport, float]:
+def export_checkpoint(weights: str | os.PathLike, out: str | os.PathLike, options: ExportOptions,
+                      once: ReadOnce | None = None) -> tuple[Path, VerifyReport, float]:
     """Load a checkpoint, export it to ONNX and (unless ``options.verify`` is off) verify it.
+    ``once``: the checkpoint's content an earlier step read (the CLI, for its crop), not read again.
+    A checkpoint of a ``--crop`` run records its crop side in the metadata (``export_onnx``).
 
     A static export is verified at its one input shape (twice with ``--sample`` files: each is
     resized to that shape); a dynamic one at two sizes and batch sizes.
@@ -256,7 +278,7 @@ def export_checkpoint(weights: str | os.PathLike, out: str | os.PathLike, option
     """
     overrides = {k: v for k, v in (("score_thresh", options.score_thresh), ("detections_per_img", options.max_dets))
                  if v is not None}
-    model, class_map = load_model(weights, device="cpu", **overrides)
+    model, class_map, stored = load_model_and_config(weights, device="cpu", once=once, **overrides)
     size = options.image_size or None
     samples = []
     if options.verify:  # before the export: a static size eager would resize, an unreadable --sample, fail first
@@ -266,7 +288,7 @@ def export_checkpoint(weights: str | os.PathLike, out: str | os.PathLike, option
     start = time.perf_counter()
     path = export_onnx(
         model, out, opset=options.opset, image_size=size, batch_size=options.batch_size,
-        dynamic=options.dynamic, input_dtype=options.input_dtype, class_map=class_map,
+        dynamic=options.dynamic, input_dtype=options.input_dtype, class_map=class_map, trained_crop=trained_crop(stored),
     )
     seconds = time.perf_counter() - start
     report = verify_onnx(model, path, samples)

@@ -29,7 +29,7 @@ from retinanet.files import ReadOnce, check_free_space, megabytes, read_file, wr
 from retinanet.model import build_model
 from retinanet.model.anchors import NUM_ANCHORS
 from retinanet.model.weights import (CLS_KEYS, DETECTOR_URLS, load_state, load_torchvision_weights, read_weights,
-                                     torchvision_eps, weights_file)
+                                     torchvision_eps, unknown_weights, weights_file)
 
 FORMAT = "retinanet-checkpoint"
 VERSION = 1
@@ -92,6 +92,18 @@ def newer_version(obj: dict[str, Any], path: str | os.PathLike) -> str | None:
         return None
     return (f"{path}: checkpoint version {version!r}, written by a newer retinanet; this one reads version {VERSION} "
             "and older: upgrade retinanet to read it")
+
+
+def check_weights_given(path: str | os.PathLike) -> None:
+    """Refuse ``path`` given as weights to run (``eval``/``predict``/``export --weights``,
+    ``Detector.load``) that is neither a file or folder nor a name of official weights: the
+    message names the names (a misspelt ``cocoo`` was "no such file", while ``train`` named them).
+
+    Raises:
+        CheckpointError: ``weights.unknown_weights``'s message.
+    """
+    if str(path).lower() not in DETECTOR_URLS and not Path(path).exists():
+        raise CheckpointError(unknown_weights(str(path), backbone=False))
 
 
 def stored_config(path: str | os.PathLike, once: ReadOnce | None = None) -> dict[str, dict[str, Any]] | None:
@@ -251,6 +263,7 @@ def load_model_and_config(path: str | os.PathLike, device: str | torch.device = 
     """
     device = usable_device(device)  # before the file is read: a device this machine lacks is named first
     check_limits(overrides, "model", "model settings")  # min_size=0 and the like, as the command line refuses them
+    check_weights_given(path)
     if str(path).lower() in DETECTOR_URLS:
         path = weights_file(str(path))[0]
     obj = once.take(path) if once is not None else None

@@ -181,6 +181,26 @@ def test_eval_cli_writes_outputs(tmp_path, synthetic, tiny, capsys):
     assert (out / "pr_curves.png").stat().st_size > 1000
 
 
+def test_eval_classes_defaults_to_the_checkpoint_s_and_a_differing_one_names_the_way_out(tmp_path, synthetic, tiny,
+                                                                                        capsys):
+    """``eval --help`` said ``--classes`` defaults to "discovered from the annotations" (train's
+    words), while eval reads the dataset with the checkpoint's class map; a ``--classes`` with the
+    model's names at other ids was called "meaningless" with a COCO-on-VOC example, not the way out."""
+    _, ckpt = tiny
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "(default: the checkpoint's, so the dataset's ids are the model's;" in help_text
+    names = json.loads((synthetic / "classes.json").read_text())
+    swapped = dict(zip(sorted(names, key=names.get), sorted(names.values(), reverse=True)))
+    (tmp_path / "swapped.json").write_text(json.dumps(swapped))
+    assert main(["eval", "--weights", str(ckpt), "--data", str(synthetic), "--out", str(tmp_path / "e"), "--classes",
+                 str(tmp_path / "swapped.json"), "--workers", "0", "--device", "cpu", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "classes with different ids in model and dataset" in err
+    assert "without --classes the dataset is read with the checkpoint's class map" in err
+
+
 def test_eval_says_what_each_cap_cut_and_takes_topk_candidates(tmp_path, synthetic, tiny, capsys):
     """eval counted the images at --max-dets but not what the cut scored, and said nothing of images far
     below it whose candidates an FPN level's top-k (1000) cut before NMS; --topk-candidates did not exist."""

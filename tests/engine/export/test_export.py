@@ -127,6 +127,25 @@ def test_a_failed_check_says_the_file_is_left_and_not_fit_for_use(exported, tmp_
     assert target.is_file()
 
 
+def test_a_crop_trained_model_s_export_says_its_input_is_native_tiles(tmp_path, capsys):
+    """A ``--crop 64`` checkpoint's graph was documented, in its metadata and README, as taking whole
+    images "resized by the caller to the model's input size": 64 px, where a large image's objects
+    vanish (predict and Detector tile such a model). The export says so and records the crop."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxscript")
+    model = _tiny_model()
+    config = {"model": {**dataclasses.asdict(model.config), "min_size": 64, "max_size": 64}, "data": {"crop": 64}}
+    ckpt = save_checkpoint({"model": model.state_dict(), "config": config, "class_map": CLASS_MAP}, tmp_path / "crop.pt")
+    out = tmp_path / "crop.onnx"
+    assert main(["export", "--weights", str(ckpt), "--out", str(out), "--static", "--no-verify"]) == 0
+    err = capsys.readouterr().err
+    assert "the model was trained on 64 px crops at native resolution: give the graph tiles of 64 px" in err
+    assert "not whole images resized to 64 px" in err
+    meta = read_metadata(out)
+    assert meta["trained_crop"] == "64" and "native-resolution tiles of 64 px" in meta["input"]
+    assert "resized by the caller" not in meta["input"]
+
+
 def test_cli_export_fails_clearly_on_missing_checkpoint(tmp_path, capsys):
     status = main(["export", "--weights", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "m.onnx")])
     assert status == 2
