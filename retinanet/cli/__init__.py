@@ -292,7 +292,7 @@ def _add_predict(sub) -> None:
     p = sub.add_parser(
         "predict", help="detect objects in images and draw them",
         description="Detect objects in image files, folders or glob patterns. Writes OUT/images/ (drawn detections), "
-        "OUT/predictions.json (every detection, original pixels, xyxy), with --voc-xml OUT/xml/ (VOC annotations) and with "
+        "OUT/predictions.json (every detection, original pixels, xyxy; each image with its output name and files), with --voc-xml OUT/xml/ (VOC annotations) and with "
         "--save-txt OUT/labels/ (YOLO labels) for a labelling tool. Photos are read as displayed (EXIF orientation applied; "
         "--exif ignore: the stored pixels). A file that cannot be read is reported and skipped.",
     )
