@@ -95,11 +95,12 @@ def class_names_of(class_map: dict[str, int] | None, num_classes: int) -> dict[i
 
 
 def filter_detections(out: dict[str, Tensor], score_thresh: float, keep_labels: Tensor | None, max_dets: int):
-    """Detections of one image above ``score_thresh``, of ``keep_labels`` if given, the
-    ``max_dets`` best: ``(boxes [K, 4], scores [K], labels [K])`` CPU tensors, by score.
-    Label 0 is never a class (the background output of torchvision-layout heads): dropped."""
+    """Detections of one image scoring above ``score_thresh`` (strictly, as the model's own
+    threshold and torchvision's), of ``keep_labels`` if given, the ``max_dets`` best:
+    ``(boxes [K, 4], scores [K], labels [K])`` CPU tensors, by score. Label 0 is never a class
+    (the background output of torchvision-layout heads): dropped."""
     boxes, scores, labels = out["boxes"].float().cpu(), out["scores"].float().cpu(), out["labels"].cpu()
-    keep = (scores >= score_thresh) & (labels != 0)
+    keep = (scores > score_thresh) & (labels != 0)
     if keep_labels is not None:
         keep &= torch.isin(labels, keep_labels)
     boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
@@ -293,7 +294,7 @@ class Detector:
         Args:
             images: ``[3, h, w]`` uint8 or float 0..1 tensors (``resize_image`` of the originals).
             orig_sizes: ``(H0, W0)`` of each original image: boxes are mapped back to it.
-            score_thresh: keep detections scoring at least this (also the model's own threshold
+            score_thresh: keep detections scoring above this (also the model's own threshold
                 for this call). classes: names to keep (None or empty: all). max_dets: per image
                 (None: the model's ``detections_per_img``).
             sources: file of each image, recorded in the results.
@@ -372,7 +373,8 @@ class Detector:
         """Detect objects in ``inputs`` (module docstring: paths, PIL, numpy, tensors, lists of them).
 
         Args:
-            score_thresh: keep detections scoring at least this [0.3, as ``retinanet predict``].
+            score_thresh: keep detections scoring above this (as torchvision's RetinaNet: a score
+                equal to it is dropped) [0.3, as ``retinanet predict``].
             classes: class names to keep (None: all). max_dets: at most this many per image
                 [the model's ``detections_per_img``, 300 unless trained with ``--max-dets``].
             batch_size: images per forward pass (the results do not depend on it beyond float noise).

@@ -66,7 +66,7 @@ JPEG_OPTIONS = {"quality": 95, "subsampling": 0}
 class PredictOptions:
     """How ``predict`` filters, batches and writes.
 
-    ``score_thresh``: keep detections scoring at least this; ``classes``: class names to keep
+    ``score_thresh``: keep detections scoring above this; ``classes``: class names to keep
     (empty = all); ``max_dets``: per image, highest scores first (None: the model's
     ``detections_per_img``).
     """

@@ -313,3 +313,23 @@ def test_load_reads_the_checkpoint_once(checkpoint, monkeypatch):
     monkeypatch.setattr(torch, "load", lambda f, *a, **k: loads.append(Path(f).name) or real(f, *a, **k))
     det = retinanet.Detector.load(checkpoint)
     assert loads == ["tiny.pt"] and det.class_names == {1: "cat", 2: "dog"}
+
+
+def test_the_score_threshold_keeps_scores_above_it_as_the_model_does_and_the_help_says_so(capsys):
+    """The model (as torchvision's RetinaNet) keeps ``scores > score_thresh``, while ``predict --score-thresh``
+    and ``Detector.predict`` said "at least" and ``filter_detections`` kept ``>=`` (eval's help: "drop below")."""
+    from retinanet.cli import main
+    from retinanet.engine.infer.detector import filter_detections
+
+    out = {"boxes": torch.tensor([[0.0, 0.0, 8.0, 8.0]] * 3), "scores": torch.tensor([0.5, 0.25, 0.75]),
+           "labels": torch.tensor([1, 1, 2])}
+    _, scores, labels = filter_detections(out, 0.25, None, 10)  # 0.25: exact in float32
+    assert scores.tolist() == [0.75, 0.5] and labels.tolist() == [2, 1]
+    for command in ("predict", "eval", "export"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert "above" in text.split("--score-thresh", 2)[2].split("--", 1)[0], command
+        assert "at least this" not in text and "below this score" not in text, command
+    assert "at least this" not in retinanet.Detector.predict.__doc__
+    assert "scoring above this" in retinanet.Detector.predict.__doc__
