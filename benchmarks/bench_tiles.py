@@ -7,7 +7,7 @@
 ``recall``: every image of the dataset's val split (VOC layout, e.g. ``retinanet make-synthetic
 --large``), predicted whole (resized to the model's input size, ``Detector.predict(tile=False)``; with
 ``--whole-size PX`` also resized to PX) and tiled (``Detector.predict(tile=...)``, native
-resolution), all detections scoring at least
+resolution), all detections scoring above
 ``--score-thresh``; a ground-truth box is found when a detection of its class, not already used
 by a better-scoring match, overlaps it with IoU >= 0.5 (greedy by score, one detection per box).
 

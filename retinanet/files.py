@@ -18,6 +18,7 @@ killed leaves its temporary file, which ``remove_stale_temporaries`` clears unde
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import errno
 import hashlib
@@ -300,18 +301,25 @@ def check_free_space(folder: str | os.PathLike, need: int, what: str, option: st
 
 
 NOT_WEIGHTS = "neither our checkpoint nor a torchvision state_dict"
+# classes ``read_file`` lets ``weights_only=True`` build besides tensors and plain types: torchvision's
+# detection reference scripts store their command line (``"args"``) as an ``argparse.Namespace``, a plain
+# attribute bag (built with ``object.__new__`` and its ``__dict__`` filled: no code of the file's runs),
+# whose values are held to the same rules
+SAFE_GLOBALS = (argparse.Namespace,)
 _TORCH_MAGIC = (b"PK\x03\x04", b"\x80")  # torch.save's zip format; its legacy pickle format
 _ONNX_MAGIC = b"\x08"  # an ONNX ModelProto starts with field 1, ir_version (a varint): tag 0x08
 
 
 def read_file(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint or state_dict file with ``weights_only=True``.
+    """Load a checkpoint or state_dict file with ``weights_only=True`` (``SAFE_GLOBALS`` allowed too:
+    the ``argparse.Namespace`` of torchvision's reference-script checkpoints).
 
     Raises:
         CheckpointError: naming the file when it is missing, empty, not a torch file (a text
             file, say; an ONNX file is named as one), corrupt (torch cannot read it, or an entry fails
             the CRC-32 it was written with: ``damaged_entry``), holds objects other than tensors and
-            plain types, or holds something other than a dict.
+            plain types (named where torch can list them: ``refused_types``), or holds something other
+            than a dict.
     """
     path = Path(path)
     if path.is_dir():
@@ -332,8 +340,14 @@ def read_file(path: str | os.PathLike, map_location: str | torch.device = "cpu")
     try:
         with warnings.catch_warnings():  # torch's "Detected pickle protocol N" on a plain pickle file: said below
             warnings.filterwarnings("ignore", message=".*pickle protocol", category=UserWarning)
-            obj = torch.load(path, map_location=map_location, weights_only=True)
+            with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
+                obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:  # torch's text here suggests weights_only=False: never do that
+        refused = refused_types(path) if head.startswith(_TORCH_MAGIC[0]) else []
+        if refused:
+            raise CheckpointError(f"{path}: not a checkpoint: it holds Python objects other than tensors and plain types "
+                                  f"({', '.join(refused[:5])}), not loaded: unpickling them could run code ({NOT_WEIGHTS}; "
+                                  "save the model's state_dict, alone or in a dict of plain values)") from None
         raise CheckpointError(f"{path}: not a checkpoint: a pickle that is not PyTorch weights (a plain Python pickle, "
                               f"or one holding objects other than tensors and plain types; {NOT_WEIGHTS}), "
                               "not loaded") from None
@@ -347,6 +361,17 @@ def read_file(path: str | os.PathLike, map_location: str | torch.device = "cpu")
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a state_dict or a retinanet checkpoint, found {type(obj).__name__}")
     return obj
+
+
+def refused_types(path: str | os.PathLike) -> list[str]:
+    """The types in the pickle of the zip file ``path`` (``torch.save``'s format) that ``weights_only=True``
+    does not build (``SAFE_GLOBALS`` apart), as ``module.Name``, read without building anything
+    (``torch.serialization.get_unsafe_globals_in_checkpoint``); empty when torch cannot list them."""
+    allowed = {f"{t.__module__}.{t.__qualname__}" for t in SAFE_GLOBALS}
+    try:
+        return [g for g in torch.serialization.get_unsafe_globals_in_checkpoint(path) if g not in allowed]
+    except Exception:  # not a zip file torch reads, an older torch: the general message
+        return []
 
 
 def damaged_entry(path: str | os.PathLike) -> str | None:

@@ -168,7 +168,7 @@ def _add_eval(sub) -> None:
     add_amp_options(p, "auto")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True, help=CHANNELS_LAST_HELP)
     add_input_size_options(p)
-    p.add_argument("--score-thresh", type=fraction, help="drop detections below this score (default: the checkpoint's, 0.05)")
+    p.add_argument("--score-thresh", type=fraction, help="keep detections scoring above this; one equal to it is dropped (default: the checkpoint's, 0.05)")
     add_cap_options(p, "detections kept per image (per tile with --tile), best first; the summary counts the images (tiles) "
                     "that reached it (COCO's AR100 and AP score each image's best 100 per class)")
     p.add_argument("--coco-backend", choices=["pycocotools", "faster_coco_eval"], default="pycocotools",
@@ -292,7 +292,7 @@ def _add_predict(sub) -> None:
     p = sub.add_parser(
         "predict", help="detect objects in images and draw them",
         description="Detect objects in image files, folders or glob patterns. Writes OUT/images/ (drawn detections), "
-        "OUT/predictions.json (every detection, original pixels, xyxy), with --voc-xml OUT/xml/ (VOC annotations) and with "
+        "OUT/predictions.json (every detection, original pixels, xyxy; each image with its output name and files), with --voc-xml OUT/xml/ (VOC annotations) and with "
         "--save-txt OUT/labels/ (YOLO labels) for a labelling tool. Photos are read as displayed (EXIF orientation applied; "
         "--exif ignore: the stored pixels). A file that cannot be read is reported and skipped.",
     )
@@ -300,7 +300,7 @@ def _add_predict(sub) -> None:
     p.add_argument("--weights", required=True, metavar="CKPT", help=WEIGHTS_HELP)
     p.add_argument("--out", default="runs/predict", metavar="DIR", help="output folder [runs/predict]")
     p.add_argument("--recursive", action="store_true", help="descend into sub-folders (and ** in patterns)")
-    p.add_argument("--score-thresh", type=fraction, default=0.3, help="keep detections scoring at least this [0.3]")
+    p.add_argument("--score-thresh", type=fraction, default=0.3, help="keep detections scoring above this; one equal to it is dropped [0.3]")
     p.add_argument("--classes-filter", action="append", metavar="NAMES", help="keep only these classes (comma-separated, repeatable)")
     add_cap_options(p, "at most this many detections per image, best first; the summary counts the images that reached it")
     p.add_argument("--device", default="auto", help=f"{DEVICE_HELP} [auto]")
@@ -387,7 +387,7 @@ def _add_export(sub) -> None:
     mode.add_argument("--dynamic", dest="dynamic", action="store_true", default=True, help="dynamic batch size, height and width (default)")
     mode.add_argument("--static", dest="dynamic", action="store_false", help="fixed input shape: --batch-size x 3 x --image-size")
     p.add_argument("--input-dtype", choices=["uint8", "float32"], default="uint8", help="graph input: uint8 0..255 or float32 0..1 RGB [uint8]")
-    p.add_argument("--score-thresh", type=fraction, help="score threshold baked into the graph [the checkpoint's]")
+    p.add_argument("--score-thresh", type=fraction, help="score threshold baked into the graph: it keeps detections scoring above it [the checkpoint's]")
     p.add_argument("--max-dets", type=field_type("detections_per_img"), metavar="N",
                    help="K, the detections per image the graph has room for (its outputs are [B,K,...]); the check says "
                    "when an image fills it [the checkpoint's detections_per_img, 300 by default]")

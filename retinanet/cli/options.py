@@ -25,7 +25,8 @@ from retinanet.model.tiling import TileOptions, trained_tiling
 OPTION_TO_FIELD = {"data": "root"}  # option destinations whose config field has another name
 
 # help texts several sub-commands share, written once
-WEIGHTS_HELP = ("our checkpoint, a torchvision RetinaNet state_dict, or coco / coco-v2 (torchvision's COCO files, "
+WEIGHTS_HELP = ("our checkpoint, a torchvision RetinaNet state_dict (or a checkpoint of torchvision's detection reference "
+                "scripts: its 'model' entry), or coco / coco-v2 (torchvision's COCO files, "
                 "downloaded once, hash-checked; labels are COCO category ids)")
 DEVICE_HELP = "auto, cpu, cuda, cuda:1 ..."
 CHANNELS_LAST_HELP = "run the model in channels_last (NHWC) memory layout: the same detections, usually faster [on]"

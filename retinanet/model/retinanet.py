@@ -93,7 +93,7 @@ class RetinaNet(nn.Module):
     def forward(self, images: list[Tensor], targets: list[dict] | None = None, *, score_thresh: float | None = None,
                 resize: bool = True, max_dets: int | None = None):
         """Train mode: dict of losses. Eval mode: one dict per image (original pixel frame), with
-        scores of at least ``score_thresh`` (None: ``config.score_thresh``; an argument, so calls
+        scores above ``score_thresh`` (None: ``config.score_thresh``; an argument, so calls
         with different thresholds can share one model), at most ``max_dets`` per image (None:
         ``config.detections_per_img``). ``resize=False``: the images enter the network at their own
         size, not resized to ``min_size`` (native-resolution tiles). In eval mode this is

@@ -1,5 +1,6 @@
-"""torchvision's weights: official files, bare state_dicts (our own checkpoint format is
-``retinanet.engine.runtime.checkpoint``'s, which unwraps it and calls ``load_state`` here).
+"""torchvision's weights: official files, bare state_dicts, the checkpoints of torchvision's detection
+reference scripts (their ``model`` entry: ``model_entry``); our own checkpoint format is
+``retinanet.engine.runtime.checkpoint``'s, which unwraps it and calls ``load_state`` here.
 
 Named weights (``coco``, ``coco-v2``, ``imagenet``) are torchvision's official files, fetched once
 through ``torch.hub``'s cache: ``$TORCH_HOME/hub/checkpoints/<file>`` (``~/.cache/torch`` without
@@ -13,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -202,27 +204,64 @@ def read_weights(path_or_state_dict: Any, source: str | None = None) -> tuple[di
     return read_file(path_or_state_dict), source or str(path_or_state_dict)
 
 
+# torchvision's detection reference scripts (references/detection/train.py) save
+# {"model": state_dict, "optimizer", "lr_scheduler", "args" (argparse.Namespace), "epoch"[, "scaler"]}
+REFERENCE_ENTRY = "model"
+
+
+def is_state_dict(obj: Any) -> bool:
+    """True for a non-empty dict of tensors (a bare ``state_dict``)."""
+    return isinstance(obj, dict) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def model_entry(obj: dict[str, Any], name: str) -> tuple[dict[str, Any], str, str | None]:
+    """``(state_dict, its name for messages, a note or None)`` of a torchvision weights dict (not
+    our checkpoint): a bare state_dict as it is (no note); a checkpoint of torchvision's detection
+    reference scripts (not a state_dict, its ``REFERENCE_ENTRY`` one) gives that entry, named
+    "NAME's 'model' entry", and a note saying so and what else the file holds (not used)."""
+    entry = obj.get(REFERENCE_ENTRY) if isinstance(obj, dict) else None
+    if is_state_dict(obj) or not is_state_dict(entry):
+        return obj, name, None
+    epoch = obj.get("epoch")
+    saved = f", saved after epoch {epoch}" if isinstance(epoch, int) and not isinstance(epoch, bool) else ""
+    rest = [str(k) for k in obj if k != REFERENCE_ENTRY]
+    unused = f"; {', '.join(rest)} not used" if rest else ""
+    return entry, f"{name}'s {REFERENCE_ENTRY!r} entry", (
+        f"{name}: a checkpoint of torchvision's detection reference scripts{saved}: its {REFERENCE_ENTRY!r} entry "
+        f"loaded{unused}")
+
+
+def load_torchvision_state(model: nn.Module, state: Any, name: str) -> list[str]:
+    """``load_state`` of a torchvision state_dict, then the FrozenBatchNorm eps torchvision's file
+    runs with (``torchvision_eps``); returns the skipped keys."""
+    skipped = load_state(model, state, name)
+    cfg = getattr(model, "config", None)
+    if cfg is not None:
+        set_frozen_bn_eps(model, torchvision_eps(cfg.arch, cfg.norm, cfg.frozen_bn_eps))
+    return skipped
+
+
 def load_torchvision_weights(model: nn.Module, path_or_state_dict: Any, *, source: str | None = None) -> list[str]:
-    """Load a bare torchvision RetinaNet state_dict (a file or the dict) into ``model``; a
-    different class count skips the final classification conv.
+    """Load a bare torchvision RetinaNet state_dict (a file or the dict), or the ``model`` entry of
+    a torchvision reference-script checkpoint (``model_entry``: said in a ``UserWarning``), into
+    ``model``; a different class count skips the final classification conv.
 
     The FrozenBatchNorm eps becomes ``torchvision_eps`` (0 for the v1 COCO file in a frozen-BN
     ``resnet50_fpn``, as torchvision's ``overwrite_eps`` does); ``frozen_bn_eps_of`` reads it back.
 
     Args:
         model: a ``RetinaNet``.
-        path_or_state_dict: file path or bare state_dict.
+        path_or_state_dict: file path or its dict (a bare state_dict or a reference-script checkpoint).
         source: name used in error messages (defaults to the path).
     Returns:
         keys that were skipped (re-initialised), empty when everything loaded.
     Raises:
         CheckpointError: unreadable file, or missing/unexpected/mis-shaped keys.
     """
-    state, name = read_weights(path_or_state_dict, source)
-    skipped = load_state(model, state, name)
-    cfg = getattr(model, "config", None)
-    if cfg is not None:
-        set_frozen_bn_eps(model, torchvision_eps(cfg.arch, cfg.norm, cfg.frozen_bn_eps))
+    state, name, note = model_entry(*read_weights(path_or_state_dict, source))
+    skipped = load_torchvision_state(model, state, name)
+    if note:
+        warnings.warn(note, stacklevel=2)
     return skipped
 
 

@@ -155,3 +155,17 @@ def test_a_cap_above_topk_candidates_raises_each_level_s_top_k_and_the_defaults_
     assert set(a.detections[0]) == {"boxes", "scores", "labels"}  # forward's (torchvision's) dicts, unchanged
     assert ModelConfig().candidates_per_level() == 1000 and ModelConfig().candidates_per_level(5000) == 5000
     assert ModelConfig(detections_per_img=2000).candidates_per_level() == 2000
+
+
+def test_a_score_equal_to_the_threshold_is_dropped_on_both_paths_as_torchvision_does():
+    """``score_thresh`` keeps scores strictly above it (torchvision's ``scores > score_thresh``): the
+    help and docstrings said "at least"; a score exactly at it (sigmoid(0) = 0.5) is no detection."""
+    B, C, s = 1, 3, 128
+    cls, reg, anchors = _raw_outputs(B, C, s, -30.0, seed=4)  # nothing near the threshold...
+    cls[0][0, 10, 1], cls[0][0, 500, 2] = 0.0, 0.1  # ...but a score of exactly 0.5 and one just above it
+    size = torch.tensor([[s, s]])
+    for out in (decode_batch(cls, reg, anchors, size, 0.5, 0.5, 300, 1000),
+                decode_batch_static(cls, reg, anchors, size[0], 0.5, 0.5, 300, 1000)):
+        scores, labels, num = out[1], out[2], out[3]
+        assert num.tolist() == [1] and labels[0, :1].tolist() == [2] and scores[0, 0] > 0.5
+    assert torch.sigmoid(torch.tensor(0.0)).item() == 0.5

@@ -71,7 +71,8 @@ def test_offline_message_names_the_url_and_the_path(tmp_path, torch_home, monkey
 
 @pytest.mark.parametrize("content, says", [(b"", "empty file, not a checkpoint"),
                                            (b"hello, not weights\n", "not a checkpoint: not a PyTorch file"),
-                                           ("object", "not a checkpoint: a pickle that is not PyTorch weights"),
+                                           ("object", "not a checkpoint: it holds Python objects other than tensors and plain "
+                                                      "types (torchvision.ops.misc.FrozenBatchNorm2d), not loaded"),
                                            ("pickle", "not a checkpoint: a pickle that is not PyTorch weights (a plain")])
 def test_a_file_that_is_not_weights_says_so(tmp_path, content, says, recwarn):
     import pickle
@@ -210,3 +211,71 @@ def test_an_unwritable_weights_cache_names_the_folder_and_torch_home(tmp_path, m
     with pytest.raises(CheckpointError, match=f"^{tmp_path / 'torch' / 'hub' / 'checkpoints'}: cannot store the "
                                               r"ImageNet resnet18 weights there \(Permission denied\); set TORCH_HOME"):
         W.weights_file("imagenet", "resnet18", progress=False)
+
+
+def reference_checkpoint(path, state: dict, with_args: bool) -> None:
+    """Save ``state`` as torchvision's detection reference scripts do (references/detection/train.py):
+    ``{"model", "optimizer", "lr_scheduler", "args" (an argparse.Namespace), "epoch"}``."""
+    import argparse
+
+    ck = {"model": state, "optimizer": {"state": {}, "param_groups": [{"lr": 0.01, "params": [0, 1]}]},
+          "lr_scheduler": {"milestones": {16: 1, 22: 1}, "last_epoch": 8}, "epoch": 7}
+    if with_args:  # weights_only=True refused the whole file for it ("Unsupported global: argparse.Namespace")
+        ck["args"] = argparse.Namespace(model="retinanet_resnet50_fpn", lr=0.01, weights=None, data_path="/coco")
+    torch.save(ck, path)
+
+
+@pytest.mark.parametrize("with_args", [False, True], ids=["no-args", "args-namespace"])
+def test_a_torchvision_reference_script_checkpoint_loads_its_model_entry_and_says_so(tmp_path, with_args):
+    """A checkpoint of torchvision's detection reference scripts as ``--weights``, ``load_weights``,
+    ``load_torchvision_weights``, ``Detector.load`` was refused with "no '...cls_logits.weight'" (and,
+    holding its ``args``, as a pickle of objects). Its ``model`` entry loads, with weights_only=True,
+    and a warning names the entry and what is not used."""
+    from retinanet import Detector
+    from retinanet.engine.runtime.checkpoint import load_weights_noted, stored_config
+
+    src = build_model("resnet18_fpn", num_classes=3, **TINY)
+    path = tmp_path / "model_7.pth"
+    reference_checkpoint(path, src.state_dict(), with_args)
+    unused = "optimizer, lr_scheduler, epoch, args" if with_args else "optimizer, lr_scheduler, epoch"
+    says = (f"{path}: a checkpoint of torchvision's detection reference scripts, saved after epoch 7: its 'model' entry "
+            f"loaded; {unused} not used")
+    for load in (load_weights, W.load_torchvision_weights):
+        dst = build_model("resnet18_fpn", num_classes=3, **TINY)
+        with pytest.warns(UserWarning) as caught:
+            assert load(dst, path) == []
+        assert [str(w.message) for w in caught] == [says]
+        assert all(torch.equal(v, src.state_dict()[k]) for k, v in dst.state_dict().items())
+    skipped, note = load_weights_noted(build_model("resnet18_fpn", num_classes=4, **TINY), path)  # train's log line
+    assert note == says and skipped == list(W.CLS_KEYS)
+    assert stored_config(path) is None  # eval/export read it for configs first: none, as a torchvision file
+
+    full = build_model("resnet50_fpn", num_classes=5)  # a torchvision-layout RetinaNet fine-tuned for 4 classes
+    reference_checkpoint(tmp_path / "full.pth", full.state_dict(), with_args)
+    with pytest.warns(UserWarning, match="full.pth: a checkpoint of torchvision's detection reference scripts"):
+        detector = Detector.load(tmp_path / "full.pth", min_size=64, max_size=64)
+    assert detector.model.config.num_classes == 5 and list(detector.class_names) == [1, 2, 3, 4]
+    assert torch.equal(detector.model.state_dict()["head.classification_head.cls_logits.bias"],
+                       full.state_dict()["head.classification_head.cls_logits.bias"])
+
+    reference_checkpoint(tmp_path / "cls.pth", {"conv1.weight": torch.ones(2)}, with_args)  # not a RetinaNet inside
+    with pytest.raises(CheckpointError, match=r"cls.pth's 'model' entry: not a torchvision RetinaNet state_dict "
+                                              r"\(no 'head.classification_head.cls_logits.weight'\)"):
+        load_model(tmp_path / "cls.pth")
+    with pytest.raises(CheckpointError, match=r"cls.pth's 'model' entry: does not fit the model \(missing keys"):
+        load_weights(build_model("resnet18_fpn", num_classes=3, **TINY), tmp_path / "cls.pth")
+
+
+def test_a_file_holding_other_objects_names_their_types_and_is_not_loaded(tmp_path):
+    """weights_only=True refuses any type but tensors, plain types and ``files.SAFE_GLOBALS``; the
+    message named no type ("a pickle that is not PyTorch weights"): it names them now."""
+    import argparse
+    import fractions
+
+    from retinanet.files import read_file
+
+    torch.save({"model": {}, "args": argparse.Namespace(a=1), "x": fractions.Fraction(1, 3)}, tmp_path / "w.pth")
+    with pytest.raises(CheckpointError, match=r"w.pth: not a checkpoint: it holds Python objects other than tensors and "
+                                              r"plain types \(fractions.Fraction\), not loaded: unpickling them could run"):
+        read_file(tmp_path / "w.pth")
+    assert argparse.Namespace not in torch.serialization.get_safe_globals()  # allowed for our reads only

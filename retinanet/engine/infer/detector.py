@@ -4,9 +4,12 @@
     for r in detector.predict(["a.jpg", "b.jpg"], score_thresh=0.3):
         print(r.names, r.boxes)                                      # boxes in original pixels
 
-Inputs: a path (``str`` / ``os.PathLike``), PIL images, ``numpy`` ``H x W x 3`` ``uint8`` RGB arrays,
-tensors ``[3, H, W]`` (``uint8`` 0..255 or float 0..1) or ``[B, 3, H, W]`` (B images), or a list of
-any of them. Paths are decoded by the data package's opener (``retinanet.data.images.open_rgb``):
+Inputs: a path (``str`` / ``os.PathLike``), PIL images (any mode), ``numpy`` ``uint8`` arrays
+``H x W x 3`` (RGB) or ``H x W`` / ``H x W x 1`` (grayscale), tensors ``[3, H, W]`` (RGB) or
+``[1, H, W]`` (grayscale), ``uint8`` 0..255 or float 0..1, or ``[B, 3, H, W]`` / ``[B, 1, H, W]``
+(B images), or a list of any of them. A grayscale image is repeated to 3 channels, as PIL converts an
+``L`` image to RGB; an array or tensor of any other shape is refused, naming what it is (a ``[H, W]``
+tensor too: ``x[None]`` makes it ``[1, H, W]``). Paths are decoded by the data package's opener (``retinanet.data.images.open_rgb``):
 the EXIF rule ``exif`` (``"auto"``/``"apply"``: the displayed frame, as viewers show the photo;
 ``"ignore"``: the stored pixels) and the pixel limit ``max_image_pixels`` of ``DataConfig``. Each image
 is resized on the CPU (or its own device) to the model's input size, batched, run, and its boxes are
@@ -95,11 +98,12 @@ def class_names_of(class_map: dict[str, int] | None, num_classes: int) -> dict[i
 
 
 def filter_detections(out: dict[str, Tensor], score_thresh: float, keep_labels: Tensor | None, max_dets: int):
-    """Detections of one image above ``score_thresh``, of ``keep_labels`` if given, the
-    ``max_dets`` best: ``(boxes [K, 4], scores [K], labels [K])`` CPU tensors, by score.
-    Label 0 is never a class (the background output of torchvision-layout heads): dropped."""
+    """Detections of one image scoring above ``score_thresh`` (strictly, as the model's own
+    threshold and torchvision's), of ``keep_labels`` if given, the ``max_dets`` best:
+    ``(boxes [K, 4], scores [K], labels [K])`` CPU tensors, by score. Label 0 is never a class
+    (the background output of torchvision-layout heads): dropped."""
     boxes, scores, labels = out["boxes"].float().cpu(), out["scores"].float().cpu(), out["labels"].cpu()
-    keep = (scores >= score_thresh) & (labels != 0)
+    keep = (scores > score_thresh) & (labels != 0)
     if keep_labels is not None:
         keep &= torch.isin(labels, keep_labels)
     boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
@@ -152,9 +156,12 @@ def _describe(item: Any) -> str:
 
 
 def _tensor_images(x: Tensor) -> list[Tensor]:
-    """``[3, H, W]`` or ``[B, 3, H, W]`` uint8 / float 0..1 -> list of ``[3, H, W]``; else RetinaNetError."""
-    if x.dim() not in (3, 4) or x.shape[-3] != 3:
-        raise RetinaNetError(f"an image tensor is [3, H, W] or [B, 3, H, W] RGB, not {_describe(x)}")
+    """``[3, H, W]`` or ``[B, 3, H, W]`` uint8 / float 0..1 -> list of ``[3, H, W]``; grayscale
+    ``[1, H, W]`` / ``[B, 1, H, W]`` repeated to 3 channels (``_gray_to_rgb``); else RetinaNetError."""
+    if x.dim() not in (3, 4) or x.shape[-3] not in (1, 3):
+        hint = ": x[None] for a grayscale [H, W] one" if x.dim() == 2 else ""
+        raise RetinaNetError(f"an image tensor is [3, H, W] or [B, 3, H, W] RGB, or [1, H, W] or [B, 1, H, W] grayscale, "
+                             f"not {_describe(x)}{hint}")
     if x.dtype != torch.uint8 and not x.is_floating_point():
         raise RetinaNetError(f"an image tensor is uint8 (0..255) or float (0..1), not {_describe(x)}")
     if x.shape[-1] == 0 or x.shape[-2] == 0:
@@ -168,17 +175,27 @@ def _tensor_images(x: Tensor) -> list[Tensor]:
                                  "divide by 255 or pass a uint8 tensor (normalisation is the model's own)")
     if x.is_floating_point() and x.dtype != torch.float32:
         x = x.float()  # float64 (numpy's default) or float16: the model's input is float32 (or uint8)
+    x = _gray_to_rgb(x)
     return list(x) if x.dim() == 4 else [x]
 
 
+def _gray_to_rgb(x: Tensor) -> Tensor:
+    """``[..., 1, H, W]`` (grayscale) -> ``[..., 3, H, W]``, the value in each channel (what PIL's
+    ``convert("RGB")`` of an ``L`` image gives); ``[..., 3, H, W]`` as it is."""
+    return x.expand(*x.shape[:-3], 3, *x.shape[-2:]).contiguous() if x.shape[-3] == 1 else x
+
+
 def _numpy_image(a: np.ndarray) -> Tensor:
-    if a.ndim != 3 or a.shape[2] != 3 or a.dtype != np.uint8:
-        raise RetinaNetError(f"a numpy image is H x W x 3 uint8 RGB (OpenCV's BGR: a[..., ::-1]), not {_describe(a)}")
+    """``uint8 [3, H, W]`` of a numpy image: ``H x W x 3`` uint8 RGB, or grayscale ``H x W`` /
+    ``H x W x 1`` repeated to 3 channels (``_gray_to_rgb``); else RetinaNetError."""
+    if a.dtype != np.uint8 or not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (1, 3))):
+        raise RetinaNetError(f"a numpy image is H x W x 3 uint8 RGB (OpenCV's BGR: a[..., ::-1]) or H x W (x 1) uint8 "
+                             f"grayscale, not {_describe(a)}")
     if a.shape[0] == 0 or a.shape[1] == 0:
         raise RetinaNetError(f"an image has at least one pixel, not {_describe(a)}")
     # a copy when read-only (np.asarray of a PIL image): torch warns on those and may not write to them
     a = np.ascontiguousarray(a) if a.flags.writeable else np.array(a)
-    return torch.from_numpy(a).permute(2, 0, 1)
+    return _gray_to_rgb(torch.from_numpy(a.reshape(*a.shape[:2], -1)).permute(2, 0, 1))
 
 
 class Detector:
@@ -261,7 +278,8 @@ class Detector:
                     yield image, None
             else:
                 raise RetinaNetError(f"cannot detect in a {_describe(item)}: give a path, a PIL image, an H x W x 3 "
-                                     "uint8 numpy array or a [3, H, W] tensor (or a list of them)")
+                                     "(or grayscale H x W) uint8 numpy array or a [3, H, W] (or [1, H, W]) tensor "
+                                     "(or a list of them)")
 
     def label_ids(self, classes: Sequence[str] | None) -> Tensor | None:
         """``[N]`` int64 ids of the class names ``classes`` (None when empty: keep all).
@@ -293,7 +311,7 @@ class Detector:
         Args:
             images: ``[3, h, w]`` uint8 or float 0..1 tensors (``resize_image`` of the originals).
             orig_sizes: ``(H0, W0)`` of each original image: boxes are mapped back to it.
-            score_thresh: keep detections scoring at least this (also the model's own threshold
+            score_thresh: keep detections scoring above this (also the model's own threshold
                 for this call). classes: names to keep (None or empty: all). max_dets: per image
                 (None: the model's ``detections_per_img``).
             sources: file of each image, recorded in the results.
@@ -372,7 +390,8 @@ class Detector:
         """Detect objects in ``inputs`` (module docstring: paths, PIL, numpy, tensors, lists of them).
 
         Args:
-            score_thresh: keep detections scoring at least this [0.3, as ``retinanet predict``].
+            score_thresh: keep detections scoring above this (as torchvision's RetinaNet: a score
+                equal to it is dropped) [0.3, as ``retinanet predict``].
             classes: class names to keep (None: all). max_dets: at most this many per image
                 [the model's ``detections_per_img``, 300 unless trained with ``--max-dets``].
             batch_size: images per forward pass (the results do not depend on it beyond float noise).

@@ -16,9 +16,12 @@ Outputs under ``out``::
     labels/<name>.txt      YOLO labels per image (yolo_txt=True): "class cx cy w h [score]",
                            normalised, class = our id - 1; empty file = no detection
     data.yaml              (yolo_txt=True) ``names: {yolo id: name}`` of the model's classes
-    predictions.json       {"images": [{"file", "width", "height", "at_cap", "detections": [{"box",
-                           "score", "label", "class"}]}], "failures": [{"file", "error"}]}
-                           (``at_cap``: ``Detections.at_cap``, null when no cap cut the image's detections)
+    predictions.json       {"images": [{"file", "name", "outputs", "width", "height", "at_cap", "detections":
+                           [{"box", "score", "label", "class"}]}], "failures": [{"file", "error"}]}
+                           (``name``: the image's output name, ``find_images``': ``x_1.png`` for a second
+                           ``x.png``; ``outputs``: ``output_record``, the files written for it, relative
+                           to ``out``; ``at_cap``: ``Detections.at_cap``, null when no cap cut the
+                           image's detections)
 """
 
 from __future__ import annotations
@@ -63,7 +66,7 @@ JPEG_OPTIONS = {"quality": 95, "subsampling": 0}
 class PredictOptions:
     """How ``predict`` filters, batches and writes.
 
-    ``score_thresh``: keep detections scoring at least this; ``classes``: class names to keep
+    ``score_thresh``: keep detections scoring above this; ``classes``: class names to keep
     (empty = all); ``max_dets``: per image, highest scores first (None: the model's
     ``detections_per_img``).
     """
@@ -302,6 +305,13 @@ def output_paths(name: str, opts: PredictOptions) -> dict[str, Path]:
     return {k: v for k, v in paths.items() if asked[k]}
 
 
+def output_record(name: str, opts: PredictOptions) -> dict[str, str]:
+    """The per-image outputs of output name ``name`` as ``predictions.json`` records them:
+    ``{"images": "images/x_1.png", "xml": "xml/x_1.xml", "labels": "labels/x_1.txt"}`` (those
+    asked for; ``/``-separated, relative to ``opts.out``)."""
+    return {k: p.relative_to(Path(opts.out)).as_posix() for k, p in output_paths(name, opts).items()}
+
+
 def files_in_output_folders(out: Path) -> set[Path]:
     """Every file under ``out``'s per-image output folders (``OUTPUT_FOLDERS``)."""
     return {p for d in OUTPUT_FOLDERS if (out / d).is_dir() for p in (out / d).rglob("*") if p.is_file()}
@@ -360,7 +370,8 @@ def _process_batch(detector: Detector, batch, files, opts: PredictOptions, on_ti
             continue
         unlabelled += [left_out] if left_out else []
         records.append({
-            "file": str(path), "width": det.size[1], "height": det.size[0], "at_cap": det.at_cap,
+            "file": str(path), "name": name, "outputs": output_record(name, opts), "width": det.size[1],
+            "height": det.size[0], "at_cap": det.at_cap,
             "detections": [
                 {"box": [round(float(v), 2) for v in b], "score": round(float(sc), 5), "label": int(c), "class": n}
                 for b, sc, c, n in zip(det.boxes.tolist(), det.scores.tolist(), det.labels.tolist(), det.names)

@@ -9,7 +9,8 @@ A checkpoint is a dict written by ``torch.save`` (atomically) and read with ``we
      training state: "optimizer", "scaler", "ema_module", "epoch", "iteration", "best_ap",
      "best_epoch", "rng", "history" and, in ``interrupted.pt``, "epoch_progress"}
 
-An official torchvision file is a bare state_dict (``retinanet.model.weights``). Legacy quirks of
+An official torchvision file is a bare state_dict, a checkpoint of torchvision's detection reference
+scripts a dict whose ``model`` entry is one (``retinanet.model.weights.model_entry``). Legacy quirks of
 older checkpoints are upgraded on reading, each by one named function (``legacy_frozen_bn_eps``).
 Which checkpoint ``--resume`` names is the run folder's business (``retinanet.engine.runtime.run_dir``).
 """
@@ -17,6 +18,7 @@ Which checkpoint ``--resume`` names is the run folder's business (``retinanet.en
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +30,8 @@ from retinanet.errors import CheckpointError
 from retinanet.files import ReadOnce, check_free_space, megabytes, read_file, write_atomic
 from retinanet.model import build_model
 from retinanet.model.anchors import NUM_ANCHORS
-from retinanet.model.weights import (CLS_KEYS, DETECTOR_URLS, load_state, load_torchvision_weights, read_weights,
-                                     torchvision_eps, unknown_weights, weights_file)
+from retinanet.model.weights import (CLS_KEYS, DETECTOR_URLS, load_state, load_torchvision_state, model_entry,
+                                     read_weights, torchvision_eps, unknown_weights, weights_file)
 
 FORMAT = "retinanet-checkpoint"
 VERSION = 1
@@ -210,12 +212,14 @@ def model_config_of(obj: dict[str, Any], path: str | os.PathLike = "checkpoint")
 
 
 def _torchvision_config(state: dict[str, Any], path: str | os.PathLike, norm: str | None) -> ModelConfig:
-    """The ``ModelConfig`` of a bare torchvision RetinaNet state_dict: v1 or v2 (v2 heads have
-    GroupNorm layers), the class count from the classification layer, and the FrozenBatchNorm eps
-    it runs with in a model of ``norm`` (None: torchvision's ``frozen_bn``)."""
+    """The ``ModelConfig`` of a bare torchvision RetinaNet state_dict (``path``: its name, a file's
+    entry as ``model_entry`` names it): v1 or v2 (v2 heads have GroupNorm layers), the class count
+    from the classification layer, and the FrozenBatchNorm eps it runs with in a model of ``norm``
+    (None: torchvision's ``frozen_bn``)."""
     key = CLS_KEYS[0]
     if key not in state:
-        raise CheckpointError(f"{path}: neither our checkpoint nor a torchvision RetinaNet state_dict (no '{key}')")
+        what = "not" if str(path).endswith(" entry") else "neither our checkpoint nor"
+        raise CheckpointError(f"{path}: {what} a torchvision RetinaNet state_dict (no '{key}')")
     arch = "resnet50_fpn_v2" if any(k.startswith("head.classification_head.conv.0.1.") for k in state) else "resnet50_fpn"
     eps = torchvision_eps(arch, norm or "frozen_bn", ModelConfig.frozen_bn_eps)
     return ModelConfig(arch=arch, num_classes=state[key].shape[0] // NUM_ANCHORS, frozen_bn_eps=eps)
@@ -224,14 +228,26 @@ def _torchvision_config(state: dict[str, Any], path: str | os.PathLike, norm: st
 def load_weights(model: torch.nn.Module, path_or_state_dict: Any, *, source: str | None = None) -> list[str]:
     """``retinanet.model.weights.load_torchvision_weights`` (same arguments, result and errors)
     that also takes our checkpoint, a file or its dict: its ``model`` weights load, the model's
-    FrozenBatchNorm eps is kept (the public ``retinanet.load_weights``)."""
+    FrozenBatchNorm eps is kept (the public ``retinanet.load_weights``). A torchvision reference-script
+    checkpoint's ``model`` entry loads, said in a ``UserWarning`` (``load_weights_noted``)."""
+    skipped, note = load_weights_noted(model, path_or_state_dict, source=source)
+    if note:
+        warnings.warn(note, stacklevel=2)
+    return skipped
+
+
+def load_weights_noted(model: torch.nn.Module, path_or_state_dict: Any, *,
+                       source: str | None = None) -> tuple[list[str], str | None]:
+    """``load_weights`` without the warning: ``(skipped keys, note)``, the note (None: none) saying
+    which entry of a torchvision reference-script checkpoint loaded (``model_entry``), for the log."""
     obj, name = read_weights(path_or_state_dict, source)
     if is_checkpoint(obj):
         newer = newer_version(obj, name)
         if newer:
             raise CheckpointError(newer)
-        return load_state(model, obj["model"], name)
-    return load_torchvision_weights(model, obj, source=name)
+        return load_state(model, obj["model"], name), None
+    state, name, note = model_entry(obj, name)
+    return load_torchvision_state(model, state, name), note
 
 
 # settings that shape trained layers: ``load_model`` refuses overrides of them (only training may change them)
@@ -252,7 +268,8 @@ def load_model_and_config(path: str | os.PathLike, device: str | torch.device = 
     ``path`` may also name official weights (``coco``, ``coco-v2``: fetched once into torch.hub's
     cache, hash-checked). Our checkpoint is rebuilt with the config it stores, FrozenBatchNorm eps
     included. For a bare torchvision state_dict the arch is detected (v1/v2), the class count read
-    from the classification layer and the eps is torchvision's (v1: 0). ``overrides`` replace
+    from the classification layer and the eps is torchvision's (v1: 0); a checkpoint of torchvision's
+    detection reference scripts is its ``model`` entry's, said in a ``UserWarning`` (``model_entry``). ``overrides`` replace
     ``ModelConfig`` fields (for example ``score_thresh``, ``min_size``). ``channels_last`` puts
     the model in NHWC memory layout (same results, usually faster; its batches follow). ``once``:
     the file's content an earlier step read (``stored_config``), taken instead of reading it again.
@@ -274,9 +291,10 @@ def load_model_and_config(path: str | os.PathLike, device: str | torch.device = 
         if newer:
             raise CheckpointError(newer)
         cfg, class_map, state = model_config_of(obj, path), obj.get("class_map"), obj.get("ema") or obj["model"]
-        stored = _stored_sections(obj)
+        stored, name, note = _stored_sections(obj), str(path), None
     else:
-        cfg, class_map, state = _torchvision_config(obj, path, overrides.get("norm")), None, obj
+        state, name, note = model_entry(obj, str(path))
+        cfg, class_map = _torchvision_config(state, name, overrides.get("norm")), None
         stored = None
     fixed = {k: (overrides[k], getattr(cfg, k)) for k in INFERENCE_FIXED if k in overrides and overrides[k] != getattr(cfg, k)}
     if fixed:  # a model ready for inference keeps its trained layers: another class count would re-initialise one
@@ -284,7 +302,9 @@ def load_model_and_config(path: str | os.PathLike, device: str | torch.device = 
                                                       for k, (new, old) in fixed.items())
                               + ": a loaded model keeps them (to train for other classes: retinanet train --weights FILE)")
     model = build_model(**{**cfg.__dict__, **overrides})
-    load_state(model, state, str(path))
+    load_state(model, state, name)
+    if note:
+        warnings.warn(note, stacklevel=3)  # at the command's (or Detector.load's) call
     model = model.eval().to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)

@@ -25,7 +25,7 @@ import torch
 
 from retinanet.config import ModelConfig, TrainConfig
 from retinanet.engine.runtime import distributed as D
-from retinanet.engine.runtime.checkpoint import load_weights
+from retinanet.engine.runtime.checkpoint import load_weights_noted
 from retinanet.errors import CheckpointError, RetinaNetError
 from retinanet.model import ARCHS, check_arch
 from retinanet.model.weights import DETECTOR_ARCHS, load_backbone_weights, weights_file
@@ -109,7 +109,7 @@ def load_start(model: torch.nn.Module, cfg: TrainConfig, progress: bool = True) 
 
     Returns:
         ``cfg`` with ``start_sha256`` set (None from scratch), the keys re-initialised, and a line
-        saying what was loaded.
+        saying what was loaded (and which entry, from a torchvision reference-script checkpoint).
     Raises:
         CheckpointError: a fetch or load failure, or a file whose sha256 differs from a
             ``start_sha256`` the config gave.
@@ -124,9 +124,11 @@ def load_start(model: torch.nn.Module, cfg: TrainConfig, progress: bool = True) 
                               f"that the config records for {which} {value!r} (another file); remove start_sha256 "
                               "from the config to start from this file")
     reinit: list[str] = []
+    note = None  # which entry of a torchvision reference-script checkpoint loaded
     if which == "weights":
-        reinit = load_weights(model, path, source=str(path))
+        reinit, note = load_weights_noted(model, path, source=str(path))
     else:
         load_backbone_weights(model, path)
-    line = f"{which}: loaded {value}" + (f" ({path})" if str(path) != value else "") + f", sha256 {digest}"
+    line = (f"{which}: loaded {value}" + (f" ({path})" if str(path) != value else "") + f", sha256 {digest}"
+            + (f"; {note}" if note else ""))
     return dataclasses.replace(cfg, start_sha256=digest), reinit, line

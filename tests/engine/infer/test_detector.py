@@ -313,3 +313,48 @@ def test_load_reads_the_checkpoint_once(checkpoint, monkeypatch):
     monkeypatch.setattr(torch, "load", lambda f, *a, **k: loads.append(Path(f).name) or real(f, *a, **k))
     det = retinanet.Detector.load(checkpoint)
     assert loads == ["tiny.pt"] and det.class_names == {1: "cat", 2: "dog"}
+
+
+def test_the_score_threshold_keeps_scores_above_it_as_the_model_does_and_the_help_says_so(capsys):
+    """The model (as torchvision's RetinaNet) keeps ``scores > score_thresh``, while ``predict --score-thresh``
+    and ``Detector.predict`` said "at least" and ``filter_detections`` kept ``>=`` (eval's help: "drop below")."""
+    from retinanet.cli import main
+    from retinanet.engine.infer.detector import filter_detections
+
+    out = {"boxes": torch.tensor([[0.0, 0.0, 8.0, 8.0]] * 3), "scores": torch.tensor([0.5, 0.25, 0.75]),
+           "labels": torch.tensor([1, 1, 2])}
+    _, scores, labels = filter_detections(out, 0.25, None, 10)  # 0.25: exact in float32
+    assert scores.tolist() == [0.75, 0.5] and labels.tolist() == [2, 1]
+    for command in ("predict", "eval", "export"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert "above" in text.split("--score-thresh", 2)[2].split("--", 1)[0], command
+        assert "at least this" not in text and "below this score" not in text, command
+    assert "at least this" not in retinanet.Detector.predict.__doc__
+    assert "scoring above this" in retinanet.Detector.predict.__doc__
+
+
+def test_grayscale_arrays_and_tensors_are_taken_as_a_grayscale_pil_image_is(detector, arrays):
+    """A grayscale PIL image was taken (converted to RGB) while the same pixels as a numpy ``[H, W]`` /
+    ``[H, W, 1]`` array or a ``[1, H, W]`` tensor were refused; each is now repeated to 3 channels, as
+    PIL converts an ``L`` image, and gives the PIL image's detections. Other shapes stay refused."""
+    gray = np.asarray(Image.fromarray(arrays[0]).convert("L"))  # [H, W] uint8
+    ref = detector.predict(Image.fromarray(gray), score_thresh=0.0, max_dets=10)[0]
+    t = torch.from_numpy(gray.copy())
+    kinds = {"numpy H x W": gray, "numpy H x W x 1": gray[..., None], "tensor 1 x H x W": t[None],
+             "float tensor 1 x H x W": t[None].float() / 255, "tensor B x 1 x H x W": torch.stack([t[None]] * 2)}
+    for kind, x in kinds.items():
+        results = detector.predict(x, score_thresh=0.0, max_dets=10)
+        assert len(results) == (2 if kind.startswith("tensor B") else 1), kind
+        for r in results:
+            atol = 0.5 if kind.startswith("float") else 1e-4  # float input is resized without rounding to uint8
+            torch.testing.assert_close(r.boxes, ref.boxes, atol=atol, rtol=0, msg=kind)
+            assert r.size == SIZE and r.labels.tolist() == ref.labels.tolist(), kind
+    for bad, says in ((np.zeros((8, 8, 2), np.uint8), r"H x W x 3 uint8 RGB .* or H x W \(x 1\) uint8 grayscale"),
+                      (np.zeros((8, 8, 4), np.uint8), "H x W x 3 uint8"), (gray.astype(np.float32), "uint8 grayscale"),
+                      (t, r"\[1, H, W\] or \[B, 1, H, W\] grayscale, not Tensor of shape \(90, 130\).*: x\[None\]"),
+                      (torch.zeros(2, 8, 8, dtype=torch.uint8), r"\[3, H, W\]"),
+                      (t[None, ..., None], r"\[3, H, W\]")):
+        with pytest.raises(RetinaNetError, match=says):
+            detector.predict(bad)

@@ -408,3 +408,23 @@ def test_drawn_jpeg_box_lines_keep_their_colour_and_png_is_lossless(tmp_path, ch
     assert jpeg.layer == [(1, 1, 1, 0), (2, 1, 1, 1), (3, 1, 1, 1)]  # 4:4:4: every component at full resolution
     png = Image.open(tmp_path / "out" / "images" / "p.png")
     assert png.format == "PNG" and (np.asarray(png).astype(int) == expected).all()
+
+
+def test_predictions_json_records_each_image_s_output_name_and_files(tmp_path, checkpoint):
+    """Two inputs named ``x.png`` are written as ``x.png`` and ``x_1.png`` (``find_images``), but
+    predictions.json recorded only each input's path: which drawn image, XML and label file belonged
+    to which input could not be told. Each record names its output name and files (relative to --out)."""
+    first, second = write_image(tmp_path / "a" / "x.png", seed=1), write_image(tmp_path / "b" / "x.png", seed=2)
+    out = tmp_path / "out"
+    assert main(["predict", str(first), str(second), "--weights", str(checkpoint), "--out", str(out), "--voc-xml",
+                 "--save-txt", "--workers", "0", "--quiet"]) == 0
+    records = json.loads((out / "predictions.json").read_text())["images"]
+    assert [(r["file"], r["name"]) for r in records] == [(str(first), "x.png"), (str(second), "x_1.png")]
+    assert records[1]["outputs"] == {"images": "images/x_1.png", "xml": "xml/x_1.xml", "labels": "labels/x_1.txt"}
+    for record in records:
+        assert all((out / p).is_file() for p in record["outputs"].values())
+        assert f"<path>{Path(record['file']).resolve()}</path>" in (out / record["outputs"]["xml"]).read_text()
+    assert main(["predict", str(first), "--weights", str(checkpoint), "--out", str(tmp_path / "o2"), "--no-draw",
+                 "--workers", "0", "--quiet"]) == 0
+    (record,) = json.loads((tmp_path / "o2" / "predictions.json").read_text())["images"]
+    assert record["name"] == "x.png" and record["outputs"] == {}  # nothing written per image but the JSON

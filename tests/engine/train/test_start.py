@@ -18,13 +18,34 @@ from retinanet.cli.train import train_configs
 from retinanet.config import ModelConfig, TrainConfig
 from retinanet.data import make_synthetic
 from retinanet.engine.evaluate.coco import METRIC_NAMES
-from retinanet.engine.train.start import resolve_start
+from retinanet.engine.train.start import load_start, resolve_start
 from retinanet.errors import RetinaNetError
 
 
 @pytest.fixture(autouse=True)
 def torch_home(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+
+
+def test_a_torchvision_reference_script_checkpoint_as_weights_loads_its_model_entry_and_the_log_says_so(tmp_path):
+    """``train --weights model_7.pth`` of torchvision's detection reference scripts (``{"model", "optimizer",
+    "lr_scheduler", "args": argparse.Namespace, "epoch"}``) was refused ("no '...cls_logits.weight'")."""
+    import argparse
+
+    from retinanet import build_model
+
+    tiny = dict(min_size=64, max_size=64, fpn_channels=32, head_convs=1)
+    src = build_model("resnet18_fpn", num_classes=4, **tiny)
+    path = tmp_path / "model_7.pth"
+    torch.save({"model": src.state_dict(), "optimizer": {"state": {}}, "lr_scheduler": {"last_epoch": 8},
+                "args": argparse.Namespace(lr=0.01, weights=None), "epoch": 7}, path)
+    model = build_model("resnet18_fpn", num_classes=3, **tiny)
+    cfg, reinit, line = load_start(model, TrainConfig(weights=str(path), backbone_weights="none"), progress=False)
+    assert reinit == list(W.CLS_KEYS) and cfg.start_sha256
+    assert line.startswith(f"weights: loaded {path}, sha256 {cfg.start_sha256}; {path}: a checkpoint of torchvision's "
+                           "detection reference scripts, saved after epoch 7: its 'model' entry loaded; optimizer, "
+                           "lr_scheduler, args, epoch not used")
+    assert torch.equal(model.state_dict()["backbone.body.conv1.weight"], src.state_dict()["backbone.body.conv1.weight"])
 
 
 @pytest.mark.parametrize("arch, weights, backbone", [("resnet50_fpn", "coco", "none"), ("resnet50_fpn_v2", "coco-v2", "none"),
