@@ -2,7 +2,7 @@
 
     python benchmarks/bench_tiles.py recall --weights RUN/best.pt --data LARGE_SET
     python benchmarks/bench_tiles.py memory --weights RUN/best.pt --sizes 2000 8000
-    python benchmarks/bench_tiles.py merge --base-checkout /work/main --detections 10000 40000 80000
+    python benchmarks/bench_tiles.py merge --base-checkout ../base --detections 10000 40000 80000
 
 ``recall``: every image of the dataset's val split (VOC layout, e.g. ``retinanet make-synthetic
 --large``), predicted whole (resized to the model's input size, ``Detector.predict(tile=False)``; with

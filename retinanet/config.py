@@ -260,7 +260,8 @@ def kind_problems(values: Mapping[str, Any], types: Mapping[str, str], section: 
         if kind == "bool" and not isinstance(value, bool):
             problems[name] = f"{section}.{name} must be true or false, not {value!r}"
         elif kind.startswith("tuple") and not isinstance(value, list | tuple):
-            problems[name] = f"{section}.{name} must be a list, not {value!r} (one item: [{value}])"
+            one = f" (one item: [{value}])" if isinstance(value, int | float | str) else ""  # not for null, a mapping
+            problems[name] = f"{section}.{name} must be a list, not {value!r}{one}"
     return problems
 
 

@@ -41,6 +41,8 @@ def test_a_switch_or_a_list_given_as_something_else_is_refused_by_name(tmp_path)
                               "data.train_sizes must be a list, not 96 (one item: [96])")
     with pytest.raises(RetinaNetError, match="train.ema must be true or false, not 'false'; train.lr_steps must be a list"):
         resolve_config({"train": file["train"]}, source=str(path))
+    with pytest.raises(RetinaNetError, match=r"model.anchor_sizes must be a list, not None$"):  # `anchor_sizes:` left empty
+        resolve_config({"model": {"anchor_sizes": None}}, source=str(path))
     assert resolve_config({"data": {"photometric": False, "train_sizes": [96]}, "train": {"clip_grad_norm": None}})[1] \
         == DataConfig(train_sizes=(96,))
 

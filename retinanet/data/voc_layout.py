@@ -169,9 +169,12 @@ def other_format_hint(root: Path) -> str:
         return f"; for COCO JSON annotations give the file as --data (found {jsons[0]})"
     if (root / "obj.names").is_file() or (root / "obj.data").is_file():
         folders = sorted(p.name for p in root.glob("obj_*_data") if p.is_dir()) or ["obj_train_data"]
+        # by name, not by sort order (obj_test_data sorts before obj_train_data)
+        train = next((f for f in folders if "train" in f.lower()), folders[0])
+        others = [f for f in folders if f != train]
+        val = next((f for f in others if "val" in f.lower()), others[0] if others else "a folder of validation images")
         return ("; this looks like a darknet YOLO export (CVAT's YOLO 1.1: obj.names, obj.data, labels beside the images): "
-                f"write a data.yaml (train: {folders[0]}, val: {folders[-1] if len(folders) > 1 else 'a folder of validation images'}, "
-                "names: the lines of obj.names) and give it as --data")
+                f"write a data.yaml (train: {train}, val: {val}, names: the lines of obj.names) and give it as --data")
     if (root / "labels").is_dir() or (root / "classes.txt").is_file():
         return ("; this looks like YOLO labels without a data.yaml: write one (path, train, val, names: the lines of "
                 "classes.txt) and give it as --data")

@@ -20,7 +20,8 @@ side), so a 16 px object stays 16 px. Pieces, in the order ``detect_tiled`` uses
   the boxes that can meet tile by tile (a box in its tile's window meets only boxes of its tile
   and of the tiles whose windows it reaches, the overlap strips, and the whole-image pass), so
   the merge's time grows with the detections, not their square: the same boxes as one NMS over
-  all of them (80,000 detections of a 12,000 px image: 7 s before, see ``merge_tiles``).
+  all of them (79,438 detections of a 12,000 px image: 31.8 s before, 0.34 s after on a 2-core
+  Intel Xeon, one thread; BENCHMARKS.md, ``bench_tiles.py merge``).
 
 Memory is bounded by the batch of tiles: tiles are cut from the ``uint8`` image one batch at a
 time, only the kept detections of each tile are held (at most ``max_dets`` each: the model's

@@ -384,5 +384,8 @@ def test_a_darknet_yolo_export_is_named_with_the_data_yaml_to_write(tmp_path):
     (root / "obj.data").write_text("classes = 1\ntrain = data/train.txt\nnames = data/obj.names\n")
     with pytest.raises(DataError, match=r"looks like a darknet YOLO export .*write a data.yaml \(train: obj_train_data, "):
         build_datasets(DataConfig(root=str(root)), **SIZES)
+    write_image(root / "obj_test_data" / "b.jpg")  # a second subset, sorted before obj_train_data: still the val
+    with pytest.raises(DataError, match=r"write a data.yaml \(train: obj_train_data, val: obj_test_data, "):
+        build_datasets(DataConfig(root=str(root)), **SIZES)
     (root / "data.yaml").write_text("train: obj_train_data\nval: obj_train_data\nnames: [cat]\n")  # what it says to write
     assert len(build_datasets(DataConfig(root=str(root)), **SIZES).train) == 1

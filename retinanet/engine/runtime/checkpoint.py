@@ -56,15 +56,13 @@ def read_checkpoint(path: str | os.PathLike, content: dict[str, Any] | None = No
 
     Raises:
         CheckpointError: unreadable (``files.read_file``), not our format (a bare state_dict), or of
-            a newer version (``newer_version``).
+            a newer version (``check_version``).
     """
     obj = read_file(path) if content is None else content
     if not is_checkpoint(obj):
         raise CheckpointError(f"{path}: not a retinanet checkpoint (no format {FORMAT!r}): a bare state_dict "
                               "cannot be resumed; start a run from it with --weights")
-    newer = newer_version(obj, path)
-    if newer:
-        raise CheckpointError(newer)
+    check_version(obj, path)
     return obj
 
 
@@ -86,14 +84,19 @@ def check_resumable(obj: dict[str, Any], path: str | os.PathLike) -> None:
                               f"{path} (and another --out)")
 
 
-def newer_version(obj: dict[str, Any], path: str | os.PathLike) -> str | None:
-    """Why our checkpoint ``obj`` cannot be read by this version (its ``version`` is above
-    ``VERSION``: written by a newer retinanet, whose layout this one does not know), or None."""
+def check_version(obj: dict[str, Any], path: str | os.PathLike) -> None:
+    """Refuse our checkpoint ``obj`` when this version cannot read it: its ``version`` is above
+    ``VERSION`` (written by a newer retinanet, whose layout and settings this one does not know).
+    Checked before anything else of it is read (its stored configs included).
+
+    Raises:
+        CheckpointError: naming the file, its version and the way out.
+    """
     version = obj.get("version", VERSION)
     if isinstance(version, int) and not isinstance(version, bool) and version <= VERSION:
-        return None
-    return (f"{path}: checkpoint version {version!r}, written by a newer retinanet; this one reads version {VERSION} "
-            "and older: upgrade retinanet to read it")
+        return
+    raise CheckpointError(f"{path}: checkpoint version {version!r}, written by a newer retinanet; this one reads "
+                          f"version {VERSION} and older: upgrade retinanet to read it")
 
 
 def check_weights_given(path: str | os.PathLike) -> None:
@@ -112,7 +115,10 @@ def stored_config(path: str | os.PathLike, once: ReadOnce | None = None) -> dict
     """The configs a checkpoint stores, ``{"model": {...}, "data": {...}, "train": {...}}`` (each
     section a dict, empty where absent), or None for a file without them. ``once``: read through
     it, so that the step that loads the weights next takes the content instead of reading again."""
-    return _stored_sections(read_file(path) if once is None else once.read(path))
+    obj = read_file(path) if once is None else once.read(path)
+    if is_checkpoint(obj):  # a newer version's settings would read as unknown options
+        check_version(obj, path)
+    return _stored_sections(obj)
 
 
 def _stored_sections(obj: dict[str, Any]) -> dict[str, dict[str, Any]] | None:
@@ -242,9 +248,7 @@ def load_weights_noted(model: torch.nn.Module, path_or_state_dict: Any, *,
     which entry of a torchvision reference-script checkpoint loaded (``model_entry``), for the log."""
     obj, name = read_weights(path_or_state_dict, source)
     if is_checkpoint(obj):
-        newer = newer_version(obj, name)
-        if newer:
-            raise CheckpointError(newer)
+        check_version(obj, name)
         return load_state(model, obj["model"], name), None
     state, name, note = model_entry(obj, name)
     return load_torchvision_state(model, state, name), note
@@ -287,9 +291,7 @@ def load_model_and_config(path: str | os.PathLike, device: str | torch.device = 
     if obj is None:
         obj = read_file(path)
     if is_checkpoint(obj):
-        newer = newer_version(obj, path)
-        if newer:
-            raise CheckpointError(newer)
+        check_version(obj, path)
         cfg, class_map, state = model_config_of(obj, path), obj.get("class_map"), obj.get("ema") or obj["model"]
         stored, name, note = _stored_sections(obj), str(path), None
     else:

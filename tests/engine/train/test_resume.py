@@ -273,6 +273,19 @@ def test_a_checkpoint_without_training_state_or_of_a_newer_version_is_refused_by
         assert status == 2 and says in err, err
 
 
+def test_a_newer_checkpoint_with_a_setting_this_version_lacks_is_refused_as_newer(run_copy, run_cli):
+    """A newer retinanet's checkpoint stores settings this one does not know: resume and eval read
+    its configs first, and said 'unknown option(s) in model' instead of naming the newer version."""
+    ck = torch.load(run_copy / "last.pt", weights_only=True)
+    ck["version"] = 2
+    ck["config"]["model"]["a_setting_of_version_2"] = 1
+    torch.save(ck, run_copy / "last.pt")
+    for argv in (["train", "--resume", str(run_copy), "--epochs", "2", "--resume-allow", "epochs"],
+                 ["eval", "--weights", str(run_copy / "last.pt")]):
+        status, err = run_cli(argv)
+        assert status == 2 and "written by a newer retinanet" in err and "unknown option" not in err, err
+
+
 def test_interrupted_pt_holds_the_epoch_s_loss_sums_averaged_over_ranks(data_root, tmp_path, monkeypatch):
     """Under DDP rank 0's own sums stood for every rank's share of the stopped epoch: the resumed
     run's row for it held rank 0's mean loss. Here a second rank with zero sums is simulated by the
