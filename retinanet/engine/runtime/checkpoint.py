@@ -107,7 +107,7 @@ def check_weights_given(path: str | os.PathLike) -> None:
     Raises:
         CheckpointError: ``weights.unknown_weights``'s message.
     """
-    if str(path).lower() not in DETECTOR_URLS and not Path(path).exists():
+    if str(path).lower() not in DETECTOR_URLS and not Path(path).expanduser().exists():
         raise CheckpointError(unknown_weights(str(path), backbone=False))
 
 
@@ -285,8 +285,8 @@ def load_model_and_config(path: str | os.PathLike, device: str | torch.device = 
     device = usable_device(device)  # before the file is read: a device this machine lacks is named first
     check_limits(overrides, "model", "model settings")  # min_size=0 and the like, as the command line refuses them
     check_weights_given(path)
-    if str(path).lower() in DETECTOR_URLS:
-        path = weights_file(str(path))[0]
+    # a name of official weights: fetched once; a path: "~" is the home folder (Detector.load("~/m.pt"))
+    path = weights_file(str(path))[0] if str(path).lower() in DETECTOR_URLS else Path(path).expanduser()
     obj = once.take(path) if once is not None else None
     if obj is None:
         obj = read_file(path)

@@ -315,6 +315,13 @@ def test_load_reads_the_checkpoint_once(checkpoint, monkeypatch):
     assert loads == ["tiny.pt"] and det.class_names == {1: "cat", 2: "dog"}
 
 
+def test_load_expands_a_home_folder_path(checkpoint, monkeypatch):
+    """``Detector.load("~/tiny.pt")`` was refused as "no such file, nor a name of official weights":
+    ``train --weights`` and config files read "~" as the home folder, the Python interface did not."""
+    monkeypatch.setenv("HOME", str(Path(checkpoint).parent))
+    assert retinanet.Detector.load("~/" + Path(checkpoint).name).class_names == {1: "cat", 2: "dog"}
+
+
 def test_the_score_threshold_keeps_scores_above_it_as_the_model_does_and_the_help_says_so(capsys):
     """The model (as torchvision's RetinaNet) keeps ``scores > score_thresh``, while ``predict --score-thresh``
     and ``Detector.predict`` said "at least" and ``filter_detections`` kept ``>=`` (eval's help: "drop below")."""
