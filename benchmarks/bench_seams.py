@@ -83,35 +83,85 @@ def _steps(g: torch.Generator, shape, px: float) -> torch.Tensor:
     return torch.randint(-q, q + 1, shape, generator=g) / 4
 
 
-def tiled_detections(gt: torch.Tensor, labels: torch.Tensor, size: int, tile: int, overlap: float, cut: float,
-                     whole: bool, seed: int):
-    """``(boxes, scores, labels, tile_index, source, cut_view, grid)``: what ``detect_tiled`` hands
-    the merge (image pixels), from the stand-in detector of the docstring; the GT object each box
-    shows and whether the tile cut it (the oracle's, for the counts' causes)."""
-    g = torch.Generator().manual_seed(seed)
-    grid = tile_grid((size, size), tile, overlap)
+def tiled_detections(g: torch.Generator, gt: torch.Tensor, labels: torch.Tensor, grid: torch.Tensor, *,
+                     cut: float = 0.0, min_view: float = 2.0, strict: bool = False, false_pos: int = 0,
+                     score_steps: int = 100, score_min: int = 5, iou: float = NMS, per_tile: int | None = None,
+                     classes: int = CLASSES):
+    """The stand-in tiled detector of the docstring (also ``bench_tiles.py merge``'s and the merge's
+    tests'): ``(boxes, scores, labels, tile_index, source, cut_view)``, what ``detect_tiled`` hands
+    the merge (image pixels) before ``fragments`` (``mark_fragments``), and the oracle's: the GT
+    object each box shows (-1: a false positive) and whether the tile cut it.
+
+    Each tile of ``grid`` sees each object of ``gt`` of which at least (``strict``: more than)
+    ``min_view`` x ``min_view`` px show in it, plus ``false_pos`` random boxes of random class; edges jittered 0..3 px (``cut``: see
+    the docstring), clipped to the tile, scores ``score_min..score_steps-1`` / ``score_steps``, the
+    tile's class-wise NMS at ``iou`` in tile pixels, at most ``per_tile`` kept (the model's cap)."""
     w = grid.float()
+    shows = torch.gt if strict else torch.ge
     cols, rows = torch.unique(w[:, 0::2], dim=0), torch.unique(w[:, 1::2], dim=0)
-    vis_c = (torch.min(gt[:, None, 2], cols[None, :, 1]) - torch.max(gt[:, None, 0], cols[None, :, 0])) >= 2
-    vis_r = (torch.min(gt[:, None, 3], rows[None, :, 1]) - torch.max(gt[:, None, 1], rows[None, :, 0])) >= 2
+    vis_c = shows(torch.min(gt[:, None, 2], cols[None, :, 1]) - torch.max(gt[:, None, 0], cols[None, :, 0]), min_view)
+    vis_r = shows(torch.min(gt[:, None, 3], rows[None, :, 1]) - torch.max(gt[:, None, 1], rows[None, :, 0]), min_view)
     o, r, c = (vis_r[:, :, None] & vis_c[:, None, :]).nonzero().unbind(1)
     t = r * len(cols) + c  # tile_grid is row-major
-    win, obj = w[t], gt[o]
+    win, obj, lab = w[t], gt[o], labels[o]
     view = torch.cat([obj[:, :2].maximum(win[:, :2]), obj[:, 2:].minimum(win[:, 2:])], 1)
     is_cut = torch.cat([obj[:, :2] < win[:, :2], obj[:, 2:] > win[:, 2:]], 1)
+    if false_pos:
+        ft = torch.arange(len(w)).repeat_interleave(false_pos)
+        fw = w[ft]
+        p = torch.rand(len(ft), 4, generator=g) * (fw[:, 2:] - fw[:, :2]).repeat(1, 2)
+        p = torch.cat([p[:, :2].minimum(p[:, 2:]), p[:, :2].maximum(p[:, 2:])], 1) + fw[:, :2].repeat(1, 2)
+        view, t, win = torch.cat([view, p]), torch.cat([t, ft]), torch.cat([win, fw])
+        o = torch.cat([o, torch.full((len(ft),), -1)])
+        lab = torch.cat([lab, torch.randint(0, classes, (len(ft),), generator=g)])
+        is_cut = torch.cat([is_cut, torch.zeros(len(ft), 4, dtype=torch.bool)])
     move = _steps(g, view.shape, 3.0)
     if cut > 0:
         out = _steps(g, view.shape, cut)  # outward: beyond the window
         move = torch.where(is_cut, out * torch.tensor([-1.0, -1.0, 1.0, 1.0]), move)
     side = win[:, 2:] - win[:, :2]
     local = (view + move - win[:, :2].repeat(1, 2)).clamp(min=0).minimum(side.repeat(1, 2))  # the model's clip_boxes
-    scores = torch.randint(5, 100, (len(o),), generator=g).float() / 100
+    scores = torch.randint(score_min, score_steps, (len(o),), generator=g).float() / score_steps
     ok = (local[:, 2] > local[:, 0]) & (local[:, 3] > local[:, 1])
-    local, scores, o, t = local[ok], scores[ok], o[ok], t[ok]
+    local, scores, o, t, lab = local[ok], scores[ok], o[ok], t[ok], lab[ok]
     cut_view = is_cut[ok].any(1)
-    k = batched_nms(local, scores, t * CLASSES + labels[o], NMS).sort().values  # each tile's own NMS
-    boxes = local[k] + w[t[k], :2].repeat(1, 2)
-    parts = [(boxes, scores[k], labels[o[k]], t[k], o[k], cut_view[k])]
+    k = batched_nms(local, scores, t * classes + lab, iou)  # each tile's own NMS, by score
+    if per_tile is not None:  # the model's cap: each tile's first per_tile by score
+        by_tile = torch.sort(t[k], stable=True)
+        first = torch.searchsorted(by_tile.values, by_tile.values)
+        k = k[by_tile.indices[torch.arange(len(k)) - first < per_tile]]
+    k = k.sort().values
+    boxes = local[k] + w[t[k], :2].repeat(1, 2)  # detect_tiled's shift
+    return boxes, scores[k], lab[k], t[k], o[k], cut_view[k]
+
+
+def mark_fragments(boxes: torch.Tensor, tiles: torch.Tensor, grid: torch.Tensor, hw, margin: float = EDGE_MARGIN):
+    """``detect_tiled``'s ``fragments`` of tiled detections (``tiles`` -1: whole-image boxes, none)."""
+    t = tiles.clamp(min=0)
+    inner = inner_edges(grid, hw)
+    return fragments(boxes, grid[t], inner[t], margin) & (tiles >= 0)
+
+
+def random_whole(g: torch.Generator, n: int, hw, half=(10, 200), score_steps: int = 100, score_min: int = 5,
+                 classes: int = CLASSES, round: bool = False):
+    """``n`` boxes of a whole-image pass (tile -1) at random: centres anywhere, half sides
+    ``half[0]..half[0]+half[1]`` px, clipped to the image; ``(boxes, scores, labels, tiles)``."""
+    H, W = hw
+    c = torch.rand(n, 2, generator=g) * torch.tensor([W, H])
+    h = torch.rand(n, 2, generator=g) * half[1] + half[0]
+    b = torch.cat([(c - h).clamp(min=0), (c + h).minimum(torch.tensor([W, H]))], 1)
+    b = b.round() if round else b
+    s = torch.randint(score_min, score_steps, (n,), generator=g).float() / score_steps
+    return b, s, torch.randint(0, classes, (n,), generator=g), torch.full((n,), -1)
+
+
+def seam_detections(gt: torch.Tensor, labels: torch.Tensor, size: int, tile: int, overlap: float, cut: float,
+                    whole: bool, seed: int):
+    """``(boxes, scores, labels, tile_index, source, cut_view, grid)``: ``tiled_detections`` of the
+    scene, and with ``whole`` the whole-image pass of the docstring (tile -1)."""
+    g = torch.Generator().manual_seed(seed)
+    grid = tile_grid((size, size), tile, overlap)
+    parts = [tiled_detections(g, gt, labels, grid, cut=cut)]
     if whole:
         big = ((gt[:, 2:] - gt[:, :2]).max(1).values >= WHOLE_MIN).nonzero().squeeze(1)
         b = (gt[big] + _steps(g, (len(big), 4), 6.0)).clamp(0, size)
@@ -212,13 +262,11 @@ def main(argv=None) -> None:
             cut_s = "cut edge jittered 0-3 px" if cut == 0 else f"cut edge -{cut:g}..+{cut:g} px"
             for tile in args.tiles:
                 for overlap in args.overlaps:
-                    boxes, scores, lab, tiles, src, cut_view, grid = tiled_detections(
+                    boxes, scores, lab, tiles, src, cut_view, grid = seam_detections(
                         gt, labels, args.size, tile, overlap, cut, whole == "on", args.seed + 1)
-                    inner = inner_edges(grid, (args.size, args.size))
-                    t = tiles.clamp(min=0)
                     cells = []
                     for margin in args.margins:
-                        frag = fragments(boxes, grid[t], inner[t], margin) & (tiles >= 0)
+                        frag = mark_fragments(boxes, tiles, grid, (args.size, args.size), margin)
                         for contain in args.contains:
                             keep = merge_tiles(boxes, scores, lab, tiles, frag, grid, NMS, 10 ** 8, contain=contain)
                             c = count(boxes[keep], lab[keep], gt, labels, groups)

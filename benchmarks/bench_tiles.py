@@ -200,49 +200,27 @@ def memory(args) -> None:
 
 
 def merge_inputs(args, detections: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
-    """``merge_tiles``'s inputs for about ``detections`` detections (see ``merge`` in the docstring)."""
-    from torchvision.ops import batched_nms
+    """``merge_tiles``'s inputs for about ``detections`` detections (see ``merge`` in the docstring):
+    ``bench_seams.py``'s stand-in tiled detector on a scene of small objects."""
+    from bench_seams import mark_fragments, random_whole, tiled_detections
 
-    from retinanet.model.tiling import fragments, inner_edges, tile_grid
+    from retinanet.model.tiling import tile_grid
 
     g = torch.Generator().manual_seed(seed)
     S, tile, classes = args.merge_size, args.tile or 160, 3
     grid = tile_grid((S, S), tile, args.overlap)
-    inner = inner_edges(grid, (S, S))
     side = 1 + 2 * args.overlap * tile / (tile * (1 - args.overlap))  # tiles that see an object, about
     n = max(1, int(detections / side))
     wh = torch.rand(n, 2, generator=g) * 36 + 12
     xy = torch.rand(n, 2, generator=g) * (S - wh)
     objs = torch.cat([xy, xy + wh], 1)
     label = torch.randint(0, classes, (n,), generator=g)
-    w = grid.float()
-    # (object, tile) pairs: the tiles each object shows in, by columns and rows of the grid
-    cols, rows = torch.unique(w[:, 0::2], dim=0), torch.unique(w[:, 1::2], dim=0)
-    vis_c = (torch.min(objs[:, None, 2], cols[None, :, 1]) - torch.max(objs[:, None, 0], cols[None, :, 0])) > 1
-    vis_r = (torch.min(objs[:, None, 3], rows[None, :, 1]) - torch.max(objs[:, None, 1], rows[None, :, 0])) > 1
-    o, r, c = (vis_r[:, :, None] & vis_c[:, None, :]).nonzero().unbind(1)
-    t = r * len(cols) + c  # tile_grid is row-major
-    win = w[t]
-    local = torch.cat([objs[o, :2].maximum(win[:, :2]), objs[o, 2:].minimum(win[:, 2:])], 1) - win[:, :2].repeat(1, 2)
-    local = local + torch.randint(-12, 13, local.shape, generator=g) / 4  # 0-3 px jitter
-    size = (win[:, 2:] - win[:, :2]).repeat(1, 2)
-    local = local.clamp(min=0).minimum(size)
-    scores = torch.randint(5, 100, (len(o),), generator=g).float() / 100
-    ok = (local[:, 2] > local[:, 0]) & (local[:, 3] > local[:, 1])
-    local, scores, o, t = local[ok], scores[ok], o[ok], t[ok]
-    k = batched_nms(local, scores, t * classes + label[o], 0.5).sort().values  # each tile's own NMS, tile pixels
-    boxes = local[k] + w[t[k], :2].repeat(1, 2)
-    scores, labels, tiles = scores[k], label[o[k]], t[k]
-    frag = fragments(boxes, grid[tiles], inner[tiles])
+    boxes, scores, labels, tiles, _, _ = tiled_detections(g, objs, label, grid, min_view=1, strict=True,
+                                                          classes=classes)
     if args.whole:
-        c = torch.rand(args.whole, 2, generator=g) * S
-        half = torch.rand(args.whole, 2, generator=g) * 200 + 10
-        boxes = torch.cat([boxes, torch.cat([(c - half).clamp(min=0), (c + half).clamp(max=S)], 1)])
-        scores = torch.cat([scores, torch.randint(5, 100, (args.whole,), generator=g).float() / 100])
-        labels = torch.cat([labels, torch.randint(0, classes, (args.whole,), generator=g)])
-        tiles = torch.cat([tiles, torch.full((args.whole,), -1)])
-        frag = torch.cat([frag, torch.zeros(args.whole, dtype=torch.bool)])
-    return boxes, scores, labels, tiles, frag, grid
+        parts = zip((boxes, scores, labels, tiles), random_whole(g, args.whole, (S, S), classes=classes))
+        boxes, scores, labels, tiles = (torch.cat(x) for x in parts)
+    return boxes, scores, labels, tiles, mark_fragments(boxes, tiles, grid, (S, S)), grid
 
 
 def merge(args) -> None:

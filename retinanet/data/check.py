@@ -54,7 +54,8 @@ class SplitStats:
     ignored_only: int = 0  # of ``empty_images``, those holding ignore regions
     per_class: Counter = field(default_factory=Counter)  # class name -> objects
     ignored_per_class: Counter = field(default_factory=Counter)  # class name -> ignore regions
-    sizes: Counter = field(default_factory=Counter)  # "small" | "medium" | "large" -> objects
+    sizes: Counter = field(default_factory=Counter)  # "small" | "medium" | "large" -> objects (``object_areas``)
+    stated_areas: int = 0  # of ``objects``, those sized by the annotation's own area (COCO's ``area``), not the box's
 
 
 @dataclass
@@ -91,7 +92,7 @@ class CheckReport:
             lines.append(f"{name}: {s.images} images, {s.objects} objects{ignored_note(s)}, {s.empty_images} images with no objects"
                          + (f" ({s.ignored_only} with ignore regions only)" if s.ignored_only else ""))
             lines.append("  objects: " + ", ".join(f"{k} {s.sizes[k]}" for k in ("small", "medium", "large"))
-                         + "  (COCO areas: small < 32^2, medium < 96^2, large >= 96^2)")
+                         + f"  ({size_basis(s)}: small < 32^2, medium < 96^2, large >= 96^2, COCO's ranges)")
             lines += class_table(s.per_class, ids, full, s.ignored_per_class)
         for title, items in (("errors", self.errors), ("warnings", self.warnings)):
             lines.append(f"{len(items)} {title}" + (":" if items else ""))
@@ -138,9 +139,29 @@ def split_stats(records: list[Record], class_map: ClassMap) -> SplitStats:
         s.ignored_only += int(objects == 0 and ignored > 0)
         s.per_class.update(class_map.name_of(int(c)) for c in r.labels[~ignore])
         s.ignored_per_class.update(class_map.name_of(int(c)) for c in r.labels[ignore])
-        area = object_sizes(r).prod(axis=1)
+        area = object_areas(r)
+        s.stated_areas += len(area) if r.areas is not None else 0
         s.sizes.update("small" if a < SMALL else "medium" if a < MEDIUM else "large" for a in area.tolist())
     return s
+
+
+def object_areas(r: Record) -> np.ndarray:
+    """``[N]`` areas of the objects of ``r`` (``object_sizes``' boxes) by which their size class is
+    judged, as the evaluation judges APs/APm/APl: the annotation's own (COCO's ``area``, the mask's
+    on COCO; ``Record.areas``, which eval hands pycocotools) where the record carries them, else the
+    box's width x height (VOC, YOLO)."""
+    if r.areas is None:
+        return object_sizes(r).prod(axis=1)
+    return np.asarray(r.areas, np.float64)[~np.asarray(r.ignore, dtype=bool)]
+
+
+def size_basis(s: SplitStats) -> str:
+    """Which area the size classes of ``s`` counted (``object_areas``)."""
+    if s.stated_areas and s.stated_areas == s.objects:
+        return "by each annotation's area field, as COCO eval's APs/APm/APl (the bbox's w x h where it has none)"
+    if s.stated_areas:
+        return f"by the annotation's area field for {s.stated_areas} objects, the box's w x h for the rest"
+    return "by box area w x h"
 
 
 def decode_check(records: dict[str, list[Record]], progress: bool = True, *, exif: str = "auto",

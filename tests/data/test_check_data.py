@@ -83,6 +83,40 @@ def test_crowd_and_difficult_regions_are_counted_apart_from_the_objects(tmp_path
     assert "val: 1 image(s) with no objects: 000000000007.jpg (1 of them with difficult/crowd ignore regions only)" in text
 
 
+def test_coco_size_classes_count_the_area_field_as_eval_does(tmp_path):
+    """check-data classed objects by box area while COCO eval (pycocotools) classes them by the
+    annotation's ``area`` (the mask's on COCO): a 100x100 box of area 900 was "large" to
+    check-data and small to APs. The stated area counts (the box's where there is none), and the
+    line says so; VOC and YOLO keep box areas."""
+    import json
+
+    from voc_fixtures import write_image
+
+    from retinanet.data import build_datasets
+    from retinanet.engine.evaluate.coco import coco_ground_truth
+    from retinanet.engine.evaluate.loop import _gt_record
+
+    im = {"id": 1, "file_name": "000000000001.jpg", "height": 300, "width": 300}
+    anns = [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 100, 100], "area": 900.0, "iscrowd": 0},
+            {"id": 2, "image_id": 1, "category_id": 1, "bbox": [150, 150, 40, 40], "area": 9500.0, "iscrowd": 0},
+            {"id": 3, "image_id": 1, "category_id": 1, "bbox": [20, 200, 50, 50], "iscrowd": 0}]  # none: the bbox's 2500
+    (tmp_path / "annotations").mkdir()
+    for split in ("train", "val"):
+        write_image(tmp_path / f"{split}2017" / im["file_name"], (300, 300), seed=1)
+        (tmp_path / "annotations" / f"instances_{split}2017.json").write_text(
+            json.dumps({"images": [im], "annotations": anns, "categories": [{"id": 1, "name": "person"}]}))
+    root = tmp_path / "annotations" / "instances_train2017.json"
+    cfg = DataConfig(root=str(root), train_split="train2017", val_split="val2017")
+    report = check_dataset(cfg, progress=False)
+    assert dict(report.splits["train"].sizes) == dict(report.splits["val"].sizes) == {"small": 1, "medium": 1, "large": 1}
+    assert "  objects: small 1, medium 1, large 1  (by each annotation's area field, as COCO eval's APs/APm/APl" in (
+        report.summary())  # box areas: small 0, medium 2, large 1 (100x100, 40x40, 50x50)
+    # the areas eval hands pycocotools (its ground truth of the val split) are the ones counted
+    image, target = build_datasets(cfg, min_size=64, max_size=80, splits=("val",)).val[0]
+    gt = coco_ground_truth([_gt_record(target, tuple(image.shape[-2:]))], [0])
+    assert [a["area"] for a in gt["annotations"]] == [900.0, 9500.0, 2500.0]
+
+
 def test_unreadable_annotations_are_errors(tmp_path, capsys):
     voc = make_voc(tmp_path, {"train": [("a", [obj("cat")]), ("b", [obj("cat")])], "val": [("c", [obj("cat")])]})
     (voc / "Annotations" / "b.xml").write_text(xml_text("b.jpg", (64, 80), [obj("cat")])[:-5])

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -186,53 +189,32 @@ def _by_score(kept, scores):
 
 def random_tiled_detections(g: torch.Generator, hw, tile, overlap, objects, iou_thresh=0.5, per_tile=60,
                             classes=3, whole=0, false_pos=2):
-    """Detections of a tiled image as ``detect_tiled`` hands them to ``merge_tiles``: per tile, the
-    visible part of each object (0-3 px jitter, 1/4 px steps) and a few false positives, scores in
-    steps of 0.1 (many equal), the tile's class-wise NMS in tile pixels (the model's) and its cap,
-    then shifted to image pixels; ``whole`` boxes of a whole-image pass (tile -1) on top.
-    Returns ``(boxes, scores, labels, tile_index, fragment, grid)``."""
-    from torchvision.ops import batched_nms
-
-    from retinanet.model.tiling import fragments
+    """Detections of a tiled image as ``detect_tiled`` hands them to ``merge_tiles``: objects of
+    6..96 px through ``benchmarks/bench_seams.py``'s stand-in tiled detector (per tile, the visible
+    part of each object, 0-3 px jitter, and ``false_pos`` false positives, scores in steps of 0.1
+    (many equal), the tile's class-wise NMS and its cap), ``whole`` boxes of a whole-image pass
+    (tile -1) on top. Returns ``(boxes, scores, labels, tile_index, fragment, grid)``."""
+    bench = str(Path(__file__).resolve().parents[2] / "benchmarks")
+    sys.path.insert(0, bench)
+    try:
+        from bench_seams import mark_fragments, random_whole, tiled_detections
+    finally:
+        sys.path.remove(bench)
 
     H, W = hw
     grid = tile_grid(hw, tile, overlap)
-    inner = inner_edges(grid, hw)
     size = torch.rand(objects, 2, generator=g) * 90 + 6
     x0 = torch.rand(objects, generator=g) * (W - 4)
     y0 = torch.rand(objects, generator=g) * (H - 4)
     objs = torch.stack([x0, y0, (x0 + size[:, 0]).clamp(max=W), (y0 + size[:, 1]).clamp(max=H)], 1)
     obj_label = torch.randint(0, classes, (objects,), generator=g)
-    parts = []
-    for t, w in enumerate(grid.tolist()):
-        x_0, y_0, x_1, y_1 = (float(v) for v in w)
-        vis = torch.stack([objs[:, 0].clamp(x_0, x_1), objs[:, 1].clamp(y_0, y_1), objs[:, 2].clamp(x_0, x_1),
-                           objs[:, 3].clamp(y_0, y_1)], 1)
-        seen = (vis[:, 2] - vis[:, 0] > 1) & (vis[:, 3] - vis[:, 1] > 1)
-        b = vis[seen] - torch.tensor([x_0, y_0, x_0, y_0])
-        lab = obj_label[seen]
-        fp = torch.rand(false_pos, 4, generator=g) * torch.tensor([x_1 - x_0, y_1 - y_0] * 2)
-        fp = torch.cat([fp[:, :2].minimum(fp[:, 2:]), fp[:, :2].maximum(fp[:, 2:])], 1)
-        b = torch.cat([b, fp])
-        lab = torch.cat([lab, torch.randint(0, classes, (false_pos,), generator=g)])
-        b = b + (torch.randint(-12, 13, b.shape, generator=g) / 4)  # jitter 0-3 px in 1/4 px
-        b = torch.stack([b[:, 0], b[:, 1], torch.max(b[:, 2], b[:, 0] + 1), torch.max(b[:, 3], b[:, 1] + 1)], 1)
-        b = b.clamp(min=0).minimum(torch.tensor([x_1 - x_0, y_1 - y_0] * 2))
-        s = torch.randint(1, 10, (len(b),), generator=g).float() / 10
-        k = batched_nms(b, s, lab, iou_thresh)[:per_tile]  # the model's NMS and cap, in tile pixels
-        b, s, lab = b[k], s[k], lab[k]
-        b = b + torch.tensor([x_0, y_0, x_0, y_0])  # detect_tiled's shift
-        ok = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
-        index = torch.full((int(ok.sum()),), t)
-        parts.append((b[ok], s[ok], lab[ok], index, fragments(b[ok], grid[index], inner[index])))
+    steps = dict(score_steps=10, score_min=1, classes=classes)
+    out = tiled_detections(g, objs, obj_label, grid, min_view=1, strict=True, false_pos=false_pos, iou=iou_thresh,
+                           per_tile=per_tile, **steps)[:4]
     if whole:
-        c = torch.rand(whole, 2, generator=g) * torch.tensor([W, H])
-        half = torch.rand(whole, 2, generator=g) * 150 + 5
-        b = torch.cat([(c - half).clamp(min=0), (c + half).minimum(torch.tensor([W, H]))], 1).round()
-        s = torch.randint(1, 10, (whole,), generator=g).float() / 10
-        parts.append((b, s, torch.randint(0, classes, (whole,), generator=g), torch.full((whole,), -1),
-                      torch.zeros(whole, dtype=torch.bool)))
-    return (*(torch.cat(x) for x in zip(*parts)), grid)
+        out = [torch.cat(x) for x in zip(out, random_whole(g, whole, hw, half=(5, 150), round=True, **steps))]
+    boxes, scores, labels, tiles = out
+    return boxes, scores, labels, tiles, mark_fragments(boxes, tiles, grid, hw), grid
 
 
 @pytest.mark.parametrize("split_above", [0, None])
