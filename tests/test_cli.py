@@ -235,6 +235,8 @@ def test_tile_options_without_tile_name_only_what_was_given(tmp_path, run_cli):
                          "--tile-overlap and --tile-whole-image set up tiled prediction: give --tile too")):
         status, err = run_cli(["predict", str(image), "--weights", str(tmp_path / "w.pt"), "--out", str(tmp_path / "o"), *extra])
         assert status == 2 and said in err, err
+        # a --crop model tiles by default: the way to change its overlap is --tile alone, said
+        assert "(--tile alone: the model's input size, for a --crop model its crop side" in err, err
 
 
 def test_predict_help_says_what_exif_auto_is_there(capsys):

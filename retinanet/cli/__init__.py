@@ -29,7 +29,7 @@ from retinanet.cli.options import (CHANNELS_LAST_HELP, DEVICE_HELP, QUIET_HELP, 
 from retinanet.cli.train import add_train_parser, cmd_train
 from retinanet.config import DataConfig, ModelConfig, at_least
 from retinanet.data import check_dataset, make_synthetic
-from retinanet.data.check import anchor_hint, tile_hint, write_check_outputs
+from retinanet.data.check import anchor_hint, crowd_hint, tile_hint, write_check_outputs
 from retinanet.data.synthetic import LARGE
 from retinanet.data.workers import MAIN_GUARD_HINT, starting_worker
 from retinanet.engine.runtime.allocator import fix_mmap_threshold
@@ -119,6 +119,9 @@ def _add_check_data(sub) -> None:
     p.add_argument("--max-size", type=positive_int, default=m.max_size, help=f"cap on the long side of the model input [{m.max_size}]")
     p.add_argument("--anchor-sizes", type=positive_int, nargs=5, default=m.anchor_sizes, metavar="PX",
                    help=f"the model's base anchor sides, FPN levels P3..P7 (train --anchor-sizes) [{' '.join(map(str, m.anchor_sizes))}]")
+    p.add_argument("--max-dets", type=positive_int, default=m.detections_per_img, metavar="N",
+                   help="detections kept per image (train/eval/predict --max-dets): images with more objects are "
+                   f"named, with a cap that holds them [{m.detections_per_img}]")
     p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     p.set_defaults(func=cmd_check_data)
 
@@ -139,6 +142,9 @@ def cmd_check_data(args: argparse.Namespace) -> int:
               + (" [whole images resized to min_size; for crops and tiles, the tiling line's]" if hint else ""))
     if hint:
         print(hint)
+    crowded = crowd_hint(report, args.max_dets)
+    if crowded:
+        print(crowded)
     return 0 if report.ok else 1
 
 

@@ -204,7 +204,9 @@ def tile_options_from_args(args: argparse.Namespace, batch_size: int) -> TileOpt
             given = [o for o, v in (("--tile-overlap", args.tile_overlap is not None),
                                     ("--tile-whole-image", args.tile_whole_image)) if v]
             raise RetinaNetError(f"{' and '.join(given)} {'sets' if len(given) == 1 else 'set'} up tiled prediction: "
-                                 + ("--no-tile turns it off: give one" if args.tile is False else "give --tile too"))
+                                 + ("--no-tile turns it off: give one" if args.tile is False else
+                                    "give --tile too (--tile alone: the model's input size, for a --crop model its crop "
+                                    "side: the default tiling with these options)"))
         return args.tile
     if args.tile == "auto":
         tile = None

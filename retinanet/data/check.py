@@ -476,6 +476,28 @@ def smaller_anchors(wh: np.ndarray, anchor_sizes: tuple[int, ...], too_many: flo
                 None)
 
 
+def crowd_hint(report: CheckReport, max_dets: int) -> str | None:
+    """A ``crowded:`` line when images hold more objects (ignore regions left out) than ``max_dets``
+    detections are kept per image (``train/eval/predict --max-dets``; the model's
+    ``detections_per_img``, 300 by default): those images lose objects at the cap whatever the model
+    finds. None when no image does. The suggested cap is twice the most objects of an image, in
+    hundreds (room for the detections that are not objects)."""
+    over, most, where = {}, 0, ""
+    for split, records in report.records.items():
+        counts = [(int((~np.asarray(r.ignore, dtype=bool)).sum()), r.file) for r in records]
+        over[split] = sum(n > max_dets for n, _ in counts)
+        for n, file in counts:
+            if n > most:
+                most, where = n, str(file)
+    if most <= max_dets:
+        return None
+    splits = ", ".join(f"{n} {split}" for split, n in over.items() if n)
+    cap = -(-2 * most // 100) * 100
+    return (f"crowded: {splits} image(s) hold more objects than the {max_dets} detections kept per image (--max-dets), "
+            f"up to {most} in {where}: train/eval/predict --max-dets {cap} (with --tile the cap is per tile in eval, "
+            f"per tile and per image in predict)")
+
+
 def tile_hint(report: CheckReport, min_size: int, max_size: int, anchor_sizes: tuple[int, ...],
               too_many: float = 0.15) -> str | None:
     """A line suggesting native-resolution crops and tiles (``train --crop``, ``predict/eval --tile``)

@@ -177,7 +177,8 @@ def _open_limited(path: str | Path, max_pixels: int | None, data: bytes | None =
     if max_pixels is not None and img.width * img.height > max_pixels:
         img.close()
         raise ImageTooLargeError(f"{path}: image of {img.width}x{img.height} = {img.width * img.height} pixels exceeds the "
-                                 f"limit of {max_pixels} (raise it with the data option max_image_pixels)")
+                                 f"limit of {max_pixels} (raise it with --max-image-pixels N; a config file's or "
+                                 f"Detector.load's max_image_pixels)")
     return img
 
 

@@ -105,7 +105,7 @@ class ProgressLines:
     ``set_postfix``, ``close``, iteration, context manager), written as plain lines for a log:
     ``eval: 120/500 batches (24%), 31 s`` every ``every`` seconds once ``delay`` seconds have passed,
     and a last line at ``close`` when one was printed before (the log shows the work ended). A short
-    run prints nothing. ``total`` may grow while running (tiles counted as images are decoded)."""
+    run prints nothing. ``total`` may change while running (a tiled predict corrects it as images are decoded)."""
 
     def __init__(self, iterable=None, *, total: int | None = None, desc: str = "", unit: str = "it",
                  stream: TextIO | None = None, delay: float | None = None, every: float | None = None,

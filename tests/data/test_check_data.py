@@ -435,3 +435,19 @@ def _legend_texts(report) -> list[str]:
     from retinanet.data.check import class_counts_figure
 
     return [t.get_text() for t in class_counts_figure(report).legends[0].get_texts()]
+
+
+def test_images_with_more_objects_than_max_dets_are_named_with_a_cap_that_holds_them(tmp_path, capsys):
+    """A shelf of 500 objects under the default 300 detections per image lost 200 at the cap, and
+    check-data said nothing about it."""
+    from retinanet.cli import main
+    from retinanet.data import make_synthetic
+
+    make_synthetic(tmp_path / "crowd", num_train=1, num_val=1, image_size=400, object_size=(12, 14), objects=320)
+    assert main(["check-data", "--data", str(tmp_path / "crowd"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    line = next(ln for ln in out.splitlines() if ln.startswith("crowded: "))
+    assert "1 train, 1 val image(s) hold more objects than the 300 detections kept per image (--max-dets)" in line
+    assert "train_00000.jpg" in line and "train/eval/predict --max-dets 700" in line, line
+    assert main(["check-data", "--data", str(tmp_path / "crowd"), "--quiet", "--max-dets", "700"]) == 0
+    assert "crowded:" not in capsys.readouterr().out

@@ -136,6 +136,23 @@ def test_predict_progress_in_a_log_file_is_plain_lines(tmp_path, checkpoint, cap
     assert [ln for ln in err.splitlines() if ln.startswith("predict: ")][-1].startswith("predict: 3/3 images (100%), "), err
 
 
+def test_tiled_predict_progress_counts_against_every_image_from_the_start(tmp_path, checkpoint, capsys, monkeypatch):
+    """The total came from the images decoded so far: 12 tiles of 36 read ``12/12 tiles (100%)``."""
+    from retinanet.data import progress as P
+
+    monkeypatch.setattr(P, "DELAY_S", 0.0)
+    monkeypatch.setattr(P, "EVERY_S", 0.0)
+    folder = tmp_path / "images"
+    for i in range(3):
+        write_image(folder / f"img{i}.png", size=(150, 200), seed=i)  # 3 x 4 tiles of 64 px each
+    (folder / "bad.png").write_bytes(b"not an image")  # no tiles, named as a failure
+    assert main(["predict", str(folder), "--weights", str(checkpoint), "--out", str(tmp_path / "out"), "--tile",
+                 "--workers", "0", "--no-draw"]) == 0
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("predict: ")]
+    assert lines[0].startswith("predict: 4/36 tiles (11%)"), lines
+    assert lines[-1].startswith("predict: 36/36 tiles (100%)"), lines
+
+
 def test_predict_boxes_match_model_on_original_image(tmp_path, checkpoint):
     """Resizing in the workers and mapping back gives what the model gives on the original."""
     from retinanet.engine.runtime.checkpoint import load_model
