@@ -186,3 +186,11 @@ def test_bench_seams_counts_what_the_merge_leaves_at_tile_seams():
     assert [c.split(":")[0] for c in cells] == ["m0/c0.7", "m3/c0.7"]
     dup = [int(c.split(": ")[1].split(" / ")[0]) for c in cells]
     assert dup[0] > dup[1]  # no margin: the pieces of cut objects stay beside their whole boxes
+
+
+def test_bench_merge_memory_prints_peak_and_the_same_kept_count_for_every_chunk():
+    out = run("bench_merge_memory.py", "--size", "600", "--tile", "160", "--per-tile", "30", "--chunks", "4096", "64")
+    rows = [line for line in out.splitlines() if "per tile, chunk" in line]
+    assert len(rows) == 2 and all("peak +" in r and " MiB, " in r for r in rows)
+    kept = {r.rsplit("kept ", 1)[1] for r in rows}
+    assert len(kept) == 1 and int(kept.pop()) > 0  # the chunk changes memory, not what is kept

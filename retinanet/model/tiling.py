@@ -112,7 +112,11 @@ def fragments(boxes: Tensor, window: Tensor, inner: Tensor, margin: float = EDGE
     return (near & inner).any(dim=1)
 
 
-PAIR_CHUNK = 1 << 22  # pairs tested at once by the merge's joins (memory: a few of these as int64/float)
+# pairs tested at once by the merge's joins: a few int64/float tensors of this length. 2^22 held
+# +461 MiB merging a near-untrained model's 78,400 detections (784 tiles x 100); 2^16 +30 MiB, as fast
+# (benchmarks/bench_merge_memory.py, BENCHMARKS.md)
+PAIR_CHUNK = 1 << 16
+TABLE_CELLS = 1 << 22  # cells of a boolean table (tiles x tiles, boxes x tiles) built at once
 
 
 def _spans(counts: Tensor) -> tuple[Tensor, Tensor]:
@@ -161,7 +165,7 @@ def touching_tiles(grid: Tensor) -> tuple[Tensor, Tensor]:
     cols, ci = torch.unique(grid[:, 0::2], dim=0, return_inverse=True)  # [nx, 2] (x0, x1)
     rows, ri = torch.unique(grid[:, 1::2], dim=0, return_inverse=True)
     nx, ny = len(cols), len(rows)
-    if nx * ny == T and len(torch.unique(ri * nx + ci)) == T and nx * nx + ny * ny <= PAIR_CHUNK:
+    if nx * ny == T and len(torch.unique(ri * nx + ci)) == T and nx * nx + ny * ny <= TABLE_CELLS:
         at = torch.empty(ny, nx, dtype=torch.int64, device=grid.device)
         at[ri, ci] = torch.arange(T, device=grid.device)
 
@@ -178,7 +182,7 @@ def touching_tiles(grid: Tensor) -> tuple[Tensor, Tensor]:
         other = u != t
         return t[other], u[other]
     ts, us = [], []
-    step = max(1, PAIR_CHUNK // max(T, 1))
+    step = max(1, TABLE_CELLS // max(T, 1))
     for a in range(0, T, step):
         ov = _overlap(grid[a:a + step, None], grid[None])
         ov[torch.arange(len(ov)), torch.arange(a, a + len(ov))] = False
@@ -267,7 +271,7 @@ def _covered_fragments(boxes: Tensor, lab: Tensor, tile_index: Tensor, fragment:
     if not anywhere:
         fi = f[inside[f]]
         fkey, fb = _by_tile_and_class(tile_index[fi] * L + lab[fi], fi)
-        step = max(1, PAIR_CHUNK // max(T, 1))
+        step = max(1, TABLE_CELLS // max(T, 1))
         for a in range(0, len(whole), step):
             w = whole[a:a + step]
             wi, t = _overlap(boxes[w, None], g[None]).nonzero().unbind(1)
@@ -324,7 +328,7 @@ def _overlapping_pairs(boxes: Tensor, lab: Tensor, tile_index: Tensor, grid: Ten
             keep = bq[r] < c  # each pair once
             test(bq[r][keep], c[keep])
     # free boxes: with the boxes of their class in the windows they share area with, and one another
-    step = max(1, PAIR_CHUNK // max(T, len(free), 1))
+    step = max(1, TABLE_CELLS // max(T, len(free), 1))
     for a in range(0, len(free), step):
         f = free[a:a + step]
         fi, tt = _overlap(boxes[f, None], g[None]).nonzero().unbind(1)
