@@ -340,7 +340,7 @@ def read_file(path: str | os.PathLike, map_location: str | torch.device = "cpu")
     try:
         with warnings.catch_warnings():  # torch's "Detected pickle protocol N" on a plain pickle file: said below
             warnings.filterwarnings("ignore", message=".*pickle protocol", category=UserWarning)
-            with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
+            with _allowing(SAFE_GLOBALS):
                 obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:  # torch's text here suggests weights_only=False: never do that
         refused = refused_types(path) if head.startswith(_TORCH_MAGIC[0]) else []
@@ -361,6 +361,13 @@ def read_file(path: str | os.PathLike, map_location: str | torch.device = "cpu")
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a state_dict or a retinanet checkpoint, found {type(obj).__name__}")
     return obj
+
+
+def _allowing(types: tuple[type, ...]) -> contextlib.AbstractContextManager:
+    """``torch.serialization.safe_globals(types)`` (torch 2.5+); on torch 2.4, which lacks it, nothing
+    more is allowed: a file holding them is refused as any other object (``read_file``)."""
+    allow = getattr(torch.serialization, "safe_globals", None)
+    return allow(list(types)) if allow is not None else contextlib.nullcontext()
 
 
 def refused_types(path: str | os.PathLike) -> list[str]:

@@ -279,3 +279,16 @@ def test_a_file_holding_other_objects_names_their_types_and_is_not_loaded(tmp_pa
                                               r"plain types \(fractions.Fraction\), not loaded: unpickling them could run"):
         read_file(tmp_path / "w.pth")
     assert argparse.Namespace not in torch.serialization.get_safe_globals()  # allowed for our reads only
+
+
+def test_a_torch_without_safe_globals_still_reads_plain_checkpoints(tmp_path, monkeypatch):
+    """``torch.serialization.safe_globals`` came with torch 2.5 and the package asks for torch>=2.4:
+    every checkpoint read raised AttributeError there."""
+    import torch
+
+    from retinanet.files import read_file
+
+    path = tmp_path / "plain.pt"
+    torch.save({"w": torch.ones(2)}, path)
+    monkeypatch.delattr(torch.serialization, "safe_globals")
+    assert read_file(path)["w"].tolist() == [1.0, 1.0]
